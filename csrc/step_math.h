@@ -1,0 +1,73 @@
+// The per-element attack-step math, written once for the CPU loop and the CUDA kernel.
+// It follows the op contract in DESIGN.md to the letter: every operation in float32, in the
+// order the reference performs them, so each backend equals the reference bit for bit.
+#pragma once
+
+#include <cstdint>
+
+#if defined(__CUDACC__) || defined(__HIPCC__)
+#define FASTADV_HOST_DEVICE __host__ __device__ __forceinline__
+#else
+#define FASTADV_HOST_DEVICE inline
+#endif
+
+namespace fastadv {
+
+// torch.maximum / torch.minimum semantics: a NaN in either operand propagates. fmaxf would
+// drop it and disagree with the reference.
+FASTADV_HOST_DEVICE float max_propagate_nan(float a, float b) {
+  return (a > b || a != a) ? a : b;
+}
+FASTADV_HOST_DEVICE float min_propagate_nan(float a, float b) {
+  return (a < b || a != a) ? a : b;
+}
+
+// sign(0) = sign(NaN) = 0: a NaN gradient never moves a pixel.
+FASTADV_HOST_DEVICE float sign_or_zero(float g) {
+  return static_cast<float>((g > 0.f) - (g < 0.f));
+}
+
+// Projection onto the L-inf ball around x, then onto [lower, upper].
+FASTADV_HOST_DEVICE float linf_project_value(float y, float x, float eps, float lower, float upper) {
+  y = min_propagate_nan(max_propagate_nan(y, x - eps), x + eps);
+  return min_propagate_nan(max_propagate_nan(y, lower), upper);
+}
+
+// alpha * sign is exact, so a fused multiply-add here rounds exactly like the reference.
+FASTADV_HOST_DEVICE float linf_step_value(float x_adv, float grad, float x, float eps, float alpha,
+                                          float lower, float upper, bool targeted) {
+  float s = sign_or_zero(grad);
+  if (targeted) s = -s;
+  return linf_project_value(x_adv + alpha * s, x, eps, lower, upper);
+}
+
+// A step parameter: one value for every element, or a float32 table of shape [Bp, Cp]
+// (Bp in {1, B}, Cp in {1, C}) read at (sample, channel); a broadcast dim has stride 0.
+struct StepParam {
+  const float* table;  // nullptr: use `value`
+  int64_t stride_b;
+  int64_t stride_c;
+  float value;
+
+  FASTADV_HOST_DEVICE bool varies() const { return table != nullptr; }
+  FASTADV_HOST_DEVICE float at(int64_t b, int64_t c) const {
+    return table ? table[b * stride_b + c * stride_c] : value;
+  }
+};
+
+struct StepParams {
+  StepParam eps, alpha, lower, upper;  // alpha is unused by the projection
+};
+
+// Where the element at memory offset i sits: sample b = i / sample_size and channel
+// c = (i / channel_div) % channels. channel_div is the spatial size for contiguous tensors and 1
+// for channels_last, where the channel is the fastest-moving index.
+struct Geometry {
+  int64_t sample_size;
+  int64_t channel_div;
+  int64_t channels;
+  bool needs_sample;   // some parameter differs between samples
+  bool needs_channel;  // some parameter differs between channels
+};
+
+}  // namespace fastadv

@@ -1,0 +1,49 @@
+"""Backend registry and choice. A backend module (or object) provides
+unavailable_reason(device) -> str | None, linf_step_into(...) and linf_project_into(...)."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from . import extension, reference
+from . import triton as triton_backend
+
+BACKENDS = {"torch": reference, "triton": triton_backend, "cpu": extension.cpu, "cuda": extension.cuda}
+
+# Fastest first, per device type.
+_AUTO_ORDER = {"cpu": ("cpu", "torch"), "cuda": ("cuda", "triton", "torch")}
+
+
+def available_backends() -> dict[str, str]:
+    """{name: "ok" | why it is unavailable} for torch, triton, cpu and cuda, on this machine."""
+    return {name: (b.unavailable_reason() or "ok") for name, b in BACKENDS.items()}
+
+
+@torch.compiler.assume_constant_result
+def _choose(name: str, device: torch.device) -> str:
+    source = "backend"
+    if name == "auto":
+        override = os.environ.get("FASTADV_BACKEND", "").strip()
+        if override and override != "auto":
+            name, source = override, "FASTADV_BACKEND"
+    if name == "auto":
+        for candidate in _AUTO_ORDER.get(device.type, ("torch",)):
+            if BACKENDS[candidate].unavailable_reason(device) is None:
+                return candidate
+        return "torch"
+    if name not in BACKENDS:
+        raise ValueError(f"{source}: unknown backend {name!r}; choose one of auto, {', '.join(BACKENDS)}")
+    reason = BACKENDS[name].unavailable_reason(device)
+    if reason is not None:
+        raise RuntimeError(f"{source}: backend {name!r} is unavailable: {reason}")
+    return name
+
+
+def select_backend(name: object, device: torch.device):
+    """The backend to run tensors on `device`: `name`, or for "auto" the FASTADV_BACKEND
+    environment variable or else the fastest available one."""
+    if not isinstance(name, str):
+        raise TypeError(f"backend must be a string (auto, {', '.join(BACKENDS)}), got {type(name).__name__}")
+    return BACKENDS[_choose(name, device)]

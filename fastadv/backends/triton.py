@@ -1,0 +1,166 @@
+"""The Triton backend: the L-inf step and projection as autotuned Triton kernels, wrapped as
+torch.library ops (fastadv_triton::linf_step_out, fastadv_triton::linf_project_out) so they
+trace under torch.compile and CUDA graphs.
+
+Three layers with one name each: the @triton.jit kernel (_linf_kernel), its launcher
+(_launch_linf), and the registered op that the public fastadv.ops functions call.
+Runs on CUDA tensors, and on CPU tensors under TRITON_INTERPRET=1 (how the tests check it
+without a GPU). Importing this module never touches a GPU.
+"""
+
+import os
+
+import torch
+
+from .._checks import Param
+
+try:
+    import triton
+    import triton.language as tl
+
+    _IMPORT_ERROR = None
+except ImportError as error:  # fastadv works without Triton; the backend says why it is missing
+    triton = None
+    _IMPORT_ERROR = str(error)
+
+NAME = "triton"
+
+# Read once: the kernels below are built for the interpreter or for the GPU when this module loads.
+_INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def unavailable_reason(device: torch.device | None = None) -> str | None:
+    if triton is None:
+        return f"Triton is not installed ({_IMPORT_ERROR}); pip install triton"
+    if device is None:
+        if torch.cuda.is_available() or _INTERPRET:
+            return None
+        return "no CUDA GPU is available (Triton runs CPU tensors only under TRITON_INTERPRET=1)"
+    if device.type == "cuda" or (device.type == "cpu" and _INTERPRET):
+        return None
+    return f"Triton runs CUDA tensors (CPU tensors only under TRITON_INTERPRET=1), these are on {device}"
+
+
+if triton is not None:
+
+    def _configs():
+        # The interpreter cannot time configs (no GPU driver), so it gets one.
+        if _INTERPRET:
+            return [triton.Config({"BLOCK_SIZE": 4096}, num_warps=4)]
+        return [
+            triton.Config({"BLOCK_SIZE": block}, num_warps=warps)
+            for block in (1024, 2048, 4096, 8192)
+            for warps in (4, 8)
+        ]
+
+    @triton.jit
+    def _param(ptr, value, stride_b, stride_c, b, c, mask, IS_TABLE: tl.constexpr):
+        if IS_TABLE:
+            return tl.load(ptr + b * stride_b + c * stride_c, mask=mask, other=0.0)
+        else:
+            return value
+
+    @triton.jit
+    def _to_output_dtype(y, out_ptr):
+        # float32 -> bfloat16 rounded to nearest even in integer arithmetic: the interpreter's
+        # own cast truncates, and this way GPU and interpreter run the same code.
+        if out_ptr.dtype.element_ty == tl.bfloat16:
+            bits = y.to(tl.uint32, bitcast=True)
+            rounded = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16
+            rounded = tl.where(y != y, 0x7FC0, rounded)  # NaN stays a (quiet) NaN
+            return rounded.to(tl.uint16).to(tl.bfloat16, bitcast=True)
+        else:
+            return y.to(out_ptr.dtype.element_ty)
+
+    @triton.autotune(configs=_configs(), key=["n_elements"], restore_value=["out_ptr"])
+    @triton.jit
+    def _linf_kernel(
+        x_adv_ptr, grad_ptr, x_ptr, out_ptr,
+        eps_ptr, alpha_ptr, lower_ptr, upper_ptr,
+        eps_sb, eps_sc, alpha_sb, alpha_sc, lower_sb, lower_sc, upper_sb, upper_sc,
+        eps_value, alpha_value, lower_value, upper_value,
+        n_elements, sample_size, channel_div, channels,
+        EPS_TABLE: tl.constexpr, ALPHA_TABLE: tl.constexpr, LOWER_TABLE: tl.constexpr,
+        UPPER_TABLE: tl.constexpr, HAS_GRAD: tl.constexpr, TARGETED: tl.constexpr,
+        BLOCK_SIZE: tl.constexpr,
+    ):  # fmt: skip
+        # The contract's order, in float32: sign step, eps-ball projection, bounds, one rounding.
+        pid = tl.program_id(0).to(tl.int64)  # 64-bit offsets: tensors may exceed 2^31 elements
+        offs = pid * BLOCK_SIZE + tl.arange(0, BLOCK_SIZE)
+        mask = offs < n_elements
+        # Sample and channel of each element; dead code (removed) when no parameter is a table.
+        b = offs // sample_size
+        c = (offs // channel_div) % channels
+        x_adv = tl.load(x_adv_ptr + offs, mask=mask).to(tl.float32)
+        x = tl.load(x_ptr + offs, mask=mask).to(tl.float32)
+        eps = _param(eps_ptr, eps_value, eps_sb, eps_sc, b, c, mask, EPS_TABLE)
+        lower = _param(lower_ptr, lower_value, lower_sb, lower_sc, b, c, mask, LOWER_TABLE)
+        upper = _param(upper_ptr, upper_value, upper_sb, upper_sc, b, c, mask, UPPER_TABLE)
+        y = x_adv
+        if HAS_GRAD:
+            g = tl.load(grad_ptr + offs, mask=mask).to(tl.float32)
+            s = tl.where(g > 0, 1.0, tl.where(g < 0, -1.0, 0.0))  # NaN compares false: sign 0
+            if TARGETED:
+                s = -s
+            alpha = _param(alpha_ptr, alpha_value, alpha_sb, alpha_sc, b, c, mask, ALPHA_TABLE)
+            y = x_adv + alpha * s
+        nan = tl.PropagateNan.ALL  # torch.maximum / torch.minimum semantics
+        y = tl.minimum(tl.maximum(y, x - eps, propagate_nan=nan), x + eps, propagate_nan=nan)
+        y = tl.minimum(tl.maximum(y, lower, propagate_nan=nan), upper, propagate_nan=nan)
+        tl.store(out_ptr + offs, _to_output_dtype(y, out_ptr), mask=mask)
+
+    def _table_strides(table):
+        """(stride over samples, stride over channels) of a [Bp, Cp] table; 0 where broadcast."""
+        if table is None:
+            return 0, 0
+        rows, cols = table.shape
+        return (cols if rows > 1 else 0), (1 if cols > 1 else 0)
+
+    def _launch_linf(x_adv, grad, x, tables, values, targeted, out):
+        n = x_adv.numel()
+        if n == 0:
+            return
+        channels = x_adv.shape[1] if x_adv.dim() >= 2 else 1
+        sample_size = n // x_adv.shape[0]
+        # Contiguous: a channel is a plane of sample_size / channels elements; channels_last: 1.
+        channel_div = sample_size // channels if x_adv.is_contiguous() else 1
+        pointers = [t if t is not None else x_adv for t in tables]  # unused when not a table
+        strides = [s for t in tables for s in _table_strides(t)]
+        eps_t, alpha_t, lower_t, upper_t = (t is not None for t in tables)
+        grid = lambda meta: (triton.cdiv(n, meta["BLOCK_SIZE"]),)  # noqa: E731
+        torch.library.wrap_triton(_linf_kernel)[grid](
+            x_adv, grad if grad is not None else x_adv, x, out,
+            *pointers, *strides, *values,
+            n, sample_size, channel_div, channels,
+            EPS_TABLE=eps_t, ALPHA_TABLE=alpha_t, LOWER_TABLE=lower_t, UPPER_TABLE=upper_t,
+            HAS_GRAD=grad is not None, TARGETED=targeted,
+        )  # fmt: skip
+
+    @torch.library.triton_op("fastadv_triton::linf_step_out", mutates_args={"out"})
+    def _linf_step_out(
+        x_adv: torch.Tensor, grad: torch.Tensor, x: torch.Tensor,
+        eps: torch.Tensor | None, alpha: torch.Tensor | None, lower: torch.Tensor | None,
+        upper: torch.Tensor | None, values: list[float], targeted: bool, out: torch.Tensor,
+    ) -> None:  # fmt: skip
+        _launch_linf(x_adv, grad, x, (eps, alpha, lower, upper), values, targeted, out)
+
+    @torch.library.triton_op("fastadv_triton::linf_project_out", mutates_args={"out"})
+    def _linf_project_out(
+        x_adv: torch.Tensor, x: torch.Tensor, eps: torch.Tensor | None, lower: torch.Tensor | None,
+        upper: torch.Tensor | None, values: list[float], out: torch.Tensor,
+    ) -> None:  # fmt: skip
+        eps_v, lower_v, upper_v = values
+        _launch_linf(x_adv, None, x, (eps, None, lower, upper), [eps_v, 0.0, lower_v, upper_v], False, out)
+
+
+def linf_step_into(x_adv, grad, x, eps: Param, alpha: Param, lower: Param, upper: Param, targeted: bool, out):
+    torch.ops.fastadv_triton.linf_step_out(
+        x_adv, grad, x, eps.table, alpha.table, lower.table, upper.table,
+        [eps.value, alpha.value, lower.value, upper.value], targeted, out,
+    )  # fmt: skip
+
+
+def linf_project_into(x_adv, x, eps: Param, lower: Param, upper: Param, out):
+    torch.ops.fastadv_triton.linf_project_out(
+        x_adv, x, eps.table, lower.table, upper.table, [eps.value, lower.value, upper.value], out
+    )

@@ -1,0 +1,129 @@
+"""The public op API: argument checks, backend choice, layouts. Contract: DESIGN.md, "The op contract".
+
+An attack calls these functions, never a kernel. Tensors reach the backends in one native
+memory layout (contiguous or channels_last): other strides are copied in, and `out` keeps
+x_adv's layout.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from ._checks import (
+    ParamLike,
+    check_bounds,
+    check_inputs,
+    check_out,
+    in_format,
+    native_format,
+    to_param,
+)
+from .backends import available_backends, select_backend
+
+__all__ = ["linf_step", "linf_project", "available_backends"]
+
+
+def linf_step(
+    x_adv: torch.Tensor,
+    grad: torch.Tensor,
+    x: torch.Tensor,
+    eps: ParamLike,
+    alpha: ParamLike,
+    lower: ParamLike = 0.0,
+    upper: ParamLike = 1.0,
+    *,
+    targeted: bool = False,
+    out: torch.Tensor | None = None,
+    backend: str = "auto",
+) -> torch.Tensor:
+    """One fused L-inf attack step: ``clamp(clip_eps(x_adv + alpha * sign(grad)), lower, upper)``.
+
+    Per element, in float32: ``s = sign(grad)`` (0 for 0 and NaN; negated when ``targeted``),
+    ``y = x_adv + alpha * s``, ``y = min(max(y, x - eps), x + eps)``,
+    ``y = min(max(y, lower), upper)``, rounded once to x_adv's dtype.
+
+    Args:
+        x_adv, grad, x: tensors of one shape and device, dim >= 1 (dim 0 is the batch). x_adv and
+            x share a dtype among float32, float16, bfloat16; grad may be any of the three.
+        eps, alpha: >= 0. lower, upper: bounds with lower <= upper. Each is a number, a 0-d
+            tensor, a 1-d tensor of length B (per sample), or a tensor broadcastable to x whose
+            only non-1 dims are 0 and/or 1, e.g. [B,1,1,1], [1,C,1,1], [B,C,1,1].
+        targeted: step down the gradient (towards a target class) instead of up.
+        out: where to write (same shape and dtype as x_adv); ``out=x_adv`` is in place.
+        backend: "auto" (FASTADV_BACKEND, else the fastest available), "torch", "triton",
+            "cpu" or "cuda".
+
+    Returns:
+        ``out``, or a new tensor in x_adv's memory layout.
+
+    Raises:
+        TypeError / ValueError naming the argument for bad input (``out`` is then untouched);
+        RuntimeError when the requested backend is unavailable, saying why.
+    """
+    check_inputs(x_adv, grad, x)
+    if not isinstance(targeted, bool):
+        raise TypeError(f"targeted must be a bool, got {type(targeted).__name__}")
+    eps_p = to_param("eps", eps, x_adv, per_channel=True, nonnegative=True)
+    alpha_p = to_param("alpha", alpha, x_adv, per_channel=True, nonnegative=True)
+    lower_p = to_param("lower", lower, x_adv, per_channel=True, nonnegative=False)
+    upper_p = to_param("upper", upper, x_adv, per_channel=True, nonnegative=False)
+    check_bounds(lower_p, upper_p)
+    if out is not None:
+        check_out(out, x_adv, grad, x)
+    impl = select_backend(backend, x_adv.device)
+
+    def kernel(xa, g, xx, o):
+        impl.linf_step_into(xa, g, xx, eps_p, alpha_p, lower_p, upper_p, targeted, o)
+
+    return _run_in_native_layout(kernel, x_adv, grad, x, out)
+
+
+def linf_project(
+    x_adv: torch.Tensor,
+    x: torch.Tensor,
+    eps: ParamLike,
+    lower: ParamLike = 0.0,
+    upper: ParamLike = 1.0,
+    *,
+    out: torch.Tensor | None = None,
+    backend: str = "auto",
+) -> torch.Tensor:
+    """Projects x_adv onto the L-inf ball of radius eps around x, then onto [lower, upper]:
+    linf_step without the gradient step (used after a random start). Arguments, layouts,
+    errors and backends as for :func:`linf_step`."""
+    check_inputs(x_adv, None, x)
+    eps_p = to_param("eps", eps, x_adv, per_channel=True, nonnegative=True)
+    lower_p = to_param("lower", lower, x_adv, per_channel=True, nonnegative=False)
+    upper_p = to_param("upper", upper, x_adv, per_channel=True, nonnegative=False)
+    check_bounds(lower_p, upper_p)
+    if out is not None:
+        check_out(out, x_adv, None, x)
+    impl = select_backend(backend, x_adv.device)
+
+    def kernel(xa, _g, xx, o):
+        impl.linf_project_into(xa, xx, eps_p, lower_p, upper_p, o)
+
+    return _run_in_native_layout(kernel, x_adv, None, x, out)
+
+
+def _run_in_native_layout(
+    kernel: Callable, x_adv: torch.Tensor, grad: torch.Tensor | None, x: torch.Tensor, out: torch.Tensor | None
+) -> torch.Tensor:
+    """Runs kernel(x_adv, grad, x, target) with all four in x_adv's native layout (contiguous
+    when x_adv has other strides), then copies into `out` if it could not be written directly."""
+    if out is None:
+        out = torch.empty_like(x_adv)  # x_adv's layout when x_adv is dense, else contiguous
+    if x_adv.numel() == 0:
+        return out
+    fmt = native_format(x_adv) or torch.contiguous_format
+    x_adv_n = in_format(x_adv, fmt)
+    grad_n = None if grad is None else in_format(grad, fmt)
+    x_n = in_format(x, fmt)
+    direct = native_format(out) == fmt or out.is_contiguous(memory_format=fmt)
+    target = out if direct else torch.empty_like(x_adv_n)
+    kernel(x_adv_n, grad_n, x_n, target)
+    if target is not out:
+        out.copy_(target)
+    return out

@@ -58,7 +58,9 @@ if triton is not None:
         if IS_TABLE:
             return tl.load(ptr + b * stride_b + c * stride_c, mask=mask, other=0.0)
         else:
-            return value
+            # Triton types a float argument outside float32's normal range (a subnormal eps,
+            # say) as fp64; the value is float32-exact, so this cast changes nothing.
+            return tl.cast(value, tl.float32)
 
     @triton.jit
     def _to_output_dtype(y, out_ptr):

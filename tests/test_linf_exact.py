@@ -1,0 +1,83 @@
+"""Every fast backend equals the reference bit for bit (DESIGN.md: exact equality in all dtypes)."""
+
+import zlib
+
+import pytest
+import torch
+from cases import PARAM_KINDS, SHAPES, layouts_for, make_inputs, make_params
+from conftest import DTYPES, FAST_BACKENDS, assert_exact, device_params, require_backend
+
+import fastadv
+
+
+def _cases():
+    for shape in SHAPES:
+        for layout in layouts_for(shape):
+            yield shape, layout
+
+
+def _call(fn, args, kwargs, mode, x_adv):
+    """Runs the op out of place, with a fresh `out`, or in place on a copy of x_adv."""
+    if mode == "new":
+        return fn(*args, **kwargs)
+    if mode == "out":
+        out = torch.full_like(x_adv, 7.0)
+        result = fn(*args, **kwargs, out=out)
+        assert result is out
+        return out
+    inplace = x_adv.clone()
+    result = fn(inplace, *args[1:], **kwargs, out=inplace)
+    assert result is inplace
+    return inplace
+
+
+@pytest.mark.parametrize("device", device_params())
+@pytest.mark.parametrize("backend", FAST_BACKENDS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("kind", PARAM_KINDS)
+@pytest.mark.parametrize("targeted", [False, True], ids=["untargeted", "targeted"])
+def test_linf_step_equals_reference(device, backend, dtype, kind, targeted):
+    require_backend(backend, device)
+    gen = torch.Generator().manual_seed(zlib.crc32(f"{dtype}{kind}{targeted}".encode()))
+    for i, (shape, layout) in enumerate(_cases()):
+        grad_dtype = DTYPES[i % len(DTYPES)]
+        x_adv, grad, x = make_inputs(shape, dtype, grad_dtype, device, layout, gen)
+        p = make_params(kind, shape, device, gen)
+        args = (x_adv, grad, x, p["eps"], p["alpha"], p["lower"], p["upper"])
+        expected = fastadv.linf_step(*args, targeted=targeted, backend="torch")
+        mode = ("new", "out", "inplace")[i % 3]
+        actual = _call(fastadv.linf_step, args, {"targeted": targeted, "backend": backend}, mode, x_adv)
+        assert_exact(actual, expected, f"{backend} {shape} {layout} grad {grad_dtype} {mode}")
+
+
+@pytest.mark.parametrize("device", device_params())
+@pytest.mark.parametrize("backend", FAST_BACKENDS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("kind", PARAM_KINDS)
+def test_linf_project_equals_reference(device, backend, dtype, kind):
+    require_backend(backend, device)
+    gen = torch.Generator().manual_seed(zlib.crc32(f"{dtype}{kind}".encode()))
+    for i, (shape, layout) in enumerate(_cases()):
+        x_adv, _, x = make_inputs(shape, dtype, dtype, device, layout, gen)
+        p = make_params(kind, shape, device, gen, names=("eps", "lower", "upper"))
+        args = (x_adv, x, p["eps"], p["lower"], p["upper"])
+        expected = fastadv.linf_project(*args, backend="torch")
+        mode = ("new", "out", "inplace")[i % 3]
+        actual = _call(fastadv.linf_project, args, {"backend": backend}, mode, x_adv)
+        assert_exact(actual, expected, f"{backend} {shape} {layout} {mode}")
+
+
+def test_reference_follows_the_contract_by_hand():
+    """The reference itself, on values worked out by hand from DESIGN.md."""
+    x = torch.tensor([[0.50, 0.50, 0.50, 0.98, 0.02, 0.50]])
+    x_adv = torch.tensor([[0.50, 0.55, 0.40, 0.98, 0.02, 0.70]])
+    grad = torch.tensor([[1.0, 1.0, -1.0, 5.0, -2.0, float("nan")]])
+    out = fastadv.linf_step(x_adv, grad, x, eps=0.1, alpha=0.25, backend="torch")
+    # 0.5+0.25 clipped to x+eps; 0.55+0.25 likewise; 0.4-0.25 clipped to x-eps; 0.98+0.25 -> eps
+    # ball 1.08 -> bound 1.0; 0.02-0.25 -> -0.08 -> bound 0.0; NaN gradient: 0.70 only projected.
+    x32 = torch.tensor(0.5, dtype=torch.float32)
+    e32 = torch.tensor(0.1, dtype=torch.float32)
+    expected = torch.tensor([[x32 + e32, x32 + e32, x32 - e32, 1.0, 0.0, x32 + e32]])
+    assert_exact(out, expected, "hand-worked values")
+    targeted = fastadv.linf_step(x_adv, grad, x, eps=0.1, alpha=0.25, targeted=True, backend="torch")
+    assert targeted[0, 0].item() == pytest.approx(0.4) and targeted[0, 2].item() == pytest.approx(0.6)

@@ -1,0 +1,111 @@
+"""Layouts, out= and in-place semantics, empty and edge-valued inputs, and >2^31 elements."""
+
+import pytest
+import torch
+from cases import to_layout
+from conftest import assert_exact, device_params, require_backend
+
+import fastadv
+
+BACKENDS_HERE = ("torch", "triton", "cpu", "cuda")
+
+
+def _inputs(shape=(2, 3, 5, 5), dtype=torch.float32, device="cpu"):
+    gen = torch.Generator().manual_seed(0)
+    x = torch.rand(shape, generator=gen)
+    return (x + 0.1 * torch.randn(shape, generator=gen)).to(device, dtype), torch.randn(
+        shape, generator=gen
+    ).to(device), x.to(device, dtype)
+
+
+@pytest.mark.parametrize("device", device_params())
+@pytest.mark.parametrize("backend", BACKENDS_HERE)
+def test_out_keeps_x_adv_layout_and_inputs_are_untouched(device, backend):
+    require_backend(backend, device)
+    x_adv, grad, x = _inputs(device=device)
+    for layout, check in [
+        ("contiguous", lambda t: t.is_contiguous()),
+        ("channels_last", lambda t: t.is_contiguous(memory_format=torch.channels_last)),
+    ]:
+        xa = to_layout(x_adv, layout)
+        copies = [t.clone() for t in (xa, grad, x)]
+        out = fastadv.linf_step(xa, grad, x, 0.05, 0.02, backend=backend)
+        assert check(out), f"out lost the {layout} layout"
+        for before, after in zip(copies, (xa, grad, x)):
+            assert_exact(after, before, "an input was modified")
+        assert_exact(out, fastadv.linf_step(x_adv, grad, x, 0.05, 0.02, backend="torch"), layout)
+
+
+@pytest.mark.parametrize("device", device_params())
+@pytest.mark.parametrize("backend", BACKENDS_HERE)
+def test_in_place_on_a_strided_view_writes_only_the_view(device, backend):
+    require_backend(backend, device)
+    x_adv, grad, x = _inputs(device=device)
+    expected = fastadv.linf_step(x_adv, grad, x, 0.05, 0.02, backend="torch")
+    base = torch.full((2, 3, 5, 10), -5.0, device=device)
+    view = base[..., ::2]
+    view.copy_(x_adv)
+    result = fastadv.linf_step(view, grad, x, 0.05, 0.02, out=view, backend=backend)
+    assert result is view
+    assert_exact(view, expected, "in place on a view")
+    assert bool((base[..., 1::2] == -5.0).all()), "elements outside the view were written"
+
+
+@pytest.mark.parametrize("device", device_params())
+@pytest.mark.parametrize("backend", BACKENDS_HERE)
+def test_out_with_other_strides_is_filled(device, backend):
+    require_backend(backend, device)
+    x_adv, grad, x = _inputs(device=device)
+    out = torch.zeros(5, 5, 3, 2, device=device).permute(3, 2, 0, 1)  # dense, but neither layout
+    fastadv.linf_step(x_adv, grad, x, 0.05, 0.02, out=out, backend=backend)
+    assert_exact(out, fastadv.linf_step(x_adv, grad, x, 0.05, 0.02, backend="torch"), "permuted out")
+
+
+@pytest.mark.parametrize("backend", BACKENDS_HERE)
+def test_empty_tensors_return_at_once(backend):
+    require_backend(backend, "cpu")
+    x = torch.rand(0, 3, 4, 4)
+    out = fastadv.linf_step(x, x.clone(), x.clone(), 0.1, 0.1, backend=backend)
+    assert out.shape == (0, 3, 4, 4)
+    given = torch.empty(0, 3, 4, 4)
+    assert fastadv.linf_project(x, x.clone(), 0.1, out=given, backend=backend) is given
+
+
+@pytest.mark.parametrize("backend", BACKENDS_HERE)
+@pytest.mark.parametrize("value", [0.0, 1.401298464324817e-45, 1e-40, 3.4e38, float("inf")])
+def test_extreme_parameter_values(backend, value):
+    """Zero, subnormal, huge and infinite eps/alpha agree with the reference (found by hypothesis)."""
+    require_backend(backend, "cpu")
+    for dtype in (torch.float32, torch.bfloat16, torch.float16):
+        x_adv, grad, x = _inputs(dtype=dtype)
+        for eps, alpha in ((value, 0.01), (0.05, value), (value, value)):
+            args = (x_adv, grad, x, eps, alpha, -1.0, 2.0)
+            expected = fastadv.linf_step(*args, backend="torch")
+            assert_exact(fastadv.linf_step(*args, backend=backend), expected, f"{dtype} eps={eps} alpha={alpha}")
+
+
+def test_parameter_tensor_dtypes_and_0d_device_tensors():
+    x_adv, grad, x = _inputs()
+    expected = fastadv.linf_step(x_adv, grad, x, 0.25, 0.125, backend="torch")
+    for eps in (torch.tensor(0.25, dtype=torch.float64), torch.tensor([0.25, 0.25], dtype=torch.float16),
+                torch.tensor(1) / 4, torch.full((2, 1, 1, 1), 0.25)):
+        assert_exact(fastadv.linf_step(x_adv, grad, x, eps, 0.125), expected, f"eps given as {eps.dtype} {eps.shape}")
+
+
+@pytest.mark.bigmem
+@pytest.mark.parametrize("backend", ("cpu", "cuda", "triton"))
+def test_more_than_2_31_elements(backend):
+    """64-bit indexing: a per-sample parameter must be read right past element 2^31."""
+    device = "cuda" if backend in ("cuda", "triton") else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        pytest.skip("the interpreter is too slow for 2^31 elements; runs on a GPU")
+    require_backend(backend, device)
+    per_sample = 2**30 + 64
+    x = torch.full((2, per_sample), 0.5, dtype=torch.float16, device=device)
+    x_adv = torch.full_like(x, 0.5)
+    eps = torch.tensor([0.25, 0.125], device=device)
+    # grad = x: inputs may share memory; only out may not overlap them. In place saves 4 GiB.
+    fastadv.linf_step(x_adv, x, x, eps, 1.0, out=x_adv, backend=backend)
+    tail = x_adv[1, -70:].float()
+    assert bool((tail == 0.625).all()), f"sample 1 past element 2^31: {tail.unique()}"
+    assert bool((x_adv[0, -70:].float() == 0.75).all()) and bool((x_adv[0, :70].float() == 0.75).all())

@@ -31,6 +31,10 @@ def _extension_setup():
     build_mode = _mode("FASTADV_BUILD_EXTENSION")
     if build_mode == "0":
         return [], {}
+    # torch guesses CUDA_HOME from `which nvcc`; a bare nvcc link in /usr/local/bin then gives
+    # /usr/local, which has no CUDA libraries. Prefer the standard toolkit folder when it exists.
+    if not os.environ.get("CUDA_HOME") and os.path.exists("/usr/local/cuda/bin/nvcc"):
+        os.environ["CUDA_HOME"] = "/usr/local/cuda"
     try:
         import torch
         from torch.utils import cpp_extension
@@ -67,12 +71,14 @@ def _extension_setup():
     base = cpp_extension.BuildExtension.with_options(use_ninja=True)
 
     class BuildExtension(base):
-        def build_extension(self, extension):
+        def build_extensions(self):
             try:
-                super().build_extension(extension)
+                super().build_extensions()
             except Exception as error:  # noqa: BLE001 - any build failure falls back in auto mode
                 if build_mode == "1":
                     raise
+                # Forget the extension, so the install does not look for its library.
+                self.extensions = []
                 print(f"fastadv: building the C++ extension failed ({error}); installing without it. "
                       "The torch and triton backends remain available.", file=sys.stderr)
 

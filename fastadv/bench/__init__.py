@@ -1,0 +1,1 @@
+"""Benchmarks shared by `fastadv bench` and benchmarks/ (pytest-benchmark)."""

@@ -1,0 +1,122 @@
+"""The `fastadv` command line. `fastadv bench` measures the fused step against PyTorch eager,
+torch.compile and a memory copy; more commands (eval, train) come with their issues."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import torch
+
+
+class CliError(Exception):
+    """A user error: printed as one line, exit status 2."""
+
+
+def _csv_list(choices: dict | None = None):
+    def parse(text: str) -> list[str]:
+        items = [s.strip() for s in text.split(",") if s.strip()]
+        if not items:
+            raise argparse.ArgumentTypeError("expected a comma-separated list")
+        if choices is not None:
+            bad = [s for s in items if s not in choices]
+            if bad:
+                raise argparse.ArgumentTypeError(f"unknown {', '.join(bad)}; choose from {', '.join(choices)}")
+        return items
+
+    return parse
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _device(text: str) -> torch.device:
+    if text == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(text)
+    except RuntimeError:
+        raise argparse.ArgumentTypeError(f"not a device: {text!r}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise argparse.ArgumentTypeError("cuda was asked for but no CUDA GPU is available")
+    return device
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .bench import step
+
+    parser = argparse.ArgumentParser(prog="fastadv", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    bench = sub.add_parser(
+        "bench", help="benchmark the fused attack step",
+        description="Time the fused L-inf step (every available backend) against the PyTorch eager chain, "
+                    "torch.compile of it, and a same-size copy, in one run; print a table and append "
+                    "long-format CSV rows (with device, versions and git SHA).",
+    )  # fmt: skip
+    bench.add_argument("--sizes", type=_csv_list(step.SIZES), default=list(step.SIZES),
+                       help="element counts (default: %(default)s)")
+    bench.add_argument("--dtypes", type=_csv_list(step.DTYPES), default=list(step.DTYPES),
+                       help="dtypes (default: %(default)s)")
+    bench.add_argument("--device", type=_device, default=_device("auto"),
+                       help="cpu, cuda, cuda:N or auto (default: a GPU if there is one)")
+    bench.add_argument("--providers", type=_csv_list(), default=None,
+                       help="subset of eager, compile, copy, fused-triton, fused-cpu, fused-cuda "
+                            "(default: all that run on the device)")
+    bench.add_argument("--no-compile", action="store_true", help="skip the torch.compile baseline")
+    bench.add_argument("--warmup", type=_positive_int, default=3, help="untimed calls first (default: 3)")
+    bench.add_argument("--repeat", type=_positive_int, default=10, help="timed calls (default: 10)")
+    bench.add_argument("--csv", default="fastadv-results/bench_step.csv",
+                       help="CSV file the rows are appended to (default: %(default)s)")
+    bench.add_argument("--quiet", action="store_true", help="no progress bar")
+    bench.set_defaults(run=_run_bench)
+    return parser
+
+
+def _run_bench(args: argparse.Namespace) -> int:
+    from .bench import step
+
+    available = step.providers(args.device, with_compile=not args.no_compile)
+    names = args.providers or available
+    missing = [n for n in names if n not in available]
+    if missing:
+        raise CliError(f"--providers: {', '.join(missing)} cannot run on {args.device} here "
+                       f"(available: {', '.join(available)})")
+    if "eager" not in names:
+        names = ["eager"] + names  # the baseline every ratio is taken against
+    if "copy" not in names:
+        names.append("copy")
+    rows = step.run(args.sizes, args.dtypes, args.device, names, warmup=args.warmup, repeat=args.repeat,
+                    progress=not args.quiet)
+    print(f"fused L-inf step on {rows[0].device} (torch {rows[0].torch}, triton {rows[0].triton}, "
+          f"git {rows[0].git_sha})")
+    print(step.format_table(rows))
+    try:
+        step.write_csv(rows, args.csv)
+    except OSError as error:
+        raise CliError(f"--csv: cannot write {args.csv}: {error.strerror}") from None
+    print(f"{len(rows)} rows appended to {args.csv}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.run(args)
+    except CliError as error:
+        print(f"fastadv {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -40,10 +40,11 @@ def _extension_setup():
         from torch.utils import cpp_extension
     except ImportError:
         if build_mode == "1":
-            sys.exit("FASTADV_BUILD_EXTENSION=1 but torch is not importable: install torch first "
-                     "and build with pip install --no-build-isolation")
-        print("fastadv: torch is not importable at build time; installing without the C++ extension",
-              file=sys.stderr)
+            sys.exit(
+                "FASTADV_BUILD_EXTENSION=1 but torch is not importable: install torch first "
+                "and build with pip install --no-build-isolation"
+            )
+        print("fastadv: torch is not importable at build time; installing without the C++ extension", file=sys.stderr)
         return [], {}
 
     cuda_mode = _mode("FASTADV_BUILD_CUDA")
@@ -79,8 +80,11 @@ def _extension_setup():
                     raise
                 # Forget the extension, so the install does not look for its library.
                 self.extensions = []
-                print(f"fastadv: building the C++ extension failed ({error}); installing without it. "
-                      "The torch and triton backends remain available.", file=sys.stderr)
+                print(
+                    f"fastadv: building the C++ extension failed ({error}); installing without it. "
+                    "The torch and triton backends remain available.",
+                    file=sys.stderr,
+                )
 
     print(f"fastadv: building fastadv._C with {'CPU and CUDA' if use_cuda else 'CPU'} kernels", file=sys.stderr)
     return [ext], {"build_ext": BuildExtension}

@@ -100,22 +100,24 @@ def _number_param(name: str, v: float, nonnegative: bool) -> Param:
 
 def _table_shape(name: str, t: torch.Tensor, x: torch.Tensor, per_channel: bool) -> torch.Tensor:
     batch = x.shape[0]
-    channels = x.shape[1] if x.dim() >= 2 else 1
     allowed = "[B], [B,1,...]" + (", [1,C,1,...] or [B,C,1,...]" if per_channel else "")
     if t.dim() == 1:
         if t.shape[0] != batch and not (per_channel and x.dim() == 1 and t.shape[0] == 1):
-            raise ValueError(f"{name}: a 1-d tensor is per sample and must have length {batch} (the batch size), "
-                             f"got length {t.shape[0]}")
+            raise ValueError(
+                f"{name}: a 1-d tensor is per sample and must have length {batch} (the batch size), "
+                f"got length {t.shape[0]}"
+            )
         return t.reshape(-1, 1)
     if t.dim() > x.dim():
         raise ValueError(f"{name} has shape {tuple(t.shape)}, more dims than x ({tuple(x.shape)}); allowed: {allowed}")
     shape = (1,) * (x.dim() - t.dim()) + tuple(t.shape)
-    for dim, (size, x_size) in enumerate(zip(shape, x.shape)):
+    for dim, (size, x_size) in enumerate(zip(shape, x.shape, strict=True)):
         ok = size == 1 or (size == x_size and (dim == 0 or (dim == 1 and per_channel)))
         if not ok:
             what = "per-channel values are not allowed here" if dim == 1 and size == x_size else "wrong shape"
-            raise ValueError(f"{name} has shape {tuple(t.shape)} for x of shape {tuple(x.shape)} ({what}); "
-                             f"allowed: {allowed}")
+            raise ValueError(
+                f"{name} has shape {tuple(t.shape)} for x of shape {tuple(x.shape)} ({what}); allowed: {allowed}"
+            )
     return t.reshape(shape[0], shape[1] if x.dim() >= 2 else 1)
 
 
@@ -135,7 +137,7 @@ def _show(p: Param) -> str:
 
 def _byte_range(t: torch.Tensor) -> tuple[int, int]:
     start = t.data_ptr()
-    span = sum((size - 1) * stride for size, stride in zip(t.shape, t.stride())) + 1
+    span = sum((size - 1) * stride for size, stride in zip(t.shape, t.stride(), strict=True)) + 1
     return start, start + span * t.element_size()
 
 

@@ -60,20 +60,33 @@ def build_parser() -> argparse.ArgumentParser:
                     "torch.compile of it, and a same-size copy, in one run; print a table and append "
                     "long-format CSV rows (with device, versions and git SHA).",
     )  # fmt: skip
-    bench.add_argument("--sizes", type=_csv_list(step.SIZES), default=list(step.SIZES),
-                       help="element counts (default: %(default)s)")
-    bench.add_argument("--dtypes", type=_csv_list(step.DTYPES), default=list(step.DTYPES),
-                       help="dtypes (default: %(default)s)")
-    bench.add_argument("--device", type=_device, default=_device("auto"),
-                       help="cpu, cuda, cuda:N or auto (default: a GPU if there is one)")
-    bench.add_argument("--providers", type=_csv_list(), default=None,
-                       help="subset of eager, compile, copy, fused-triton, fused-cpu, fused-cuda "
-                            "(default: all that run on the device)")
+    bench.add_argument(
+        "--sizes", type=_csv_list(step.SIZES), default=list(step.SIZES), help="element counts (default: %(default)s)"
+    )
+    bench.add_argument(
+        "--dtypes", type=_csv_list(step.DTYPES), default=list(step.DTYPES), help="dtypes (default: %(default)s)"
+    )
+    bench.add_argument(
+        "--device",
+        type=_device,
+        default=_device("auto"),
+        help="cpu, cuda, cuda:N or auto (default: a GPU if there is one)",
+    )
+    bench.add_argument(
+        "--providers",
+        type=_csv_list(),
+        default=None,
+        help="subset of eager, compile, copy, fused-triton, fused-cpu, fused-cuda "
+        "(default: all that run on the device)",
+    )
     bench.add_argument("--no-compile", action="store_true", help="skip the torch.compile baseline")
     bench.add_argument("--warmup", type=_positive_int, default=3, help="untimed calls first (default: 3)")
     bench.add_argument("--repeat", type=_positive_int, default=10, help="timed calls (default: 10)")
-    bench.add_argument("--csv", default="fastadv-results/bench_step.csv",
-                       help="CSV file the rows are appended to (default: %(default)s)")
+    bench.add_argument(
+        "--csv",
+        default="fastadv-results/bench_step.csv",
+        help="CSV file the rows are appended to (default: %(default)s)",
+    )
     bench.add_argument("--quiet", action="store_true", help="no progress bar")
     bench.set_defaults(run=_run_bench)
     return parser
@@ -86,16 +99,19 @@ def _run_bench(args: argparse.Namespace) -> int:
     names = args.providers or available
     missing = [n for n in names if n not in available]
     if missing:
-        raise CliError(f"--providers: {', '.join(missing)} cannot run on {args.device} here "
-                       f"(available: {', '.join(available)})")
+        raise CliError(
+            f"--providers: {', '.join(missing)} cannot run on {args.device} here (available: {', '.join(available)})"
+        )
     if "eager" not in names:
         names = ["eager"] + names  # the baseline every ratio is taken against
     if "copy" not in names:
         names.append("copy")
-    rows = step.run(args.sizes, args.dtypes, args.device, names, warmup=args.warmup, repeat=args.repeat,
-                    progress=not args.quiet)
-    print(f"fused L-inf step on {rows[0].device} (torch {rows[0].torch}, triton {rows[0].triton}, "
-          f"git {rows[0].git_sha})")
+    rows = step.run(
+        args.sizes, args.dtypes, args.device, names, warmup=args.warmup, repeat=args.repeat, progress=not args.quiet
+    )
+    print(
+        f"fused L-inf step on {rows[0].device} (torch {rows[0].torch}, triton {rows[0].triton}, git {rows[0].git_sha})"
+    )
     print(step.format_table(rows))
     try:
         step.write_csv(rows, args.csv)

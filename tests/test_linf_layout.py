@@ -13,9 +13,11 @@ BACKENDS_HERE = ("torch", "triton", "cpu", "cuda")
 def _inputs(shape=(2, 3, 5, 5), dtype=torch.float32, device="cpu"):
     gen = torch.Generator().manual_seed(0)
     x = torch.rand(shape, generator=gen)
-    return (x + 0.1 * torch.randn(shape, generator=gen)).to(device, dtype), torch.randn(
-        shape, generator=gen
-    ).to(device), x.to(device, dtype)
+    return (
+        (x + 0.1 * torch.randn(shape, generator=gen)).to(device, dtype),
+        torch.randn(shape, generator=gen).to(device),
+        x.to(device, dtype),
+    )
 
 
 @pytest.mark.parametrize("device", device_params())
@@ -31,7 +33,7 @@ def test_out_keeps_x_adv_layout_and_inputs_are_untouched(device, backend):
         copies = [t.clone() for t in (xa, grad, x)]
         out = fastadv.linf_step(xa, grad, x, 0.05, 0.02, backend=backend)
         assert check(out), f"out lost the {layout} layout"
-        for before, after in zip(copies, (xa, grad, x)):
+        for before, after in zip(copies, (xa, grad, x), strict=True):
             assert_exact(after, before, "an input was modified")
         assert_exact(out, fastadv.linf_step(x_adv, grad, x, 0.05, 0.02, backend="torch"), layout)
 
@@ -87,8 +89,12 @@ def test_extreme_parameter_values(backend, value):
 def test_parameter_tensor_dtypes_and_0d_device_tensors():
     x_adv, grad, x = _inputs()
     expected = fastadv.linf_step(x_adv, grad, x, 0.25, 0.125, backend="torch")
-    for eps in (torch.tensor(0.25, dtype=torch.float64), torch.tensor([0.25, 0.25], dtype=torch.float16),
-                torch.tensor(1) / 4, torch.full((2, 1, 1, 1), 0.25)):
+    for eps in (
+        torch.tensor(0.25, dtype=torch.float64),
+        torch.tensor([0.25, 0.25], dtype=torch.float16),
+        torch.tensor(1) / 4,
+        torch.full((2, 1, 1, 1), 0.25),
+    ):
         assert_exact(fastadv.linf_step(x_adv, grad, x, eps, 0.125), expected, f"eps given as {eps.dtype} {eps.shape}")
 
 

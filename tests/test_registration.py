@@ -18,11 +18,20 @@ def _op_samples(device="cpu"):
     per_channel = torch.rand(1, 3, generator=gen).to(device) * 0.1
     per_sample = torch.rand(2, 1, generator=gen).to(device) * 0.1
     yield (x_adv, grad, x, None, None, None, None, [0.03, 0.01, 0.0, 1.0], False, torch.empty_like(x))
-    yield (x_adv, grad.half(), x, per_channel, per_sample, None, None, [0.0, 0.0, 0.0, 1.0], True,
-           torch.empty_like(x))
+    yield (x_adv, grad.half(), x, per_channel, per_sample, None, None, [0.0, 0.0, 0.0, 1.0], True, torch.empty_like(x))
     cl = x.contiguous(memory_format=torch.channels_last)
-    yield (x_adv.contiguous(memory_format=torch.channels_last), grad.contiguous(memory_format=torch.channels_last),
-           cl, per_channel, None, None, None, [0.0, 0.02, -0.1, 1.1], False, torch.empty_like(cl))
+    yield (
+        x_adv.contiguous(memory_format=torch.channels_last),
+        grad.contiguous(memory_format=torch.channels_last),
+        cl,
+        per_channel,
+        None,
+        None,
+        None,
+        [0.0, 0.02, -0.1, 1.1],
+        False,
+        torch.empty_like(cl),
+    )
 
 
 @pytest.mark.parametrize("namespace", ["fastadv", "fastadv_triton"])
@@ -35,8 +44,9 @@ def test_opcheck(namespace):
         kwargs = {} if utils is None else {"test_utils": utils}
         torch.library.opcheck(ns.linf_step_out, sample, **kwargs)
         x_adv, _, x, eps, _, lower, upper, values, _, out = sample
-        torch.library.opcheck(ns.linf_project_out, (x_adv, x, eps, lower, upper, [values[0]] + values[2:], out),
-                              **kwargs)
+        torch.library.opcheck(
+            ns.linf_project_out, (x_adv, x, eps, lower, upper, [values[0]] + values[2:], out), **kwargs
+        )
 
 
 def test_torch_compile_fullgraph_matches_eager():

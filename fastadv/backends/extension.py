@@ -20,8 +20,10 @@ def load_error() -> str | None:
     try:
         from .. import _C  # noqa: F401  (registers the ops)
     except ImportError as error:
-        return (f"the C++ extension fastadv._C is not built ({error}); reinstall with "
-                "`pip install --no-build-isolation -e .` and a C++ compiler")
+        return (
+            f"the C++ extension fastadv._C is not built ({error}); reinstall with "
+            "`pip install --no-build-isolation -e .` and a C++ compiler"
+        )
     _register_fakes()
     return None
 
@@ -59,8 +61,10 @@ class _ExtensionBackend:
         if error is not None:
             return error
         if not _has_kernel(self.device_type.upper()):
-            return ("fastadv._C was built without CUDA kernels (no nvcc or a CPU-only torch at build time; "
-                    "rebuild with FASTADV_BUILD_CUDA=1)")
+            return (
+                "fastadv._C was built without CUDA kernels (no nvcc or a CPU-only torch at build time; "
+                "rebuild with FASTADV_BUILD_CUDA=1)"
+            )
         if self.device_type == "cuda" and not torch.cuda.is_available():
             return "no CUDA GPU is available"
         if device is not None and device.type != self.device_type:
@@ -68,8 +72,9 @@ class _ExtensionBackend:
         return None
 
     def linf_step_into(self, x_adv, grad, x, eps, alpha, lower, upper, targeted, out) -> None:
-        torch.ops.fastadv.linf_step_out(x_adv, grad, x, *_tables(eps, alpha, lower, upper),
-                                        _values(eps, alpha, lower, upper), targeted, out)
+        torch.ops.fastadv.linf_step_out(
+            x_adv, grad, x, *_tables(eps, alpha, lower, upper), _values(eps, alpha, lower, upper), targeted, out
+        )
 
     def linf_project_into(self, x_adv, x, eps, lower, upper, out) -> None:
         torch.ops.fastadv.linf_project_out(x_adv, x, *_tables(eps, lower, upper), _values(eps, lower, upper), out)

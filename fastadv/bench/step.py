@@ -103,16 +103,28 @@ class Row:
     p80: float
 
 
-def run(sizes: Iterable[str], dtypes: Iterable[str], device: torch.device, names: Iterable[str],
-        warmup: int = 3, repeat: int = 10, progress: bool = True, kernel: str = "linf_step") -> list[Row]:
+def run(
+    sizes: Iterable[str],
+    dtypes: Iterable[str],
+    device: torch.device,
+    names: Iterable[str],
+    warmup: int = 3,
+    repeat: int = 10,
+    progress: bool = True,
+    kernel: str = "linf_step",
+) -> list[Row]:
     """Measures every provider on every (size, dtype); returns time, bandwidth, speed-up over
     eager and fraction of copy bandwidth rows."""
     from tqdm import tqdm
 
     names = list(names)
     cases = [(s, d) for s in sizes for d in dtypes]
-    env = {"timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-           "git_sha": git_sha(), "device": device_name(device), **versions()}
+    env = {
+        "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "git_sha": git_sha(),
+        "device": device_name(device),
+        **versions(),
+    }
     rows: list[Row] = []
     bar = tqdm(total=len(cases) * len(names), desc="bench", disable=not progress, unit="run")
     for size, dtype in cases:
@@ -123,9 +135,22 @@ def run(sizes: Iterable[str], dtypes: Iterable[str], device: torch.device, names
             seconds[name] = quantiles(measure(provider_fn(name, t), device, warmup, repeat))
             bar.update()
 
-        def add(name, metric, unit, values):
-            rows.append(Row(**env, kernel=kernel, provider=name, dtype=dtype, size=size, numel=SIZES[size],
-                            metric=metric, unit=unit, median=values[0], p20=values[1], p80=values[2]))
+        def add(name, metric, unit, values, size=size, dtype=dtype):
+            rows.append(
+                Row(
+                    **env,
+                    kernel=kernel,
+                    provider=name,
+                    dtype=dtype,
+                    size=size,
+                    numel=SIZES[size],
+                    metric=metric,
+                    unit=unit,
+                    median=values[0],
+                    p20=values[1],
+                    p80=values[2],
+                )
+            )
 
         copy_gbps = bytes_moved("copy", t) / seconds["copy"][0] / 1e9 if "copy" in seconds else None
         for name, (med, p20, p80) in seconds.items():
@@ -163,5 +188,6 @@ def format_table(rows: list[Row]) -> str:
     for (size, dtype, provider), m in by_key.items():
         speed = f"{m['speedup_vs_eager']:.2f}x" if "speedup_vs_eager" in m else "-"
         frac = f"{100 * m['fraction_of_copy_bandwidth']:.0f}%" if "fraction_of_copy_bandwidth" in m else "-"
-        lines.append(f"{size:>5} {dtype:>9} {provider:>14} {m['time']:>9.3f} {m['bandwidth']:>8.1f} {speed:>9} {frac:>8}")
+        timing = f"{m['time']:>9.3f} {m['bandwidth']:>8.1f}"
+        lines.append(f"{size:>5} {dtype:>9} {provider:>14} {timing} {speed:>9} {frac:>8}")
     return "\n".join(lines)

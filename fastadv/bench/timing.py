@@ -58,10 +58,16 @@ def device_name(device: torch.device) -> str:
 def git_sha() -> str:
     here = os.path.dirname(os.path.abspath(__file__))
     try:
-        sha = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=here, capture_output=True,
-                             text=True, timeout=5, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
-                               capture_output=True, text=True, timeout=5).stdout.strip()
+        sha = subprocess.run(
+            ["git", "rev-parse", "--short=12", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=here,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        ).stdout.strip()
         return sha + ("-dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         return "unknown"
@@ -76,5 +82,10 @@ def versions() -> dict[str, str]:
         triton_version = "none"
     from .. import __version__
 
-    return {"fastadv": __version__, "torch": torch.__version__, "triton": triton_version,
-            "cuda": torch.version.cuda or "none", "python": platform.python_version()}
+    return {
+        "fastadv": __version__,
+        "torch": torch.__version__,
+        "triton": triton_version,
+        "cuda": torch.version.cuda or "none",
+        "python": platform.python_version(),
+    }

@@ -81,3 +81,29 @@ def test_reference_follows_the_contract_by_hand():
     assert_exact(out, expected, "hand-worked values")
     targeted = fastadv.linf_step(x_adv, grad, x, eps=0.1, alpha=0.25, targeted=True, backend="torch")
     assert targeted[0, 0].item() == pytest.approx(0.4) and targeted[0, 2].item() == pytest.approx(0.6)
+
+
+@pytest.mark.parametrize("backend", FAST_BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+def test_half_conversions_cover_every_value(backend, dtype):
+    """Loads: every 16-bit pattern (subnormals, infinities, NaNs) survives a projection with an
+    infinite ball and bounds. Stores: a million float32 values, each an alpha of its own (a
+    [B, C] table on a 2-D input), rounded into the half type exactly as torch rounds."""
+    require_backend(backend, "cpu")
+    bits = torch.arange(-(2**15), 2**15, dtype=torch.int32).to(torch.int16).view(256, 256)
+    every = bits.view(dtype)
+    args = (every, every, float("inf"), -float("inf"), float("inf"))
+    out = fastadv.linf_project(*args, backend=backend)
+    assert_exact(out, fastadv.linf_project(*args, backend="torch"), "every 16-bit pattern")
+    finite = torch.isfinite(every)  # x -/+ inf is NaN where x is infinite, by the contract
+    assert_exact(out[finite], every[finite], "every finite 16-bit value round-trips")
+
+    gen = torch.Generator().manual_seed(7)
+    exponent = torch.randint(-30, 20, (1024, 1024), generator=gen).float()
+    alpha = torch.rand(1024, 1024, generator=gen) * torch.exp2(exponent)  # subnormal to overflow
+    zeros = torch.zeros(1024, 1024, dtype=dtype)
+    ones = torch.ones(1024, 1024)
+    for targeted in (False, True):
+        args = (zeros, ones, zeros, float("inf"), alpha, -float("inf"), float("inf"))
+        expected = fastadv.linf_step(*args, targeted=targeted, backend="torch")
+        assert_exact(fastadv.linf_step(*args, targeted=targeted, backend=backend), expected, f"stores {targeted}")

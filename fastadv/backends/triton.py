@@ -63,6 +63,16 @@ if triton is not None:
             return tl.cast(value, tl.float32)
 
     @triton.jit
+    def _load_float32(ptr, offs, mask):
+        # bfloat16 is widened by a shift of its bits: exact, and the interpreter's own cast gets
+        # subnormals wrong.
+        v = tl.load(ptr + offs, mask=mask)
+        if ptr.dtype.element_ty == tl.bfloat16:
+            return (v.to(tl.uint16, bitcast=True).to(tl.uint32) << 16).to(tl.float32, bitcast=True)
+        else:
+            return v.to(tl.float32)
+
+    @triton.jit
     def _to_output_dtype(y, out_ptr):
         # float32 -> bfloat16 rounded to nearest even in integer arithmetic: the interpreter's
         # own cast truncates, and this way GPU and interpreter run the same code.
@@ -93,14 +103,14 @@ if triton is not None:
         # Sample and channel of each element; dead code (removed) when no parameter is a table.
         b = offs // sample_size
         c = (offs // channel_div) % channels
-        x_adv = tl.load(x_adv_ptr + offs, mask=mask).to(tl.float32)
-        x = tl.load(x_ptr + offs, mask=mask).to(tl.float32)
+        x_adv = _load_float32(x_adv_ptr, offs, mask)
+        x = _load_float32(x_ptr, offs, mask)
         eps = _param(eps_ptr, eps_value, eps_sb, eps_sc, b, c, mask, EPS_TABLE)
         lower = _param(lower_ptr, lower_value, lower_sb, lower_sc, b, c, mask, LOWER_TABLE)
         upper = _param(upper_ptr, upper_value, upper_sb, upper_sc, b, c, mask, UPPER_TABLE)
         y = x_adv
         if HAS_GRAD:
-            g = tl.load(grad_ptr + offs, mask=mask).to(tl.float32)
+            g = _load_float32(grad_ptr, offs, mask)
             s = tl.where(g > 0, 1.0, tl.where(g < 0, -1.0, 0.0))  # NaN compares false: sign 0
             if TARGETED:
                 s = -s

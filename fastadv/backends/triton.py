@@ -116,9 +116,11 @@ if triton is not None:
                 s = -s
             alpha = _param(alpha_ptr, alpha_value, alpha_sb, alpha_sc, b, c, mask, ALPHA_TABLE)
             y = x_adv + alpha * s
-        nan = tl.PropagateNan.ALL  # torch.maximum / torch.minimum semantics
-        y = tl.minimum(tl.maximum(y, x - eps, propagate_nan=nan), x + eps, propagate_nan=nan)
-        y = tl.minimum(tl.maximum(y, lower, propagate_nan=nan), upper, propagate_nan=nan)
+        # NaN propagates as in torch.maximum / torch.minimum.
+        y = tl.maximum(y, x - eps, propagate_nan=tl.PropagateNan.ALL)
+        y = tl.minimum(y, x + eps, propagate_nan=tl.PropagateNan.ALL)
+        y = tl.maximum(y, lower, propagate_nan=tl.PropagateNan.ALL)
+        y = tl.minimum(y, upper, propagate_nan=tl.PropagateNan.ALL)
         tl.store(out_ptr + offs, _to_output_dtype(y, out_ptr), mask=mask)
 
     def _table_strides(table):

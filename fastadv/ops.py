@@ -62,17 +62,10 @@ def linf_step(
         TypeError / ValueError naming the argument for bad input (``out`` is then untouched);
         RuntimeError when the requested backend is unavailable, saying why.
     """
-    check_inputs(x_adv, grad, x)
     if not isinstance(targeted, bool):
         raise TypeError(f"targeted must be a bool, got {type(targeted).__name__}")
-    eps_p = to_param("eps", eps, x_adv, per_channel=True, nonnegative=True)
+    eps_p, lower_p, upper_p, impl = _check_common(x_adv, grad, x, eps, lower, upper, out, backend)
     alpha_p = to_param("alpha", alpha, x_adv, per_channel=True, nonnegative=True)
-    lower_p = to_param("lower", lower, x_adv, per_channel=True, nonnegative=False)
-    upper_p = to_param("upper", upper, x_adv, per_channel=True, nonnegative=False)
-    check_bounds(lower_p, upper_p)
-    if out is not None:
-        check_out(out, x_adv, grad, x)
-    impl = select_backend(backend, x_adv.device)
 
     def kernel(xa, g, xx, o):
         impl.linf_step_into(xa, g, xx, eps_p, alpha_p, lower_p, upper_p, targeted, o)
@@ -93,19 +86,24 @@ def linf_project(
     """Projects x_adv onto the L-inf ball of radius eps around x, then onto [lower, upper]:
     linf_step without the gradient step (used after a random start). Arguments, layouts,
     errors and backends as for :func:`linf_step`."""
-    check_inputs(x_adv, None, x)
-    eps_p = to_param("eps", eps, x_adv, per_channel=True, nonnegative=True)
-    lower_p = to_param("lower", lower, x_adv, per_channel=True, nonnegative=False)
-    upper_p = to_param("upper", upper, x_adv, per_channel=True, nonnegative=False)
-    check_bounds(lower_p, upper_p)
-    if out is not None:
-        check_out(out, x_adv, None, x)
-    impl = select_backend(backend, x_adv.device)
+    eps_p, lower_p, upper_p, impl = _check_common(x_adv, None, x, eps, lower, upper, out, backend)
 
     def kernel(xa, _g, xx, o):
         impl.linf_project_into(xa, xx, eps_p, lower_p, upper_p, o)
 
     return _run_in_native_layout(kernel, x_adv, None, x, out)
+
+
+def _check_common(x_adv, grad, x, eps, lower, upper, out, backend):
+    """The checks every op shares; returns (eps, lower, upper) as Params and the backend."""
+    check_inputs(x_adv, grad, x)
+    eps_p = to_param("eps", eps, x_adv, per_channel=True, nonnegative=True)
+    lower_p = to_param("lower", lower, x_adv, per_channel=True, nonnegative=False)
+    upper_p = to_param("upper", upper, x_adv, per_channel=True, nonnegative=False)
+    check_bounds(lower_p, upper_p)
+    if out is not None:
+        check_out(out, x_adv, grad, x)
+    return eps_p, lower_p, upper_p, select_backend(backend, x_adv.device)
 
 
 def _run_in_native_layout(

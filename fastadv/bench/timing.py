@@ -62,8 +62,9 @@ def git_sha() -> str:
             ["git", "rev-parse", "--short=12", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5, check=True
         ).stdout.strip()
         # Results being written are not a change to the code measured.
+        code_only = ["--", ":(top)", ":(exclude,top)benchmarks/results"]
         dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no", "--", ":(top)", ":(top,exclude)benchmarks/results"],
+            ["git", "status", "--porcelain", "--untracked-files=no", *code_only],
             cwd=here,
             capture_output=True,
             text=True,

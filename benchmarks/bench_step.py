@@ -1,9 +1,10 @@
-"""pytest-benchmark: the fused L-inf step against PyTorch eager, torch.compile and a copy.
+"""pytest-benchmark: the fused L-inf and L2 steps against PyTorch eager, torch.compile and a copy.
 
     pytest benchmarks/bench_step.py --benchmark-only [--benchmark-json out.json]
 
-Sizes from FASTADV_BENCH_SIZES (default "1M,16M"; 64M too on a GPU). Providers and byte counts
-are those of `fastadv bench` (fastadv/bench/step.py), which also writes CSV rows with ratios.
+Cases from FASTADV_BENCH_SIZES (L-inf element counts; default "1M,16M", 64M too on a GPU) and
+FASTADV_BENCH_L2_BATCHES (default "cifar,imagenet"). Providers and byte counts are those of
+`fastadv bench` (fastadv/bench/step.py), which also writes CSV rows with ratios.
 """
 
 import os
@@ -15,16 +16,20 @@ from fastadv.bench import step
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 SIZES = os.environ.get("FASTADV_BENCH_SIZES", "1M,16M,64M" if DEVICE.type == "cuda" else "1M,16M").split(",")
+L2_BATCHES = os.environ.get("FASTADV_BENCH_L2_BATCHES", "cifar,imagenet").split(",")
+CASES = step.cases(step.KERNELS, SIZES, L2_BATCHES)
 
 
-@pytest.mark.parametrize("size", SIZES)
+@pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c[0]}-{c[1]}")
 @pytest.mark.parametrize("dtype", list(step.DTYPES))
 @pytest.mark.parametrize("provider", step.providers(DEVICE))
-def test_linf_step(benchmark, size, dtype, provider):
-    tensors = step.make_inputs(step.SIZES[size], step.DTYPES[dtype], DEVICE)
-    fn = step.provider_fn(provider, tensors)
-    benchmark.group = f"linf_step {size} {dtype} on {DEVICE.type}"
+def test_step(benchmark, case, dtype, provider):
+    kernel, name, shape = case
+    tensors = step.make_inputs(shape, step.DTYPES[dtype], DEVICE)
+    fn = step.provider_fn(kernel, provider, tensors)
+    benchmark.group = f"{kernel} {name} {dtype} on {DEVICE.type}"
     benchmark.extra_info["bytes_moved"] = step.bytes_moved(provider, tensors)
+    benchmark.extra_info["design_bytes"] = step.design_bytes(kernel, provider, tensors)
     if DEVICE.type == "cuda":
         run = fn
 

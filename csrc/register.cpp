@@ -22,4 +22,11 @@ TORCH_LIBRARY(fastadv, m) {
   m.def(
       "linf_project_out(Tensor x_adv, Tensor x, Tensor? eps, Tensor? lower, Tensor? upper, float[] values, "
       "Tensor(a!) out) -> ()");
+  // L2: eps and alpha are per sample at most ([Bp, 1] tables).
+  m.def(
+      "l2_step_out(Tensor x_adv, Tensor grad, Tensor x, Tensor? eps, Tensor? alpha, Tensor? lower, "
+      "Tensor? upper, float[] values, bool targeted, Tensor(a!) out) -> ()");
+  m.def(
+      "l2_project_out(Tensor x_adv, Tensor x, Tensor? eps, Tensor? lower, Tensor? upper, float[] values, "
+      "Tensor(a!) out) -> ()");
 }

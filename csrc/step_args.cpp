@@ -89,4 +89,15 @@ StepLaunch check_step_args(const char* op, const at::Tensor& x_adv, const std::o
   return launch;
 }
 
+StepLaunch check_l2_args(const char* op, const at::Tensor& x_adv, const std::optional<at::Tensor>& grad,
+                         const at::Tensor& x, const std::optional<at::Tensor>& eps,
+                         const std::optional<at::Tensor>& alpha, const std::optional<at::Tensor>& lower,
+                         const std::optional<at::Tensor>& upper, c10::ArrayRef<double> values, const at::Tensor& out,
+                         c10::DeviceType device_type) {
+  StepLaunch launch = check_step_args(op, x_adv, grad, x, eps, alpha, lower, upper, values, out, device_type);
+  TORCH_CHECK(launch.params.eps.stride_c == 0 && launch.params.alpha.stride_c == 0, op,
+              ": eps and alpha are per sample at most for L2 (tables of shape [Bp, 1])");
+  return launch;
+}
+
 }  // namespace fastadv

@@ -24,4 +24,11 @@ StepLaunch check_step_args(const char* op, const at::Tensor& x_adv, const std::o
                            const std::optional<at::Tensor>& upper, c10::ArrayRef<double> values,
                            const at::Tensor& out, c10::DeviceType device_type);
 
+// The L2 ops: the same checks, and eps / alpha must not vary over channels.
+StepLaunch check_l2_args(const char* op, const at::Tensor& x_adv, const std::optional<at::Tensor>& grad,
+                         const at::Tensor& x, const std::optional<at::Tensor>& eps,
+                         const std::optional<at::Tensor>& alpha, const std::optional<at::Tensor>& lower,
+                         const std::optional<at::Tensor>& upper, c10::ArrayRef<double> values, const at::Tensor& out,
+                         c10::DeviceType device_type);
+
 }  // namespace fastadv

@@ -42,6 +42,31 @@ FASTADV_HOST_DEVICE float linf_step_value(float x_adv, float grad, float x, floa
   return linf_project_value(x_adv + step * sign_or_zero(grad), x, eps, lower, upper);
 }
 
+// ---- L2 (per sample b; norms over all non-batch elements, accumulated in float32) ----
+// d = grad_b / ||grad_b|| (0 where the norm is 0; NaN entries count as 0), negated when targeted;
+// delta = (x_adv + alpha * d) - x, rescaled by eps / ||delta|| when ||delta|| > eps; then clamp.
+
+// A gradient entry as it enters the norm and the direction: NaN counts as 0.
+FASTADV_HOST_DEVICE float l2_grad_entry(float g) {
+  return g == g ? g : 0.f;
+}
+
+// The unscaled perturbation of one element after the gradient step.
+FASTADV_HOST_DEVICE float l2_step_delta(float x_adv, float g, float x, float grad_norm, float alpha, bool targeted) {
+  const float d = grad_norm > 0.f ? l2_grad_entry(g) / grad_norm : 0.f;
+  const float step = targeted ? -alpha : alpha;  // exact, and loop-invariant (see linf_step_value)
+  return (x_adv + step * d) - x;
+}
+
+// The factor that brings delta back into the eps ball (1 inside it).
+FASTADV_HOST_DEVICE float l2_rescale_factor(float delta_norm, float eps) {
+  return delta_norm > eps ? eps / delta_norm : 1.f;
+}
+
+FASTADV_HOST_DEVICE float l2_output(float x, float delta, float factor, float lower, float upper) {
+  return min_propagate_nan(max_propagate_nan(x + delta * factor, lower), upper);
+}
+
 // A step parameter: one value for every element, or a float32 table of shape [Bp, Cp]
 // (Bp in {1, B}, Cp in {1, C}) read at (sample, channel); a broadcast dim has stride 0.
 struct StepParam {

@@ -4,7 +4,7 @@ The core is one fused kernel per attack step (sign step, eps-ball projection, cl
 torch (reference), triton, cpu and cuda backends. See README.md and DESIGN.md.
 """
 
-from .ops import available_backends, linf_project, linf_step
+from .ops import available_backends, l2_project, l2_step, linf_project, linf_step
 
 __version__ = "0.1.0"
-__all__ = ["available_backends", "linf_project", "linf_step", "__version__"]
+__all__ = ["available_backends", "l2_project", "l2_step", "linf_project", "linf_step", "__version__"]

@@ -114,7 +114,11 @@ def _table_shape(name: str, t: torch.Tensor, x: torch.Tensor, per_channel: bool)
     for dim, (size, x_size) in enumerate(zip(shape, x.shape, strict=True)):
         ok = size == 1 or (size == x_size and (dim == 0 or (dim == 1 and per_channel)))
         if not ok:
-            what = "per-channel values are not allowed here" if dim == 1 and size == x_size else "wrong shape"
+            what = (
+                "per-channel values are not allowed: L2 eps and alpha are per sample at most"
+                if dim == 1 and size == x_size
+                else "wrong shape"
+            )
             raise ValueError(
                 f"{name} has shape {tuple(t.shape)} for x of shape {tuple(x.shape)} ({what}); allowed: {allowed}"
             )

@@ -1,4 +1,4 @@
-"""The `fastadv` command line. `fastadv bench` measures the fused step against PyTorch eager,
+"""The `fastadv` command line. `fastadv bench` measures the fused steps against PyTorch eager,
 torch.compile and a memory copy; more commands (eval, train) come with their issues."""
 
 from __future__ import annotations
@@ -55,14 +55,23 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fastadv", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     bench = sub.add_parser(
-        "bench", help="benchmark the fused attack step",
-        description="Time the fused L-inf step (every available backend) against the PyTorch eager chain, "
-                    "torch.compile of it, and a same-size copy, in one run; print a table and append "
+        "bench", help="benchmark the fused attack steps",
+        description="Time the fused L-inf and L2 steps (every available backend) against the PyTorch eager "
+                    "formulation, torch.compile of it, and a same-size copy, in one run; print a table and append "
                     "long-format CSV rows (with device, versions and git SHA).",
     )  # fmt: skip
     bench.add_argument(
-        "--sizes", type=_csv_list(step.SIZES), default=list(step.SIZES), help="element counts (default: %(default)s)"
-    )
+        "--kernels", type=_csv_list(dict.fromkeys(step.KERNELS)), default=list(step.KERNELS),
+        help="which steps (default: %(default)s)",
+    )  # fmt: skip
+    bench.add_argument(
+        "--sizes", type=_csv_list(step.SIZES), default=list(step.SIZES),
+        help="linf_step element counts (default: %(default)s)",
+    )  # fmt: skip
+    bench.add_argument(
+        "--l2-batches", type=_csv_list(step.L2_BATCHES), default=list(step.L2_BATCHES),
+        help="l2_step batches: cifar = 512x3x32x32, imagenet = 64x3x224x224 (default: %(default)s)",
+    )  # fmt: skip
     bench.add_argument(
         "--dtypes", type=_csv_list(step.DTYPES), default=list(step.DTYPES), help="dtypes (default: %(default)s)"
     )
@@ -106,11 +115,13 @@ def _run_bench(args: argparse.Namespace) -> int:
         names = ["eager"] + names  # the baseline every ratio is taken against
     if "copy" not in names:
         names.append("copy")
+    measured = step.cases(args.kernels, args.sizes, args.l2_batches)
     rows = step.run(
-        args.sizes, args.dtypes, args.device, names, warmup=args.warmup, repeat=args.repeat, progress=not args.quiet
+        measured, args.dtypes, args.device, names, warmup=args.warmup, repeat=args.repeat, progress=not args.quiet
     )
     print(
-        f"fused L-inf step on {rows[0].device} (torch {rows[0].torch}, triton {rows[0].triton}, git {rows[0].git_sha})"
+        f"fused attack steps on {rows[0].device} "
+        f"(torch {rows[0].torch}, triton {rows[0].triton}, git {rows[0].git_sha})"
     )
     print(step.format_table(rows))
     try:

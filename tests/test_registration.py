@@ -10,28 +10,22 @@ import fastadv
 from fastadv.backends import BACKENDS, select_backend
 
 
-def _op_samples(device="cpu"):
+def _op_samples(device="cpu", per_channel_eps=True):
+    """Arguments of the *_step_out ops: scalar, table and channels_last cases (L2 eps per sample)."""
     gen = torch.Generator().manual_seed(1)
     x = torch.rand(2, 3, 4, 4, generator=gen).to(device)
     x_adv = (x.cpu() + 0.1 * torch.randn(2, 3, 4, 4, generator=gen)).to(device)
     grad = torch.randn(2, 3, 4, 4, generator=gen).to(device)
     per_channel = torch.rand(1, 3, generator=gen).to(device) * 0.1
     per_sample = torch.rand(2, 1, generator=gen).to(device) * 0.1
+    eps_table = per_channel if per_channel_eps else per_sample
     yield (x_adv, grad, x, None, None, None, None, [0.03, 0.01, 0.0, 1.0], False, torch.empty_like(x))
-    yield (x_adv, grad.half(), x, per_channel, per_sample, None, None, [0.0, 0.0, 0.0, 1.0], True, torch.empty_like(x))
+    yield (x_adv, grad.half(), x, eps_table, per_sample, per_channel, None, [0.0, 0.0, 0.0, 1.0], True,
+           torch.empty_like(x))  # fmt: skip
     cl = x.contiguous(memory_format=torch.channels_last)
-    yield (
-        x_adv.contiguous(memory_format=torch.channels_last),
-        grad.contiguous(memory_format=torch.channels_last),
-        cl,
-        per_channel,
-        None,
-        None,
-        None,
-        [0.0, 0.02, -0.1, 1.1],
-        False,
-        torch.empty_like(cl),
-    )
+    cl_grad = grad.contiguous(memory_format=torch.channels_last)
+    yield (x_adv.contiguous(memory_format=torch.channels_last), cl_grad, cl, eps_table, None, None, per_channel + 0.9,
+           [0.0, 0.02, -0.1, 1.1], False, torch.empty_like(cl))  # fmt: skip
 
 
 @pytest.mark.parametrize("namespace", ["fastadv", "fastadv_triton"])
@@ -40,13 +34,13 @@ def test_opcheck(namespace):
     ns = getattr(torch.ops, namespace)
     # The interpreter cannot run on fake tensors, so the Triton op is checked eagerly only.
     utils = None if namespace == "fastadv" else ("test_schema",)
-    for sample in _op_samples():
-        kwargs = {} if utils is None else {"test_utils": utils}
-        torch.library.opcheck(ns.linf_step_out, sample, **kwargs)
-        x_adv, _, x, eps, _, lower, upper, values, _, out = sample
-        torch.library.opcheck(
-            ns.linf_project_out, (x_adv, x, eps, lower, upper, [values[0]] + values[2:], out), **kwargs
-        )
+    kwargs = {} if utils is None else {"test_utils": utils}
+    for norm in ("linf", "l2"):
+        step_op, project_op = getattr(ns, f"{norm}_step_out"), getattr(ns, f"{norm}_project_out")
+        for sample in _op_samples(per_channel_eps=norm == "linf"):
+            torch.library.opcheck(step_op, sample, **kwargs)
+            x_adv, _, x, eps, _, lower, upper, values, _, out = sample
+            torch.library.opcheck(project_op, (x_adv, x, eps, lower, upper, [values[0]] + values[2:], out), **kwargs)
 
 
 def test_torch_compile_fullgraph_matches_eager():
@@ -57,6 +51,8 @@ def test_torch_compile_fullgraph_matches_eager():
     def attack_step(x_adv, grad, x):
         y = fastadv.linf_step(x_adv, grad, x, eps, 0.01, backend="cpu")
         y = fastadv.linf_step(y, grad, x, 0.03, 0.01, targeted=True, backend="cpu")
+        y = fastadv.l2_step(y, grad, x, 0.5, 0.1, lower=eps, backend="cpu")
+        y = fastadv.l2_project(y * 1.01, x, torch.full((x.shape[0],), 0.3), backend="cpu")
         return fastadv.linf_project(y * 1.01, x, 0.03, backend="cpu")
 
     compiled = torch.compile(attack_step, fullgraph=True)
@@ -134,6 +130,20 @@ def test_cuda_graph_capture_and_current_stream(backend):
     graph.replay()
     torch.cuda.synchronize()
     assert_exact(out, expected, f"{backend} replayed from a CUDA graph")
+    # L2 with the split reduction (3x224x224 samples), its scratch buffer allocated inside the graph
+    big = torch.rand(2, 3, 224, 224, device="cuda")
+    big_adv, big_grad, big_out = big + 0.01, torch.randn_like(big), torch.empty_like(big)
+    expected = fastadv.l2_step(big_adv, big_grad, big, 2.0, 0.5, backend="torch")
+    with torch.cuda.stream(stream):
+        fastadv.l2_step(big_adv, big_grad, big, 2.0, 0.5, out=big_out, backend=backend)
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fastadv.l2_step(big_adv, big_grad, big, 2.0, 0.5, out=big_out, backend=backend)
+    big_out.zero_()
+    graph.replay()
+    torch.cuda.synchronize()
+    torch.testing.assert_close(big_out, expected, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.cuda

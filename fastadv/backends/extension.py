@@ -38,8 +38,14 @@ def _register_fakes() -> None:
     def _(x_adv, grad, x, eps, alpha, lower, upper, values, targeted, out):
         return None
 
-    @torch.library.register_fake("fastadv::linf_project_out")
-    def _(x_adv, x, eps, lower, upper, values, out):
+    for op in ("fastadv::linf_project_out", "fastadv::l2_project_out"):
+
+        @torch.library.register_fake(op)
+        def _(x_adv, x, eps, lower, upper, values, out):
+            return None
+
+    @torch.library.register_fake("fastadv::l2_step_out")
+    def _(x_adv, grad, x, eps, alpha, lower, upper, values, targeted, out):
         return None
 
 
@@ -78,6 +84,14 @@ class _ExtensionBackend:
 
     def linf_project_into(self, x_adv, x, eps, lower, upper, out) -> None:
         torch.ops.fastadv.linf_project_out(x_adv, x, *_tables(eps, lower, upper), _values(eps, lower, upper), out)
+
+    def l2_step_into(self, x_adv, grad, x, eps, alpha, lower, upper, targeted, out) -> None:
+        torch.ops.fastadv.l2_step_out(
+            x_adv, grad, x, *_tables(eps, alpha, lower, upper), _values(eps, alpha, lower, upper), targeted, out
+        )
+
+    def l2_project_into(self, x_adv, x, eps, lower, upper, out) -> None:
+        torch.ops.fastadv.l2_project_out(x_adv, x, *_tables(eps, lower, upper), _values(eps, lower, upper), out)
 
 
 cpu = _ExtensionBackend("cpu", "cpu")

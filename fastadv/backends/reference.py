@@ -49,3 +49,47 @@ def linf_step_into(x_adv, grad, x, eps: Param, alpha: Param, lower: Param, upper
 
 def linf_project_into(x_adv, x, eps: Param, lower: Param, upper: Param, out) -> None:
     out.copy_(linf_project_float(x_adv.float(), x, eps, lower, upper).to(x_adv.dtype))
+
+
+# ---- L2: per sample b, norms over all non-batch elements, accumulated in float32 ----
+
+
+def _per_sample_column(p: Param, batch: int, device) -> torch.Tensor:
+    """eps or alpha (scalar or per sample) as a float32 [B, 1] column."""
+    if p.table is None:
+        return torch.full((batch, 1), p.value, dtype=torch.float32, device=device)
+    return p.table.reshape(-1, 1).expand(batch, 1)
+
+
+def _l2_norm(rows: torch.Tensor) -> torch.Tensor:
+    """sqrt(sum of squares) of each row, in float32: [B, N] -> [B, 1]."""
+    return (rows * rows).sum(dim=1, keepdim=True).sqrt()
+
+
+def _l2_rescale_and_clamp(delta, x, eps: Param, lower: Param, upper: Param, dtype) -> torch.Tensor:
+    """delta ([B, N], float32) into the eps ball, added to x, clamped to the bounds."""
+    e = _per_sample_column(eps, x.shape[0], x.device)
+    delta_norm = _l2_norm(delta)
+    factor = torch.where(delta_norm > e, e / delta_norm, torch.ones_like(delta_norm))
+    y = x.float() + (delta * factor).reshape(x.shape)
+    y = torch.minimum(torch.maximum(y, _broadcastable(lower, x)), _broadcastable(upper, x))
+    return y.to(dtype)
+
+
+def l2_step_into(x_adv, grad, x, eps: Param, alpha: Param, lower: Param, upper: Param, targeted: bool, out) -> None:
+    batch = x.shape[0]
+    g = grad.float().reshape(batch, -1)
+    g = torch.where(torch.isnan(g), torch.zeros_like(g), g)  # NaN entries count as 0
+    grad_norm = _l2_norm(g)
+    d = torch.where(grad_norm > 0, g / grad_norm, torch.zeros_like(g))
+    if targeted:
+        d = -d
+    y = x_adv.float().reshape(batch, -1) + _per_sample_column(alpha, batch, x.device) * d
+    delta = y - x.float().reshape(batch, -1)
+    out.copy_(_l2_rescale_and_clamp(delta, x, eps, lower, upper, x_adv.dtype))
+
+
+def l2_project_into(x_adv, x, eps: Param, lower: Param, upper: Param, out) -> None:
+    batch = x.shape[0]
+    delta = x_adv.float().reshape(batch, -1) - x.float().reshape(batch, -1)
+    out.copy_(_l2_rescale_and_clamp(delta, x, eps, lower, upper, x_adv.dtype))

@@ -166,6 +166,214 @@ if triton is not None:
         eps_v, lower_v, upper_v = values
         _launch_linf(x_adv, None, x, (eps, None, lower, upper), [eps_v, 0.0, lower_v, upper_v], False, out)
 
+    # ---- L2 ----
+    # A sample of at most _L2_ONE_PROGRAM elements is done by one program in one launch: x_adv,
+    # grad and x are read once and out written once (16 bytes per float32 element). Larger
+    # samples use a split reduction over chunks of _L2_CHUNK elements in three launches: the
+    # partial sums of grad^2 (4 bytes/element), of delta^2 (12), then the write (16): 32 bytes
+    # per element, the fewest for a two-norm-deep dependency without keeping the sample on chip.
+    _L2_ONE_PROGRAM = 8192
+    _L2_CHUNK = 4096
+
+    @triton.jit
+    def _sample_param(ptr, value, stride_b, b, IS_TABLE: tl.constexpr):
+        if IS_TABLE:
+            return tl.load(ptr + b * stride_b)
+        else:
+            return tl.cast(value, tl.float32)
+
+    @triton.jit
+    def _l2_delta(x_adv_ptr, grad_ptr, x_ptr, offs, mask, grad_norm, alpha, HAS_GRAD: tl.constexpr,
+                  TARGETED: tl.constexpr):  # fmt: skip
+        """delta = x_adv + alpha * grad / ||grad|| - x (x_adv - x for projections); 0 off the mask."""
+        x_adv = _load_float32(x_adv_ptr, offs, mask)
+        x = _load_float32(x_ptr, offs, mask)
+        if HAS_GRAD:
+            g = _load_float32(grad_ptr, offs, mask)
+            g = tl.where(g == g, g, 0.0)  # NaN entries count as 0
+            safe_norm = tl.where(grad_norm > 0, grad_norm, 1.0)
+            d = tl.where(grad_norm > 0, tl.div_rn(g, safe_norm), 0.0)
+            if TARGETED:
+                d = -d
+            delta = (x_adv + alpha * d) - x
+        else:
+            delta = x_adv - x
+        return tl.where(mask, delta, 0.0), x
+
+    @triton.jit
+    def _sum_sq_grad(grad_ptr, offs, mask):
+        g = _load_float32(grad_ptr, offs, mask)
+        g = tl.where(g == g, g, 0.0)
+        return tl.sum(g * g, axis=0)
+
+    @triton.jit
+    def _l2_write(out_ptr, x, delta, delta_norm, eps, offs, mask, b, lower_ptr, upper_ptr, lower_sb, lower_sc,
+                  upper_sb, upper_sc, lower_value, upper_value, channel_div, channels, LOWER_TABLE: tl.constexpr,
+                  UPPER_TABLE: tl.constexpr):  # fmt: skip
+        safe_norm = tl.where(delta_norm > eps, delta_norm, 1.0)
+        factor = tl.where(delta_norm > eps, tl.div_rn(eps, safe_norm), 1.0)
+        c = (offs // channel_div) % channels
+        lower = _param(lower_ptr, lower_value, lower_sb, lower_sc, b, c, mask, LOWER_TABLE)
+        upper = _param(upper_ptr, upper_value, upper_sb, upper_sc, b, c, mask, UPPER_TABLE)
+        y = tl.maximum(x + delta * factor, lower, propagate_nan=tl.PropagateNan.ALL)
+        y = tl.minimum(y, upper, propagate_nan=tl.PropagateNan.ALL)
+        tl.store(out_ptr + offs, _to_output_dtype(y, out_ptr), mask=mask)
+
+    @triton.jit
+    def _l2_sample_kernel(
+        x_adv_ptr, grad_ptr, x_ptr, out_ptr,
+        eps_ptr, alpha_ptr, lower_ptr, upper_ptr,
+        eps_sb, alpha_sb, lower_sb, lower_sc, upper_sb, upper_sc,
+        eps_value, alpha_value, lower_value, upper_value,
+        sample_size, channel_div, channels,
+        EPS_TABLE: tl.constexpr, ALPHA_TABLE: tl.constexpr, LOWER_TABLE: tl.constexpr,
+        UPPER_TABLE: tl.constexpr, HAS_GRAD: tl.constexpr, TARGETED: tl.constexpr,
+        BLOCK_SIZE: tl.constexpr,
+    ):  # fmt: skip
+        # One program per sample; the whole sample stays in registers between the two norms.
+        b = tl.program_id(0).to(tl.int64)
+        idx = tl.arange(0, BLOCK_SIZE)
+        mask = idx < sample_size
+        offs = b * sample_size + idx
+        grad_norm = 0.0
+        if HAS_GRAD:
+            grad_norm = tl.sqrt_rn(_sum_sq_grad(grad_ptr, offs, mask))
+        alpha = _sample_param(alpha_ptr, alpha_value, alpha_sb, b, ALPHA_TABLE)
+        delta, x = _l2_delta(x_adv_ptr, grad_ptr, x_ptr, offs, mask, grad_norm, alpha, HAS_GRAD, TARGETED)
+        delta_norm = tl.sqrt_rn(tl.sum(delta * delta, axis=0))
+        eps = _sample_param(eps_ptr, eps_value, eps_sb, b, EPS_TABLE)
+        _l2_write(
+            out_ptr,
+            x,
+            delta,
+            delta_norm,
+            eps,
+            offs,
+            mask,
+            b,
+            lower_ptr,
+            upper_ptr,
+            lower_sb,
+            lower_sc,
+            upper_sb,
+            upper_sc,
+            lower_value,
+            upper_value,
+            channel_div,
+            channels,
+            LOWER_TABLE,
+            UPPER_TABLE,
+        )
+
+    @triton.jit
+    def _l2_chunk_kernel(
+        x_adv_ptr, grad_ptr, x_ptr, out_ptr, grad_partials_ptr, delta_partials_ptr,
+        eps_ptr, alpha_ptr, lower_ptr, upper_ptr,
+        eps_sb, alpha_sb, lower_sb, lower_sc, upper_sb, upper_sc,
+        eps_value, alpha_value, lower_value, upper_value,
+        sample_size, channel_div, channels, n_chunks,
+        EPS_TABLE: tl.constexpr, ALPHA_TABLE: tl.constexpr, LOWER_TABLE: tl.constexpr,
+        UPPER_TABLE: tl.constexpr, HAS_GRAD: tl.constexpr, TARGETED: tl.constexpr,
+        STAGE: tl.constexpr, CHUNK: tl.constexpr, CHUNKS_POW2: tl.constexpr,
+    ):  # fmt: skip
+        # STAGE 0: partial sum of grad^2; 1: partial sum of delta^2; 2: write. Each program sums
+        # its sample's partials in the same fixed order, so results are deterministic.
+        pid = tl.program_id(0).to(tl.int64)
+        b = pid // n_chunks
+        idx = (pid % n_chunks) * CHUNK + tl.arange(0, CHUNK)
+        mask = idx < sample_size
+        offs = b * sample_size + idx
+        if STAGE == 0:
+            tl.store(grad_partials_ptr + pid, _sum_sq_grad(grad_ptr, offs, mask))
+        else:
+            parts = tl.arange(0, CHUNKS_POW2)
+            part_mask = parts < n_chunks
+            grad_norm = 0.0
+            if HAS_GRAD:
+                grad_sq = tl.load(grad_partials_ptr + b * n_chunks + parts, mask=part_mask, other=0.0)
+                grad_norm = tl.sqrt_rn(tl.sum(grad_sq, axis=0))
+            alpha = _sample_param(alpha_ptr, alpha_value, alpha_sb, b, ALPHA_TABLE)
+            delta, x = _l2_delta(x_adv_ptr, grad_ptr, x_ptr, offs, mask, grad_norm, alpha, HAS_GRAD, TARGETED)
+            if STAGE == 1:
+                tl.store(delta_partials_ptr + pid, tl.sum(delta * delta, axis=0))
+            else:
+                delta_sq = tl.load(delta_partials_ptr + b * n_chunks + parts, mask=part_mask, other=0.0)
+                delta_norm = tl.sqrt_rn(tl.sum(delta_sq, axis=0))
+                eps = _sample_param(eps_ptr, eps_value, eps_sb, b, EPS_TABLE)
+                _l2_write(
+                    out_ptr,
+                    x,
+                    delta,
+                    delta_norm,
+                    eps,
+                    offs,
+                    mask,
+                    b,
+                    lower_ptr,
+                    upper_ptr,
+                    lower_sb,
+                    lower_sc,
+                    upper_sb,
+                    upper_sc,
+                    lower_value,
+                    upper_value,
+                    channel_div,
+                    channels,
+                    LOWER_TABLE,
+                    UPPER_TABLE,
+                )
+
+    def _launch_l2(x_adv, grad, x, tables, values, targeted, out):
+        n = x_adv.numel()
+        if n == 0:
+            return
+        batch = x_adv.shape[0]
+        channels = x_adv.shape[1] if x_adv.dim() >= 2 else 1
+        sample_size = n // batch
+        channel_div = sample_size // channels if x_adv.is_contiguous() else 1
+        eps_t, alpha_t, lower_t, upper_t = tables
+        pointers = [t if t is not None else x_adv for t in tables]
+        strides = [
+            _table_strides(eps_t)[0], _table_strides(alpha_t)[0],
+            *_table_strides(lower_t), *_table_strides(upper_t),
+        ]  # fmt: skip
+        flags = dict(
+            EPS_TABLE=eps_t is not None, ALPHA_TABLE=alpha_t is not None, LOWER_TABLE=lower_t is not None,
+            UPPER_TABLE=upper_t is not None, HAS_GRAD=grad is not None, TARGETED=targeted,
+        )  # fmt: skip
+        grad = grad if grad is not None else x_adv
+        if sample_size <= _L2_ONE_PROGRAM:
+            block = triton.next_power_of_2(sample_size)
+            torch.library.wrap_triton(_l2_sample_kernel)[(batch,)](
+                x_adv, grad, x, out, *pointers, *strides, *values, sample_size, channel_div, channels,
+                **flags, BLOCK_SIZE=block, num_warps=4 if block <= 1024 else 8,
+            )  # fmt: skip
+            return
+        n_chunks = triton.cdiv(sample_size, _L2_CHUNK)
+        partials = torch.empty((2, batch * n_chunks), dtype=torch.float32, device=x_adv.device)
+        for stage in (0, 1, 2) if flags["HAS_GRAD"] else (1, 2):
+            torch.library.wrap_triton(_l2_chunk_kernel)[(batch * n_chunks,)](
+                x_adv, grad, x, out, partials[0], partials[1], *pointers, *strides, *values,
+                sample_size, channel_div, channels, n_chunks, **flags,
+                STAGE=stage, CHUNK=_L2_CHUNK, CHUNKS_POW2=triton.next_power_of_2(n_chunks), num_warps=8,
+            )  # fmt: skip
+
+    @torch.library.triton_op("fastadv_triton::l2_step_out", mutates_args={"out"})
+    def _l2_step_out(
+        x_adv: torch.Tensor, grad: torch.Tensor, x: torch.Tensor,
+        eps: torch.Tensor | None, alpha: torch.Tensor | None, lower: torch.Tensor | None,
+        upper: torch.Tensor | None, values: list[float], targeted: bool, out: torch.Tensor,
+    ) -> None:  # fmt: skip
+        _launch_l2(x_adv, grad, x, (eps, alpha, lower, upper), values, targeted, out)
+
+    @torch.library.triton_op("fastadv_triton::l2_project_out", mutates_args={"out"})
+    def _l2_project_out(
+        x_adv: torch.Tensor, x: torch.Tensor, eps: torch.Tensor | None, lower: torch.Tensor | None,
+        upper: torch.Tensor | None, values: list[float], out: torch.Tensor,
+    ) -> None:  # fmt: skip
+        eps_v, lower_v, upper_v = values
+        _launch_l2(x_adv, None, x, (eps, None, lower, upper), [eps_v, 0.0, lower_v, upper_v], False, out)
+
 
 def linf_step_into(x_adv, grad, x, eps: Param, alpha: Param, lower: Param, upper: Param, targeted: bool, out):
     torch.ops.fastadv_triton.linf_step_out(
@@ -176,5 +384,18 @@ def linf_step_into(x_adv, grad, x, eps: Param, alpha: Param, lower: Param, upper
 
 def linf_project_into(x_adv, x, eps: Param, lower: Param, upper: Param, out):
     torch.ops.fastadv_triton.linf_project_out(
+        x_adv, x, eps.table, lower.table, upper.table, [eps.value, lower.value, upper.value], out
+    )
+
+
+def l2_step_into(x_adv, grad, x, eps: Param, alpha: Param, lower: Param, upper: Param, targeted: bool, out):
+    torch.ops.fastadv_triton.l2_step_out(
+        x_adv, grad, x, eps.table, alpha.table, lower.table, upper.table,
+        [eps.value, alpha.value, lower.value, upper.value], targeted, out,
+    )  # fmt: skip
+
+
+def l2_project_into(x_adv, x, eps: Param, lower: Param, upper: Param, out):
+    torch.ops.fastadv_triton.l2_project_out(
         x_adv, x, eps.table, lower.table, upper.table, [eps.value, lower.value, upper.value], out
     )

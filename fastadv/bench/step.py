@@ -1,8 +1,13 @@
-"""The fused L-inf step against the PyTorch eager chain, torch.compile of that chain, and a
-device-to-device copy (the bandwidth ceiling), in one run.
+"""The fused attack steps against PyTorch eager, torch.compile of the eager formulation, and a
+same-size copy (the bandwidth ceiling), in one run.
 
-Effective bandwidth counts the bytes an attack step must move: x_adv, grad and x read once and
-out written once (16 bytes per element in float32). The copy moves 2 x element size per element.
+Bytes: `bandwidth` counts the least any implementation must move: x_adv, grad and x read once,
+out written once (16 bytes per float32 element). `design_bandwidth` counts what each fused design
+moves by construction: the same for L-inf; for L2, the one-launch GPU kernels (a sample that
+fits in one block/program) move the minimum and the split reduction for larger samples reads
+grad three times and x_adv, x twice (32 bytes per float32 element; see backends/triton.py and
+csrc/cuda/step_cuda.cu). The CPU L2 loop reads each sample three times while it is in cache, so
+its memory traffic is the minimum. `fraction_of_copy_bandwidth` uses the design bytes.
 """
 
 from __future__ import annotations
@@ -20,34 +25,61 @@ from ..backends import BACKENDS
 from .timing import device_name, git_sha, measure, quantiles, versions
 
 SIZES = {"1M": 2**20, "16M": 2**24, "64M": 2**26}
+L2_BATCHES = {"cifar": (512, 3, 32, 32), "imagenet": (64, 3, 224, 224)}
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-EPS, ALPHA = 8 / 255, 2 / 255
+KERNELS = ("linf_step", "l2_step")
+LINF_EPS, LINF_ALPHA = 8 / 255, 2 / 255
+L2_EPS, L2_ALPHA = 0.5, 0.1
+# Largest sample each GPU backend finishes in one launch (see the kernels).
+_L2_ONE_LAUNCH = {"triton": 8192, "cuda": 4096}
 
 
 def eager_chain(x_adv, grad, x, eps: float, alpha: float, lower: float = 0.0, upper: float = 1.0):
-    """The usual PyTorch formulation of the step (sign, mul, add, max, min, clamp): each op a
-    pass over memory."""
+    """The usual PyTorch formulation of the L-inf step (sign, mul, add, max, min, clamp): each op
+    a pass over memory."""
     y = x_adv + alpha * torch.sign(grad)
     y = torch.max(y, x - eps)
     y = torch.min(y, x + eps)
     return torch.clamp(y, lower, upper)
 
 
-_compiled_chain = None
+def eager_l2(x_adv, grad, x, eps: float, alpha: float, lower: float = 0.0, upper: float = 1.0):
+    """The L2 step as torchattacks' PGDL2 writes it: norms, divide, add, renorm, clamp."""
+    batch, ones = x.shape[0], (1,) * (x.dim() - 1)
+    grad_norms = torch.norm(grad.reshape(batch, -1), p=2, dim=1) + 1e-10
+    adv = x_adv + alpha * (grad / grad_norms.view(batch, *ones))
+    delta = adv - x
+    delta_norms = torch.norm(delta.reshape(batch, -1), p=2, dim=1)
+    factor = torch.min(eps / delta_norms, torch.ones_like(delta_norms))
+    return torch.clamp(x + delta * factor.view(batch, *ones), min=lower, max=upper)
 
 
-def compiled_chain():
-    global _compiled_chain
-    if _compiled_chain is None:
-        _compiled_chain = torch.compile(eager_chain, dynamic=True)
-    return _compiled_chain
+_EAGER = {"linf_step": (eager_chain, LINF_EPS, LINF_ALPHA), "l2_step": (eager_l2, L2_EPS, L2_ALPHA)}
+_FUSED = {"linf_step": ops.linf_step, "l2_step": ops.l2_step}
+_compiled: dict[str, Callable] = {}
 
 
-def make_inputs(numel: int, dtype: torch.dtype, device: torch.device, seed: int = 0) -> dict[str, torch.Tensor]:
+def compiled(kernel: str) -> Callable:
+    if kernel not in _compiled:
+        _compiled[kernel] = torch.compile(_EAGER[kernel][0], dynamic=True)
+    return _compiled[kernel]
+
+
+def cases(kernels: Iterable[str], sizes: Iterable[str], l2_batches: Iterable[str]) -> list[tuple[str, str, tuple]]:
+    """(kernel, case name, shape) to measure."""
+    out = []
+    for kernel in kernels:
+        if kernel == "linf_step":
+            out += [(kernel, size, (SIZES[size] // 1024, 1024)) for size in sizes]
+        else:
+            out += [(kernel, name, L2_BATCHES[name]) for name in l2_batches]
+    return out
+
+
+def make_inputs(shape: tuple, dtype: torch.dtype, device: torch.device, seed: int = 0) -> dict[str, torch.Tensor]:
     gen = torch.Generator(device=device).manual_seed(seed)
-    shape = (numel // 1024, 1024)
     x = torch.rand(shape, generator=gen, device=device, dtype=torch.float32)
-    x_adv = (x + EPS * (2 * torch.rand(shape, generator=gen, device=device) - 1)).clamp(0, 1)
+    x_adv = (x + LINF_EPS * (2 * torch.rand(shape, generator=gen, device=device) - 1)).clamp(0, 1)
     grad = torch.randn(shape, generator=gen, device=device)
     return {"x_adv": x_adv.to(dtype), "grad": grad.to(dtype), "x": x.to(dtype), "out": torch.empty_like(x, dtype=dtype)}
 
@@ -58,25 +90,35 @@ def providers(device: torch.device, with_compile: bool = True) -> list[str]:
     return names + [f"fused-{n}" for n, b in BACKENDS.items() if n != "torch" and b.unavailable_reason(device) is None]
 
 
-def provider_fn(name: str, t: dict[str, torch.Tensor]) -> Callable[[], object]:
+def provider_fn(kernel: str, name: str, t: dict[str, torch.Tensor]) -> Callable[[], object]:
+    chain, eps, alpha = _EAGER[kernel]
     if name == "eager":
-        return lambda: eager_chain(t["x_adv"], t["grad"], t["x"], EPS, ALPHA)
+        return lambda: chain(t["x_adv"], t["grad"], t["x"], eps, alpha)
     if name == "compile":
-        chain = compiled_chain()
-        return lambda: chain(t["x_adv"], t["grad"], t["x"], EPS, ALPHA)
+        fn = compiled(kernel)
+        return lambda: fn(t["x_adv"], t["grad"], t["x"], eps, alpha)
     if name == "copy":
         return lambda: t["out"].copy_(t["x_adv"])
     if name.startswith("fused-"):
-        backend = name.removeprefix("fused-")
-        return lambda: ops.linf_step(t["x_adv"], t["grad"], t["x"], EPS, ALPHA, out=t["out"], backend=backend)
+        backend, op = name.removeprefix("fused-"), _FUSED[kernel]
+        return lambda: op(t["x_adv"], t["grad"], t["x"], eps, alpha, out=t["out"], backend=backend)
     raise ValueError(f"provider: unknown provider {name!r}")
 
 
 def bytes_moved(name: str, t: dict[str, torch.Tensor]) -> int:
-    n = t["x"].numel()
-    if name == "copy":
-        return 2 * n * t["x"].element_size()
-    return n * (3 * t["x"].element_size() + t["grad"].element_size())
+    """The least a step must move (or a copy's bytes)."""
+    n, el_x, el_g = t["x"].numel(), t["x"].element_size(), t["grad"].element_size()
+    return 2 * n * el_x if name == "copy" else n * (3 * el_x + el_g)
+
+
+def design_bytes(kernel: str, name: str, t: dict[str, torch.Tensor]) -> int:
+    """What the named design moves (see the module docstring)."""
+    backend = name.removeprefix("fused-")
+    sample = t["x"][0].numel() if t["x"].dim() > 0 and t["x"].shape[0] else 0
+    if kernel == "l2_step" and backend in _L2_ONE_LAUNCH and sample > _L2_ONE_LAUNCH[backend]:
+        n, el_x, el_g = t["x"].numel(), t["x"].element_size(), t["grad"].element_size()
+        return n * (3 * el_g + 5 * el_x)
+    return bytes_moved(name, t)
 
 
 @dataclass
@@ -103,67 +145,47 @@ class Row:
     p80: float
 
 
-def run(
-    sizes: Iterable[str],
-    dtypes: Iterable[str],
-    device: torch.device,
-    names: Iterable[str],
-    warmup: int = 3,
-    repeat: int = 10,
-    progress: bool = True,
-    kernel: str = "linf_step",
-) -> list[Row]:
-    """Measures every provider on every (size, dtype); returns time, bandwidth, speed-up over
-    eager and fraction of copy bandwidth rows."""
+def run(measured: list[tuple[str, str, tuple]], dtypes: Iterable[str], device: torch.device, names: Iterable[str],
+        warmup: int = 3, repeat: int = 10, progress: bool = True) -> list[Row]:  # fmt: skip
+    """Measures every provider on every (case, dtype): time, bandwidth, design bandwidth,
+    speed-up over eager and fraction of copy bandwidth rows."""
     from tqdm import tqdm
 
-    names = list(names)
-    cases = [(s, d) for s in sizes for d in dtypes]
-    env = {
-        "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "git_sha": git_sha(),
-        "device": device_name(device),
-        **versions(),
-    }
+    names, dtypes = list(names), list(dtypes)
+    env = {"timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+           "git_sha": git_sha(), "device": device_name(device), **versions()}  # fmt: skip
     rows: list[Row] = []
-    bar = tqdm(total=len(cases) * len(names), desc="bench", disable=not progress, unit="run")
-    for size, dtype in cases:
-        t = make_inputs(SIZES[size], DTYPES[dtype], device)
-        seconds: dict[str, tuple[float, float, float]] = {}
-        for name in names:
-            bar.set_postfix_str(f"{size} {dtype} {name}")
-            seconds[name] = quantiles(measure(provider_fn(name, t), device, warmup, repeat))
-            bar.update()
+    bar = tqdm(total=len(measured) * len(dtypes) * len(names), desc="bench", disable=not progress, unit="run")
+    for kernel, case, shape in measured:
+        for dtype in dtypes:
+            t = make_inputs(shape, DTYPES[dtype], device)
+            seconds: dict[str, tuple[float, float, float]] = {}
+            for name in names:
+                bar.set_postfix_str(f"{kernel} {case} {dtype} {name}")
+                seconds[name] = quantiles(measure(provider_fn(kernel, name, t), device, warmup, repeat))
+                bar.update()
 
-        def add(name, metric, unit, values, size=size, dtype=dtype):
-            rows.append(
-                Row(
-                    **env,
-                    kernel=kernel,
-                    provider=name,
-                    dtype=dtype,
-                    size=size,
-                    numel=SIZES[size],
-                    metric=metric,
-                    unit=unit,
-                    median=values[0],
-                    p20=values[1],
-                    p80=values[2],
-                )
-            )
+            numel = t["x"].numel()
 
-        copy_gbps = bytes_moved("copy", t) / seconds["copy"][0] / 1e9 if "copy" in seconds else None
-        for name, (med, p20, p80) in seconds.items():
-            add(name, "time", "ms", (med * 1e3, p20 * 1e3, p80 * 1e3))
-            gbps = [bytes_moved(name, t) / s / 1e9 for s in (med, p80, p20)]  # slower time, lower GB/s
-            add(name, "bandwidth", "GB/s", gbps)
-            if "eager" in seconds and name != "eager":
-                ratio = seconds["eager"][0] / med
-                add(name, "speedup_vs_eager", "x", (ratio, ratio, ratio))
-            if copy_gbps and name != "copy":
-                frac = gbps[0] / copy_gbps
-                add(name, "fraction_of_copy_bandwidth", "ratio", (frac, frac, frac))
-        del t
+            def add(name, metric, unit, values, kernel=kernel, case=case, dtype=dtype, numel=numel):
+                rows.append(Row(**env, kernel=kernel, provider=name, dtype=dtype, size=case, numel=numel,
+                                metric=metric, unit=unit, median=values[0], p20=values[1], p80=values[2]))  # fmt: skip
+
+            copy_gbps = bytes_moved("copy", t) / seconds["copy"][0] / 1e9 if "copy" in seconds else None
+            for name, (med, p20, p80) in seconds.items():
+                add(name, "time", "ms", (med * 1e3, p20 * 1e3, p80 * 1e3))
+                # the slower time gives the lower bandwidth
+                add(name, "bandwidth", "GB/s", [bytes_moved(name, t) / s / 1e9 for s in (med, p80, p20)])
+                design = [design_bytes(kernel, name, t) / s / 1e9 for s in (med, p80, p20)]
+                if name.startswith("fused-"):
+                    add(name, "design_bandwidth", "GB/s", design)
+                if "eager" in seconds and name != "eager":
+                    ratio = seconds["eager"][0] / med
+                    add(name, "speedup_vs_eager", "x", (ratio, ratio, ratio))
+                if copy_gbps and name != "copy":
+                    frac = design[0] / copy_gbps
+                    add(name, "fraction_of_copy_bandwidth", "ratio", (frac, frac, frac))
+            del t
     bar.close()
     return rows
 
@@ -180,14 +202,15 @@ def write_csv(rows: list[Row], path: str) -> None:
 
 
 def format_table(rows: list[Row]) -> str:
-    """A readable table: one line per (size, dtype, provider)."""
+    """A readable table: one line per (kernel, case, dtype, provider)."""
     by_key: dict[tuple, dict[str, float]] = {}
     for r in rows:
-        by_key.setdefault((r.size, r.dtype, r.provider), {})[r.metric] = r.median
-    lines = [f"{'size':>5} {'dtype':>9} {'provider':>14} {'ms':>9} {'GB/s':>8} {'vs eager':>9} {'of copy':>8}"]
-    for (size, dtype, provider), m in by_key.items():
+        by_key.setdefault((r.kernel, r.size, r.dtype, r.provider), {})[r.metric] = r.median
+    lines = [f"{'kernel':>9} {'case':>8} {'dtype':>9} {'provider':>14} {'ms':>9} {'GB/s':>8} {'vs eager':>9} "
+             f"{'of copy':>8}"]  # fmt: skip
+    for (kernel, case, dtype, provider), m in by_key.items():
         speed = f"{m['speedup_vs_eager']:.2f}x" if "speedup_vs_eager" in m else "-"
         frac = f"{100 * m['fraction_of_copy_bandwidth']:.0f}%" if "fraction_of_copy_bandwidth" in m else "-"
         timing = f"{m['time']:>9.3f} {m['bandwidth']:>8.1f}"
-        lines.append(f"{size:>5} {dtype:>9} {provider:>14} {timing} {speed:>9} {frac:>8}")
+        lines.append(f"{kernel:>9} {case:>8} {dtype:>9} {provider:>14} {timing} {speed:>9} {frac:>8}")
     return "\n".join(lines)

@@ -64,8 +64,9 @@ STEP_CASES = [
 ]
 
 
+@pytest.mark.parametrize("step", [fastadv.linf_step, fastadv.l2_step], ids=["linf", "l2"])
 @pytest.mark.parametrize("build,error,text", [c[1:] for c in STEP_CASES], ids=[c[0] for c in STEP_CASES])
-def test_linf_step_rejects_bad_input(build, error, text):
+def test_step_rejects_bad_input(step, build, error, text):
     kwargs = build()
     out = torch.full((2, 3, 4, 4), 7.0)
     if isinstance(kwargs.get("x_adv"), torch.Tensor) and kwargs["x_adv"].shape == out.shape:
@@ -73,7 +74,7 @@ def test_linf_step_rejects_bad_input(build, error, text):
     before = out.clone()
     inputs = {k: v.clone() for k, v in kwargs.items() if isinstance(v, torch.Tensor) and v.device.type != "meta"}
     with pytest.raises(error, match=text):
-        fastadv.linf_step(**kwargs, out=out if out.dtype == getattr(kwargs.get("x_adv"), "dtype", None) else None)
+        step(**kwargs, out=out if out.dtype == getattr(kwargs.get("x_adv"), "dtype", None) else None)
     assert torch.equal(out, before), "out was written although the call failed"
     for key, value in inputs.items():
         assert torch.equal(kwargs[key], value) or torch.isnan(value).any(), f"{key} was modified"
@@ -95,15 +96,16 @@ def _out_cases():
     ]
 
 
+@pytest.mark.parametrize("step", [fastadv.linf_step, fastadv.l2_step], ids=["linf", "l2"])
 @pytest.mark.parametrize("case", _out_cases(), ids=lambda c: c[0])
-def test_linf_step_rejects_bad_out(case):
+def test_step_rejects_bad_out(step, case):
     _, changes, error, text = case
     kwargs = _good()
     kwargs.update(changes)
     out = kwargs["out"]
     before = out.clone() if isinstance(out, torch.Tensor) and out.device.type != "meta" else None
     with pytest.raises(error, match=text):
-        fastadv.linf_step(**kwargs)
+        step(**kwargs)
     if before is not None:
         assert torch.equal(out, before), "out was written although the call failed"
 
@@ -129,9 +131,26 @@ def test_environment_override_is_checked(monkeypatch):
         (dict(out=torch.zeros(2, 3)), ValueError, "out"),
     ],
 )
-def test_linf_project_rejects_bad_input(changes, error, text):
+@pytest.mark.parametrize("project", [fastadv.linf_project, fastadv.l2_project], ids=["linf", "l2"])
+def test_project_rejects_bad_input(project, changes, error, text):
     x = torch.rand(2, 3, 4, 4)
     kwargs = dict(x_adv=x + 0.1, x=x, eps=0.05)
     kwargs.update(changes)
     with pytest.raises(error, match=text):
-        fastadv.linf_project(**kwargs)
+        project(**kwargs)
+
+
+@pytest.mark.parametrize(
+    "changes,text",
+    [
+        (dict(eps=torch.full((1, 3, 1, 1), 0.1)), "eps.*per sample at most"),
+        (dict(alpha=torch.full((2, 3, 1, 1), 0.1)), "alpha.*per sample at most"),
+    ],
+)
+def test_l2_rejects_per_channel_eps_and_alpha(changes, text):
+    kwargs = _good()
+    kwargs.update(changes)
+    out = torch.full_like(kwargs["x_adv"], 7.0)
+    with pytest.raises(ValueError, match=text):
+        fastadv.l2_step(**kwargs, out=out)
+    assert bool((out == 7.0).all())

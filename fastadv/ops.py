@@ -118,7 +118,8 @@ def l2_step(
     upper may also be per channel. Other arguments, layouts, errors and backends as for
     :func:`linf_step`. Backends agree with the reference to rtol 1e-5 in float32 (their sums
     run in another order) and to one unit in the last place in float16/bfloat16; with x inside
-    the bounds, ``||out_b - x_b|| <= eps_b * (1 + 1e-5)`` always holds in float32.
+    the bounds, ``||out_b - x_b|| <= eps_b * (1 + 1e-5)`` holds in float32, up to the rounding of
+    ``x_b + delta`` (2^-24 ||out_b||, which matters only for an eps tiny next to x).
     """
     if not isinstance(targeted, bool):
         raise TypeError(f"targeted must be a bool, got {type(targeted).__name__}")

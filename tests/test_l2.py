@@ -175,7 +175,9 @@ def l2_inputs(draw):
 @settings(max_examples=50, deadline=None)
 @given(inputs=l2_inputs())
 def test_l2_invariants(backend, inputs):
-    """With x inside the bounds: out inside the bounds and within eps of x (float32)."""
+    """With x inside the bounds: out inside the bounds and within eps of x (float32), up to the
+    rounding of x + delta to float32 (half an ulp per element: 2^-24 ||out_b||), which matters
+    only when eps is tiny next to x."""
     x_adv, grad, x, eps, alpha, lower, upper, targeted = inputs
     for out in (
         fastadv.l2_step(x_adv, grad, x, eps, alpha, lower, upper, targeted=targeted, backend=backend),
@@ -183,4 +185,5 @@ def test_l2_invariants(backend, inputs):
     ):
         assert bool((out >= lower).all()) and bool((out <= upper).all())
         dist = (out - x).reshape(x.shape[0], -1).norm(dim=1)
-        assert bool((dist <= eps * (1 + 1e-5) + 1e-30).all()), (dist.max().item(), eps)
+        rounding = 2**-24 * out.reshape(x.shape[0], -1).norm(dim=1)
+        assert bool((dist <= eps * (1 + 1e-5) + rounding + 1e-30).all()), (dist.max().item(), eps)

@@ -177,13 +177,13 @@ __global__ void __launch_bounds__(kThreads) l2_sample_kernel(const scalar_t* x_a
     gv[k] = (kStep && in) ? l2_grad_entry(static_cast<float>(grad[base + i])) : 0.f;
     acc += gv[k] * gv[k];
   }
-  const float grad_norm = kStep ? sqrtf(block_sum(acc)) : 0.f;
+  const float inverse_grad_norm = kStep ? l2_inverse_norm(sqrtf(block_sum(acc))) : 0.f;
   const float alpha = p.alpha.at(b, 0);
   acc = 0.f;
 #pragma unroll
   for (int k = 0; k < kPerThread; ++k) {
     const bool in = threadIdx.x + static_cast<int64_t>(k) * kThreads < n;
-    const float d = kStep ? l2_step_delta(xa[k], gv[k], xv[k], grad_norm, alpha, targeted) : xa[k] - xv[k];
+    const float d = kStep ? l2_step_delta(xa[k], gv[k], xv[k], inverse_grad_norm, alpha, targeted) : xa[k] - xv[k];
     xa[k] = in ? d : 0.f;  // xa now holds delta
     acc += xa[k] * xa[k];
   }
@@ -213,11 +213,12 @@ __global__ void __launch_bounds__(kThreads) l2_chunk_kernel(const scalar_t* x_ad
     acc = block_sum(acc);
     if (threadIdx.x == 0) grad_partials[blockIdx.x] = acc;
   } else {
-    const float grad_norm = kStep ? sqrtf(sum_partials(grad_partials + b * chunks, chunks)) : 0.f;
+    const float inverse_grad_norm =
+        kStep ? l2_inverse_norm(sqrtf(sum_partials(grad_partials + b * chunks, chunks))) : 0.f;
     const float alpha = p.alpha.at(b, 0);
     auto delta_at = [&](int64_t i) {
       const float xa = static_cast<float>(x_adv[i]), xv = static_cast<float>(x[i]);
-      return kStep ? l2_step_delta(xa, static_cast<float>(grad[i]), xv, grad_norm, alpha, targeted) : xa - xv;
+      return kStep ? l2_step_delta(xa, static_cast<float>(grad[i]), xv, inverse_grad_norm, alpha, targeted) : xa - xv;
     };
     if constexpr (kStage == 1) {
       float acc = 0.f;

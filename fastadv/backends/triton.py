@@ -191,8 +191,9 @@ if triton is not None:
         if HAS_GRAD:
             g = _load_float32(grad_ptr, offs, mask)
             g = tl.where(g == g, g, 0.0)  # NaN entries count as 0
+            # times 1 / ||grad|| (0 for a zero gradient), as the C++ kernels do (step_math.h)
             safe_norm = tl.where(grad_norm > 0, grad_norm, 1.0)
-            d = tl.where(grad_norm > 0, tl.div_rn(g, safe_norm), 0.0)
+            d = g * tl.where(grad_norm > 0, tl.div_rn(1.0, safe_norm), 0.0)
             if TARGETED:
                 d = -d
             delta = (x_adv + alpha * d) - x

@@ -1,6 +1,6 @@
 """Markdown tables of the step benchmark from a results CSV (the rows of one git SHA).
 
-    python benchmarks/summarize.py benchmarks/results/bench_step_cpu.csv [--sha SHA] [--fused fused-cpu]
+python benchmarks/summarize.py benchmarks/results/bench_step_cpu.csv [--sha SHA] [--fused fused-cpu]
 """
 
 import argparse
@@ -20,11 +20,14 @@ def main() -> None:
         raise SystemExit(f"--sha: no rows for {sha!r} in {args.csv}")
     value = {(r["kernel"], r["size"], r["dtype"], r["provider"], r["metric"]): float(r["median"]) for r in rows}
     print(f"{rows[0]['device']}, torch {rows[0]['torch']}, git {rows[0]['git_sha']}, medians:\n")
-    print("| kernel | case | dtype | eager ms | compile ms | fused ms | fused vs eager | fused vs compile "
-          "| fused / copy bandwidth |")
+    print(
+        "| kernel | case | dtype | eager ms | compile ms | fused ms | fused vs eager | fused vs compile "
+        "| fused / copy bandwidth |"
+    )
     print("| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
     cases = dict.fromkeys((r["kernel"], r["size"], r["dtype"]) for r in rows)
     for kernel, case, dtype in cases:
+
         def get(provider, metric="time", key=(kernel, case, dtype)):
             return value.get((*key, provider, metric))
 
@@ -33,8 +36,10 @@ def main() -> None:
             continue
         frac = get(args.fused, "fraction_of_copy_bandwidth")
         vs_compile = f"{comp / fused:.1f}x" if comp else "-"
-        print(f"| {kernel} | {case} | {dtype} | {eager:.2f} | {comp or float('nan'):.2f} | {fused:.2f} | "
-              f"{eager / fused:.1f}x | {vs_compile} | {100 * frac:.0f}% |")
+        print(
+            f"| {kernel} | {case} | {dtype} | {eager:.2f} | {comp or float('nan'):.2f} | {fused:.2f} | "
+            f"{eager / fused:.1f}x | {vs_compile} | {100 * frac:.0f}% |"
+        )
 
 
 if __name__ == "__main__":

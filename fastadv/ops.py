@@ -62,15 +62,7 @@ def linf_step(
         TypeError / ValueError naming the argument for bad input (``out`` is then untouched);
         RuntimeError when the requested backend is unavailable, saying why.
     """
-    if not isinstance(targeted, bool):
-        raise TypeError(f"targeted must be a bool, got {type(targeted).__name__}")
-    eps_p, lower_p, upper_p, impl = _check_common(x_adv, grad, x, eps, lower, upper, out, backend)
-    alpha_p = to_param("alpha", alpha, x_adv, per_channel=True, nonnegative=True)
-
-    def kernel(xa, g, xx, o):
-        impl.linf_step_into(xa, g, xx, eps_p, alpha_p, lower_p, upper_p, targeted, o)
-
-    return _run_in_native_layout(kernel, x_adv, grad, x, out)
+    return _step("linf", x_adv, grad, x, eps, alpha, lower, upper, targeted, out, backend)
 
 
 def linf_project(
@@ -86,12 +78,7 @@ def linf_project(
     """Projects x_adv onto the L-inf ball of radius eps around x, then onto [lower, upper]:
     linf_step without the gradient step (used after a random start). Arguments, layouts,
     errors and backends as for :func:`linf_step`."""
-    eps_p, lower_p, upper_p, impl = _check_common(x_adv, None, x, eps, lower, upper, out, backend)
-
-    def kernel(xa, _g, xx, o):
-        impl.linf_project_into(xa, xx, eps_p, lower_p, upper_p, o)
-
-    return _run_in_native_layout(kernel, x_adv, None, x, out)
+    return _project("linf", x_adv, x, eps, lower, upper, out, backend)
 
 
 def l2_step(
@@ -121,15 +108,7 @@ def l2_step(
     the bounds, ``||out_b - x_b|| <= eps_b * (1 + 1e-5)`` holds in float32, up to the rounding of
     ``x_b + delta`` (2^-24 ||out_b||, which matters only for an eps tiny next to x).
     """
-    if not isinstance(targeted, bool):
-        raise TypeError(f"targeted must be a bool, got {type(targeted).__name__}")
-    eps_p, lower_p, upper_p, impl = _check_common(x_adv, grad, x, eps, lower, upper, out, backend, l2=True)
-    alpha_p = to_param("alpha", alpha, x_adv, per_channel=False, nonnegative=True)
-
-    def kernel(xa, g, xx, o):
-        impl.l2_step_into(xa, g, xx, eps_p, alpha_p, lower_p, upper_p, targeted, o)
-
-    return _run_in_native_layout(kernel, x_adv, grad, x, out)
+    return _step("l2", x_adv, grad, x, eps, alpha, lower, upper, targeted, out, backend)
 
 
 def l2_project(
@@ -144,19 +123,39 @@ def l2_project(
 ) -> torch.Tensor:
     """Projects x_adv onto the L2 ball of radius eps around x (per sample), then clamps to
     [lower, upper]: :func:`l2_step` without the gradient step."""
-    eps_p, lower_p, upper_p, impl = _check_common(x_adv, None, x, eps, lower, upper, out, backend, l2=True)
+    return _project("l2", x_adv, x, eps, lower, upper, out, backend)
+
+
+def _step(norm: str, x_adv, grad, x, eps, alpha, lower, upper, targeted, out, backend) -> torch.Tensor:
+    """Checks, then the backend's `{norm}_step_into` in a native layout."""
+    if not isinstance(targeted, bool):
+        raise TypeError(f"targeted must be a bool, got {type(targeted).__name__}")
+    eps_p, lower_p, upper_p, impl = _check_common(norm, x_adv, grad, x, eps, lower, upper, out, backend)
+    alpha_p = to_param("alpha", alpha, x_adv, per_channel=norm == "linf", nonnegative=True)
+    step_into = getattr(impl, f"{norm}_step_into")
+
+    def kernel(xa, g, xx, o):
+        step_into(xa, g, xx, eps_p, alpha_p, lower_p, upper_p, targeted, o)
+
+    return _run_in_native_layout(kernel, x_adv, grad, x, out)
+
+
+def _project(norm: str, x_adv, x, eps, lower, upper, out, backend) -> torch.Tensor:
+    """Checks, then the backend's `{norm}_project_into` in a native layout."""
+    eps_p, lower_p, upper_p, impl = _check_common(norm, x_adv, None, x, eps, lower, upper, out, backend)
+    project_into = getattr(impl, f"{norm}_project_into")
 
     def kernel(xa, _g, xx, o):
-        impl.l2_project_into(xa, xx, eps_p, lower_p, upper_p, o)
+        project_into(xa, xx, eps_p, lower_p, upper_p, o)
 
     return _run_in_native_layout(kernel, x_adv, None, x, out)
 
 
-def _check_common(x_adv, grad, x, eps, lower, upper, out, backend, *, l2: bool = False):
+def _check_common(norm: str, x_adv, grad, x, eps, lower, upper, out, backend):
     """The checks every op shares; returns (eps, lower, upper) as Params and the backend.
     L2 norms are per sample, so an L2 eps cannot be per channel."""
     check_inputs(x_adv, grad, x)
-    eps_p = to_param("eps", eps, x_adv, per_channel=not l2, nonnegative=True)
+    eps_p = to_param("eps", eps, x_adv, per_channel=norm == "linf", nonnegative=True)
     lower_p = to_param("lower", lower, x_adv, per_channel=True, nonnegative=False)
     upper_p = to_param("upper", upper, x_adv, per_channel=True, nonnegative=False)
     check_bounds(lower_p, upper_p)

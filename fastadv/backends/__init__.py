@@ -1,5 +1,7 @@
 """Backend registry and choice. A backend module (or object) provides
-unavailable_reason(device) -> str | None, linf_step_into(...) and linf_project_into(...)."""
+unavailable_reason(device) -> str | None and, writing into a given `out`, linf_step_into,
+linf_project_into, l2_step_into and l2_project_into (tensors in one native layout, parameters
+as checked Params)."""
 
 from __future__ import annotations
 

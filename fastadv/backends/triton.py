@@ -243,28 +243,9 @@ if triton is not None:
         delta, x = _l2_delta(x_adv_ptr, grad_ptr, x_ptr, offs, mask, grad_norm, alpha, HAS_GRAD, TARGETED)
         delta_norm = tl.sqrt_rn(tl.sum(delta * delta, axis=0))
         eps = _sample_param(eps_ptr, eps_value, eps_sb, b, EPS_TABLE)
-        _l2_write(
-            out_ptr,
-            x,
-            delta,
-            delta_norm,
-            eps,
-            offs,
-            mask,
-            b,
-            lower_ptr,
-            upper_ptr,
-            lower_sb,
-            lower_sc,
-            upper_sb,
-            upper_sc,
-            lower_value,
-            upper_value,
-            channel_div,
-            channels,
-            LOWER_TABLE,
-            UPPER_TABLE,
-        )
+        _l2_write(out_ptr, x, delta, delta_norm, eps, offs, mask, b, lower_ptr, upper_ptr, lower_sb, lower_sc,
+                  upper_sb, upper_sc, lower_value, upper_value, channel_div, channels, LOWER_TABLE,
+                  UPPER_TABLE)  # fmt: skip
 
     @triton.jit
     def _l2_chunk_kernel(
@@ -301,28 +282,9 @@ if triton is not None:
                 delta_sq = tl.load(delta_partials_ptr + b * n_chunks + parts, mask=part_mask, other=0.0)
                 delta_norm = tl.sqrt_rn(tl.sum(delta_sq, axis=0))
                 eps = _sample_param(eps_ptr, eps_value, eps_sb, b, EPS_TABLE)
-                _l2_write(
-                    out_ptr,
-                    x,
-                    delta,
-                    delta_norm,
-                    eps,
-                    offs,
-                    mask,
-                    b,
-                    lower_ptr,
-                    upper_ptr,
-                    lower_sb,
-                    lower_sc,
-                    upper_sb,
-                    upper_sc,
-                    lower_value,
-                    upper_value,
-                    channel_div,
-                    channels,
-                    LOWER_TABLE,
-                    UPPER_TABLE,
-                )
+                _l2_write(out_ptr, x, delta, delta_norm, eps, offs, mask, b, lower_ptr, upper_ptr, lower_sb, lower_sc,
+                          upper_sb, upper_sc, lower_value, upper_value, channel_div, channels, LOWER_TABLE,
+                          UPPER_TABLE)  # fmt: skip
 
     def _launch_l2(x_adv, grad, x, tables, values, targeted, out):
         n = x_adv.numel()

@@ -130,14 +130,18 @@ if triton is not None:
         rows, cols = table.shape
         return (cols if rows > 1 else 0), (1 if cols > 1 else 0)
 
+    def _geometry(x_adv):
+        """(sample_size, channel_div, channels): element i is in sample i // sample_size and channel
+        (i // channel_div) % channels. Contiguous: a channel is a plane; channels_last: channel_div 1."""
+        channels = x_adv.shape[1] if x_adv.dim() >= 2 else 1
+        sample_size = x_adv.numel() // x_adv.shape[0]
+        return sample_size, (sample_size // channels if x_adv.is_contiguous() else 1), channels
+
     def _launch_linf(x_adv, grad, x, tables, values, targeted, out):
         n = x_adv.numel()
         if n == 0:
             return
-        channels = x_adv.shape[1] if x_adv.dim() >= 2 else 1
-        sample_size = n // x_adv.shape[0]
-        # Contiguous: a channel is a plane of sample_size / channels elements; channels_last: 1.
-        channel_div = sample_size // channels if x_adv.is_contiguous() else 1
+        sample_size, channel_div, channels = _geometry(x_adv)
         pointers = [t if t is not None else x_adv for t in tables]  # unused when not a table
         strides = [s for t in tables for s in _table_strides(t)]
         eps_t, alpha_t, lower_t, upper_t = (t is not None for t in tables)
@@ -291,9 +295,7 @@ if triton is not None:
         if n == 0:
             return
         batch = x_adv.shape[0]
-        channels = x_adv.shape[1] if x_adv.dim() >= 2 else 1
-        sample_size = n // batch
-        channel_div = sample_size // channels if x_adv.is_contiguous() else 1
+        sample_size, channel_div, channels = _geometry(x_adv)
         eps_t, alpha_t, lower_t, upper_t = tables
         pointers = [t if t is not None else x_adv for t in tables]
         strides = [

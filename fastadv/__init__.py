@@ -1,10 +1,27 @@
 """fastadv: fast adversarial attacks, adversarial training and robustness evaluation for PyTorch.
 
 The core is one fused kernel per attack step (sign step, eps-ball projection, clamp), on the
-torch (reference), triton, cpu and cuda backends. See README.md and DESIGN.md.
+torch (reference), triton, cpu and cuda backends; the attacks (FGSM, PGD, PGDL2, MIFGSM) run on
+them. See README.md and DESIGN.md.
 """
 
+from .attacks import FGSM, MIFGSM, PGD, PGDL2, Attack, AttackResult, fgsm, pgd
 from .ops import available_backends, l2_project, l2_step, linf_project, linf_step
 
 __version__ = "0.1.0"
-__all__ = ["available_backends", "l2_project", "l2_step", "linf_project", "linf_step", "__version__"]
+__all__ = [
+    "FGSM",
+    "MIFGSM",
+    "PGD",
+    "PGDL2",
+    "Attack",
+    "AttackResult",
+    "available_backends",
+    "fgsm",
+    "l2_project",
+    "l2_step",
+    "linf_project",
+    "linf_step",
+    "pgd",
+    "__version__",
+]

@@ -1,0 +1,139 @@
+"""Argument checks for the attacks: each error names the argument, and runs before any state of
+the caller's is touched."""
+
+from __future__ import annotations
+
+import math
+from numbers import Real
+
+import torch
+
+from ..backends import BACKENDS
+
+_AMP = {
+    None: None,
+    torch.float16: torch.float16,
+    torch.bfloat16: torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+}
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, Real) and not isinstance(value, bool)
+
+
+def parameter(name: str, value: object, *, nonnegative: bool) -> float | torch.Tensor:
+    """A finite number, or a floating tensor (values checked when on the CPU; the ops check its
+    shape against the batch)."""
+    if _is_number(value):
+        value = float(value)
+        if not math.isfinite(value):
+            raise ValueError(f"{name} must be finite, got {value}")
+        if nonnegative and value < 0:
+            raise ValueError(f"{name} must be >= 0, got {value}")
+        return value
+    if isinstance(value, torch.Tensor):
+        if not value.is_floating_point():
+            raise TypeError(f"{name} must be a floating tensor, got dtype {value.dtype}")
+        if value.device.type == "cpu" and value.numel():
+            if not bool(torch.isfinite(value).all()):
+                raise ValueError(f"{name} must be finite")
+            if nonnegative and bool((value < 0).any()):
+                raise ValueError(f"{name} must be >= 0, got a minimum of {value.min().item()}")
+        return value.detach()
+    raise TypeError(f"{name} must be a number or a tensor, got {type(value).__name__}")
+
+
+def positive_int(name: str, value: object) -> int:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if value < 1:
+        raise ValueError(f"{name} must be >= 1, got {value}")
+    return value
+
+
+def flag(name: str, value: object) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be True or False, got {value!r}")
+    return value
+
+
+def choice(name: str, value: object, choices: tuple[str, ...]) -> str:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}; got {value!r}")
+    return value  # type: ignore[return-value]
+
+
+def amp_dtype(value: object) -> torch.dtype | None:
+    try:
+        return _AMP[value]  # type: ignore[index]
+    except (KeyError, TypeError):
+        raise ValueError(
+            f"amp must be None, torch.float16 or torch.bfloat16 (or 'fp16', 'bf16'); got {value!r}"
+        ) from None
+
+
+def backend(value: object) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"backend must be a string, got {type(value).__name__}")
+    if value != "auto" and value not in BACKENDS:
+        raise ValueError(f"backend must be 'auto' or one of {', '.join(BACKENDS)}; got {value!r}")
+    return value
+
+
+def generator(value: object) -> torch.Generator | None:
+    if value is not None and not isinstance(value, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator or None, got {type(value).__name__}")
+    return value
+
+
+def normalization(mean: object, std: object) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """mean and std as float32 1-d tensors (one value, or one per channel), both or neither."""
+    if (mean is None) != (std is None):
+        raise ValueError("mean and std must be given together (or neither)")
+    if mean is None:
+        return None, None
+    tensors = []
+    for name, value in (("mean", mean), ("std", std)):
+        try:
+            t = torch.as_tensor(value, dtype=torch.float32).detach().cpu().reshape(-1)
+        except (TypeError, ValueError, RuntimeError):
+            raise TypeError(f"{name} must be a number, a sequence of numbers or a tensor; got {value!r}") from None
+        if t.numel() == 0 or not bool(torch.isfinite(t).all()):
+            raise ValueError(f"{name} must hold finite values, got {value!r}")
+        tensors.append(t)
+    if bool((tensors[1] <= 0).any()):
+        raise ValueError(f"std must be > 0, got {std!r}")
+    if tensors[0].numel() != tensors[1].numel() and 1 not in (tensors[0].numel(), tensors[1].numel()):
+        raise ValueError(f"mean and std must have as many values, got {tensors[0].numel()} and {tensors[1].numel()}")
+    return tensors[0], tensors[1]
+
+
+def images_and_labels(images: object, labels: object) -> None:
+    if not isinstance(images, torch.Tensor):
+        raise TypeError(f"images must be a tensor, got {type(images).__name__}")
+    if images.dtype not in (torch.float32, torch.float16, torch.bfloat16):
+        raise TypeError(f"images must be float32, float16 or bfloat16, got {images.dtype}")
+    if images.dim() < 2:
+        raise ValueError(f"images must have a batch dim and at least one more, got shape {tuple(images.shape)}")
+    if not isinstance(labels, torch.Tensor):
+        raise TypeError(f"labels must be a tensor, got {type(labels).__name__}")
+    if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
+        raise TypeError(f"labels must be an integer tensor (class indices), got {labels.dtype}")
+    if labels.shape != images.shape[:1]:
+        raise ValueError(f"labels must have shape [B] = [{images.shape[0]}], got {tuple(labels.shape)}")
+    if labels.device != images.device:
+        raise ValueError(f"labels must be on images' device {images.device}, got {labels.device}")
+
+
+def logits(output: object, batch: int) -> torch.Tensor:
+    if not isinstance(output, torch.Tensor):
+        raise TypeError(f"model must return a tensor of logits [B, K], it returned {type(output).__name__}")
+    if output.dim() != 2 or output.shape[0] != batch or output.shape[1] < 2:
+        raise ValueError(f"model must return logits of shape [B, K] = [{batch}, K >= 2], got {tuple(output.shape)}")
+    if not output.is_floating_point():
+        raise TypeError(f"model must return floating logits, got {output.dtype}")
+    return output

@@ -1,0 +1,74 @@
+"""PGD with the L-inf norm (Madry et al. 2018)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from .engine import Attack
+
+
+class PGD(Attack):
+    r"""Projected gradient descent in the L-inf ball: "Towards Deep Learning Models Resistant to
+    Adversarial Attacks", Madry et al., ICLR 2018, https://arxiv.org/abs/1706.06083.
+
+    Distance: L-inf. Each step moves every pixel by ``alpha`` along the sign of the loss gradient,
+    projects onto the ``eps`` ball around the clean image and clamps to ``[lower, upper]``, in one
+    fused op.
+
+    Arguments (defaults as torchattacks):
+        model (nn.Module or callable): maps images [B, ...] to logits [B, K].
+        eps (float or tensor [B]): radius of the ball, in pixel units. Default: 8/255.
+        alpha (float or tensor [B]): step size. Default: 2/255.
+        steps (int): number of steps. Default: 10.
+        random_start (bool): start from a uniform draw in the ball. Default: True.
+        **options: shared by every attack, see below.
+
+    Options (keyword-only):
+        targeted (bool, False): labels are target classes to reach.
+        restarts (int, 1): runs from new random starts on the samples not yet fooled; the best
+            result per sample is kept. Needs random_start.
+        loss ("ce" | "margin", "ce"): cross-entropy, or Carlini and Wagner's logit margin.
+        early_stop (bool, False): a sample leaves the batch at the first iterate that fools the
+            model (the batch is compacted, so finished samples cost nothing).
+        lower, upper (float or tensor, 0.0 and 1.0): valid pixel range; tensors may be per
+            channel ([1, C, 1, 1]).
+        mean, std (sequence or tensor, None): the model expects (x - mean) / std; the attack
+            works in pixel space, so eps is in pixel units.
+        amp (None | torch.float16 | torch.bfloat16): run the model under autocast.
+        channels_last (bool, False): attack 4-d images in channels_last layout (and return them
+            in it); convolutions then run channels_last.
+        backend ("auto" | "torch" | "triton" | "cpu" | "cuda"): which fused ops to run.
+        generator (torch.Generator, None): for reproducible random starts.
+        model_mode ("eval" | "train" | "unchanged", "eval"): the mode the model runs in.
+
+    Shape:
+        images: [B, ...] float32/float16/bfloat16 in [lower, upper]; labels: [B] int class indices.
+        Returns adversarial images of the same shape and dtype (``run`` returns an AttackResult).
+        A sample found adversarial at some step is never returned non-adversarial: the latest
+        adversarial iterate replaces a final one that is not (torchattacks returns the final one).
+
+    Raises:
+        TypeError / ValueError naming the argument: bad options, images outside [lower, upper],
+        labels of the wrong shape, dtype or range, a model that does not return [B, K] logits.
+        The model (mode, requires_grad, buffers, .grad) and the caller's tensors are unchanged
+        afterwards, also when the attack raises.
+
+    Example:
+        >>> attack = fastadv.PGD(model, eps=8/255, alpha=2/255, steps=10, random_start=True)
+        >>> adv_images = attack(images, labels)
+    """
+
+    norm = "linf"
+
+    def __init__(
+        self,
+        model: Any,
+        eps: float | torch.Tensor = 8 / 255,
+        alpha: float | torch.Tensor = 2 / 255,
+        steps: int = 10,
+        random_start: bool = True,
+        **options: Any,
+    ):
+        super().__init__(model, eps=eps, alpha=alpha, steps=steps, random_start=random_start, **options)

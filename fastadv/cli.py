@@ -1,5 +1,6 @@
 """The `fastadv` command line. `fastadv bench` measures the fused steps against PyTorch eager,
-torch.compile and a memory copy; more commands (eval, train) come with their issues."""
+torch.compile and a memory copy, and (with --attack) PGD-10 images/s against a naive loop and
+torchattacks."""
 
 from __future__ import annotations
 
@@ -50,16 +51,31 @@ def _device(text: str) -> torch.device:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .bench import step
+    from .bench import attack, step
 
     parser = argparse.ArgumentParser(prog="fastadv", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     bench = sub.add_parser(
-        "bench", help="benchmark the fused attack steps",
+        "bench", help="benchmark the fused attack steps, or whole attacks (--attack)",
         description="Time the fused L-inf and L2 steps (every available backend) against the PyTorch eager "
-                    "formulation, torch.compile of it, and a same-size copy, in one run; print a table and append "
-                    "long-format CSV rows (with device, versions and git SHA).",
+                    "formulation, torch.compile of it, and a same-size copy, in one run; or, with --attack, PGD "
+                    "images/s of fastadv against a naive loss.backward() loop, torchattacks (when installed) and "
+                    "the model's forward + input-gradient time. Prints a table and appends long-format CSV rows "
+                    "(with device, versions and git SHA).",
     )  # fmt: skip
+    bench.add_argument(
+        "--attack", action="store_true",
+        help="benchmark whole PGD attacks instead of the steps (options --models, --batch, --steps)",
+    )  # fmt: skip
+    bench.add_argument(
+        "--models", type=_csv_list(attack.MODELS), default=["digits-cnn", "resnet18-cifar"],
+        help=f"--attack: models, among {', '.join(attack.MODELS)} (default: %(default)s)",
+    )  # fmt: skip
+    bench.add_argument(
+        "--batch", type=_positive_int, default=None,
+        help="--attack: batch size (default: per model, larger on a GPU)",
+    )  # fmt: skip
+    bench.add_argument("--steps", type=_positive_int, default=10, help="--attack: PGD steps (default: 10)")
     bench.add_argument(
         "--kernels", type=_csv_list(dict.fromkeys(step.KERNELS)), default=list(step.KERNELS),
         help="which steps (default: %(default)s)",
@@ -85,16 +101,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--providers",
         type=_csv_list(),
         default=None,
-        help="subset of eager, compile, copy, fused-triton, fused-cpu, fused-cuda "
-        "(default: all that run on the device)",
+        help="subset of eager, compile, copy, fused-triton, fused-cpu, fused-cuda; with --attack, of "
+        f"{', '.join(attack.PROVIDERS)} (default: all that run on the device)",
     )
     bench.add_argument("--no-compile", action="store_true", help="skip the torch.compile baseline")
-    bench.add_argument("--warmup", type=_positive_int, default=3, help="untimed calls first (default: 3)")
-    bench.add_argument("--repeat", type=_positive_int, default=10, help="timed calls (default: 10)")
+    bench.add_argument(
+        "--warmup", type=_positive_int, default=None, help="untimed calls first (default: 3; 1 with --attack)"
+    )
+    bench.add_argument("--repeat", type=_positive_int, default=None, help="timed calls (default: 10; 5 with --attack)")
     bench.add_argument(
         "--csv",
-        default="fastadv-results/bench_step.csv",
-        help="CSV file the rows are appended to (default: %(default)s)",
+        default=None,
+        help="CSV file the rows are appended to (default: fastadv-results/bench_step.csv, or bench_attack.csv)",
     )
     bench.add_argument("--quiet", action="store_true", help="no progress bar")
     bench.set_defaults(run=_run_bench)
@@ -102,7 +120,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _run_bench(args: argparse.Namespace) -> int:
+    if args.attack:
+        return _run_bench_attack(args)
     from .bench import step
+
+    args.warmup, args.repeat = args.warmup or 3, args.repeat or 10
+    args.csv = args.csv or "fastadv-results/bench_step.csv"
 
     available = step.providers(args.device, with_compile=not args.no_compile)
     names = args.providers or available
@@ -124,11 +147,39 @@ def _run_bench(args: argparse.Namespace) -> int:
         f"(torch {rows[0].torch}, triton {rows[0].triton}, git {rows[0].git_sha})"
     )
     print(step.format_table(rows))
+    return _write_rows(rows, args.csv)
+
+
+def _run_bench_attack(args: argparse.Namespace) -> int:
+    from .bench import attack
+
+    available = attack.available_providers()
+    names = args.providers or available
+    unknown = [n for n in names if n not in attack.PROVIDERS]
+    if unknown:
+        raise CliError(
+            f"--providers: unknown {', '.join(unknown)} with --attack (choose from {', '.join(attack.PROVIDERS)})"
+        )
+    missing = [n for n in names if n not in available]
+    if missing:
+        raise CliError(f"--providers: {', '.join(missing)} is not installed (pip install torchattacks)")
+    rows = attack.run(
+        args.models, names, args.device, batch=args.batch, steps=args.steps,
+        warmup=args.warmup or 1, repeat=args.repeat or 5, progress=not args.quiet,
+    )  # fmt: skip
+    print(f"PGD-{args.steps} on {rows[0].device} (torch {rows[0].torch}, git {rows[0].git_sha})")
+    print(attack.format_table(rows))
+    return _write_rows(rows, args.csv or "fastadv-results/bench_attack.csv")
+
+
+def _write_rows(rows: list, path: str) -> int:
+    from .bench.results import write_csv
+
     try:
-        step.write_csv(rows, args.csv)
+        write_csv(rows, path)
     except OSError as error:
-        raise CliError(f"--csv: cannot write {args.csv}: {error.strerror}") from None
-    print(f"{len(rows)} rows appended to {args.csv}")
+        raise CliError(f"--csv: cannot write {path}: {error.strerror}") from None
+    print(f"{len(rows)} rows appended to {path}")
     return 0
 
 

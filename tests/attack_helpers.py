@@ -46,11 +46,11 @@ def plain_margin(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 
 def plain_attack(
-    model, x, y, start, *, eps, alpha, steps, norm="linf", targeted=False, loss="ce", decay=None, lower=0.0, upper=1.0
+    model, x, y, start, *, eps, alpha, steps, norm="linf", targeted=False, loss="ce", decay=None, keep=True
 ):
-    """Straightforward PGD (L-inf or L2, optional MI-FGSM momentum) from `start`, with the
-    engine's contract: summed loss, final iterate unless an earlier iterate fooled the model
-    (then the latest such iterate)."""
+    """Straightforward PGD (L-inf or L2, optional MI-FGSM momentum) from `start`, summed loss.
+    Returns the final iterate; with `keep` (the contract of Attack.run), a sample whose final
+    iterate does not fool the model but an earlier one did gets the latest such iterate."""
 
     def loss_of(logits):
         per_sample = F.cross_entropy(logits, y, reduction="none") if loss == "ce" else plain_margin(logits, y)
@@ -87,7 +87,9 @@ def plain_attack(
             d_norm = delta.flatten(1).norm(dim=1).view(-1, 1, 1, 1)
             delta = torch.where(d_norm > eps, delta * (eps / d_norm), delta)
             adv = x + delta
-        adv = adv.clamp(lower, upper)
+        adv = adv.clamp(0, 1)
+    if not keep:
+        return adv
     with torch.no_grad():
         hit = fooled(model(adv))
     kept[hit] = adv[hit]

@@ -193,33 +193,53 @@ class Attack:
         return f"{type(self).__name__}({args})"
 
     def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return self.run(images, labels).adv
+        return self.forward(images, labels)
 
     def forward(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """The adversarial images (torchattacks' name for the call)."""
-        return self.run(images, labels).adv
+        """The adversarial images. With one run and no early stopping this is the final iterate,
+        as in torchattacks, at the cost of the steps alone; otherwise it is ``run(...).adv``."""
+        return self._attack(images, labels, track=self.early_stop or self.restarts > 1).adv
 
     def run(self, images: torch.Tensor, labels: torch.Tensor) -> AttackResult:
         """Attacks a batch: images [B, ...] in [lower, upper], labels [B] class indices (the
         targets when targeted). Returns an :class:`AttackResult`; the caller's tensors and
-        model are left as they were, also when this raises."""
+        model are left as they were, also when this raises.
+
+        The final iterate is evaluated (one forward pass more than the steps), and a sample
+        that fooled the model at some step is never returned unfooled: its latest adversarial
+        iterate replaces a final one that is not."""
+        return self._attack(images, labels, track=True)
+
+    def _attack(self, images: torch.Tensor, labels: torch.Tensor, track: bool) -> AttackResult:
+        """track=False (one run, no early stop, only the images wanted): the steps alone, and
+        the final iterate in a result whose other fields are unset."""
         check.images_and_labels(images, labels)
         # Gradients are needed even when the caller is under no_grad or inference_mode.
         with torch.inference_mode(False), torch.enable_grad():
             x, y, call = self._prepare(images, labels)
-            best = _Best(x, self.targeted)
             if x.shape[0] == 0:
-                return best.result()
+                return _Best(x, self.targeted).result()
             with attack_mode(self.model, self.model_mode):
+                if not track:
+                    return self._steps_only(x, y, call)
+                best = _Best(x, self.targeted)
                 idx = None
                 for _ in range(self.restarts):
                     self._one_run(x, y, idx, best, call)
                     idx = (~best.success).nonzero().squeeze(1)  # restarts attack the survivors only
                     if idx.numel() == 0:
                         break
-            return best.result()
+                return best.result()
 
     # --- the loop -------------------------------------------------------------------------
+
+    def _steps_only(self, x, y, call: _Call) -> AttackResult:
+        x_adv = self._start(x, call.params, call)
+        state = self._init_state(x_adv)
+        for _ in range(self.steps):
+            _, _, grad = self._loss_and_grad(x_adv, y, call)
+            x_adv = self._step(x_adv, self._direction(grad, state), x, call.params)
+        return AttackResult(x_adv, None, None, None)  # type: ignore[arg-type]
 
     def _one_run(self, x, y, idx, best: _Best, call: _Call) -> None:
         batch = x.shape[0]

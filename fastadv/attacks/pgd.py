@@ -45,9 +45,11 @@ class PGD(Attack):
 
     Shape:
         images: [B, ...] float32/float16/bfloat16 in [lower, upper]; labels: [B] int class indices.
-        Returns adversarial images of the same shape and dtype (``run`` returns an AttackResult).
-        A sample found adversarial at some step is never returned non-adversarial: the latest
-        adversarial iterate replaces a final one that is not (torchattacks returns the final one).
+        ``attack(images, labels)`` returns adversarial images of the same shape and dtype: the
+        final iterate, as torchattacks does (with early_stop or restarts, as ``run``).
+        ``attack.run(images, labels)`` returns an AttackResult with per-sample success, loss and
+        steps; it evaluates the final iterate (one forward pass more) and never returns a sample
+        unfooled that fooled the model at some step (the latest adversarial iterate is kept).
 
     Raises:
         TypeError / ValueError naming the argument: bad options, images outside [lower, upper],

@@ -12,17 +12,14 @@ its memory traffic is the minimum. `fraction_of_copy_bandwidth` uses the design 
 
 from __future__ import annotations
 
-import csv
-import datetime
-import os
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass
 
 import torch
 
 from .. import ops
 from ..backends import BACKENDS
-from .timing import device_name, git_sha, measure, quantiles, versions
+from .results import Row, environment, write_csv  # noqa: F401  (write_csv: used by the CLI)
+from .timing import measure, quantiles
 
 SIZES = {"1M": 2**20, "16M": 2**24, "64M": 2**26}
 L2_BATCHES = {"cifar": (512, 3, 32, 32), "imagenet": (64, 3, 224, 224)}
@@ -121,30 +118,6 @@ def design_bytes(kernel: str, name: str, t: dict[str, torch.Tensor]) -> int:
     return bytes_moved(name, t)
 
 
-@dataclass
-class Row:
-    """One long-format CSV row (a measurement of one metric)."""
-
-    timestamp: str
-    git_sha: str
-    device: str
-    fastadv: str
-    torch: str
-    triton: str
-    cuda: str
-    python: str
-    kernel: str
-    provider: str
-    dtype: str
-    size: str
-    numel: int
-    metric: str
-    unit: str
-    median: float
-    p20: float
-    p80: float
-
-
 def run(measured: list[tuple[str, str, tuple]], dtypes: Iterable[str], device: torch.device, names: Iterable[str],
         warmup: int = 3, repeat: int = 10, progress: bool = True) -> list[Row]:  # fmt: skip
     """Measures every provider on every (case, dtype): time, bandwidth, design bandwidth,
@@ -152,8 +125,7 @@ def run(measured: list[tuple[str, str, tuple]], dtypes: Iterable[str], device: t
     from tqdm import tqdm
 
     names, dtypes = list(names), list(dtypes)
-    env = {"timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-           "git_sha": git_sha(), "device": device_name(device), **versions()}  # fmt: skip
+    env = environment(device)
     rows: list[Row] = []
     bar = tqdm(total=len(measured) * len(dtypes) * len(names), desc="bench", disable=not progress, unit="run")
     for kernel, case, shape in measured:
@@ -188,17 +160,6 @@ def run(measured: list[tuple[str, str, tuple]], dtypes: Iterable[str], device: t
             del t
     bar.close()
     return rows
-
-
-def write_csv(rows: list[Row], path: str) -> None:
-    """Appends rows to a long-format CSV (header written once)."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    new = not os.path.exists(path) or os.path.getsize(path) == 0
-    with open(path, "a", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(Row.__dataclass_fields__))
-        if new:
-            writer.writeheader()
-        writer.writerows(asdict(r) for r in rows)
 
 
 def format_table(rows: list[Row]) -> str:

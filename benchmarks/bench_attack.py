@@ -1,0 +1,44 @@
+"""pytest-benchmark: PGD-10 on one model and batch, fastadv against a naive loss.backward() loop,
+torchattacks (when installed: pip install --no-deps torchattacks) and the model's forward +
+input-gradient time.
+
+    pytest benchmarks/bench_attack.py --benchmark-only [--benchmark-json out.json]
+
+Models from FASTADV_BENCH_MODELS (default "digits-cnn,resnet18-cifar"); batch from
+FASTADV_BENCH_BATCH (default: per model, larger on a GPU). Providers and models are those of
+`fastadv bench --attack` (fastadv/bench/attack.py), which also writes CSV rows with ratios.
+"""
+
+import os
+
+import pytest
+import torch
+
+from fastadv.bench import attack
+
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+MODELS = os.environ.get("FASTADV_BENCH_MODELS", "digits-cnn,resnet18-cifar").split(",")
+BATCH = int(os.environ["FASTADV_BENCH_BATCH"]) if os.environ.get("FASTADV_BENCH_BATCH") else None
+
+
+@pytest.fixture(scope="module", params=MODELS)
+def case(request):
+    name = request.param
+    batch = BATCH or attack.MODELS[name][1 if DEVICE.type == "cpu" else 2]
+    return name, attack.make_case(name, batch, DEVICE)
+
+
+@pytest.mark.parametrize("provider", attack.available_providers())
+def test_pgd10(benchmark, case, provider):
+    name, (model, images, labels) = case
+    fn = attack.provider_fn(provider, model, images, labels, attack.EPS[name], steps=10)
+    benchmark.group = f"pgd10 {name} batch {images.shape[0]} on {DEVICE.type}"
+    benchmark.extra_info["images"] = images.shape[0]
+    if DEVICE.type == "cuda":
+        run = fn
+
+        def fn():
+            run()
+            torch.cuda.synchronize()
+
+    benchmark.pedantic(fn, warmup_rounds=1, rounds=5, iterations=1)

@@ -1,0 +1,191 @@
+"""PGD-10 images/s: fastadv's attacks against a naive loop, torchattacks and the model's own
+forward + input-gradient time, on the same model and batch, in one run.
+
+Models: "digits-cnn" (fastadv.models.small_cnn trained for a few seconds on the digits training
+split, attacked on the test split: an undefended model, so early stopping has work to skip),
+"resnet18-cifar" (3x32x32) and "resnet18-imagenet" (3x224x224), CIFAR-style ResNet-18 with
+random weights whose labels are its own clean predictions (every sample starts correctly
+classified, so early stopping saves only what the attack earns).
+
+Providers:
+- naive: the loop many people write: loss.backward() (so weight gradients are computed too),
+  mean loss, eager projection and clamp.
+- torchattacks: torchattacks.PGD, when it is installed (an optional benchmark dependency).
+- fastadv, fastadv-early-stop: fastadv.PGD in float32, without and with early stopping.
+- fastadv-bf16-cl, fastadv-bf16-cl-early-stop: bfloat16 autocast and channels_last.
+- limit: the model's forward plus input-gradient backward, `steps` times (what a PGD step cannot
+  beat without early stopping or lower precision).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Iterable
+
+import torch
+import torch.nn.functional as F
+
+from .. import PGD
+from ..datasets import digits
+from ..models import resnet18, small_cnn
+from ..train import train_standard
+from .results import Row, environment
+from .timing import measure, quantiles
+
+# name -> (image shape, default batch on cpu, default batch on cuda)
+MODELS = {
+    "digits-cnn": ((1, 16, 16), 256, 1024),
+    "resnet18-cifar": ((3, 32, 32), 32, 512),
+    "resnet18-imagenet": ((3, 224, 224), 4, 128),
+}
+PROVIDERS = (
+    "naive",
+    "torchattacks",
+    "fastadv",
+    "fastadv-early-stop",
+    "fastadv-bf16-cl",
+    "fastadv-bf16-cl-early-stop",
+    "limit",
+)
+EPS = {"digits-cnn": 0.1, "resnet18-cifar": 8 / 255, "resnet18-imagenet": 4 / 255}
+
+
+def available_providers() -> list[str]:
+    try:
+        import torchattacks  # noqa: F401
+    except ImportError:
+        return [p for p in PROVIDERS if p != "torchattacks"]
+    return list(PROVIDERS)
+
+
+@functools.lru_cache(maxsize=1)
+def _digits_state() -> dict:
+    torch.manual_seed(0)
+    return train_standard(small_cnn(), *digits("train"), epochs=15, seed=0).state_dict()
+
+
+def make_case(name: str, batch: int, device: torch.device) -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor]:
+    """(model in eval mode, images, labels) on `device`."""
+    shape = MODELS[name][0]
+    if name == "digits-cnn":
+        model = small_cnn()
+        model.load_state_dict(_digits_state())
+        images, labels = digits("test")
+        repeats = -(-batch // len(labels))
+        images, labels = images.repeat(repeats, 1, 1, 1)[:batch], labels.repeat(repeats)[:batch]
+        return model.eval().to(device), images.to(device), labels.to(device)
+    torch.manual_seed(0)
+    model = resnet18().eval().to(device)
+    images = torch.rand(batch, *shape, device=device)
+    with torch.no_grad():
+        labels = model(images).argmax(1)
+    return model, images, labels
+
+
+def naive_pgd(model, images, labels, eps: float, alpha: float, steps: int) -> torch.Tensor:
+    adv = (images + torch.empty_like(images).uniform_(-eps, eps)).clamp(0, 1)
+    for _ in range(steps):
+        adv.requires_grad_(True)
+        model.zero_grad(set_to_none=True)
+        F.cross_entropy(model(adv), labels).backward()
+        adv = adv.detach() + alpha * adv.grad.sign()
+        adv = torch.min(torch.max(adv, images - eps), images + eps).clamp(0, 1)
+    return adv
+
+
+def forward_backward_limit(model, images, labels, steps: int) -> None:
+    for p in model.parameters():
+        p.requires_grad_(False)
+    try:
+        for _ in range(steps):
+            x = images.detach().requires_grad_(True)
+            torch.autograd.grad(F.cross_entropy(model(x), labels, reduction="sum"), x)
+    finally:
+        for p in model.parameters():
+            p.requires_grad_(True)
+
+
+def provider_fn(provider: str, model, images, labels, eps: float, steps: int) -> Callable[[], object]:
+    alpha = eps / 4
+    if provider == "naive":
+        return lambda: naive_pgd(model, images, labels, eps, alpha, steps)
+    if provider == "limit":
+        return lambda: forward_backward_limit(model, images, labels, steps)
+    if provider == "torchattacks":
+        import torchattacks
+
+        attack = torchattacks.PGD(model, eps=eps, alpha=alpha, steps=steps, random_start=True)
+        return lambda: attack(images, labels)
+    options = {"early_stop": provider.endswith("early-stop")}
+    if "bf16-cl" in provider:
+        options.update(amp=torch.bfloat16, channels_last=images.dim() == 4)
+    attack = PGD(model, eps=eps, alpha=alpha, steps=steps, random_start=True, **options)
+    return lambda: attack(images, labels)
+
+
+def run(
+    models: Iterable[str],
+    providers: Iterable[str],
+    device: torch.device,
+    *,
+    batch: int | None = None,
+    steps: int = 10,
+    warmup: int = 1,
+    repeat: int = 5,
+    progress: bool = True,
+) -> list[Row]:
+    """time (ms per attack call), images/s and speed-ups over naive, torchattacks and the limit."""
+    from tqdm import tqdm
+
+    models, providers = list(models), list(providers)
+    env = environment(device)
+    rows: list[Row] = []
+    bar = tqdm(total=len(models) * len(providers), desc="bench attack", disable=not progress, unit="run")
+    for name in models:
+        size = batch or MODELS[name][1 if device.type == "cpu" else 2]
+        model, images, labels = make_case(name, size, device)
+        fns = {p: provider_fn(p, model, images, labels, EPS[name], steps) for p in providers}
+        for provider, fn in fns.items():
+            bar.set_postfix_str(f"{name} {provider} warm-up")
+            measure(fn, device, warmup, 1)
+            bar.update()
+        # Providers take turns, so that a slow spell of a shared machine hits them alike.
+        samples: dict[str, list[float]] = {p: [] for p in providers}
+        for round_ in range(repeat):
+            bar.set_postfix_str(f"{name} round {round_ + 1}/{repeat}")
+            for provider, fn in fns.items():
+                samples[provider] += measure(fn, device, 0, 1)
+        seconds = {p: quantiles(s) for p, s in samples.items()}
+
+        def add(provider, metric, unit, values, name=name, size=size):
+            dtype = "bf16-cl" if "bf16-cl" in provider else "float32"
+            rows.append(Row(**env, kernel=f"pgd{steps}", provider=provider, dtype=dtype, size=name, numel=size,
+                            metric=metric, unit=unit, median=values[0], p20=values[1], p80=values[2]))  # fmt: skip
+
+        for provider, (med, p20, p80) in seconds.items():
+            add(provider, "time", "ms", (med * 1e3, p20 * 1e3, p80 * 1e3))
+            add(provider, "images_per_s", "img/s", (size / med, size / p80, size / p20))
+            for baseline in ("naive", "torchattacks", "limit"):
+                if baseline in seconds and baseline != provider:
+                    ratio = seconds[baseline][0] / med
+                    add(provider, f"speedup_vs_{baseline}", "x", (ratio, ratio, ratio))
+    bar.close()
+    return rows
+
+
+def format_table(rows: list[Row]) -> str:
+    by_key: dict[tuple, dict[str, float]] = {}
+    for r in rows:
+        by_key.setdefault((r.size, r.numel, r.provider), {})[r.metric] = r.median
+    columns = ("model", 18), ("batch", 6), ("provider", 27), ("ms", 10), ("img/s", 9), ("vs naive", 9), ("vs ta", 7)
+    lines = [" ".join(f"{name:>{width}}" for name, width in (*columns, ("vs limit", 9)))]
+    for (model, batch, provider), m in by_key.items():
+
+        def ratio(key, m=m):
+            return f"{m[key]:.2f}x" if key in m else "-"
+
+        lines.append(
+            f"{model:>18} {batch:>6} {provider:>27} {m['time']:>10.1f} {m['images_per_s']:>9.1f} "
+            f"{ratio('speedup_vs_naive'):>9} {ratio('speedup_vs_torchattacks'):>7} {ratio('speedup_vs_limit'):>9}"
+        )
+    return "\n".join(lines)

@@ -1,0 +1,54 @@
+"""Benchmark rows: one long-format CSV for every benchmark (kernel, provider, metric, unit,
+median, p20, p80), each row carrying the device, versions and git SHA it was measured with."""
+
+from __future__ import annotations
+
+import csv
+import datetime
+import os
+from dataclasses import asdict, dataclass
+
+import torch
+
+from .timing import device_name, git_sha, versions
+
+
+@dataclass
+class Row:
+    """One long-format CSV row (a measurement of one metric)."""
+
+    timestamp: str
+    git_sha: str
+    device: str
+    fastadv: str
+    torch: str
+    triton: str
+    cuda: str
+    python: str
+    kernel: str
+    provider: str
+    dtype: str
+    size: str
+    numel: int
+    metric: str
+    unit: str
+    median: float
+    p20: float
+    p80: float
+
+
+def environment(device: torch.device) -> dict[str, str]:
+    """The Row fields that describe where and with what a run was measured."""
+    now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    return {"timestamp": now, "git_sha": git_sha(), "device": device_name(device), **versions()}
+
+
+def write_csv(rows: list[Row], path: str) -> None:
+    """Appends rows to a long-format CSV (header written once)."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    new = not os.path.exists(path) or os.path.getsize(path) == 0
+    with open(path, "a", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(Row.__dataclass_fields__))
+        if new:
+            writer.writeheader()
+        writer.writerows(asdict(r) for r in rows)

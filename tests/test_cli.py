@@ -1,0 +1,60 @@
+"""The command line: `fastadv bench` (steps and --attack) writes its table and CSV rows; bad
+arguments give one line on stderr and exit status 2."""
+
+import csv
+
+import pytest
+
+from fastadv.cli import main
+
+
+def _rows(path):
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def test_bench_steps_writes_rows(tmp_path, capsys):
+    out = tmp_path / "step.csv"
+    argv = ["bench", "--kernels", "linf_step", "--sizes", "1M", "--dtypes", "float32", "--device", "cpu",
+            "--providers", "eager,fused-cpu", "--no-compile", "--warmup", "1", "--repeat", "2", "--csv", str(out),
+            "--quiet"]  # fmt: skip
+    assert main(argv) == 0
+    rows = _rows(out)
+    assert {r["provider"] for r in rows} == {"eager", "fused-cpu", "copy"}
+    speedup = [r for r in rows if r["metric"] == "speedup_vs_eager" and r["provider"] == "fused-cpu"]
+    assert len(speedup) == 1 and float(speedup[0]["median"]) > 0
+    assert "fused-cpu" in capsys.readouterr().out
+
+
+def test_bench_attack_writes_rows(tmp_path, capsys):
+    out = tmp_path / "attack.csv"
+    argv = ["bench", "--attack", "--models", "digits-cnn", "--batch", "16", "--steps", "2", "--device", "cpu",
+            "--providers", "naive,fastadv,fastadv-early-stop,limit", "--warmup", "1", "--repeat", "2",
+            "--csv", str(out), "--quiet"]  # fmt: skip
+    assert main(argv) == 0
+    rows = _rows(out)
+    assert {r["provider"] for r in rows} == {"naive", "fastadv", "fastadv-early-stop", "limit"}
+    assert {r["kernel"] for r in rows} == {"pgd2"} and {r["numel"] for r in rows} == {"16"}
+    per_second = {r["provider"]: float(r["median"]) for r in rows if r["metric"] == "images_per_s"}
+    assert all(v > 0 for v in per_second.values())
+    assert any(r["metric"] == "speedup_vs_naive" for r in rows)
+    table = capsys.readouterr().out
+    assert "fastadv-early-stop" in table and "img/s" in table
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["bench", "--attack", "--providers", "fastest"], "--providers"),
+        (["bench", "--providers", "fused-cuda", "--device", "cpu"], "--providers"),
+        (["bench", "--attack", "--models", "vgg"], "--models"),
+        (["bench", "--steps", "0"], "--steps"),
+    ],
+)
+def test_bad_arguments_exit_2_with_one_line(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        if main(argv) == 2:
+            raise SystemExit(2)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert message in err[-1] and "Traceback" not in "\n".join(err)

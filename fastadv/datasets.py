@@ -44,3 +44,49 @@ def digits(split: str = "train") -> tuple[torch.Tensor, torch.Tensor]:
     n_test = int(len(labels) * DIGITS_TEST_FRACTION)
     chosen = order[:n_test] if split == "test" else order[n_test:]
     return images[chosen], labels[chosen]
+
+
+class DataError(ValueError):
+    """A data file is missing, unreadable or holds arrays of the wrong shape, type or range."""
+
+
+def load_npz(path: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(images, labels)`` from a NumPy ``.npz`` file with arrays ``x`` and ``y``.
+
+    x: [N, H, W] (one channel), [N, C, H, W] or [N, H, W, C] (C of 1, 3 or 4 last, where dim 1 is
+    not such a count); uint8 (divided by 255) or floating values in [0, 1]. y: [N] non-negative
+    integers. Returns float32 images [N, C, H, W] and int64 labels. Raises DataError (a
+    ValueError) naming the file and the problem.
+    """
+    import numpy as np
+
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            if "x" not in archive or "y" not in archive:
+                raise DataError(f"{path}: expected arrays 'x' and 'y', found {', '.join(archive.files) or 'none'}")
+            x, y = archive["x"], archive["y"]
+    except FileNotFoundError:
+        raise DataError(f"{path}: no such file") from None
+    except (OSError, ValueError) as error:
+        if isinstance(error, DataError):
+            raise
+        raise DataError(f"{path}: not a readable .npz file ({type(error).__name__})") from None
+    if x.ndim == 3:
+        x = x[:, None]
+    elif x.ndim == 4 and x.shape[1] not in (1, 3, 4) and x.shape[3] in (1, 3, 4):
+        x = x.transpose(0, 3, 1, 2)
+    if x.ndim != 4:
+        raise DataError(f"{path}: x must be [N, H, W], [N, C, H, W] or [N, H, W, C], got shape {x.shape}")
+    if y.ndim != 1 or y.shape[0] != x.shape[0]:
+        raise DataError(f"{path}: y must have shape [N] = [{x.shape[0]}], got {y.shape}")
+    if not np.issubdtype(y.dtype, np.integer) or (y.size and y.min() < 0):
+        raise DataError(f"{path}: y must hold non-negative integer class indices")
+    if x.dtype == np.uint8:
+        images = torch.from_numpy(np.ascontiguousarray(x)).float() / 255.0
+    elif np.issubdtype(x.dtype, np.floating):
+        images = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+        if images.numel() and not (float(images.min()) >= 0.0 and float(images.max()) <= 1.0):
+            raise DataError(f"{path}: floating x must lie in [0, 1] (no NaN); scale it or save uint8")
+    else:
+        raise DataError(f"{path}: x must be uint8 or floating, got {x.dtype}")
+    return images.contiguous(), torch.from_numpy(y.astype(np.int64))

@@ -10,6 +10,17 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .checkpoint import CheckpointError, save_atomic
+from .checkpoint import load as _load_checkpoint
+
+ARCHITECTURES = {}  # name -> factory; filled below
+
+
+def _remember_spec(model: nn.Module, arch: str, **kwargs) -> nn.Module:
+    """Records how to rebuild the model, so that `save` / `load` need no code from the user."""
+    model.fastadv_spec = {"arch": arch, "kwargs": kwargs}
+    return model
+
 
 def small_cnn(in_channels: int = 1, num_classes: int = 10, width: int = 32) -> nn.Sequential:
     """Two 3x3 conv blocks (width, 2*width channels, ReLU, 2x2 max-pool) and two linear layers.
@@ -18,7 +29,7 @@ def small_cnn(in_channels: int = 1, num_classes: int = 10, width: int = 32) -> n
     for name, value in (("in_channels", in_channels), ("num_classes", num_classes), ("width", width)):
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return nn.Sequential(
+    model = nn.Sequential(
         nn.Conv2d(in_channels, width, 3, padding=1),
         nn.ReLU(),
         nn.MaxPool2d(2),
@@ -31,6 +42,7 @@ def small_cnn(in_channels: int = 1, num_classes: int = 10, width: int = 32) -> n
         nn.ReLU(),
         nn.Linear(128, num_classes),
     )
+    return _remember_spec(model, "small_cnn", in_channels=in_channels, num_classes=num_classes, width=width)
 
 
 class _BasicBlock(nn.Module):
@@ -69,4 +81,35 @@ class ResNet18(nn.Module):
 
 def resnet18(num_classes: int = 10, in_channels: int = 3) -> ResNet18:
     """A CIFAR-style ResNet-18 with PyTorch's default random initialisation."""
-    return ResNet18(num_classes, in_channels)
+    return _remember_spec(
+        ResNet18(num_classes, in_channels), "resnet18", num_classes=num_classes, in_channels=in_channels
+    )
+
+
+ARCHITECTURES.update(small_cnn=small_cnn, resnet18=resnet18)
+
+
+def save(model: nn.Module, path: str, **metadata) -> None:
+    """Writes a model built by this module (its architecture, arguments and weights, plus any
+    JSON-like `metadata`) to `path`, atomically."""
+    spec = getattr(model, "fastadv_spec", None)
+    if spec is None:
+        raise ValueError("model: save() takes models built by fastadv.models (small_cnn, resnet18)")
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    save_atomic({"kind": "model", "spec": spec, "state_dict": state, "metadata": metadata}, path)
+
+
+def load(path: str, device: str | torch.device = "cpu") -> nn.Module:
+    """The model saved by :func:`save`, in eval mode on `device`. Raises CheckpointError (a
+    ValueError) naming the file when it is missing, damaged or not a fastadv model."""
+    saved = _load_checkpoint(path, "model")
+    spec = saved.get("spec") or {}
+    factory = ARCHITECTURES.get(spec.get("arch"))
+    if factory is None:
+        raise CheckpointError(f"{path}: unknown architecture {spec.get('arch')!r}")
+    try:
+        model = factory(**spec.get("kwargs", {}))
+        model.load_state_dict(saved["state_dict"])
+    except (TypeError, KeyError, RuntimeError, ValueError) as error:
+        raise CheckpointError(f"{path}: the weights do not fit {spec.get('arch')} ({error})".split("\n")[0]) from None
+    return model.eval().to(device)

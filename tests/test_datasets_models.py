@@ -1,5 +1,6 @@
 """The embedded digits data and the model definitions."""
 
+import numpy as np
 import pytest
 import torch
 
@@ -32,3 +33,54 @@ def test_models_shapes_and_arguments():
     assert resnet18()(torch.rand(2, 3, 32, 32)).shape == (2, 10)
     with pytest.raises(ValueError, match="width"):
         small_cnn(width=0)
+
+
+def test_load_npz_layouts_and_types(tmp_path):
+    import numpy as np
+
+    from fastadv.datasets import load_npz
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 10, 5)
+    for x, shape in [
+        (rng.integers(0, 256, (5, 8, 8), dtype=np.uint8), (5, 1, 8, 8)),
+        (rng.random((5, 3, 8, 8)), (5, 3, 8, 8)),
+        (rng.random((5, 8, 8, 3)).astype(np.float32), (5, 3, 8, 8)),
+    ]:
+        np.savez(tmp_path / "d.npz", x=x, y=y)
+        images, labels = load_npz(str(tmp_path / "d.npz"))
+        assert images.shape == shape and images.dtype == torch.float32 and labels.dtype == torch.int64
+        assert 0 <= float(images.min()) and float(images.max()) <= 1 and labels.tolist() == y.tolist()
+    np.savez(tmp_path / "hwc.npz", x=np.arange(5 * 8 * 8 * 3, dtype=np.uint8).reshape(5, 8, 8, 3) % 200, y=y)
+    images, _ = load_npz(str(tmp_path / "hwc.npz"))
+    assert images[0, 2, 0, 1] * 255 == 5  # x[0, 0, 1, 2] = 5: channels moved to dim 1
+
+
+@pytest.mark.parametrize(
+    "arrays, part",
+    [
+        ({"x": np.zeros((2, 8, 8))}, "'x' and 'y'"),
+        ({"x": np.zeros((2, 8)), "y": np.zeros(2, dtype=int)}, "x must be"),
+        ({"x": np.zeros((2, 8, 8)), "y": np.zeros(3, dtype=int)}, "y must have shape"),
+        ({"x": np.zeros((2, 8, 8)), "y": np.zeros(2)}, "integer"),
+        ({"x": np.zeros((2, 8, 8)), "y": -np.ones(2, dtype=int)}, "non-negative"),
+        ({"x": np.full((2, 8, 8), 2.0), "y": np.zeros(2, dtype=int)}, r"\[0, 1\]"),
+        ({"x": np.zeros((2, 8, 8), dtype=np.int32), "y": np.zeros(2, dtype=int)}, "uint8 or floating"),
+    ],
+)
+def test_load_npz_errors(tmp_path, arrays, part):
+    from fastadv.datasets import DataError, load_npz
+
+    np.savez(tmp_path / "bad.npz", **arrays)
+    with pytest.raises(DataError, match=part):
+        load_npz(str(tmp_path / "bad.npz"))
+
+
+def test_load_npz_missing_and_damaged(tmp_path):
+    from fastadv.datasets import DataError, load_npz
+
+    with pytest.raises(DataError, match="no such file"):
+        load_npz(str(tmp_path / "none.npz"))
+    (tmp_path / "junk.npz").write_bytes(b"junk")
+    with pytest.raises(DataError, match="not a readable"):
+        load_npz(str(tmp_path / "junk.npz"))

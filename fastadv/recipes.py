@@ -1,0 +1,183 @@
+"""Adversarial-training recipes, usable inside any training loop.
+
+- "standard": no attack.
+- "pgd": PGD-AT, Madry et al. 2018 (https://arxiv.org/abs/1706.06083): train on PGD examples
+  with a random start (alpha defaults to eps / 4).
+- "fgsm-rs": FGSM with a random start, Wong, Rice and Kolter 2020 ("Fast is better than free",
+  https://arxiv.org/abs/2001.03994): alpha defaults to 1.25 eps.
+- "free": Free-AT, Shafahi et al. 2019 (https://arxiv.org/abs/1904.12843): each batch is
+  replayed `replays` times; every replay's one backward pass updates the weights and the
+  perturbation, which is carried over to the next replay and batch (alpha defaults to eps).
+  It needs the loop's optimizer, so it runs in :func:`fastadv.train.fit` (or :func:`free_replays`).
+- "trades": TRADES, Zhang et al. 2019 (https://arxiv.org/abs/1901.08573): the attack maximises
+  KL(f(x_adv) || f(x)); the loss is CE(f(x), y) + beta * KL.
+
+`clean_fraction` keeps that share of each batch clean (the first samples of the batch, which a
+shuffled loader makes a random share); the rest is adversarial.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import ops
+from .attacks import FGSM, PGD
+from .attacks._model_state import attack_mode
+
+RECIPES = ("standard", "pgd", "fgsm-rs", "free", "trades")
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """What adversarial training does to each batch; see the module docstring."""
+
+    name: str = "pgd"
+    eps: float = 8 / 255
+    alpha: float | None = None
+    steps: int = 10
+    replays: int = 4
+    beta: float = 6.0
+    clean_fraction: float = 0.0
+
+    def __post_init__(self):
+        if self.name not in RECIPES:
+            raise ValueError(f"recipe must be one of {', '.join(RECIPES)}; got {self.name!r}")
+        for field, value, low in (("eps", self.eps, 0.0), ("beta", self.beta, 0.0)):
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not value >= low:
+                raise ValueError(f"{field} must be a number >= {low}, got {value!r}")
+        if self.alpha is not None and (not isinstance(self.alpha, (int, float)) or not self.alpha >= 0):
+            raise ValueError(f"alpha must be a number >= 0 or None, got {self.alpha!r}")
+        for field, value in (("steps", self.steps), ("replays", self.replays)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{field} must be an int >= 1, got {value!r}")
+        if not isinstance(self.clean_fraction, (int, float)) or not 0.0 <= self.clean_fraction <= 1.0:
+            raise ValueError(f"clean_fraction must lie in [0, 1], got {self.clean_fraction!r}")
+
+    @property
+    def step_size(self) -> float:
+        if self.alpha is not None:
+            return float(self.alpha)
+        return {"pgd": self.eps / 4, "fgsm-rs": 1.25 * self.eps, "trades": self.eps / 4}.get(self.name, self.eps)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def adversarial_batch(
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    recipe: Recipe,
+    *,
+    generator: torch.Generator | None = None,
+    amp: torch.dtype | None = None,
+    channels_last: bool = False,
+    backend: str = "auto",
+) -> torch.Tensor:
+    """The batch to train on for `recipe` ("standard", "pgd", "fgsm-rs", "trades"): images whose
+    last ``(1 - clean_fraction)`` share is replaced by adversarial examples. The model's state is
+    left as it was (attacks run in eval mode). "free" raises: it needs the optimizer (use fit)."""
+    if recipe.name == "free":
+        raise ValueError("recipe 'free' updates the weights inside its replays: use fastadv.train.fit or free_replays")
+    if recipe.name == "standard":
+        return images
+    n_clean = round(recipe.clean_fraction * images.shape[0])
+    if n_clean == images.shape[0]:
+        return images
+    x, y = images[n_clean:], labels[n_clean:]
+    options = {"generator": generator, "amp": amp, "channels_last": channels_last, "backend": backend}
+    if recipe.name == "pgd":
+        adv = PGD(model, eps=recipe.eps, alpha=recipe.step_size, steps=recipe.steps, **options)(x, y)
+    elif recipe.name == "fgsm-rs":
+        adv = FGSM(model, eps=recipe.eps, alpha=recipe.step_size, random_start=True, **options)(x, y)
+    else:
+        adv = trades_attack(model, x, recipe, generator=generator, amp=amp, backend=backend)
+    if n_clean == 0:
+        return adv
+    return torch.cat([images[:n_clean], adv.to(memory_format=torch.contiguous_format).to(images.dtype)])
+
+
+def trades_attack(
+    model: nn.Module,
+    images: torch.Tensor,
+    recipe: Recipe,
+    *,
+    generator: torch.Generator | None = None,
+    amp: torch.dtype | None = None,
+    backend: str = "auto",
+) -> torch.Tensor:
+    """TRADES' inner maximisation: from x + 0.001 N(0, 1), `steps` signed steps up the gradient
+    of KL(f(x_adv) || f(x)) (summed), projected onto the eps ball and [0, 1] by the fused op."""
+    autocast = torch.autocast(images.device.type, dtype=amp, enabled=amp is not None)
+    with torch.inference_mode(False), torch.enable_grad(), attack_mode(model, "eval"):
+        x = images.detach()
+        with torch.no_grad(), autocast:
+            p_clean = F.softmax(model(x).float(), dim=1)
+        noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=torch.float32)
+        x_adv = torch.empty_like(x).copy_(x.float() + 0.001 * noise)
+        ops.linf_project(x_adv, x, recipe.eps, out=x_adv, backend=backend)
+        for _ in range(recipe.steps):
+            x_adv.requires_grad_(True)
+            with autocast:
+                log_p_adv = F.log_softmax(model(x_adv).float(), dim=1)
+            kl = F.kl_div(log_p_adv, p_clean, reduction="sum")
+            (grad,) = torch.autograd.grad(kl, x_adv)
+            x_adv = x_adv.detach()
+            ops.linf_step(x_adv, grad, x, recipe.eps, recipe.step_size, out=x_adv, backend=backend)
+        return x_adv
+
+
+def training_loss(
+    model: nn.Module, images: torch.Tensor, train_images: torch.Tensor, labels: torch.Tensor, recipe: Recipe
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean loss to back-propagate, logits on train_images). TRADES: CE on the clean images plus
+    beta * KL(f(x_adv) || f(x)) (batch mean); the others: CE on train_images."""
+    logits = model(train_images)
+    if recipe.name != "trades":
+        return F.cross_entropy(logits.float(), labels), logits
+    clean_logits = model(images)
+    kl = F.kl_div(F.log_softmax(logits.float(), 1), F.softmax(clean_logits.float(), 1), reduction="batchmean")
+    return F.cross_entropy(clean_logits.float(), labels) + recipe.beta * kl, logits
+
+
+def free_replays(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    delta: torch.Tensor | None,
+    recipe: Recipe,
+    *,
+    amp: torch.dtype | None = None,
+    backend: str = "auto",
+    after_step=None,
+) -> tuple[torch.Tensor, float, int]:
+    """Free-AT on one batch: `replays` times, one forward and backward on clamp(x + delta) that
+    steps the optimizer and moves delta by alpha * sign(grad) inside the eps ball. `delta` carries
+    over from the previous batch (None or another shape starts from zero). `after_step()` runs
+    after each optimizer step (a per-iteration schedule). Returns (delta, summed loss, correct
+    predictions over the replays)."""
+    x = images.detach()
+    if delta is None or delta.shape != x.shape:
+        delta = torch.zeros_like(x)
+    autocast = torch.autocast(x.device.type, dtype=amp, enabled=amp is not None)
+    total_loss, correct = 0.0, 0
+    for _ in range(recipe.replays):
+        x_adv = (x + delta).clamp_(0, 1).requires_grad_(True)
+        with autocast:
+            logits = model(x_adv)
+        loss = F.cross_entropy(logits.float(), labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if after_step is not None:
+            after_step()
+        stepped = ops.linf_step(x_adv.detach(), x_adv.grad, x, recipe.eps, recipe.step_size, backend=backend)
+        delta = stepped - x
+        total_loss += float(loss.detach()) * x.shape[0]
+        correct += int((logits.argmax(1) == labels).sum())
+    return delta.detach(), total_loss, correct

@@ -1,6 +1,6 @@
-"""The `fastadv` command line. `fastadv bench` measures the fused steps against PyTorch eager,
-torch.compile and a memory copy, and (with --attack) PGD-10 images/s against a naive loop and
-torchattacks."""
+"""The `fastadv` command line: `fastadv eval` (robustness evaluation), `fastadv train`
+(adversarial training) and `fastadv bench` (the fused steps against PyTorch eager, torch.compile
+and a copy; with --attack, PGD-10 images/s against a naive loop and torchattacks)."""
 
 from __future__ import annotations
 
@@ -9,9 +9,7 @@ import sys
 
 import torch
 
-
-class CliError(Exception):
-    """A user error: printed as one line, exit status 2."""
+from .cli_commands import CliError, add_eval_parser, add_train_parser
 
 
 def _csv_list(choices: dict | None = None):
@@ -116,6 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench.add_argument("--quiet", action="store_true", help="no progress bar")
     bench.set_defaults(run=_run_bench)
+    add_eval_parser(sub, _device, _positive_int)
+    add_train_parser(sub, _device, _positive_int)
     return parser
 
 

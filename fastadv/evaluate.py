@@ -1,0 +1,290 @@
+"""Robustness evaluation: several attacks at several eps, one report.
+
+For each eps the attacks run in order, as AutoAttack does: the first on every correctly
+classified sample, each later one only on the samples still robust (``cascade=False`` attacks
+all of them with each). A sample is robust at an eps only if it survives every attack (the worst
+case). Everything reported is a sum over samples (counts, a confusion matrix, norm sums), so
+batches add up, an evaluation resumes from a state file with identical numbers, and ranks of
+torch.distributed reduce with one all_reduce. Each batch's random starts come from a generator
+seeded by (seed, batch index, attack, eps), so results do not depend on how batches are spread.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import time
+from collections.abc import Sequence
+
+import torch
+
+from . import __version__
+from .attacks import FGSM, MIFGSM, PGD, PGDL2
+from .checkpoint import load as load_checkpoint
+from .checkpoint import save_atomic
+
+# name -> (norm, factory(model, eps, steps, generator, **options))
+ATTACKS = {
+    "fgsm": ("linf", lambda m, eps, steps, gen, **o: FGSM(m, eps=eps, **o)),
+    "pgd": ("linf", lambda m, eps, steps, gen, **o: PGD(m, eps=eps, alpha=eps / 4, steps=steps, generator=gen, **o)),
+    "pgd-l2": ("l2", lambda m, eps, steps, gen, **o: PGDL2(m, eps=eps, alpha=eps / 4, steps=steps, generator=gen, **o)),
+    "mifgsm": ("linf", lambda m, eps, steps, gen, **o: MIFGSM(m, eps=eps, alpha=eps / 4, steps=steps, **o)),
+}
+
+
+def _check(attacks: Sequence[str], eps: Sequence[float], batch_size: int, steps: int) -> None:
+    if isinstance(attacks, str) or not attacks or any(a not in ATTACKS for a in attacks):
+        raise ValueError(f"attacks must be a non-empty list among {', '.join(ATTACKS)}; got {attacks!r}")
+    if isinstance(eps, (int, float)) or not eps or any(not isinstance(e, (int, float)) or not e >= 0 for e in eps):
+        raise ValueError(f"eps must be a non-empty list of numbers >= 0, got {eps!r}")
+    for name, value in (("batch_size", batch_size), ("steps", steps)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+
+
+class _Sums:
+    """Every per-sample quantity the report needs, summed. Keys: "clean" ([K, K] confusion),
+    "worst" (per eps, the confusion of the worst case over all attacks), and per (eps index,
+    attack index): "cm" (confusion under the attacks so far with cascade, under this attack
+    alone without), "fooled", "attacked", "linf", "l2", "seconds"."""
+
+    def __init__(self, n_eps: int, n_attacks: int, classes: int):
+        self.t = {
+            "clean": torch.zeros(classes, classes, dtype=torch.float64),
+            "cm": torch.zeros(n_eps, n_attacks, classes, classes, dtype=torch.float64),
+            "worst": torch.zeros(n_eps, classes, classes, dtype=torch.float64),
+            "fooled": torch.zeros(n_eps, n_attacks, dtype=torch.float64),
+            "attacked": torch.zeros(n_eps, n_attacks, dtype=torch.float64),
+            "linf": torch.zeros(n_eps, n_attacks, dtype=torch.float64),
+            "l2": torch.zeros(n_eps, n_attacks, dtype=torch.float64),
+            "seconds": torch.zeros(n_eps, n_attacks, dtype=torch.float64),
+        }
+
+    def reduce(self) -> None:
+        """Sums over torch.distributed ranks (seconds: the slowest rank's)."""
+        import torch.distributed as dist
+
+        backend_device = "cuda" if dist.get_backend() == "nccl" else "cpu"
+        for key, value in self.t.items():
+            moved = value.to(backend_device)
+            dist.all_reduce(moved, op=dist.ReduceOp.MAX if key == "seconds" else dist.ReduceOp.SUM)
+            self.t[key] = moved.cpu()
+
+
+def _confusion(labels: torch.Tensor, predicted: torch.Tensor, classes: int) -> torch.Tensor:
+    index = (labels * classes + predicted).cpu()
+    return torch.bincount(index, minlength=classes * classes).reshape(classes, classes).double()
+
+
+def _macro_scores(cm: torch.Tensor) -> tuple[float, float, float]:
+    """Macro precision, recall and F1 from a [K, K] confusion matrix (rows: true labels); classes
+    with no prediction (or no sample) count as 0 for precision (recall)."""
+    tp = cm.diag()
+    precision = torch.where(cm.sum(0) > 0, tp / cm.sum(0).clamp_min(1), torch.zeros_like(tp))
+    recall = torch.where(cm.sum(1) > 0, tp / cm.sum(1).clamp_min(1), torch.zeros_like(tp))
+    f1 = torch.where(precision + recall > 0, 2 * precision * recall / (precision + recall).clamp_min(1e-12), 0 * tp)
+    present = cm.sum(1) > 0
+    return tuple(float(v[present].mean()) for v in (precision, recall, f1))  # type: ignore[return-value]
+
+
+def _attack_batch(model, x, y, robust, attack_index, eps, eps_index, attack_name, batch_index, seed, steps, options):
+    """Runs one attack on the samples of `robust` (bool [b]); returns (fooled mask over the batch,
+    predictions on the adversarial images of the attacked samples, their perturbation norms,
+    seconds, number attacked)."""
+    targets = robust.nonzero().squeeze(1)
+    fooled = torch.zeros_like(robust)
+    if targets.numel() == 0 or eps == 0:
+        return fooled, None, targets, (0.0, 0.0), 0.0
+    generator = torch.Generator(device=x.device).manual_seed(
+        hash((seed, batch_index, attack_index, eps_index)) % (2**63)
+    )
+    norm, factory = ATTACKS[attack_name]
+    attack = factory(model, eps, steps, generator, **options)
+    start = time.perf_counter()
+    result = attack.run(x[targets], y[targets])
+    if x.device.type == "cuda":
+        torch.cuda.synchronize(x.device)
+    seconds = time.perf_counter() - start
+    delta = (result.adv.float() - x[targets].float()).flatten(1)
+    fooled[targets] = result.success
+    with torch.no_grad():
+        predicted = model(result.adv).argmax(1)
+    norms = (float(delta.abs().amax(1).sum()), float(delta.norm(dim=1).sum()))
+    return fooled, predicted, targets, norms, seconds
+
+
+def evaluate(
+    model: torch.nn.Module,
+    data: tuple[torch.Tensor, torch.Tensor],
+    attacks: Sequence[str] = ("fgsm", "pgd"),
+    eps: Sequence[float] = (0.05, 0.1, 0.15),
+    *,
+    steps: int = 20,
+    batch_size: int = 256,
+    cascade: bool = True,
+    seed: int = 0,
+    amp: torch.dtype | str | None = None,
+    channels_last: bool = False,
+    backend: str = "auto",
+    state_path: str | None = None,
+    distributed: bool | None = None,
+    progress: bool = True,
+) -> dict:
+    """Evaluates `model` on `data` = (images [N, C, H, W] in [0, 1], labels [N]) against `attacks`
+    (names of ATTACKS; iterative ones take `steps`) at every `eps`, and returns the report (a
+    JSON-ready dict; see :func:`format_report`). The model stays in eval mode for the run and is
+    restored afterwards.
+
+    state_path: a file updated atomically after every batch; an evaluation started again with
+    the same arguments continues after the last finished batch and gives the same report.
+    distributed: shard batches over torch.distributed ranks and reduce (default: when a process
+    group is initialised). Every rank returns the full report.
+    """
+    _check(list(attacks), list(eps), batch_size, steps)
+    attacks, eps = list(attacks), [float(e) for e in eps]
+    images, labels = data
+    device = next(iter(model.parameters()), images).device
+    options = {"amp": amp, "channels_last": channels_last, "backend": backend}
+    import torch.distributed as dist
+
+    if distributed is None:
+        distributed = dist.is_available() and dist.is_initialized()
+    rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        classes = int(model(images[:1].to(device)).shape[1])
+    settings = {"attacks": attacks, "eps": eps, "steps": steps, "batch_size": batch_size, "cascade": cascade,
+                "seed": seed, "samples": int(images.shape[0]), "world_size": world}  # fmt: skip
+    sums, first_batch = _Sums(len(eps), len(attacks), classes), 0
+    rank_state = None if state_path is None else f"{state_path}.rank{rank}" if world > 1 else state_path
+    if rank_state is not None and os.path.exists(rank_state):
+        saved = load_checkpoint(rank_state, "evaluation")
+        if saved["settings"] != settings:
+            raise ValueError(f"state_path: {rank_state} belongs to an evaluation with other settings")
+        sums.t, first_batch = saved["sums"], saved["next_batch"]
+    batches = list(range(0, images.shape[0], batch_size))
+    mine = [i for i in range(len(batches)) if i % world == rank and i >= first_batch]
+    from tqdm import tqdm
+
+    try:
+        for batch_index in tqdm(mine, desc="eval", disable=not progress or rank != 0, unit="batch"):
+            start = batches[batch_index]
+            x = images[start : start + batch_size].to(device)
+            y = labels[start : start + batch_size].to(device).long()
+            _evaluate_batch(model, x, y, batch_index, sums, attacks, eps, steps, cascade, seed, classes, options)
+            if rank_state is not None:
+                save_atomic({"kind": "evaluation", "settings": settings, "sums": sums.t,
+                             "next_batch": batch_index + 1}, rank_state)  # fmt: skip
+    finally:
+        model.train(was_training)
+    if distributed:
+        sums.reduce()
+    return _report(sums.t, attacks, eps, settings, device, backend, seed)
+
+
+def _evaluate_batch(model, x, y, batch_index, sums, attacks, eps, steps, cascade, seed, classes, options):
+    t = sums.t
+    with torch.no_grad():
+        clean_pred = model(x).argmax(1)
+    t["clean"] += _confusion(y, clean_pred, classes)
+    correct = clean_pred == y
+    for e_index, e in enumerate(eps):
+        worst_pred = clean_pred.clone()
+        robust = correct.clone()
+        for a_index, name in enumerate(attacks):
+            to_attack = robust if cascade else correct
+            fooled, predicted, targets, norms, seconds = _attack_batch(
+                model, x, y, to_attack, a_index, e, e_index, name, batch_index, seed, steps, options
+            )
+            own_pred = clean_pred.clone()
+            if predicted is not None:
+                own_pred[targets] = predicted
+                newly = fooled[targets] & robust[targets]  # the first attack to fool a sample sets its worst case
+                worst_pred[targets[newly]] = predicted[newly]
+            robust &= ~fooled
+            t["cm"][e_index, a_index] += _confusion(y, worst_pred if cascade else own_pred, classes)
+            t["fooled"][e_index, a_index] += float((correct & ~robust).sum() if cascade else fooled.sum())
+            t["attacked"][e_index, a_index] += float(targets.numel())
+            t["linf"][e_index, a_index] += norms[0]
+            t["l2"][e_index, a_index] += norms[1]
+            t["seconds"][e_index, a_index] += seconds
+        t["worst"][e_index] += _confusion(y, worst_pred, classes)
+
+
+def _report(t, attacks, eps, settings, device, backend, seed) -> dict:
+    from .backends import _choose
+    from .bench.timing import device_name
+
+    n = float(t["clean"].sum())
+    correct = float(t["clean"].diag().sum())
+    rows, worst = [], []
+    for e_index, e in enumerate(eps):
+        for a_index, name in enumerate(attacks):
+            cm = t["cm"][e_index, a_index]
+            attacked = float(t["attacked"][e_index, a_index])
+            seconds = float(t["seconds"][e_index, a_index])
+            precision, recall, f1 = _macro_scores(cm)
+            rows.append({
+                "attack": name, "norm": ATTACKS[name][0], "eps": e,
+                "robust_accuracy": float(cm.diag().sum()) / max(n, 1),
+                "success_rate": float(t["fooled"][e_index, a_index]) / max(correct, 1),
+                "precision": precision, "recall": recall, "f1": f1,
+                "mean_linf": float(t["linf"][e_index, a_index]) / max(attacked, 1),
+                "mean_l2": float(t["l2"][e_index, a_index]) / max(attacked, 1),
+                "samples_attacked": int(attacked),
+                "images_per_s": attacked / seconds if seconds > 0 else None,
+            })  # fmt: skip
+        worst_cm = t["worst"][e_index]
+        worst.append({"eps": e, "robust_accuracy": float(worst_cm.diag().sum()) / max(n, 1),
+                      "f1": _macro_scores(worst_cm)[2]})  # fmt: skip
+    return {
+        "fastadv": __version__,
+        "torch": torch.__version__,
+        "device": device_name(torch.device(device)),
+        "backend": _choose(backend, torch.device(device)),
+        "seed": seed,
+        "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "settings": settings,
+        "samples": int(n),
+        "clean_accuracy": correct / max(n, 1),
+        "attacks": rows,
+        "worst_case": worst,
+    }
+
+
+def format_report(report: dict) -> str:
+    """The report as a printed table: one line per (eps, attack), then the worst case per eps."""
+    lines = [
+        f"clean accuracy {100 * report['clean_accuracy']:.2f}% on {report['samples']} samples "
+        f"({report['device']}, backend {report['backend']})",
+        " ".join(
+            f"{h:>{w}}"
+            for h, w in (
+                ("eps", 8),
+                ("attack", 8),
+                ("robust", 8),
+                ("success", 8),
+                ("F1", 6),
+                ("mean Linf", 10),
+                ("mean L2", 8),
+                ("img/s", 9),
+            )
+        ),  # fmt: skip
+    ]
+    for r in report["attacks"]:
+        speed = f"{r['images_per_s']:.1f}" if r["images_per_s"] else "-"
+        lines.append(
+            f"{r['eps']:>8.4g} {r['attack']:>8} {100 * r['robust_accuracy']:>7.2f}% {100 * r['success_rate']:>7.2f}% "
+            f"{r['f1']:>6.3f} {r['mean_linf']:>10.4f} {r['mean_l2']:>8.4f} {speed:>9}"
+        )
+    worst = ", ".join(f"eps {w['eps']:.4g}: {100 * w['robust_accuracy']:.2f}%" for w in report["worst_case"])
+    lines.append(f"worst case over attacks (robust accuracy): {worst}")
+    return "\n".join(lines)
+
+
+def robust_accuracy(report: dict, attack: str | None = None) -> dict[float, float]:
+    """{eps: robust accuracy} for one attack's row (cumulative under cascade), or the worst case."""
+    if attack is None:
+        return {w["eps"]: w["robust_accuracy"] for w in report["worst_case"]}
+    return {r["eps"]: r["robust_accuracy"] for r in report["attacks"] if r["attack"] == attack}

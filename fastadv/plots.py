@@ -1,0 +1,72 @@
+"""PNG plots of an evaluation (matplotlib, drawn off-screen with the Agg backend)."""
+
+from __future__ import annotations
+
+import torch
+
+from .evaluate import ATTACKS
+
+
+def _pyplot():
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as error:  # pragma: no cover - matplotlib is a dependency
+        raise ImportError("plots need matplotlib (pip install matplotlib)") from error
+    return plt
+
+
+def plot_robustness(report: dict, path: str) -> None:
+    """Robust accuracy against eps, one line per attack and one for the worst case."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    for name in report["settings"]["attacks"]:
+        rows = [r for r in report["attacks"] if r["attack"] == name]
+        ax.plot([0] + [r["eps"] for r in rows], [report["clean_accuracy"]] + [r["robust_accuracy"] for r in rows],
+                marker="o", label=name)  # fmt: skip
+    worst = report["worst_case"]
+    ax.plot([0] + [w["eps"] for w in worst], [report["clean_accuracy"]] + [w["robust_accuracy"] for w in worst],
+            "k--", label="worst case")  # fmt: skip
+    ax.set_xlabel("eps")
+    ax.set_ylabel("accuracy")
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    ax.set_title(f"robust accuracy ({report['samples']} samples)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_examples(model, images: torch.Tensor, labels: torch.Tensor, attack: str, eps: float, path: str,
+                  steps: int = 20, seed: int = 0) -> None:  # fmt: skip
+    """A grid: clean images, adversarial images and perturbations (amplified to the full range),
+    with the model's predictions, for the given samples (8 or so)."""
+    plt = _pyplot()
+    _, factory = ATTACKS[attack]
+    device = next(iter(model.parameters()), images).device
+    x, y = images.to(device), labels.to(device)
+    adv = factory(model, eps, steps, torch.Generator(device=device).manual_seed(seed))(x, y)
+    with torch.no_grad():
+        clean_pred, adv_pred = model(x).argmax(1), model(adv).argmax(1)
+    delta = (adv - x).float()
+    scale = delta.abs().flatten(1).amax(1).clamp_min(1e-12).view(-1, *([1] * (x.dim() - 1)))
+    amplified = 0.5 + 0.5 * delta / scale
+    n = x.shape[0]
+    fig, axes = plt.subplots(3, n, figsize=(1.3 * n, 4.2), squeeze=False)
+    for i in range(n):
+        for row, (tensor, title) in enumerate(
+            ((x, f"y={int(y[i])} p={int(clean_pred[i])}"), (adv, f"adv p={int(adv_pred[i])}"), (amplified, "delta"))
+        ):
+            img = tensor[i].detach().float().cpu()
+            img = img[0] if img.shape[0] == 1 else img.permute(1, 2, 0)
+            ax = axes[row][i]
+            ax.imshow(img.numpy(), cmap="gray" if img.dim() == 2 else None, vmin=0, vmax=1)
+            ax.set_title(title, fontsize=7, color="red" if row == 1 and adv_pred[i] != y[i] else "black")
+            ax.axis("off")
+    fig.suptitle(f"{attack} at eps {eps:g}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

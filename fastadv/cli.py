@@ -194,6 +194,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    finally:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():  # joined under torchrun by eval / train
+            dist.destroy_process_group()
 
 
 if __name__ == "__main__":

@@ -86,6 +86,39 @@ def add_eval_parser(sub, device_type, positive_int) -> None:
     p.set_defaults(run=run_eval)
 
 
+def _distributed(device: torch.device) -> tuple[int, torch.device]:
+    """Under torchrun (WORLD_SIZE > 1): joins the process group (nccl on GPUs, gloo on CPUs),
+    one GPU per local rank. Returns (rank, device)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return 0, device
+    import torch.distributed as dist
+
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return dist.get_rank(), device
+
+
+def _shared(value, rank: int):
+    """Rank 0's value on every rank (a folder name with a time stamp, say)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return value
+    box = [value if rank == 0 else None]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def _barrier() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
 def _load_data(spec: str, split: str) -> tuple[torch.Tensor, torch.Tensor]:
     if spec == "digits":
         return digits(split)
@@ -134,8 +167,13 @@ def run_eval(args: argparse.Namespace) -> int:
         raise CliError("--eps: values must be >= 0")
     if args.resume and args.out is None:
         raise CliError("--resume needs --out (the folder of the evaluation to continue)")
+    rank, args.device = _distributed(args.device)
     if args.model is None:
-        model = _default_model(args.cache, args.quiet)
+        if rank == 0:
+            model = _default_model(args.cache, args.quiet)
+        _barrier()  # the other ranks read the model rank 0 cached
+        if rank != 0:
+            model = _default_model(args.cache, quiet=True)
     else:
         try:
             model = models.load(args.model)
@@ -147,11 +185,16 @@ def run_eval(args: argparse.Namespace) -> int:
         images, labels = images[: args.limit], labels[: args.limit]
     images, labels = images.to(args.device), labels.to(args.device)
     _check_fit(model, images, labels)
-    out = args.out or os.path.join("fastadv-results", datetime.datetime.now().strftime("eval-%Y%m%d-%H%M%S"))
+    out = _shared(args.out or os.path.join("fastadv-results", datetime.datetime.now().strftime("eval-%Y%m%d-%H%M%S")),
+                  rank)  # fmt: skip
     os.makedirs(out, exist_ok=True)
     state = os.path.join(out, "eval-state.pt")
-    if os.path.exists(state) and not args.resume:
-        os.unlink(state)  # a new evaluation in an old folder
+    stale = [state] + [f"{state}.rank{r}" for r in range(int(os.environ.get("WORLD_SIZE", "1")))]
+    if not args.resume and rank == 0:
+        for path in stale:  # a new evaluation in an old folder
+            if os.path.exists(path):
+                os.unlink(path)
+    _barrier()
     amp = {"bf16": torch.bfloat16, "fp16": torch.float16, None: None}[args.amp]
     try:
         report = evaluate(model, (images, labels), args.attacks, args.eps, steps=args.steps,
@@ -162,6 +205,8 @@ def run_eval(args: argparse.Namespace) -> int:
         raise CliError(str(error).splitlines()[0]) from None
     report["model"] = args.model or f"digits small_cnn (cached at {args.cache})"
     report["data"] = args.data
+    if rank != 0:
+        return 0
     with open(os.path.join(out, "report.json"), "w") as f:
         json.dump(report, f, indent=2)
     print(format_report(report))
@@ -220,6 +265,7 @@ def run_train(args: argparse.Namespace) -> int:
                         beta=args.beta, clean_fraction=args.clean_fraction)  # fmt: skip
     except ValueError as error:
         raise CliError(f"--clean-fraction: {error}" if "clean" in str(error) else str(error)) from None
+    rank, args.device = _distributed(args.device)
     images, labels = _load_data(args.data, "train")
     val = _load_data(args.val_data, "test") if args.val_data else digits("test") if args.data == "digits" else None
     kwargs = {"width": args.width} if args.model == "small_cnn" else {}
@@ -230,7 +276,8 @@ def run_train(args: argparse.Namespace) -> int:
     except ValueError as error:
         raise CliError(str(error)) from None
     model = model.to(args.device)
-    out = args.out or os.path.join("fastadv-results", datetime.datetime.now().strftime("train-%Y%m%d-%H%M%S"))
+    out = _shared(args.out or os.path.join("fastadv-results", datetime.datetime.now().strftime("train-%Y%m%d-%H%M%S")),
+                  rank)  # fmt: skip
     amp = {"bf16": torch.bfloat16, "fp16": torch.float16, None: None}[args.amp]
     try:
         history = fit(model, (images, labels), recipe=recipe, epochs=args.epochs, batch_size=args.batch_size,
@@ -240,6 +287,8 @@ def run_train(args: argparse.Namespace) -> int:
                       progress=not args.quiet)  # fmt: skip
     except (CheckpointError, ValueError) as error:
         raise CliError(str(error).splitlines()[0]) from None
+    if rank != 0:
+        return 0
     with open(os.path.join(out, "history.json"), "w") as f:
         json.dump(history, f, indent=2)
     for h in history:

@@ -135,11 +135,14 @@ def training_loss(
     model: nn.Module, images: torch.Tensor, train_images: torch.Tensor, labels: torch.Tensor, recipe: Recipe
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(mean loss to back-propagate, logits on train_images). TRADES: CE on the clean images plus
-    beta * KL(f(x_adv) || f(x)) (batch mean); the others: CE on train_images."""
-    logits = model(train_images)
+    beta * KL(f(x_adv) || f(x)) (batch mean), from one forward pass over [x; x_adv] (so that
+    DistributedDataParallel sees one forward per backward; BatchNorm statistics cover both);
+    the others: CE on train_images."""
     if recipe.name != "trades":
+        logits = model(train_images)
         return F.cross_entropy(logits.float(), labels), logits
-    clean_logits = model(images)
+    both = model(torch.cat([images, train_images.to(images.dtype)]))
+    clean_logits, logits = both[: images.shape[0]], both[images.shape[0] :]
     kl = F.kl_div(F.log_softmax(logits.float(), 1), F.softmax(clean_logits.float(), 1), reduction="batchmean")
     return F.cross_entropy(clean_logits.float(), labels) + recipe.beta * kl, logits
 

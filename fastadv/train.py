@@ -8,6 +8,7 @@ import time
 from dataclasses import asdict, dataclass
 
 import torch
+import torch.distributed
 import torch.nn.functional as F
 from torch import nn
 
@@ -128,7 +129,9 @@ def fit(
     `val_data`, seconds).
 
     train_data / val_data: (images [N, C, H, W] in [0, 1], labels [N] int64), on any device; the
-    model's device is used. Batches are shuffled by a generator seeded with ``seed + epoch`` and
+    model's device is used. Under torch.distributed (torchrun) the model trains as
+    DistributedDataParallel, each rank on its share of every epoch's permutation (`batch_size`
+    per rank), and rank 0 writes the checkpoints. Batches are shuffled by a generator seeded with ``seed + epoch`` and
     attacks draw from one seeded per epoch, so a run resumed from a checkpoint follows the same
     path as an uninterrupted one. With `checkpoint_dir`, ``latest.pt`` (model, optimizer,
     schedule, every RNG state, epoch, history) is written atomically after each epoch and
@@ -179,6 +182,13 @@ def fit(
         set_rng_state(state["rng"])
         history, first_epoch = state["history"], state["epoch"] + 1
     free_delta = None
+    rank, world = _rank_and_world()
+    trained = model
+    if world > 1:
+        # Gradients of the training loss are averaged over ranks; attacks use the bare model.
+        from torch.nn.parallel import DistributedDataParallel
+
+        trained = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     deterministic_before = torch.are_deterministic_algorithms_enabled()
     if deterministic:
         torch.use_deterministic_algorithms(True)
@@ -201,6 +211,7 @@ def fit(
                     device,
                     progress,
                     free_delta,
+                    trained,
                 )  # fmt: skip
             )
             record = history[-1]
@@ -210,19 +221,29 @@ def fit(
                 record["clean_accuracy"], record["robust_accuracy"] = _evaluate(
                     model, vx, vy, eps, val_steps, batch_size, amp_dtype, channels_last, backend, seed + epoch
                 )
-            if latest is not None:
+            if latest is not None and rank == 0:
                 save_atomic({"kind": "training", "epoch": epoch, "config": asdict(config),
                              "model": model.state_dict(), "optimizer": opt.state_dict(),
                              "scheduler": scheduler.state_dict(), "rng": rng_state(), "history": history},
                             latest)  # fmt: skip
+            if world > 1:
+                torch.distributed.barrier()  # nobody runs ahead of the checkpoint
     finally:
         torch.use_deterministic_algorithms(deterministic_before)
     model.eval()
-    if checkpoint_dir is not None and getattr(model, "fastadv_spec", None) is not None:
+    if checkpoint_dir is not None and rank == 0 and getattr(model, "fastadv_spec", None) is not None:
         from .models import save
 
         save(model, os.path.join(checkpoint_dir, "model.pt"), recipe=recipe.as_dict(), history=history)
     return history
+
+
+def _rank_and_world() -> tuple[int, int]:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
 
 
 def _check_data(name: str, data: object) -> tuple[torch.Tensor, torch.Tensor]:
@@ -239,30 +260,38 @@ def _check_data(name: str, data: object) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _one_epoch(model, opt, scheduler, images, labels, recipe, epoch, batch_size, seed, amp, channels_last, backend,
-               device, progress, free_delta) -> dict:  # fmt: skip
+               device, progress, free_delta, trained=None) -> dict:  # fmt: skip
+    """One pass over the data. `trained` is the module the training loss runs through (the
+    DistributedDataParallel wrapper under torch.distributed); attacks use `model` itself."""
     from tqdm import tqdm
 
+    trained = trained or model
     start_time = time.perf_counter()
     order = torch.randperm(images.shape[0], generator=torch.Generator().manual_seed(seed + epoch))
+    rank, world = _rank_and_world()
+    if world > 1:
+        # every rank takes its share of the same permutation; all take as many batches
+        share = images.shape[0] // world
+        order = order[rank * share : (rank + 1) * share]
     attack_generator = torch.Generator(device=device).manual_seed(seed * 100_003 + epoch)
     autocast = torch.autocast(device.type, dtype=amp, enabled=amp is not None)
     total_loss, correct, seen = 0.0, 0, 0
     model.train()
-    batches = range(0, images.shape[0], batch_size)
-    for start in tqdm(batches, desc=f"epoch {epoch + 1}", disable=not progress, leave=False, unit="batch"):
+    batches = range(0, order.shape[0], batch_size)
+    for start in tqdm(batches, desc=f"epoch {epoch + 1}", disable=not progress or rank, leave=False, unit="batch"):
         index = order[start : start + batch_size]
         x, y = images[index].to(device), labels[index].to(device)
         if channels_last and x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)
         if recipe.name == "free":
-            free_delta, loss_sum, hits = free_replays(model, opt, x, y, free_delta, recipe, amp=amp, backend=backend,
+            free_delta, loss_sum, hits = free_replays(trained, opt, x, y, free_delta, recipe, amp=amp, backend=backend,
                                                       after_step=scheduler.step)  # fmt: skip
             total_loss, correct, seen = total_loss + loss_sum, correct + hits, seen + recipe.replays * x.shape[0]
             continue
         x_train = adversarial_batch(model, x, y, recipe, generator=attack_generator, amp=amp,
                                     channels_last=channels_last, backend=backend)  # fmt: skip
         with autocast:
-            loss, logits = training_loss(model, x, x_train, y, recipe)
+            loss, logits = training_loss(trained, x, x_train, y, recipe)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -270,6 +299,12 @@ def _one_epoch(model, opt, scheduler, images, labels, recipe, epoch, batch_size,
         total_loss += float(loss.detach()) * x.shape[0]
         correct += int((logits.argmax(1) == y).sum())
         seen += x.shape[0]
+    if world > 1:
+        import torch.distributed as dist
+
+        totals = torch.tensor([total_loss, correct, seen], dtype=torch.float64, device=device)
+        dist.all_reduce(totals)
+        total_loss, correct, seen = totals.tolist()
     return {
         "epoch": epoch + 1,
         "lr": opt.param_groups[0]["lr"],

@@ -198,3 +198,28 @@ def test_cli_errors_are_one_line(argv, part, tmp_path, capsys, monkeypatch):
     assert code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert part in err[-1] and "Traceback" not in "\n".join(err), err
+
+
+def test_torchrun_eval_and_train_with_two_cpu_ranks(digits, tmp_path):
+    """`torchrun -m fastadv eval` equals the one-rank run (both one thread per process);
+    `torchrun -m fastadv train` trains with DistributedDataParallel and writes one model."""
+    models.save(digits[0], str(tmp_path / "model.pt"))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    reports = {}
+    for ranks, port in ((1, "29535"), (2, "29536")):
+        out = tmp_path / f"eval{ranks}"
+        command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(ranks), "--master-port", port,
+                   "-m", "fastadv", "eval", "--model", str(tmp_path / "model.pt"), "--limit", "96", "--batch-size",
+                   "32", "--steps", "3", "--eps", "0.1", "--out", str(out), "--no-plots", "--quiet"]  # fmt: skip
+        subprocess.run(command, check=True, env=env, timeout=300)
+        reports[ranks] = json.loads((out / "report.json").read_text())
+    assert reports[2]["settings"]["world_size"] == 2
+    assert reports[2]["worst_case"] == reports[1]["worst_case"]
+    assert [r["robust_accuracy"] for r in reports[2]["attacks"]] == [
+        r["robust_accuracy"] for r in reports[1]["attacks"]
+    ]
+    out = tmp_path / "train"
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29537",
+               "-m", "fastadv", "train", "--epochs", "1", "--width", "8", "--out", str(out), "--quiet"]  # fmt: skip
+    subprocess.run(command, check=True, env=env, timeout=300)
+    assert (out / "model.pt").exists() and len(json.loads((out / "history.json").read_text())) == 1

@@ -12,7 +12,7 @@ import torch
 
 from . import models
 from .checkpoint import CheckpointError
-from .datasets import DataError, digits, load_npz
+from .datasets import DataError, digits, image_folder, load_npz
 from .evaluate import ATTACKS
 from .recipes import RECIPES, Recipe
 from .train import OPTIMIZERS, SCHEDULES
@@ -64,7 +64,11 @@ def add_eval_parser(sub, device_type, positive_int) -> None:
                     "from the cache) a small CNN on scikit-learn's digits.",
     )  # fmt: skip
     p.add_argument("--model", help="a model file written by `fastadv train` (default: the cached digits model)")
-    p.add_argument("--data", default="digits", help="'digits' (its test split) or an .npz file with x, y")
+    p.add_argument(
+        "--data", default="digits",
+        help="'digits' (its test split), an .npz file with x, y, or a folder with one sub-folder of images per class",
+    )  # fmt: skip
+    p.add_argument("--image-size", type=positive_int, default=None, help="resize and crop folder images to this size")
     p.add_argument(
         "--attacks", type=_csv(str), default=["fgsm", "pgd"], help=f"among {', '.join(ATTACKS)} (default: fgsm,pgd)"
     )
@@ -119,10 +123,13 @@ def _barrier() -> None:
         dist.barrier()
 
 
-def _load_data(spec: str, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+def _load_data(spec: str, split: str, image_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     if spec == "digits":
         return digits(split)
     try:
+        if os.path.isdir(spec):
+            images, labels, _ = image_folder(spec, image_size)
+            return images, labels
         return load_npz(spec)
     except DataError as error:
         raise CliError(f"--data: {error}") from None
@@ -180,7 +187,7 @@ def run_eval(args: argparse.Namespace) -> int:
         except CheckpointError as error:
             raise CliError(f"--model: {error}") from None
     model = model.to(args.device).eval()
-    images, labels = _load_data(args.data, "test")
+    images, labels = _load_data(args.data, "test", args.image_size)
     if args.limit:
         images, labels = images[: args.limit], labels[: args.limit]
     images, labels = images.to(args.device), labels.to(args.device)

@@ -90,3 +90,58 @@ def load_npz(path: str) -> tuple[torch.Tensor, torch.Tensor]:
     else:
         raise DataError(f"{path}: x must be uint8 or floating, got {x.dtype}")
     return images.contiguous(), torch.from_numpy(y.astype(np.int64))
+
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+
+
+def image_folder(path: str, size: int | None = None) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """``(images, labels, class_names)`` from a folder with one sub-folder of images per class
+    (torchvision's ImageFolder layout: class names sorted, label i = the i-th name).
+
+    Images are read with Pillow as RGB, float32 [N, 3, H, W] in [0, 1]. With `size`, each is
+    resized so that its shorter side is `size` (bilinear) and center-cropped to size x size;
+    without it, all must already share one size. Raises DataError naming the folder or file.
+    """
+    import os
+
+    import numpy as np
+
+    try:
+        from PIL import Image
+    except ImportError as error:  # pragma: no cover - Pillow comes with matplotlib
+        raise ImportError("image folders need Pillow (pip install pillow)") from error
+    if not os.path.isdir(path):
+        raise DataError(f"{path}: no such folder")
+    classes = sorted(d for d in os.listdir(path) if os.path.isdir(os.path.join(path, d)) and not d.startswith("."))
+    if not classes:
+        raise DataError(f"{path}: expected one sub-folder of images per class, found none")
+    if size is not None and (not isinstance(size, int) or size < 1):
+        raise ValueError(f"size must be a positive int or None, got {size!r}")
+    arrays, labels = [], []
+    for label, name in enumerate(classes):
+        folder = os.path.join(path, name)
+        for file in sorted(os.listdir(folder)):
+            if not file.lower().endswith(IMAGE_EXTENSIONS):
+                continue
+            file_path = os.path.join(folder, file)
+            try:
+                with Image.open(file_path) as image:
+                    image = image.convert("RGB")
+                    if size is not None:
+                        scale = size / min(image.size)
+                        w, h = max(size, round(image.width * scale)), max(size, round(image.height * scale))
+                        image = image.resize((w, h), Image.BILINEAR)
+                        left, top = (w - size) // 2, (h - size) // 2
+                        image = image.crop((left, top, left + size, top + size))
+                    arrays.append(np.asarray(image, dtype=np.uint8))
+            except OSError as error:
+                raise DataError(f"{file_path}: not a readable image ({error})") from None
+            labels.append(label)
+    if not arrays:
+        raise DataError(f"{path}: no images ({', '.join(IMAGE_EXTENSIONS)}) in the class folders")
+    shapes = {a.shape for a in arrays}
+    if len(shapes) > 1:
+        raise DataError(f"{path}: images have different sizes {sorted(shapes)[:3]}...; pass a size to resize them")
+    images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float().div_(255.0).contiguous()
+    return images, torch.tensor(labels, dtype=torch.int64), classes

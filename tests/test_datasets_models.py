@@ -84,3 +84,27 @@ def test_load_npz_missing_and_damaged(tmp_path):
     (tmp_path / "junk.npz").write_bytes(b"junk")
     with pytest.raises(DataError, match="not a readable"):
         load_npz(str(tmp_path / "junk.npz"))
+
+
+def test_image_folder(tmp_path):
+    from PIL import Image
+
+    from fastadv.datasets import DataError, image_folder
+
+    for name, color, sizes in (("cat", (255, 0, 0), [(20, 10), (10, 10)]), ("dog", (0, 0, 255), [(12, 30)])):
+        (tmp_path / name).mkdir()
+        for i, size in enumerate(sizes):
+            Image.new("RGB", size, color).save(tmp_path / name / f"{i}.png")
+    (tmp_path / "dog" / "notes.txt").write_text("not an image")
+    images, labels, classes = image_folder(str(tmp_path), size=8)
+    assert classes == ["cat", "dog"] and labels.tolist() == [0, 0, 1]
+    assert images.shape == (3, 3, 8, 8) and images.dtype == torch.float32
+    assert torch.allclose(images[0, :, 4, 4], torch.tensor([1.0, 0.0, 0.0]))
+    assert torch.allclose(images[2, :, 4, 4], torch.tensor([0.0, 0.0, 1.0]))
+    with pytest.raises(DataError, match="different sizes"):
+        image_folder(str(tmp_path))
+    (tmp_path / "dog" / "broken.png").write_bytes(b"not a png")
+    with pytest.raises(DataError, match="broken.png"):
+        image_folder(str(tmp_path), size=8)
+    with pytest.raises(DataError, match="no such folder"):
+        image_folder(str(tmp_path / "missing"))

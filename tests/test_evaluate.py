@@ -223,3 +223,21 @@ def test_torchrun_eval_and_train_with_two_cpu_ranks(digits, tmp_path):
                "-m", "fastadv", "train", "--epochs", "1", "--width", "8", "--out", str(out), "--quiet"]  # fmt: skip
     subprocess.run(command, check=True, env=env, timeout=300)
     assert (out / "model.pt").exists() and len(json.loads((out / "history.json").read_text())) == 1
+
+
+def test_cli_eval_on_an_image_folder(tmp_path):
+    from PIL import Image
+
+    generator = torch.Generator().manual_seed(0)
+    for label in ("0", "1", "2"):
+        (tmp_path / "set" / label).mkdir(parents=True)
+        for i in range(4):
+            pixels = (torch.rand(20, 24, 3, generator=generator) * 255).to(torch.uint8).numpy()
+            Image.fromarray(pixels).save(tmp_path / "set" / label / f"{i}.png")
+    torch.manual_seed(0)
+    models.save(models.small_cnn(in_channels=3, num_classes=3, width=8), str(tmp_path / "rgb.pt"))
+    argv = ["eval", "--model", str(tmp_path / "rgb.pt"), "--data", str(tmp_path / "set"), "--image-size", "16",
+            "--steps", "2", "--out", str(tmp_path / "out"), "--quiet"]  # fmt: skip
+    assert main(argv) == 0
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["samples"] == 12

@@ -237,6 +237,7 @@ def add_train_parser(sub, device_type, positive_int) -> None:
     p.add_argument("--data", default="digits", help="'digits' (its train split) or an .npz file with x, y")
     p.add_argument("--val-data", default=None, help="held-out set (default: the digits test split for digits)")
     p.add_argument("--model", choices=sorted(models.ARCHITECTURES), default="small_cnn")
+    p.add_argument("--init", default=None, help="start from this model file (fine-tune it) instead of new weights")
     p.add_argument("--width", type=positive_int, default=32, help="small_cnn width (default: 32)")
     p.add_argument("--recipe", choices=RECIPES, default="fgsm-rs")
     p.add_argument("--eps", type=_nonnegative, default=0.1, help="default: 0.1")
@@ -277,11 +278,18 @@ def run_train(args: argparse.Namespace) -> int:
     val = _load_data(args.val_data, "test") if args.val_data else digits("test") if args.data == "digits" else None
     kwargs = {"width": args.width} if args.model == "small_cnn" else {}
     torch.manual_seed(args.seed)
-    try:
-        model = models.ARCHITECTURES[args.model](in_channels=images.shape[1], num_classes=int(labels.max()) + 1,
-                                                 **kwargs)  # fmt: skip
-    except ValueError as error:
-        raise CliError(str(error)) from None
+    if args.init is not None:
+        try:
+            model = models.load(args.init)
+        except CheckpointError as error:
+            raise CliError(f"--init: {error}") from None
+        _check_fit(model, images, labels)
+    else:
+        try:
+            model = models.ARCHITECTURES[args.model](in_channels=images.shape[1], num_classes=int(labels.max()) + 1,
+                                                     **kwargs)  # fmt: skip
+        except ValueError as error:
+            raise CliError(str(error)) from None
     model = model.to(args.device)
     out = _shared(args.out or os.path.join("fastadv-results", datetime.datetime.now().strftime("train-%Y%m%d-%H%M%S")),
                   rank)  # fmt: skip

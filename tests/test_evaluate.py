@@ -241,3 +241,18 @@ def test_cli_eval_on_an_image_folder(tmp_path):
     assert main(argv) == 0
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert report["samples"] == 12
+
+
+def test_cli_train_fine_tunes_an_existing_model(tmp_path):
+    base = tmp_path / "base"
+    assert main(["train", "--recipe", "standard", "--epochs", "1", "--width", "8", "--out", str(base), "--quiet"]) == 0
+    tuned = tmp_path / "tuned"
+    argv = ["train", "--init", str(base / "model.pt"), "--recipe", "pgd", "--steps", "2", "--epochs", "1",
+            "--out", str(tuned), "--quiet"]  # fmt: skip
+    assert main(argv) == 0
+    before, after = models.load(str(base / "model.pt")), models.load(str(tuned / "model.pt"))
+    assert before.fastadv_spec == after.fastadv_spec  # the width-8 architecture was kept
+    assert any(not torch.equal(a, b) for a, b in zip(before.state_dict().values(), after.state_dict().values(),
+                                                     strict=True))  # fmt: skip
+    (tmp_path / "junk.pt").write_bytes(b"junk")
+    assert main(["train", "--init", str(tmp_path / "junk.pt"), "--out", str(tmp_path / "x"), "--quiet"]) == 2

@@ -210,3 +210,15 @@ def test_bad_recipes(kwargs, part):
 def test_model_files_need_fastadv_models(tmp_path):
     with pytest.raises(ValueError, match="model"):
         models.save(torch.nn.Linear(2, 2), str(tmp_path / "m.pt"))
+
+
+def test_fit_with_bf16_autocast_and_channels_last():
+    torch.manual_seed(0)
+    model = models.small_cnn(width=8)
+    dtypes = set()
+    hook = model[0].register_forward_hook(lambda m, i, out: dtypes.add(out.dtype))
+    history = fit(model, _small_data(128), recipe=Recipe("pgd", eps=0.1, steps=2), epochs=1, batch_size=64,
+                  amp=torch.bfloat16, channels_last=True, val_data=_small_data(32), progress=False)  # fmt: skip
+    hook.remove()
+    assert torch.bfloat16 in dtypes and history[0]["train_loss"] > 0
+    assert all(p.dtype == torch.float32 for p in model.parameters())

@@ -5,11 +5,13 @@ torch (reference), triton, cpu and cuda backends; the attacks (FGSM, PGD, PGDL2,
 them. See README.md and DESIGN.md.
 """
 
-from .attacks import FGSM, MIFGSM, PGD, PGDL2, Attack, AttackResult, fgsm, pgd
+from .attacks import APGD, APGDT, FGSM, MIFGSM, PGD, PGDL2, Attack, AttackResult, fgsm, pgd
 from .ops import available_backends, l2_project, l2_step, linf_project, linf_step
 
 __version__ = "0.1.0"
 __all__ = [
+    "APGD",
+    "APGDT",
     "FGSM",
     "MIFGSM",
     "PGD",

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 import torch
 
 from . import __version__
-from .attacks import FGSM, MIFGSM, PGD, PGDL2
+from .attacks import APGD, APGDT, FGSM, MIFGSM, PGD, PGDL2
 from .checkpoint import load as load_checkpoint
 from .checkpoint import save_atomic
 
@@ -29,6 +29,10 @@ ATTACKS = {
     "pgd": ("linf", lambda m, eps, steps, gen, **o: PGD(m, eps=eps, alpha=eps / 4, steps=steps, generator=gen, **o)),
     "pgd-l2": ("l2", lambda m, eps, steps, gen, **o: PGDL2(m, eps=eps, alpha=eps / 4, steps=steps, generator=gen, **o)),
     "mifgsm": ("linf", lambda m, eps, steps, gen, **o: MIFGSM(m, eps=eps, alpha=eps / 4, steps=steps, **o)),
+    # AutoAttack's first two stages: `attacks=["apgd-ce", "apgd-t"]` with the cascade
+    "apgd-ce": ("linf", lambda m, eps, steps, gen, **o: APGD(m, eps=eps, steps=steps, loss="ce", generator=gen, **o)),
+    "apgd-dlr": ("linf", lambda m, eps, steps, gen, **o: APGD(m, eps=eps, steps=steps, loss="dlr", generator=gen, **o)),
+    "apgd-t": ("linf", lambda m, eps, steps, gen, **o: APGDT(m, eps=eps, steps=steps, generator=gen, **o)),
 }
 
 

@@ -1,6 +1,7 @@
 """Gradient attacks on one shared engine (`engine.py`), one attack per file, with the names and
 defaults of torchattacks: ``PGD(model, eps=8/255, alpha=2/255, steps=10)(images, labels)``."""
 
+from .apgd import APGD, APGDT
 from .engine import Attack, AttackResult
 from .fgsm import FGSM
 from .functional import fgsm, pgd
@@ -8,4 +9,4 @@ from .mifgsm import MIFGSM
 from .pgd import PGD
 from .pgdl2 import PGDL2
 
-__all__ = ["Attack", "AttackResult", "FGSM", "MIFGSM", "PGD", "PGDL2", "fgsm", "pgd"]
+__all__ = ["APGD", "APGDT", "Attack", "AttackResult", "FGSM", "MIFGSM", "PGD", "PGDL2", "fgsm", "pgd"]

@@ -250,7 +250,7 @@ class Attack:
         state = self._init_state(x_adv)
         for _ in range(self.steps):
             logits, loss, grad = self._loss_and_grad(x_adv, y, call)
-            success = is_success(logits, y, self.targeted)
+            success = self._success(logits, y)
             best.add(idx, x_adv, success, loss, final=False)
             best.count_step(idx)
             if self.early_stop:
@@ -268,14 +268,14 @@ class Attack:
             x_adv = self._step(x_adv, self._direction(grad, state), x, params)
         with torch.no_grad():
             logits = self._logits(x_adv, call)
-            loss = per_sample_loss(self.loss, logits, y)
-        best.add(idx, x_adv, is_success(logits, y, self.targeted), loss, final=True)
+            loss = self._loss(logits, y)
+        best.add(idx, x_adv, self._success(logits, y), loss, final=True)
 
     def _loss_and_grad(self, x_adv: torch.Tensor, y: torch.Tensor, call: _Call):
         x_adv.requires_grad_(True)
         try:
             logits = self._logits(x_adv, call)
-            loss = per_sample_loss(self.loss, logits, y)
+            loss = self._loss(logits, y)
             if not loss.requires_grad:
                 raise ValueError("model: its output does not depend on the images through autograd (no gradient)")
             # Summed, not averaged: a sample's gradient does not depend on the batch size.
@@ -329,7 +329,14 @@ class Attack:
             x_adv, direction, x, eps, alpha, lower, upper, targeted=self.targeted, out=x_adv, backend=self.backend
         )
 
-    # --- hooks for subclasses (momentum) ------------------------------------------------------
+    # --- hooks for subclasses (momentum, other losses) ---------------------------------------
+
+    def _loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Per-sample loss (float32 [b]), ascended (untargeted) or descended (targeted)."""
+        return per_sample_loss(self.loss, logits, y)
+
+    def _success(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return is_success(logits, y, self.targeted)
 
     def _init_state(self, x_adv: torch.Tensor) -> Any:
         return None

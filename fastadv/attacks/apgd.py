@@ -1,0 +1,232 @@
+"""Auto-PGD (Croce and Hein 2020): APGD with the CE or DLR loss, and APGD-T (targeted DLR)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+from .. import ops
+from ._losses import targeted_dlr
+from .engine import Attack, _Best, _Call
+
+_NORMS = {"Linf": "linf", "linf": "linf", "L2": "l2", "l2": "l2"}
+
+
+def checkpoints(steps: int) -> list[int]:
+    """The iterations after which APGD may halve its step size: w_j = ceil(p_j * steps), p_0 = 0,
+    p_1 = 0.22, p_{j+1} = p_j + max(p_j - p_{j-1} - 0.03, 0.06)."""
+    p = [0.0, 0.22]
+    while p[-1] < 1:
+        p.append(p[-1] + max(p[-1] - p[-2] - 0.03, 0.06))
+    marks = {math.ceil(q * steps - 1e-9) for q in p[1:]}  # (the tolerance absorbs 0.57 * 100 = 57.000000001)
+    return sorted(m for m in marks if 1 <= m <= steps)
+
+
+class APGD(Attack):
+    r"""Auto-PGD: "Reliable evaluation of adversarial robustness with an ensemble of diverse
+    parameter-free attacks", Croce and Hein, ICML 2020, https://arxiv.org/abs/2003.01690.
+
+    Distance: L-inf or L2. PGD with momentum 0.75 and a step size that starts at 2 eps and halves
+    at checkpoints (after 22%, 41%, 57%, ... of the steps) when the loss rose in fewer than
+    ``rho`` of the steps since the last one, or when it stalled without a halving; then the run
+    restarts from its best point. Steps and projections are the fused ops. Returns, per sample,
+    the latest iterate that fooled the model, else the point of highest loss.
+
+    Arguments (defaults as torchattacks):
+        model (nn.Module or callable): maps images [B, ...] to logits [B, K].
+        norm ("Linf" | "L2"): Default: "Linf".
+        eps (float or tensor [B]): radius, in pixel units. Default: 8/255.
+        steps (int): iterations (each one forward and backward pass, plus one at the start).
+            Default: 10.
+        n_restarts (int): runs from new random starts, on the samples not yet fooled. Default: 1.
+        seed (int or None): seeds the random starts when no `generator` is given. Default: 0.
+        loss ("ce" | "dlr" | "margin"): Default: "ce".
+        rho (float): the share of rising steps below which the step size halves. Default: 0.75.
+        **options: targeted, early_stop, lower, upper, mean, std, amp, channels_last, backend,
+            generator, model_mode: as for :class:`fastadv.PGD`.
+
+    Shape, errors and model safety: as for :class:`fastadv.PGD`; ``attack(images, labels)`` and
+    ``attack.run(images, labels).adv`` are the same images.
+
+    Example:
+        >>> attack = fastadv.APGD(model, norm="Linf", eps=8/255, steps=100, loss="dlr")
+        >>> adv_images = attack(images, labels)
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        norm: str = "Linf",
+        eps: float | torch.Tensor = 8 / 255,
+        steps: int = 10,
+        n_restarts: int = 1,
+        seed: int | None = 0,
+        loss: str = "ce",
+        rho: float = 0.75,
+        **options: Any,
+    ):
+        if norm not in _NORMS:
+            raise ValueError(f"norm must be 'Linf' or 'L2', got {norm!r}")
+        self.norm = _NORMS[norm]
+        if not isinstance(rho, (int, float)) or not 0 < rho <= 1:
+            raise ValueError(f"rho must lie in (0, 1], got {rho!r}")
+        if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)):
+            raise TypeError(f"seed must be an int or None, got {type(seed).__name__}")
+        self.rho, self.seed = float(rho), seed
+        super().__init__(model, eps=eps, alpha=0.0, steps=steps, random_start=True, restarts=n_restarts, loss=loss,
+                         **options)  # fmt: skip
+
+    def forward(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return self.run(images, labels).adv
+
+    def _prepare(self, images, labels):
+        x, y, call = super()._prepare(images, labels)
+        self._run_index = 0  # which restart (APGD-T: which target class) comes next
+        if call.generator is None and self.seed is not None:
+            call.generator = torch.Generator(device=images.device).manual_seed(self.seed)
+        return x, y, call
+
+    def _run_targets(self, x: torch.Tensor, y: torch.Tensor, call: _Call, run: int) -> torch.Tensor | None:
+        """Per-sample targets of a run (APGD-T), or None."""
+        return None
+
+    def _objective(self, logits, y, targets) -> torch.Tensor:
+        """The per-sample value the run ascends (its negation when targeted)."""
+        loss = self._loss(logits, y)
+        return -loss if self.targeted else loss
+
+    def _one_run(self, x, y, idx, best: _Best, call: _Call) -> None:
+        batch = x.shape[0]
+        params = call.params if idx is None else call.params.select(idx, batch)
+        if idx is not None:
+            x, y = self._layout(x.index_select(0, idx), call), y.index_select(0, idx)
+        targets = self._run_targets(x, y, call, self._run_index)
+        self._run_index += 1
+        x_adv = self._start(x, params, call)
+        s = {"x": x, "y": y, "x_adv": x_adv, "targets": targets}
+        logits, obj, s["grad"] = self._objective_and_grad(x_adv, y, targets, call)
+        self._record(best, idx, s["x_adv"], logits, y, obj)
+        eps = params.eps
+        if isinstance(eps, torch.Tensor) and eps.numel() > 1:
+            if eps.numel() != x.shape[0]:
+                raise ValueError("eps: APGD takes a number or one eps per sample")
+            eps = eps.reshape(-1).float()
+        s["eta"] = torch.full((x.shape[0],), 2.0, device=x.device) * eps
+        s["x_best"], s["grad_best"], s["obj_best"] = x_adv.clone(), s["grad"].clone(), obj.clone()
+        s["x_old"], s["obj_last_check"] = x_adv.clone(), obj.clone()
+        s["reduced_last_check"] = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
+        s["rises"] = torch.zeros(x.shape[0], device=x.device)
+        s["obj_prev"] = obj
+        marks, last_mark = set(checkpoints(self.steps)), 0
+        for i in range(1, self.steps + 1):
+            momentum = 0.75 if i > 1 else 1.0
+            z = self._fused_step(s["x_adv"], s["grad"], s["x"], s["eta"], params)
+            moved = s["x_adv"] + momentum * (z - s["x_adv"]) + (1 - momentum) * (s["x_adv"] - s["x_old"])
+            s["x_old"] = s["x_adv"]
+            s["x_adv"] = self._project(moved.to(x.dtype), s["x"], params)
+            logits, obj, s["grad"] = self._objective_and_grad(s["x_adv"], s["y"], s["targets"], call)
+            success = self._record(best, idx, s["x_adv"], logits, s["y"], obj)
+            s["rises"] += (obj > s["obj_prev"]).float()
+            s["obj_prev"] = obj
+            better = obj > s["obj_best"]
+            s["x_best"] = torch.where(_rows(better, x), s["x_adv"], s["x_best"])
+            s["grad_best"] = torch.where(_rows(better, x), s["grad"], s["grad_best"])
+            s["obj_best"] = torch.where(better, obj, s["obj_best"])
+            if i in marks:
+                # Halve where the loss rose in fewer than rho of the steps since the last mark, or
+                # stalled without a halving there; restart those samples from their best point.
+                span = i - last_mark
+                halve = (s["rises"] <= self.rho * span) | (
+                    ~s["reduced_last_check"] & (s["obj_last_check"] >= s["obj_best"])
+                )
+                s["eta"] = torch.where(halve, s["eta"] / 2, s["eta"])
+                s["x_adv"] = torch.where(_rows(halve, x), s["x_best"], s["x_adv"])
+                s["grad"] = torch.where(_rows(halve, x), s["grad_best"], s["grad"])
+                s["reduced_last_check"], s["obj_last_check"] = halve, s["obj_best"].clone()
+                s["rises"].zero_()
+                last_mark = i
+            if self.early_stop and i < self.steps:
+                remaining = int((~success).sum())  # one sync: compaction needs the new size
+                if remaining == 0:
+                    return
+                if remaining < s["x"].shape[0]:
+                    keep = (~success).nonzero().squeeze(1)
+                    n = s["x"].shape[0]
+                    idx = keep if idx is None else idx.index_select(0, keep)
+                    params = params.select(keep, n)
+                    s = {k: (None if v is None else v.index_select(0, keep)) for k, v in s.items()}
+        # unfooled samples: the point of highest loss
+        with torch.no_grad():
+            logits = self._logits(s["x_best"], call)
+        best.add(idx, s["x_best"], self._success(logits, s["y"]), self._loss(logits, s["y"]), final=True)
+
+    def _objective_and_grad(self, x_adv, y, targets, call):
+        x_adv.requires_grad_(True)
+        try:
+            logits = self._logits(x_adv, call)
+            obj = self._objective(logits, y, targets)
+            (grad,) = torch.autograd.grad(obj.sum(), x_adv, allow_unused=True)
+        finally:
+            x_adv.requires_grad_(False)
+        return logits.detach(), obj.detach(), torch.zeros_like(x_adv) if grad is None else grad
+
+    def _record(self, best: _Best, idx, x_adv, logits, y, obj) -> torch.Tensor:
+        success = self._success(logits, y)
+        best.add(idx, x_adv, success, self._loss(logits, y), final=False)
+        best.count_step(idx)
+        return success
+
+    def _fused_step(self, x_adv, grad, x, eta, params):
+        step = ops.linf_step if self.norm == "linf" else ops.l2_step
+        # the objective is already signed for targeted runs: always step up
+        return step(x_adv, grad, x, params.eps, eta, params.lower, params.upper, backend=self.backend)
+
+    def _project(self, x_adv, x, params):
+        project = ops.linf_project if self.norm == "linf" else ops.l2_project
+        return project(x_adv, x, params.eps, params.lower, params.upper, out=x_adv, backend=self.backend)
+
+
+class APGDT(APGD):
+    r"""APGD-T: APGD with the targeted DLR loss (Croce and Hein 2020), run towards each of the
+    ``n_target_classes`` classes the model ranks highest after the true one, each run on the
+    samples not yet fooled. Labels are the true classes (an untargeted attack: success means a
+    wrong prediction).
+
+    Arguments: as :class:`APGD` (``loss`` is the targeted DLR), plus
+        n_target_classes (int): Default: 9 (AutoAttack's; at most K - 1).
+
+    Example:
+        >>> adv_images = fastadv.APGDT(model, eps=8/255, steps=100, n_target_classes=9)(images, labels)
+    """
+
+    def __init__(self, model: Any, norm: str = "Linf", eps: float | torch.Tensor = 8 / 255, steps: int = 10,
+                 n_restarts: int = 1, seed: int | None = 0, n_target_classes: int = 9, rho: float = 0.75,
+                 **options: Any):  # fmt: skip
+        if options.get("targeted"):
+            raise ValueError("targeted: APGDT takes the true labels and picks its own targets")
+        if not isinstance(n_target_classes, int) or isinstance(n_target_classes, bool) or n_target_classes < 1:
+            raise ValueError(f"n_target_classes must be an int >= 1, got {n_target_classes!r}")
+        self.n_target_classes = n_target_classes
+        super().__init__(model, norm=norm, eps=eps, steps=steps, n_restarts=n_restarts, seed=seed, loss="dlr",
+                         rho=rho, **options)  # fmt: skip
+        # every target class gets `n_restarts` runs
+        self.restarts = n_restarts * n_target_classes
+
+    def _run_targets(self, x, y, call, run):
+        with torch.no_grad():
+            logits = self._logits(x, call)
+        if logits.shape[1] < 4:
+            raise ValueError(f"model: APGDT's targeted DLR needs at least 4 classes, got {logits.shape[1]}")
+        # runs 0..n_restarts-1 aim at the best other class, the next n_restarts at the second, ...
+        rank = (run // (self.restarts // self.n_target_classes)) % min(self.n_target_classes, logits.shape[1] - 1)
+        others = logits.masked_fill(torch.nn.functional.one_hot(y, logits.shape[1]).bool(), float("-inf"))
+        return others.sort(dim=1, descending=True).indices[:, rank]
+
+    def _objective(self, logits, y, targets):
+        return targeted_dlr(logits, y, targets)
+
+
+def _rows(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    return mask.view(-1, *([1] * (like.dim() - 1)))

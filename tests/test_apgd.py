@@ -1,0 +1,115 @@
+"""APGD and APGD-T: strength against PGD on the digits CNN, the step-size schedule, early
+stopping, model safety, bad input, and the cascade in evaluate / fastadv eval."""
+
+import pytest
+import torch
+from attack_helpers import CountingModel, accuracy, assert_unchanged, digits_model, snapshot
+from test_attack_safety import _inputs, _prepared_model
+
+import fastadv
+from fastadv.attacks.apgd import checkpoints
+from fastadv.cli import main
+from fastadv.evaluate import evaluate
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return digits_model()
+
+
+def test_checkpoints_follow_the_paper():
+    # p = 0.22, 0.41, 0.57, 0.70, 0.80, 0.87, 0.93, 0.99 (then past 1) of 100 iterations
+    assert checkpoints(100) == [22, 41, 57, 70, 80, 87, 93, 99]
+    assert checkpoints(10) == [3, 5, 6, 7, 8, 9, 10]
+
+
+def test_apgd_ce_is_at_least_as_strong_as_pgd20(digits):
+    model, x, y = digits
+    pgd = fastadv.PGD(model, eps=0.1, alpha=0.0125, steps=20, generator=torch.Generator().manual_seed(1)).run(x, y)
+    apgd = fastadv.APGD(model, eps=0.1, steps=20, loss="ce").run(x, y)
+    assert 1 - apgd.success_rate <= 1 - pgd.success_rate + 0.01
+    assert abs(accuracy(model, apgd.adv, y) - (1 - apgd.success_rate)) < 1e-6
+    assert (apgd.adv - x).abs().max() <= 0.1 + 1e-6 and apgd.adv.min() >= 0 and apgd.adv.max() <= 1
+
+
+@pytest.mark.parametrize("kwargs", [{"loss": "dlr"}, {"norm": "L2", "eps": 1.5}])
+def test_apgd_dlr_and_l2_degrade_accuracy(digits, kwargs):
+    model, x, y = digits
+    result = fastadv.APGD(model, **{"eps": 0.1, "steps": 20, **kwargs}).run(x, y)
+    assert 1 - result.success_rate < 0.3
+    if kwargs.get("norm") == "L2":
+        assert (result.adv - x).flatten(1).norm(dim=1).max() <= 1.5 * (1 + 1e-5)
+
+
+def test_apgd_t_finds_what_apgd_ce_misses(digits):
+    model, x, y = digits
+    ce = fastadv.APGD(model, eps=0.1, steps=20).run(x, y)
+    survivors = ~ce.success
+    targeted = fastadv.APGDT(model, eps=0.1, steps=20, n_target_classes=3).run(x[survivors], y[survivors])
+    assert targeted.success.any(), "APGD-T should fool some samples that APGD-CE did not"
+    with torch.no_grad():
+        assert torch.equal(model(targeted.adv).argmax(1) != y[survivors], targeted.success)
+
+
+def test_apgd_early_stop_same_successes_fewer_evaluations(digits):
+    model, x, y = digits
+    runs = {}
+    for early in (False, True):
+        counted = CountingModel(model)
+        runs[early] = (fastadv.APGD(counted, eps=0.1, steps=20, early_stop=early).run(x, y), counted.samples)
+    assert torch.equal(runs[True][0].success, runs[False][0].success)
+    assert runs[True][1] < 0.5 * runs[False][1]
+
+
+def test_apgd_same_seed_same_output(digits):
+    model, x, y = digits
+    a = fastadv.APGD(model, eps=0.1, steps=5, seed=3)(x[:32], y[:32])
+    assert torch.equal(a, fastadv.APGD(model, eps=0.1, steps=5, seed=3)(x[:32], y[:32]))
+    assert not torch.equal(a, fastadv.APGD(model, eps=0.1, steps=5, seed=4)(x[:32], y[:32]))
+
+
+@pytest.mark.parametrize("cls", [fastadv.APGD, fastadv.APGDT])
+def test_apgd_leaves_the_model_alone_and_restores_it_on_errors(cls):
+    model = _prepared_model()
+    images, labels = _inputs()
+    before = snapshot(model)
+    cls(model, eps=0.1, steps=4, model_mode="train", early_stop=True)(images, labels)
+    assert_unchanged(model, before)
+    model.raise_on_call, model.calls = 3, 0
+    with pytest.raises(RuntimeError, match="mid-attack"):
+        cls(model, eps=0.1, steps=4)(images, labels)
+    assert_unchanged(model, before)
+
+
+@pytest.mark.parametrize(
+    "cls, kwargs, part",
+    [
+        (fastadv.APGD, {"norm": "L1"}, "norm"),
+        (fastadv.APGD, {"rho": 0}, "rho"),
+        (fastadv.APGD, {"loss": "kl"}, "loss"),
+        (fastadv.APGD, {"seed": "x"}, "seed"),
+        (fastadv.APGDT, {"targeted": True}, "targeted"),
+        (fastadv.APGDT, {"n_target_classes": 0}, "n_target_classes"),
+    ],
+)
+def test_apgd_bad_arguments(digits, cls, kwargs, part):
+    with pytest.raises((ValueError, TypeError), match=part):
+        cls(digits[0], **kwargs)
+
+
+def test_apgd_t_needs_four_classes():
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3))
+    with pytest.raises(ValueError, match="4 classes"):
+        fastadv.APGDT(model, eps=0.1, steps=2)(torch.rand(2, 1, 2, 2), torch.zeros(2, dtype=torch.long))
+
+
+def test_cascade_apgd_ce_then_apgd_t_in_evaluate_and_the_cli(digits, tmp_path):
+    model, x, y = digits
+    report = evaluate(model, (x[:128], y[:128]), ["apgd-ce", "apgd-t"], [0.1], steps=10, progress=False)
+    ce, t = report["attacks"]
+    assert t["samples_attacked"] == round(ce["robust_accuracy"] * 128), "APGD-T ran on APGD-CE's survivors only"
+    assert t["robust_accuracy"] <= ce["robust_accuracy"]
+    fastadv.models.save(model, str(tmp_path / "m.pt"))
+    argv = ["eval", "--model", str(tmp_path / "m.pt"), "--attacks", "apgd-ce,apgd-t", "--eps", "0.1", "--steps", "3",
+            "--limit", "32", "--out", str(tmp_path / "out"), "--no-plots", "--quiet"]  # fmt: skip
+    assert main(argv) == 0

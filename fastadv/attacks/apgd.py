@@ -9,7 +9,8 @@ import torch
 
 from .. import ops
 from ._losses import targeted_dlr
-from .engine import Attack, _Best, _Call
+from .engine import Attack, _Call
+from .result import _Best
 
 _NORMS = {"Linf": "linf", "linf": "linf", "L2": "l2", "l2": "l2"}
 

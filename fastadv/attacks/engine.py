@@ -20,26 +20,7 @@ from .. import ops
 from . import _validate as check
 from ._losses import LOSSES, is_success, per_sample_loss
 from ._model_state import MODEL_MODES, attack_mode
-
-
-@dataclass(frozen=True)
-class AttackResult:
-    """What :meth:`Attack.run` returns, one entry per sample of the batch.
-
-    adv: the adversarial images (images' shape and dtype). success: bool [B], the model's
-    prediction on `adv` is wrong (untargeted) or is the target (targeted). loss: float32 [B], the
-    attack's loss ("ce" or "margin", of the labels) at `adv`. steps_used: int64 [B], the gradient
-    steps (forward and backward passes) spent on the sample, over all restarts.
-    """
-
-    adv: torch.Tensor
-    success: torch.Tensor
-    loss: torch.Tensor
-    steps_used: torch.Tensor
-
-    @property
-    def success_rate(self) -> float:
-        return float(self.success.float().mean()) if self.success.numel() else 0.0
+from .result import AttackResult, _Best
 
 
 class _Params(NamedTuple):
@@ -80,54 +61,6 @@ class _Call:
     generator: torch.Generator | None
     label_range: tuple[int, int]
     classes_checked: bool = False
-
-
-class _Best:
-    """The result being built, per sample. An iterate that fools the model is kept (the latest
-    one found) and never replaced by one that does not; otherwise a run's final iterate is kept
-    when its loss beats the runs before (ascending untargeted, descending targeted)."""
-
-    def __init__(self, x: torch.Tensor, targeted: bool):
-        b = x.shape[0]
-        self.adv = x.clone()
-        self.success = torch.zeros(b, dtype=torch.bool, device=x.device)
-        self.loss = torch.full((b,), float("nan"), device=x.device)
-        self.objective = torch.full((b,), float("-inf"), device=x.device)
-        self.steps = torch.zeros(b, dtype=torch.int64, device=x.device)
-        self.sign = -1.0 if targeted else 1.0
-
-    def count_step(self, idx: torch.Tensor | None) -> None:
-        if idx is None:
-            self.steps += 1
-        else:
-            self.steps.index_add_(0, idx, torch.ones_like(idx))
-
-    def add(
-        self, idx: torch.Tensor | None, x_adv: torch.Tensor, success: torch.Tensor, loss: torch.Tensor, final: bool
-    ):
-        """Takes x_adv where it fools the model, or (final iterates only) where it is the best
-        failure so far. No host synchronisation."""
-        objective = loss * self.sign
-        take = success
-        if final:
-            old_success = self.success if idx is None else self.success.index_select(0, idx)
-            old_objective = self.objective if idx is None else self.objective.index_select(0, idx)
-            better = (objective > old_objective) | torch.isneginf(old_objective)
-            take = success | (~old_success & better)
-        updates = (
-            (self.adv, x_adv, take.view(-1, *([1] * (x_adv.dim() - 1)))),
-            (self.loss, loss, take),
-            (self.objective, objective, take),
-            (self.success, success, success),
-        )
-        for target, new, mask in updates:
-            if idx is None:
-                target.copy_(torch.where(mask, new, target))
-            else:
-                target.index_copy_(0, idx, torch.where(mask, new, target.index_select(0, idx)))
-
-    def result(self) -> AttackResult:
-        return AttackResult(self.adv, self.success, self.loss, self.steps)
 
 
 class Attack:

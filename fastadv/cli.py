@@ -7,45 +7,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-import torch
-
-from .cli_commands import CliError, add_eval_parser, add_train_parser
-
-
-def _csv_list(choices: dict | None = None):
-    def parse(text: str) -> list[str]:
-        items = [s.strip() for s in text.split(",") if s.strip()]
-        if not items:
-            raise argparse.ArgumentTypeError("expected a comma-separated list")
-        if choices is not None:
-            bad = [s for s in items if s not in choices]
-            if bad:
-                raise argparse.ArgumentTypeError(f"unknown {', '.join(bad)}; choose from {', '.join(choices)}")
-        return items
-
-    return parse
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
-def _device(text: str) -> torch.device:
-    if text == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(text)
-    except RuntimeError:
-        raise argparse.ArgumentTypeError(f"not a device: {text!r}") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise argparse.ArgumentTypeError("cuda was asked for but no CUDA GPU is available")
-    return device
+from .cli_args import CliError, csv_list, device, positive_int
+from .cli_commands import add_eval_parser, add_train_parser
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -66,47 +29,47 @@ def build_parser() -> argparse.ArgumentParser:
         help="benchmark whole PGD attacks instead of the steps (options --models, --batch, --steps)",
     )  # fmt: skip
     bench.add_argument(
-        "--models", type=_csv_list(attack.MODELS), default=["digits-cnn", "resnet18-cifar"],
+        "--models", type=csv_list(attack.MODELS), default=["digits-cnn", "resnet18-cifar"],
         help=f"--attack: models, among {', '.join(attack.MODELS)} (default: %(default)s)",
     )  # fmt: skip
     bench.add_argument(
-        "--batch", type=_positive_int, default=None,
+        "--batch", type=positive_int, default=None,
         help="--attack: batch size (default: per model, larger on a GPU)",
     )  # fmt: skip
-    bench.add_argument("--steps", type=_positive_int, default=10, help="--attack: PGD steps (default: 10)")
+    bench.add_argument("--steps", type=positive_int, default=10, help="--attack: PGD steps (default: 10)")
     bench.add_argument(
-        "--kernels", type=_csv_list(dict.fromkeys(step.KERNELS)), default=list(step.KERNELS),
+        "--kernels", type=csv_list(dict.fromkeys(step.KERNELS)), default=list(step.KERNELS),
         help="which steps (default: %(default)s)",
     )  # fmt: skip
     bench.add_argument(
-        "--sizes", type=_csv_list(step.SIZES), default=list(step.SIZES),
+        "--sizes", type=csv_list(step.SIZES), default=list(step.SIZES),
         help="linf_step element counts (default: %(default)s)",
     )  # fmt: skip
     bench.add_argument(
-        "--l2-batches", type=_csv_list(step.L2_BATCHES), default=list(step.L2_BATCHES),
+        "--l2-batches", type=csv_list(step.L2_BATCHES), default=list(step.L2_BATCHES),
         help="l2_step batches: cifar = 512x3x32x32, imagenet = 64x3x224x224 (default: %(default)s)",
     )  # fmt: skip
     bench.add_argument(
-        "--dtypes", type=_csv_list(step.DTYPES), default=list(step.DTYPES), help="dtypes (default: %(default)s)"
+        "--dtypes", type=csv_list(step.DTYPES), default=list(step.DTYPES), help="dtypes (default: %(default)s)"
     )
     bench.add_argument(
         "--device",
-        type=_device,
-        default=_device("auto"),
+        type=device,
+        default=device("auto"),
         help="cpu, cuda, cuda:N or auto (default: a GPU if there is one)",
     )
     bench.add_argument(
         "--providers",
-        type=_csv_list(),
+        type=csv_list(),
         default=None,
         help="subset of eager, compile, copy, fused-triton, fused-cpu, fused-cuda; with --attack, of "
         f"{', '.join(attack.PROVIDERS)} (default: all that run on the device)",
     )
     bench.add_argument("--no-compile", action="store_true", help="skip the torch.compile baseline")
     bench.add_argument(
-        "--warmup", type=_positive_int, default=None, help="untimed calls first (default: 3; 1 with --attack)"
+        "--warmup", type=positive_int, default=None, help="untimed calls first (default: 3; 1 with --attack)"
     )
-    bench.add_argument("--repeat", type=_positive_int, default=None, help="timed calls (default: 10; 5 with --attack)")
+    bench.add_argument("--repeat", type=positive_int, default=None, help="timed calls (default: 10; 5 with --attack)")
     bench.add_argument(
         "--csv",
         default=None,
@@ -114,8 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench.add_argument("--quiet", action="store_true", help="no progress bar")
     bench.set_defaults(run=_run_bench)
-    add_eval_parser(sub, _device, _positive_int)
-    add_train_parser(sub, _device, _positive_int)
+    add_eval_parser(sub)
+    add_train_parser(sub)
     return parser
 
 

@@ -10,41 +10,14 @@ import os
 
 import torch
 
+from . import cli_args as arg
 from . import models
 from .checkpoint import CheckpointError
+from .cli_args import CliError
 from .datasets import DataError, digits, image_folder, load_npz
 from .evaluate import ATTACKS
 from .recipes import RECIPES, Recipe
 from .train import OPTIMIZERS, SCHEDULES
-
-
-class CliError(Exception):
-    """A user error: printed as one line, exit status 2."""
-
-
-def _csv(kind):
-    def parse(text: str):
-        try:
-            items = [kind(s.strip()) for s in text.split(",") if s.strip()]
-        except ValueError:
-            raise argparse.ArgumentTypeError(
-                f"expected a comma-separated list of {kind.__name__}, got {text!r}"
-            ) from None
-        if not items:
-            raise argparse.ArgumentTypeError("expected a comma-separated list")
-        return items
-
-    return parse
-
-
-def _nonnegative(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
-    return value
 
 
 def _default_cache() -> str:
@@ -54,7 +27,7 @@ def _default_cache() -> str:
     return os.path.join(root, "digits-small_cnn-standard.pt")
 
 
-def add_eval_parser(sub, device_type, positive_int) -> None:
+def add_eval_parser(sub) -> None:
     p = sub.add_parser(
         "eval", help="evaluate robustness (default: a digits model, FGSM and PGD at four eps)",
         description="Evaluate a model against attacks at several eps: clean and robust accuracy, attack success "
@@ -68,20 +41,27 @@ def add_eval_parser(sub, device_type, positive_int) -> None:
         "--data", default="digits",
         help="'digits' (its test split), an .npz file with x, y, or a folder with one sub-folder of images per class",
     )  # fmt: skip
-    p.add_argument("--image-size", type=positive_int, default=None, help="resize and crop folder images to this size")
     p.add_argument(
-        "--attacks", type=_csv(str), default=["fgsm", "pgd"], help=f"among {', '.join(ATTACKS)} (default: fgsm,pgd)"
+        "--image-size", type=arg.positive_int, default=None, help="resize and crop folder images to this size"
     )
-    p.add_argument("--eps", type=_csv(float), default=[0.025, 0.05, 0.1, 0.15], help="default: 0.025,0.05,0.1,0.15")
-    p.add_argument("--steps", type=positive_int, default=20, help="steps of the iterative attacks (default: 20)")
-    p.add_argument("--batch-size", type=positive_int, default=256, help="default: 256")
+    p.add_argument(
+        "--attacks",
+        type=arg.csv_of(str),
+        default=["fgsm", "pgd"],
+        help=f"among {', '.join(ATTACKS)} (default: fgsm,pgd)",
+    )
+    p.add_argument(
+        "--eps", type=arg.csv_of(float), default=[0.025, 0.05, 0.1, 0.15], help="default: 0.025,0.05,0.1,0.15"
+    )
+    p.add_argument("--steps", type=arg.positive_int, default=20, help="steps of the iterative attacks (default: 20)")
+    p.add_argument("--batch-size", type=arg.positive_int, default=256, help="default: 256")
     p.add_argument("--no-cascade", action="store_true", help="run every attack on every correct sample")
-    p.add_argument("--limit", type=positive_int, default=None, help="evaluate the first N samples only")
+    p.add_argument("--limit", type=arg.positive_int, default=None, help="evaluate the first N samples only")
     p.add_argument("--seed", type=int, default=0, help="random starts (default: 0)")
     p.add_argument("--amp", choices=["bf16", "fp16"], default=None, help="autocast the model")
     p.add_argument("--channels-last", action="store_true")
     p.add_argument("--backend", default="auto", help="fused-op backend: auto, torch, triton, cpu, cuda")
-    p.add_argument("--device", type=device_type, default=device_type("auto"), help="cpu, cuda or auto")
+    p.add_argument("--device", type=arg.device, default=arg.device("auto"), help="cpu, cuda or auto")
     p.add_argument("--out", default=None, help="output folder (default: fastadv-results/eval-<time>)")
     p.add_argument("--resume", action="store_true", help="continue the evaluation whose state is in --out")
     p.add_argument("--no-plots", action="store_true")
@@ -227,7 +207,7 @@ def run_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_train_parser(sub, device_type, positive_int) -> None:
+def add_train_parser(sub) -> None:
     p = sub.add_parser(
         "train", help="adversarial training (default: FGSM-RS on digits)",
         description="Train a model with a recipe (standard, pgd = PGD-AT, fgsm-rs = FGSM with a random start, free = "
@@ -238,25 +218,25 @@ def add_train_parser(sub, device_type, positive_int) -> None:
     p.add_argument("--val-data", default=None, help="held-out set (default: the digits test split for digits)")
     p.add_argument("--model", choices=sorted(models.ARCHITECTURES), default="small_cnn")
     p.add_argument("--init", default=None, help="start from this model file (fine-tune it) instead of new weights")
-    p.add_argument("--width", type=positive_int, default=32, help="small_cnn width (default: 32)")
+    p.add_argument("--width", type=arg.positive_int, default=32, help="small_cnn width (default: 32)")
     p.add_argument("--recipe", choices=RECIPES, default="fgsm-rs")
-    p.add_argument("--eps", type=_nonnegative, default=0.1, help="default: 0.1")
-    p.add_argument("--alpha", type=_nonnegative, default=None, help="step size (default: per recipe)")
-    p.add_argument("--steps", type=positive_int, default=10, help="PGD-AT and TRADES steps (default: 10)")
-    p.add_argument("--replays", type=positive_int, default=4, help="Free-AT replays (default: 4)")
-    p.add_argument("--beta", type=_nonnegative, default=6.0, help="TRADES beta (default: 6)")
-    p.add_argument("--clean-fraction", type=_nonnegative, default=0.0, help="share of clean samples per batch")
-    p.add_argument("--epochs", type=positive_int, default=15)
-    p.add_argument("--batch-size", type=positive_int, default=64)
+    p.add_argument("--eps", type=arg.nonnegative, default=0.1, help="default: 0.1")
+    p.add_argument("--alpha", type=arg.nonnegative, default=None, help="step size (default: per recipe)")
+    p.add_argument("--steps", type=arg.positive_int, default=10, help="PGD-AT and TRADES steps (default: 10)")
+    p.add_argument("--replays", type=arg.positive_int, default=4, help="Free-AT replays (default: 4)")
+    p.add_argument("--beta", type=arg.nonnegative, default=6.0, help="TRADES beta (default: 6)")
+    p.add_argument("--clean-fraction", type=arg.nonnegative, default=0.0, help="share of clean samples per batch")
+    p.add_argument("--epochs", type=arg.positive_int, default=15)
+    p.add_argument("--batch-size", type=arg.positive_int, default=64)
     p.add_argument("--optimizer", choices=OPTIMIZERS, default="adam")
-    p.add_argument("--lr", type=_nonnegative, default=2e-3)
-    p.add_argument("--weight-decay", type=_nonnegative, default=0.0)
+    p.add_argument("--lr", type=arg.nonnegative, default=2e-3)
+    p.add_argument("--weight-decay", type=arg.nonnegative, default=0.0)
     p.add_argument("--schedule", choices=SCHEDULES, default="cyclic")
     p.add_argument("--amp", choices=["bf16", "fp16"], default=None)
     p.add_argument("--channels-last", action="store_true")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--deterministic", action="store_true", help="torch.use_deterministic_algorithms")
-    p.add_argument("--device", type=device_type, default=device_type("auto"))
+    p.add_argument("--device", type=arg.device, default=arg.device("auto"))
     p.add_argument("--out", default=None, help="checkpoint folder (default: fastadv-results/train-<time>)")
     p.add_argument("--resume", action="store_true", help="continue from --out/latest.pt")
     p.add_argument("--quiet", action="store_true")

@@ -164,14 +164,7 @@ class APGD(Attack):
         best.add(idx, s["x_best"], self._success(logits, s["y"]), self._loss(logits, s["y"]), final=True)
 
     def _objective_and_grad(self, x_adv, y, targets, call):
-        x_adv.requires_grad_(True)
-        try:
-            logits = self._logits(x_adv, call)
-            obj = self._objective(logits, y, targets)
-            (grad,) = torch.autograd.grad(obj.sum(), x_adv, allow_unused=True)
-        finally:
-            x_adv.requires_grad_(False)
-        return logits.detach(), obj.detach(), torch.zeros_like(x_adv) if grad is None else grad
+        return self._loss_and_grad(x_adv, y, call, loss_fn=lambda logits: self._objective(logits, y, targets))
 
     def _record(self, best: _Best, idx, x_adv, logits, y, obj) -> torch.Tensor:
         success = self._success(logits, y)

@@ -204,11 +204,13 @@ class Attack:
             loss = self._loss(logits, y)
         best.add(idx, x_adv, self._success(logits, y), loss, final=True)
 
-    def _loss_and_grad(self, x_adv: torch.Tensor, y: torch.Tensor, call: _Call):
+    def _loss_and_grad(self, x_adv: torch.Tensor, y: torch.Tensor, call: _Call, loss_fn=None):
+        """(logits, per-sample loss, gradient of the summed loss with respect to x_adv);
+        `loss_fn(logits)` replaces the attack's loss of y (APGD-T's targeted DLR)."""
         x_adv.requires_grad_(True)
         try:
             logits = self._logits(x_adv, call)
-            loss = self._loss(logits, y)
+            loss = self._loss(logits, y) if loss_fn is None else loss_fn(logits)
             if not loss.requires_grad:
                 raise ValueError("model: its output does not depend on the images through autograd (no gradient)")
             # Summed, not averaged: a sample's gradient does not depend on the batch size.

@@ -120,12 +120,11 @@ def _default_model(cache: str, quiet: bool) -> torch.nn.Module:
         return models.load(cache)
     except CheckpointError:
         pass  # missing or damaged: train it again (seconds)
-    from .train import train_standard
+    from .train import standard_digits_model
 
     if not quiet:
         print(f"training the digits model (cached in {cache}) ...")
-    torch.manual_seed(0)
-    model = train_standard(models.small_cnn(), *digits("train"), epochs=15, seed=0)
+    model = standard_digits_model()
     try:
         models.save(model, cache, recipe="standard")
     except OSError as error:

@@ -11,16 +11,12 @@ from torch import nn
 
 from fastadv.datasets import digits
 from fastadv.models import small_cnn
-from fastadv.train import train_standard
-
-DIGITS_SEED = 0
-DIGITS_EPOCHS = 15
+from fastadv.train import standard_digits_model
 
 
 @functools.lru_cache(maxsize=1)
 def _trained_digits_state() -> tuple[dict, torch.Tensor, torch.Tensor]:
-    torch.manual_seed(DIGITS_SEED)
-    model = train_standard(small_cnn(), *digits("train"), epochs=DIGITS_EPOCHS, seed=DIGITS_SEED)
+    model = standard_digits_model()
     images, labels = digits("test")
     return {k: v.clone() for k, v in model.state_dict().items()}, images, labels
 

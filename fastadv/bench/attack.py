@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from .. import PGD
 from ..datasets import digits
 from ..models import resnet18, small_cnn
-from ..train import train_standard
+from ..train import standard_digits_model
 from .results import Row, environment
 from .timing import measure, quantiles
 
@@ -60,8 +60,7 @@ def available_providers() -> list[str]:
 
 @functools.lru_cache(maxsize=1)
 def _digits_state() -> dict:
-    torch.manual_seed(0)
-    return train_standard(small_cnn(), *digits("train"), epochs=15, seed=0).state_dict()
+    return standard_digits_model().state_dict()
 
 
 def make_case(name: str, batch: int, device: torch.device) -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor]:

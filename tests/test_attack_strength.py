@@ -67,6 +67,7 @@ def test_result_fields_agree_with_the_model(digits):
     with torch.no_grad():
         logits = model(result.adv)
     assert torch.equal(result.success, logits.argmax(1) != y)
+    assert torch.equal(result.predicted, logits.argmax(1))
     margin = logits.clone().scatter_(1, y[:, None], float("-inf")).amax(1) - logits.gather(1, y[:, None]).squeeze(1)
     torch.testing.assert_close(result.loss, margin, rtol=1e-5, atol=1e-5)
     assert result.steps_used.tolist() == [5] * len(y)

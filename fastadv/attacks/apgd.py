@@ -161,14 +161,14 @@ class APGD(Attack):
         # unfooled samples: the point of highest loss
         with torch.no_grad():
             logits = self._logits(s["x_best"], call)
-        best.add(idx, s["x_best"], self._success(logits, s["y"]), self._loss(logits, s["y"]), final=True)
+        best.add(idx, s["x_best"], logits, self._success(logits, s["y"]), self._loss(logits, s["y"]), final=True)
 
     def _objective_and_grad(self, x_adv, y, targets, call):
         return self._loss_and_grad(x_adv, y, call, loss_fn=lambda logits: self._objective(logits, y, targets))
 
     def _record(self, best: _Best, idx, x_adv, logits, y, obj) -> torch.Tensor:
         success = self._success(logits, y)
-        best.add(idx, x_adv, success, self._loss(logits, y), final=False)
+        best.add(idx, x_adv, logits, success, self._loss(logits, y), final=False)
         best.count_step(idx)
         return success
 

@@ -184,7 +184,7 @@ class Attack:
         for _ in range(self.steps):
             logits, loss, grad = self._loss_and_grad(x_adv, y, call)
             success = self._success(logits, y)
-            best.add(idx, x_adv, success, loss, final=False)
+            best.add(idx, x_adv, logits, success, loss, final=False)
             best.count_step(idx)
             if self.early_stop:
                 remaining = int((~success).sum())  # compaction needs the new batch size: one sync
@@ -202,7 +202,7 @@ class Attack:
         with torch.no_grad():
             logits = self._logits(x_adv, call)
             loss = self._loss(logits, y)
-        best.add(idx, x_adv, self._success(logits, y), loss, final=True)
+        best.add(idx, x_adv, logits, self._success(logits, y), loss, final=True)
 
     def _loss_and_grad(self, x_adv: torch.Tensor, y: torch.Tensor, call: _Call, loss_fn=None):
         """(logits, per-sample loss, gradient of the summed loss with respect to x_adv);

@@ -15,13 +15,16 @@ class AttackResult:
     adv: the adversarial images (images' shape and dtype). success: bool [B], the model's
     prediction on `adv` is wrong (untargeted) or is the target (targeted). loss: float32 [B], the
     attack's loss ("ce" or "margin", of the labels) at `adv`. steps_used: int64 [B], the gradient
-    steps (forward and backward passes) spent on the sample, over all restarts.
+    steps (forward and backward passes) spent on the sample, over all restarts. predicted: int64
+    [B], the model's class for `adv` (as computed during the attack, under its amp setting; -1
+    for an empty run).
     """
 
     adv: torch.Tensor
     success: torch.Tensor
     loss: torch.Tensor
     steps_used: torch.Tensor
+    predicted: torch.Tensor | None = None
 
     @property
     def success_rate(self) -> float:
@@ -40,6 +43,7 @@ class _Best:
         self.loss = torch.full((b,), float("nan"), device=x.device)
         self.objective = torch.full((b,), float("-inf"), device=x.device)
         self.steps = torch.zeros(b, dtype=torch.int64, device=x.device)
+        self.predicted = torch.full((b,), -1, dtype=torch.int64, device=x.device)
         self.sign = -1.0 if targeted else 1.0
 
     def count_step(self, idx: torch.Tensor | None) -> None:
@@ -48,11 +52,10 @@ class _Best:
         else:
             self.steps.index_add_(0, idx, torch.ones_like(idx))
 
-    def add(
-        self, idx: torch.Tensor | None, x_adv: torch.Tensor, success: torch.Tensor, loss: torch.Tensor, final: bool
-    ):
-        """Takes x_adv where it fools the model, or (final iterates only) where it is the best
-        failure so far. No host synchronisation."""
+    def add(self, idx: torch.Tensor | None, x_adv: torch.Tensor, logits: torch.Tensor, success: torch.Tensor,
+            loss: torch.Tensor, final: bool):  # fmt: skip
+        """Takes x_adv (and its logits' class) where it fools the model, or (final iterates only)
+        where it is the best failure so far. No host synchronisation."""
         objective = loss * self.sign
         take = success
         if final:
@@ -63,6 +66,7 @@ class _Best:
         updates = (
             (self.adv, x_adv, take.view(-1, *([1] * (x_adv.dim() - 1)))),
             (self.loss, loss, take),
+            (self.predicted, logits.argmax(1), take),
             (self.objective, objective, take),
             (self.success, success, success),
         )
@@ -73,4 +77,4 @@ class _Best:
                 target.index_copy_(0, idx, torch.where(mask, new, target.index_select(0, idx)))
 
     def result(self) -> AttackResult:
-        return AttackResult(self.adv, self.success, self.loss, self.steps)
+        return AttackResult(self.adv, self.success, self.loss, self.steps, self.predicted)

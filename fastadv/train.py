@@ -12,10 +12,10 @@ import torch.distributed
 import torch.nn.functional as F
 from torch import nn
 
-from .attacks import PGD
 from .attacks import _validate as check
 from .checkpoint import load as load_checkpoint
 from .checkpoint import rng_state, save_atomic, set_rng_state
+from .evaluate import evaluate
 from .recipes import Recipe, adversarial_batch, free_replays, training_loss
 
 
@@ -76,27 +76,6 @@ def _lr_factor(schedule: str, iteration: int, total: int) -> float:
     if schedule == "step":
         return 1.0 if t < 0.5 else 0.1 if t < 0.75 else 0.01
     return 1.0
-
-
-def _evaluate(model, images, labels, eps, steps, batch_size, amp, channels_last, backend, seed) -> tuple[float, float]:
-    """(clean accuracy, PGD-`steps` accuracy at eps) with a seeded random start."""
-    correct = robust = 0
-    generator = torch.Generator(device=images.device).manual_seed(seed)
-    attack = PGD(model, eps=eps, alpha=eps / 4, steps=steps, generator=generator, amp=amp,
-                 channels_last=channels_last, backend=backend)  # fmt: skip
-    model_was_training = model.training
-    model.eval()
-    try:
-        for start in range(0, images.shape[0], batch_size):
-            x, y = images[start : start + batch_size], labels[start : start + batch_size]
-            with torch.no_grad():
-                correct += int((model(x).argmax(1) == y).sum())
-            if eps > 0:
-                robust += int((~attack.run(x, y).success).sum())
-    finally:
-        model.train(model_was_training)
-    n = max(images.shape[0], 1)
-    return correct / n, (robust / n if eps > 0 else correct / n)
 
 
 def fit(
@@ -218,9 +197,11 @@ def fit(
             if val_data is not None:
                 eps = recipe.eps if val_eps is None else val_eps
                 vx, vy = (t.to(device) for t in val_data)
-                record["clean_accuracy"], record["robust_accuracy"] = _evaluate(
-                    model, vx, vy, eps, val_steps, batch_size, amp_dtype, channels_last, backend, seed + epoch
-                )
+                report = evaluate(model, (vx, vy), ["pgd"], [eps], steps=val_steps, batch_size=batch_size,
+                                  seed=seed + epoch, amp=amp_dtype, channels_last=channels_last, backend=backend,
+                                  progress=False)  # fmt: skip
+                record["clean_accuracy"] = report["clean_accuracy"]
+                record["robust_accuracy"] = report["worst_case"][0]["robust_accuracy"]
             if latest is not None and rank == 0:
                 save_atomic({"kind": "training", "epoch": epoch, "config": asdict(config),
                              "model": model.state_dict(), "optimizer": opt.state_dict(),

@@ -1,6 +1,6 @@
-"""pytest-benchmark: PGD-10 on one model and batch, fastadv against a naive loss.backward() loop,
-torchattacks (when installed: pip install --no-deps torchattacks) and the model's forward +
-input-gradient time.
+"""pytest-benchmark: PGD-10, APGD-CE-10 and CW-L2 (10 Adam steps) on one model and batch, fastadv
+against a naive loss.backward() loop (PGD), torchattacks (when installed: pip install --no-deps
+torchattacks) and the model's forward + input-gradient time.
 
     pytest benchmarks/bench_attack.py --benchmark-only [--benchmark-json out.json]
 
@@ -28,11 +28,13 @@ def case(request):
     return name, attack.make_case(name, batch, DEVICE)
 
 
-@pytest.mark.parametrize("provider", attack.available_providers())
-def test_pgd10(benchmark, case, provider):
+@pytest.mark.parametrize(
+    "kind, provider", [(kind, p) for kind in attack.KINDS for p in attack.available_providers(kind)]
+)
+def test_attack10(benchmark, case, kind, provider):
     name, (model, images, labels) = case
-    fn = attack.provider_fn(provider, model, images, labels, attack.EPS[name], steps=10)
-    benchmark.group = f"pgd10 {name} batch {images.shape[0]} on {DEVICE.type}"
+    fn = attack.provider_fn(provider, model, images, labels, attack.EPS[name], steps=10, kind=kind)
+    benchmark.group = f"{kind}10 {name} batch {images.shape[0]} on {DEVICE.type}"
     benchmark.extra_info["images"] = images.shape[0]
     if DEVICE.type == "cuda":
         run = fn

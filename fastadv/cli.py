@@ -1,6 +1,6 @@
 """The `fastadv` command line: `fastadv eval` (robustness evaluation), `fastadv train`
 (adversarial training) and `fastadv bench` (the fused steps against PyTorch eager, torch.compile
-and a copy; with --attack, PGD-10 images/s against a naive loop and torchattacks)."""
+and a copy; with --attack, PGD, APGD and CW images/s against a naive loop and torchattacks)."""
 
 from __future__ import annotations
 
@@ -19,14 +19,14 @@ def build_parser() -> argparse.ArgumentParser:
     bench = sub.add_parser(
         "bench", help="benchmark the fused attack steps, or whole attacks (--attack)",
         description="Time the fused L-inf and L2 steps (every available backend) against the PyTorch eager "
-                    "formulation, torch.compile of it, and a same-size copy, in one run; or, with --attack, PGD "
-                    "images/s of fastadv against a naive loss.backward() loop, torchattacks (when installed) and "
-                    "the model's forward + input-gradient time. Prints a table and appends long-format CSV rows "
-                    "(with device, versions and git SHA).",
+                    "formulation, torch.compile of it, and a same-size copy, in one run; or, with --attack, PGD, "
+                    "APGD or CW images/s of fastadv against a naive loss.backward() loop, torchattacks (when "
+                    "installed) and the model's forward + input-gradient time. Prints a table and appends "
+                    "long-format CSV rows (with device, versions and git SHA).",
     )  # fmt: skip
     bench.add_argument(
         "--attack", action="store_true",
-        help="benchmark whole PGD attacks instead of the steps (options --models, --batch, --steps)",
+        help="benchmark whole attacks instead of the steps (options --attacks, --models, --batch, --steps)",
     )  # fmt: skip
     bench.add_argument(
         "--models", type=csv_list(attack.MODELS), default=["digits-cnn", "resnet18-cifar"],
@@ -36,7 +36,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--batch", type=positive_int, default=None,
         help="--attack: batch size (default: per model, larger on a GPU)",
     )  # fmt: skip
-    bench.add_argument("--steps", type=positive_int, default=10, help="--attack: PGD steps (default: 10)")
+    bench.add_argument(
+        "--attacks", type=csv_list(attack.KINDS), default=["pgd"],
+        help=f"--attack: attacks, among {', '.join(attack.KINDS)} (default: %(default)s)",
+    )  # fmt: skip
+    bench.add_argument("--steps", type=positive_int, default=10, help="--attack: attack steps (default: 10)")
     bench.add_argument(
         "--kernels", type=csv_list(dict.fromkeys(step.KERNELS)), default=list(step.KERNELS),
         help="which steps (default: %(default)s)",
@@ -116,21 +120,28 @@ def _run_bench(args: argparse.Namespace) -> int:
 def _run_bench_attack(args: argparse.Namespace) -> int:
     from .bench import attack
 
-    available = attack.available_providers()
-    names = args.providers or available
-    unknown = [n for n in names if n not in attack.PROVIDERS]
+    everything = dict.fromkeys(p for kind in args.attacks for p in attack.KINDS[kind])
+    available = dict.fromkeys(p for kind in args.attacks for p in attack.available_providers(kind))
+    names = args.providers or list(available)
+    unknown = [n for n in names if n not in everything]
     if unknown:
         raise CliError(
-            f"--providers: unknown {', '.join(unknown)} with --attack (choose from {', '.join(attack.PROVIDERS)})"
+            f"--providers: unknown {', '.join(unknown)} with --attack --attacks {','.join(args.attacks)} "
+            f"(choose from {', '.join(everything)})"
         )
     missing = [n for n in names if n not in available]
     if missing:
         raise CliError(f"--providers: {', '.join(missing)} is not installed (pip install torchattacks)")
-    rows = attack.run(
-        args.models, names, args.device, batch=args.batch, steps=args.steps,
-        warmup=args.warmup or 1, repeat=args.repeat or 5, progress=not args.quiet,
-    )  # fmt: skip
-    print(f"PGD-{args.steps} on {rows[0].device} (torch {rows[0].torch}, git {rows[0].git_sha})")
+    rows = []
+    for kind in args.attacks:
+        mine = [n for n in names if n in attack.KINDS[kind]]
+        if mine:
+            rows += attack.run(
+                args.models, mine, args.device, kind=kind, batch=args.batch, steps=args.steps,
+                warmup=args.warmup or 1, repeat=args.repeat or 5, progress=not args.quiet,
+            )  # fmt: skip
+    print(f"{', '.join(args.attacks)} with {args.steps} steps on {rows[0].device} "
+          f"(torch {rows[0].torch}, git {rows[0].git_sha})")  # fmt: skip
     print(attack.format_table(rows))
     return _write_rows(rows, args.csv or "fastadv-results/bench_attack.csv")
 

@@ -1,5 +1,7 @@
-"""APGD and APGD-T: strength against PGD on the digits CNN, the step-size schedule, early
+"""APGD, APGD-T and AutoAttackLite: strength against PGD on the digits CNN, the step-size schedule, early
 stopping, model safety, bad input, and the cascade in evaluate / fastadv eval."""
+
+import re
 
 import pytest
 import torch
@@ -9,7 +11,7 @@ from test_attack_safety import _inputs, _prepared_model
 import fastadv
 from fastadv.attacks.apgd import checkpoints
 from fastadv.cli import main
-from fastadv.evaluate import evaluate
+from fastadv.evaluate import AutoAttackLite, evaluate
 
 
 @pytest.fixture(scope="module")
@@ -113,3 +115,68 @@ def test_cascade_apgd_ce_then_apgd_t_in_evaluate_and_the_cli(digits, tmp_path):
     argv = ["eval", "--model", str(tmp_path / "m.pt"), "--attacks", "apgd-ce,apgd-t", "--eps", "0.1", "--steps", "3",
             "--limit", "32", "--out", str(tmp_path / "out"), "--no-plots", "--quiet"]  # fmt: skip
     assert main(argv) == 0
+
+
+class _BatchSizes(torch.nn.Module):
+    """Records the batch size of every forward call."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner, self.sizes = inner, []
+
+    def forward(self, x):
+        self.sizes.append(x.shape[0])
+        return self.inner(x)
+
+
+def test_autoattack_lite_stages_and_log(digits):
+    model, x, y = digits
+    recorder = _BatchSizes(model)
+    lines = []
+    attack = AutoAttackLite(recorder, eps=0.1, steps=10, n_target_classes=3, log=lines.append)
+    result = attack.run(x[:200], y[:200], batch_size=128)
+    ce, t = result.stages
+    assert (ce.name, t.name) == ("apgd-ce", "apgd-t")
+    assert ce.attacked == round(result.clean_accuracy * 200)
+    assert t.attacked == ce.attacked - ce.fooled, "APGD-T attacks APGD-CE's survivors only"
+    # every forward pass of the second stage sees at most the survivors: 3 target runs of
+    # (targets + start + 10 steps + final) passes on survivors that only shrink
+    second = recorder.sizes[-3 * 13 :]
+    assert second[0] == t.attacked and max(second) == t.attacked and max(recorder.sizes[:-39]) > t.attacked
+    assert result.robust_accuracy == pytest.approx(accuracy(model, result.adv, y[:200]), abs=1e-9)
+    assert result.robust_accuracy == t.robust_accuracy <= ce.robust_accuracy
+    assert (result.adv - x[:200]).abs().max() <= 0.1 + 1e-6
+    assert torch.equal(result.adv[result.robust], x[:200][result.robust])
+    expected = [
+        r"using lite version including apgd-ce, apgd-t\.",
+        r"initial accuracy: \d+\.\d\d%",
+        r"apgd-ce - 1/2 - \d+ out of 128 successfully perturbed",
+        rf"apgd-ce - 2/2 - \d+ out of {ce.attacked - 128} successfully perturbed",
+        r"robust accuracy after APGD-CE: \d+\.\d\d% \(total time \d+\.\d s\)",
+        rf"apgd-t - 1/1 - {t.fooled} out of {t.attacked} successfully perturbed",
+        r"robust accuracy after APGD-T: \d+\.\d\d% \(total time \d+\.\d s\)",
+        r"max Linf perturbation: 0\.1\d+, nan in tensor: 0, max: \d\.\d{5}, min: \d\.\d{5}",
+        rf"robust accuracy: {result.robust_accuracy:.2%}",
+    ]
+    assert len(lines) == len(expected)
+    for line, pattern in zip(lines, expected, strict=True):
+        assert re.fullmatch(pattern, line), (line, pattern)
+    again = AutoAttackLite(model, eps=0.1, steps=10, n_target_classes=3, log=None)
+    assert torch.equal(again.run_standard_evaluation(x[:200], y[:200], bs=128), result.adv), "seeded: repeatable"
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, part",
+    [
+        ({"norm": "L1"}, ValueError, "norm"),
+        ({"eps": -1.0}, ValueError, "eps"),
+        ({"steps": 0}, ValueError, "steps"),
+        ({"log": "stdout"}, TypeError, "log"),
+        ({"targeted": True}, ValueError, "targeted"),
+    ],
+)
+def test_autoattack_lite_bad_arguments(digits, kwargs, error, part):
+    with pytest.raises(error, match=part):
+        AutoAttackLite(digits[0], **kwargs)
+    with pytest.raises(ValueError, match="batch_size"):
+        AutoAttackLite(digits[0], log=None).run(digits[1][:4], digits[2][:4], batch_size=0)

@@ -42,12 +42,26 @@ def test_bench_attack_writes_rows(tmp_path, capsys):
     assert "fastadv-early-stop" in table and "img/s" in table
 
 
+def test_bench_attack_apgd_and_cw(tmp_path):
+    out = tmp_path / "attack.csv"
+    argv = ["bench", "--attack", "--attacks", "apgd,cw", "--models", "digits-cnn", "--batch", "8", "--steps", "2",
+            "--device", "cpu", "--providers", "fastadv,limit", "--warmup", "1", "--repeat", "1", "--csv", str(out),
+            "--quiet"]  # fmt: skip
+    assert main(argv) == 0
+    rows = _rows(out)
+    assert {r["kernel"] for r in rows} == {"apgd2", "cw2"}
+    assert {(r["kernel"], r["provider"]) for r in rows if r["metric"] == "speedup_vs_limit"} == {
+        ("apgd2", "fastadv"), ("cw2", "fastadv")}  # fmt: skip
+
+
 @pytest.mark.parametrize(
     "argv, message",
     [
         (["bench", "--attack", "--providers", "fastest"], "--providers"),
         (["bench", "--providers", "fused-cuda", "--device", "cpu"], "--providers"),
         (["bench", "--attack", "--models", "vgg"], "--models"),
+        (["bench", "--attack", "--attacks", "square"], "--attacks"),
+        (["bench", "--attack", "--attacks", "cw", "--providers", "naive"], "--providers"),
         (["bench", "--steps", "0"], "--steps"),
     ],
 )

@@ -44,6 +44,22 @@ def test_report_matches_the_attacks_run_directly(digits):
     json.dumps(report)  # JSON-ready
 
 
+def test_minimal_norm_attacks_count_only_within_the_budget(digits):
+    model, x, y = digits
+    report = evaluate(model, (x, y), ["deepfool", "cw"], [0.5, 1.0], steps=10, cascade=False, progress=False)
+    with torch.no_grad():
+        clean = model(x).argmax(1) == y
+    result = fastadv.DeepFool(model, steps=10).run(x[clean], y[clean])  # deterministic
+    distance = (result.adv - x[clean]).flatten(1).norm(dim=1)
+    for eps in (0.5, 1.0):
+        fooled = result.success & (distance <= eps * (1 + 1e-6))
+        row = next(r for r in report["attacks"] if r["eps"] == eps and r["attack"] == "deepfool")
+        assert row["robust_accuracy"] == pytest.approx(float((clean.sum() - fooled.sum()) / len(y)))
+        assert 0 < row["success_rate"] < 1 and row["mean_l2"] <= eps
+    cw = [r for r in report["attacks"] if r["attack"] == "cw"]
+    assert cw[0]["robust_accuracy"] >= cw[1]["robust_accuracy"], "a larger budget never fools fewer samples"
+
+
 def test_cascade_attacks_only_the_survivors(digits):
     model, x, y = digits
     report = evaluate(model, (x, y), ["fgsm", "pgd"], [0.1], steps=5, batch_size=64, progress=False)
@@ -130,7 +146,7 @@ def test_two_cpu_ranks_give_the_single_process_report(digits, tmp_path):
 
 def test_bad_evaluate_arguments(digits):
     model, x, y = digits
-    for kwargs, part in (({"attacks": ["cw"]}, "attacks"), ({"eps": [-1]}, "eps"), ({"batch_size": 0}, "batch_size"),
+    for kwargs, part in (({"attacks": ["fab"]}, "attacks"), ({"eps": [-1]}, "eps"), ({"batch_size": 0}, "batch_size"),
                          ({"attacks": "pgd"}, "attacks")):  # fmt: skip
         with pytest.raises(ValueError, match=part):
             evaluate(model, (x, y), progress=False, **kwargs)

@@ -47,6 +47,26 @@ def parameter(name: str, value: object, *, nonnegative: bool) -> float | torch.T
     raise TypeError(f"{name} must be a number or a tensor, got {type(value).__name__}")
 
 
+def number(name: str, value: object, *, above: float | None = None, at_least: float | None = None,
+           at_most: float | None = None) -> float:  # fmt: skip
+    """A finite Python number within the given limits, as a float."""
+    if not _is_number(value):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
+    value = float(value)  # type: ignore[arg-type]
+    limits = [f"> {above}" if above is not None else "", f">= {at_least}" if at_least is not None else "",
+              f"<= {at_most}" if at_most is not None else ""]  # fmt: skip
+    if (
+        not math.isfinite(value)
+        or (above is not None and not value > above)
+        or (at_least is not None and value < at_least)
+        or (at_most is not None and value > at_most)
+    ):
+        raise ValueError(
+            f"{name} must be finite {' and '.join(x for x in limits if x)}, got {value}".replace("  ", " ")
+        )
+    return value
+
+
 def positive_int(name: str, value: object) -> int:
     if not isinstance(value, int) or isinstance(value, bool):
         raise TypeError(f"{name} must be an int, got {type(value).__name__}")

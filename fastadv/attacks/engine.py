@@ -63,26 +63,26 @@ class _Call:
     classes_checked: bool = False
 
 
-class Attack:
-    """Base class of the gradient attacks (see FGSM, PGD, PGDL2, MIFGSM for the arguments).
+class AttackBase:
+    """What every attack shares: the options below, the model's safety, the checks of images and
+    labels, bounds, normalization, autocast and layout. A subclass implements `_run`.
 
-    Call ``attack(images, labels)`` for the adversarial images, or ``attack.run(images, labels)``
-    for an :class:`AttackResult` with per-sample success, loss and steps used.
+    Options (keyword only): targeted, early_stop, lower, upper, mean, std, amp, channels_last,
+    backend, generator, model_mode (see :class:`fastadv.PGD`).
     """
 
     norm = "linf"
+    loss = "ce"
+    # Attacks without a budget (CW, DeepFool, JSMA) keep these: the ops are then not called with them.
+    eps: float | torch.Tensor = 0.0
+    alpha: float | torch.Tensor = 0.0
+    _shown: tuple[str, ...] = ("targeted", "amp")
 
     def __init__(
         self,
         model: Any,
         *,
-        eps: float | torch.Tensor,
-        alpha: float | torch.Tensor,
-        steps: int,
-        random_start: bool,
         targeted: bool = False,
-        restarts: int = 1,
-        loss: str = "ce",
         early_stop: bool = False,
         lower: float | torch.Tensor = 0.0,
         upper: float | torch.Tensor = 1.0,
@@ -97,17 +97,7 @@ class Attack:
         if not callable(model):
             raise TypeError(f"model must be a torch.nn.Module or a callable, got {type(model).__name__}")
         self.model = model
-        self.eps = check.parameter("eps", eps, nonnegative=True)
-        self.alpha = check.parameter("alpha", alpha, nonnegative=True)
-        self.steps = check.positive_int("steps", steps)
-        self.random_start = check.flag("random_start", random_start)
         self.targeted = check.flag("targeted", targeted)
-        self.restarts = check.positive_int("restarts", restarts)
-        if self.restarts > 1 and not self.random_start:
-            raise ValueError(
-                "restarts > 1 needs random_start=True: without a random start every restart repeats the first"
-            )
-        self.loss = check.choice("loss", loss, LOSSES)
         self.early_stop = check.flag("early_stop", early_stop)
         self.lower = check.parameter("lower", lower, nonnegative=False)
         self.upper = check.parameter("upper", upper, nonnegative=False)
@@ -121,31 +111,36 @@ class Attack:
         self.model_mode = check.choice("model_mode", model_mode, MODEL_MODES)
 
     def __repr__(self) -> str:
-        shown = ("eps", "alpha", "steps", "random_start", "targeted", "restarts", "loss", "early_stop", "amp")
-        args = ", ".join(f"{k}={_short(getattr(self, k))}" for k in shown)
+        args = ", ".join(f"{k}={_short(getattr(self, k))}" for k in self._shown)
         return f"{type(self).__name__}({args})"
 
     def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return self.forward(images, labels)
 
     def forward(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """The adversarial images. With one run and no early stopping this is the final iterate,
-        as in torchattacks, at the cost of the steps alone; otherwise it is ``run(...).adv``."""
-        return self._attack(images, labels, track=self.early_stop or self.restarts > 1).adv
+        """The adversarial images: ``run(images, labels).adv``."""
+        return self.run(images, labels).adv
 
     def run(self, images: torch.Tensor, labels: torch.Tensor) -> AttackResult:
         """Attacks a batch: images [B, ...] in [lower, upper], labels [B] class indices (the
         targets when targeted). Returns an :class:`AttackResult`; the caller's tensors and
-        model are left as they were, also when this raises.
-
-        The final iterate is evaluated (one forward pass more than the steps), and a sample
-        that fooled the model at some step is never returned unfooled: its latest adversarial
-        iterate replaces a final one that is not."""
+        model are left as they were, also when this raises."""
         return self._attack(images, labels, track=True)
 
+    def predict(self, images: torch.Tensor) -> torch.Tensor:
+        """The model's classes for `images` (int64 [B]) as the attack sees them: the same
+        mean/std, autocast, layout and model mode, the model left as it was."""
+        labels = torch.zeros(images.shape[0] if isinstance(images, torch.Tensor) and images.dim() else 0,
+                             dtype=torch.int64, device=getattr(images, "device", None))  # fmt: skip
+        check.images_and_labels(images, labels)
+        with torch.inference_mode(False), torch.no_grad():
+            x, _, call = self._prepare(images, labels)
+            if x.shape[0] == 0:
+                return labels
+            with attack_mode(self.model, self.model_mode):
+                return self._logits(x, call).argmax(1)
+
     def _attack(self, images: torch.Tensor, labels: torch.Tensor, track: bool) -> AttackResult:
-        """track=False (one run, no early stop, only the images wanted): the steps alone, and
-        the final iterate in a result whose other fields are unset."""
         check.images_and_labels(images, labels)
         # Gradients are needed even when the caller is under no_grad or inference_mode.
         with torch.inference_mode(False), torch.enable_grad():
@@ -153,73 +148,25 @@ class Attack:
             if x.shape[0] == 0:
                 return _Best(x, self.targeted).result()
             with attack_mode(self.model, self.model_mode):
-                if not track:
-                    return self._steps_only(x, y, call)
-                best = _Best(x, self.targeted)
-                idx = None
-                for _ in range(self.restarts):
-                    self._one_run(x, y, idx, best, call)
-                    idx = (~best.success).nonzero().squeeze(1)  # restarts attack the survivors only
-                    if idx.numel() == 0:
-                        break
-                return best.result()
+                return self._run(x, y, call, track)
 
-    # --- the loop -------------------------------------------------------------------------
+    def _run(self, x: torch.Tensor, y: torch.Tensor, call: _Call, track: bool) -> AttackResult:
+        """The attack on prepared inputs (detached, dense, checked), the model in attack mode."""
+        raise NotImplementedError
 
-    def _steps_only(self, x, y, call: _Call) -> AttackResult:
-        x_adv = self._start(x, call.params, call)
-        state = self._init_state(x_adv)
-        for _ in range(self.steps):
-            _, _, grad = self._loss_and_grad(x_adv, y, call)
-            x_adv = self._step(x_adv, self._direction(grad, state), x, call.params)
-        return AttackResult(x_adv, None, None, None)  # type: ignore[arg-type]
+    def _loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Per-sample loss (float32 [b]), ascended (untargeted) or descended (targeted)."""
+        return per_sample_loss(self.loss, logits, y)
 
-    def _one_run(self, x, y, idx, best: _Best, call: _Call) -> None:
-        batch = x.shape[0]
-        params = call.params if idx is None else call.params.select(idx, batch)
-        if idx is not None:
-            x, y = self._layout(x.index_select(0, idx), call), y.index_select(0, idx)
-        x_adv = self._start(x, params, call)
-        state = self._init_state(x_adv)
-        for _ in range(self.steps):
-            logits, loss, grad = self._loss_and_grad(x_adv, y, call)
-            success = self._success(logits, y)
-            best.add(idx, x_adv, logits, success, loss, final=False)
-            best.count_step(idx)
-            if self.early_stop:
-                remaining = int((~success).sum())  # compaction needs the new batch size: one sync
-                if remaining == 0:
-                    return
-                if remaining < x.shape[0]:
-                    keep = (~success).nonzero().squeeze(1)
-                    n = x.shape[0]
-                    idx = keep if idx is None else idx.index_select(0, keep)
-                    x, x_adv, grad = (self._layout(t.index_select(0, keep), call) for t in (x, x_adv, grad))
-                    y = y.index_select(0, keep)
-                    params = params.select(keep, n)
-                    state = self._select_state(state, keep)
-            x_adv = self._step(x_adv, self._direction(grad, state), x, params)
-        with torch.no_grad():
-            logits = self._logits(x_adv, call)
-            loss = self._loss(logits, y)
-        best.add(idx, x_adv, logits, self._success(logits, y), loss, final=True)
+    def _success(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return is_success(logits, y, self.targeted)
 
-    def _loss_and_grad(self, x_adv: torch.Tensor, y: torch.Tensor, call: _Call, loss_fn=None):
-        """(logits, per-sample loss, gradient of the summed loss with respect to x_adv);
-        `loss_fn(logits)` replaces the attack's loss of y (APGD-T's targeted DLR)."""
-        x_adv.requires_grad_(True)
-        try:
-            logits = self._logits(x_adv, call)
-            loss = self._loss(logits, y) if loss_fn is None else loss_fn(logits)
-            if not loss.requires_grad:
-                raise ValueError("model: its output does not depend on the images through autograd (no gradient)")
-            # Summed, not averaged: a sample's gradient does not depend on the batch size.
-            (grad,) = torch.autograd.grad(loss.sum(), x_adv, allow_unused=True)
-        finally:
-            x_adv.requires_grad_(False)
-        if grad is None:
-            grad = torch.zeros_like(x_adv)
-        return logits.detach(), loss.detach(), grad
+    @staticmethod
+    def _input_grad(total: torch.Tensor, wrt: torch.Tensor, retain_graph: bool = False) -> torch.Tensor:
+        """d total / d wrt (zeros where the model ignores part of the input)."""
+        _require_grad(total)
+        (grad,) = torch.autograd.grad(total, wrt, allow_unused=True, retain_graph=retain_graph)
+        return torch.zeros_like(wrt) if grad is None else grad
 
     def _logits(self, x_adv: torch.Tensor, call: _Call) -> torch.Tensor:
         inputs = x_adv if call.mean is None else (x_adv - call.mean) / call.std
@@ -237,50 +184,6 @@ class Attack:
                 )
             call.classes_checked = True
         return logits
-
-    def _start(self, x: torch.Tensor, params: _Params, call: _Call) -> torch.Tensor:
-        """The first iterate: x itself, or a uniform draw from the eps ball (L-inf) / a random
-        direction at a uniform radius (L2, as torchattacks), projected into the bounds."""
-        x_adv = torch.empty_like(x)
-        if not self.random_start:
-            return x_adv.copy_(x)
-        shape, gen, dev = x.shape, call.generator, x.device
-        eps = _per_element(params.eps, x)
-        if self.norm == "linf":
-            noise = (torch.rand(shape, generator=gen, device=dev) * 2 - 1) * eps
-        else:
-            direction = torch.randn(shape, generator=gen, device=dev)
-            norms = direction.flatten(1).norm(dim=1).clamp_min(1e-12)
-            radius = torch.rand(shape[0], generator=gen, device=dev)
-            noise = direction * (radius / norms).view(-1, *([1] * (x.dim() - 1))) * eps
-        x_adv.copy_(x.float() + noise)
-        project = ops.linf_project if self.norm == "linf" else ops.l2_project
-        return project(x_adv, x, params.eps, params.lower, params.upper, out=x_adv, backend=self.backend)
-
-    def _step(self, x_adv: torch.Tensor, direction: torch.Tensor, x: torch.Tensor, params: _Params) -> torch.Tensor:
-        step = ops.linf_step if self.norm == "linf" else ops.l2_step
-        eps, alpha, lower, upper = params
-        return step(
-            x_adv, direction, x, eps, alpha, lower, upper, targeted=self.targeted, out=x_adv, backend=self.backend
-        )
-
-    # --- hooks for subclasses (momentum, other losses) ---------------------------------------
-
-    def _loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """Per-sample loss (float32 [b]), ascended (untargeted) or descended (targeted)."""
-        return per_sample_loss(self.loss, logits, y)
-
-    def _success(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return is_success(logits, y, self.targeted)
-
-    def _init_state(self, x_adv: torch.Tensor) -> Any:
-        return None
-
-    def _direction(self, grad: torch.Tensor, state: Any) -> torch.Tensor:
-        return grad
-
-    def _select_state(self, state: Any, keep: torch.Tensor) -> Any:
-        return state
 
     # --- set-up -------------------------------------------------------------------------------
 
@@ -336,6 +239,164 @@ class Attack:
     @staticmethod
     def _layout(t: torch.Tensor, call: _Call) -> torch.Tensor:
         return t.contiguous(memory_format=call.memory_format)
+
+
+class Attack(AttackBase):
+    """Base class of the gradient attacks (see FGSM, PGD, PGDL2, MIFGSM for the arguments).
+
+    Call ``attack(images, labels)`` for the adversarial images, or ``attack.run(images, labels)``
+    for an :class:`AttackResult` with per-sample success, loss and steps used.
+    """
+
+    _shown = ("eps", "alpha", "steps", "random_start", "targeted", "restarts", "loss", "early_stop", "amp")
+
+    def __init__(
+        self,
+        model: Any,
+        *,
+        eps: float | torch.Tensor,
+        alpha: float | torch.Tensor,
+        steps: int,
+        random_start: bool,
+        restarts: int = 1,
+        loss: str = "ce",
+        **options: Any,
+    ):
+        super().__init__(model, **options)
+        self.eps = check.parameter("eps", eps, nonnegative=True)
+        self.alpha = check.parameter("alpha", alpha, nonnegative=True)
+        self.steps = check.positive_int("steps", steps)
+        self.random_start = check.flag("random_start", random_start)
+        self.restarts = check.positive_int("restarts", restarts)
+        if self.restarts > 1 and not self.random_start:
+            raise ValueError(
+                "restarts > 1 needs random_start=True: without a random start every restart repeats the first"
+            )
+        self.loss = check.choice("loss", loss, LOSSES)
+
+    def forward(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """The adversarial images. With one run and no early stopping this is the final iterate,
+        as in torchattacks, at the cost of the steps alone; otherwise it is ``run(...).adv``."""
+        return self._attack(images, labels, track=self.early_stop or self.restarts > 1).adv
+
+    def run(self, images: torch.Tensor, labels: torch.Tensor) -> AttackResult:
+        """Attacks a batch: images [B, ...] in [lower, upper], labels [B] class indices (the
+        targets when targeted). Returns an :class:`AttackResult`; the caller's tensors and
+        model are left as they were, also when this raises.
+
+        The final iterate is evaluated (one forward pass more than the steps), and a sample
+        that fooled the model at some step is never returned unfooled: its latest adversarial
+        iterate replaces a final one that is not."""
+        return self._attack(images, labels, track=True)
+
+    def _run(self, x: torch.Tensor, y: torch.Tensor, call: _Call, track: bool) -> AttackResult:
+        """track=False (one run, no early stop, only the images wanted): the steps alone, and
+        the final iterate in a result whose other fields are unset."""
+        if not track:
+            return self._steps_only(x, y, call)
+        best = _Best(x, self.targeted)
+        idx = None
+        for _ in range(self.restarts):
+            self._one_run(x, y, idx, best, call)
+            idx = (~best.success).nonzero().squeeze(1)  # restarts attack the survivors only
+            if idx.numel() == 0:
+                break
+        return best.result()
+
+    # --- the loop -------------------------------------------------------------------------
+
+    def _steps_only(self, x, y, call: _Call) -> AttackResult:
+        x_adv = self._start(x, call.params, call)
+        state = self._init_state(x_adv)
+        for _ in range(self.steps):
+            _, _, grad = self._loss_and_grad(x_adv, y, call)
+            x_adv = self._step(x_adv, self._direction(grad, state), x, call.params)
+        return AttackResult(x_adv, None, None, None)  # type: ignore[arg-type]
+
+    def _one_run(self, x, y, idx, best: _Best, call: _Call) -> None:
+        batch = x.shape[0]
+        params = call.params if idx is None else call.params.select(idx, batch)
+        if idx is not None:
+            x, y = self._layout(x.index_select(0, idx), call), y.index_select(0, idx)
+        x_adv = self._start(x, params, call)
+        state = self._init_state(x_adv)
+        for _ in range(self.steps):
+            logits, loss, grad = self._loss_and_grad(x_adv, y, call)
+            success = self._success(logits, y)
+            best.add(idx, x_adv, logits, success, loss, final=False)
+            best.count_step(idx)
+            if self.early_stop:
+                remaining = int((~success).sum())  # compaction needs the new batch size: one sync
+                if remaining == 0:
+                    return
+                if remaining < x.shape[0]:
+                    keep = (~success).nonzero().squeeze(1)
+                    n = x.shape[0]
+                    idx = keep if idx is None else idx.index_select(0, keep)
+                    x, x_adv, grad = (self._layout(t.index_select(0, keep), call) for t in (x, x_adv, grad))
+                    y = y.index_select(0, keep)
+                    params = params.select(keep, n)
+                    state = self._select_state(state, keep)
+            x_adv = self._step(x_adv, self._direction(grad, state), x, params)
+        with torch.no_grad():
+            logits = self._logits(x_adv, call)
+            loss = self._loss(logits, y)
+        best.add(idx, x_adv, logits, self._success(logits, y), loss, final=True)
+
+    def _loss_and_grad(self, x_adv: torch.Tensor, y: torch.Tensor, call: _Call, loss_fn=None):
+        """(logits, per-sample loss, gradient of the summed loss with respect to x_adv);
+        `loss_fn(logits)` replaces the attack's loss of y (APGD-T's targeted DLR)."""
+        x_adv.requires_grad_(True)
+        try:
+            logits = self._logits(x_adv, call)
+            loss = self._loss(logits, y) if loss_fn is None else loss_fn(logits)
+            # Summed, not averaged: a sample's gradient does not depend on the batch size.
+            grad = self._input_grad(loss.sum(), x_adv)
+        finally:
+            x_adv.requires_grad_(False)
+        return logits.detach(), loss.detach(), grad
+
+    def _start(self, x: torch.Tensor, params: _Params, call: _Call) -> torch.Tensor:
+        """The first iterate: x itself, or a uniform draw from the eps ball (L-inf) / a random
+        direction at a uniform radius (L2, as torchattacks), projected into the bounds."""
+        x_adv = torch.empty_like(x)
+        if not self.random_start:
+            return x_adv.copy_(x)
+        shape, gen, dev = x.shape, call.generator, x.device
+        eps = _per_element(params.eps, x)
+        if self.norm == "linf":
+            noise = (torch.rand(shape, generator=gen, device=dev) * 2 - 1) * eps
+        else:
+            direction = torch.randn(shape, generator=gen, device=dev)
+            norms = direction.flatten(1).norm(dim=1).clamp_min(1e-12)
+            radius = torch.rand(shape[0], generator=gen, device=dev)
+            noise = direction * (radius / norms).view(-1, *([1] * (x.dim() - 1))) * eps
+        x_adv.copy_(x.float() + noise)
+        project = ops.linf_project if self.norm == "linf" else ops.l2_project
+        return project(x_adv, x, params.eps, params.lower, params.upper, out=x_adv, backend=self.backend)
+
+    def _step(self, x_adv: torch.Tensor, direction: torch.Tensor, x: torch.Tensor, params: _Params) -> torch.Tensor:
+        step = ops.linf_step if self.norm == "linf" else ops.l2_step
+        eps, alpha, lower, upper = params
+        return step(
+            x_adv, direction, x, eps, alpha, lower, upper, targeted=self.targeted, out=x_adv, backend=self.backend
+        )
+
+    # --- hooks for subclasses (momentum) -------------------------------------------------------
+
+    def _init_state(self, x_adv: torch.Tensor) -> Any:
+        return None
+
+    def _direction(self, grad: torch.Tensor, state: Any) -> torch.Tensor:
+        return grad
+
+    def _select_state(self, state: Any, keep: torch.Tensor) -> Any:
+        return state
+
+
+def _require_grad(output: torch.Tensor) -> None:
+    if not output.requires_grad:
+        raise ValueError("model: its output does not depend on the images through autograd (no gradient)")
 
 
 def _dense(x: torch.Tensor) -> bool:

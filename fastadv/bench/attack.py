@@ -1,4 +1,4 @@
-"""PGD-10 images/s: fastadv's attacks against a naive loop, torchattacks and the model's own
+"""Attack images/s (PGD, APGD, CW): fastadv against a naive loop, torchattacks and the model's own
 forward + input-gradient time, on the same model and batch, in one run.
 
 Models: "digits-cnn" (fastadv.models.small_cnn trained for a few seconds on the digits training
@@ -15,6 +15,11 @@ Providers:
 - fastadv-bf16-cl, fastadv-bf16-cl-early-stop: bfloat16 autocast and channels_last.
 - limit: the model's forward plus input-gradient backward, `steps` times (what a PGD step cannot
   beat without early stopping or lower precision).
+
+Attacks (`kind`): "pgd" (every provider above), "apgd" (APGD-CE, torchattacks.APGD against
+fastadv.APGD with and without early stopping, one restart) and "cw" (CW-L2 with c=1, kappa=0,
+lr=0.01: torchattacks.CW against fastadv.CW with abort_early=False, so fastadv always runs every
+step while torchattacks may stop early: the comparison never flatters fastadv).
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ from collections.abc import Callable, Iterable
 import torch
 import torch.nn.functional as F
 
-from .. import PGD
+from .. import APGD, CW, PGD
 from ..datasets import digits
 from ..models import resnet18, small_cnn
 from ..train import standard_digits_model
@@ -47,15 +52,21 @@ PROVIDERS = (
     "fastadv-bf16-cl-early-stop",
     "limit",
 )
+# attack kind -> the providers that run it
+KINDS = {
+    "pgd": PROVIDERS,
+    "apgd": ("torchattacks", "fastadv", "fastadv-early-stop", "limit"),
+    "cw": ("torchattacks", "fastadv", "limit"),
+}
 EPS = {"digits-cnn": 0.1, "resnet18-cifar": 8 / 255, "resnet18-imagenet": 4 / 255}
 
 
-def available_providers() -> list[str]:
+def available_providers(kind: str = "pgd") -> list[str]:
     try:
         import torchattacks  # noqa: F401
     except ImportError:
-        return [p for p in PROVIDERS if p != "torchattacks"]
-    return list(PROVIDERS)
+        return [p for p in KINDS[kind] if p != "torchattacks"]
+    return list(KINDS[kind])
 
 
 @functools.lru_cache(maxsize=1)
@@ -104,7 +115,11 @@ def forward_backward_limit(model, images, labels, steps: int) -> None:
             p.requires_grad_(True)
 
 
-def provider_fn(provider: str, model, images, labels, eps: float, steps: int) -> Callable[[], object]:
+def provider_fn(
+    provider: str, model, images, labels, eps: float, steps: int, kind: str = "pgd"
+) -> Callable[[], object]:
+    if provider not in KINDS[kind]:
+        raise ValueError(f"provider {provider!r} does not run {kind} (choose from {', '.join(KINDS[kind])})")
     alpha = eps / 4
     if provider == "naive":
         return lambda: naive_pgd(model, images, labels, eps, alpha, steps)
@@ -113,12 +128,22 @@ def provider_fn(provider: str, model, images, labels, eps: float, steps: int) ->
     if provider == "torchattacks":
         import torchattacks
 
-        attack = torchattacks.PGD(model, eps=eps, alpha=alpha, steps=steps, random_start=True)
+        if kind == "apgd":
+            attack = torchattacks.APGD(model, norm="Linf", eps=eps, steps=steps, n_restarts=1, loss="ce")
+        elif kind == "cw":
+            attack = torchattacks.CW(model, c=1, kappa=0, steps=steps, lr=0.01)
+        else:
+            attack = torchattacks.PGD(model, eps=eps, alpha=alpha, steps=steps, random_start=True)
         return lambda: attack(images, labels)
     options = {"early_stop": provider.endswith("early-stop")}
     if "bf16-cl" in provider:
         options.update(amp=torch.bfloat16, channels_last=images.dim() == 4)
-    attack = PGD(model, eps=eps, alpha=alpha, steps=steps, random_start=True, **options)
+    if kind == "apgd":
+        attack = APGD(model, norm="Linf", eps=eps, steps=steps, n_restarts=1, loss="ce", **options)
+    elif kind == "cw":
+        attack = CW(model, c=1, kappa=0, steps=steps, lr=0.01, abort_early=False)
+    else:
+        attack = PGD(model, eps=eps, alpha=alpha, steps=steps, random_start=True, **options)
     return lambda: attack(images, labels)
 
 
@@ -127,6 +152,7 @@ def run(
     providers: Iterable[str],
     device: torch.device,
     *,
+    kind: str = "pgd",
     batch: int | None = None,
     steps: int = 10,
     warmup: int = 1,
@@ -139,11 +165,11 @@ def run(
     models, providers = list(models), list(providers)
     env = environment(device)
     rows: list[Row] = []
-    bar = tqdm(total=len(models) * len(providers), desc="bench attack", disable=not progress, unit="run")
+    bar = tqdm(total=len(models) * len(providers), desc=f"bench {kind}", disable=not progress, unit="run")
     for name in models:
         size = batch or MODELS[name][1 if device.type == "cpu" else 2]
         model, images, labels = make_case(name, size, device)
-        fns = {p: provider_fn(p, model, images, labels, EPS[name], steps) for p in providers}
+        fns = {p: provider_fn(p, model, images, labels, EPS[name], steps, kind) for p in providers}
         for provider, fn in fns.items():
             bar.set_postfix_str(f"{name} {provider} warm-up")
             measure(fn, device, warmup, 1)
@@ -158,7 +184,7 @@ def run(
 
         def add(provider, metric, unit, values, name=name, size=size):
             dtype = "bf16-cl" if "bf16-cl" in provider else "float32"
-            rows.append(Row(**env, kernel=f"pgd{steps}", provider=provider, dtype=dtype, size=name, numel=size,
+            rows.append(Row(**env, kernel=f"{kind}{steps}", provider=provider, dtype=dtype, size=name, numel=size,
                             metric=metric, unit=unit, median=values[0], p20=values[1], p80=values[2]))  # fmt: skip
 
         for provider, (med, p20, p80) in seconds.items():
@@ -175,16 +201,25 @@ def run(
 def format_table(rows: list[Row]) -> str:
     by_key: dict[tuple, dict[str, float]] = {}
     for r in rows:
-        by_key.setdefault((r.size, r.numel, r.provider), {})[r.metric] = r.median
-    columns = ("model", 18), ("batch", 6), ("provider", 27), ("ms", 10), ("img/s", 9), ("vs naive", 9), ("vs ta", 7)
+        by_key.setdefault((r.kernel, r.size, r.numel, r.provider), {})[r.metric] = r.median
+    columns = (
+        ("attack", 8),
+        ("model", 18),
+        ("batch", 6),
+        ("provider", 27),
+        ("ms", 10),
+        ("img/s", 9),
+        ("vs naive", 9),
+        ("vs ta", 7),
+    )
     lines = [" ".join(f"{name:>{width}}" for name, width in (*columns, ("vs limit", 9)))]
-    for (model, batch, provider), m in by_key.items():
+    for (kernel, model, batch, provider), m in by_key.items():
 
         def ratio(key, m=m):
             return f"{m[key]:.2f}x" if key in m else "-"
 
         lines.append(
-            f"{model:>18} {batch:>6} {provider:>27} {m['time']:>10.1f} {m['images_per_s']:>9.1f} "
+            f"{kernel:>8} {model:>18} {batch:>6} {provider:>27} {m['time']:>10.1f} {m['images_per_s']:>9.1f} "
             f"{ratio('speedup_vs_naive'):>9} {ratio('speedup_vs_torchattacks'):>7} {ratio('speedup_vs_limit'):>9}"
         )
     return "\n".join(lines)

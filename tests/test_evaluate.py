@@ -186,7 +186,7 @@ def test_cli_train_then_eval(tmp_path, capsys):
     [
         (["eval", "--model", "/nonexistent/model.pt"], "--model"),
         (["eval", "--data", "/nonexistent/data.npz"], "--data"),
-        (["eval", "--attacks", "fgsm,cw"], "--attacks"),
+        (["eval", "--attacks", "fgsm,fab"], "--attacks"),
         (["eval", "--resume"], "--resume"),
         (["eval", "--data", "{wrong_shape}"], "--data"),
         (["eval", "--data", "{labels_out_of_range}"], "--data"),

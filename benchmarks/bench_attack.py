@@ -29,7 +29,7 @@ def case(request):
 
 
 @pytest.mark.parametrize(
-    "kind, provider", [(kind, p) for kind in attack.KINDS for p in attack.available_providers(kind)]
+    "kind, provider", [(kind, p) for kind in attack.KINDS for p in attack.available_providers(kind, DEVICE)]
 )
 def test_attack10(benchmark, case, kind, provider):
     name, (model, images, labels) = case

@@ -13,6 +13,7 @@ from .cli_commands import add_eval_parser, add_train_parser
 
 def build_parser() -> argparse.ArgumentParser:
     from .bench import attack, step
+    from .bench import train as train_bench
 
     parser = argparse.ArgumentParser(prog="fastadv", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -28,6 +29,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--attack", action="store_true",
         help="benchmark whole attacks instead of the steps (options --attacks, --models, --batch, --steps)",
     )  # fmt: skip
+    bench.add_argument(
+        "--train", action="store_true",
+        help="benchmark adversarial-training epochs (FGSM-RS, PGD-AT) against a naive loop (options --recipes, "
+             "--models, --batch, --batches, --steps)",
+    )  # fmt: skip
+    bench.add_argument(
+        "--recipes", type=csv_list(train_bench.RECIPES), default=list(train_bench.RECIPES),
+        help="--train: recipes (default: %(default)s)",
+    )  # fmt: skip
+    bench.add_argument("--batches", type=positive_int, default=4, help="--train: batches per epoch (default: 4)")
     bench.add_argument(
         "--models", type=csv_list(attack.MODELS), default=["digits-cnn", "resnet18-cifar"],
         help=f"--attack: models, among {', '.join(attack.MODELS)} (default: %(default)s)",
@@ -87,8 +98,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _run_bench(args: argparse.Namespace) -> int:
+    if args.attack and args.train:
+        raise CliError("--attack and --train: choose one")
     if args.attack:
         return _run_bench_attack(args)
+    if args.train:
+        return _run_bench_train(args)
     from .bench import step
 
     args.warmup, args.repeat = args.warmup or 3, args.repeat or 10
@@ -121,7 +136,7 @@ def _run_bench_attack(args: argparse.Namespace) -> int:
     from .bench import attack
 
     everything = dict.fromkeys(p for kind in args.attacks for p in attack.KINDS[kind])
-    available = dict.fromkeys(p for kind in args.attacks for p in attack.available_providers(kind))
+    available = dict.fromkeys(p for kind in args.attacks for p in attack.available_providers(kind, args.device))
     names = args.providers or list(available)
     unknown = [n for n in names if n not in everything]
     if unknown:
@@ -144,6 +159,26 @@ def _run_bench_attack(args: argparse.Namespace) -> int:
           f"(torch {rows[0].torch}, git {rows[0].git_sha})")  # fmt: skip
     print(attack.format_table(rows))
     return _write_rows(rows, args.csv or "fastadv-results/bench_attack.csv")
+
+
+def _run_bench_train(args: argparse.Namespace) -> int:
+    from .bench import train
+
+    available = train.available_providers(args.device)
+    names = args.providers or available
+    missing = [n for n in names if n not in available]
+    if missing:
+        raise CliError(
+            f"--providers: {', '.join(missing)} cannot run with --train on {args.device} "
+            f"(choose from {', '.join(available)})"
+        )
+    rows = train.run(
+        args.models, args.recipes, names, args.device, batch=args.batch, batches=args.batches, steps=args.steps,
+        warmup=args.warmup or 1, repeat=args.repeat or 3, progress=not args.quiet,
+    )  # fmt: skip
+    print(f"adversarial training on {rows[0].device} (torch {rows[0].torch}, git {rows[0].git_sha})")
+    print(train.format_table(rows))
+    return _write_rows(rows, args.csv or "fastadv-results/bench_train.csv")
 
 
 def _write_rows(rows: list, path: str) -> int:

@@ -180,3 +180,9 @@ def test_autoattack_lite_bad_arguments(digits, kwargs, error, part):
         AutoAttackLite(digits[0], **kwargs)
     with pytest.raises(ValueError, match="batch_size"):
         AutoAttackLite(digits[0], log=None).run(digits[1][:4], digits[2][:4], batch_size=0)
+
+
+@pytest.mark.parametrize("kwargs", [{"early_stop_every": 2}, {"cuda_graph": True}])
+def test_apgd_refuses_the_options_its_schedule_cannot_take(digits, kwargs):
+    with pytest.raises(ValueError, match=next(iter(kwargs))):
+        fastadv.APGD(digits[0], **kwargs)

@@ -29,17 +29,17 @@ def test_bench_steps_writes_rows(tmp_path, capsys):
 def test_bench_attack_writes_rows(tmp_path, capsys):
     out = tmp_path / "attack.csv"
     argv = ["bench", "--attack", "--models", "digits-cnn", "--batch", "16", "--steps", "2", "--device", "cpu",
-            "--providers", "naive,fastadv,fastadv-early-stop,limit", "--warmup", "1", "--repeat", "2",
+            "--providers", "naive,fastadv,fastadv-early-stop-k4,limit", "--warmup", "1", "--repeat", "2",
             "--csv", str(out), "--quiet"]  # fmt: skip
     assert main(argv) == 0
     rows = _rows(out)
-    assert {r["provider"] for r in rows} == {"naive", "fastadv", "fastadv-early-stop", "limit"}
+    assert {r["provider"] for r in rows} == {"naive", "fastadv", "fastadv-early-stop-k4", "limit"}
     assert {r["kernel"] for r in rows} == {"pgd2"} and {r["numel"] for r in rows} == {"16"}
     per_second = {r["provider"]: float(r["median"]) for r in rows if r["metric"] == "images_per_s"}
     assert all(v > 0 for v in per_second.values())
     assert any(r["metric"] == "speedup_vs_naive" for r in rows)
     table = capsys.readouterr().out
-    assert "fastadv-early-stop" in table and "img/s" in table
+    assert "fastadv-early-stop-k4" in table and "img/s" in table
 
 
 def test_bench_attack_apgd_and_cw(tmp_path):
@@ -54,6 +54,20 @@ def test_bench_attack_apgd_and_cw(tmp_path):
         ("apgd2", "fastadv"), ("cw2", "fastadv")}  # fmt: skip
 
 
+def test_bench_train_writes_rows(tmp_path, capsys):
+    out = tmp_path / "train.csv"
+    argv = ["bench", "--train", "--recipes", "fgsm-rs,pgd", "--models", "digits-cnn", "--batch", "8",
+            "--batches", "2", "--steps", "2", "--device", "cpu", "--warmup", "1", "--repeat", "1",
+            "--csv", str(out), "--quiet"]  # fmt: skip
+    assert main(argv) == 0
+    rows = _rows(out)
+    assert {r["kernel"] for r in rows} == {"train-fgsm-rs", "train-pgd2"}
+    assert {r["provider"] for r in rows} == {"naive", "fastadv", "fastadv-bf16-cl"}  # no graphs on a CPU
+    assert {r["numel"] for r in rows} == {"16"}
+    assert all(float(r["median"]) > 0 for r in rows if r["metric"] == "speedup_vs_naive")
+    assert "vs naive" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize(
     "argv, message",
     [
@@ -61,6 +75,9 @@ def test_bench_attack_apgd_and_cw(tmp_path):
         (["bench", "--providers", "fused-cuda", "--device", "cpu"], "--providers"),
         (["bench", "--attack", "--models", "vgg"], "--models"),
         (["bench", "--attack", "--attacks", "square"], "--attacks"),
+        (["bench", "--train", "--providers", "fastadv-bf16-cl-graph", "--device", "cpu"], "--providers"),
+        (["bench", "--train", "--attack"], "--train"),
+        (["bench", "--train", "--recipes", "trades"], "--recipes"),
         (["bench", "--attack", "--attacks", "cw", "--providers", "naive"], "--providers"),
         (["bench", "--steps", "0"], "--steps"),
     ],

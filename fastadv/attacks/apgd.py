@@ -68,6 +68,9 @@ class APGD(Attack):
         rho: float = 0.75,
         **options: Any,
     ):
+        for name, default in (("early_stop_every", 1), ("cuda_graph", False)):
+            if name in options and (options[name] != default or type(options[name]) is not type(default)):
+                raise ValueError(f"{name}: APGD's step-size schedule needs every step's loss (not supported)")
         if norm not in _NORMS:
             raise ValueError(f"norm must be 'Linf' or 'L2', got {norm!r}")
         self.norm = _NORMS[norm]

@@ -11,6 +11,7 @@ through `_init_state`, `_direction` and `_select_state`.
 from __future__ import annotations
 
 import contextlib
+import warnings
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -18,9 +19,13 @@ import torch
 
 from .. import ops
 from . import _validate as check
+from ._cuda_graph import GraphedSteps, graph_key
 from ._losses import LOSSES, is_success, per_sample_loss
 from ._model_state import MODEL_MODES, attack_mode
 from .result import AttackResult, _Best
+
+# Graphs kept per attack (one per input shape): each holds a private memory pool.
+_MAX_GRAPHS = 4
 
 
 class _Params(NamedTuple):
@@ -61,6 +66,7 @@ class _Call:
     generator: torch.Generator | None
     label_range: tuple[int, int]
     classes_checked: bool = False
+    capturing: bool = False  # inside CUDA-graph capture: autocast must not cache casts
 
 
 class AttackBase:
@@ -171,7 +177,9 @@ class AttackBase:
     def _logits(self, x_adv: torch.Tensor, call: _Call) -> torch.Tensor:
         inputs = x_adv if call.mean is None else (x_adv - call.mean) / call.std
         autocast = (
-            torch.autocast(x_adv.device.type, dtype=self.amp) if self.amp is not None else contextlib.nullcontext()
+            torch.autocast(x_adv.device.type, dtype=self.amp, cache_enabled=not call.capturing)
+            if self.amp is not None
+            else contextlib.nullcontext()
         )
         with autocast:
             logits = check.logits(self.model(inputs), x_adv.shape[0])
@@ -260,9 +268,16 @@ class Attack(AttackBase):
         random_start: bool,
         restarts: int = 1,
         loss: str = "ce",
+        early_stop_every: int = 1,
+        cuda_graph: bool = False,
         **options: Any,
     ):
         super().__init__(model, **options)
+        self.early_stop_every = check.positive_int("early_stop_every", early_stop_every)
+        self.cuda_graph = check.flag("cuda_graph", cuda_graph)
+        self.graph_status = "not requested" if not self.cuda_graph else "not run yet"
+        self._graphs: dict[tuple, GraphedSteps] = {}
+        self._graph_warnings: set[str] = set()
         self.eps = check.parameter("eps", eps, nonnegative=True)
         self.alpha = check.parameter("alpha", alpha, nonnegative=True)
         self.steps = check.positive_int("steps", steps)
@@ -293,7 +308,13 @@ class Attack(AttackBase):
         """track=False (one run, no early stop, only the images wanted): the steps alone, and
         the final iterate in a result whose other fields are unset."""
         if not track:
+            if self.cuda_graph:
+                adv = self._graphed_steps(x, y, call)
+                if adv is not None:
+                    return AttackResult(adv, None, None, None)  # type: ignore[arg-type]
             return self._steps_only(x, y, call)
+        if self.cuda_graph:
+            self.graph_status = "uncaptured: run(), early stopping and restarts track every step"
         best = _Best(x, self.targeted)
         idx = None
         for _ in range(self.restarts):
@@ -304,6 +325,36 @@ class Attack(AttackBase):
         return best.result()
 
     # --- the loop -------------------------------------------------------------------------
+
+    def _graphed_steps(self, x, y, call: _Call) -> torch.Tensor | None:
+        """The final iterate through a CUDA graph of the step (captured at the first call with
+        this shape, replayed after), or None with the reason in `graph_status` when the step
+        cannot be captured: then the caller runs it uncaptured."""
+        reason = None
+        if type(self)._direction is not Attack._direction:
+            reason = f"{type(self).__name__}'s step carries state between steps"
+        elif x.device.type != "cuda":
+            reason = f"images are on {x.device.type}, CUDA graphs need a GPU"
+        key = graph_key(x, y, call.params)
+        if reason is None and key not in self._graphs:
+            if len(self._graphs) >= _MAX_GRAPHS:  # each graph holds its own memory pool
+                self._graphs.pop(next(iter(self._graphs)))
+            try:
+                self._graphs[key] = GraphedSteps(self, x, y, call)
+                self.graph_status = "captured"
+            except Exception as error:  # a model that syncs with the host, an op capture rejects
+                reason = f"capture failed: {type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+                torch.cuda.synchronize(x.device)
+        elif reason is None:
+            self.graph_status = "replayed"
+        if reason is not None:
+            self.graph_status = f"uncaptured: {reason}"
+            if reason not in self._graph_warnings:
+                self._graph_warnings.add(reason)
+                warnings.warn(f"cuda_graph: {reason}; running the steps uncaptured", RuntimeWarning, stacklevel=4)
+            return None
+        start = self._start(x, call.params, call)
+        return self._graphs[key](x, y, start, call, self.steps)
 
     def _steps_only(self, x, y, call: _Call) -> AttackResult:
         x_adv = self._start(x, call.params, call)
@@ -320,11 +371,16 @@ class Attack(AttackBase):
             x, y = self._layout(x.index_select(0, idx), call), y.index_select(0, idx)
         x_adv = self._start(x, params, call)
         state = self._init_state(x_adv)
-        for _ in range(self.steps):
+        for step in range(self.steps):
             logits, loss, grad = self._loss_and_grad(x_adv, y, call)
             success = self._success(logits, y)
             best.add(idx, x_adv, logits, success, loss, final=False)
             best.count_step(idx)
+            if self.early_stop and (step + 1) % self.early_stop_every:
+                # between compactions fooled samples stay where they are, without a host sync
+                direction = self._direction(grad, state).masked_fill(_rows(success, grad), 0)
+                x_adv = self._step(x_adv, direction, x, params)
+                continue
             if self.early_stop:
                 remaining = int((~success).sum())  # compaction needs the new batch size: one sync
                 if remaining == 0:
@@ -392,6 +448,11 @@ class Attack(AttackBase):
 
     def _select_state(self, state: Any, keep: torch.Tensor) -> Any:
         return state
+
+
+def _rows(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """A per-sample bool [b] viewed to broadcast against `like` [b, ...]."""
+    return mask.view(-1, *([1] * (like.dim() - 1)))
 
 
 def _require_grad(output: torch.Tensor) -> None:

@@ -22,7 +22,7 @@ class FGSM(Attack):
         eps (float or tensor [B]): radius of the L-inf ball, in pixel units. Default: 8/255.
         alpha (float or tensor [B], optional): step size. Default: eps.
         random_start (bool): start from a uniform draw in the ball. Default: False.
-        **options: targeted, restarts, loss, early_stop, lower, upper, mean, std, amp,
+        **options: targeted, restarts, loss, early_stop, early_stop_every, cuda_graph, lower, upper, mean, std, amp,
             channels_last, backend, generator, model_mode: as for :class:`fastadv.PGD`.
 
     Shape, errors and model safety: as for :class:`fastadv.PGD`.

@@ -25,7 +25,7 @@ class MIFGSM(Attack):
         steps (int): number of steps. Default: 10.
         decay (float): momentum factor, >= 0. Default: 1.0.
         random_start (bool): start from a uniform draw in the ball. Default: False.
-        **options: targeted, restarts, loss, early_stop, lower, upper, mean, std, amp,
+        **options: targeted, restarts, loss, early_stop, early_stop_every, cuda_graph, lower, upper, mean, std, amp,
             channels_last, backend, generator, model_mode: as for :class:`fastadv.PGD`.
 
     Shape, errors and model safety: as for :class:`fastadv.PGD`.

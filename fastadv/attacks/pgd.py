@@ -32,6 +32,16 @@ class PGD(Attack):
         loss ("ce" | "margin", "ce"): cross-entropy, or Carlini and Wagner's logit margin.
         early_stop (bool, False): a sample leaves the batch at the first iterate that fools the
             model (the batch is compacted, so finished samples cost nothing).
+        early_stop_every (int, 1): compact every k steps only (one host sync each; on a GPU the
+            sync, not the work, is what a compaction costs); in between, fooled samples are frozen
+            where they were fooled, so the results are those of k = 1.
+        cuda_graph (bool, False): on a GPU, capture one step (forward, input-gradient backward,
+            fused step) in a CUDA graph at the first call with a given shape and replay it for
+            every step after; same images as uncaptured in float32. Applies to ``attack(images,
+            labels)`` without early_stop or restarts and to steps without state (not MI-FGSM);
+            otherwise, on a CPU, or when capture fails (a model that syncs with the host), the
+            steps run uncaptured with one RuntimeWarning per reason. ``attack.graph_status``
+            says which path the last call took.
         lower, upper (float or tensor, 0.0 and 1.0): valid pixel range; tensors may be per
             channel ([1, C, 1, 1]).
         mean, std (sequence or tensor, None): the model expects (x - mean) / std; the attack

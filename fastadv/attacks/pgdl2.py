@@ -24,7 +24,7 @@ class PGDL2(Attack):
         steps (int): number of steps. Default: 10.
         random_start (bool): start at a random direction and a uniform radius in the ball, as
             torchattacks does. Default: True.
-        **options: targeted, restarts, loss, early_stop, lower, upper, mean, std, amp,
+        **options: targeted, restarts, loss, early_stop, early_stop_every, cuda_graph, lower, upper, mean, std, amp,
             channels_last, backend, generator, model_mode: as for :class:`fastadv.PGD`.
 
     Shape, errors and model safety: as for :class:`fastadv.PGD`.

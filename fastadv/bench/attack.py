@@ -10,9 +10,13 @@ classified, so early stopping saves only what the attack earns).
 Providers:
 - naive: the loop many people write: loss.backward() (so weight gradients are computed too),
   mean loss, eager projection and clamp.
+- naive-autograd: the same with torch.autograd.grad for the input gradient only (what
+  torchattacks does; the stand-in for it where its wheel is missing).
 - torchattacks: torchattacks.PGD, when it is installed (an optional benchmark dependency).
 - fastadv, fastadv-early-stop: fastadv.PGD in float32, without and with early stopping.
+- fastadv-early-stop-k4: early stopping that compacts every 4 steps (one host sync per 4 steps).
 - fastadv-bf16-cl, fastadv-bf16-cl-early-stop: bfloat16 autocast and channels_last.
+- fastadv-bf16-cl-graph: bfloat16 autocast, channels_last and the step in a CUDA graph (GPU only).
 - limit: the model's forward plus input-gradient backward, `steps` times (what a PGD step cannot
   beat without early stopping or lower precision).
 
@@ -45,13 +49,17 @@ MODELS = {
 }
 PROVIDERS = (
     "naive",
+    "naive-autograd",
     "torchattacks",
     "fastadv",
     "fastadv-early-stop",
+    "fastadv-early-stop-k4",
     "fastadv-bf16-cl",
     "fastadv-bf16-cl-early-stop",
+    "fastadv-bf16-cl-graph",
     "limit",
 )
+GPU_ONLY = ("fastadv-bf16-cl-graph",)
 # attack kind -> the providers that run it
 KINDS = {
     "pgd": PROVIDERS,
@@ -61,12 +69,17 @@ KINDS = {
 EPS = {"digits-cnn": 0.1, "resnet18-cifar": 8 / 255, "resnet18-imagenet": 4 / 255}
 
 
-def available_providers(kind: str = "pgd") -> list[str]:
+def available_providers(kind: str = "pgd", device: torch.device | None = None) -> list[str]:
+    """The providers of `kind` that can run here (torchattacks installed; a GPU for graphs)."""
     try:
         import torchattacks  # noqa: F401
+
+        missing: tuple[str, ...] = ()
     except ImportError:
-        return [p for p in KINDS[kind] if p != "torchattacks"]
-    return list(KINDS[kind])
+        missing = ("torchattacks",)
+    if device is None or device.type != "cuda":
+        missing += GPU_ONLY
+    return [p for p in KINDS[kind] if p not in missing]
 
 
 @functools.lru_cache(maxsize=1)
@@ -92,13 +105,19 @@ def make_case(name: str, batch: int, device: torch.device) -> tuple[torch.nn.Mod
     return model, images, labels
 
 
-def naive_pgd(model, images, labels, eps: float, alpha: float, steps: int) -> torch.Tensor:
+def naive_pgd(model, images, labels, eps: float, alpha: float, steps: int, input_only: bool = False) -> torch.Tensor:
+    """input_only: torch.autograd.grad of the input instead of loss.backward()."""
     adv = (images + torch.empty_like(images).uniform_(-eps, eps)).clamp(0, 1)
     for _ in range(steps):
         adv.requires_grad_(True)
-        model.zero_grad(set_to_none=True)
-        F.cross_entropy(model(adv), labels).backward()
-        adv = adv.detach() + alpha * adv.grad.sign()
+        loss = F.cross_entropy(model(adv), labels)
+        if input_only:
+            (grad,) = torch.autograd.grad(loss, adv)
+        else:
+            model.zero_grad(set_to_none=True)
+            loss.backward()
+            grad = adv.grad
+        adv = adv.detach() + alpha * grad.sign()
         adv = torch.min(torch.max(adv, images - eps), images + eps).clamp(0, 1)
     return adv
 
@@ -121,8 +140,8 @@ def provider_fn(
     if provider not in KINDS[kind]:
         raise ValueError(f"provider {provider!r} does not run {kind} (choose from {', '.join(KINDS[kind])})")
     alpha = eps / 4
-    if provider == "naive":
-        return lambda: naive_pgd(model, images, labels, eps, alpha, steps)
+    if provider.startswith("naive"):
+        return lambda: naive_pgd(model, images, labels, eps, alpha, steps, input_only=provider == "naive-autograd")
     if provider == "limit":
         return lambda: forward_backward_limit(model, images, labels, steps)
     if provider == "torchattacks":
@@ -135,11 +154,15 @@ def provider_fn(
         else:
             attack = torchattacks.PGD(model, eps=eps, alpha=alpha, steps=steps, random_start=True)
         return lambda: attack(images, labels)
-    options = {"early_stop": provider.endswith("early-stop")}
+    options = {"early_stop": "early-stop" in provider, "early_stop_every": 4 if provider.endswith("-k4") else 1}
+    if provider.endswith("graph"):
+        options["cuda_graph"] = True
     if "bf16-cl" in provider:
         options.update(amp=torch.bfloat16, channels_last=images.dim() == 4)
     if kind == "apgd":
-        attack = APGD(model, norm="Linf", eps=eps, steps=steps, n_restarts=1, loss="ce", **options)
+        attack = APGD(
+            model, norm="Linf", eps=eps, steps=steps, n_restarts=1, loss="ce", early_stop=options["early_stop"]
+        )
     elif kind == "cw":
         attack = CW(model, c=1, kappa=0, steps=steps, lr=0.01, abort_early=False)
     else:

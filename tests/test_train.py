@@ -102,7 +102,7 @@ def test_fit_every_recipe(name, tmp_path):
 
 
 _RUN = """
-import sys, torch
+import sys, time, torch
 from fastadv import models
 from fastadv.datasets import digits
 from fastadv.recipes import Recipe
@@ -111,6 +111,8 @@ torch.manual_seed(0)
 torch.set_num_threads(1)
 x, y = digits("train")
 model = models.small_cnn(width=8)
+forward = model.forward
+model.forward = lambda x: (time.sleep(0.005), forward(x))[1]  # epochs of ~0.5 s: time to kill one mid-run
 fit(model, (x[:384], y[:384]), recipe=Recipe("pgd", eps=0.1, steps=3), epochs=5, batch_size=32, lr=0.05,
     checkpoint_dir=sys.argv[1], resume=True, deterministic=True, progress=False)
 """
@@ -125,9 +127,9 @@ def test_resume_after_sigkill_reaches_the_same_weights(tmp_path):
     killed, straight = str(tmp_path / "killed"), str(tmp_path / "straight")
     process = subprocess.Popen([sys.executable, "-c", _RUN, killed])
     deadline = time.time() + 240
-    while _latest_epoch(killed) < 1 and time.time() < deadline and process.poll() is None:
-        time.sleep(0.02)
-    time.sleep(0.3)  # into the third epoch
+    while _latest_epoch(killed) < 2 and time.time() < deadline and process.poll() is None:
+        time.sleep(0.01)
+    # into the third epoch
     assert process.poll() is None, "the run ended before it could be killed"
     process.send_signal(signal.SIGKILL)
     process.wait()

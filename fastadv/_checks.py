@@ -127,6 +127,10 @@ def _table_shape(name: str, t: torch.Tensor, x: torch.Tensor, per_channel: bool)
 
 def check_bounds(lower: Param, upper: Param) -> None:
     """lower <= upper wherever it can be checked without a device sync."""
+    if lower.table is None and upper.table is None:  # two numbers: no tensor needed (every attack step)
+        if lower.value > upper.value:
+            raise ValueError(f"lower must be <= upper everywhere, got lower={_show(lower)} and upper={_show(upper)}")
+        return
     lo = lower.table if lower.table is not None else torch.tensor(lower.value)
     hi = upper.table if upper.table is not None else torch.tensor(upper.value)
     if lo.device.type != "cpu" or hi.device.type != "cpu" or _compiling():

@@ -126,16 +126,27 @@ def test_jsma_matches_the_per_sample_algorithm(correct):
 
 
 def test_cw_and_deepfool_need_less_l2_than_pgd_l2(correct):
-    """Both fool (nearly) every sample with a median L2 below 1.0, where PGD-L2 with a 1.0 budget
-    fools far fewer: a minimal-perturbation attack finds each sample's own, smaller, distance."""
+    """Both fool (nearly) every sample, with perturbations well below the L2 budget that PGD-L2
+    needs to reach the same success: a minimal-perturbation attack finds each sample's own
+    distance instead of one budget for all."""
     model, x, y = correct
-    pgd = fastadv.PGDL2(model, eps=1.0, alpha=0.2, steps=20, generator=torch.Generator().manual_seed(0)).run(x, y)
+    budgets = (0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 3.0)
+    pgd_success = {
+        eps: fastadv.PGDL2(model, eps=eps, alpha=eps / 5, steps=20, generator=torch.Generator().manual_seed(0))
+        .run(x, y)
+        .success_rate
+        for eps in budgets
+    }
+    assert pgd_success[0.5] < 0.5 < pgd_success[3.0], pgd_success
     for attack in (fastadv.CW(model, steps=100, lr=0.01), fastadv.DeepFool(model)):
+        name = type(attack).__name__
         result = attack.run(x, y)
-        assert result.success.float().mean() >= 0.98, type(attack).__name__
-        median = _l2(result.adv, x)[result.success].median()
-        assert median < 1.0 and pgd.success.float().mean() < result.success.float().mean() - 0.1, (
-            f"{type(attack).__name__}: median L2 {median:.3f}, PGD-L2 at 1.0 fooled {pgd.success_rate:.2f}"
+        assert result.success_rate >= 0.98, name
+        needed = next((eps for eps in budgets if pgd_success[eps] >= result.success_rate), float("inf"))
+        l2 = _l2(result.adv, x)[result.success]
+        assert l2.mean() < 0.8 * needed and l2.median() < 0.8 * needed, (
+            f"{name}: mean L2 {l2.mean():.3f}, median {l2.median():.3f}; PGD-L2 needs {needed} for "
+            f"{result.success_rate:.2f} success ({pgd_success})"
         )
         with torch.no_grad():
             assert torch.equal(model(result.adv).argmax(1) != y, result.success)

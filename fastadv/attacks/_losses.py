@@ -38,7 +38,7 @@ def targeted_dlr(logits: torch.Tensor, labels: torch.Tensor, targets: torch.Tens
     return gap.squeeze(1) / (top[:, 0] - 0.5 * (top[:, 2] + top[:, 3]) + 1e-12)
 
 
-def is_success(logits: torch.Tensor, labels: torch.Tensor, targeted: bool) -> torch.Tensor:
-    """bool [B]: the prediction is the target (targeted) or is not the label (untargeted)."""
-    predicted = logits.argmax(dim=1)
+def is_success(predicted: torch.Tensor, labels: torch.Tensor, targeted: bool) -> torch.Tensor:
+    """bool [B]: the predicted class (int64 [B]) is the target (targeted) or is not the label
+    (untargeted)."""
     return predicted == labels if targeted else predicted != labels

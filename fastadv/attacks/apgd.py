@@ -101,6 +101,10 @@ class APGD(Attack):
         loss = self._loss(logits, y)
         return -loss if self.targeted else loss
 
+    def _recorded_loss(self, logits, y, objective) -> torch.Tensor:
+        """The attack's loss of y, as AttackResult reports it (here the objective, unsigned)."""
+        return -objective if self.targeted else objective
+
     def _one_run(self, x, y, idx, best: _Best, call: _Call) -> None:
         batch = x.shape[0]
         params = call.params if idx is None else call.params.select(idx, batch)
@@ -110,34 +114,41 @@ class APGD(Attack):
         self._run_index += 1
         x_adv = self._start(x, params, call)
         s = {"x": x, "y": y, "x_adv": x_adv, "targets": targets}
-        logits, obj, s["grad"] = self._objective_and_grad(x_adv, y, targets, call)
-        self._record(best, idx, s["x_adv"], logits, y, obj)
+        obj, s["grad"], s["predicted"], s["loss"] = self._evaluate(best, idx, s, call)
         eps = params.eps
         if isinstance(eps, torch.Tensor) and eps.numel() > 1:
             if eps.numel() != x.shape[0]:
                 raise ValueError("eps: APGD takes a number or one eps per sample")
             eps = eps.reshape(-1).float()
         s["eta"] = torch.full((x.shape[0],), 2.0, device=x.device) * eps
+        # the point of highest objective so far, with what was computed there (no forward at the end)
         s["x_best"], s["grad_best"], s["obj_best"] = x_adv.clone(), s["grad"].clone(), obj.clone()
+        s["predicted_best"], s["loss_best"] = s["predicted"].clone(), s["loss"].clone()
         s["x_old"], s["obj_last_check"] = x_adv.clone(), obj.clone()
         s["reduced_last_check"] = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
         s["rises"] = torch.zeros(x.shape[0], device=x.device)
         s["obj_prev"] = obj
         marks, last_mark = set(checkpoints(self.steps)), 0
         for i in range(1, self.steps + 1):
-            momentum = 0.75 if i > 1 else 1.0
+            # z = P(x_adv + eta sign(grad)) in one fused step; the first step takes z as it is (no
+            # momentum, already projected), later ones x_adv + 0.75 (z - x_adv) + 0.25 (x_adv - x_old),
+            # computed in place in z and projected again
             z = self._fused_step(s["x_adv"], s["grad"], s["x"], s["eta"], params)
-            moved = s["x_adv"] + momentum * (z - s["x_adv"]) + (1 - momentum) * (s["x_adv"] - s["x_old"])
-            s["x_old"] = s["x_adv"]
-            s["x_adv"] = self._project(moved.to(x.dtype), s["x"], params)
-            logits, obj, s["grad"] = self._objective_and_grad(s["x_adv"], s["y"], s["targets"], call)
-            success = self._record(best, idx, s["x_adv"], logits, s["y"], obj)
-            s["rises"] += (obj > s["obj_prev"]).float()
+            if i > 1:
+                torch.lerp(s["x_adv"], z, 0.75, out=z)
+                z.add_(s["x_adv"], alpha=0.25).sub_(s["x_old"], alpha=0.25)
+                z = self._project(z, s["x"], params)
+            s["x_old"], s["x_adv"] = s["x_adv"], z
+            obj, s["grad"], s["predicted"], s["loss"] = self._evaluate(best, idx, s, call)
+            s["rises"].add_(obj > s["obj_prev"])
             s["obj_prev"] = obj
             better = obj > s["obj_best"]
-            s["x_best"] = torch.where(_rows(better, x), s["x_adv"], s["x_best"])
-            s["grad_best"] = torch.where(_rows(better, x), s["grad"], s["grad_best"])
-            s["obj_best"] = torch.where(better, obj, s["obj_best"])
+            rows = _rows(better, x)
+            torch.where(rows, s["x_adv"], s["x_best"], out=s["x_best"])
+            torch.where(rows, s["grad"], s["grad_best"], out=s["grad_best"])
+            torch.where(better, obj, s["obj_best"], out=s["obj_best"])
+            torch.where(better, s["predicted"], s["predicted_best"], out=s["predicted_best"])
+            torch.where(better, s["loss"], s["loss_best"], out=s["loss_best"])
             if i in marks:
                 # Halve where the loss rose in fewer than rho of the steps since the last mark, or
                 # stalled without a halving there; restart those samples from their best point.
@@ -152,6 +163,7 @@ class APGD(Attack):
                 s["rises"].zero_()
                 last_mark = i
             if self.early_stop and i < self.steps:
+                success = self._success(s["predicted"], s["y"])
                 remaining = int((~success).sum())  # one sync: compaction needs the new size
                 if remaining == 0:
                     return
@@ -161,19 +173,22 @@ class APGD(Attack):
                     idx = keep if idx is None else idx.index_select(0, keep)
                     params = params.select(keep, n)
                     s = {k: (None if v is None else v.index_select(0, keep)) for k, v in s.items()}
-        # unfooled samples: the point of highest loss
-        with torch.no_grad():
-            logits = self._logits(s["x_best"], call)
-        best.add(idx, s["x_best"], logits, self._success(logits, s["y"]), self._loss(logits, s["y"]), final=True)
+        # unfooled samples: the point of highest objective, with its class and loss as computed there
+        success_best = self._success(s["predicted_best"], s["y"])
+        best.add(idx, s["x_best"], s["predicted_best"], success_best, s["loss_best"], final=True)
 
-    def _objective_and_grad(self, x_adv, y, targets, call):
-        return self._loss_and_grad(x_adv, y, call, loss_fn=lambda logits: self._objective(logits, y, targets))
-
-    def _record(self, best: _Best, idx, x_adv, logits, y, obj) -> torch.Tensor:
-        success = self._success(logits, y)
-        best.add(idx, x_adv, logits, success, self._loss(logits, y), final=False)
+    def _evaluate(self, best: _Best, idx, s: dict, call: _Call):
+        """Forward and backward at s["x_adv"]; records the iterate in `best`. Returns the
+        objective, its input gradient, the model's classes and the attack's loss of y."""
+        y, targets = s["y"], s["targets"]
+        logits, obj, grad = self._loss_and_grad(
+            s["x_adv"], y, call, loss_fn=lambda logits: self._objective(logits, y, targets)
+        )
+        predicted = logits.argmax(1)
+        loss = self._recorded_loss(logits, y, obj)
+        best.add(idx, s["x_adv"], predicted, self._success(predicted, y), loss, final=False)
         best.count_step(idx)
-        return success
+        return obj, grad, predicted, loss
 
     def _fused_step(self, x_adv, grad, x, eta, params):
         step = ops.linf_step if self.norm == "linf" else ops.l2_step
@@ -223,6 +238,9 @@ class APGDT(APGD):
 
     def _objective(self, logits, y, targets):
         return targeted_dlr(logits, y, targets)
+
+    def _recorded_loss(self, logits, y, objective):
+        return self._loss(logits, y)  # the untargeted DLR of the true class
 
 
 def _rows(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:

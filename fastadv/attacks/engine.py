@@ -164,8 +164,9 @@ class AttackBase:
         """Per-sample loss (float32 [b]), ascended (untargeted) or descended (targeted)."""
         return per_sample_loss(self.loss, logits, y)
 
-    def _success(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return is_success(logits, y, self.targeted)
+    def _success(self, predicted: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """bool [b] from the model's classes (logits.argmax(1))."""
+        return is_success(predicted, y, self.targeted)
 
     @staticmethod
     def _input_grad(total: torch.Tensor, wrt: torch.Tensor, retain_graph: bool = False) -> torch.Tensor:
@@ -373,8 +374,9 @@ class Attack(AttackBase):
         state = self._init_state(x_adv)
         for step in range(self.steps):
             logits, loss, grad = self._loss_and_grad(x_adv, y, call)
-            success = self._success(logits, y)
-            best.add(idx, x_adv, logits, success, loss, final=False)
+            predicted = logits.argmax(1)
+            success = self._success(predicted, y)
+            best.add(idx, x_adv, predicted, success, loss, final=False)
             best.count_step(idx)
             if self.early_stop and (step + 1) % self.early_stop_every:
                 # between compactions fooled samples stay where they are, without a host sync
@@ -397,7 +399,8 @@ class Attack(AttackBase):
         with torch.no_grad():
             logits = self._logits(x_adv, call)
             loss = self._loss(logits, y)
-        best.add(idx, x_adv, logits, self._success(logits, y), loss, final=True)
+        predicted = logits.argmax(1)
+        best.add(idx, x_adv, predicted, self._success(predicted, y), loss, final=True)
 
     def _loss_and_grad(self, x_adv: torch.Tensor, y: torch.Tensor, call: _Call, loss_fn=None):
         """(logits, per-sample loss, gradient of the summed loss with respect to x_adv);

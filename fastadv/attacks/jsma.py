@@ -81,7 +81,7 @@ class JSMA(AttackBase):
                 shift = torch.randint(1, logits.shape[1], (b,), generator=call.generator, device=x.device)
                 targets = (y + shift) % logits.shape[1]
             y_active, t_active = y.index_select(0, active), targets.index_select(0, active)
-            done = self._success(logits.detach(), y_active)
+            done = self._success(logits.detach().argmax(1), y_active)
             with torch.no_grad():
                 z = logits.float()
                 others = z.scatter(1, t_active.unsqueeze(1), float("-inf")).amax(1)

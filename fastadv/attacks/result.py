@@ -52,10 +52,10 @@ class _Best:
         else:
             self.steps.index_add_(0, idx, torch.ones_like(idx))
 
-    def add(self, idx: torch.Tensor | None, x_adv: torch.Tensor, logits: torch.Tensor, success: torch.Tensor,
+    def add(self, idx: torch.Tensor | None, x_adv: torch.Tensor, predicted: torch.Tensor, success: torch.Tensor,
             loss: torch.Tensor, final: bool):  # fmt: skip
-        """Takes x_adv (and its logits' class) where it fools the model, or (final iterates only)
-        where it is the best failure so far. No host synchronisation."""
+        """Takes x_adv (and the model's class for it, `predicted`) where it fools the model, or
+        (final iterates only) where it is the best failure so far. No host synchronisation."""
         objective = loss * self.sign
         take = success
         if final:
@@ -66,13 +66,13 @@ class _Best:
         updates = (
             (self.adv, x_adv, take.view(-1, *([1] * (x_adv.dim() - 1)))),
             (self.loss, loss, take),
-            (self.predicted, logits.argmax(1), take),
+            (self.predicted, predicted, take),
             (self.objective, objective, take),
             (self.success, success, success),
         )
         for target, new, mask in updates:
             if idx is None:
-                target.copy_(torch.where(mask, new, target))
+                torch.where(mask, new, target, out=target)  # in place: one op, no temporary
             else:
                 target.index_copy_(0, idx, torch.where(mask, new, target.index_select(0, idx)))
 

@@ -90,6 +90,7 @@ def test_apgd_leaves_the_model_alone_and_restores_it_on_errors(cls):
         (fastadv.APGD, {"rho": 0}, "rho"),
         (fastadv.APGD, {"loss": "kl"}, "loss"),
         (fastadv.APGD, {"seed": "x"}, "seed"),
+        (fastadv.APGD, {"eot_iter": 0}, "eot_iter"),
         (fastadv.APGDT, {"targeted": True}, "targeted"),
         (fastadv.APGDT, {"n_target_classes": 0}, "n_target_classes"),
     ],
@@ -97,6 +98,26 @@ def test_apgd_leaves_the_model_alone_and_restores_it_on_errors(cls):
 def test_apgd_bad_arguments(digits, cls, kwargs, part):
     with pytest.raises((ValueError, TypeError), match=part):
         cls(digits[0], **kwargs)
+
+
+def test_eot_iter_takes_the_mean_of_several_gradients(digits):
+    model, x, y = digits
+    x, y = x[:64], y[:64]
+    one = fastadv.APGD(model, eps=0.1, steps=5).run(x, y)
+    counted = CountingModel(model)
+    two = fastadv.APGD(counted, eps=0.1, steps=5, eot_iter=2).run(x, y)
+    # a deterministic model: the mean of two equal gradients is the gradient itself
+    assert torch.equal(one.adv, two.adv) and torch.equal(one.success, two.success)
+    assert counted.samples == 2 * (1 + 5) * 64, "two forward and backward passes at the start and at every step"
+
+
+def test_apgd_t_takes_torchattacks_n_classes(digits):
+    assert fastadv.APGDT(digits[0], n_classes=10).n_target_classes == 9
+    assert fastadv.APGDT(digits[0], n_classes=4, n_restarts=2).restarts == 6
+    with pytest.raises(ValueError, match="n_classes"):
+        fastadv.APGDT(digits[0], n_classes=1)
+    with pytest.raises(ValueError, match="loss"):
+        fastadv.APGDT(digits[0], loss="ce")
 
 
 def test_apgd_t_needs_four_classes():

@@ -8,6 +8,7 @@ from typing import Any
 import torch
 
 from .. import ops
+from . import _validate as check
 from ._losses import targeted_dlr
 from .engine import Attack, _Call
 from .result import _Best
@@ -44,6 +45,8 @@ class APGD(Attack):
         n_restarts (int): runs from new random starts, on the samples not yet fooled. Default: 1.
         seed (int or None): seeds the random starts when no `generator` is given. Default: 0.
         loss ("ce" | "dlr" | "margin"): Default: "ce".
+        eot_iter (int): gradients averaged per step (expectation over transformation, for models
+            with randomness); each costs a forward and backward pass. Default: 1.
         rho (float): the share of rising steps below which the step size halves. Default: 0.75.
         **options: targeted, early_stop, lower, upper, mean, std, amp, channels_last, backend,
             generator, model_mode: as for :class:`fastadv.PGD`.
@@ -65,6 +68,7 @@ class APGD(Attack):
         n_restarts: int = 1,
         seed: int | None = 0,
         loss: str = "ce",
+        eot_iter: int = 1,
         rho: float = 0.75,
         **options: Any,
     ):
@@ -79,6 +83,7 @@ class APGD(Attack):
         if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)):
             raise TypeError(f"seed must be an int or None, got {type(seed).__name__}")
         self.rho, self.seed = float(rho), seed
+        self.eot_iter = check.positive_int("eot_iter", eot_iter)
         super().__init__(model, eps=eps, alpha=0.0, steps=steps, random_start=True, restarts=n_restarts, loss=loss,
                          **options)  # fmt: skip
 
@@ -181,9 +186,15 @@ class APGD(Attack):
         """Forward and backward at s["x_adv"]; records the iterate in `best`. Returns the
         objective, its input gradient, the model's classes and the attack's loss of y."""
         y, targets = s["y"], s["targets"]
-        logits, obj, grad = self._loss_and_grad(
-            s["x_adv"], y, call, loss_fn=lambda logits: self._objective(logits, y, targets)
-        )
+
+        def objective(logits):
+            return self._objective(logits, y, targets)
+
+        logits, obj, grad = self._loss_and_grad(s["x_adv"], y, call, loss_fn=objective)
+        if self.eot_iter > 1:  # a randomized model: the mean of eot_iter gradients
+            for _ in range(self.eot_iter - 1):
+                grad += self._loss_and_grad(s["x_adv"], y, call, loss_fn=objective)[2]
+            grad /= self.eot_iter
         predicted = logits.argmax(1)
         loss = self._recorded_loss(logits, y, obj)
         best.add(idx, s["x_adv"], predicted, self._success(predicted, y), loss, final=False)
@@ -206,23 +217,30 @@ class APGDT(APGD):
     samples not yet fooled. Labels are the true classes (an untargeted attack: success means a
     wrong prediction).
 
-    Arguments: as :class:`APGD` (``loss`` is the targeted DLR), plus
+    Arguments: as :class:`APGD` (``loss`` is the targeted DLR: only "dlr" is taken), plus
         n_target_classes (int): Default: 9 (AutoAttack's; at most K - 1).
+        n_classes (int or None): torchattacks' way to say the same: n_target_classes = n_classes - 1.
 
     Example:
         >>> adv_images = fastadv.APGDT(model, eps=8/255, steps=100, n_target_classes=9)(images, labels)
     """
 
     def __init__(self, model: Any, norm: str = "Linf", eps: float | torch.Tensor = 8 / 255, steps: int = 10,
-                 n_restarts: int = 1, seed: int | None = 0, n_target_classes: int = 9, rho: float = 0.75,
-                 **options: Any):  # fmt: skip
+                 n_restarts: int = 1, seed: int | None = 0, loss: str = "dlr", eot_iter: int = 1, rho: float = 0.75,
+                 *, n_target_classes: int = 9, n_classes: int | None = None, **options: Any):  # fmt: skip
         if options.get("targeted"):
             raise ValueError("targeted: APGDT takes the true labels and picks its own targets")
+        if loss != "dlr":
+            raise ValueError(f"loss: APGDT ascends the targeted DLR loss only (loss='dlr'), got {loss!r}")
+        if n_classes is not None:
+            if not isinstance(n_classes, int) or isinstance(n_classes, bool) or n_classes < 2:
+                raise ValueError(f"n_classes must be an int >= 2, got {n_classes!r}")
+            n_target_classes = n_classes - 1
         if not isinstance(n_target_classes, int) or isinstance(n_target_classes, bool) or n_target_classes < 1:
             raise ValueError(f"n_target_classes must be an int >= 1, got {n_target_classes!r}")
         self.n_target_classes = n_target_classes
         super().__init__(model, norm=norm, eps=eps, steps=steps, n_restarts=n_restarts, seed=seed, loss="dlr",
-                         rho=rho, **options)  # fmt: skip
+                         eot_iter=eot_iter, rho=rho, **options)  # fmt: skip
         # every target class gets `n_restarts` runs
         self.restarts = n_restarts * n_target_classes
 

@@ -10,7 +10,7 @@ import torch
 from .. import ops
 from . import _validate as check
 from ._losses import targeted_dlr
-from .engine import Attack, _Call
+from .engine import Attack, _Call, _rows
 from .result import _Best
 
 _NORMS = {"Linf": "linf", "linf": "linf", "L2": "l2", "l2": "l2"}
@@ -259,7 +259,3 @@ class APGDT(APGD):
 
     def _recorded_loss(self, logits, y, objective):
         return self._loss(logits, y)  # the untargeted DLR of the true class
-
-
-def _rows(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    return mask.view(-1, *([1] * (like.dim() - 1)))

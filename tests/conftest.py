@@ -9,12 +9,19 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import pytest  # noqa: E402
+from cuda_emulation import backend as cuda_emulation  # noqa: E402
 
-from fastadv.backends import BACKENDS  # noqa: E402
+from fastadv.backends import BACKENDS, register_backend  # noqa: E402
+
+# The CUDA kernels compiled for the host (tests/cuda_emulation), in three thread orders: every
+# op test that runs the fast backends runs them too. They build on first use (about a minute).
+for _name, _backend in cuda_emulation.BACKENDS.items():
+    if _name not in BACKENDS:
+        register_backend(_name, _backend)
 
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-FAST_BACKENDS = ("triton", "cpu", "cuda")
+FAST_BACKENDS = ("triton", "cpu", "cuda") + cuda_emulation.NAMES
 
 
 def device_params():

@@ -187,3 +187,20 @@ def test_l2_invariants(backend, inputs):
         dist = (out - x).reshape(x.shape[0], -1).norm(dim=1)
         rounding = 2**-24 * out.reshape(x.shape[0], -1).norm(dim=1)
         assert bool((dist <= eps * (1 + 1e-5) + rounding + 1e-30).all()), (dist.max().item(), eps)
+
+
+@pytest.mark.bigmem
+@pytest.mark.cuda
+@pytest.mark.parametrize("backend", ["cuda", "triton"])
+def test_more_than_2_31_samples(backend):
+    """2^31 + 8 one-element samples (gridDim.x once overflowed here): the first and last samples
+    against the reference on the same slices. The emulation checks the launch geometry on the CPU."""
+    require_backend(backend, "cuda")
+    n = 2**31 + 8
+    x = torch.full((n,), 0.5, dtype=torch.bfloat16, device="cuda")
+    x_adv = x.clone()
+    grad = (torch.arange(n, device="cuda") % 3 - 1).to(torch.bfloat16)  # -1, 0, 1, ...
+    fastadv.l2_step(x_adv, grad, x, 0.25, 0.375, out=x_adv, backend=backend)
+    for part in (slice(0, 64), slice(n - 64, n)):
+        expected = fastadv.l2_step(x[part].clone(), grad[part], x[part], 0.25, 0.375, backend="torch")
+        assert_close(x_adv[part], expected, f"samples {part}")

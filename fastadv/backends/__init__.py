@@ -18,6 +18,18 @@ BACKENDS = {"torch": reference, "triton": triton_backend, "cpu": extension.cpu, 
 _AUTO_ORDER = {"cpu": ("cpu", "torch"), "cuda": ("cuda", "triton", "torch")}
 
 
+def register_backend(name: str, backend) -> None:
+    """Adds a backend under `name` (tests register emulated ones; see tests/cuda_emulation).
+    It must provide what this module's docstring lists."""
+    required = ("unavailable_reason", "linf_step_into", "linf_project_into", "l2_step_into", "l2_project_into")
+    missing = [attr for attr in required if not hasattr(backend, attr)]
+    if missing:
+        raise TypeError(f"backend {name!r} lacks {', '.join(missing)}")
+    if name == "auto" or name in BACKENDS:
+        raise ValueError(f"a backend named {name!r} exists already")
+    BACKENDS[name] = backend
+
+
 def available_backends() -> dict[str, str]:
     """{name: "ok" | why it is unavailable} for torch, triton, cpu and cuda, on this machine."""
     return {name: (b.unavailable_reason() or "ok") for name, b in BACKENDS.items()}

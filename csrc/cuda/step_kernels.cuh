@@ -1,0 +1,205 @@
+// The CUDA kernels of the fused steps: device code only (no torch headers), so that
+// tests/cuda_emulation can compile them for the host and tests/test_cuda_ptx.py can compile them
+// to PTX in seconds. The launchers are in step_cuda.cu.
+//
+// Work distribution (the emulation's block sampling and the PTX test rely on it):
+// - L-inf: a grid-stride loop; thread t of the grid handles packs t, t + stride, ... (stride =
+//   gridDim.x * blockDim.x), then the scalar tail elements t, t + stride, ... past the packs.
+// - L2: block k handles work items k, k + gridDim.x, ... where an item is a sample (one-block
+//   samples) or a (sample, chunk) pair (split samples, item = sample * chunks + chunk). The grid
+//   is capped by the launcher, so any batch size fits in gridDim.x.
+#pragma once
+
+#include <cstdint>
+
+#include "../step_math.h"
+
+namespace fastadv {
+namespace cuda_kernels {
+
+constexpr int kThreads = 256;
+constexpr int kBytesPerPack = 16;
+
+// A 16-byte pack of elements: one vector load or store.
+template <typename T, int N>
+struct alignas(sizeof(T) * N) Pack {
+  T v[N];
+};
+
+template <bool kStep, typename grad_t, typename index_t>
+__device__ __forceinline__ float linf_element(float x_adv, grad_t grad, float x, index_t i, const StepParams& p,
+                                              const Geometry& g, bool targeted) {
+  index_t b = 0, c = 0;
+  if (g.needs_sample) b = i / static_cast<index_t>(g.sample_size);
+  if (g.needs_channel) c = (i / static_cast<index_t>(g.channel_div)) % static_cast<index_t>(g.channels);
+  const float eps = p.eps.at(b, c), lower = p.lower.at(b, c), upper = p.upper.at(b, c);
+  if constexpr (kStep) {
+    return linf_step_value(x_adv, static_cast<float>(grad), x, eps, p.alpha.at(b, c), lower, upper, targeted);
+  } else {
+    return linf_project_value(x_adv, x, eps, lower, upper);
+  }
+}
+
+// x_adv is not __restrict__: out may be x_adv (in place). Each element is read before it is
+// written by the same thread, so aliasing is safe. index_t is int32_t when every index, plus one
+// grid stride of overshoot, fits (integer division is the costly part of per-channel
+// parameters), else int64_t.
+template <bool kStep, int kVec, typename scalar_t, typename grad_t, typename index_t>
+__global__ void linf_kernel(const scalar_t* x_adv, const grad_t* __restrict__ grad, const scalar_t* __restrict__ x,
+                            scalar_t* out, index_t numel, StepParams p, Geometry g, bool targeted) {
+  const index_t stride = static_cast<index_t>(gridDim.x) * blockDim.x;
+  const index_t first = static_cast<index_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  const index_t packs = numel / kVec;
+  for (index_t v = first; v < packs; v += stride) {
+    const Pack<scalar_t, kVec> a = reinterpret_cast<const Pack<scalar_t, kVec>*>(x_adv)[v];
+    const Pack<scalar_t, kVec> xv = reinterpret_cast<const Pack<scalar_t, kVec>*>(x)[v];
+    Pack<grad_t, kVec> gv;
+    if constexpr (kStep) gv = reinterpret_cast<const Pack<grad_t, kVec>*>(grad)[v];
+    Pack<scalar_t, kVec> r;
+#pragma unroll
+    for (int k = 0; k < kVec; ++k) {
+      const grad_t gk = kStep ? gv.v[k] : grad_t(0);
+      r.v[k] = static_cast<scalar_t>(linf_element<kStep>(static_cast<float>(a.v[k]), gk, static_cast<float>(xv.v[k]),
+                                                         v * kVec + k, p, g, targeted));
+    }
+    reinterpret_cast<Pack<scalar_t, kVec>*>(out)[v] = r;
+  }
+  for (index_t i = packs * kVec + first; i < numel; i += stride) {
+    const grad_t gi = kStep ? grad[i] : grad_t(0);
+    out[i] = static_cast<scalar_t>(
+        linf_element<kStep>(static_cast<float>(x_adv[i]), gi, static_cast<float>(x[i]), i, p, g, targeted));
+  }
+}
+
+// ---- L2 ----
+// A sample of at most kThreads * kMaxPerThread elements is done by one block, held in registers
+// between the two norms: 16 bytes per float32 element (grad, x_adv, x read once, out written
+// once). Larger samples are split into chunks of kL2Chunk elements over three launches: partial
+// sums of grad^2 (4 bytes/element), of delta^2 (12), then the write (16), 32 bytes per element.
+// Every block sums its sample's partials in one fixed order, so results are deterministic (no
+// atomics).
+constexpr int kMaxPerThread = 16;
+constexpr int64_t kL2Chunk = static_cast<int64_t>(kThreads) * kMaxPerThread;
+
+// The sum of v over the block, returned to every thread (fixed reduction order). Every thread of
+// the block must call it (it holds barriers), and blockDim.x must be kThreads.
+__device__ __forceinline__ float block_sum(float v) {
+  __shared__ float warp_sums[kThreads / 32];
+  for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_down_sync(0xffffffffu, v, offset);
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  if (lane == 0) warp_sums[warp] = v;
+  __syncthreads();
+  v = threadIdx.x < kThreads / 32 ? warp_sums[threadIdx.x] : 0.f;
+  if (warp == 0) {
+    for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_down_sync(0xffffffffu, v, offset);
+    if (lane == 0) warp_sums[0] = v;
+  }
+  __syncthreads();
+  v = warp_sums[0];
+  __syncthreads();  // warp_sums may be reused by the next call
+  return v;
+}
+
+__device__ __forceinline__ float sum_partials(const float* partials, int64_t count) {
+  float acc = 0.f;
+  for (int64_t k = threadIdx.x; k < count; k += kThreads) acc += partials[k];
+  return block_sum(acc);
+}
+
+template <typename scalar_t>
+__device__ __forceinline__ void store_l2(scalar_t* out, int64_t i, float x, float delta, float factor,
+                                         const StepParams& p, const Geometry& g) {
+  int64_t b = 0, c = 0;
+  if (g.needs_sample) b = i / g.sample_size;
+  if (g.needs_channel) c = (i / g.channel_div) % g.channels;
+  out[i] = static_cast<scalar_t>(l2_output(x, delta, factor, p.lower.at(b, c), p.upper.at(b, c)));
+}
+
+// One block per sample of n elements (n <= kThreads * kPerThread), looping over the samples
+// blockIdx.x, blockIdx.x + gridDim.x, ... The loop bounds are the same for every thread of the
+// block, so all of them reach every barrier.
+template <bool kStep, int kPerThread, typename scalar_t, typename grad_t>
+__global__ void __launch_bounds__(kThreads)
+    l2_sample_kernel(const scalar_t* x_adv, const grad_t* __restrict__ grad, const scalar_t* __restrict__ x,
+                     scalar_t* out, int64_t n, int64_t batch, StepParams p, Geometry g, bool targeted) {
+  for (int64_t b = blockIdx.x; b < batch; b += gridDim.x) {
+    const int64_t base = b * n;
+    float xa[kPerThread], gv[kPerThread], xv[kPerThread];
+    float acc = 0.f;
+#pragma unroll
+    for (int k = 0; k < kPerThread; ++k) {
+      const int64_t i = threadIdx.x + static_cast<int64_t>(k) * kThreads;
+      const bool in = i < n;
+      xa[k] = in ? static_cast<float>(x_adv[base + i]) : 0.f;
+      xv[k] = in ? static_cast<float>(x[base + i]) : 0.f;
+      gv[k] = (kStep && in) ? l2_grad_entry(static_cast<float>(grad[base + i])) : 0.f;
+      acc += gv[k] * gv[k];
+    }
+    const float inverse_grad_norm = kStep ? l2_inverse_norm(sqrtf(block_sum(acc))) : 0.f;
+    const float alpha = p.alpha.at(b, 0);
+    acc = 0.f;
+#pragma unroll
+    for (int k = 0; k < kPerThread; ++k) {
+      const bool in = threadIdx.x + static_cast<int64_t>(k) * kThreads < n;
+      const float d = kStep ? l2_step_delta(xa[k], gv[k], xv[k], inverse_grad_norm, alpha, targeted) : xa[k] - xv[k];
+      xa[k] = in ? d : 0.f;  // xa now holds delta
+      acc += xa[k] * xa[k];
+    }
+    const float factor = l2_rescale_factor(sqrtf(block_sum(acc)), p.eps.at(b, 0));
+#pragma unroll
+    for (int k = 0; k < kPerThread; ++k) {
+      const int64_t i = threadIdx.x + static_cast<int64_t>(k) * kThreads;
+      if (i < n) store_l2(out, base + i, xv[k], xa[k], factor, p, g);
+    }
+  }
+}
+
+// Split samples: work item w = sample * chunks + chunk covers kL2Chunk elements of its sample.
+// kStage 0: partial sums of grad^2; 1: partial sums of delta^2; 2: write.
+template <int kStage, bool kStep, typename scalar_t, typename grad_t>
+__global__ void __launch_bounds__(kThreads)
+    l2_chunk_kernel(const scalar_t* x_adv, const grad_t* __restrict__ grad, const scalar_t* __restrict__ x,
+                    scalar_t* out, float* grad_partials, float* delta_partials, int64_t n, int64_t chunks,
+                    int64_t items, StepParams p, Geometry g, bool targeted) {
+  for (int64_t w = blockIdx.x; w < items; w += gridDim.x) {
+    const int64_t b = w / chunks;
+    const int64_t begin = b * n + (w % chunks) * kL2Chunk;
+    const int64_t end = min(begin + kL2Chunk, (b + 1) * n);
+    if constexpr (kStage == 0) {
+      float acc = 0.f;
+      for (int64_t i = begin + threadIdx.x; i < end; i += kThreads) {
+        const float v = l2_grad_entry(static_cast<float>(grad[i]));
+        acc += v * v;
+      }
+      acc = block_sum(acc);
+      if (threadIdx.x == 0) grad_partials[w] = acc;
+    } else {
+      const float inverse_grad_norm =
+          kStep ? l2_inverse_norm(sqrtf(sum_partials(grad_partials + b * chunks, chunks))) : 0.f;
+      const float alpha = p.alpha.at(b, 0);
+      auto delta_at = [&](int64_t i) {
+        const float xa = static_cast<float>(x_adv[i]), xv = static_cast<float>(x[i]);
+        return kStep ? l2_step_delta(xa, static_cast<float>(grad[i]), xv, inverse_grad_norm, alpha, targeted)
+                     : xa - xv;
+      };
+      if constexpr (kStage == 1) {
+        float acc = 0.f;
+        for (int64_t i = begin + threadIdx.x; i < end; i += kThreads) {
+          const float d = delta_at(i);
+          acc += d * d;
+        }
+        acc = block_sum(acc);
+        if (threadIdx.x == 0) delta_partials[w] = acc;
+      } else {
+        const float factor =
+            l2_rescale_factor(sqrtf(sum_partials(delta_partials + b * chunks, chunks)), p.eps.at(b, 0));
+        for (int64_t i = begin + threadIdx.x; i < end; i += kThreads) {
+          store_l2(out, i, static_cast<float>(x[i]), delta_at(i), factor, p, g);
+        }
+      }
+    }
+  }
+}
+
+}  // namespace cuda_kernels
+}  // namespace fastadv

@@ -1,0 +1,30 @@
+// All op schemas in one place. csrc/register.cpp defines them in the `fastadv` namespace; the
+// CUDA emulation of the tests (tests/cuda_emulation) defines the same schemas in its own.
+// Kernels are registered per device in cpu/ and cuda/; fake (meta) implementations live in
+// Python next to the public functions.
+#pragma once
+
+#include <torch/library.h>
+
+namespace fastadv {
+
+inline void define_step_ops(torch::Library& m) {
+  // Parameters are either a float32 [Bp, Cp] tensor (per sample and/or channel) or, when the
+  // tensor is None, the matching entry of `values`: (eps, alpha, lower, upper) for steps,
+  // (eps, lower, upper) for projections.
+  m.def(
+      "linf_step_out(Tensor x_adv, Tensor grad, Tensor x, Tensor? eps, Tensor? alpha, Tensor? lower, "
+      "Tensor? upper, float[] values, bool targeted, Tensor(a!) out) -> ()");
+  m.def(
+      "linf_project_out(Tensor x_adv, Tensor x, Tensor? eps, Tensor? lower, Tensor? upper, float[] values, "
+      "Tensor(a!) out) -> ()");
+  // L2: eps and alpha are per sample at most ([Bp, 1] tables).
+  m.def(
+      "l2_step_out(Tensor x_adv, Tensor grad, Tensor x, Tensor? eps, Tensor? alpha, Tensor? lower, "
+      "Tensor? upper, float[] values, bool targeted, Tensor(a!) out) -> ()");
+  m.def(
+      "l2_project_out(Tensor x_adv, Tensor x, Tensor? eps, Tensor? lower, Tensor? upper, float[] values, "
+      "Tensor(a!) out) -> ()");
+}
+
+}  // namespace fastadv

@@ -1,0 +1,5 @@
+// Shadows torch's c10/cuda/CUDAException.h in the CUDA emulation: what the launchers use of it is
+// declared in runtime.h (build.py puts this folder first on the include path).
+#pragma once
+
+#include "runtime.h"

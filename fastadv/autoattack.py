@@ -10,8 +10,8 @@ from typing import Any
 
 import torch
 
+from . import _validate as check
 from .attacks import APGD, APGDT
-from .attacks import _validate as check
 
 
 @dataclass(frozen=True)

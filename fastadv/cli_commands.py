@@ -120,7 +120,7 @@ def _default_model(cache: str, quiet: bool) -> torch.nn.Module:
         return models.load(cache)
     except CheckpointError:
         pass  # missing or damaged: train it again (seconds)
-    from .train import standard_digits_model
+    from .models import standard_digits_model
 
     if not quiet:
         print(f"training the digits model (cached in {cache}) ...")

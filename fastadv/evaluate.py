@@ -227,8 +227,8 @@ def _evaluate_batch(model, x, y, batch_index, sums, attacks, eps, steps, cascade
 
 
 def _report(t, attacks, eps, settings, device, backend, seed) -> dict:
-    from .backends import _choose
-    from .bench.timing import device_name
+    from ._environment import device_name
+    from .ops import resolve_backend
 
     n = float(t["clean"].sum())
     correct = float(t["clean"].diag().sum())
@@ -256,7 +256,7 @@ def _report(t, attacks, eps, settings, device, backend, seed) -> dict:
         "fastadv": __version__,
         "torch": torch.__version__,
         "device": device_name(torch.device(device)),
-        "backend": _choose(backend, torch.device(device)),
+        "backend": resolve_backend(backend, device),
         "seed": seed,
         "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "settings": settings,

@@ -20,9 +20,31 @@ from ._checks import (
     native_format,
     to_param,
 )
-from .backends import available_backends, select_backend
+from .backends import available_backends, check_name, resolve, select_backend
 
-__all__ = ["linf_step", "linf_project", "l2_step", "l2_project", "available_backends"]
+__all__ = [
+    "linf_step",
+    "linf_project",
+    "l2_step",
+    "l2_project",
+    "available_backends",
+    "check_backend_name",
+    "resolve_backend",
+]
+
+
+def check_backend_name(backend: object) -> str:
+    """`backend` if it is "auto" or a backend's name (see :func:`available_backends`), else a
+    TypeError or ValueError naming the argument. Availability is checked when the ops run."""
+    return check_name(backend)
+
+
+def resolve_backend(backend: str = "auto", device: torch.device | str = "cpu") -> str:
+    """The backend the ops use for `backend` on tensors of `device`: the name itself, or for
+    "auto" the FASTADV_BACKEND environment variable or else the fastest available one (cpu for
+    CPU tensors; cuda, then triton, for GPU tensors; torch otherwise). Raises ValueError for an
+    unknown name and RuntimeError, saying why, when the backend cannot run there."""
+    return resolve(check_name(backend), torch.device(device))
 
 
 def linf_step(

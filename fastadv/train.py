@@ -1,5 +1,5 @@
-"""Training: `fit` (adversarial training with the recipes of `fastadv.recipes`, checkpoints
-and resume) and `train_standard` (a quick undefended baseline for tests and benchmarks)."""
+"""Adversarial training: `fit`, with the recipes of `fastadv.recipes`, checkpoints and resume.
+(The quick undefended baseline, `train_standard`, is in `fastadv.models`.)"""
 
 from __future__ import annotations
 
@@ -9,42 +9,13 @@ from dataclasses import asdict, dataclass
 
 import torch
 import torch.distributed
-import torch.nn.functional as F
 from torch import nn
 
-from .attacks import _validate as check
+from . import _validate as check
 from .checkpoint import load as load_checkpoint
 from .checkpoint import rng_state, save_atomic, set_rng_state
 from .evaluate import evaluate
 from .recipes import Recipe, adversarial_batch, free_replays, training_loss
-
-
-def train_standard(
-    model: nn.Module,
-    images: torch.Tensor,
-    labels: torch.Tensor,
-    *,
-    epochs: int = 10,
-    batch_size: int = 64,
-    lr: float = 2e-3,
-    seed: int = 0,
-) -> nn.Module:
-    """Trains `model` in place with Adam on cross-entropy, shuffling with a generator seeded by
-    `seed`; leaves it in eval mode and returns it. images [N, ...], labels [N] int64."""
-    if images.shape[0] != labels.shape[0]:
-        raise ValueError(f"images and labels must have as many samples, got {images.shape[0]} and {labels.shape[0]}")
-    generator = torch.Generator().manual_seed(seed)
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-    model.train()
-    for _ in range(epochs):
-        order = torch.randperm(images.shape[0], generator=generator).to(images.device)
-        for start in range(0, images.shape[0], batch_size):
-            batch = order[start : start + batch_size]
-            optimizer.zero_grad(set_to_none=True)
-            F.cross_entropy(model(images[batch]), labels[batch]).backward()
-            optimizer.step()
-    return model.eval()
-
 
 OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("cyclic", "step", "constant")
@@ -293,14 +264,3 @@ def _one_epoch(model, opt, scheduler, images, labels, recipe, epoch, batch_size,
         "train_accuracy": correct / max(seen, 1),
         "seconds": time.perf_counter() - start_time,
     }
-
-
-def standard_digits_model() -> nn.Module:
-    """The undefended digits classifier that `fastadv eval`, the tests and the benchmarks attack:
-    small_cnn trained with train_standard for 15 epochs, torch and shuffling seeded with 0
-    (about 99% test accuracy; a few seconds on a CPU). In eval mode."""
-    from .datasets import digits
-    from .models import small_cnn
-
-    torch.manual_seed(0)
-    return train_standard(small_cnn(), *digits("train"), epochs=15, seed=0)

@@ -10,8 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fastadv.datasets import digits
-from fastadv.models import small_cnn
-from fastadv.train import standard_digits_model
+from fastadv.models import small_cnn, standard_digits_model
 
 
 @functools.lru_cache(maxsize=1)

@@ -7,8 +7,8 @@ from typing import Any
 
 import torch
 
+from .. import _validate as check
 from .. import ops
-from . import _validate as check
 from ._losses import targeted_dlr
 from .engine import Attack, _Call, _rows
 from .result import _Best

@@ -6,7 +6,7 @@ from typing import Any
 
 import torch
 
-from . import _validate as check
+from .. import _validate as check
 from .engine import AttackBase, _Call, _per_element
 from .result import AttackResult
 

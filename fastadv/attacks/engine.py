@@ -17,8 +17,8 @@ from typing import Any, NamedTuple
 
 import torch
 
+from .. import _validate as check
 from .. import ops
-from . import _validate as check
 from ._cuda_graph import GraphedSteps, graph_key
 from ._losses import LOSSES, is_success, per_sample_loss
 from ._model_state import MODEL_MODES, attack_mode
@@ -112,7 +112,7 @@ class AttackBase:
         self.mean, self.std = check.normalization(mean, std)
         self.amp = check.amp_dtype(amp)
         self.channels_last = check.flag("channels_last", channels_last)
-        self.backend = check.backend(backend)
+        self.backend = ops.check_backend_name(backend)
         self.generator = check.generator(generator)
         self.model_mode = check.choice("model_mode", model_mode, MODEL_MODES)
 

@@ -35,8 +35,21 @@ def available_backends() -> dict[str, str]:
     return {name: (b.unavailable_reason() or "ok") for name, b in BACKENDS.items()}
 
 
+def check_name(name: object) -> str:
+    """`name` if it names a backend ("auto" or a registered one), else a TypeError / ValueError.
+    Whether that backend can run is checked when it is used (`resolve`)."""
+    if not isinstance(name, str):
+        raise TypeError(f"backend must be a string (auto, {', '.join(BACKENDS)}), got {type(name).__name__}")
+    if name != "auto" and name not in BACKENDS:
+        raise ValueError(f"backend must be 'auto' or one of {', '.join(BACKENDS)}; got {name!r}")
+    return name
+
+
 @torch.compiler.assume_constant_result
-def _choose(name: str, device: torch.device) -> str:
+def resolve(name: str, device: torch.device) -> str:
+    """The name of the backend that runs tensors on `device` for `name`: itself, or for "auto" the
+    FASTADV_BACKEND environment variable or else the fastest available one. Raises ValueError for
+    an unknown name and RuntimeError, saying why, for an unavailable backend."""
     source = "backend"
     if name == "auto":
         override = os.environ.get("FASTADV_BACKEND", "").strip()
@@ -60,4 +73,4 @@ def select_backend(name: object, device: torch.device):
     environment variable or else the fastest available one."""
     if not isinstance(name, str):
         raise TypeError(f"backend must be a string (auto, {', '.join(BACKENDS)}), got {type(name).__name__}")
-    return BACKENDS[_choose(name, device)]
+    return BACKENDS[resolve(name, device)]

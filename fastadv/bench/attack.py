@@ -37,8 +37,7 @@ import torch.nn.functional as F
 
 from .. import APGD, CW, PGD
 from ..datasets import digits
-from ..models import resnet18, small_cnn
-from ..train import standard_digits_model
+from ..models import resnet18, small_cnn, standard_digits_model
 from .results import Row, environment
 from .timing import measure, quantiles
 

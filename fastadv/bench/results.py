@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from .timing import device_name, git_sha, versions
+from .._environment import device_name, git_sha, versions
 
 
 @dataclass

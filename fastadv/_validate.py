@@ -1,5 +1,6 @@
-"""Argument checks for the attacks: each error names the argument, and runs before any state of
-the caller's is touched."""
+"""Argument checks shared by every layer above the ops (attacks, evaluation, training, the
+command line): each error names the argument and is raised before any state of the caller's is
+touched. The op layer's own checks of tensors and step parameters are in `_checks.py`."""
 
 from __future__ import annotations
 
@@ -7,8 +8,6 @@ import math
 from numbers import Real
 
 import torch
-
-from ..backends import BACKENDS
 
 _AMP = {
     None: None,
@@ -94,14 +93,6 @@ def amp_dtype(value: object) -> torch.dtype | None:
         raise ValueError(
             f"amp must be None, torch.float16 or torch.bfloat16 (or 'fp16', 'bf16'); got {value!r}"
         ) from None
-
-
-def backend(value: object) -> str:
-    if not isinstance(value, str):
-        raise TypeError(f"backend must be a string, got {type(value).__name__}")
-    if value != "auto" and value not in BACKENDS:
-        raise ValueError(f"backend must be 'auto' or one of {', '.join(BACKENDS)}; got {value!r}")
-    return value
 
 
 def generator(value: object) -> torch.Generator | None:

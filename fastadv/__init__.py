@@ -6,9 +6,9 @@ CW, DeepFool, JSMA) run on them. See README.md and DESIGN.md.
 """
 
 from .attacks import APGD, APGDT, CW, FGSM, JSMA, MIFGSM, PGD, PGDL2, Attack, AttackResult, DeepFool, fgsm, pgd
+from ._version import __version__
 from .ops import available_backends, l2_project, l2_step, linf_project, linf_step
 
-__version__ = "0.1.0"
 __all__ = [
     "APGD",
     "APGDT",

@@ -52,7 +52,7 @@ def versions() -> dict[str, str]:
         triton_version = triton.__version__
     except ImportError:
         triton_version = "none"
-    from . import __version__
+    from ._version import __version__
 
     return {
         "fastadv": __version__,

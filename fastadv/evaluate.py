@@ -18,7 +18,7 @@ from collections.abc import Sequence
 
 import torch
 
-from . import __version__
+from ._version import __version__
 from .attacks import APGD, APGDT, CW, FGSM, MIFGSM, PGD, PGDL2, DeepFool
 from .autoattack import AutoAttackLite, AutoAttackResult, Stage
 from .checkpoint import load as load_checkpoint

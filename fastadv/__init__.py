@@ -5,8 +5,8 @@ torch (reference), triton, cpu and cuda backends; the attacks (FGSM, PGD, PGDL2,
 CW, DeepFool, JSMA) run on them. See README.md and DESIGN.md.
 """
 
-from .attacks import APGD, APGDT, CW, FGSM, JSMA, MIFGSM, PGD, PGDL2, Attack, AttackResult, DeepFool, fgsm, pgd
 from ._version import __version__
+from .attacks import APGD, APGDT, CW, FGSM, JSMA, MIFGSM, PGD, PGDL2, Attack, AttackResult, DeepFool, fgsm, pgd
 from .ops import available_backends, l2_project, l2_step, linf_project, linf_step
 
 __all__ = [

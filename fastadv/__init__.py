@@ -2,8 +2,13 @@
 
 The core is one fused kernel per attack step (sign step, eps-ball projection, clamp), on the
 torch (reference), triton, cpu and cuda backends; the attacks (FGSM, PGD, PGDL2, MIFGSM, APGD, APGDT;
-CW, DeepFool, JSMA) run on them. See README.md and DESIGN.md.
+CW, DeepFool, JSMA) run on them. See README.md and docs/DESIGN.md.
+
+The attacks and ops are imported with the package; the other modules (models, datasets,
+evaluate, train, recipes, autoattack, plots, bench) are attributes too, imported on first use.
 """
+
+import importlib
 
 from ._version import __version__
 from .attacks import APGD, APGDT, CW, FGSM, JSMA, MIFGSM, PGD, PGDL2, Attack, AttackResult, DeepFool, fgsm, pgd
@@ -28,5 +33,22 @@ __all__ = [
     "linf_project",
     "linf_step",
     "pgd",
+    "AutoAttackLite",
     "__version__",
 ]
+
+_SUBMODULES = ("attacks", "autoattack", "backends", "bench", "datasets", "evaluate", "models", "ops", "plots",
+               "recipes", "train")  # fmt: skip
+_LAZY_NAMES = {"AutoAttackLite": "autoattack"}
+
+
+def __getattr__(name: str):
+    if name in _SUBMODULES:
+        return importlib.import_module(f".{name}", __name__)
+    if name in _LAZY_NAMES:
+        return getattr(importlib.import_module(f".{_LAZY_NAMES[name]}", __name__), name)
+    raise AttributeError(f"module 'fastadv' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_SUBMODULES) | set(_LAZY_NAMES))

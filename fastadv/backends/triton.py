@@ -17,6 +17,8 @@ from .._checks import Param
 try:
     import triton
     import triton.language as tl
+    from triton.runtime.autotuner import Autotuner
+    from triton.runtime.jit import JITFunction
 
     _IMPORT_ERROR = None
 except ImportError as error:  # fastadv works without Triton; the backend says why it is missing
@@ -52,6 +54,16 @@ if triton is not None:
             for block in (1024, 2048, 4096, 8192)
             for warps in (4, 8)
         ]
+
+    def _wrap(kernel):
+        """torch.library.wrap_triton(kernel), so torch.compile and opcheck trace the launch. Under
+        TRITON_INTERPRET=1, @triton.jit makes an InterpretedFunction, which torch 2.11's
+        wrap_triton refuses ("only works on functions annotated with triton.jit or triton.autotune")
+        and torch 2.14's hands back unwrapped: the interpreter runs eagerly only, so it is launched
+        as it is here, whatever the torch version."""
+        if _INTERPRET and not isinstance(kernel, (JITFunction, Autotuner)):
+            return kernel
+        return torch.library.wrap_triton(kernel)
 
     @triton.jit
     def _param(ptr, value, stride_b, stride_c, b, c, mask, IS_TABLE: tl.constexpr):
@@ -146,7 +158,7 @@ if triton is not None:
         strides = [s for t in tables for s in _table_strides(t)]
         eps_t, alpha_t, lower_t, upper_t = (t is not None for t in tables)
         grid = lambda meta: (triton.cdiv(n, meta["BLOCK_SIZE"]),)  # noqa: E731
-        torch.library.wrap_triton(_linf_kernel)[grid](
+        _wrap(_linf_kernel)[grid](
             x_adv, grad if grad is not None else x_adv, x, out,
             *pointers, *strides, *values,
             n, sample_size, channel_div, channels,
@@ -309,7 +321,7 @@ if triton is not None:
         grad = grad if grad is not None else x_adv
         if sample_size <= _L2_ONE_PROGRAM:
             block = triton.next_power_of_2(sample_size)
-            torch.library.wrap_triton(_l2_sample_kernel)[(batch,)](
+            _wrap(_l2_sample_kernel)[(batch,)](
                 x_adv, grad, x, out, *pointers, *strides, *values, sample_size, channel_div, channels,
                 **flags, BLOCK_SIZE=block, num_warps=4 if block <= 1024 else 8,
             )  # fmt: skip
@@ -317,7 +329,7 @@ if triton is not None:
         n_chunks = triton.cdiv(sample_size, _L2_CHUNK)
         partials = torch.empty((2, batch * n_chunks), dtype=torch.float32, device=x_adv.device)
         for stage in (0, 1, 2) if flags["HAS_GRAD"] else (1, 2):
-            torch.library.wrap_triton(_l2_chunk_kernel)[(batch * n_chunks,)](
+            _wrap(_l2_chunk_kernel)[(batch * n_chunks,)](
                 x_adv, grad, x, out, partials[0], partials[1], *pointers, *strides, *values,
                 sample_size, channel_div, channels, n_chunks, **flags,
                 STAGE=stage, CHUNK=_L2_CHUNK, CHUNKS_POW2=triton.next_power_of_2(n_chunks), num_warps=8,

@@ -75,10 +75,10 @@ if triton is not None:
             return tl.cast(value, tl.float32)
 
     @triton.jit
-    def _load_float32(ptr, offs, mask):
-        # bfloat16 is widened by a shift of its bits: exact, and the interpreter's own cast gets
-        # subnormals wrong.
-        v = tl.load(ptr + offs, mask=mask)
+    def _load_float32(ptr, offs, mask, other):
+        # Masked-off lanes read `other` (without it they are undefined). bfloat16 is widened by a
+        # shift of its bits: exact, and the interpreter's own cast gets subnormals wrong.
+        v = tl.load(ptr + offs, mask=mask, other=other)
         if ptr.dtype.element_ty == tl.bfloat16:
             return (v.to(tl.uint16, bitcast=True).to(tl.uint32) << 16).to(tl.float32, bitcast=True)
         else:
@@ -115,14 +115,14 @@ if triton is not None:
         # Sample and channel of each element; dead code (removed) when no parameter is a table.
         b = offs // sample_size
         c = (offs // channel_div) % channels
-        x_adv = _load_float32(x_adv_ptr, offs, mask)
-        x = _load_float32(x_ptr, offs, mask)
+        x_adv = _load_float32(x_adv_ptr, offs, mask, 0.0)
+        x = _load_float32(x_ptr, offs, mask, 0.0)
         eps = _param(eps_ptr, eps_value, eps_sb, eps_sc, b, c, mask, EPS_TABLE)
         lower = _param(lower_ptr, lower_value, lower_sb, lower_sc, b, c, mask, LOWER_TABLE)
         upper = _param(upper_ptr, upper_value, upper_sb, upper_sc, b, c, mask, UPPER_TABLE)
         y = x_adv
         if HAS_GRAD:
-            g = _load_float32(grad_ptr, offs, mask)
+            g = _load_float32(grad_ptr, offs, mask, 0.0)
             s = tl.where(g > 0, 1.0, tl.where(g < 0, -1.0, 0.0))  # NaN compares false: sign 0
             if TARGETED:
                 s = -s
@@ -202,10 +202,10 @@ if triton is not None:
     def _l2_delta(x_adv_ptr, grad_ptr, x_ptr, offs, mask, grad_norm, alpha, HAS_GRAD: tl.constexpr,
                   TARGETED: tl.constexpr):  # fmt: skip
         """delta = x_adv + alpha * grad / ||grad|| - x (x_adv - x for projections); 0 off the mask."""
-        x_adv = _load_float32(x_adv_ptr, offs, mask)
-        x = _load_float32(x_ptr, offs, mask)
+        x_adv = _load_float32(x_adv_ptr, offs, mask, 0.0)
+        x = _load_float32(x_ptr, offs, mask, 0.0)
         if HAS_GRAD:
-            g = _load_float32(grad_ptr, offs, mask)
+            g = _load_float32(grad_ptr, offs, mask, 0.0)
             g = tl.where(g == g, g, 0.0)  # NaN entries count as 0
             # times 1 / ||grad|| (0 for a zero gradient), as the C++ kernels do (step_math.h)
             safe_norm = tl.where(grad_norm > 0, grad_norm, 1.0)
@@ -219,7 +219,7 @@ if triton is not None:
 
     @triton.jit
     def _sum_sq_grad(grad_ptr, offs, mask):
-        g = _load_float32(grad_ptr, offs, mask)
+        g = _load_float32(grad_ptr, offs, mask, 0.0)  # masked-off lanes add 0
         g = tl.where(g == g, g, 0.0)
         return tl.sum(g * g, axis=0)
 

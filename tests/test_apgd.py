@@ -25,6 +25,7 @@ def test_checkpoints_follow_the_paper():
     assert checkpoints(10) == [3, 5, 6, 7, 8, 9, 10]
 
 
+@pytest.mark.slow
 def test_apgd_ce_is_at_least_as_strong_as_pgd20(digits):
     model, x, y = digits
     pgd = fastadv.PGD(model, eps=0.1, alpha=0.0125, steps=20, generator=torch.Generator().manual_seed(1)).run(x, y)

@@ -125,6 +125,7 @@ def test_jsma_matches_the_per_sample_algorithm(correct):
 # --- strength and budgets -----------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_cw_and_deepfool_need_less_l2_than_pgd_l2(correct):
     """Both fool (nearly) every sample, with perturbations well below the L2 budget that PGD-L2
     needs to reach the same success: a minimal-perturbation attack finds each sample's own
@@ -193,6 +194,7 @@ def test_deepfool_stops_fooled_samples_and_respects_bounds(correct):
     assert bounded.adv.min() >= 0.1 and bounded.adv.max() <= 0.9
 
 
+@pytest.mark.slow
 def test_jsma_changes_at_most_gamma_and_reaches_targets(correct):
     model, x, y = correct
     targets = (y + torch.randint(1, 10, y.shape, generator=torch.Generator().manual_seed(0))) % 10

@@ -9,6 +9,7 @@ without a GPU). Importing this module never touches a GPU.
 """
 
 import os
+from typing import NamedTuple
 
 import torch
 
@@ -17,6 +18,8 @@ from .._checks import Param
 try:
     import triton
     import triton.language as tl
+    from triton.runtime.autotuner import Autotuner
+    from triton.runtime.jit import JITFunction
 
     _IMPORT_ERROR = None
 except ImportError as error:  # fastadv works without Triton; the backend says why it is missing
@@ -27,6 +30,42 @@ NAME = "triton"
 
 # Read once: the kernels below are built for the interpreter or for the GPU when this module loads.
 _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+# L2: a sample of at most _L2_ONE_PROGRAM elements is done by one program in one launch: x_adv,
+# grad and x are read once and out written once (16 bytes per float32 element). Larger samples use
+# a split reduction over chunks of _L2_CHUNK elements in three launches: the partial sums of grad^2
+# (4 bytes/element), of delta^2 (12), then the write (16): 32 bytes per element, the fewest for a
+# two-norm-deep dependency without keeping the sample on chip.
+_L2_ONE_PROGRAM = 8192
+_L2_CHUNK = 4096
+# The work items (samples, or (sample, chunk) pairs) are shared among at most this many programs,
+# each striding over them, so any batch launches (a grid's first axis holds at most 2^31 - 1
+# programs). Up to this many items, which is every batch that fits in memory today, each program
+# does one. Read at each launch, so a test can lower it.
+_L2_MAX_PROGRAMS = 65535
+
+
+class _L2Launch(NamedTuple):
+    """How _launch_l2 splits a batch: `programs` programs (the grid) take the `n_work` work items
+    in turn (program p does items p, p + programs, ...). A work item is a sample (one program per
+    sample, `block` its padded size) or, when `split`, one of a sample's `n_chunks` chunks of
+    `block` elements (item i is chunk i % n_chunks of sample i // n_chunks)."""
+
+    split: bool
+    block: int
+    n_chunks: int
+    n_work: int
+    programs: int
+
+
+def _l2_launch(batch: int, sample_size: int) -> _L2Launch:
+    """The L2 kernels' grid for `batch` samples of `sample_size` elements (pure Python, no GPU)."""
+    if sample_size <= _L2_ONE_PROGRAM:
+        split, block, n_chunks = False, 1 << max(sample_size - 1, 0).bit_length(), 1
+    else:
+        split, block, n_chunks = True, _L2_CHUNK, -(-sample_size // _L2_CHUNK)
+    n_work = batch * n_chunks
+    return _L2Launch(split, block, n_chunks, n_work, max(1, min(n_work, _L2_MAX_PROGRAMS)))
 
 
 def unavailable_reason(device: torch.device | None = None) -> str | None:
@@ -53,6 +92,16 @@ if triton is not None:
             for warps in (4, 8)
         ]
 
+    def _wrap(kernel):
+        """torch.library.wrap_triton(kernel), so torch.compile and opcheck trace the launch. Under
+        TRITON_INTERPRET=1, @triton.jit makes an InterpretedFunction, which torch 2.11's
+        wrap_triton refuses ("only works on functions annotated with triton.jit or triton.autotune")
+        and torch 2.14's hands back unwrapped: the interpreter runs eagerly only, so it is launched
+        as it is here, whatever the torch version."""
+        if _INTERPRET and not isinstance(kernel, (JITFunction, Autotuner)):
+            return kernel
+        return torch.library.wrap_triton(kernel)
+
     @triton.jit
     def _param(ptr, value, stride_b, stride_c, b, c, mask, IS_TABLE: tl.constexpr):
         if IS_TABLE:
@@ -63,10 +112,10 @@ if triton is not None:
             return tl.cast(value, tl.float32)
 
     @triton.jit
-    def _load_float32(ptr, offs, mask):
-        # bfloat16 is widened by a shift of its bits: exact, and the interpreter's own cast gets
-        # subnormals wrong.
-        v = tl.load(ptr + offs, mask=mask)
+    def _load_float32(ptr, offs, mask, other):
+        # Masked-off lanes read `other` (without it they are undefined). bfloat16 is widened by a
+        # shift of its bits: exact, and the interpreter's own cast gets subnormals wrong.
+        v = tl.load(ptr + offs, mask=mask, other=other)
         if ptr.dtype.element_ty == tl.bfloat16:
             return (v.to(tl.uint16, bitcast=True).to(tl.uint32) << 16).to(tl.float32, bitcast=True)
         else:
@@ -103,14 +152,14 @@ if triton is not None:
         # Sample and channel of each element; dead code (removed) when no parameter is a table.
         b = offs // sample_size
         c = (offs // channel_div) % channels
-        x_adv = _load_float32(x_adv_ptr, offs, mask)
-        x = _load_float32(x_ptr, offs, mask)
+        x_adv = _load_float32(x_adv_ptr, offs, mask, 0.0)
+        x = _load_float32(x_ptr, offs, mask, 0.0)
         eps = _param(eps_ptr, eps_value, eps_sb, eps_sc, b, c, mask, EPS_TABLE)
         lower = _param(lower_ptr, lower_value, lower_sb, lower_sc, b, c, mask, LOWER_TABLE)
         upper = _param(upper_ptr, upper_value, upper_sb, upper_sc, b, c, mask, UPPER_TABLE)
         y = x_adv
         if HAS_GRAD:
-            g = _load_float32(grad_ptr, offs, mask)
+            g = _load_float32(grad_ptr, offs, mask, 0.0)
             s = tl.where(g > 0, 1.0, tl.where(g < 0, -1.0, 0.0))  # NaN compares false: sign 0
             if TARGETED:
                 s = -s
@@ -146,7 +195,7 @@ if triton is not None:
         strides = [s for t in tables for s in _table_strides(t)]
         eps_t, alpha_t, lower_t, upper_t = (t is not None for t in tables)
         grid = lambda meta: (triton.cdiv(n, meta["BLOCK_SIZE"]),)  # noqa: E731
-        torch.library.wrap_triton(_linf_kernel)[grid](
+        _wrap(_linf_kernel)[grid](
             x_adv, grad if grad is not None else x_adv, x, out,
             *pointers, *strides, *values,
             n, sample_size, channel_div, channels,
@@ -170,14 +219,7 @@ if triton is not None:
         eps_v, lower_v, upper_v = values
         _launch_linf(x_adv, None, x, (eps, None, lower, upper), [eps_v, 0.0, lower_v, upper_v], False, out)
 
-    # ---- L2 ----
-    # A sample of at most _L2_ONE_PROGRAM elements is done by one program in one launch: x_adv,
-    # grad and x are read once and out written once (16 bytes per float32 element). Larger
-    # samples use a split reduction over chunks of _L2_CHUNK elements in three launches: the
-    # partial sums of grad^2 (4 bytes/element), of delta^2 (12), then the write (16): 32 bytes
-    # per element, the fewest for a two-norm-deep dependency without keeping the sample on chip.
-    _L2_ONE_PROGRAM = 8192
-    _L2_CHUNK = 4096
+    # ---- L2 (its sizes and grid: _L2_ONE_PROGRAM, _L2_CHUNK, _l2_launch above) ----
 
     @triton.jit
     def _sample_param(ptr, value, stride_b, b, IS_TABLE: tl.constexpr):
@@ -190,10 +232,10 @@ if triton is not None:
     def _l2_delta(x_adv_ptr, grad_ptr, x_ptr, offs, mask, grad_norm, alpha, HAS_GRAD: tl.constexpr,
                   TARGETED: tl.constexpr):  # fmt: skip
         """delta = x_adv + alpha * grad / ||grad|| - x (x_adv - x for projections); 0 off the mask."""
-        x_adv = _load_float32(x_adv_ptr, offs, mask)
-        x = _load_float32(x_ptr, offs, mask)
+        x_adv = _load_float32(x_adv_ptr, offs, mask, 0.0)
+        x = _load_float32(x_ptr, offs, mask, 0.0)
         if HAS_GRAD:
-            g = _load_float32(grad_ptr, offs, mask)
+            g = _load_float32(grad_ptr, offs, mask, 0.0)
             g = tl.where(g == g, g, 0.0)  # NaN entries count as 0
             # times 1 / ||grad|| (0 for a zero gradient), as the C++ kernels do (step_math.h)
             safe_norm = tl.where(grad_norm > 0, grad_norm, 1.0)
@@ -207,7 +249,7 @@ if triton is not None:
 
     @triton.jit
     def _sum_sq_grad(grad_ptr, offs, mask):
-        g = _load_float32(grad_ptr, offs, mask)
+        g = _load_float32(grad_ptr, offs, mask, 0.0)  # masked-off lanes add 0
         g = tl.where(g == g, g, 0.0)
         return tl.sum(g * g, axis=0)
 
@@ -230,26 +272,30 @@ if triton is not None:
         eps_ptr, alpha_ptr, lower_ptr, upper_ptr,
         eps_sb, alpha_sb, lower_sb, lower_sc, upper_sb, upper_sc,
         eps_value, alpha_value, lower_value, upper_value,
-        sample_size, channel_div, channels,
+        batch, sample_size, channel_div, channels,
         EPS_TABLE: tl.constexpr, ALPHA_TABLE: tl.constexpr, LOWER_TABLE: tl.constexpr,
         UPPER_TABLE: tl.constexpr, HAS_GRAD: tl.constexpr, TARGETED: tl.constexpr,
         BLOCK_SIZE: tl.constexpr,
     ):  # fmt: skip
-        # One program per sample; the whole sample stays in registers between the two norms.
-        b = tl.program_id(0).to(tl.int64)
+        # One sample at a time per program, the whole sample in registers between the two norms;
+        # the programs take the samples in turn (_l2_launch). A while loop, not range(): Triton
+        # 3.6's interpreter cannot take tensor bounds in range() under NumPy >= 2.5.
         idx = tl.arange(0, BLOCK_SIZE)
         mask = idx < sample_size
-        offs = b * sample_size + idx
-        grad_norm = 0.0
-        if HAS_GRAD:
-            grad_norm = tl.sqrt_rn(_sum_sq_grad(grad_ptr, offs, mask))
-        alpha = _sample_param(alpha_ptr, alpha_value, alpha_sb, b, ALPHA_TABLE)
-        delta, x = _l2_delta(x_adv_ptr, grad_ptr, x_ptr, offs, mask, grad_norm, alpha, HAS_GRAD, TARGETED)
-        delta_norm = tl.sqrt_rn(tl.sum(delta * delta, axis=0))
-        eps = _sample_param(eps_ptr, eps_value, eps_sb, b, EPS_TABLE)
-        _l2_write(out_ptr, x, delta, delta_norm, eps, offs, mask, b, lower_ptr, upper_ptr, lower_sb, lower_sc,
-                  upper_sb, upper_sc, lower_value, upper_value, channel_div, channels, LOWER_TABLE,
-                  UPPER_TABLE)  # fmt: skip
+        b = tl.program_id(0).to(tl.int64)  # 64-bit offsets: tensors may exceed 2^31 elements
+        while b < batch:
+            offs = b * sample_size + idx
+            grad_norm = 0.0
+            if HAS_GRAD:
+                grad_norm = tl.sqrt_rn(_sum_sq_grad(grad_ptr, offs, mask))
+            alpha = _sample_param(alpha_ptr, alpha_value, alpha_sb, b, ALPHA_TABLE)
+            delta, x = _l2_delta(x_adv_ptr, grad_ptr, x_ptr, offs, mask, grad_norm, alpha, HAS_GRAD, TARGETED)
+            delta_norm = tl.sqrt_rn(tl.sum(delta * delta, axis=0))
+            eps = _sample_param(eps_ptr, eps_value, eps_sb, b, EPS_TABLE)
+            _l2_write(out_ptr, x, delta, delta_norm, eps, offs, mask, b, lower_ptr, upper_ptr, lower_sb, lower_sc,
+                      upper_sb, upper_sc, lower_value, upper_value, channel_div, channels, LOWER_TABLE,
+                      UPPER_TABLE)  # fmt: skip
+            b += tl.num_programs(0)
 
     @triton.jit
     def _l2_chunk_kernel(
@@ -257,38 +303,42 @@ if triton is not None:
         eps_ptr, alpha_ptr, lower_ptr, upper_ptr,
         eps_sb, alpha_sb, lower_sb, lower_sc, upper_sb, upper_sc,
         eps_value, alpha_value, lower_value, upper_value,
-        sample_size, channel_div, channels, n_chunks,
+        sample_size, channel_div, channels, n_chunks, n_work,
         EPS_TABLE: tl.constexpr, ALPHA_TABLE: tl.constexpr, LOWER_TABLE: tl.constexpr,
         UPPER_TABLE: tl.constexpr, HAS_GRAD: tl.constexpr, TARGETED: tl.constexpr,
         STAGE: tl.constexpr, CHUNK: tl.constexpr, CHUNKS_POW2: tl.constexpr,
     ):  # fmt: skip
-        # STAGE 0: partial sum of grad^2; 1: partial sum of delta^2; 2: write. Each program sums
-        # its sample's partials in the same fixed order, so results are deterministic.
-        pid = tl.program_id(0).to(tl.int64)
-        b = pid // n_chunks
-        idx = (pid % n_chunks) * CHUNK + tl.arange(0, CHUNK)
-        mask = idx < sample_size
-        offs = b * sample_size + idx
-        if STAGE == 0:
-            tl.store(grad_partials_ptr + pid, _sum_sq_grad(grad_ptr, offs, mask))
-        else:
-            parts = tl.arange(0, CHUNKS_POW2)
-            part_mask = parts < n_chunks
-            grad_norm = 0.0
-            if HAS_GRAD:
-                grad_sq = tl.load(grad_partials_ptr + b * n_chunks + parts, mask=part_mask, other=0.0)
-                grad_norm = tl.sqrt_rn(tl.sum(grad_sq, axis=0))
-            alpha = _sample_param(alpha_ptr, alpha_value, alpha_sb, b, ALPHA_TABLE)
-            delta, x = _l2_delta(x_adv_ptr, grad_ptr, x_ptr, offs, mask, grad_norm, alpha, HAS_GRAD, TARGETED)
-            if STAGE == 1:
-                tl.store(delta_partials_ptr + pid, tl.sum(delta * delta, axis=0))
+        # STAGE 0: partial sum of grad^2; 1: partial sum of delta^2; 2: write. Work item i is chunk
+        # i % n_chunks of sample i // n_chunks; its partial sums go to index i. The programs take
+        # the items in turn (_l2_launch), and each item sums its sample's partials in the same fixed
+        # order, so results are deterministic.
+        parts = tl.arange(0, CHUNKS_POW2)
+        part_mask = parts < n_chunks
+        item = tl.program_id(0).to(tl.int64)  # 64-bit offsets
+        while item < n_work:
+            b = item // n_chunks
+            idx = (item % n_chunks) * CHUNK + tl.arange(0, CHUNK)
+            mask = idx < sample_size
+            offs = b * sample_size + idx
+            if STAGE == 0:
+                tl.store(grad_partials_ptr + item, _sum_sq_grad(grad_ptr, offs, mask))
             else:
-                delta_sq = tl.load(delta_partials_ptr + b * n_chunks + parts, mask=part_mask, other=0.0)
-                delta_norm = tl.sqrt_rn(tl.sum(delta_sq, axis=0))
-                eps = _sample_param(eps_ptr, eps_value, eps_sb, b, EPS_TABLE)
-                _l2_write(out_ptr, x, delta, delta_norm, eps, offs, mask, b, lower_ptr, upper_ptr, lower_sb, lower_sc,
-                          upper_sb, upper_sc, lower_value, upper_value, channel_div, channels, LOWER_TABLE,
-                          UPPER_TABLE)  # fmt: skip
+                grad_norm = 0.0
+                if HAS_GRAD:
+                    grad_sq = tl.load(grad_partials_ptr + b * n_chunks + parts, mask=part_mask, other=0.0)
+                    grad_norm = tl.sqrt_rn(tl.sum(grad_sq, axis=0))
+                alpha = _sample_param(alpha_ptr, alpha_value, alpha_sb, b, ALPHA_TABLE)
+                delta, x = _l2_delta(x_adv_ptr, grad_ptr, x_ptr, offs, mask, grad_norm, alpha, HAS_GRAD, TARGETED)
+                if STAGE == 1:
+                    tl.store(delta_partials_ptr + item, tl.sum(delta * delta, axis=0))
+                else:
+                    delta_sq = tl.load(delta_partials_ptr + b * n_chunks + parts, mask=part_mask, other=0.0)
+                    delta_norm = tl.sqrt_rn(tl.sum(delta_sq, axis=0))
+                    eps = _sample_param(eps_ptr, eps_value, eps_sb, b, EPS_TABLE)
+                    _l2_write(out_ptr, x, delta, delta_norm, eps, offs, mask, b, lower_ptr, upper_ptr, lower_sb,
+                              lower_sc, upper_sb, upper_sc, lower_value, upper_value, channel_div, channels,
+                              LOWER_TABLE, UPPER_TABLE)  # fmt: skip
+            item += tl.num_programs(0)
 
     def _launch_l2(x_adv, grad, x, tables, values, targeted, out):
         n = x_adv.numel()
@@ -307,20 +357,20 @@ if triton is not None:
             UPPER_TABLE=upper_t is not None, HAS_GRAD=grad is not None, TARGETED=targeted,
         )  # fmt: skip
         grad = grad if grad is not None else x_adv
-        if sample_size <= _L2_ONE_PROGRAM:
-            block = triton.next_power_of_2(sample_size)
-            torch.library.wrap_triton(_l2_sample_kernel)[(batch,)](
-                x_adv, grad, x, out, *pointers, *strides, *values, sample_size, channel_div, channels,
-                **flags, BLOCK_SIZE=block, num_warps=4 if block <= 1024 else 8,
+        plan = _l2_launch(batch, sample_size)
+        grid = (plan.programs,)
+        if not plan.split:
+            _wrap(_l2_sample_kernel)[grid](
+                x_adv, grad, x, out, *pointers, *strides, *values, batch, sample_size, channel_div, channels,
+                **flags, BLOCK_SIZE=plan.block, num_warps=4 if plan.block <= 1024 else 8,
             )  # fmt: skip
             return
-        n_chunks = triton.cdiv(sample_size, _L2_CHUNK)
-        partials = torch.empty((2, batch * n_chunks), dtype=torch.float32, device=x_adv.device)
+        partials = torch.empty((2, plan.n_work), dtype=torch.float32, device=x_adv.device)
         for stage in (0, 1, 2) if flags["HAS_GRAD"] else (1, 2):
-            torch.library.wrap_triton(_l2_chunk_kernel)[(batch * n_chunks,)](
+            _wrap(_l2_chunk_kernel)[grid](
                 x_adv, grad, x, out, partials[0], partials[1], *pointers, *strides, *values,
-                sample_size, channel_div, channels, n_chunks, **flags,
-                STAGE=stage, CHUNK=_L2_CHUNK, CHUNKS_POW2=triton.next_power_of_2(n_chunks), num_warps=8,
+                sample_size, channel_div, channels, plan.n_chunks, plan.n_work, **flags,
+                STAGE=stage, CHUNK=plan.block, CHUNKS_POW2=triton.next_power_of_2(plan.n_chunks), num_warps=8,
             )  # fmt: skip
 
     @torch.library.triton_op("fastadv_triton::l2_step_out", mutates_args={"out"})

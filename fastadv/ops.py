@@ -128,7 +128,8 @@ def l2_step(
     :func:`linf_step`. Backends agree with the reference to rtol 1e-5 in float32 (their sums
     run in another order) and to one unit in the last place in float16/bfloat16; with x inside
     the bounds, ``||out_b - x_b|| <= eps_b * (1 + 1e-5)`` holds in float32, up to the rounding of
-    ``x_b + delta`` (2^-24 ||out_b||, which matters only for an eps tiny next to x).
+    ``x_b + delta`` (2^-24 ||out_b||, which matters only for an eps tiny next to x) and to the
+    underflow of the float32 sum of squares (distances below 2^-63 sqrt(n) are not resolved).
     """
     return _step("l2", x_adv, grad, x, eps, alpha, lower, upper, targeted, out, backend)
 

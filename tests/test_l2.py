@@ -177,7 +177,9 @@ def l2_inputs(draw):
 def test_l2_invariants(backend, inputs):
     """With x inside the bounds: out inside the bounds and within eps of x (float32), up to the
     rounding of x + delta to float32 (half an ulp per element: 2^-24 ||out_b||), which matters
-    only when eps is tiny next to x."""
+    only when eps is tiny next to x, and up to the underflow of the float32 sum of squares
+    (a distance below 2^-63 sqrt(n), where squares fall under float32's smallest normal, is not
+    resolved: hypothesis found x_adv - x = 1e-23 with eps = 0)."""
     x_adv, grad, x, eps, alpha, lower, upper, targeted = inputs
     for out in (
         fastadv.l2_step(x_adv, grad, x, eps, alpha, lower, upper, targeted=targeted, backend=backend),
@@ -186,7 +188,8 @@ def test_l2_invariants(backend, inputs):
         assert bool((out >= lower).all()) and bool((out <= upper).all())
         dist = (out - x).reshape(x.shape[0], -1).norm(dim=1)
         rounding = 2**-24 * out.reshape(x.shape[0], -1).norm(dim=1)
-        assert bool((dist <= eps * (1 + 1e-5) + rounding + 1e-30).all()), (dist.max().item(), eps)
+        underflow = 2**-63 * (x[0].numel() ** 0.5)
+        assert bool((dist <= eps * (1 + 1e-5) + rounding + underflow).all()), (dist.max().item(), eps)
 
 
 @pytest.mark.bigmem

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 
 import torch
 
-from . import __version__
+from . import __version__, _distributed
 from .attacks import APGD, APGDT, CW, FGSM, MIFGSM, PGD, PGDL2, DeepFool
 from .autoattack import AutoAttackLite, AutoAttackResult, Stage
 from .checkpoint import load as load_checkpoint
@@ -73,13 +73,8 @@ class _Sums:
 
     def reduce(self) -> None:
         """Sums over torch.distributed ranks (seconds: the slowest rank's)."""
-        import torch.distributed as dist
-
-        backend_device = "cuda" if dist.get_backend() == "nccl" else "cpu"
         for key, value in self.t.items():
-            moved = value.to(backend_device)
-            dist.all_reduce(moved, op=dist.ReduceOp.MAX if key == "seconds" else dist.ReduceOp.SUM)
-            self.t[key] = moved.cpu()
+            self.t[key] = _distributed.all_reduce(value, "max" if key == "seconds" else "sum")
 
 
 def _confusion(labels: torch.Tensor, predicted: torch.Tensor, classes: int) -> torch.Tensor:
@@ -159,11 +154,9 @@ def evaluate(
     images, labels = data
     device = next(iter(model.parameters()), images).device
     options = {"amp": amp, "channels_last": channels_last, "backend": backend}
-    import torch.distributed as dist
-
     if distributed is None:
-        distributed = dist.is_available() and dist.is_initialized()
-    rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
+        distributed = _distributed.is_initialized()
+    rank, world = _distributed.rank_and_world() if distributed else (0, 1)
     was_training = model.training
     model.eval()
     with torch.no_grad():

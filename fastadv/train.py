@@ -8,9 +8,9 @@ import time
 from dataclasses import asdict, dataclass
 
 import torch
-import torch.distributed
 from torch import nn
 
+from . import _distributed
 from . import _validate as check
 from .checkpoint import load as load_checkpoint
 from .checkpoint import rng_state, save_atomic, set_rng_state
@@ -132,7 +132,7 @@ def fit(
         set_rng_state(state["rng"])
         history, first_epoch = state["history"], state["epoch"] + 1
     free_delta = None
-    rank, world = _rank_and_world()
+    rank, world = _distributed.rank_and_world()
     trained = model
     if world > 1:
         # Gradients of the training loss are averaged over ranks; attacks use the bare model.
@@ -178,8 +178,7 @@ def fit(
                              "model": model.state_dict(), "optimizer": opt.state_dict(),
                              "scheduler": scheduler.state_dict(), "rng": rng_state(), "history": history},
                             latest)  # fmt: skip
-            if world > 1:
-                torch.distributed.barrier()  # nobody runs ahead of the checkpoint
+            _distributed.barrier()  # nobody runs ahead of the checkpoint
     finally:
         torch.use_deterministic_algorithms(deterministic_before)
     model.eval()
@@ -188,14 +187,6 @@ def fit(
 
         save(model, os.path.join(checkpoint_dir, "model.pt"), recipe=recipe.as_dict(), history=history)
     return history
-
-
-def _rank_and_world() -> tuple[int, int]:
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
 
 
 def _check_data(name: str, data: object) -> tuple[torch.Tensor, torch.Tensor]:
@@ -220,7 +211,7 @@ def _one_epoch(model, opt, scheduler, images, labels, recipe, epoch, batch_size,
     trained = trained or model
     start_time = time.perf_counter()
     order = torch.randperm(images.shape[0], generator=torch.Generator().manual_seed(seed + epoch))
-    rank, world = _rank_and_world()
+    rank, world = _distributed.rank_and_world()
     if world > 1:
         # every rank takes its share of the same permutation; all take as many batches
         share = images.shape[0] // world
@@ -252,11 +243,8 @@ def _one_epoch(model, opt, scheduler, images, labels, recipe, epoch, batch_size,
         correct += int((logits.argmax(1) == y).sum())
         seen += x.shape[0]
     if world > 1:
-        import torch.distributed as dist
-
-        totals = torch.tensor([total_loss, correct, seen], dtype=torch.float64, device=device)
-        dist.all_reduce(totals)
-        total_loss, correct, seen = totals.tolist()
+        totals = torch.tensor([total_loss, correct, seen], dtype=torch.float64)
+        total_loss, correct, seen = _distributed.all_reduce(totals).tolist()
     return {
         "epoch": epoch + 1,
         "lr": opt.param_groups[0]["lr"],

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from .. import _distributed
 from . import bench_cmd, eval_cmd, train_cmd
 from .args import CliError
 
@@ -37,7 +38,4 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted", file=sys.stderr)
         return 130
     finally:
-        import torch.distributed as dist
-
-        if dist.is_available() and dist.is_initialized():  # joined under torchrun by eval / train
-            dist.destroy_process_group()
+        _distributed.destroy()  # the process group eval / train joined under torchrun

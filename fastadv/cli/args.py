@@ -1,5 +1,5 @@
 """What the `fastadv` commands share: the error they report with, argument types, the --data and
---model files, and torch.distributed set-up under torchrun."""
+--model files, and the output folder."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import os
 
 import torch
 
+from .. import _distributed
 from ..datasets import DataError, digits, image_folder, load_npz
 
 
@@ -77,43 +78,10 @@ def device(text: str) -> torch.device:
     return device
 
 
-def distributed(device: torch.device) -> tuple[int, torch.device]:
-    """Under torchrun (WORLD_SIZE > 1): joins the process group (nccl on GPUs, gloo on CPUs),
-    one GPU per local rank. Returns (rank, device)."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return 0, device
-    import torch.distributed as dist
-
-    if device.type == "cuda":
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-        torch.cuda.set_device(device)
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return dist.get_rank(), device
-
-
-def shared(value, rank: int):
-    """Rank 0's value on every rank (a folder name with a time stamp, say)."""
-    import torch.distributed as dist
-
-    if not (dist.is_available() and dist.is_initialized()):
-        return value
-    box = [value if rank == 0 else None]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
-
-
-def barrier() -> None:
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
-
-
-def output_folder(out: str | None, command: str, rank: int) -> str:
+def output_folder(out: str | None, command: str) -> str:
     """--out, or fastadv-results/<command>-<time> with rank 0's time on every rank."""
     stamp = datetime.datetime.now().strftime(f"{command}-%Y%m%d-%H%M%S")
-    return shared(out or os.path.join("fastadv-results", stamp), rank)
+    return _distributed.shared(out or os.path.join("fastadv-results", stamp))
 
 
 def load_data(spec: str, split: str, image_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:

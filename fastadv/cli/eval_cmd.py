@@ -9,7 +9,7 @@ import os
 
 import torch
 
-from .. import models
+from .. import _distributed, models
 from ..checkpoint import CheckpointError
 from ..evaluate import ATTACKS
 from . import args as arg
@@ -93,11 +93,11 @@ def run(args: argparse.Namespace) -> int:
         raise CliError("--eps: values must be >= 0")
     if args.resume and args.out is None:
         raise CliError("--resume needs --out (the folder of the evaluation to continue)")
-    rank, args.device = arg.distributed(args.device)
+    rank, args.device = _distributed.init_from_env(args.device)
     if args.model is None:
         if rank == 0:
             model = _default_model(args.cache, args.quiet)
-        arg.barrier()  # the other ranks read the model rank 0 cached
+        _distributed.barrier()  # the other ranks read the model rank 0 cached
         if rank != 0:
             model = _default_model(args.cache, quiet=True)
     else:
@@ -111,15 +111,15 @@ def run(args: argparse.Namespace) -> int:
         images, labels = images[: args.limit], labels[: args.limit]
     images, labels = images.to(args.device), labels.to(args.device)
     arg.check_fit(model, images, labels)
-    out = arg.output_folder(args.out, "eval", rank)
+    out = arg.output_folder(args.out, "eval")
     os.makedirs(out, exist_ok=True)
     state = os.path.join(out, "eval-state.pt")
-    stale = [state] + [f"{state}.rank{r}" for r in range(int(os.environ.get("WORLD_SIZE", "1")))]
+    stale = [state] + [f"{state}.rank{r}" for r in range(_distributed.launched_world_size())]
     if not args.resume and rank == 0:
         for path in stale:  # a new evaluation in an old folder
             if os.path.exists(path):
                 os.unlink(path)
-    arg.barrier()
+    _distributed.barrier()
     amp = {"bf16": torch.bfloat16, "fp16": torch.float16, None: None}[args.amp]
     try:
         report = evaluate(model, (images, labels), args.attacks, args.eps, steps=args.steps,

@@ -9,7 +9,7 @@ import os
 
 import torch
 
-from .. import models
+from .. import _distributed, models
 from ..checkpoint import CheckpointError
 from ..datasets import digits
 from ..recipes import RECIPES, Recipe
@@ -64,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
                         beta=args.beta, clean_fraction=args.clean_fraction)  # fmt: skip
     except ValueError as error:
         raise CliError(f"--clean-fraction: {error}" if "clean" in str(error) else str(error)) from None
-    rank, args.device = arg.distributed(args.device)
+    rank, args.device = _distributed.init_from_env(args.device)
     images, labels = arg.load_data(args.data, "train")
     val = arg.load_data(args.val_data, "test") if args.val_data else digits("test") if args.data == "digits" else None
     kwargs = {"width": args.width} if args.model == "small_cnn" else {}
@@ -82,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
         except ValueError as error:
             raise CliError(str(error)) from None
     model = model.to(args.device)
-    out = arg.output_folder(args.out, "train", rank)
+    out = arg.output_folder(args.out, "train")
     amp = {"bf16": torch.bfloat16, "fp16": torch.float16, None: None}[args.amp]
     try:
         history = fit(model, (images, labels), recipe=recipe, epochs=args.epochs, batch_size=args.batch_size,

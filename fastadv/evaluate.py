@@ -15,10 +15,12 @@ import datetime
 import os
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 
 from . import __version__, _distributed
+from ._cascade import StageRun, run_cascade
 from .attacks import APGD, APGDT, CW, FGSM, MIFGSM, PGD, PGDL2, DeepFool
 from .autoattack import AutoAttackLite, AutoAttackResult, Stage
 from .checkpoint import load as load_checkpoint
@@ -93,19 +95,60 @@ def _macro_scores(cm: torch.Tensor) -> tuple[float, float, float]:
     return tuple(float(v[present].mean()) for v in (precision, recall, f1))  # type: ignore[return-value]
 
 
-def _attack_batch(model, x, y, robust, attack_index, eps, eps_index, attack_name, batch_index, seed, steps, options):
-    """Runs one attack on the samples of `robust` (bool [b]); returns (fooled mask over the batch,
-    predictions on the adversarial images of the attacked samples, their perturbation norms,
-    seconds, number attacked)."""
-    targets = robust.nonzero().squeeze(1)
-    fooled = torch.zeros_like(robust)
-    if targets.numel() == 0 or eps == 0:
-        return fooled, None, targets, (0.0, 0.0), 0.0
+@dataclass(frozen=True, eq=False)
+class _Job:
+    """What every batch of one evaluation shares: the model, the attacks (names of ATTACKS) and
+    eps, their settings, the number of classes and the attacks' options (amp, channels_last,
+    backend)."""
+
+    model: torch.nn.Module
+    attacks: list[str]
+    eps: list[float]
+    steps: int
+    cascade: bool
+    seed: int
+    classes: int
+    options: dict
+
+
+@dataclass(frozen=True)
+class _Batch:
+    """One batch: images, labels, its index among the evaluation's batches (it seeds the
+    attacks), and the model's clean predictions."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    index: int
+    clean_pred: torch.Tensor
+
+
+@dataclass(frozen=True)
+class _Outcome:
+    """One attack on some samples of a batch: which it fooled (bool over them), the predictions
+    on their adversarial images (None when no attack ran), the sums of their L-inf and L2
+    perturbation norms, and the attack's seconds."""
+
+    fooled: torch.Tensor
+    predicted: torch.Tensor | None
+    norms: tuple[float, float]
+    seconds: float
+
+
+_NOTHING = _Outcome(torch.zeros(0, dtype=torch.bool), None, (0.0, 0.0), 0.0)  # no sample to attack
+
+
+def _attack_batch(job: _Job, batch: _Batch, targets: torch.Tensor, attack_index: int, eps_index: int) -> _Outcome:
+    """Runs attack `attack_index` at eps `eps_index` on the samples `targets` (indices) of the
+    batch, seeded by (seed, batch index, attack index, eps index)."""
+    x, y = batch.x, batch.y
+    eps, attack_name = job.eps[eps_index], job.attacks[attack_index]
+    if eps == 0:
+        return _Outcome(torch.zeros_like(targets, dtype=torch.bool), None, (0.0, 0.0), 0.0)
     generator = torch.Generator(device=x.device).manual_seed(
-        hash((seed, batch_index, attack_index, eps_index)) % (2**63)
+        hash((job.seed, batch.index, attack_index, eps_index)) % (2**63)
     )
     norm, factory = ATTACKS[attack_name]
-    attack = factory(model, eps, steps, generator, **options)
+    attack = factory(job.model, eps, job.steps, generator, **job.options)
     start = time.perf_counter()
     result = attack.run(x[targets], y[targets])
     if x.device.type == "cuda":
@@ -117,9 +160,8 @@ def _attack_batch(model, x, y, robust, attack_index, eps, eps_index, attack_name
         within = delta.norm(dim=1) <= eps * (1 + 1e-6)
         success, predicted = success & within, torch.where(within, predicted, y[targets])
         delta = torch.where(within.unsqueeze(1), delta, torch.zeros_like(delta))
-    fooled[targets] = success
     norms = (float(delta.abs().amax(1).sum()), float(delta.norm(dim=1).sum()))
-    return fooled, predicted, targets, norms, seconds
+    return _Outcome(success, predicted, norms, seconds)
 
 
 def evaluate(
@@ -161,6 +203,7 @@ def evaluate(
     model.eval()
     with torch.no_grad():
         classes = int(model(images[:1].to(device)).shape[1])
+    job = _Job(model, attacks, eps, steps, cascade, seed, classes, options)
     settings = {"attacks": attacks, "eps": eps, "steps": steps, "batch_size": batch_size, "cascade": cascade,
                 "seed": seed, "samples": int(images.shape[0]), "world_size": world}  # fmt: skip
     sums, first_batch = _Sums(len(eps), len(attacks), classes), 0
@@ -179,7 +222,7 @@ def evaluate(
             start = batches[batch_index]
             x = images[start : start + batch_size].to(device)
             y = labels[start : start + batch_size].to(device).long()
-            _evaluate_batch(model, x, y, batch_index, sums, attacks, eps, steps, cascade, seed, classes, options)
+            _evaluate_batch(job, x, y, batch_index, sums)
             if rank_state is not None:
                 save_atomic({"kind": "evaluation", "settings": settings, "sums": sums.t,
                              "next_batch": batch_index + 1}, rank_state)  # fmt: skip
@@ -190,33 +233,42 @@ def evaluate(
     return _report(sums.t, attacks, eps, settings, device, backend, seed)
 
 
-def _evaluate_batch(model, x, y, batch_index, sums, attacks, eps, steps, cascade, seed, classes, options):
-    t = sums.t
+def _evaluate_batch(job: _Job, x: torch.Tensor, y: torch.Tensor, batch_index: int, sums: _Sums) -> None:
+    """Adds one batch to `sums`."""
     with torch.no_grad():
-        clean_pred = model(x).argmax(1)
-    t["clean"] += _confusion(y, clean_pred, classes)
+        batch = _Batch(x, y, batch_index, job.model(x).argmax(1))
+    sums.t["clean"] += _confusion(y, batch.clean_pred, job.classes)
+    for e_index in range(len(job.eps)):
+        _evaluate_at_eps(job, batch, e_index, sums.t)
+
+
+def _evaluate_at_eps(job: _Job, batch: _Batch, e_index: int, t: dict[str, torch.Tensor]) -> None:
+    """The attacks at one eps on one batch, in a cascade (without it, each on every correctly
+    classified sample), added to the sums `t`."""
+    y, clean_pred = batch.y, batch.clean_pred
     correct = clean_pred == y
-    for e_index, e in enumerate(eps):
-        worst_pred = clean_pred.clone()
-        robust = correct.clone()
-        for a_index, name in enumerate(attacks):
-            to_attack = robust if cascade else correct
-            fooled, predicted, targets, norms, seconds = _attack_batch(
-                model, x, y, to_attack, a_index, e, e_index, name, batch_index, seed, steps, options
-            )
-            own_pred = clean_pred.clone()
-            if predicted is not None:
-                own_pred[targets] = predicted
-                newly = fooled[targets] & robust[targets]  # the first attack to fool a sample sets its worst case
-                worst_pred[targets[newly]] = predicted[newly]
-            robust &= ~fooled
-            t["cm"][e_index, a_index] += _confusion(y, worst_pred if cascade else own_pred, classes)
-            t["fooled"][e_index, a_index] += float((correct & ~robust).sum() if cascade else fooled.sum())
-            t["attacked"][e_index, a_index] += float(targets.numel())
-            t["linf"][e_index, a_index] += norms[0]
-            t["l2"][e_index, a_index] += norms[1]
-            t["seconds"][e_index, a_index] += seconds
-        t["worst"][e_index] += _confusion(y, worst_pred, classes)
+    worst_pred, robust = clean_pred.clone(), correct.clone()
+    outcomes: dict[int, _Outcome] = {}
+
+    def attack(a_index: int, targets: torch.Tensor) -> torch.Tensor:
+        outcomes[a_index] = _attack_batch(job, batch, targets, a_index, e_index)
+        return outcomes[a_index].fooled
+
+    def record(a_index: int, run: StageRun) -> None:
+        outcome = outcomes.pop(a_index, _NOTHING)
+        own_pred = clean_pred.clone()
+        if outcome.predicted is not None:
+            own_pred[run.index] = outcome.predicted
+            worst_pred[run.index[run.newly]] = outcome.predicted[run.newly]  # the first to fool a sample sets it
+        t["cm"][e_index, a_index] += _confusion(y, worst_pred if job.cascade else own_pred, job.classes)
+        t["fooled"][e_index, a_index] += float((correct & ~robust).sum() if job.cascade else run.fooled.sum())
+        t["attacked"][e_index, a_index] += float(run.index.numel())
+        t["linf"][e_index, a_index] += outcome.norms[0]
+        t["l2"][e_index, a_index] += outcome.norms[1]
+        t["seconds"][e_index, a_index] += outcome.seconds
+
+    run_cascade(range(len(job.attacks)), robust, attack, survivors_only=job.cascade, on_stage=record)
+    t["worst"][e_index] += _confusion(y, worst_pred, job.classes)
 
 
 def _report(t, attacks, eps, settings, device, backend, seed) -> dict:

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import torch
 
 from . import __version__, _distributed
+from . import _validate as check
 from ._cascade import StageRun, run_cascade
 from .attacks import APGD, APGDT, CW, FGSM, MIFGSM, PGD, PGDL2, DeepFool
 from .autoattack import AutoAttackLite, AutoAttackResult, Stage
@@ -43,16 +44,6 @@ ATTACKS = {
     "cw": ("l2", lambda m, eps, steps, gen, **o: CW(m, steps=steps, lr=0.05, binary_search_steps=5, **o)),
 }
 MINIMAL_NORM = ("deepfool", "cw")
-
-
-def _check(attacks: Sequence[str], eps: Sequence[float], batch_size: int, steps: int) -> None:
-    if isinstance(attacks, str) or not attacks or any(a not in ATTACKS for a in attacks):
-        raise ValueError(f"attacks must be a non-empty list among {', '.join(ATTACKS)}; got {attacks!r}")
-    if isinstance(eps, (int, float)) or not eps or any(not isinstance(e, (int, float)) or not e >= 0 for e in eps):
-        raise ValueError(f"eps must be a non-empty list of numbers >= 0, got {eps!r}")
-    for name, value in (("batch_size", batch_size), ("steps", steps)):
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ValueError(f"{name} must be an int >= 1, got {value!r}")
 
 
 class _Sums:
@@ -191,11 +182,13 @@ def evaluate(
     distributed: shard batches over torch.distributed ranks and reduce (default: when a process
     group is initialised). Every rank returns the full report.
     """
-    _check(list(attacks), list(eps), batch_size, steps)
-    attacks, eps = list(attacks), [float(e) for e in eps]
+    attacks = check.choices("attacks", attacks, tuple(ATTACKS))
+    eps = check.numbers("eps", eps, at_least=0)
+    check.positive_int("batch_size", batch_size)
+    check.positive_int("steps", steps)
+    options = {"amp": check.amp_dtype(amp), "channels_last": channels_last, "backend": backend}
     images, labels = data
     device = next(iter(model.parameters()), images).device
-    options = {"amp": amp, "channels_last": channels_last, "backend": backend}
     if distributed is None:
         distributed = _distributed.is_initialized()
     rank, world = _distributed.rank_and_world() if distributed else (0, 1)

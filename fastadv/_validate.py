@@ -5,7 +5,7 @@ touched. The op layer's own checks of tensors and step parameters are in `_check
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from numbers import Real
 
 import torch
@@ -97,11 +97,14 @@ def numbers(name: str, values: object, **limits: float) -> list[float]:
     return [number(f"{name}[{i}]", v, **limits) for i, v in enumerate(values)]
 
 
-def choices(name: str, values: object, allowed: Sequence[str]) -> list[str]:
+def choices(name: str, values: object, allowed: Collection[str]) -> list[str]:
     """A non-empty list (or tuple) of names, each one of `allowed`."""
-    if not _is_nonempty_list(values) or any(v not in allowed for v in values):  # type: ignore[union-attr]
+    if not _is_nonempty_list(values):
         raise ValueError(f"{name} must be a non-empty list among {', '.join(allowed)}; got {values!r}")
-    return list(values)
+    unknown = [repr(v) if not isinstance(v, str) else v for v in values if v not in allowed]  # type: ignore[attr-defined]
+    if unknown:
+        raise ValueError(f"{name}: unknown {', '.join(unknown)}; choose from {', '.join(allowed)}")
+    return list(values)  # type: ignore[call-overload]
 
 
 def flag(name: str, value: object) -> bool:

@@ -159,7 +159,7 @@ def evaluate(
     model: torch.nn.Module,
     data: tuple[torch.Tensor, torch.Tensor],
     attacks: Sequence[str] = ("fgsm", "pgd"),
-    eps: Sequence[float] = (0.05, 0.1, 0.15),
+    eps: Sequence[float] = (0.025, 0.05, 0.1, 0.15),
     *,
     steps: int = 20,
     batch_size: int = 256,

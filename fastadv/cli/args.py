@@ -5,11 +5,17 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import functools
+import inspect
 import os
+import re
+from collections.abc import Callable, Collection
+from typing import Any
 
 import torch
 
 from .. import _distributed
+from .. import _validate as check
 from ..datasets import DataError, digits, image_folder, load_npz
 
 
@@ -17,53 +23,59 @@ class CliError(Exception):
     """A user error: printed as one line, exit status 2."""
 
 
-def csv_of(kind):
-    def parse(text: str):
+def defaults(fn: Callable) -> dict[str, Any]:
+    """The defaults of `fn`'s parameters (a function, or a dataclass's fields): the one
+    definition that a command's options share with the function it runs."""
+    parameters = inspect.signature(fn).parameters.items()
+    return {name: p.default for name, p in parameters if p.default is not inspect.Parameter.empty}
+
+
+def joined(values) -> str:
+    """A default list as it is typed: comma-separated."""
+    return ",".join(str(v) for v in values)
+
+
+def _checked(check_value: Callable, value: Any, *limits: Any) -> Any:
+    """check_value("value", value, ...) from fastadv._validate, its error an ArgumentTypeError
+    with the message less the name (argparse names the option)."""
+    try:
+        return check_value("value", value, *limits)
+    except (TypeError, ValueError) as error:
+        raise argparse.ArgumentTypeError(re.sub(r"^value:? ", "", str(error))) from None
+
+
+def _argument(parse: Callable[[str], Any], expected: str, check_value: Callable) -> Callable:
+    """An argparse type: `parse(text)` ("expected <expected>" when it raises ValueError), then
+    `check_value` (see _checked)."""
+
+    def convert(text: str):
         try:
-            items = [kind(s.strip()) for s in text.split(",") if s.strip()]
+            value = parse(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(
-                f"expected a comma-separated list of {kind.__name__}, got {text!r}"
-            ) from None
-        if not items:
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+        return _checked(check_value, value)
+
+    return convert
+
+
+positive_int = _argument(int, "an integer", check.positive_int)
+nonnegative = _argument(float, "a number", functools.partial(check.number, at_least=0))
+probability = _argument(float, "a number", check.probability)
+
+
+def csv_list(choices: Collection[str] | None = None, item: Callable[[str], Any] | None = None) -> Callable:
+    """An argparse type: a non-empty comma-separated list, each part converted by `item` (an
+    argparse type; default: kept as text) or checked to be one of `choices`."""
+
+    def parse(text: str) -> list:
+        parts = [s.strip() for s in text.split(",") if s.strip()]
+        if not parts:
             raise argparse.ArgumentTypeError("expected a comma-separated list")
-        return items
+        if item is not None:
+            return [item(part) for part in parts]
+        return parts if choices is None else _checked(check.choices, parts, choices)
 
     return parse
-
-
-def nonnegative(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
-    return value
-
-
-def csv_list(choices: dict | None = None):
-    def parse(text: str) -> list[str]:
-        items = [s.strip() for s in text.split(",") if s.strip()]
-        if not items:
-            raise argparse.ArgumentTypeError("expected a comma-separated list")
-        if choices is not None:
-            bad = [s for s in items if s not in choices]
-            if bad:
-                raise argparse.ArgumentTypeError(f"unknown {', '.join(bad)}; choose from {', '.join(choices)}")
-        return items
-
-    return parse
-
-
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
 
 
 def device(text: str) -> torch.device:

@@ -7,17 +7,19 @@ import argparse
 
 from .args import CliError, csv_list, device, positive_int
 
+DESCRIPTION = """Time the fused L-inf and L2 steps (every available backend) against the PyTorch eager formulation,
+torch.compile of it, and a same-size copy, in one run; or, with --attack, PGD, APGD or CW images/s
+of fastadv against a naive loss.backward() loop, torchattacks (when installed) and the model's
+forward + input-gradient time. Prints a table and appends long-format CSV rows (with device,
+versions and git SHA)."""  # argparse re-wraps it
+
 
 def add_parser(sub) -> None:
     from ..bench import attack, step, training
 
     bench = sub.add_parser(
         "bench", help="benchmark the fused attack steps, or whole attacks (--attack)",
-        description="Time the fused L-inf and L2 steps (every available backend) against the PyTorch eager "
-                    "formulation, torch.compile of it, and a same-size copy, in one run; or, with --attack, PGD, "
-                    "APGD or CW images/s of fastadv against a naive loss.backward() loop, torchattacks (when "
-                    "installed) and the model's forward + input-gradient time. Prints a table and appends "
-                    "long-format CSV rows (with device, versions and git SHA).",
+        description=DESCRIPTION,
     )  # fmt: skip
     bench.add_argument(
         "--attack", action="store_true",

@@ -10,10 +10,13 @@ import os
 import torch
 
 from .. import _distributed, models
+from .._validate import AMP_NAMES
 from ..checkpoint import CheckpointError
-from ..evaluate import ATTACKS
+from ..evaluate import ATTACKS, evaluate
 from . import args as arg
 from .args import CliError
+
+EVALUATE = arg.defaults(evaluate)  # --attacks, --eps, --steps, --batch-size, --seed, --backend
 
 
 def _default_cache() -> str:
@@ -23,14 +26,17 @@ def _default_cache() -> str:
     return os.path.join(root, "digits-small_cnn-standard.pt")
 
 
+DESCRIPTION = """Evaluate a model against attacks at several eps: clean and robust accuracy, attack success rate,
+macro precision/recall/F1 under attack, perturbation norms, images/s, and the worst case over
+attacks. Later attacks run only on samples still robust (AutoAttack's cascade). Writes report.json,
+robustness.png and examples.png into --out. With no --model, trains (or reuses from the cache) a
+small CNN on scikit-learn's digits."""  # argparse re-wraps it
+
+
 def add_parser(sub) -> None:
     p = sub.add_parser(
         "eval", help="evaluate robustness (default: a digits model, FGSM and PGD at four eps)",
-        description="Evaluate a model against attacks at several eps: clean and robust accuracy, attack success "
-                    "rate, macro precision/recall/F1 under attack, perturbation norms, images/s, and the worst case "
-                    "over attacks. Later attacks run only on samples still robust (AutoAttack's cascade). Writes "
-                    "report.json, robustness.png and examples.png into --out. With no --model, trains (or reuses "
-                    "from the cache) a small CNN on scikit-learn's digits.",
+        description=DESCRIPTION,
     )  # fmt: skip
     p.add_argument("--model", help="a model file written by `fastadv train` (default: the cached digits model)")
     p.add_argument(
@@ -41,22 +47,24 @@ def add_parser(sub) -> None:
         "--image-size", type=arg.positive_int, default=None, help="resize and crop folder images to this size"
     )
     p.add_argument(
-        "--attacks",
-        type=arg.csv_of(str),
-        default=["fgsm", "pgd"],
-        help=f"among {', '.join(ATTACKS)} (default: fgsm,pgd)",
-    )
+        "--attacks", type=arg.csv_list(ATTACKS), default=list(EVALUATE["attacks"]),
+        help=f"among {', '.join(ATTACKS)} (default: {arg.joined(EVALUATE['attacks'])})",
+    )  # fmt: skip
     p.add_argument(
-        "--eps", type=arg.csv_of(float), default=[0.025, 0.05, 0.1, 0.15], help="default: 0.025,0.05,0.1,0.15"
-    )
-    p.add_argument("--steps", type=arg.positive_int, default=20, help="steps of the iterative attacks (default: 20)")
-    p.add_argument("--batch-size", type=arg.positive_int, default=256, help="default: 256")
+        "--eps", type=arg.csv_list(item=arg.nonnegative), default=list(EVALUATE["eps"]),
+        help=f"default: {arg.joined(EVALUATE['eps'])}",
+    )  # fmt: skip
+    p.add_argument(
+        "--steps", type=arg.positive_int, default=EVALUATE["steps"],
+        help="steps of the iterative attacks (default: %(default)s)",
+    )  # fmt: skip
+    p.add_argument("--batch-size", type=arg.positive_int, default=EVALUATE["batch_size"], help="default: %(default)s")
     p.add_argument("--no-cascade", action="store_true", help="run every attack on every correct sample")
     p.add_argument("--limit", type=arg.positive_int, default=None, help="evaluate the first N samples only")
-    p.add_argument("--seed", type=int, default=0, help="random starts (default: 0)")
-    p.add_argument("--amp", choices=["bf16", "fp16"], default=None, help="autocast the model")
+    p.add_argument("--seed", type=int, default=EVALUATE["seed"], help="random starts (default: %(default)s)")
+    p.add_argument("--amp", choices=list(AMP_NAMES), default=None, help="autocast the model")
     p.add_argument("--channels-last", action="store_true")
-    p.add_argument("--backend", default="auto", help="fused-op backend: auto, torch, triton, cpu, cuda")
+    p.add_argument("--backend", default=EVALUATE["backend"], help="fused-op backend: auto, torch, triton, cpu, cuda")
     p.add_argument("--device", type=arg.device, default=arg.device("auto"), help="cpu, cuda or auto")
     p.add_argument("--out", default=None, help="output folder (default: fastadv-results/eval-<time>)")
     p.add_argument("--resume", action="store_true", help="continue the evaluation whose state is in --out")
@@ -84,13 +92,8 @@ def _default_model(cache: str, quiet: bool) -> torch.nn.Module:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..evaluate import evaluate, format_report
+    from ..evaluate import format_report
 
-    bad = [a for a in args.attacks if a not in ATTACKS]
-    if bad:
-        raise CliError(f"--attacks: unknown {', '.join(bad)} (choose from {', '.join(ATTACKS)})")
-    if any(e < 0 for e in args.eps):
-        raise CliError("--eps: values must be >= 0")
     if args.resume and args.out is None:
         raise CliError("--resume needs --out (the folder of the evaluation to continue)")
     rank, args.device = _distributed.init_from_env(args.device)
@@ -120,10 +123,9 @@ def run(args: argparse.Namespace) -> int:
             if os.path.exists(path):
                 os.unlink(path)
     _distributed.barrier()
-    amp = {"bf16": torch.bfloat16, "fp16": torch.float16, None: None}[args.amp]
     try:
         report = evaluate(model, (images, labels), args.attacks, args.eps, steps=args.steps,
-                          batch_size=args.batch_size, cascade=not args.no_cascade, seed=args.seed, amp=amp,
+                          batch_size=args.batch_size, cascade=not args.no_cascade, seed=args.seed, amp=args.amp,
                           channels_last=args.channels_last, backend=args.backend, state_path=state,
                           progress=not args.quiet)  # fmt: skip
     except (CheckpointError, RuntimeError) as error:

@@ -50,3 +50,8 @@ def assert_exact(actual: torch.Tensor, expected: torch.Tensor, context: str = ""
     bad = (~same).nonzero()[:8]
     rows = [f"  at {tuple(i.tolist())}: got {a[tuple(i)].item()!r}, expected {e[tuple(i)].item()!r}" for i in bad]
     raise AssertionError(f"{context}: {int((~same).sum())} of {a.numel()} elements differ\n" + "\n".join(rows))
+
+
+def pytest_configure(config):
+    # `-m "not slow"` skips the subprocess torchrun runs, the SIGKILL resume and the long training runs
+    config.addinivalue_line("markers", "slow: takes a minute or more (subprocesses, torchrun, long training)")

@@ -35,11 +35,11 @@ def joined(values) -> str:
     return ",".join(str(v) for v in values)
 
 
-def _checked(check_value: Callable, value: Any, *limits: Any) -> Any:
-    """check_value("value", value, ...) from fastadv._validate, its error an ArgumentTypeError
+def _checked(check_value: Callable, value: Any, *more: Any) -> Any:
+    """check_value("value", value, *more) from fastadv._validate, its error an ArgumentTypeError
     with the message less the name (argparse names the option)."""
     try:
-        return check_value("value", value, *limits)
+        return check_value("value", value, *more)
     except (TypeError, ValueError) as error:
         raise argparse.ArgumentTypeError(re.sub(r"^value:? ", "", str(error))) from None
 

@@ -12,11 +12,16 @@ import torch
 from .. import _distributed, models
 from .._validate import AMP_NAMES
 from ..checkpoint import CheckpointError
-from ..evaluate import ATTACKS, evaluate
+from ..evaluate import ATTACKS, evaluate, format_report
 from . import args as arg
 from .args import CliError
 
 EVALUATE = arg.defaults(evaluate)  # --attacks, --eps, --steps, --batch-size, --seed, --backend
+DESCRIPTION = """Evaluate a model against attacks at several eps: clean and robust accuracy, attack success rate,
+macro precision/recall/F1 under attack, perturbation norms, images/s, and the worst case over
+attacks. Later attacks run only on samples still robust (AutoAttack's cascade). Writes report.json,
+robustness.png and examples.png into --out. With no --model, trains (or reuses from the cache) a
+small CNN on scikit-learn's digits."""  # argparse re-wraps it
 
 
 def _default_cache() -> str:
@@ -24,13 +29,6 @@ def _default_cache() -> str:
         os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "fastadv"
     )
     return os.path.join(root, "digits-small_cnn-standard.pt")
-
-
-DESCRIPTION = """Evaluate a model against attacks at several eps: clean and robust accuracy, attack success rate,
-macro precision/recall/F1 under attack, perturbation norms, images/s, and the worst case over
-attacks. Later attacks run only on samples still robust (AutoAttack's cascade). Writes report.json,
-robustness.png and examples.png into --out. With no --model, trains (or reuses from the cache) a
-small CNN on scikit-learn's digits."""  # argparse re-wraps it
 
 
 def add_parser(sub) -> None:
@@ -79,11 +77,9 @@ def _default_model(cache: str, quiet: bool) -> torch.nn.Module:
         return models.load(cache)
     except CheckpointError:
         pass  # missing or damaged: train it again (seconds)
-    from ..models import standard_digits_model
-
     if not quiet:
         print(f"training the digits model (cached in {cache}) ...")
-    model = standard_digits_model()
+    model = models.standard_digits_model()
     try:
         models.save(model, cache, recipe="standard")
     except OSError as error:
@@ -92,8 +88,6 @@ def _default_model(cache: str, quiet: bool) -> torch.nn.Module:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..evaluate import format_report
-
     if args.resume and args.out is None:
         raise CliError("--resume needs --out (the folder of the evaluation to continue)")
     rank, args.device = _distributed.init_from_env(args.device)
@@ -128,7 +122,7 @@ def run(args: argparse.Namespace) -> int:
                           batch_size=args.batch_size, cascade=not args.no_cascade, seed=args.seed, amp=args.amp,
                           channels_last=args.channels_last, backend=args.backend, state_path=state,
                           progress=not args.quiet)  # fmt: skip
-    except (CheckpointError, RuntimeError) as error:
+    except (ValueError, RuntimeError) as error:  # ValueError: a state file of another evaluation, say
         raise CliError(str(error).splitlines()[0]) from None
     report["model"] = args.model or f"digits small_cnn (cached at {args.cache})"
     report["data"] = args.data

@@ -21,12 +21,10 @@ from .args import CliError
 # Shared with the functions the command runs: --schedule and --seed (fit), --alpha, --steps,
 # --replays, --beta and --clean-fraction (Recipe), --width (small_cnn).
 FIT, RECIPE, SMALL_CNN = arg.defaults(fit), arg.defaults(Recipe), arg.defaults(models.small_cnn)
-# The command's own: FGSM-RS on the digits with Adam, as models.standard_digits_model is trained (fit's defaults
-# are PGD-AT at 8/255 with SGD, for CIFAR-sized models).
+# The command's own: FGSM-RS on the digits with Adam, as models.standard_digits_model is trained
+# (fit's defaults are PGD-AT at 8/255 with SGD, for CIFAR-sized models).
 DIGITS = {"recipe": "fgsm-rs", "eps": 0.1, "epochs": 15, "batch_size": 64, "optimizer": "adam", "lr": 2e-3,
           "weight_decay": 0.0}  # fmt: skip
-
-
 DESCRIPTION = """Train a model with a recipe (standard, pgd = PGD-AT, fgsm-rs = FGSM with a random start, free =
 Free-AT, trades = TRADES), checkpointing every epoch into --out (latest.pt; model.pt at the end, for
 `fastadv eval --model`). --resume continues a killed run."""  # argparse re-wraps it
@@ -110,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
                       val_data=val, amp=args.amp, channels_last=args.channels_last, checkpoint_dir=out,
                       resume=args.resume, seed=args.seed, deterministic=args.deterministic,
                       progress=not args.quiet)  # fmt: skip
-    except (CheckpointError, ValueError) as error:
+    except ValueError as error:  # CheckpointError too
         raise CliError(str(error).splitlines()[0]) from None
     if rank != 0:
         return 0

@@ -5,18 +5,20 @@ touched. The op layer's own checks of tensors and step parameters are in `_check
 from __future__ import annotations
 
 import math
+from collections.abc import Collection, Sequence
 from numbers import Real
 
 import torch
 
+# autocast dtypes by name: the command line's --amp choices are the short names
+AMP_NAMES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 _AMP = {
     None: None,
     torch.float16: torch.float16,
     torch.bfloat16: torch.bfloat16,
     "float16": torch.float16,
-    "fp16": torch.float16,
     "bfloat16": torch.bfloat16,
-    "bf16": torch.bfloat16,
+    **AMP_NAMES,
 }
 
 
@@ -72,6 +74,37 @@ def positive_int(name: str, value: object) -> int:
     if value < 1:
         raise ValueError(f"{name} must be >= 1, got {value}")
     return value
+
+
+def _is_nonempty_list(values: object) -> bool:
+    return isinstance(values, Sequence) and not isinstance(values, str) and len(values) > 0
+
+
+def probability(name: str, value: object) -> float:
+    """A number in [0, 1], as a float."""
+    return number(name, value, at_least=0, at_most=1)
+
+
+def optional_number(name: str, value: object, **limits: float) -> float | None:
+    """None, or a number as :func:`number` checks it."""
+    return None if value is None else number(name, value, **limits)
+
+
+def numbers(name: str, values: object, **limits: float) -> list[float]:
+    """A non-empty list (or tuple) of numbers, each as :func:`number` checks it, as floats."""
+    if not _is_nonempty_list(values):
+        raise ValueError(f"{name} must be a non-empty list of numbers, got {values!r}")
+    return [number(f"{name}[{i}]", v, **limits) for i, v in enumerate(values)]
+
+
+def choices(name: str, values: object, allowed: Collection[str]) -> list[str]:
+    """A non-empty list (or tuple) of names, each one of `allowed`."""
+    if not _is_nonempty_list(values):
+        raise ValueError(f"{name} must be a non-empty list among {', '.join(allowed)}; got {values!r}")
+    unknown = [repr(v) if not isinstance(v, str) else v for v in values if v not in allowed]  # type: ignore[attr-defined]
+    if unknown:
+        raise ValueError(f"{name}: unknown {', '.join(unknown)}; choose from {', '.join(allowed)}")
+    return list(values)  # type: ignore[call-overload]
 
 
 def flag(name: str, value: object) -> bool:
@@ -148,3 +181,17 @@ def logits(output: object, batch: int) -> torch.Tensor:
     if not output.is_floating_point():
         raise TypeError(f"model must return floating logits, got {output.dtype}")
     return output
+
+
+def image_dataset(name: str, data: object) -> tuple[torch.Tensor, torch.Tensor]:
+    """A pair (images [N, ...] floating in [0, 1], labels [N] integers); returns it with int64 labels."""
+    if not (isinstance(data, (tuple, list)) and len(data) == 2 and all(isinstance(t, torch.Tensor) for t in data)):
+        raise TypeError(f"{name} must be a pair (images, labels) of tensors")
+    images, labels = data
+    if not images.is_floating_point() or images.dim() < 2:
+        raise ValueError(f"{name}: images must be a floating tensor [N, ...], got {images.dtype} {tuple(images.shape)}")
+    if labels.shape != images.shape[:1] or labels.is_floating_point():
+        raise ValueError(f"{name}: labels must be integers of shape [{images.shape[0]}], got {tuple(labels.shape)}")
+    if images.numel() and (float(images.min()) < 0 or float(images.max()) > 1):
+        raise ValueError(f"{name}: images must lie in [0, 1]")
+    return images, labels.long()

@@ -11,6 +11,7 @@ from typing import Any
 import torch
 
 from . import _validate as check
+from ._cascade import StageRun, run_cascade
 from .attacks import APGD, APGDT
 
 
@@ -110,26 +111,25 @@ class AutoAttackLite:
         clean_accuracy = float(robust.float().mean()) if n else 0.0
         self._say(f"initial accuracy: {clean_accuracy:.2%}")
         adv = images.detach().clone()
-        stages = []
-        for name, attack in self.stages:
-            todo = robust.nonzero().squeeze(1)
-            attacked, fooled_total = int(todo.numel()), 0
-            chunks = max(1, -(-attacked // batch_size))
-            for chunk in range(chunks):
-                idx = todo[chunk * batch_size : (chunk + 1) * batch_size]
-                if idx.numel() == 0:
-                    break
-                result = attack.run(images[idx], labels[idx])
-                fooled = idx[result.success]
-                adv[fooled] = result.adv[result.success]
-                robust[fooled] = False
-                fooled_total += int(fooled.numel())
-                self._say(f"{name} - {chunk + 1}/{chunks} - {int(fooled.numel())} out of {int(idx.numel())} "
-                          "successfully perturbed")  # fmt: skip
+        stages: list[Stage] = []
+        attacks = dict(self.stages)
+
+        def attack(name: str, index: torch.Tensor) -> torch.Tensor:
+            result = attacks[name].run(images[index], labels[index])
+            adv[index[result.success]] = result.adv[result.success]
+            return result.success
+
+        def chunk_done(name: str, chunk: int, chunks: int, index: torch.Tensor, fooled: torch.Tensor) -> None:
+            self._say(f"{name} - {chunk + 1}/{chunks} - {int(fooled.sum())} out of {int(index.numel())} "
+                      "successfully perturbed")  # fmt: skip
+
+        def stage_done(name: str, run: StageRun) -> None:
             accuracy = float(robust.float().mean()) if n else 0.0
             seconds = time.perf_counter() - start
-            stages.append(Stage(name, attacked, fooled_total, accuracy, seconds))
+            stages.append(Stage(name, int(run.index.numel()), int(run.fooled.sum()), accuracy, seconds))
             self._say(f"robust accuracy after {name.upper()}: {accuracy:.2%} (total time {seconds:.1f} s)")
+
+        run_cascade(list(attacks), robust, attack, batch_size=batch_size, on_chunk=chunk_done, on_stage=stage_done)
         delta = (adv.float() - images.float()).flatten(1)
         size = delta.abs().amax(1) if self.norm.lower() == "linf" else delta.norm(dim=1)
         self._say(

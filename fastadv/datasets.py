@@ -9,6 +9,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from . import _validate as check
+
 DIGITS_SIZE = 16
 DIGITS_TEST_FRACTION = 0.2
 DIGITS_SPLIT_SEED = 0
@@ -27,8 +29,7 @@ def digits(split: str = "train") -> tuple[torch.Tensor, torch.Tensor]:
         ValueError: ``split`` is not "train", "test" or "all".
         ImportError: scikit-learn is not installed.
     """
-    if split not in ("train", "test", "all"):
-        raise ValueError(f"split must be 'train', 'test' or 'all', got {split!r}")
+    check.choice("split", split, ("train", "test", "all"))
     try:
         from sklearn.datasets import load_digits
     except ImportError as error:  # pragma: no cover - scikit-learn is a dependency
@@ -116,8 +117,8 @@ def image_folder(path: str, size: int | None = None) -> tuple[torch.Tensor, torc
     classes = sorted(d for d in os.listdir(path) if os.path.isdir(os.path.join(path, d)) and not d.startswith("."))
     if not classes:
         raise DataError(f"{path}: expected one sub-folder of images per class, found none")
-    if size is not None and (not isinstance(size, int) or size < 1):
-        raise ValueError(f"size must be a positive int or None, got {size!r}")
+    if size is not None:
+        check.positive_int("size", size)
     arrays, labels = [], []
     for label, name in enumerate(classes):
         folder = os.path.join(path, name)

@@ -15,9 +15,13 @@ import datetime
 import os
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 
+from . import _distributed
+from . import _validate as check
+from ._cascade import StageRun, run_cascade
 from ._version import __version__
 from .attacks import APGD, APGDT, CW, FGSM, MIFGSM, PGD, PGDL2, DeepFool
 from .autoattack import AutoAttackLite, AutoAttackResult, Stage
@@ -43,16 +47,6 @@ ATTACKS = {
 MINIMAL_NORM = ("deepfool", "cw")
 
 
-def _check(attacks: Sequence[str], eps: Sequence[float], batch_size: int, steps: int) -> None:
-    if isinstance(attacks, str) or not attacks or any(a not in ATTACKS for a in attacks):
-        raise ValueError(f"attacks must be a non-empty list among {', '.join(ATTACKS)}; got {attacks!r}")
-    if isinstance(eps, (int, float)) or not eps or any(not isinstance(e, (int, float)) or not e >= 0 for e in eps):
-        raise ValueError(f"eps must be a non-empty list of numbers >= 0, got {eps!r}")
-    for name, value in (("batch_size", batch_size), ("steps", steps)):
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ValueError(f"{name} must be an int >= 1, got {value!r}")
-
-
 class _Sums:
     """Every per-sample quantity the report needs, summed. Keys: "clean" ([K, K] confusion),
     "worst" (per eps, the confusion of the worst case over all attacks), and per (eps index,
@@ -73,13 +67,8 @@ class _Sums:
 
     def reduce(self) -> None:
         """Sums over torch.distributed ranks (seconds: the slowest rank's)."""
-        import torch.distributed as dist
-
-        backend_device = "cuda" if dist.get_backend() == "nccl" else "cpu"
         for key, value in self.t.items():
-            moved = value.to(backend_device)
-            dist.all_reduce(moved, op=dist.ReduceOp.MAX if key == "seconds" else dist.ReduceOp.SUM)
-            self.t[key] = moved.cpu()
+            self.t[key] = _distributed.all_reduce(value, "max" if key == "seconds" else "sum")
 
 
 def _confusion(labels: torch.Tensor, predicted: torch.Tensor, classes: int) -> torch.Tensor:
@@ -98,19 +87,60 @@ def _macro_scores(cm: torch.Tensor) -> tuple[float, float, float]:
     return tuple(float(v[present].mean()) for v in (precision, recall, f1))  # type: ignore[return-value]
 
 
-def _attack_batch(model, x, y, robust, attack_index, eps, eps_index, attack_name, batch_index, seed, steps, options):
-    """Runs one attack on the samples of `robust` (bool [b]); returns (fooled mask over the batch,
-    predictions on the adversarial images of the attacked samples, their perturbation norms,
-    seconds, number attacked)."""
-    targets = robust.nonzero().squeeze(1)
-    fooled = torch.zeros_like(robust)
-    if targets.numel() == 0 or eps == 0:
-        return fooled, None, targets, (0.0, 0.0), 0.0
+@dataclass(frozen=True, eq=False)
+class _Job:
+    """What every batch of one evaluation shares: the model, the attacks (names of ATTACKS) and
+    eps, their settings, the number of classes and the attacks' options (amp, channels_last,
+    backend)."""
+
+    model: torch.nn.Module
+    attacks: list[str]
+    eps: list[float]
+    steps: int
+    cascade: bool
+    seed: int
+    classes: int
+    options: dict
+
+
+@dataclass(frozen=True)
+class _Batch:
+    """One batch: images, labels, its index among the evaluation's batches (it seeds the
+    attacks), and the model's clean predictions."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    index: int
+    clean_pred: torch.Tensor
+
+
+@dataclass(frozen=True)
+class _Outcome:
+    """One attack on some samples of a batch: which it fooled (bool over them), the predictions
+    on their adversarial images (None when no attack ran), the sums of their L-inf and L2
+    perturbation norms, and the attack's seconds."""
+
+    fooled: torch.Tensor
+    predicted: torch.Tensor | None
+    norms: tuple[float, float]
+    seconds: float
+
+
+_NOTHING = _Outcome(torch.zeros(0, dtype=torch.bool), None, (0.0, 0.0), 0.0)  # no sample to attack
+
+
+def _attack_batch(job: _Job, batch: _Batch, targets: torch.Tensor, attack_index: int, eps_index: int) -> _Outcome:
+    """Runs attack `attack_index` at eps `eps_index` on the samples `targets` (indices) of the
+    batch, seeded by (seed, batch index, attack index, eps index)."""
+    x, y = batch.x, batch.y
+    eps, attack_name = job.eps[eps_index], job.attacks[attack_index]
+    if eps == 0:
+        return _Outcome(torch.zeros_like(targets, dtype=torch.bool), None, (0.0, 0.0), 0.0)
     generator = torch.Generator(device=x.device).manual_seed(
-        hash((seed, batch_index, attack_index, eps_index)) % (2**63)
+        hash((job.seed, batch.index, attack_index, eps_index)) % (2**63)
     )
     norm, factory = ATTACKS[attack_name]
-    attack = factory(model, eps, steps, generator, **options)
+    attack = factory(job.model, eps, job.steps, generator, **job.options)
     start = time.perf_counter()
     result = attack.run(x[targets], y[targets])
     if x.device.type == "cuda":
@@ -122,16 +152,15 @@ def _attack_batch(model, x, y, robust, attack_index, eps, eps_index, attack_name
         within = delta.norm(dim=1) <= eps * (1 + 1e-6)
         success, predicted = success & within, torch.where(within, predicted, y[targets])
         delta = torch.where(within.unsqueeze(1), delta, torch.zeros_like(delta))
-    fooled[targets] = success
     norms = (float(delta.abs().amax(1).sum()), float(delta.norm(dim=1).sum()))
-    return fooled, predicted, targets, norms, seconds
+    return _Outcome(success, predicted, norms, seconds)
 
 
 def evaluate(
     model: torch.nn.Module,
     data: tuple[torch.Tensor, torch.Tensor],
     attacks: Sequence[str] = ("fgsm", "pgd"),
-    eps: Sequence[float] = (0.05, 0.1, 0.15),
+    eps: Sequence[float] = (0.025, 0.05, 0.1, 0.15),
     *,
     steps: int = 20,
     batch_size: int = 256,
@@ -154,20 +183,21 @@ def evaluate(
     distributed: shard batches over torch.distributed ranks and reduce (default: when a process
     group is initialised). Every rank returns the full report.
     """
-    _check(list(attacks), list(eps), batch_size, steps)
-    attacks, eps = list(attacks), [float(e) for e in eps]
+    attacks = check.choices("attacks", attacks, tuple(ATTACKS))
+    eps = check.numbers("eps", eps, at_least=0)
+    check.positive_int("batch_size", batch_size)
+    check.positive_int("steps", steps)
+    options = {"amp": check.amp_dtype(amp), "channels_last": channels_last, "backend": backend}
     images, labels = data
     device = next(iter(model.parameters()), images).device
-    options = {"amp": amp, "channels_last": channels_last, "backend": backend}
-    import torch.distributed as dist
-
     if distributed is None:
-        distributed = dist.is_available() and dist.is_initialized()
-    rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
+        distributed = _distributed.is_initialized()
+    rank, world = _distributed.rank_and_world() if distributed else (0, 1)
     was_training = model.training
     model.eval()
     with torch.no_grad():
         classes = int(model(images[:1].to(device)).shape[1])
+    job = _Job(model, attacks, eps, steps, cascade, seed, classes, options)
     settings = {"attacks": attacks, "eps": eps, "steps": steps, "batch_size": batch_size, "cascade": cascade,
                 "seed": seed, "samples": int(images.shape[0]), "world_size": world}  # fmt: skip
     sums, first_batch = _Sums(len(eps), len(attacks), classes), 0
@@ -186,7 +216,7 @@ def evaluate(
             start = batches[batch_index]
             x = images[start : start + batch_size].to(device)
             y = labels[start : start + batch_size].to(device).long()
-            _evaluate_batch(model, x, y, batch_index, sums, attacks, eps, steps, cascade, seed, classes, options)
+            _evaluate_batch(job, x, y, batch_index, sums)
             if rank_state is not None:
                 save_atomic({"kind": "evaluation", "settings": settings, "sums": sums.t,
                              "next_batch": batch_index + 1}, rank_state)  # fmt: skip
@@ -197,33 +227,42 @@ def evaluate(
     return _report(sums.t, attacks, eps, settings, device, backend, seed)
 
 
-def _evaluate_batch(model, x, y, batch_index, sums, attacks, eps, steps, cascade, seed, classes, options):
-    t = sums.t
+def _evaluate_batch(job: _Job, x: torch.Tensor, y: torch.Tensor, batch_index: int, sums: _Sums) -> None:
+    """Adds one batch to `sums`."""
     with torch.no_grad():
-        clean_pred = model(x).argmax(1)
-    t["clean"] += _confusion(y, clean_pred, classes)
+        batch = _Batch(x, y, batch_index, job.model(x).argmax(1))
+    sums.t["clean"] += _confusion(y, batch.clean_pred, job.classes)
+    for e_index in range(len(job.eps)):
+        _evaluate_at_eps(job, batch, e_index, sums.t)
+
+
+def _evaluate_at_eps(job: _Job, batch: _Batch, e_index: int, t: dict[str, torch.Tensor]) -> None:
+    """The attacks at one eps on one batch, in a cascade (without it, each on every correctly
+    classified sample), added to the sums `t`."""
+    y, clean_pred = batch.y, batch.clean_pred
     correct = clean_pred == y
-    for e_index, e in enumerate(eps):
-        worst_pred = clean_pred.clone()
-        robust = correct.clone()
-        for a_index, name in enumerate(attacks):
-            to_attack = robust if cascade else correct
-            fooled, predicted, targets, norms, seconds = _attack_batch(
-                model, x, y, to_attack, a_index, e, e_index, name, batch_index, seed, steps, options
-            )
-            own_pred = clean_pred.clone()
-            if predicted is not None:
-                own_pred[targets] = predicted
-                newly = fooled[targets] & robust[targets]  # the first attack to fool a sample sets its worst case
-                worst_pred[targets[newly]] = predicted[newly]
-            robust &= ~fooled
-            t["cm"][e_index, a_index] += _confusion(y, worst_pred if cascade else own_pred, classes)
-            t["fooled"][e_index, a_index] += float((correct & ~robust).sum() if cascade else fooled.sum())
-            t["attacked"][e_index, a_index] += float(targets.numel())
-            t["linf"][e_index, a_index] += norms[0]
-            t["l2"][e_index, a_index] += norms[1]
-            t["seconds"][e_index, a_index] += seconds
-        t["worst"][e_index] += _confusion(y, worst_pred, classes)
+    worst_pred, robust = clean_pred.clone(), correct.clone()
+    outcomes: dict[int, _Outcome] = {}
+
+    def attack(a_index: int, targets: torch.Tensor) -> torch.Tensor:
+        outcomes[a_index] = _attack_batch(job, batch, targets, a_index, e_index)
+        return outcomes[a_index].fooled
+
+    def record(a_index: int, run: StageRun) -> None:
+        outcome = outcomes.pop(a_index, _NOTHING)
+        own_pred = clean_pred.clone()
+        if outcome.predicted is not None:
+            own_pred[run.index] = outcome.predicted
+            worst_pred[run.index[run.newly]] = outcome.predicted[run.newly]  # the first to fool a sample sets it
+        t["cm"][e_index, a_index] += _confusion(y, worst_pred if job.cascade else own_pred, job.classes)
+        t["fooled"][e_index, a_index] += float((correct & ~robust).sum() if job.cascade else run.fooled.sum())
+        t["attacked"][e_index, a_index] += float(run.index.numel())
+        t["linf"][e_index, a_index] += outcome.norms[0]
+        t["l2"][e_index, a_index] += outcome.norms[1]
+        t["seconds"][e_index, a_index] += outcome.seconds
+
+    run_cascade(range(len(job.attacks)), robust, attack, survivors_only=job.cascade, on_stage=record)
+    t["worst"][e_index] += _confusion(y, worst_pred, job.classes)
 
 
 def _report(t, attacks, eps, settings, device, backend, seed) -> dict:

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import _validate as check
 from .checkpoint import CheckpointError, save_atomic
 from .checkpoint import load as _load_checkpoint
 from .datasets import digits
@@ -32,8 +33,7 @@ def small_cnn(in_channels: int = 1, num_classes: int = 10, width: int = 32) -> n
     Accepts ``[B, in_channels, H, W]`` with H and W divisible by 4; the head adapts to any such
     size through adaptive average pooling to 4x4."""
     for name, value in (("in_channels", in_channels), ("num_classes", num_classes), ("width", width)):
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ValueError(f"{name} must be a positive int, got {value!r}")
+        check.positive_int(name, value)
     model = nn.Sequential(
         nn.Conv2d(in_channels, width, 3, padding=1),
         nn.ReLU(),

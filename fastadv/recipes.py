@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import _validate as check
 from . import ops
 from .attacks import FGSM, PGD
 from .attacks._model_state import attack_mode
@@ -44,18 +45,13 @@ class Recipe:
     clean_fraction: float = 0.0
 
     def __post_init__(self):
-        if self.name not in RECIPES:
-            raise ValueError(f"recipe must be one of {', '.join(RECIPES)}; got {self.name!r}")
-        for field, value, low in (("eps", self.eps, 0.0), ("beta", self.beta, 0.0)):
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or not value >= low:
-                raise ValueError(f"{field} must be a number >= {low}, got {value!r}")
-        if self.alpha is not None and (not isinstance(self.alpha, (int, float)) or not self.alpha >= 0):
-            raise ValueError(f"alpha must be a number >= 0 or None, got {self.alpha!r}")
-        for field, value in (("steps", self.steps), ("replays", self.replays)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{field} must be an int >= 1, got {value!r}")
-        if not isinstance(self.clean_fraction, (int, float)) or not 0.0 <= self.clean_fraction <= 1.0:
-            raise ValueError(f"clean_fraction must lie in [0, 1], got {self.clean_fraction!r}")
+        check.choice("recipe", self.name, RECIPES)
+        check.number("eps", self.eps, at_least=0)
+        check.number("beta", self.beta, at_least=0)
+        check.optional_number("alpha", self.alpha, at_least=0)
+        check.positive_int("steps", self.steps)
+        check.positive_int("replays", self.replays)
+        check.probability("clean_fraction", self.clean_fraction)
 
     @property
     def step_size(self) -> float:

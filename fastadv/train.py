@@ -3,14 +3,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import torch
-import torch.distributed
 from torch import nn
 
+from . import _distributed
 from . import _validate as check
 from .checkpoint import load as load_checkpoint
 from .checkpoint import rng_state, save_atomic, set_rng_state
@@ -92,171 +93,181 @@ def fit(
     recipe = recipe or Recipe()
     if not isinstance(recipe, Recipe):
         raise TypeError(f"recipe must be a fastadv.recipes.Recipe, got {type(recipe).__name__}")
-    images, labels = _check_data("train_data", train_data)
+    images, labels = check.image_dataset("train_data", train_data)
     if val_data is not None:
-        _check_data("val_data", val_data)
+        check.image_dataset("val_data", val_data)
     for name, value in (("epochs", epochs), ("batch_size", batch_size), ("val_steps", val_steps)):
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ValueError(f"{name} must be an int >= 1, got {value!r}")
-    if optimizer not in OPTIMIZERS:
-        raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}; got {optimizer!r}")
-    if schedule not in SCHEDULES:
-        raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}; got {schedule!r}")
-    if not lr > 0:
-        raise ValueError(f"lr must be > 0, got {lr!r}")
+        check.positive_int(name, value)
+    check.choice("optimizer", optimizer, OPTIMIZERS)
+    check.choice("schedule", schedule, SCHEDULES)
+    check.number("lr", lr, above=0)
+    check.optional_number("val_eps", val_eps, at_least=0)
     amp_dtype = check.amp_dtype(amp)
     if resume and checkpoint_dir is None:
         raise ValueError("resume needs checkpoint_dir")
-    device = next(iter(model.parameters()), torch.empty(0)).device
     config = FitConfig(recipe.as_dict(), epochs, batch_size, optimizer, lr, momentum, weight_decay, schedule, seed,
                        None if amp_dtype is None else str(amp_dtype), channels_last)  # fmt: skip
-    opt = (
-        torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
-        if optimizer == "sgd"
-        else torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
-    )
-    steps_per_epoch = -(-images.shape[0] // batch_size) * (recipe.replays if recipe.name == "free" else 1)
-    total = steps_per_epoch * epochs
-    scheduler = torch.optim.lr_scheduler.LambdaLR(opt, lambda it: _lr_factor(schedule, it, total))
-    history: list[dict] = []
-    first_epoch = 0
+    opt, scheduler = _optimizer_and_schedule(model, config, images.shape[0], recipe)
+    run = _Run(model=model, trained=model, optimizer=opt, scheduler=scheduler, images=images, labels=labels,
+               recipe=recipe, batch_size=batch_size, seed=seed, amp=amp_dtype, channels_last=channels_last,
+               backend=backend, progress=progress)  # fmt: skip
     latest = None if checkpoint_dir is None else os.path.join(checkpoint_dir, "latest.pt")
-    if resume and os.path.exists(latest):
-        state = load_checkpoint(latest, "training")
-        if state["config"] != asdict(config):
-            changed = [k for k, v in asdict(config).items() if state["config"].get(k) != v]
-            raise ValueError(f"resume: {latest} was written with other settings ({', '.join(changed)})")
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        set_rng_state(state["rng"])
-        history, first_epoch = state["history"], state["epoch"] + 1
-    free_delta = None
-    rank, world = _rank_and_world()
-    trained = model
-    if world > 1:
-        # Gradients of the training loss are averaged over ranks; attacks use the bare model.
-        from torch.nn.parallel import DistributedDataParallel
-
-        trained = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    deterministic_before = torch.are_deterministic_algorithms_enabled()
-    if deterministic:
-        torch.use_deterministic_algorithms(True)
-    try:
+    history, first_epoch = _resume(run, latest, config) if resume else ([], 0)
+    run.trained = _data_parallel(model, run.device, run.world)
+    with _deterministic_algorithms(deterministic):
         for epoch in range(first_epoch, epochs):
-            history.append(
-                _one_epoch(
-                    model,
-                    opt,
-                    scheduler,
-                    images,
-                    labels,
-                    recipe,
-                    epoch,
-                    batch_size,
-                    seed,
-                    amp_dtype,
-                    channels_last,
-                    backend,
-                    device,
-                    progress,
-                    free_delta,
-                    trained,
-                )  # fmt: skip
-            )
-            record = history[-1]
+            record = _one_epoch(run, epoch)
+            history.append(record)
             if val_data is not None:
-                eps = recipe.eps if val_eps is None else val_eps
-                vx, vy = (t.to(device) for t in val_data)
-                report = evaluate(model, (vx, vy), ["pgd"], [eps], steps=val_steps, batch_size=batch_size,
-                                  seed=seed + epoch, amp=amp_dtype, channels_last=channels_last, backend=backend,
-                                  progress=False)  # fmt: skip
-                record["clean_accuracy"] = report["clean_accuracy"]
-                record["robust_accuracy"] = report["worst_case"][0]["robust_accuracy"]
-            if latest is not None and rank == 0:
-                save_atomic({"kind": "training", "epoch": epoch, "config": asdict(config),
-                             "model": model.state_dict(), "optimizer": opt.state_dict(),
-                             "scheduler": scheduler.state_dict(), "rng": rng_state(), "history": history},
-                            latest)  # fmt: skip
-            if world > 1:
-                torch.distributed.barrier()  # nobody runs ahead of the checkpoint
-    finally:
-        torch.use_deterministic_algorithms(deterministic_before)
+                record.update(_validation(run, val_data, recipe.eps if val_eps is None else val_eps, val_steps, epoch))
+            if latest is not None and run.rank == 0:
+                _save_checkpoint(run, latest, epoch, config, history)
+            _distributed.barrier()  # nobody runs ahead of the checkpoint
     model.eval()
-    if checkpoint_dir is not None and rank == 0 and getattr(model, "fastadv_spec", None) is not None:
+    if checkpoint_dir is not None and run.rank == 0 and getattr(model, "fastadv_spec", None) is not None:
         from .models import save
 
         save(model, os.path.join(checkpoint_dir, "model.pt"), recipe=recipe.as_dict(), history=history)
     return history
 
 
-def _rank_and_world() -> tuple[int, int]:
-    import torch.distributed as dist
+@dataclass(eq=False)
+class _Run:
+    """What the epochs of one `fit` share. `trained` is the module the training loss runs
+    through (the DistributedDataParallel wrapper under torch.distributed); attacks use `model`."""
 
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
+    model: nn.Module
+    trained: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    images: torch.Tensor
+    labels: torch.Tensor
+    recipe: Recipe
+    batch_size: int
+    seed: int
+    amp: torch.dtype | None
+    channels_last: bool
+    backend: str
+    progress: bool
+    device: torch.device = field(init=False)
+    rank: int = field(init=False)
+    world: int = field(init=False)
+
+    def __post_init__(self):
+        self.device = next(iter(self.model.parameters()), torch.empty(0)).device
+        self.rank, self.world = _distributed.rank_and_world()
 
 
-def _check_data(name: str, data: object) -> tuple[torch.Tensor, torch.Tensor]:
-    if not (isinstance(data, (tuple, list)) and len(data) == 2 and all(isinstance(t, torch.Tensor) for t in data)):
-        raise TypeError(f"{name} must be a pair (images, labels) of tensors")
-    images, labels = data
-    if not images.is_floating_point() or images.dim() < 2:
-        raise ValueError(f"{name}: images must be a floating tensor [N, ...], got {images.dtype} {tuple(images.shape)}")
-    if labels.shape != images.shape[:1] or labels.is_floating_point():
-        raise ValueError(f"{name}: labels must be integers of shape [{images.shape[0]}], got {tuple(labels.shape)}")
-    if images.numel() and (float(images.min()) < 0 or float(images.max()) > 1):
-        raise ValueError(f"{name}: images must lie in [0, 1]")
-    return images, labels.long()
+def _optimizer_and_schedule(model: nn.Module, config: FitConfig, samples: int, recipe: Recipe):
+    """The optimizer and its per-iteration learning-rate schedule over the whole run."""
+    if config.optimizer == "sgd":
+        opt = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
+                              weight_decay=config.weight_decay)  # fmt: skip
+    else:
+        opt = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    steps_per_epoch = -(-samples // config.batch_size) * (recipe.replays if recipe.name == "free" else 1)
+    total = steps_per_epoch * config.epochs
+    scheduler = torch.optim.lr_scheduler.LambdaLR(opt, lambda it: _lr_factor(config.schedule, it, total))
+    return opt, scheduler
 
 
-def _one_epoch(model, opt, scheduler, images, labels, recipe, epoch, batch_size, seed, amp, channels_last, backend,
-               device, progress, free_delta, trained=None) -> dict:  # fmt: skip
-    """One pass over the data. `trained` is the module the training loss runs through (the
-    DistributedDataParallel wrapper under torch.distributed); attacks use `model` itself."""
+def _resume(run: _Run, latest: str, config: FitConfig) -> tuple[list[dict], int]:
+    """Restores the model, optimizer, schedule and RNG states from `latest` when it exists (its
+    settings must be `config`); returns (history so far, first epoch to run)."""
+    if not os.path.exists(latest):
+        return [], 0
+    state = load_checkpoint(latest, "training")
+    if state["config"] != asdict(config):
+        changed = [k for k, v in asdict(config).items() if state["config"].get(k) != v]
+        raise ValueError(f"resume: {latest} was written with other settings ({', '.join(changed)})")
+    run.model.load_state_dict(state["model"])
+    run.optimizer.load_state_dict(state["optimizer"])
+    run.scheduler.load_state_dict(state["scheduler"])
+    set_rng_state(state["rng"])
+    return state["history"], state["epoch"] + 1
+
+
+def _data_parallel(model: nn.Module, device: torch.device, world: int) -> nn.Module:
+    """The module the training loss runs through: under torch.distributed, DistributedDataParallel
+    (gradients averaged over ranks); the model itself otherwise."""
+    if world <= 1:
+        return model
+    from torch.nn.parallel import DistributedDataParallel
+
+    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+
+@contextlib.contextmanager
+def _deterministic_algorithms(on: bool):
+    """torch.use_deterministic_algorithms(True) inside when `on`; the previous setting after."""
+    before = torch.are_deterministic_algorithms_enabled()
+    if on:
+        torch.use_deterministic_algorithms(True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(before)
+
+
+def _validation(run: _Run, val_data, eps: float, steps: int, epoch: int) -> dict:
+    """Clean accuracy and robust accuracy under PGD-`steps` at `eps` on `val_data`."""
+    vx, vy = (t.to(run.device) for t in val_data)
+    report = evaluate(run.model, (vx, vy), ["pgd"], [eps], steps=steps, batch_size=run.batch_size,
+                      seed=run.seed + epoch, amp=run.amp, channels_last=run.channels_last, backend=run.backend,
+                      progress=False)  # fmt: skip
+    return {"clean_accuracy": report["clean_accuracy"], "robust_accuracy": report["worst_case"][0]["robust_accuracy"]}
+
+
+def _save_checkpoint(run: _Run, latest: str, epoch: int, config: FitConfig, history: list[dict]) -> None:
+    """latest.pt after `epoch`: everything `_resume` restores, written atomically."""
+    save_atomic({"kind": "training", "epoch": epoch, "config": asdict(config), "model": run.model.state_dict(),
+                 "optimizer": run.optimizer.state_dict(), "scheduler": run.scheduler.state_dict(),
+                 "rng": rng_state(), "history": history}, latest)  # fmt: skip
+
+
+def _one_epoch(run: _Run, epoch: int) -> dict:
+    """One pass over the data: each rank its share of the epoch's permutation (seeded by
+    seed + epoch), attacks drawing from a generator seeded per epoch."""
     from tqdm import tqdm
 
-    trained = trained or model
+    model, trained, opt, recipe = run.model, run.trained, run.optimizer, run.recipe
     start_time = time.perf_counter()
-    order = torch.randperm(images.shape[0], generator=torch.Generator().manual_seed(seed + epoch))
-    rank, world = _rank_and_world()
-    if world > 1:
+    order = torch.randperm(run.images.shape[0], generator=torch.Generator().manual_seed(run.seed + epoch))
+    if run.world > 1:
         # every rank takes its share of the same permutation; all take as many batches
-        share = images.shape[0] // world
-        order = order[rank * share : (rank + 1) * share]
-    attack_generator = torch.Generator(device=device).manual_seed(seed * 100_003 + epoch)
-    autocast = torch.autocast(device.type, dtype=amp, enabled=amp is not None)
+        share = run.images.shape[0] // run.world
+        order = order[run.rank * share : (run.rank + 1) * share]
+    attack_generator = torch.Generator(device=run.device).manual_seed(run.seed * 100_003 + epoch)
+    autocast = torch.autocast(run.device.type, dtype=run.amp, enabled=run.amp is not None)
     total_loss, correct, seen = 0.0, 0, 0
+    free_delta = None
     model.train()
-    batches = range(0, order.shape[0], batch_size)
-    for start in tqdm(batches, desc=f"epoch {epoch + 1}", disable=not progress or rank, leave=False, unit="batch"):
-        index = order[start : start + batch_size]
-        x, y = images[index].to(device), labels[index].to(device)
-        if channels_last and x.dim() == 4:
+    batches = range(0, order.shape[0], run.batch_size)
+    for start in tqdm(batches, desc=f"epoch {epoch + 1}", disable=not run.progress or run.rank, leave=False,
+                      unit="batch"):  # fmt: skip
+        index = order[start : start + run.batch_size]
+        x, y = run.images[index].to(run.device), run.labels[index].to(run.device)
+        if run.channels_last and x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)
         if recipe.name == "free":
-            free_delta, loss_sum, hits = free_replays(trained, opt, x, y, free_delta, recipe, amp=amp, backend=backend,
-                                                      after_step=scheduler.step)  # fmt: skip
+            free_delta, loss_sum, hits = free_replays(trained, opt, x, y, free_delta, recipe, amp=run.amp,
+                                                      backend=run.backend, after_step=run.scheduler.step)  # fmt: skip
             total_loss, correct, seen = total_loss + loss_sum, correct + hits, seen + recipe.replays * x.shape[0]
             continue
-        x_train = adversarial_batch(model, x, y, recipe, generator=attack_generator, amp=amp,
-                                    channels_last=channels_last, backend=backend)  # fmt: skip
+        x_train = adversarial_batch(model, x, y, recipe, generator=attack_generator, amp=run.amp,
+                                    channels_last=run.channels_last, backend=run.backend)  # fmt: skip
         with autocast:
             loss, logits = training_loss(trained, x, x_train, y, recipe)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        scheduler.step()
+        run.scheduler.step()
         total_loss += float(loss.detach()) * x.shape[0]
         correct += int((logits.argmax(1) == y).sum())
         seen += x.shape[0]
-    if world > 1:
-        import torch.distributed as dist
-
-        totals = torch.tensor([total_loss, correct, seen], dtype=torch.float64, device=device)
-        dist.all_reduce(totals)
-        total_loss, correct, seen = totals.tolist()
+    if run.world > 1:
+        totals = torch.tensor([total_loss, correct, seen], dtype=torch.float64)
+        total_loss, correct, seen = _distributed.all_reduce(totals).tolist()
     return {
         "epoch": epoch + 1,
         "lr": opt.param_groups[0]["lr"],

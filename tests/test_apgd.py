@@ -1,5 +1,5 @@
 """APGD, APGD-T and AutoAttackLite: strength against PGD on the digits CNN, the step-size schedule, early
-stopping, model safety, bad input, and the cascade in evaluate / fastadv eval."""
+stopping, model safety, bad input, and the cascade in evaluate (fastadv eval's: test_cli.py)."""
 
 import re
 
@@ -10,7 +10,6 @@ from test_attack_safety import _inputs, _prepared_model
 
 import fastadv
 from fastadv.attacks.apgd import checkpoints
-from fastadv.cli import main
 from fastadv.evaluate import AutoAttackLite, evaluate
 
 
@@ -127,16 +126,12 @@ def test_apgd_t_needs_four_classes():
         fastadv.APGDT(model, eps=0.1, steps=2)(torch.rand(2, 1, 2, 2), torch.zeros(2, dtype=torch.long))
 
 
-def test_cascade_apgd_ce_then_apgd_t_in_evaluate_and_the_cli(digits, tmp_path):
+def test_cascade_apgd_ce_then_apgd_t_in_evaluate(digits):
     model, x, y = digits
     report = evaluate(model, (x[:128], y[:128]), ["apgd-ce", "apgd-t"], [0.1], steps=10, progress=False)
     ce, t = report["attacks"]
     assert t["samples_attacked"] == round(ce["robust_accuracy"] * 128), "APGD-T ran on APGD-CE's survivors only"
     assert t["robust_accuracy"] <= ce["robust_accuracy"]
-    fastadv.models.save(model, str(tmp_path / "m.pt"))
-    argv = ["eval", "--model", str(tmp_path / "m.pt"), "--attacks", "apgd-ce,apgd-t", "--eps", "0.1", "--steps", "3",
-            "--limit", "32", "--out", str(tmp_path / "out"), "--no-plots", "--quiet"]  # fmt: skip
-    assert main(argv) == 0
 
 
 class _BatchSizes(torch.nn.Module):

@@ -1,5 +1,5 @@
 """Robustness evaluation: numbers checked against the attacks run directly, the cascade, resume,
-torch.distributed with two CPU ranks, and the eval / train command lines."""
+and torch.distributed with two CPU ranks. (The eval / train command lines: test_cli.py.)"""
 
 import json
 import os
@@ -11,8 +11,8 @@ import torch
 from attack_helpers import assert_unchanged, digits_model, snapshot
 
 import fastadv
-from fastadv import models
-from fastadv.cli import main
+from fastadv import _distributed, models
+from fastadv._cascade import run_cascade
 from fastadv.evaluate import evaluate, format_report, robust_accuracy
 
 
@@ -120,6 +120,7 @@ dist.destroy_process_group()
 """
 
 
+@pytest.mark.slow
 def test_two_cpu_ranks_give_the_single_process_report(digits, tmp_path):
     """Both runs in processes with one thread each: CPU kernels sum in another order with another
     thread count, which moves a few samples across the decision boundary."""
@@ -147,128 +148,49 @@ def test_two_cpu_ranks_give_the_single_process_report(digits, tmp_path):
 def test_bad_evaluate_arguments(digits):
     model, x, y = digits
     for kwargs, part in (({"attacks": ["fab"]}, "attacks"), ({"eps": [-1]}, "eps"), ({"batch_size": 0}, "batch_size"),
-                         ({"attacks": "pgd"}, "attacks")):  # fmt: skip
+                         ({"attacks": "pgd"}, "attacks"), ({"eps": []}, "eps"), ({"attacks": ["pgd", "fab"]}, "fab"),
+                         ({"amp": "fp64"}, "amp"), ({"steps": 0}, "steps")):  # fmt: skip
         with pytest.raises(ValueError, match=part):
             evaluate(model, (x, y), progress=False, **kwargs)
 
 
-def test_cli_eval_default_job_and_files(tmp_path, monkeypatch, capsys):
-    monkeypatch.setenv("FASTADV_CACHE", str(tmp_path / "cache"))
-    out = tmp_path / "out"
-    assert main(["eval", "--out", str(out), "--limit", "64", "--steps", "3", "--eps", "0.05,0.1", "--quiet"]) == 0
-    report = json.loads((out / "report.json").read_text())
-    assert report["samples"] == 64 and [r["attack"] for r in report["attacks"]] == ["fgsm", "pgd"] * 2
-    assert (out / "robustness.png").stat().st_size > 1000 and (out / "examples.png").stat().st_size > 1000
-    assert (tmp_path / "cache" / "digits-small_cnn-standard.pt").exists()
-    printed = capsys.readouterr().out
-    assert "clean accuracy" in printed and str(out) in printed
-    # the cached model is reused and the resumed evaluation reports the same numbers
-    assert main(["eval", "--out", str(out), "--limit", "64", "--steps", "3", "--eps", "0.05,0.1", "--quiet",
-                 "--resume", "--no-plots"]) == 0  # fmt: skip
-    again = json.loads((out / "report.json").read_text())
-    assert again["worst_case"] == report["worst_case"]
+def test_run_cascade_attacks_the_survivors_in_chunks():
+    robust = torch.tensor([True, False, True, True, True, False, True])
+    calls, chunks = [], []
+
+    def attack(stage, index):
+        calls.append((stage, index.tolist()))
+        return index % 2 == 0 if stage == "a" else torch.ones_like(index, dtype=torch.bool)
+
+    runs = run_cascade(
+        ["a", "b"], robust, attack, batch_size=2, on_chunk=lambda s, c, n, i, f: chunks.append((s, c, n))
+    )
+    assert calls == [("a", [0, 2]), ("a", [3, 4]), ("a", [6]), ("b", [3])], "b attacks only what a left robust"
+    assert chunks == [("a", 0, 3), ("a", 1, 3), ("a", 2, 3), ("b", 0, 1)]
+    assert robust.tolist() == [False] * 7
+    assert runs[0].fooled.tolist() == [True, True, False, True, True] == runs[0].newly.tolist()
+    assert runs[1].index.tolist() == [3] and runs[1].fooled.tolist() == [True]
 
 
-def test_cli_train_then_eval(tmp_path, capsys):
-    out = tmp_path / "run"
-    argv = ["train", "--recipe", "fgsm-rs", "--epochs", "2", "--width", "8", "--out", str(out), "--quiet"]
-    assert main(argv) == 0
-    assert (out / "model.pt").exists() and (out / "latest.pt").exists()
-    assert len(json.loads((out / "history.json").read_text())) == 2
-    assert main(argv + ["--resume"]) == 0  # nothing left to do: the same model
-    assert main(["eval", "--model", str(out / "model.pt"), "--limit", "32", "--steps", "2", "--out",
-                 str(tmp_path / "ev"), "--no-plots", "--quiet"]) == 0  # fmt: skip
-    assert isinstance(models.load(str(out / "model.pt")), torch.nn.Module)
+def test_run_cascade_on_every_sample_and_with_nothing_to_attack():
+    robust, stages = torch.tensor([True, True, False]), []
+    runs = run_cascade([0, 1], robust, lambda s, i: torch.ones_like(i, dtype=torch.bool), survivors_only=False,
+                       on_stage=lambda stage, run: stages.append((stage, robust.tolist())))  # fmt: skip
+    assert [r.index.tolist() for r in runs] == [[0, 1], [0, 1]]
+    assert runs[0].newly.tolist() == [True, True] and runs[1].newly.tolist() == [False, False]
+    assert stages == [(0, [False, False, False]), (1, [False, False, False])]
+    calls = []
+    runs = run_cascade(["x"], torch.zeros(3, dtype=torch.bool), lambda s, i: calls.append(s))
+    assert calls == [] and runs[0].index.numel() == 0 and runs[0].fooled.numel() == 0
 
 
-@pytest.mark.parametrize(
-    "argv, part",
-    [
-        (["eval", "--model", "/nonexistent/model.pt"], "--model"),
-        (["eval", "--data", "/nonexistent/data.npz"], "--data"),
-        (["eval", "--attacks", "fgsm,fab"], "--attacks"),
-        (["eval", "--resume"], "--resume"),
-        (["eval", "--data", "{wrong_shape}"], "--data"),
-        (["eval", "--data", "{labels_out_of_range}"], "--data"),
-        (["eval", "--model", "{corrupt}"], "--model"),
-        (["train", "--resume"], "--resume"),
-        (["train", "--clean-fraction", "2"], "clean"),
-        (["train", "--recipe", "mart"], "--recipe"),
-        (["eval", "--eps", "a,b"], "--eps"),
-    ],
-)
-def test_cli_errors_are_one_line(argv, part, tmp_path, capsys, monkeypatch):
-    import numpy as np
-
-    monkeypatch.setenv("FASTADV_CACHE", str(tmp_path / "cache"))
-    np.savez(tmp_path / "wrong.npz", x=np.zeros((4, 3, 9, 9), dtype=np.float32), y=np.zeros(4, dtype=int))
-    np.savez(tmp_path / "labels.npz", x=np.zeros((4, 1, 16, 16), dtype=np.float32), y=np.full(4, 12))
-    (tmp_path / "corrupt.pt").write_bytes(b"\x80\x03garbage")
-    files = {"wrong_shape": tmp_path / "wrong.npz", "labels_out_of_range": tmp_path / "labels.npz",
-             "corrupt": tmp_path / "corrupt.pt"}  # fmt: skip
-    argv = [a.format(**files) for a in argv] + ["--quiet"]
-    try:
-        code = main(argv)
-    except SystemExit as exit_:
-        code = exit_.code
-    assert code == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert part in err[-1] and "Traceback" not in "\n".join(err), err
-
-
-def test_torchrun_eval_and_train_with_two_cpu_ranks(digits, tmp_path):
-    """`torchrun -m fastadv eval` equals the one-rank run (both one thread per process);
-    `torchrun -m fastadv train` trains with DistributedDataParallel and writes one model."""
-    models.save(digits[0], str(tmp_path / "model.pt"))
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    reports = {}
-    for ranks, port in ((1, "29535"), (2, "29536")):
-        out = tmp_path / f"eval{ranks}"
-        command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(ranks), "--master-port", port,
-                   "-m", "fastadv", "eval", "--model", str(tmp_path / "model.pt"), "--limit", "96", "--batch-size",
-                   "32", "--steps", "3", "--eps", "0.1", "--out", str(out), "--no-plots", "--quiet"]  # fmt: skip
-        subprocess.run(command, check=True, env=env, timeout=300)
-        reports[ranks] = json.loads((out / "report.json").read_text())
-    assert reports[2]["settings"]["world_size"] == 2
-    assert reports[2]["worst_case"] == reports[1]["worst_case"]
-    assert [r["robust_accuracy"] for r in reports[2]["attacks"]] == [
-        r["robust_accuracy"] for r in reports[1]["attacks"]
-    ]
-    out = tmp_path / "train"
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29537",
-               "-m", "fastadv", "train", "--epochs", "1", "--width", "8", "--out", str(out), "--quiet"]  # fmt: skip
-    subprocess.run(command, check=True, env=env, timeout=300)
-    assert (out / "model.pt").exists() and len(json.loads((out / "history.json").read_text())) == 1
-
-
-def test_cli_eval_on_an_image_folder(tmp_path):
-    from PIL import Image
-
-    generator = torch.Generator().manual_seed(0)
-    for label in ("0", "1", "2"):
-        (tmp_path / "set" / label).mkdir(parents=True)
-        for i in range(4):
-            pixels = (torch.rand(20, 24, 3, generator=generator) * 255).to(torch.uint8).numpy()
-            Image.fromarray(pixels).save(tmp_path / "set" / label / f"{i}.png")
-    torch.manual_seed(0)
-    models.save(models.small_cnn(in_channels=3, num_classes=3, width=8), str(tmp_path / "rgb.pt"))
-    argv = ["eval", "--model", str(tmp_path / "rgb.pt"), "--data", str(tmp_path / "set"), "--image-size", "16",
-            "--steps", "2", "--out", str(tmp_path / "out"), "--quiet"]  # fmt: skip
-    assert main(argv) == 0
-    report = json.loads((tmp_path / "out" / "report.json").read_text())
-    assert report["samples"] == 12
-
-
-def test_cli_train_fine_tunes_an_existing_model(tmp_path):
-    base = tmp_path / "base"
-    assert main(["train", "--recipe", "standard", "--epochs", "1", "--width", "8", "--out", str(base), "--quiet"]) == 0
-    tuned = tmp_path / "tuned"
-    argv = ["train", "--init", str(base / "model.pt"), "--recipe", "pgd", "--steps", "2", "--epochs", "1",
-            "--out", str(tuned), "--quiet"]  # fmt: skip
-    assert main(argv) == 0
-    before, after = models.load(str(base / "model.pt")), models.load(str(tuned / "model.pt"))
-    assert before.fastadv_spec == after.fastadv_spec  # the width-8 architecture was kept
-    assert any(not torch.equal(a, b) for a, b in zip(before.state_dict().values(), after.state_dict().values(),
-                                                     strict=True))  # fmt: skip
-    (tmp_path / "junk.pt").write_bytes(b"junk")
-    assert main(["train", "--init", str(tmp_path / "junk.pt"), "--out", str(tmp_path / "x"), "--quiet"]) == 2
+def test_distributed_helpers_without_a_process_group(monkeypatch):
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    assert _distributed.rank_and_world() == (0, 1) and not _distributed.is_initialized()
+    assert _distributed.launched_world_size() == 1
+    assert _distributed.init_from_env(torch.device("cpu")) == (0, torch.device("cpu"))
+    assert _distributed.shared("eval-1") == "eval-1"
+    values = torch.arange(3.0)
+    assert _distributed.all_reduce(values) is values and _distributed.all_reduce(values, "max") is values
+    _distributed.barrier()
+    _distributed.destroy()

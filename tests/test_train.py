@@ -23,6 +23,7 @@ def _small_data(n=256):
     return x[:n], y[:n]
 
 
+@pytest.mark.slow
 def test_fgsm_rs_training_reaches_robustness_on_digits():
     """Acceptance: FGSM-RS (Wong et al.) at eps 0.1 keeps >= 95% clean accuracy and >= 60%
     under PGD-20, where the standard model has <= 30% (test_attack_strength)."""
@@ -123,6 +124,7 @@ def _latest_epoch(folder):
     return checkpoint.load(path, "training")["epoch"] if os.path.exists(path) else -1
 
 
+@pytest.mark.slow
 def test_resume_after_sigkill_reaches_the_same_weights(tmp_path):
     killed, straight = str(tmp_path / "killed"), str(tmp_path / "straight")
     process = subprocess.Popen([sys.executable, "-c", _RUN, killed])

@@ -1,29 +1,25 @@
-"""The `fastadv` command line: `fastadv eval` (robustness evaluation), `fastadv train`
-(adversarial training) and `fastadv bench` (the fused steps against PyTorch eager, torch.compile
-and a copy; with --attack, PGD, APGD and CW images/s against a naive loop and torchattacks)."""
+"""`fastadv bench`: the fused steps against PyTorch eager, torch.compile and a copy; with
+--attack, whole attacks' images/s; with --train, adversarial-training epochs."""
 
 from __future__ import annotations
 
 import argparse
-import sys
 
-from .cli_args import CliError, csv_list, device, positive_int
-from .cli_commands import add_eval_parser, add_train_parser
+from .args import CliError, csv_list, device, positive_int
+
+DESCRIPTION = """Time the fused L-inf and L2 steps (every available backend) against the PyTorch eager formulation,
+torch.compile of it, and a same-size copy, in one run; or, with --attack, PGD, APGD or CW images/s
+of fastadv against a naive loss.backward() loop, torchattacks (when installed) and the model's
+forward + input-gradient time. Prints a table and appends long-format CSV rows (with device,
+versions and git SHA)."""  # argparse re-wraps it
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from .bench import attack, step
-    from .bench import train as train_bench
+def add_parser(sub) -> None:
+    from ..bench import attack, step, training
 
-    parser = argparse.ArgumentParser(prog="fastadv", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     bench = sub.add_parser(
         "bench", help="benchmark the fused attack steps, or whole attacks (--attack)",
-        description="Time the fused L-inf and L2 steps (every available backend) against the PyTorch eager "
-                    "formulation, torch.compile of it, and a same-size copy, in one run; or, with --attack, PGD, "
-                    "APGD or CW images/s of fastadv against a naive loss.backward() loop, torchattacks (when "
-                    "installed) and the model's forward + input-gradient time. Prints a table and appends "
-                    "long-format CSV rows (with device, versions and git SHA).",
+        description=DESCRIPTION,
     )  # fmt: skip
     bench.add_argument(
         "--attack", action="store_true",
@@ -35,7 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
              "--models, --batch, --batches, --steps)",
     )  # fmt: skip
     bench.add_argument(
-        "--recipes", type=csv_list(train_bench.RECIPES), default=list(train_bench.RECIPES),
+        "--recipes", type=csv_list(training.RECIPES), default=list(training.RECIPES),
         help="--train: recipes (default: %(default)s)",
     )  # fmt: skip
     bench.add_argument("--batches", type=positive_int, default=4, help="--train: batches per epoch (default: 4)")
@@ -91,20 +87,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="CSV file the rows are appended to (default: fastadv-results/bench_step.csv, or bench_attack.csv)",
     )
     bench.add_argument("--quiet", action="store_true", help="no progress bar")
-    bench.set_defaults(run=_run_bench)
-    add_eval_parser(sub)
-    add_train_parser(sub)
-    return parser
+    bench.set_defaults(run=run)
 
 
-def _run_bench(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
     if args.attack and args.train:
         raise CliError("--attack and --train: choose one")
     if args.attack:
         return _run_bench_attack(args)
     if args.train:
         return _run_bench_train(args)
-    from .bench import step
+    from ..bench import step
 
     args.warmup, args.repeat = args.warmup or 3, args.repeat or 10
     args.csv = args.csv or "fastadv-results/bench_step.csv"
@@ -133,7 +126,7 @@ def _run_bench(args: argparse.Namespace) -> int:
 
 
 def _run_bench_attack(args: argparse.Namespace) -> int:
-    from .bench import attack
+    from ..bench import attack
 
     everything = dict.fromkeys(p for kind in args.attacks for p in attack.KINDS[kind])
     available = dict.fromkeys(p for kind in args.attacks for p in attack.available_providers(kind, args.device))
@@ -162,9 +155,9 @@ def _run_bench_attack(args: argparse.Namespace) -> int:
 
 
 def _run_bench_train(args: argparse.Namespace) -> int:
-    from .bench import train
+    from ..bench import training
 
-    available = train.available_providers(args.device)
+    available = training.available_providers(args.device)
     names = args.providers or available
     missing = [n for n in names if n not in available]
     if missing:
@@ -172,17 +165,17 @@ def _run_bench_train(args: argparse.Namespace) -> int:
             f"--providers: {', '.join(missing)} cannot run with --train on {args.device} "
             f"(choose from {', '.join(available)})"
         )
-    rows = train.run(
+    rows = training.run(
         args.models, args.recipes, names, args.device, batch=args.batch, batches=args.batches, steps=args.steps,
         warmup=args.warmup or 1, repeat=args.repeat or 3, progress=not args.quiet,
     )  # fmt: skip
     print(f"adversarial training on {rows[0].device} (torch {rows[0].torch}, git {rows[0].git_sha})")
-    print(train.format_table(rows))
+    print(training.format_table(rows))
     return _write_rows(rows, args.csv or "fastadv-results/bench_train.csv")
 
 
 def _write_rows(rows: list, path: str) -> int:
-    from .bench.results import write_csv
+    from ..bench.results import write_csv
 
     try:
         write_csv(rows, path)
@@ -190,25 +183,3 @@ def _write_rows(rows: list, path: str) -> int:
         raise CliError(f"--csv: cannot write {path}: {error.strerror}") from None
     print(f"{len(rows)} rows appended to {path}")
     return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    try:
-        return args.run(args)
-    except CliError as error:
-        print(f"fastadv {args.command}: error: {error}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-    finally:
-        import torch.distributed as dist
-
-        if dist.is_available() and dist.is_initialized():  # joined under torchrun by eval / train
-            dist.destroy_process_group()
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,0 +1,41 @@
+"""The `fastadv` command line: `fastadv eval` (robustness evaluation), `fastadv train`
+(adversarial training) and `fastadv bench` (the fused steps against PyTorch eager, torch.compile
+and a copy; with --attack, PGD, APGD and CW images/s against a naive loop and torchattacks).
+
+One module per command (eval_cmd, train_cmd, bench_cmd), each with `add_parser(sub)` and the
+function its sub-command runs; args holds the argument types and CliError they share."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .. import _distributed
+from . import bench_cmd, eval_cmd, train_cmd
+from .args import CliError
+
+__all__ = ["CliError", "build_parser", "main"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fastadv", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    bench_cmd.add_parser(sub)
+    eval_cmd.add_parser(sub)
+    train_cmd.add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.run(args)
+    except CliError as error:
+        print(f"fastadv {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    finally:
+        _distributed.destroy()  # the process group eval / train joined under torchrun

@@ -1,0 +1,141 @@
+"""`fastadv eval`: robustness evaluation from the command line. Errors in arguments or files
+become CliError (one line, exit status 2)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+import torch
+
+from .. import _distributed, models
+from .._validate import AMP_NAMES
+from ..checkpoint import CheckpointError
+from ..evaluate import ATTACKS, evaluate, format_report
+from . import args as arg
+from .args import CliError
+
+EVALUATE = arg.defaults(evaluate)  # --attacks, --eps, --steps, --batch-size, --seed, --backend
+DESCRIPTION = """Evaluate a model against attacks at several eps: clean and robust accuracy, attack success rate,
+macro precision/recall/F1 under attack, perturbation norms, images/s, and the worst case over
+attacks. Later attacks run only on samples still robust (AutoAttack's cascade). Writes report.json,
+robustness.png and examples.png into --out. With no --model, trains (or reuses from the cache) a
+small CNN on scikit-learn's digits."""  # argparse re-wraps it
+
+
+def _default_cache() -> str:
+    root = os.environ.get("FASTADV_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "fastadv"
+    )
+    return os.path.join(root, "digits-small_cnn-standard.pt")
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser(
+        "eval", help="evaluate robustness (default: a digits model, FGSM and PGD at four eps)",
+        description=DESCRIPTION,
+    )  # fmt: skip
+    p.add_argument("--model", help="a model file written by `fastadv train` (default: the cached digits model)")
+    p.add_argument(
+        "--data", default="digits",
+        help="'digits' (its test split), an .npz file with x, y, or a folder with one sub-folder of images per class",
+    )  # fmt: skip
+    p.add_argument(
+        "--image-size", type=arg.positive_int, default=None, help="resize and crop folder images to this size"
+    )
+    p.add_argument(
+        "--attacks", type=arg.csv_list(ATTACKS), default=list(EVALUATE["attacks"]),
+        help=f"among {', '.join(ATTACKS)} (default: {arg.joined(EVALUATE['attacks'])})",
+    )  # fmt: skip
+    p.add_argument(
+        "--eps", type=arg.csv_list(item=arg.nonnegative), default=list(EVALUATE["eps"]),
+        help=f"default: {arg.joined(EVALUATE['eps'])}",
+    )  # fmt: skip
+    p.add_argument(
+        "--steps", type=arg.positive_int, default=EVALUATE["steps"],
+        help="steps of the iterative attacks (default: %(default)s)",
+    )  # fmt: skip
+    p.add_argument("--batch-size", type=arg.positive_int, default=EVALUATE["batch_size"], help="default: %(default)s")
+    p.add_argument("--no-cascade", action="store_true", help="run every attack on every correct sample")
+    p.add_argument("--limit", type=arg.positive_int, default=None, help="evaluate the first N samples only")
+    p.add_argument("--seed", type=int, default=EVALUATE["seed"], help="random starts (default: %(default)s)")
+    p.add_argument("--amp", choices=list(AMP_NAMES), default=None, help="autocast the model")
+    p.add_argument("--channels-last", action="store_true")
+    p.add_argument("--backend", default=EVALUATE["backend"], help="fused-op backend: auto, torch, triton, cpu, cuda")
+    p.add_argument("--device", type=arg.device, default=arg.device("auto"), help="cpu, cuda or auto")
+    p.add_argument("--out", default=None, help="output folder (default: fastadv-results/eval-<time>)")
+    p.add_argument("--resume", action="store_true", help="continue the evaluation whose state is in --out")
+    p.add_argument("--no-plots", action="store_true")
+    p.add_argument("--cache", default=_default_cache(), help="where the default digits model is kept")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(run=run)
+
+
+def _default_model(cache: str, quiet: bool) -> torch.nn.Module:
+    try:
+        return models.load(cache)
+    except CheckpointError:
+        pass  # missing or damaged: train it again (seconds)
+    if not quiet:
+        print(f"training the digits model (cached in {cache}) ...")
+    model = models.standard_digits_model()
+    try:
+        models.save(model, cache, recipe="standard")
+    except OSError as error:
+        print(f"note: could not cache the model in {cache}: {error.strerror}")
+    return model
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.resume and args.out is None:
+        raise CliError("--resume needs --out (the folder of the evaluation to continue)")
+    rank, args.device = _distributed.init_from_env(args.device)
+    if args.model is None:
+        if rank == 0:
+            model = _default_model(args.cache, args.quiet)
+        _distributed.barrier()  # the other ranks read the model rank 0 cached
+        if rank != 0:
+            model = _default_model(args.cache, quiet=True)
+    else:
+        try:
+            model = models.load(args.model)
+        except CheckpointError as error:
+            raise CliError(f"--model: {error}") from None
+    model = model.to(args.device).eval()
+    images, labels = arg.load_data(args.data, "test", args.image_size)
+    if args.limit:
+        images, labels = images[: args.limit], labels[: args.limit]
+    images, labels = images.to(args.device), labels.to(args.device)
+    arg.check_fit(model, images, labels)
+    out = arg.output_folder(args.out, "eval")
+    os.makedirs(out, exist_ok=True)
+    state = os.path.join(out, "eval-state.pt")
+    stale = [state] + [f"{state}.rank{r}" for r in range(_distributed.launched_world_size())]
+    if not args.resume and rank == 0:
+        for path in stale:  # a new evaluation in an old folder
+            if os.path.exists(path):
+                os.unlink(path)
+    _distributed.barrier()
+    try:
+        report = evaluate(model, (images, labels), args.attacks, args.eps, steps=args.steps,
+                          batch_size=args.batch_size, cascade=not args.no_cascade, seed=args.seed, amp=args.amp,
+                          channels_last=args.channels_last, backend=args.backend, state_path=state,
+                          progress=not args.quiet)  # fmt: skip
+    except (ValueError, RuntimeError) as error:  # ValueError: a state file of another evaluation, say
+        raise CliError(str(error).splitlines()[0]) from None
+    report["model"] = args.model or f"digits small_cnn (cached at {args.cache})"
+    report["data"] = args.data
+    if rank != 0:
+        return 0
+    with open(os.path.join(out, "report.json"), "w") as f:
+        json.dump(report, f, indent=2)
+    print(format_report(report))
+    if not args.no_plots:
+        from ..plots import plot_examples, plot_robustness
+
+        plot_robustness(report, os.path.join(out, "robustness.png"))
+        plot_examples(model, images[:8], labels[:8], args.attacks[-1], max(args.eps), os.path.join(out, "examples.png"),
+                      steps=args.steps, seed=args.seed)  # fmt: skip
+    print(f"report and plots in {out}")
+    return 0

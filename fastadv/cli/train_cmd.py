@@ -1,0 +1,122 @@
+"""`fastadv train`: adversarial training from the command line. Errors in arguments or files
+become CliError (one line, exit status 2)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+import torch
+
+from .. import _distributed, models
+from .._validate import AMP_NAMES
+from ..checkpoint import CheckpointError
+from ..datasets import digits
+from ..recipes import RECIPES, Recipe
+from ..train import OPTIMIZERS, SCHEDULES, fit
+from . import args as arg
+from .args import CliError
+
+# Shared with the functions the command runs: --schedule and --seed (fit), --alpha, --steps,
+# --replays, --beta and --clean-fraction (Recipe), --width (small_cnn).
+FIT, RECIPE, SMALL_CNN = arg.defaults(fit), arg.defaults(Recipe), arg.defaults(models.small_cnn)
+# The command's own: FGSM-RS on the digits with Adam, as models.standard_digits_model is trained
+# (fit's defaults are PGD-AT at 8/255 with SGD, for CIFAR-sized models).
+DIGITS = {"recipe": "fgsm-rs", "eps": 0.1, "epochs": 15, "batch_size": 64, "optimizer": "adam", "lr": 2e-3,
+          "weight_decay": 0.0}  # fmt: skip
+DESCRIPTION = """Train a model with a recipe (standard, pgd = PGD-AT, fgsm-rs = FGSM with a random start, free =
+Free-AT, trades = TRADES), checkpointing every epoch into --out (latest.pt; model.pt at the end, for
+`fastadv eval --model`). --resume continues a killed run."""  # argparse re-wraps it
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser(
+        "train", help="adversarial training (default: FGSM-RS on digits)",
+        description=DESCRIPTION,
+    )  # fmt: skip
+    p.add_argument("--data", default="digits", help="'digits' (its train split) or an .npz file with x, y")
+    p.add_argument("--val-data", default=None, help="held-out set (default: the digits test split for digits)")
+    p.add_argument("--model", choices=sorted(models.ARCHITECTURES), default="small_cnn")
+    p.add_argument("--init", default=None, help="start from this model file (fine-tune it) instead of new weights")
+    p.add_argument(
+        "--width", type=arg.positive_int, default=SMALL_CNN["width"], help="small_cnn width (default: %(default)s)"
+    )
+    p.add_argument("--recipe", choices=RECIPES, default=DIGITS["recipe"])
+    p.add_argument("--eps", type=arg.nonnegative, default=DIGITS["eps"], help="default: %(default)s")
+    p.add_argument("--alpha", type=arg.nonnegative, default=RECIPE["alpha"], help="step size (default: per recipe)")
+    p.add_argument(
+        "--steps", type=arg.positive_int, default=RECIPE["steps"], help="PGD-AT and TRADES steps (default: %(default)s)"
+    )
+    p.add_argument(
+        "--replays", type=arg.positive_int, default=RECIPE["replays"], help="Free-AT replays (default: %(default)s)"
+    )
+    p.add_argument(
+        "--beta", type=arg.nonnegative, default=RECIPE["beta"], help=f"TRADES beta (default: {RECIPE['beta']:g})"
+    )
+    p.add_argument(
+        "--clean-fraction", type=arg.probability, default=RECIPE["clean_fraction"],
+        help="share of clean samples per batch",
+    )  # fmt: skip
+    p.add_argument("--epochs", type=arg.positive_int, default=DIGITS["epochs"])
+    p.add_argument("--batch-size", type=arg.positive_int, default=DIGITS["batch_size"])
+    p.add_argument("--optimizer", choices=OPTIMIZERS, default=DIGITS["optimizer"])
+    p.add_argument("--lr", type=arg.nonnegative, default=DIGITS["lr"])
+    p.add_argument("--weight-decay", type=arg.nonnegative, default=DIGITS["weight_decay"])
+    p.add_argument("--schedule", choices=SCHEDULES, default=FIT["schedule"])
+    p.add_argument("--amp", choices=list(AMP_NAMES), default=None)
+    p.add_argument("--channels-last", action="store_true")
+    p.add_argument("--seed", type=int, default=FIT["seed"])
+    p.add_argument("--deterministic", action="store_true", help="torch.use_deterministic_algorithms")
+    p.add_argument("--device", type=arg.device, default=arg.device("auto"))
+    p.add_argument("--out", default=None, help="checkpoint folder (default: fastadv-results/train-<time>)")
+    p.add_argument("--resume", action="store_true", help="continue from --out/latest.pt")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.resume and args.out is None:
+        raise CliError("--resume needs --out (the folder of the run to continue)")
+    try:
+        recipe = Recipe(args.recipe, eps=args.eps, alpha=args.alpha, steps=args.steps, replays=args.replays,
+                        beta=args.beta, clean_fraction=args.clean_fraction)  # fmt: skip
+    except ValueError as error:
+        raise CliError(str(error)) from None
+    rank, args.device = _distributed.init_from_env(args.device)
+    images, labels = arg.load_data(args.data, "train")
+    val = arg.load_data(args.val_data, "test") if args.val_data else digits("test") if args.data == "digits" else None
+    kwargs = {"width": args.width} if args.model == "small_cnn" else {}
+    torch.manual_seed(args.seed)
+    if args.init is not None:
+        try:
+            model = models.load(args.init)
+        except CheckpointError as error:
+            raise CliError(f"--init: {error}") from None
+        arg.check_fit(model, images, labels)
+    else:
+        try:
+            model = models.ARCHITECTURES[args.model](in_channels=images.shape[1], num_classes=int(labels.max()) + 1,
+                                                     **kwargs)  # fmt: skip
+        except ValueError as error:
+            raise CliError(str(error)) from None
+    model = model.to(args.device)
+    out = arg.output_folder(args.out, "train")
+    try:
+        history = fit(model, (images, labels), recipe=recipe, epochs=args.epochs, batch_size=args.batch_size,
+                      optimizer=args.optimizer, lr=args.lr, weight_decay=args.weight_decay, schedule=args.schedule,
+                      val_data=val, amp=args.amp, channels_last=args.channels_last, checkpoint_dir=out,
+                      resume=args.resume, seed=args.seed, deterministic=args.deterministic,
+                      progress=not args.quiet)  # fmt: skip
+    except ValueError as error:  # CheckpointError too
+        raise CliError(str(error).splitlines()[0]) from None
+    if rank != 0:
+        return 0
+    with open(os.path.join(out, "history.json"), "w") as f:
+        json.dump(history, f, indent=2)
+    for h in history:
+        extra = (f", clean {100 * h['clean_accuracy']:.1f}%, robust {100 * h['robust_accuracy']:.1f}%"
+                 if "clean_accuracy" in h else "")  # fmt: skip
+        print(f"epoch {h['epoch']}: loss {h['train_loss']:.4f}, train acc {100 * h['train_accuracy']:.1f}%{extra}")
+    print(f"model in {os.path.join(out, 'model.pt')} (fastadv eval --model {os.path.join(out, 'model.pt')})")
+    return 0

@@ -35,10 +35,10 @@ from collections.abc import Callable, Iterable
 import torch
 import torch.nn.functional as F
 
-from .. import APGD, CW, PGD
+from ..attacks import APGD, CW, PGD
 from ..datasets import digits
 from ..models import resnet18, small_cnn, standard_digits_model
-from .results import Row, environment
+from .results import Row, environment, medians_by_case
 from .timing import measure, quantiles
 
 # name -> (image shape, default batch on cpu, default batch on cuda)
@@ -222,9 +222,7 @@ def run(
 
 
 def format_table(rows: list[Row]) -> str:
-    by_key: dict[tuple, dict[str, float]] = {}
-    for r in rows:
-        by_key.setdefault((r.kernel, r.size, r.numel, r.provider), {})[r.metric] = r.median
+    by_key = medians_by_case(rows)
     columns = (
         ("attack", 8),
         ("model", 18),

@@ -52,3 +52,11 @@ def write_csv(rows: list[Row], path: str) -> None:
         if new:
             writer.writeheader()
         writer.writerows(asdict(r) for r in rows)
+
+
+def medians_by_case(rows: list[Row]) -> dict[tuple, dict[str, float]]:
+    """{(kernel, size, numel, provider): {metric: median}}, in the order the rows came."""
+    by_key: dict[tuple, dict[str, float]] = {}
+    for r in rows:
+        by_key.setdefault((r.kernel, r.size, r.numel, r.provider), {})[r.metric] = r.median
+    return by_key

@@ -21,9 +21,9 @@ from collections.abc import Callable, Iterable
 import torch
 import torch.nn.functional as F
 
-from .. import FGSM, PGD
+from ..attacks import FGSM, PGD
 from .attack import EPS, MODELS, make_case, naive_pgd
-from .results import Row, environment
+from .results import Row, environment, medians_by_case
 from .timing import measure, quantiles
 
 RECIPES = ("fgsm-rs", "pgd")
@@ -128,9 +128,7 @@ def run(
 
 
 def format_table(rows: list[Row]) -> str:
-    by_key: dict[tuple, dict[str, float]] = {}
-    for r in rows:
-        by_key.setdefault((r.kernel, r.size, r.numel, r.provider), {})[r.metric] = r.median
+    by_key = medians_by_case(rows)
     lines = [
         f"{'recipe':>14} {'model':>18} {'images':>7} {'provider':>22} {'ms/epoch':>10} {'img/s':>9} {'vs naive':>9}"
     ]

@@ -18,7 +18,7 @@ import torch
 
 from .. import ops
 from ..backends import BACKENDS
-from .results import Row, environment, write_csv  # noqa: F401  (write_csv: used by the CLI)
+from .results import Row, environment
 from .timing import measure, quantiles
 
 SIZES = {"1M": 2**20, "16M": 2**24, "64M": 2**26}

@@ -5,7 +5,22 @@ torch (reference), triton, cpu and cuda backends; the attacks (FGSM, PGD, PGDL2,
 CW, DeepFool, JSMA) run on them. See README.md and DESIGN.md.
 """
 
-from .attacks import APGD, APGDT, CW, FGSM, JSMA, MIFGSM, PGD, PGDL2, Attack, AttackResult, DeepFool, fgsm, pgd
+from .attacks import (
+    APGD,
+    APGDT,
+    CW,
+    FGSM,
+    JSMA,
+    MIFGSM,
+    PGD,
+    PGDL2,
+    Attack,
+    AttackResult,
+    DeepFool,
+    GradientAttack,
+    fgsm,
+    pgd,
+)
 from .ops import available_backends, l2_project, l2_step, linf_project, linf_step
 
 __version__ = "0.1.0"
@@ -21,6 +36,7 @@ __all__ = [
     "PGDL2",
     "Attack",
     "AttackResult",
+    "GradientAttack",
     "available_backends",
     "fgsm",
     "l2_project",

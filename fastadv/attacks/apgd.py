@@ -10,8 +10,10 @@ import torch
 from .. import _validate as check
 from .. import ops
 from ._losses import targeted_dlr
-from .engine import Attack, _Call, _rows
-from .result import _Best
+from .base import Call
+from .gradient import GradientAttack, RunState
+from .params import per_sample
+from .result import Best
 
 _NORMS = {"Linf": "linf", "linf": "linf", "L2": "l2", "l2": "l2"}
 
@@ -26,7 +28,7 @@ def checkpoints(steps: int) -> list[int]:
     return sorted(m for m in marks if 1 <= m <= steps)
 
 
-class APGD(Attack):
+class APGD(GradientAttack):
     r"""Auto-PGD: "Reliable evaluation of adversarial robustness with an ensemble of diverse
     parameter-free attacks", Croce and Hein, ICML 2020, https://arxiv.org/abs/2003.01690.
 
@@ -92,13 +94,12 @@ class APGD(Attack):
 
     def _prepare(self, images, labels):
         x, y, call = super()._prepare(images, labels)
-        self._run_index = 0  # which restart (APGD-T: which target class) comes next
         if call.generator is None and self.seed is not None:
             call.generator = torch.Generator(device=images.device).manual_seed(self.seed)
         return x, y, call
 
-    def _run_targets(self, x: torch.Tensor, y: torch.Tensor, call: _Call, run: int) -> torch.Tensor | None:
-        """Per-sample targets of a run (APGD-T), or None."""
+    def _run_targets(self, x: torch.Tensor, y: torch.Tensor, call: Call, index: int) -> torch.Tensor | None:
+        """Per-sample targets of the run `index` (APGD-T), or None."""
         return None
 
     def _objective(self, logits, y, targets) -> torch.Tensor:
@@ -110,13 +111,9 @@ class APGD(Attack):
         """The attack's loss of y, as AttackResult reports it (here the objective, unsigned)."""
         return -objective if self.targeted else objective
 
-    def _one_run(self, x, y, idx, best: _Best, call: _Call) -> None:
-        batch = x.shape[0]
-        params = call.params if idx is None else call.params.select(idx, batch)
-        if idx is not None:
-            x, y = self._layout(x.index_select(0, idx), call), y.index_select(0, idx)
-        targets = self._run_targets(x, y, call, self._run_index)
-        self._run_index += 1
+    def _one_run(self, run: RunState, best: Best, call: Call, index: int) -> None:
+        x, y, idx, params = run.x, run.y, run.idx, run.params
+        targets = self._run_targets(x, y, call, index)
         x_adv = self._start(x, params, call)
         s = {"x": x, "y": y, "x_adv": x_adv, "targets": targets}
         obj, s["grad"], s["predicted"], s["loss"] = self._evaluate(best, idx, s, call)
@@ -148,7 +145,7 @@ class APGD(Attack):
             s["rises"].add_(obj > s["obj_prev"])
             s["obj_prev"] = obj
             better = obj > s["obj_best"]
-            rows = _rows(better, x)
+            rows = per_sample(better, x)
             torch.where(rows, s["x_adv"], s["x_best"], out=s["x_best"])
             torch.where(rows, s["grad"], s["grad_best"], out=s["grad_best"])
             torch.where(better, obj, s["obj_best"], out=s["obj_best"])
@@ -162,8 +159,8 @@ class APGD(Attack):
                     ~s["reduced_last_check"] & (s["obj_last_check"] >= s["obj_best"])
                 )
                 s["eta"] = torch.where(halve, s["eta"] / 2, s["eta"])
-                s["x_adv"] = torch.where(_rows(halve, x), s["x_best"], s["x_adv"])
-                s["grad"] = torch.where(_rows(halve, x), s["grad_best"], s["grad"])
+                s["x_adv"] = torch.where(per_sample(halve, x), s["x_best"], s["x_adv"])
+                s["grad"] = torch.where(per_sample(halve, x), s["grad_best"], s["grad"])
                 s["reduced_last_check"], s["obj_last_check"] = halve, s["obj_best"].clone()
                 s["rises"].zero_()
                 last_mark = i
@@ -182,7 +179,7 @@ class APGD(Attack):
         success_best = self._success(s["predicted_best"], s["y"])
         best.add(idx, s["x_best"], s["predicted_best"], success_best, s["loss_best"], final=True)
 
-    def _evaluate(self, best: _Best, idx, s: dict, call: _Call):
+    def _evaluate(self, best: Best, idx, s: dict, call: Call):
         """Forward and backward at s["x_adv"]; records the iterate in `best`. Returns the
         objective, its input gradient, the model's classes and the attack's loss of y."""
         y, targets = s["y"], s["targets"]
@@ -197,18 +194,13 @@ class APGD(Attack):
             grad /= self.eot_iter
         predicted = logits.argmax(1)
         loss = self._recorded_loss(logits, y, obj)
-        best.add(idx, s["x_adv"], predicted, self._success(predicted, y), loss, final=False)
-        best.count_step(idx)
+        best.record_step(idx, s["x_adv"], predicted, self._success(predicted, y), loss)
         return obj, grad, predicted, loss
 
     def _fused_step(self, x_adv, grad, x, eta, params):
         step = ops.linf_step if self.norm == "linf" else ops.l2_step
         # the objective is already signed for targeted runs: always step up
         return step(x_adv, grad, x, params.eps, eta, params.lower, params.upper, backend=self.backend)
-
-    def _project(self, x_adv, x, params):
-        project = ops.linf_project if self.norm == "linf" else ops.l2_project
-        return project(x_adv, x, params.eps, params.lower, params.upper, out=x_adv, backend=self.backend)
 
 
 class APGDT(APGD):
@@ -244,13 +236,13 @@ class APGDT(APGD):
         # every target class gets `n_restarts` runs
         self.restarts = n_restarts * n_target_classes
 
-    def _run_targets(self, x, y, call, run):
+    def _run_targets(self, x, y, call, index):
         with torch.no_grad():
             logits = self._logits(x, call)
         if logits.shape[1] < 4:
             raise ValueError(f"model: APGDT's targeted DLR needs at least 4 classes, got {logits.shape[1]}")
         # runs 0..n_restarts-1 aim at the best other class, the next n_restarts at the second, ...
-        rank = (run // (self.restarts // self.n_target_classes)) % min(self.n_target_classes, logits.shape[1] - 1)
+        rank = (index // (self.restarts // self.n_target_classes)) % min(self.n_target_classes, logits.shape[1] - 1)
         others = logits.masked_fill(torch.nn.functional.one_hot(y, logits.shape[1]).bool(), float("-inf"))
         return others.sort(dim=1, descending=True).indices[:, rank]
 

@@ -6,10 +6,10 @@ from typing import Any
 
 import torch
 
-from .engine import Attack
+from .gradient import GradientAttack
 
 
-class FGSM(Attack):
+class FGSM(GradientAttack):
     r"""One signed-gradient step: "Explaining and Harnessing Adversarial Examples", Goodfellow et
     al., ICLR 2015, https://arxiv.org/abs/1412.6572.
 

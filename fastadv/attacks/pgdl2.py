@@ -6,10 +6,10 @@ from typing import Any
 
 import torch
 
-from .engine import Attack
+from .gradient import GradientAttack
 
 
-class PGDL2(Attack):
+class PGDL2(GradientAttack):
     r"""Projected gradient descent in the L2 ball: "Towards Deep Learning Models Resistant to
     Adversarial Attacks", Madry et al., ICLR 2018, https://arxiv.org/abs/1706.06083.
 

@@ -18,6 +18,7 @@ from .attacks import (
     AttackResult,
     DeepFool,
     GradientAttack,
+    UnsupportedOption,
     fgsm,
     pgd,
 )
@@ -37,6 +38,7 @@ __all__ = [
     "Attack",
     "AttackResult",
     "GradientAttack",
+    "UnsupportedOption",
     "available_backends",
     "fgsm",
     "l2_project",

@@ -9,7 +9,7 @@ and JSMA run their own loops on the root.
 """
 
 from .apgd import APGD, APGDT
-from .base import Attack
+from .base import Attack, UnsupportedOption
 from .cw import CW
 from .deepfool import DeepFool
 from .fgsm import FGSM
@@ -34,6 +34,7 @@ __all__ = [
     "MIFGSM",
     "PGD",
     "PGDL2",
+    "UnsupportedOption",
     "fgsm",
     "pgd",
 ]

@@ -10,11 +10,12 @@ import torch
 from .. import _validate as check
 from .. import ops
 from ._losses import targeted_dlr
-from .base import Call
+from .base import OPTIONS, Call, options_without
 from .gradient import GradientAttack, RunState
 from .params import per_sample
 from .result import Best
 
+_SCHEDULE = "APGD's step-size schedule needs every step's loss"
 _NORMS = {"Linf": "linf", "linf": "linf", "L2": "l2", "l2": "l2"}
 
 
@@ -51,7 +52,8 @@ class APGD(GradientAttack):
             with randomness); each costs a forward and backward pass. Default: 1.
         rho (float): the share of rising steps below which the step size halves. Default: 0.75.
         **options: targeted, early_stop, lower, upper, mean, std, amp, channels_last, backend,
-            generator, model_mode: as for :class:`fastadv.PGD`.
+            generator, model_mode: as for :class:`fastadv.PGD`. Not early_stop_every or
+            cuda_graph: the step-size schedule needs every step's loss.
 
     Shape, errors and model safety: as for :class:`fastadv.PGD`; ``attack(images, labels)`` and
     ``attack.run(images, labels).adv`` are the same images.
@@ -60,6 +62,14 @@ class APGD(GradientAttack):
         >>> attack = fastadv.APGD(model, norm="Linf", eps=8/255, steps=100, loss="dlr")
         >>> adv_images = attack(images, labels)
     """
+
+    supported_options = OPTIONS
+    unsupported_because = {
+        "early_stop_every": _SCHEDULE,
+        "cuda_graph": _SCHEDULE,
+        "alpha": "APGD sets its own step size",
+        "random_start": "APGD always starts at random",
+    }
 
     def __init__(
         self,
@@ -74,9 +84,6 @@ class APGD(GradientAttack):
         rho: float = 0.75,
         **options: Any,
     ):
-        for name, default in (("early_stop_every", 1), ("cuda_graph", False)):
-            if name in options and (options[name] != default or type(options[name]) is not type(default)):
-                raise ValueError(f"{name}: APGD's step-size schedule needs every step's loss (not supported)")
         if norm not in _NORMS:
             raise ValueError(f"norm must be 'Linf' or 'L2', got {norm!r}")
         self.norm = _NORMS[norm]
@@ -217,11 +224,15 @@ class APGDT(APGD):
         >>> adv_images = fastadv.APGDT(model, eps=8/255, steps=100, n_target_classes=9)(images, labels)
     """
 
+    supported_options = options_without("targeted")
+    unsupported_because = {
+        **APGD.unsupported_because,
+        "targeted": "APGDT takes the true labels and picks its own targets",
+    }
+
     def __init__(self, model: Any, norm: str = "Linf", eps: float | torch.Tensor = 8 / 255, steps: int = 10,
                  n_restarts: int = 1, seed: int | None = 0, loss: str = "dlr", eot_iter: int = 1, rho: float = 0.75,
                  *, n_target_classes: int = 9, n_classes: int | None = None, **options: Any):  # fmt: skip
-        if options.get("targeted"):
-            raise ValueError("targeted: APGDT takes the true labels and picks its own targets")
         if loss != "dlr":
             raise ValueError(f"loss: APGDT ascends the targeted DLR loss only (loss='dlr'), got {loss!r}")
         if n_classes is not None:

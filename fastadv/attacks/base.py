@@ -1,5 +1,5 @@
 """The root of every attack, :class:`Attack` (torchattacks' root class has the same name): the
-options, the model's safety, the checks of images and labels,
+options, which of them an attack supports, the model's safety, the checks of images and labels,
 bounds, normalization, autocast and layout. The gradient loop is `gradient.py`'s
 :class:`GradientAttack`; CW, DeepFool and JSMA run their own loops on this root.
 
@@ -10,6 +10,9 @@ mode and restored on exit (also when the attack raises), the caller's tensors ne
 from __future__ import annotations
 
 import contextlib
+import functools
+import inspect
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +24,31 @@ from ._losses import is_success, per_sample_loss
 from ._model_state import MODEL_MODES, attack_mode
 from .params import Params, per_sample
 from .result import AttackResult, Best
+
+# The options every attack takes unless it says otherwise (keyword-only; see `Attack`), and
+# those of the gradient attacks (see `GradientAttack`); the defaults are in the signatures.
+OPTIONS = ("targeted", "early_stop", "lower", "upper", "mean", "std", "amp", "channels_last", "backend", "generator",
+           "model_mode")  # fmt: skip
+GRADIENT_OPTIONS = OPTIONS + ("restarts", "loss", "early_stop_every", "cuda_graph")
+
+
+def options_without(*names: str) -> tuple[str, ...]:
+    """`OPTIONS` less `names`: the options of an attack that does not take those."""
+    return tuple(o for o in OPTIONS if o not in names)
+
+
+class UnsupportedOption(TypeError, ValueError):
+    """A keyword argument the attack does not take: neither one of its own arguments nor one of
+    its `supported_options`. A TypeError, as Python raises for an unexpected keyword argument,
+    and a ValueError, as torchattacks raises for a mode an attack does not support."""
+
+
+def _unsupported(name: str, attack: type[Attack]) -> UnsupportedOption:
+    reason = attack.unsupported_because.get(name)
+    return UnsupportedOption(
+        f"{name}: {attack.__name__} does not take this option{f' ({reason})' if reason else ''}; "
+        f"its options are {', '.join(attack.supported_options)}"
+    )
 
 
 @dataclass
@@ -50,6 +78,11 @@ class Attack:
 
     Options (keyword only; see :class:`fastadv.PGD` for each): targeted, early_stop, lower,
     upper, mean, std, amp, channels_last, backend, generator, model_mode.
+
+    Supported options: a subclass lists the keyword options it takes in `supported_options` (in
+    the spirit of torchattacks' ``supported_mode``) and may say in `unsupported_because` why it
+    leaves one out. Any other keyword that is not one of its constructor's own arguments raises
+    :class:`UnsupportedOption` naming the option and the attack, whatever its value.
     """
 
     norm = "linf"
@@ -57,7 +90,18 @@ class Attack:
     # Attacks without a budget (CW, DeepFool, JSMA) keep these: the ops are then not called with them.
     eps: float | torch.Tensor = 0.0
     alpha: float | torch.Tensor = 0.0
+    supported_options: tuple[str, ...] = OPTIONS
+    unsupported_because: dict[str, str] = {}
     _shown: tuple[str, ...] = ("targeted", "amp")
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> Attack:
+        # Checked here, before any constructor of the chain runs: a subclass may pass its parent
+        # a fixed value (FGSM's steps=1, APGD's random_start=True), and the caller's own value
+        # must be refused by name rather than collide with it.
+        for name in kwargs:
+            if name not in _own_arguments(cls.__init__) and name not in cls.supported_options:
+                raise _unsupported(name, cls)
+        return super().__new__(cls)
 
     def __init__(
         self,
@@ -90,6 +134,12 @@ class Attack:
         self.backend = ops.check_backend_name(backend)
         self.generator = check.generator(generator)
         self.model_mode = check.choice("model_mode", model_mode, MODEL_MODES)
+
+    @property
+    def supported_mode(self) -> list[str]:
+        """torchattacks' name for what the attack supports: ["default"], plus "targeted" when it
+        takes ``targeted=True``."""
+        return ["default", "targeted"] if "targeted" in self.supported_options else ["default"]
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={_short(getattr(self, k))}" for k in self._shown)
@@ -214,6 +264,13 @@ def require_grad(output: torch.Tensor) -> None:
     """Raises the model error when `output` does not depend on the images through autograd."""
     if not output.requires_grad:
         raise ValueError("model: its output does not depend on the images through autograd (no gradient)")
+
+
+@functools.cache
+def _own_arguments(init: Callable[..., None]) -> frozenset[str]:
+    """The names a constructor takes as keyword arguments of its own (not through **options)."""
+    kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    return frozenset(p.name for p in inspect.signature(init).parameters.values() if p.kind in kinds)
 
 
 def _check_range(x: torch.Tensor, params: Params) -> None:

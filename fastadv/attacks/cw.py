@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from .. import _validate as check
-from .base import Attack, Call, require_grad
+from .base import Attack, Call, options_without, require_grad
 from .params import per_sample
 from .result import AttackResult
 
@@ -53,6 +53,8 @@ class CW(Attack):
     """
 
     norm = "l2"
+    supported_options = options_without("early_stop")
+    unsupported_because = {"early_stop": "CW minimises the perturbation after its first success; see abort_early"}
     _shown = ("c", "kappa", "steps", "lr", "binary_search_steps", "targeted", "amp")
 
     def __init__(
@@ -66,8 +68,6 @@ class CW(Attack):
         abort_early: bool = True,
         **options: Any,
     ):
-        if "early_stop" in options:
-            raise ValueError("early_stop: CW minimises the perturbation after its first success; see abort_early")
         super().__init__(model, **options)
         self.c = check.number("c", c, above=0)
         self.kappa = check.number("kappa", kappa, at_least=0)

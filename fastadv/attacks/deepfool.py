@@ -7,7 +7,7 @@ from typing import Any
 import torch
 
 from .. import _validate as check
-from .base import Attack, Call
+from .base import Attack, Call, options_without
 from .params import per_sample
 from .result import AttackResult
 
@@ -43,12 +43,13 @@ class DeepFool(Attack):
     """
 
     norm = "l2"
+    supported_options = options_without("targeted", "early_stop")
+    unsupported_because = dict.fromkeys(
+        ("targeted", "early_stop"), "DeepFool is untargeted and always stops a sample once it is fooled"
+    )
     _shown = ("steps", "overshoot", "candidates", "amp")
 
     def __init__(self, model: Any, steps: int = 50, overshoot: float = 0.02, candidates: int = 10, **options: Any):
-        for name in ("targeted", "early_stop"):
-            if name in options:
-                raise ValueError(f"{name}: DeepFool is untargeted and always stops a sample once it is fooled")
         super().__init__(model, **options)
         self.steps = check.positive_int("steps", steps)
         self.overshoot = check.number("overshoot", overshoot, at_least=0)

@@ -33,6 +33,7 @@ class FGSM(GradientAttack):
     """
 
     norm = "linf"
+    unsupported_because = {"steps": "FGSM takes one step; use PGD for more"}
 
     def __init__(
         self,
@@ -42,8 +43,6 @@ class FGSM(GradientAttack):
         random_start: bool = False,
         **options: Any,
     ):
-        if "steps" in options:
-            raise TypeError("FGSM takes one step; use PGD for more (steps is not an FGSM argument)")
         super().__init__(
             model, eps=eps, alpha=eps if alpha is None else alpha, steps=1, random_start=random_start, **options
         )

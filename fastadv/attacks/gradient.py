@@ -21,7 +21,7 @@ from .. import _validate as check
 from .. import ops
 from ._cuda_graph import GraphedSteps, graph_key
 from ._losses import LOSSES
-from .base import Attack, Call
+from .base import GRADIENT_OPTIONS, Attack, Call
 from .params import Params, per_sample
 from .result import AttackResult, Best
 
@@ -85,6 +85,7 @@ class GradientAttack(Attack):
     for an :class:`AttackResult` with per-sample success, loss and steps used.
     """
 
+    supported_options = GRADIENT_OPTIONS
     _shown = ("eps", "alpha", "steps", "random_start", "targeted", "restarts", "loss", "early_stop", "amp")
 
     def __init__(

@@ -7,7 +7,7 @@ from typing import Any
 import torch
 
 from .. import _validate as check
-from .base import Attack, Call
+from .base import Attack, Call, options_without
 from .params import per_sample
 from .result import AttackResult
 
@@ -46,11 +46,11 @@ class JSMA(Attack):
     """
 
     norm = "l0"
+    supported_options = options_without("early_stop")
+    unsupported_because = {"early_stop": "JSMA always stops a sample once it succeeds"}
     _shown = ("theta", "gamma", "targeted", "amp")
 
     def __init__(self, model: Any, theta: float = 1.0, gamma: float = 0.1, **options: Any):
-        if "early_stop" in options:
-            raise ValueError("early_stop: JSMA always stops a sample once it succeeds")
         super().__init__(model, **options)
         self.theta = check.number("theta", theta)
         if self.theta == 0:

@@ -64,6 +64,8 @@ class PGD(GradientAttack):
     Raises:
         TypeError / ValueError naming the argument: bad options, images outside [lower, upper],
         labels of the wrong shape, dtype or range, a model that does not return [B, K] logits.
+        :class:`fastadv.UnsupportedOption` (both a TypeError and a ValueError) naming the
+        keyword and the attack, for a keyword the attack does not take (``supported_options``).
         The model (mode, requires_grad, buffers, .grad) and the caller's tensors are unchanged
         afterwards, also when the attack raises.
 

@@ -8,7 +8,8 @@ random start, the fused step) that FGSM, PGD, PGDL2, MIFGSM and APGD/APGDT run o
 and JSMA run their own loops on the root.
 """
 
-from .apgd import APGD, APGDT
+from .apgd import APGD
+from .apgdt import APGDT
 from .base import Attack, UnsupportedOption
 from .cw import CW
 from .deepfool import DeepFool

@@ -1,0 +1,73 @@
+"""APGD-T (Croce and Hein 2020): APGD on the targeted DLR loss, towards each of the top classes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from ._losses import targeted_dlr
+from .apgd import APGD
+from .base import options_without
+
+
+class APGDT(APGD):
+    r"""APGD-T: "Reliable evaluation of adversarial robustness with an ensemble of diverse
+    parameter-free attacks", Croce and Hein, ICML 2020, https://arxiv.org/abs/2003.01690.
+
+    Distance: L-inf or L2. APGD (see :class:`APGD`) ascending the targeted DLR loss
+    ``(z_t - z_y) / (z_1 - (z_3 + z_4) / 2)``, run towards each of the ``n_target_classes``
+    classes the model ranks highest after the true one, each run on the samples not yet fooled.
+    Labels are the true classes: an untargeted attack (success means a wrong prediction), so
+    there is no ``targeted`` option.
+
+    Arguments: as :class:`APGD` (``loss`` is the targeted DLR: only "dlr" is taken), plus
+        n_target_classes (int): Default: 9 (AutoAttack's; at most K - 1).
+        n_classes (int or None): torchattacks' way to say the same: n_target_classes = n_classes - 1.
+
+    Shape: images [B, ...] in [lower, upper], float32/float16/bfloat16; labels [B] int64, the
+    true classes. Returns images of the same shape and dtype.
+
+    Example:
+        >>> attack = fastadv.APGDT(model, norm="Linf", eps=8/255, steps=100, n_target_classes=9)
+        >>> adv_images = attack(images, labels)
+    """
+
+    supported_options = options_without("targeted")
+    unsupported_because = {
+        **APGD.unsupported_because,
+        "targeted": "APGDT takes the true labels and picks its own targets",
+    }
+
+    def __init__(self, model: Any, norm: str = "Linf", eps: float | torch.Tensor = 8 / 255, steps: int = 10,
+                 n_restarts: int = 1, seed: int | None = 0, loss: str = "dlr", eot_iter: int = 1, rho: float = 0.75,
+                 *, n_target_classes: int = 9, n_classes: int | None = None, **options: Any):  # fmt: skip
+        if loss != "dlr":
+            raise ValueError(f"loss: APGDT ascends the targeted DLR loss only (loss='dlr'), got {loss!r}")
+        if n_classes is not None:
+            if not isinstance(n_classes, int) or isinstance(n_classes, bool) or n_classes < 2:
+                raise ValueError(f"n_classes must be an int >= 2, got {n_classes!r}")
+            n_target_classes = n_classes - 1
+        if not isinstance(n_target_classes, int) or isinstance(n_target_classes, bool) or n_target_classes < 1:
+            raise ValueError(f"n_target_classes must be an int >= 1, got {n_target_classes!r}")
+        self.n_target_classes = n_target_classes
+        super().__init__(model, norm=norm, eps=eps, steps=steps, n_restarts=n_restarts, seed=seed, loss="dlr",
+                         eot_iter=eot_iter, rho=rho, **options)  # fmt: skip
+        # every target class gets `n_restarts` runs
+        self.restarts = n_restarts * n_target_classes
+
+    def _run_targets(self, x, y, call, index):
+        with torch.no_grad():
+            logits = self._logits(x, call)
+        if logits.shape[1] < 4:
+            raise ValueError(f"model: APGDT's targeted DLR needs at least 4 classes, got {logits.shape[1]}")
+        # runs 0..n_restarts-1 aim at the best other class, the next n_restarts at the second, ...
+        rank = (index // (self.restarts // self.n_target_classes)) % min(self.n_target_classes, logits.shape[1] - 1)
+        others = logits.masked_fill(torch.nn.functional.one_hot(y, logits.shape[1]).bool(), float("-inf"))
+        return others.sort(dim=1, descending=True).indices[:, rank]
+
+    def _objective(self, logits, y, targets):
+        return targeted_dlr(logits, y, targets)
+
+    def _recorded_loss(self, logits, y, objective):
+        return self._loss(logits, y)  # the untargeted DLR of the true class

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,7 +17,6 @@ from .params import Params, per_sample
 from .result import Best
 
 _SCHEDULE = "APGD's step-size schedule needs every step's loss"
-_NORMS = {"Linf": "linf", "linf": "linf", "L2": "l2", "l2": "l2"}
 
 
 def checkpoints(steps: int) -> list[int]:
@@ -62,18 +62,20 @@ class APGD(GradientAttack):
     restarts from its best point. Steps and projections are the fused ops. Returns, per sample,
     the latest iterate that fooled the model, else the point of highest loss.
 
-    Arguments (defaults as torchattacks):
+    Arguments (order and defaults as torchattacks):
         model (nn.Module or callable): maps images [B, ...] to logits [B, K].
-        norm ("Linf" | "L2"): Default: "Linf".
+        norm ("Linf" | "L2", or "linf" | "l2"): Default: "Linf".
         eps (float or tensor [B]): radius, in pixel units. Default: 8/255.
         steps (int): iterations (each one forward and backward pass, plus one at the start).
             Default: 10.
-        n_restarts (int): runs from new random starts, on the samples not yet fooled. Default: 1.
+        n_restarts (int): runs from new random starts, on the samples not yet fooled; ``restarts``
+            is the same argument under fastadv's name (give one of them). Default: 1.
         seed (int or None): seeds the random starts when no `generator` is given. Default: 0.
         loss ("ce" | "dlr" | "margin"): Default: "ce".
         eot_iter (int): gradients averaged per step (expectation over transformation, for models
             with randomness); each costs a forward and backward pass. Default: 1.
         rho (float): the share of rising steps below which the step size halves. Default: 0.75.
+        verbose (bool): print the robust accuracy after each restart, as torchattacks. Default: False.
         **options: targeted, early_stop, lower, upper, mean, std, amp, channels_last, backend,
             generator, model_mode: as for :class:`fastadv.PGD`. Not early_stop_every or
             cuda_graph: the step-size schedule needs every step's loss.
@@ -95,6 +97,7 @@ class APGD(GradientAttack):
         "alpha": "APGD sets its own step size",
         "random_start": "APGD always starts at random",
     }
+    _shown = ("norm", "eps", "steps", "n_restarts", "loss", "rho", "targeted", "early_stop", "amp")
 
     def __init__(
         self,
@@ -102,24 +105,27 @@ class APGD(GradientAttack):
         norm: str = "Linf",
         eps: float | torch.Tensor = 8 / 255,
         steps: int = 10,
-        n_restarts: int = 1,
+        n_restarts: int | None = None,
         seed: int | None = 0,
         loss: str = "ce",
         eot_iter: int = 1,
         rho: float = 0.75,
+        verbose: bool = False,
+        *,
+        restarts: int | None = None,
         **options: Any,
     ):
-        if norm not in _NORMS:
-            raise ValueError(f"norm must be 'Linf' or 'L2', got {norm!r}")
-        self.norm = _NORMS[norm]
+        self.norm = check.norm(norm)
         if not isinstance(rho, (int, float)) or not 0 < rho <= 1:
             raise ValueError(f"rho must lie in (0, 1], got {rho!r}")
         if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)):
             raise TypeError(f"seed must be an int or None, got {type(seed).__name__}")
         self.rho, self.seed = float(rho), seed
         self.eot_iter = check.positive_int("eot_iter", eot_iter)
-        super().__init__(model, eps=eps, alpha=0.0, steps=steps, random_start=True, restarts=n_restarts, loss=loss,
-                         **options)  # fmt: skip
+        self.verbose = check.flag("verbose", verbose)
+        self.n_restarts = check.positive_int(*check.aliased("n_restarts", n_restarts, "restarts", restarts, 1))
+        super().__init__(model, eps=eps, alpha=0.0, steps=steps, random_start=True, restarts=self.n_restarts,
+                         loss=loss, **options)  # fmt: skip
 
     def forward(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return self.run(images, labels).adv
@@ -128,7 +134,14 @@ class APGD(GradientAttack):
         x, y, call = super()._prepare(images, labels)
         if call.generator is None and self.seed is not None:
             call.generator = torch.Generator(device=images.device).manual_seed(self.seed)
+        self._started = time.perf_counter()
         return x, y, call
+
+    def _after_run(self, index: int, best: Best) -> None:
+        if self.verbose:
+            robust = 1 - float(best.success.float().mean())
+            seconds = time.perf_counter() - self._started
+            print(f"restart {index} - robust accuracy: {robust:.2%} - cum. time: {seconds:.1f} s")
 
     def _run_targets(self, x: torch.Tensor, y: torch.Tensor, call: Call, index: int) -> torch.Tensor | None:
         """Per-sample targets of the run `index` (APGD-T), or None."""

@@ -149,11 +149,15 @@ class GradientAttack(Attack):
         run = RunState(None, call.params, x, y)
         for index in range(self.restarts):
             self._one_run(run, best, call, index)
+            self._after_run(index, best)
             keep = (~best.success).nonzero().squeeze(1)  # restarts attack the survivors only
             if keep.numel() == 0:
                 break
             run = RunState(None, call.params, x, y).select(keep, call)
         return best.result()
+
+    def _after_run(self, index: int, best: Best) -> None:
+        """Called after each run (APGD's verbose report)."""
 
     # --- the loop -------------------------------------------------------------------------
 

@@ -1,12 +1,12 @@
 """APGD, APGD-T and AutoAttackLite: strength against PGD on the digits CNN, the step-size schedule, early
-stopping, model safety, bad input, and the cascade in evaluate / fastadv eval."""
+stopping, bad input, and the cascade in evaluate / fastadv eval (model safety: test_attack_safety.py,
+for every attack)."""
 
 import re
 
 import pytest
 import torch
-from attack_helpers import CountingModel, accuracy, assert_unchanged, digits_model, snapshot
-from test_attack_safety import _inputs, _prepared_model
+from attack_helpers import CountingModel, accuracy, digits_model
 
 import fastadv
 from fastadv.attacks.apgd import checkpoints
@@ -68,19 +68,6 @@ def test_apgd_same_seed_same_output(digits):
     a = fastadv.APGD(model, eps=0.1, steps=5, seed=3)(x[:32], y[:32])
     assert torch.equal(a, fastadv.APGD(model, eps=0.1, steps=5, seed=3)(x[:32], y[:32]))
     assert not torch.equal(a, fastadv.APGD(model, eps=0.1, steps=5, seed=4)(x[:32], y[:32]))
-
-
-@pytest.mark.parametrize("cls", [fastadv.APGD, fastadv.APGDT])
-def test_apgd_leaves_the_model_alone_and_restores_it_on_errors(cls):
-    model = _prepared_model()
-    images, labels = _inputs()
-    before = snapshot(model)
-    cls(model, eps=0.1, steps=4, model_mode="train", early_stop=True)(images, labels)
-    assert_unchanged(model, before)
-    model.raise_on_call, model.calls = 3, 0
-    with pytest.raises(RuntimeError, match="mid-attack"):
-        cls(model, eps=0.1, steps=4)(images, labels)
-    assert_unchanged(model, before)
 
 
 @pytest.mark.parametrize(

@@ -29,7 +29,9 @@ class MIFGSM(GradientAttack):
         **options: targeted, restarts, loss, early_stop, early_stop_every, cuda_graph, lower, upper, mean, std, amp,
             channels_last, backend, generator, model_mode: as for :class:`fastadv.PGD`.
 
-    Shape, errors and model safety: as for :class:`fastadv.PGD`.
+    Shape: images [B, ...] in [lower, upper], float32/float16/bfloat16; labels [B] int64 (the
+    targets when targeted). Returns images of the same shape and dtype. Errors and model
+    safety: as for :class:`fastadv.PGD`.
 
     Example:
         >>> attack = fastadv.MIFGSM(model, eps=8/255, alpha=2/255, steps=10, decay=1.0)

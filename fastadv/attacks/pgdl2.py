@@ -27,7 +27,9 @@ class PGDL2(GradientAttack):
         **options: targeted, restarts, loss, early_stop, early_stop_every, cuda_graph, lower, upper, mean, std, amp,
             channels_last, backend, generator, model_mode: as for :class:`fastadv.PGD`.
 
-    Shape, errors and model safety: as for :class:`fastadv.PGD`.
+    Shape: images [B, ...] in [lower, upper], float32/float16/bfloat16; labels [B] int64 (the
+    targets when targeted). Returns images of the same shape and dtype. Errors and model
+    safety: as for :class:`fastadv.PGD`.
 
     Example:
         >>> attack = fastadv.PGDL2(model, eps=1.0, alpha=0.2, steps=10, random_start=True)

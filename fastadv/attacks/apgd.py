@@ -128,6 +128,7 @@ class APGD(GradientAttack):
                          loss=loss, **options)  # fmt: skip
 
     def forward(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """``run(images, labels).adv``: APGD keeps its best point at every step anyway."""
         return self.run(images, labels).adv
 
     def _prepare(self, images, labels):
@@ -189,10 +190,12 @@ class APGD(GradientAttack):
         obj, grad, predicted, loss = self._evaluate(x_adv, run.y, targets, run.idx, best, call)
         b, device = run.x.shape[0], run.x.device
         eta = torch.full((b,), 2.0, device=device) * _per_sample_eps(run.params, b)
-        return _Run(run.idx, run.params, run.x, run.y, targets, x_adv, x_adv.clone(), grad, predicted, loss, eta,
-                    x_adv.clone(), grad.clone(), obj.clone(), predicted.clone(), loss.clone(), obj_prev=obj,
-                    rises=torch.zeros(b, device=device), obj_last_check=obj.clone(),
-                    reduced_last_check=torch.zeros(b, dtype=torch.bool, device=device))  # fmt: skip
+        return _Run(
+            run.idx, run.params, run.x, run.y, targets=targets, x_adv=x_adv, x_old=x_adv.clone(), grad=grad,
+            predicted=predicted, loss=loss, eta=eta, x_best=x_adv.clone(), grad_best=grad.clone(), obj_best=obj.clone(),
+            predicted_best=predicted.clone(), loss_best=loss.clone(), obj_prev=obj, rises=torch.zeros(b, device=device),
+            obj_last_check=obj.clone(), reduced_last_check=torch.zeros(b, dtype=torch.bool, device=device),
+        )  # fmt: skip
 
     @staticmethod
     def _keep_best(s: _Run, obj: torch.Tensor) -> None:

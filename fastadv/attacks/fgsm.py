@@ -22,8 +22,7 @@ class FGSM(GradientAttack):
         eps (float or tensor [B]): radius of the L-inf ball, in pixel units. Default: 8/255.
         alpha (float or tensor [B], optional): step size. Default: eps.
         random_start (bool): start from a uniform draw in the ball. Default: False.
-        **options: targeted, restarts, loss, early_stop, early_stop_every, cuda_graph, lower, upper, mean, std, amp,
-            channels_last, backend, generator, model_mode: as for :class:`fastadv.PGD`.
+        **options: the options of :class:`fastadv.PGD` (targeted, restarts, early_stop, ...).
 
     Shape: images [B, ...] in [lower, upper], float32/float16/bfloat16; labels [B] int64 (the
     targets when targeted). Returns images of the same shape and dtype. Errors and model

@@ -52,7 +52,7 @@ class RunState:
                 value = value.select(keep, self.x.shape[0])
             elif isinstance(value, torch.Tensor):
                 value = value.index_select(0, keep)
-                value = call.layout(value) if value.dim() > 1 else value
+                value = call.layout(value) if value.dim() == self.x.dim() else value
             values[field.name] = value
         return dataclasses.replace(self, **values)
 
@@ -63,12 +63,10 @@ State = TypeVar("State", bound=RunState)
 def drop_fooled(run: State, success: torch.Tensor, call: Call) -> State | None:
     """Early stopping: `run` without the samples that fooled the model (bool [b] `success`; their
     iterates are already recorded), or None when none is left. One host sync: the new size."""
-    remaining = int((~success).sum())
-    if remaining == 0:
+    keep = (~success).nonzero().squeeze(1)  # (nonzero waits for the device: the sync)
+    if keep.numel() == 0:
         return None
-    if remaining == success.shape[0]:
-        return run
-    return run.select((~success).nonzero().squeeze(1), call)
+    return run if keep.numel() == success.shape[0] else run.select(keep, call)
 
 
 @dataclass
@@ -166,21 +164,19 @@ class GradientAttack(Attack):
         x_adv = self._start(run.x, run.params, call)
         steps = _Steps(run.idx, run.params, run.x, run.y, x_adv, state=self._init_state(x_adv))
         for step in range(self.steps):
-            logits, loss, grad = self._loss_and_grad(steps.x_adv, steps.y, call)
+            logits, loss, steps.grad = self._loss_and_grad(steps.x_adv, steps.y, call)
             predicted = logits.argmax(1)
             success = self._success(predicted, steps.y)
             best.record_step(steps.idx, steps.x_adv, predicted, success, loss)
             if self.early_stop and (step + 1) % self.early_stop_every:
                 # between compactions fooled samples stay where they are, without a host sync
-                direction = self._direction(grad, steps.state).masked_fill(per_sample(success, grad), 0)
+                direction = self._direction(steps.grad, steps.state).masked_fill(per_sample(success, steps.grad), 0)
             else:
                 if self.early_stop:
-                    steps.grad = grad
                     steps = drop_fooled(steps, success, call)
                     if steps is None:
                         return
-                    grad = steps.grad
-                direction = self._direction(grad, steps.state)
+                direction = self._direction(steps.grad, steps.state)
             steps.x_adv = self._step(steps.x_adv, direction, steps.x, steps.params)
         with torch.no_grad():
             logits = self._logits(steps.x_adv, call)

@@ -26,8 +26,7 @@ class MIFGSM(GradientAttack):
         steps (int): number of steps. Default: 10.
         decay (float): momentum factor, >= 0. Default: 1.0.
         random_start (bool): start from a uniform draw in the ball. Default: False.
-        **options: targeted, restarts, loss, early_stop, early_stop_every, cuda_graph, lower, upper, mean, std, amp,
-            channels_last, backend, generator, model_mode: as for :class:`fastadv.PGD`.
+        **options: the options of :class:`fastadv.PGD` (targeted, restarts, early_stop, ...).
 
     Shape: images [B, ...] in [lower, upper], float32/float16/bfloat16; labels [B] int64 (the
     targets when targeted). Returns images of the same shape and dtype. Errors and model

@@ -24,8 +24,7 @@ class PGDL2(GradientAttack):
         steps (int): number of steps. Default: 10.
         random_start (bool): start at a random direction and a uniform radius in the ball, as
             torchattacks does. Default: True.
-        **options: targeted, restarts, loss, early_stop, early_stop_every, cuda_graph, lower, upper, mean, std, amp,
-            channels_last, backend, generator, model_mode: as for :class:`fastadv.PGD`.
+        **options: the options of :class:`fastadv.PGD` (targeted, restarts, early_stop, ...).
 
     Shape: images [B, ...] in [lower, upper], float32/float16/bfloat16; labels [B] int64 (the
     targets when targeted). Returns images of the same shape and dtype. Errors and model

@@ -3,7 +3,7 @@ options, which of them an attack supports, the model's safety, the checks of ima
 bounds, normalization, autocast and layout. The gradient loop is `gradient.py`'s
 :class:`GradientAttack`; CW, DeepFool and JSMA run their own loops on this root.
 
-Contract (DESIGN.md, "The attack engine contract"): input-only gradients, the model in attack
+Contract (docs/DESIGN.md, "The attack contract"): input-only gradients, the model in attack
 mode and restored on exit (also when the attack raises), the caller's tensors never written.
 """
 

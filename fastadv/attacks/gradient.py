@@ -1,6 +1,6 @@
 """The loop every gradient attack runs on: FGSM, PGD, PGD-L2 and MI-FGSM, and APGD's restarts.
 
-Contract (DESIGN.md, "The attack engine contract"): input-only gradients of the summed loss,
+Contract (docs/DESIGN.md, "The attack contract"): input-only gradients of the summed loss,
 restarts keeping the best result per sample, early stopping that compacts the batch
 (`drop_fooled`, shared with APGD). Every step goes through the fused ops in `fastadv.ops`.
 

@@ -11,7 +11,23 @@ evaluate, train, recipes, autoattack, plots, bench) are attributes too, imported
 import importlib
 
 from ._version import __version__
-from .attacks import APGD, APGDT, CW, FGSM, JSMA, MIFGSM, PGD, PGDL2, Attack, AttackResult, DeepFool, fgsm, pgd
+from .attacks import (
+    APGD,
+    APGDT,
+    CW,
+    FGSM,
+    JSMA,
+    MIFGSM,
+    PGD,
+    PGDL2,
+    Attack,
+    AttackResult,
+    DeepFool,
+    GradientAttack,
+    UnsupportedOption,
+    fgsm,
+    pgd,
+)
 from .ops import available_backends, l2_project, l2_step, linf_project, linf_step
 
 __all__ = [
@@ -26,6 +42,8 @@ __all__ = [
     "PGDL2",
     "Attack",
     "AttackResult",
+    "GradientAttack",
+    "UnsupportedOption",
     "available_backends",
     "fgsm",
     "l2_project",

@@ -119,6 +119,26 @@ def choice(name: str, value: object, choices: tuple[str, ...]) -> str:
     return value  # type: ignore[return-value]
 
 
+def norm(value: object, name: str = "norm") -> str:
+    """A norm as "linf" or "l2": torchattacks' spelling ("Linf", "L2") and fastadv's ("linf",
+    "l2") alike, in any case."""
+    key = value.lower() if isinstance(value, str) else None
+    if key not in ("linf", "l2"):
+        raise ValueError(f"{name} must be 'Linf' or 'L2' (or 'linf', 'l2'); got {value!r}")
+    return key
+
+
+def aliased(name: str, value: object, alias: str, alias_value: object, default: object) -> tuple[str, object]:
+    """An argument with two names (torchattacks' `name`, fastadv's `alias`; None: not given):
+    (the name it was given under, for later messages, and its value), `default` when neither
+    was given. Both given is an error, even with the same value."""
+    if value is not None and alias_value is not None:
+        raise ValueError(f"{name} and {alias} are one argument under two names: give one, got both")
+    if alias_value is not None:
+        return alias, alias_value
+    return name, default if value is None else value
+
+
 def amp_dtype(value: object) -> torch.dtype | None:
     try:
         return _AMP[value]  # type: ignore[index]

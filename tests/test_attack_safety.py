@@ -8,11 +8,18 @@ from torch import nn
 
 import fastadv
 
+# Every attack, with settings small enough for a quick run, and the forward call at which the
+# model raises in the test of a failure mid-attack (FGSM's call makes one forward pass only).
 ATTACKS = {
-    "fgsm": lambda m, **kw: fastadv.FGSM(m, eps=0.1, **kw),
-    "pgd": lambda m, **kw: fastadv.PGD(m, eps=0.1, alpha=0.03, steps=3, **kw),
-    "pgdl2": lambda m, **kw: fastadv.PGDL2(m, eps=1.0, alpha=0.3, steps=3, **kw),
-    "mifgsm": lambda m, **kw: fastadv.MIFGSM(m, eps=0.1, alpha=0.03, steps=3, **kw),
+    "fgsm": (lambda m, **kw: fastadv.FGSM(m, eps=0.1, random_start=True, **kw), 1),
+    "pgd": (lambda m, **kw: fastadv.PGD(m, eps=0.1, alpha=0.03, steps=3, random_start=True, **kw), 3),
+    "pgdl2": (lambda m, **kw: fastadv.PGDL2(m, eps=1.0, alpha=0.3, steps=3, random_start=True, **kw), 3),
+    "mifgsm": (lambda m, **kw: fastadv.MIFGSM(m, eps=0.1, alpha=0.03, steps=3, **kw), 3),
+    "apgd": (lambda m, **kw: fastadv.APGD(m, eps=0.1, steps=4, **kw), 3),
+    "apgdt": (lambda m, **kw: fastadv.APGDT(m, eps=0.1, steps=4, n_target_classes=2, **kw), 3),
+    "cw": (lambda m, **kw: fastadv.CW(m, steps=3, **kw), 2),
+    "deepfool": (lambda m, **kw: fastadv.DeepFool(m, steps=3, **kw), 2),
+    "jsma": (lambda m, **kw: fastadv.JSMA(m, gamma=0.05, **kw), 2),
 }
 
 
@@ -57,39 +64,66 @@ def _inputs():
     return images, labels
 
 
+def _caller_inputs():
+    """Images (requiring grad, as a caller's may) and labels, and what must stay as it is."""
+    images, labels = _inputs()
+    images.requires_grad_(True)
+    return images, labels, (images.detach().clone(), images._version, labels.clone())
+
+
+def _assert_left_alone(model, before, images, labels, kept):
+    """The model as `snapshot` saw it, no parameter requiring grad during the attack, and the
+    caller's images (values, requires_grad, version) and labels as they were."""
+    assert_unchanged(model, before)
+    assert model.seen_requires_grad <= {False}, "parameters required grad during the attack"
+    values, version, labels_before = kept
+    assert torch.equal(images.detach(), values) and images.requires_grad and images._version == version
+    assert torch.equal(labels, labels_before)
+
+
+def test_every_attack_is_covered():
+    covered = {type(make(nn.Linear(2, 2))).__name__ for make, _ in ATTACKS.values()}
+    roots = {"Attack", "AttackResult", "GradientAttack", "UnsupportedOption"}
+    assert covered == {name for name in fastadv.attacks.__all__ if name[0].isupper()} - roots
+
+
 @pytest.mark.parametrize("name", list(ATTACKS))
 @pytest.mark.parametrize("mode", ["eval", "train"])
 def test_model_and_inputs_unchanged(name, mode):
     model = _prepared_model()
-    images, labels = _inputs()
-    images.requires_grad_(True)
-    images_before, labels_before, version = images.detach().clone(), labels.clone(), images._version
+    images, labels, kept = _caller_inputs()
     before = snapshot(model)
-    adv = ATTACKS[name](model, model_mode=mode, random_start=name != "mifgsm")(images, labels)
-    assert_unchanged(model, before)
-    assert model.seen_requires_grad == {False}, "parameters required grad during the attack"
-    assert torch.equal(images.detach(), images_before) and images.requires_grad and images._version == version
-    assert torch.equal(labels, labels_before)
-    assert not adv.requires_grad and adv.shape == images.shape
+    adv = ATTACKS[name][0](model, model_mode=mode)(images, labels)
+    _assert_left_alone(model, before, images, labels, kept)
+    assert model.seen_requires_grad == {False}
+    assert not adv.requires_grad and adv.shape == images.shape and adv.dtype == images.dtype
 
 
 @pytest.mark.parametrize("name", list(ATTACKS))
 def test_model_restored_when_the_attack_raises(name):
-    model = _prepared_model(raise_on_call=3 if name != "fgsm" else 1)
-    images, labels = _inputs()
-    images_before = images.clone()
+    make, raise_on_call = ATTACKS[name]
+    model = _prepared_model(raise_on_call=raise_on_call)
+    images, labels, kept = _caller_inputs()
     before = snapshot(model)
     with pytest.raises(RuntimeError, match="model failed mid-attack"):
-        ATTACKS[name](model, model_mode="train")(images, labels)
-    assert_unchanged(model, before)
-    assert torch.equal(images, images_before)
+        make(model, model_mode="train")(images, labels)
+    _assert_left_alone(model, before, images, labels, kept)
 
 
-def test_early_stop_and_restarts_restore_state():
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda m: fastadv.PGD(m, eps=0.1, steps=3, restarts=2, early_stop=True, model_mode="train"),
+        lambda m: fastadv.APGD(m, eps=0.1, steps=4, n_restarts=2, early_stop=True, model_mode="train"),
+        lambda m: fastadv.APGDT(m, eps=0.1, steps=4, n_target_classes=2, early_stop=True, model_mode="train"),
+    ],
+    ids=["pgd", "apgd", "apgdt"],
+)
+def test_early_stop_and_restarts_restore_state(make):
     model = _prepared_model()
     images, labels = _inputs()
     before = snapshot(model)
-    fastadv.PGD(model, eps=0.1, steps=3, restarts=2, early_stop=True, model_mode="train")(images, labels)
+    make(model)(images, labels)
     assert_unchanged(model, before)
 
 
@@ -162,8 +196,9 @@ BAD_CALLS = [
 ]
 
 
-@pytest.mark.parametrize("case", BAD_CALLS, ids=[c[0] for c in BAD_CALLS])
-def test_bad_calls(case):
+def check_bad_call(make, case):
+    """`make(model, **options)(images, labels)` on one of BAD_CALLS: the error names the
+    argument, and the model and the caller's tensors are left as they were."""
     _, kwargs, transform_inputs, transform_model, error, part = case
     model, x, y = digits_model()
     x, y = x[:8], y[:8]
@@ -171,13 +206,17 @@ def test_bad_calls(case):
     images, labels = transform_inputs(x, y) if transform_inputs else (x, y)
     kept = [t.clone() if isinstance(t, torch.Tensor) else t for t in (images, labels)]
     target = transform_model(model) if transform_model else model
-    options = {"eps": 0.1, "alpha": 0.02, "steps": 2, **kwargs}
     with pytest.raises(error, match=part):
-        fastadv.PGD(target, **options)(images, labels)
+        make(target, **kwargs)(images, labels)
     assert_unchanged(model, before)
     for original, now in zip(kept, (images, labels), strict=True):
         if isinstance(original, torch.Tensor):
             assert torch.equal(original, now) or (original.isnan() == now.isnan()).all()
+
+
+@pytest.mark.parametrize("case", BAD_CALLS, ids=[c[0] for c in BAD_CALLS])
+def test_bad_calls(case):
+    check_bad_call(lambda m, **kw: fastadv.PGD(m, **{"eps": 0.1, "alpha": 0.02, "steps": 2, **kw}), case)
 
 
 BAD_OPTIONS = [

@@ -28,7 +28,7 @@ def _graphed(attack, x, y, capture=_plain_capture, calls=1):
     with torch.enable_grad():
         x_p, y_p, call = attack._prepare(x, y)
         with attack_mode(attack.model, attack.model_mode):
-            graphed = GraphedSteps(attack, x_p, y_p, call, capture=capture)
+            graphed = GraphedSteps(attack._graph_step, x_p, y_p, call, capture=capture)
             outputs = []
             for _ in range(calls):
                 start = attack._start(x_p, call.params, call)
@@ -69,7 +69,7 @@ def test_new_inputs_reuse_the_buffers(digits):
     with torch.enable_grad():
         xa, ya, call_a = attack._prepare(x[:32], y[:32])
         xb, yb, call_b = attack._prepare(x[32:], y[32:])
-        graphed = GraphedSteps(attack, xa, ya, call_a, capture=_plain_capture)
+        graphed = GraphedSteps(attack._graph_step, xa, ya, call_a, capture=_plain_capture)
         out_b = graphed(xb, yb, xb.clone(), call_b, attack.steps)
         out_a = graphed(xa, ya, xa.clone(), call_a, attack.steps)
     assert torch.equal(out_b, attack(x[32:], y[32:])) and torch.equal(out_a, attack(x[:32], y[:32]))

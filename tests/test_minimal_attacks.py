@@ -3,8 +3,8 @@ digits CNN against PGD-L2, their budgets, model safety and bad input."""
 
 import pytest
 import torch
-from attack_helpers import CountingModel, assert_unchanged, digits_model, snapshot
-from test_attack_safety import BAD_CALLS, _inputs, _prepared_model
+from attack_helpers import CountingModel, digits_model
+from test_attack_safety import BAD_CALLS, check_bad_call
 
 import fastadv
 
@@ -238,41 +238,13 @@ class _Unnormalize(torch.nn.Module):
         return x * self.std + self.mean
 
 
-# --- model safety and bad input -----------------------------------------------------------------
+# --- bad input (model safety: test_attack_safety.py, for every attack) ---------------------------
 
 ATTACKS = {
     "cw": lambda m, **kw: fastadv.CW(m, steps=3, **kw),
     "deepfool": lambda m, **kw: fastadv.DeepFool(m, steps=3, **kw),
     "jsma": lambda m, **kw: fastadv.JSMA(m, gamma=0.05, **kw),
 }
-
-
-@pytest.mark.parametrize("name", list(ATTACKS))
-@pytest.mark.parametrize("mode", ["eval", "train"])
-def test_model_and_inputs_unchanged(name, mode):
-    model = _prepared_model()
-    images, labels = _inputs()
-    images.requires_grad_(True)
-    images_before, labels_before, version = images.detach().clone(), labels.clone(), images._version
-    before = snapshot(model)
-    adv = ATTACKS[name](model, model_mode=mode)(images, labels)
-    assert_unchanged(model, before)
-    assert model.seen_requires_grad == {False}, "parameters required grad during the attack"
-    assert torch.equal(images.detach(), images_before) and images.requires_grad and images._version == version
-    assert torch.equal(labels, labels_before)
-    assert not adv.requires_grad and adv.shape == images.shape and adv.dtype == images.dtype
-
-
-@pytest.mark.parametrize("name", list(ATTACKS))
-def test_model_restored_when_the_attack_raises(name):
-    model = _prepared_model(raise_on_call=2)
-    images, labels = _inputs()
-    images_before = images.clone()
-    before = snapshot(model)
-    with pytest.raises(RuntimeError, match="model failed mid-attack"):
-        ATTACKS[name](model, model_mode="train")(images, labels)
-    assert_unchanged(model, before)
-    assert torch.equal(images, images_before)
 
 
 @pytest.mark.parametrize("name", list(ATTACKS))
@@ -292,19 +264,7 @@ GENERIC_BAD_CALLS = [c for c in BAD_CALLS if c[0].split()[0] in ("labels", "imag
 @pytest.mark.parametrize("name", list(ATTACKS))
 @pytest.mark.parametrize("case", GENERIC_BAD_CALLS, ids=[c[0] for c in GENERIC_BAD_CALLS])
 def test_bad_calls(name, case):
-    _, kwargs, transform_inputs, transform_model, error, part = case
-    model, x, y = digits_model()
-    x, y = x[:8], y[:8]
-    before = snapshot(model)
-    images, labels = transform_inputs(x, y) if transform_inputs else (x, y)
-    kept = [t.clone() if isinstance(t, torch.Tensor) else t for t in (images, labels)]
-    target = transform_model(model) if transform_model else model
-    with pytest.raises(error, match=part):
-        ATTACKS[name](target, **kwargs)(images, labels)
-    assert_unchanged(model, before)
-    for original, now in zip(kept, (images, labels), strict=True):
-        if isinstance(original, torch.Tensor):
-            assert torch.equal(original, now) or (original.isnan() == now.isnan()).all()
+    check_bad_call(ATTACKS[name], case)
 
 
 BAD_OPTIONS = [

@@ -1,30 +1,41 @@
-"""Attacks on one shared engine (`engine.py`), one attack per file, with the names and
-defaults of torchattacks: ``PGD(model, eps=8/255, alpha=2/255, steps=10)(images, labels)``."""
+"""The attacks, one per file, with the names and defaults of torchattacks:
+``PGD(model, eps=8/255, alpha=2/255, steps=10)(images, labels)``.
 
-from .apgd import APGD, APGDT
+Layout: `base.py` is the root class :class:`Attack` (options and which of them an attack
+supports, model safety, input checks, normalization, autocast, layout); `gradient.py` the
+gradient loop :class:`GradientAttack` (restarts, early stopping with compaction, CUDA graphs,
+random start, the fused step) that FGSM, PGD, PGDL2, MIFGSM and APGD/APGDT run on; CW, DeepFool
+and JSMA run their own loops on the root.
+"""
+
+from .apgd import APGD
+from .apgdt import APGDT
+from .base import Attack, UnsupportedOption
 from .cw import CW
 from .deepfool import DeepFool
-from .engine import Attack, AttackBase, AttackResult
 from .fgsm import FGSM
 from .functional import fgsm, pgd
+from .gradient import GradientAttack
 from .jsma import JSMA
 from .mifgsm import MIFGSM
 from .pgd import PGD
 from .pgdl2 import PGDL2
+from .result import AttackResult
 
 __all__ = [
     "APGD",
     "APGDT",
     "Attack",
-    "AttackBase",
     "AttackResult",
     "CW",
     "DeepFool",
     "FGSM",
+    "GradientAttack",
     "JSMA",
     "MIFGSM",
     "PGD",
     "PGDL2",
+    "UnsupportedOption",
     "fgsm",
     "pgd",
 ]

@@ -43,14 +43,15 @@ def graph_key(x: torch.Tensor, y: torch.Tensor, params) -> tuple:
 
 
 class GraphedSteps:
-    """One attack's step on static buffers, captured with `capture(step, device)` (a CUDA graph;
+    """One attack step on static buffers, captured with `capture(step, device)` (a CUDA graph;
     tests pass a capture that simply calls the step, to check the buffer handling on the CPU).
 
-    attack: an :class:`~fastadv.attacks.engine.Attack` whose step is stateless (no momentum).
+    step(x_adv, y, x, call): a stateless step (no momentum) that moves x_adv in place and returns
+    the model's number of classes (`GradientAttack._graph_step`).
     """
 
-    def __init__(self, attack, x: torch.Tensor, y: torch.Tensor, call, capture=cuda_capture):
-        self.attack = attack
+    def __init__(self, step: Callable[..., int], x: torch.Tensor, y: torch.Tensor, call, capture=cuda_capture):
+        self.step = step
         self.x = x.clone()
         self.y = y.clone()
         self.x_adv = x.clone()
@@ -62,9 +63,7 @@ class GraphedSteps:
         self.replay = capture(self._step, x.device)
 
     def _step(self) -> None:
-        logits, _, grad = self.attack._loss_and_grad(self.x_adv, self.y, self.call)
-        self.classes = logits.shape[1]
-        self.attack._step(self.x_adv, grad, self.x, self.params)
+        self.classes = self.step(self.x_adv, self.y, self.x, self.call)
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor, start: torch.Tensor, call, steps: int) -> torch.Tensor:
         low, high = call.label_range

@@ -1,19 +1,22 @@
-"""Auto-PGD (Croce and Hein 2020): APGD with the CE or DLR loss, and APGD-T (targeted DLR)."""
+"""Auto-PGD (Croce and Hein 2020) with the CE, DLR or margin loss."""
 
 from __future__ import annotations
 
 import math
+import time
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from .. import _validate as check
 from .. import ops
-from ._losses import targeted_dlr
-from .engine import Attack, _Call, _rows
-from .result import _Best
+from .base import OPTIONS, Call
+from .gradient import GradientAttack, RunState, drop_fooled
+from .params import Params, per_sample
+from .result import Best
 
-_NORMS = {"Linf": "linf", "linf": "linf", "L2": "l2", "l2": "l2"}
+_SCHEDULE = "APGD's step-size schedule needs every step's loss"
 
 
 def checkpoints(steps: int) -> list[int]:
@@ -26,7 +29,30 @@ def checkpoints(steps: int) -> list[int]:
     return sorted(m for m in marks if 1 <= m <= steps)
 
 
-class APGD(Attack):
+@dataclass
+class _Run(RunState):
+    """One APGD run's per-sample state (the paper's Algorithm 1)."""
+
+    targets: torch.Tensor | None  # APGD-T's target classes, else None
+    x_adv: torch.Tensor  # the iterate, and the one before it (for the momentum)
+    x_old: torch.Tensor
+    grad: torch.Tensor  # at x_adv: the objective's gradient, the model's class, the attack's loss
+    predicted: torch.Tensor
+    loss: torch.Tensor
+    eta: torch.Tensor  # the step size [b]
+    # the point of highest objective so far, with what was computed there (no forward at the end)
+    x_best: torch.Tensor
+    grad_best: torch.Tensor
+    obj_best: torch.Tensor
+    predicted_best: torch.Tensor
+    loss_best: torch.Tensor
+    obj_prev: torch.Tensor  # the objective at the previous iterate
+    rises: torch.Tensor  # steps since the last checkpoint at which the objective rose
+    obj_last_check: torch.Tensor  # at the last checkpoint: obj_best, and whether eta was halved
+    reduced_last_check: torch.Tensor
+
+
+class APGD(GradientAttack):
     r"""Auto-PGD: "Reliable evaluation of adversarial robustness with an ensemble of diverse
     parameter-free attacks", Croce and Hein, ICML 2020, https://arxiv.org/abs/2003.01690.
 
@@ -36,28 +62,42 @@ class APGD(Attack):
     restarts from its best point. Steps and projections are the fused ops. Returns, per sample,
     the latest iterate that fooled the model, else the point of highest loss.
 
-    Arguments (defaults as torchattacks):
+    Arguments (order and defaults as torchattacks):
         model (nn.Module or callable): maps images [B, ...] to logits [B, K].
-        norm ("Linf" | "L2"): Default: "Linf".
+        norm ("Linf" | "L2", or "linf" | "l2"): Default: "Linf".
         eps (float or tensor [B]): radius, in pixel units. Default: 8/255.
         steps (int): iterations (each one forward and backward pass, plus one at the start).
             Default: 10.
-        n_restarts (int): runs from new random starts, on the samples not yet fooled. Default: 1.
+        n_restarts (int): runs from new random starts, on the samples not yet fooled; ``restarts``
+            is the same argument under fastadv's name (give one of them). Default: 1.
         seed (int or None): seeds the random starts when no `generator` is given. Default: 0.
         loss ("ce" | "dlr" | "margin"): Default: "ce".
         eot_iter (int): gradients averaged per step (expectation over transformation, for models
             with randomness); each costs a forward and backward pass. Default: 1.
         rho (float): the share of rising steps below which the step size halves. Default: 0.75.
+        verbose (bool): print the robust accuracy after each restart, as torchattacks. Default: False.
         **options: targeted, early_stop, lower, upper, mean, std, amp, channels_last, backend,
-            generator, model_mode: as for :class:`fastadv.PGD`.
+            generator, model_mode: as for :class:`fastadv.PGD`. Not early_stop_every or
+            cuda_graph: the step-size schedule needs every step's loss.
 
-    Shape, errors and model safety: as for :class:`fastadv.PGD`; ``attack(images, labels)`` and
-    ``attack.run(images, labels).adv`` are the same images.
+    Shape: images [B, ...] in [lower, upper], float32/float16/bfloat16; labels [B] int64 (the
+    targets when targeted). Returns images of the same shape and dtype; ``attack(images,
+    labels)`` and ``attack.run(images, labels).adv`` are the same images. Errors and model
+    safety: as for :class:`fastadv.PGD`.
 
     Example:
         >>> attack = fastadv.APGD(model, norm="Linf", eps=8/255, steps=100, loss="dlr")
         >>> adv_images = attack(images, labels)
     """
+
+    supported_options = OPTIONS
+    unsupported_because = {
+        "early_stop_every": _SCHEDULE,
+        "cuda_graph": _SCHEDULE,
+        "alpha": "APGD sets its own step size",
+        "random_start": "APGD always starts at random",
+    }
+    _shown = ("norm", "eps", "steps", "n_restarts", "loss", "rho", "targeted", "early_stop", "amp")
 
     def __init__(
         self,
@@ -65,40 +105,47 @@ class APGD(Attack):
         norm: str = "Linf",
         eps: float | torch.Tensor = 8 / 255,
         steps: int = 10,
-        n_restarts: int = 1,
+        n_restarts: int | None = None,
         seed: int | None = 0,
         loss: str = "ce",
         eot_iter: int = 1,
         rho: float = 0.75,
+        verbose: bool = False,
+        *,
+        restarts: int | None = None,
         **options: Any,
     ):
-        for name, default in (("early_stop_every", 1), ("cuda_graph", False)):
-            if name in options and (options[name] != default or type(options[name]) is not type(default)):
-                raise ValueError(f"{name}: APGD's step-size schedule needs every step's loss (not supported)")
-        if norm not in _NORMS:
-            raise ValueError(f"norm must be 'Linf' or 'L2', got {norm!r}")
-        self.norm = _NORMS[norm]
+        self.norm = check.norm(norm)
         if not isinstance(rho, (int, float)) or not 0 < rho <= 1:
             raise ValueError(f"rho must lie in (0, 1], got {rho!r}")
         if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)):
             raise TypeError(f"seed must be an int or None, got {type(seed).__name__}")
         self.rho, self.seed = float(rho), seed
         self.eot_iter = check.positive_int("eot_iter", eot_iter)
-        super().__init__(model, eps=eps, alpha=0.0, steps=steps, random_start=True, restarts=n_restarts, loss=loss,
-                         **options)  # fmt: skip
+        self.verbose = check.flag("verbose", verbose)
+        self.n_restarts = check.positive_int(*check.aliased("n_restarts", n_restarts, "restarts", restarts, 1))
+        super().__init__(model, eps=eps, alpha=0.0, steps=steps, random_start=True, restarts=self.n_restarts,
+                         loss=loss, **options)  # fmt: skip
 
     def forward(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """``run(images, labels).adv``: APGD keeps its best point at every step anyway."""
         return self.run(images, labels).adv
 
     def _prepare(self, images, labels):
         x, y, call = super()._prepare(images, labels)
-        self._run_index = 0  # which restart (APGD-T: which target class) comes next
         if call.generator is None and self.seed is not None:
             call.generator = torch.Generator(device=images.device).manual_seed(self.seed)
+        self._started = time.perf_counter()
         return x, y, call
 
-    def _run_targets(self, x: torch.Tensor, y: torch.Tensor, call: _Call, run: int) -> torch.Tensor | None:
-        """Per-sample targets of a run (APGD-T), or None."""
+    def _after_run(self, index: int, best: Best) -> None:
+        if self.verbose:
+            robust = 1 - float(best.success.float().mean())
+            seconds = time.perf_counter() - self._started
+            print(f"restart {index} - robust accuracy: {robust:.2%} - cum. time: {seconds:.1f} s")
+
+    def _run_targets(self, x: torch.Tensor, y: torch.Tensor, call: Call, index: int) -> torch.Tensor | None:
+        """Per-sample targets of the run `index` (APGD-T), or None."""
         return None
 
     def _objective(self, logits, y, targets) -> torch.Tensor:
@@ -110,152 +157,99 @@ class APGD(Attack):
         """The attack's loss of y, as AttackResult reports it (here the objective, unsigned)."""
         return -objective if self.targeted else objective
 
-    def _one_run(self, x, y, idx, best: _Best, call: _Call) -> None:
-        batch = x.shape[0]
-        params = call.params if idx is None else call.params.select(idx, batch)
-        if idx is not None:
-            x, y = self._layout(x.index_select(0, idx), call), y.index_select(0, idx)
-        targets = self._run_targets(x, y, call, self._run_index)
-        self._run_index += 1
-        x_adv = self._start(x, params, call)
-        s = {"x": x, "y": y, "x_adv": x_adv, "targets": targets}
-        obj, s["grad"], s["predicted"], s["loss"] = self._evaluate(best, idx, s, call)
-        eps = params.eps
-        if isinstance(eps, torch.Tensor) and eps.numel() > 1:
-            if eps.numel() != x.shape[0]:
-                raise ValueError("eps: APGD takes a number or one eps per sample")
-            eps = eps.reshape(-1).float()
-        s["eta"] = torch.full((x.shape[0],), 2.0, device=x.device) * eps
-        # the point of highest objective so far, with what was computed there (no forward at the end)
-        s["x_best"], s["grad_best"], s["obj_best"] = x_adv.clone(), s["grad"].clone(), obj.clone()
-        s["predicted_best"], s["loss_best"] = s["predicted"].clone(), s["loss"].clone()
-        s["x_old"], s["obj_last_check"] = x_adv.clone(), obj.clone()
-        s["reduced_last_check"] = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
-        s["rises"] = torch.zeros(x.shape[0], device=x.device)
-        s["obj_prev"] = obj
+    def _one_run(self, run: RunState, best: Best, call: Call, index: int) -> None:
+        s = self._first_point(run, best, call, index)
         marks, last_mark = set(checkpoints(self.steps)), 0
         for i in range(1, self.steps + 1):
             # z = P(x_adv + eta sign(grad)) in one fused step; the first step takes z as it is (no
             # momentum, already projected), later ones x_adv + 0.75 (z - x_adv) + 0.25 (x_adv - x_old),
             # computed in place in z and projected again
-            z = self._fused_step(s["x_adv"], s["grad"], s["x"], s["eta"], params)
+            z = self._fused_step(s.x_adv, s.grad, s.x, s.eta, s.params)
             if i > 1:
-                torch.lerp(s["x_adv"], z, 0.75, out=z)
-                z.add_(s["x_adv"], alpha=0.25).sub_(s["x_old"], alpha=0.25)
-                z = self._project(z, s["x"], params)
-            s["x_old"], s["x_adv"] = s["x_adv"], z
-            obj, s["grad"], s["predicted"], s["loss"] = self._evaluate(best, idx, s, call)
-            s["rises"].add_(obj > s["obj_prev"])
-            s["obj_prev"] = obj
-            better = obj > s["obj_best"]
-            rows = _rows(better, x)
-            torch.where(rows, s["x_adv"], s["x_best"], out=s["x_best"])
-            torch.where(rows, s["grad"], s["grad_best"], out=s["grad_best"])
-            torch.where(better, obj, s["obj_best"], out=s["obj_best"])
-            torch.where(better, s["predicted"], s["predicted_best"], out=s["predicted_best"])
-            torch.where(better, s["loss"], s["loss_best"], out=s["loss_best"])
+                torch.lerp(s.x_adv, z, 0.75, out=z)
+                z.add_(s.x_adv, alpha=0.25).sub_(s.x_old, alpha=0.25)
+                z = self._project(z, s.x, s.params)
+            s.x_old, s.x_adv = s.x_adv, z
+            obj, s.grad, s.predicted, s.loss = self._evaluate(z, s.y, s.targets, s.idx, best, call)
+            self._keep_best(s, obj)
             if i in marks:
-                # Halve where the loss rose in fewer than rho of the steps since the last mark, or
-                # stalled without a halving there; restart those samples from their best point.
-                span = i - last_mark
-                halve = (s["rises"] <= self.rho * span) | (
-                    ~s["reduced_last_check"] & (s["obj_last_check"] >= s["obj_best"])
-                )
-                s["eta"] = torch.where(halve, s["eta"] / 2, s["eta"])
-                s["x_adv"] = torch.where(_rows(halve, x), s["x_best"], s["x_adv"])
-                s["grad"] = torch.where(_rows(halve, x), s["grad_best"], s["grad"])
-                s["reduced_last_check"], s["obj_last_check"] = halve, s["obj_best"].clone()
-                s["rises"].zero_()
+                self._checkpoint(s, span=i - last_mark)
                 last_mark = i
             if self.early_stop and i < self.steps:
-                success = self._success(s["predicted"], s["y"])
-                remaining = int((~success).sum())  # one sync: compaction needs the new size
-                if remaining == 0:
+                s = drop_fooled(s, self._success(s.predicted, s.y), call)
+                if s is None:
                     return
-                if remaining < s["x"].shape[0]:
-                    keep = (~success).nonzero().squeeze(1)
-                    n = s["x"].shape[0]
-                    idx = keep if idx is None else idx.index_select(0, keep)
-                    params = params.select(keep, n)
-                    s = {k: (None if v is None else v.index_select(0, keep)) for k, v in s.items()}
         # unfooled samples: the point of highest objective, with its class and loss as computed there
-        success_best = self._success(s["predicted_best"], s["y"])
-        best.add(idx, s["x_best"], s["predicted_best"], success_best, s["loss_best"], final=True)
+        success_best = self._success(s.predicted_best, s.y)
+        best.add(s.idx, s.x_best, s.predicted_best, success_best, s.loss_best, final=True)
 
-    def _evaluate(self, best: _Best, idx, s: dict, call: _Call):
-        """Forward and backward at s["x_adv"]; records the iterate in `best`. Returns the
-        objective, its input gradient, the model's classes and the attack's loss of y."""
-        y, targets = s["y"], s["targets"]
+    def _first_point(self, run: RunState, best: Best, call: Call, index: int) -> _Run:
+        """The state at the random start, evaluated (and recorded in `best`)."""
+        targets = self._run_targets(run.x, run.y, call, index)
+        x_adv = self._start(run.x, run.params, call)
+        obj, grad, predicted, loss = self._evaluate(x_adv, run.y, targets, run.idx, best, call)
+        b, device = run.x.shape[0], run.x.device
+        eta = torch.full((b,), 2.0, device=device) * _per_sample_eps(run.params, b)
+        return _Run(
+            run.idx, run.params, run.x, run.y, targets=targets, x_adv=x_adv, x_old=x_adv.clone(), grad=grad,
+            predicted=predicted, loss=loss, eta=eta, x_best=x_adv.clone(), grad_best=grad.clone(), obj_best=obj.clone(),
+            predicted_best=predicted.clone(), loss_best=loss.clone(), obj_prev=obj, rises=torch.zeros(b, device=device),
+            obj_last_check=obj.clone(), reduced_last_check=torch.zeros(b, dtype=torch.bool, device=device),
+        )  # fmt: skip
+
+    @staticmethod
+    def _keep_best(s: _Run, obj: torch.Tensor) -> None:
+        """Counts a rise of the objective and keeps, per sample, the point of highest objective."""
+        s.rises.add_(obj > s.obj_prev)
+        s.obj_prev = obj
+        better = obj > s.obj_best
+        rows = per_sample(better, s.x)
+        torch.where(rows, s.x_adv, s.x_best, out=s.x_best)
+        torch.where(rows, s.grad, s.grad_best, out=s.grad_best)
+        torch.where(better, obj, s.obj_best, out=s.obj_best)
+        torch.where(better, s.predicted, s.predicted_best, out=s.predicted_best)
+        torch.where(better, s.loss, s.loss_best, out=s.loss_best)
+
+    def _checkpoint(self, s: _Run, span: int) -> None:
+        """Halves the step where the objective rose in fewer than rho of the `span` steps since
+        the last checkpoint, or stalled without a halving there; those samples go back to their
+        best point."""
+        halve = (s.rises <= self.rho * span) | (~s.reduced_last_check & (s.obj_last_check >= s.obj_best))
+        s.eta = torch.where(halve, s.eta / 2, s.eta)
+        s.x_adv = torch.where(per_sample(halve, s.x), s.x_best, s.x_adv)
+        s.grad = torch.where(per_sample(halve, s.x), s.grad_best, s.grad)
+        s.reduced_last_check, s.obj_last_check = halve, s.obj_best.clone()
+        s.rises.zero_()
+
+    def _evaluate(self, x_adv, y, targets, idx, best: Best, call: Call):
+        """Forward and backward at x_adv; records the iterate in `best`. Returns the objective,
+        its input gradient, the model's classes and the attack's loss of y."""
 
         def objective(logits):
             return self._objective(logits, y, targets)
 
-        logits, obj, grad = self._loss_and_grad(s["x_adv"], y, call, loss_fn=objective)
+        logits, obj, grad = self._loss_and_grad(x_adv, y, call, loss_fn=objective)
         if self.eot_iter > 1:  # a randomized model: the mean of eot_iter gradients
             for _ in range(self.eot_iter - 1):
-                grad += self._loss_and_grad(s["x_adv"], y, call, loss_fn=objective)[2]
+                grad += self._loss_and_grad(x_adv, y, call, loss_fn=objective)[2]
             grad /= self.eot_iter
         predicted = logits.argmax(1)
         loss = self._recorded_loss(logits, y, obj)
-        best.add(idx, s["x_adv"], predicted, self._success(predicted, y), loss, final=False)
-        best.count_step(idx)
+        best.record_step(idx, x_adv, predicted, self._success(predicted, y), loss)
         return obj, grad, predicted, loss
 
-    def _fused_step(self, x_adv, grad, x, eta, params):
+    def _fused_step(self, x_adv, grad, x, eta, params: Params) -> torch.Tensor:
         step = ops.linf_step if self.norm == "linf" else ops.l2_step
-        # the objective is already signed for targeted runs: always step up
+        # the objective is already signed for targeted runs: always step up; a new tensor, since
+        # the momentum needs x_adv too
         return step(x_adv, grad, x, params.eps, eta, params.lower, params.upper, backend=self.backend)
 
-    def _project(self, x_adv, x, params):
-        project = ops.linf_project if self.norm == "linf" else ops.l2_project
-        return project(x_adv, x, params.eps, params.lower, params.upper, out=x_adv, backend=self.backend)
 
-
-class APGDT(APGD):
-    r"""APGD-T: APGD with the targeted DLR loss (Croce and Hein 2020), run towards each of the
-    ``n_target_classes`` classes the model ranks highest after the true one, each run on the
-    samples not yet fooled. Labels are the true classes (an untargeted attack: success means a
-    wrong prediction).
-
-    Arguments: as :class:`APGD` (``loss`` is the targeted DLR: only "dlr" is taken), plus
-        n_target_classes (int): Default: 9 (AutoAttack's; at most K - 1).
-        n_classes (int or None): torchattacks' way to say the same: n_target_classes = n_classes - 1.
-
-    Example:
-        >>> adv_images = fastadv.APGDT(model, eps=8/255, steps=100, n_target_classes=9)(images, labels)
-    """
-
-    def __init__(self, model: Any, norm: str = "Linf", eps: float | torch.Tensor = 8 / 255, steps: int = 10,
-                 n_restarts: int = 1, seed: int | None = 0, loss: str = "dlr", eot_iter: int = 1, rho: float = 0.75,
-                 *, n_target_classes: int = 9, n_classes: int | None = None, **options: Any):  # fmt: skip
-        if options.get("targeted"):
-            raise ValueError("targeted: APGDT takes the true labels and picks its own targets")
-        if loss != "dlr":
-            raise ValueError(f"loss: APGDT ascends the targeted DLR loss only (loss='dlr'), got {loss!r}")
-        if n_classes is not None:
-            if not isinstance(n_classes, int) or isinstance(n_classes, bool) or n_classes < 2:
-                raise ValueError(f"n_classes must be an int >= 2, got {n_classes!r}")
-            n_target_classes = n_classes - 1
-        if not isinstance(n_target_classes, int) or isinstance(n_target_classes, bool) or n_target_classes < 1:
-            raise ValueError(f"n_target_classes must be an int >= 1, got {n_target_classes!r}")
-        self.n_target_classes = n_target_classes
-        super().__init__(model, norm=norm, eps=eps, steps=steps, n_restarts=n_restarts, seed=seed, loss="dlr",
-                         eot_iter=eot_iter, rho=rho, **options)  # fmt: skip
-        # every target class gets `n_restarts` runs
-        self.restarts = n_restarts * n_target_classes
-
-    def _run_targets(self, x, y, call, run):
-        with torch.no_grad():
-            logits = self._logits(x, call)
-        if logits.shape[1] < 4:
-            raise ValueError(f"model: APGDT's targeted DLR needs at least 4 classes, got {logits.shape[1]}")
-        # runs 0..n_restarts-1 aim at the best other class, the next n_restarts at the second, ...
-        rank = (run // (self.restarts // self.n_target_classes)) % min(self.n_target_classes, logits.shape[1] - 1)
-        others = logits.masked_fill(torch.nn.functional.one_hot(y, logits.shape[1]).bool(), float("-inf"))
-        return others.sort(dim=1, descending=True).indices[:, rank]
-
-    def _objective(self, logits, y, targets):
-        return targeted_dlr(logits, y, targets)
-
-    def _recorded_loss(self, logits, y, objective):
-        return self._loss(logits, y)  # the untargeted DLR of the true class
+def _per_sample_eps(params: Params, batch: int) -> float | torch.Tensor:
+    """eps as a number or a float32 [batch] tensor (the step size is per sample)."""
+    eps = params.eps
+    if isinstance(eps, torch.Tensor) and eps.numel() > 1:
+        if eps.numel() != batch:
+            raise ValueError("eps: APGD takes a number or one eps per sample")
+        eps = eps.reshape(-1).float()
+    return eps

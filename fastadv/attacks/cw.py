@@ -8,7 +8,8 @@ from typing import Any
 import torch
 
 from .. import _validate as check
-from .engine import AttackBase, _Call, _per_element, _require_grad
+from .base import Attack, Call, options_without, require_grad
+from .params import per_sample
 from .result import AttackResult
 
 # A pixel exactly at a bound would sit at atanh(+-1) = +-inf in tanh space and never move.
@@ -17,7 +18,7 @@ _TANH_EDGE = 1 - 1e-6
 _NO_BOUND = 1e10
 
 
-class CW(AttackBase):
+class CW(Attack):
     r"""CW-L2: "Towards Evaluating the Robustness of Neural Networks", Carlini and Wagner, IEEE S&P
     2017, https://arxiv.org/abs/1608.04644.
 
@@ -52,6 +53,8 @@ class CW(AttackBase):
     """
 
     norm = "l2"
+    supported_options = options_without("early_stop")
+    unsupported_because = {"early_stop": "CW minimises the perturbation after its first success; see abort_early"}
     _shown = ("c", "kappa", "steps", "lr", "binary_search_steps", "targeted", "amp")
 
     def __init__(
@@ -65,8 +68,6 @@ class CW(AttackBase):
         abort_early: bool = True,
         **options: Any,
     ):
-        if "early_stop" in options:
-            raise ValueError("early_stop: CW minimises the perturbation after its first success; see abort_early")
         super().__init__(model, **options)
         self.c = check.number("c", c, above=0)
         self.kappa = check.number("kappa", kappa, at_least=0)
@@ -75,11 +76,11 @@ class CW(AttackBase):
         self.binary_search_steps = check.positive_int("binary_search_steps", binary_search_steps)
         self.abort_early = check.flag("abort_early", abort_early)
 
-    def _run(self, x: torch.Tensor, y: torch.Tensor, call: _Call, track: bool) -> AttackResult:
+    def _run(self, x: torch.Tensor, y: torch.Tensor, call: Call, track: bool) -> AttackResult:
         b = x.shape[0]
         x32 = x.float()
-        low = torch.as_tensor(_per_element(call.params.lower, x), dtype=torch.float32, device=x.device)
-        span = torch.as_tensor(_per_element(call.params.upper, x), dtype=torch.float32, device=x.device) - low
+        low = torch.as_tensor(per_sample(call.params.lower, x), dtype=torch.float32, device=x.device)
+        span = torch.as_tensor(per_sample(call.params.upper, x), dtype=torch.float32, device=x.device) - low
         unit = (x32 - low) / span.clamp_min(1e-12) * 2 - 1
         w_start = torch.atanh(unit.clamp(-_TANH_EDGE, _TANH_EDGE))
 
@@ -102,7 +103,7 @@ class CW(AttackBase):
                 adv_image = adv.to(x.dtype)
                 l2_squared = (adv - x32).flatten(1).pow(2).sum(1)
                 logits = self._logits(adv_image, call)
-                _require_grad(logits)  # (the distance term alone would hide a detached model)
+                require_grad(logits)  # (the distance term alone would hide a detached model)
                 margin = self._margin(logits, y)
                 cost = l2_squared + c * margin.clamp_min(-self.kappa)
                 w.grad = self._input_grad(cost.sum(), w)
@@ -116,7 +117,7 @@ class CW(AttackBase):
                     l2 = (adv_image.float() - x32).flatten(1).norm(dim=1)
                     better = fooled & (l2 < best_l2)
                     best_l2 = torch.where(better, l2, best_l2)
-                    best_adv = torch.where(better.view(-1, *([1] * (x.dim() - 1))), adv_image, best_adv)
+                    best_adv = torch.where(per_sample(better, x), adv_image, best_adv)
                     best_margin = torch.where(better, margin, best_margin)
                     best_predicted = torch.where(better, logits.argmax(1), best_predicted)
                     found |= fooled

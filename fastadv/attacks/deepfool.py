@@ -7,11 +7,12 @@ from typing import Any
 import torch
 
 from .. import _validate as check
-from .engine import AttackBase, _Call, _per_element
+from .base import Attack, Call, options_without
+from .params import per_sample
 from .result import AttackResult
 
 
-class DeepFool(AttackBase):
+class DeepFool(Attack):
     r"""DeepFool: "DeepFool: a simple and accurate method to fool deep neural networks",
     Moosavi-Dezfooli, Fawzi and Frossard, CVPR 2016, https://arxiv.org/abs/1511.04599.
 
@@ -42,12 +43,13 @@ class DeepFool(AttackBase):
     """
 
     norm = "l2"
+    supported_options = options_without("targeted", "early_stop")
+    unsupported_because = dict.fromkeys(
+        ("targeted", "early_stop"), "DeepFool is untargeted and always stops a sample once it is fooled"
+    )
     _shown = ("steps", "overshoot", "candidates", "amp")
 
     def __init__(self, model: Any, steps: int = 50, overshoot: float = 0.02, candidates: int = 10, **options: Any):
-        for name in ("targeted", "early_stop"):
-            if name in options:
-                raise ValueError(f"{name}: DeepFool is untargeted and always stops a sample once it is fooled")
         super().__init__(model, **options)
         self.steps = check.positive_int("steps", steps)
         self.overshoot = check.number("overshoot", overshoot, at_least=0)
@@ -55,10 +57,10 @@ class DeepFool(AttackBase):
         if self.candidates < 2:
             raise ValueError(f"candidates must be >= 2 (the label and another class), got {candidates}")
 
-    def _run(self, x: torch.Tensor, y: torch.Tensor, call: _Call, track: bool) -> AttackResult:
+    def _run(self, x: torch.Tensor, y: torch.Tensor, call: Call, track: bool) -> AttackResult:
         b = x.shape[0]
-        low = _per_element(call.params.lower, x)
-        high = _per_element(call.params.upper, x)
+        low = per_sample(call.params.lower, x)
+        high = per_sample(call.params.upper, x)
         adv = x.clone()
         r_total = torch.zeros_like(x, dtype=torch.float32)
         success = torch.zeros(b, dtype=torch.bool, device=x.device)
@@ -68,7 +70,7 @@ class DeepFool(AttackBase):
         active = torch.arange(b, device=x.device)  # the samples not fooled yet
         classes = None  # [b, candidates]: the label first, then the clean top-ranked others
         for step in range(self.steps + 1):
-            point = self._layout(adv.index_select(0, active), call).requires_grad_(step < self.steps)
+            point = call.layout(adv.index_select(0, active)).requires_grad_(step < self.steps)
             logits = self._logits(point, call)
             y_active = y.index_select(0, active)
             fooled = logits.argmax(1) != y_active
@@ -102,7 +104,7 @@ class DeepFool(AttackBase):
                 r_total.index_add_(0, moving, r[keep])
                 x_moving, r_moving = x.index_select(0, moving), r_total.index_select(0, moving)
                 stepped = x_moving.float() + (1 + self.overshoot) * r_moving
-                stepped = torch.minimum(torch.maximum(stepped, _rows(low, moving)), _rows(high, moving))
+                stepped = torch.minimum(torch.maximum(stepped, _at(low, moving)), _at(high, moving))
                 adv.index_copy_(0, moving, stepped.to(x.dtype))
                 active = moving
         return AttackResult(adv, success, margin, steps_used, predicted)
@@ -114,7 +116,7 @@ class DeepFool(AttackBase):
         return torch.cat([y.unsqueeze(1), others.topk(k - 1, dim=1).indices], dim=1)
 
 
-def _rows(bound: float | torch.Tensor, positions: torch.Tensor) -> float | torch.Tensor:
+def _at(bound: float | torch.Tensor, positions: torch.Tensor) -> float | torch.Tensor:
     """A bound for the samples at `positions` (a per-sample bound is indexed)."""
     if isinstance(bound, torch.Tensor) and bound.dim() >= 1 and bound.shape[0] > 1:
         return bound.index_select(0, positions)

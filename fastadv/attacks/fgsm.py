@@ -6,10 +6,10 @@ from typing import Any
 
 import torch
 
-from .engine import Attack
+from .gradient import GradientAttack
 
 
-class FGSM(Attack):
+class FGSM(GradientAttack):
     r"""One signed-gradient step: "Explaining and Harnessing Adversarial Examples", Goodfellow et
     al., ICLR 2015, https://arxiv.org/abs/1412.6572.
 
@@ -22,10 +22,11 @@ class FGSM(Attack):
         eps (float or tensor [B]): radius of the L-inf ball, in pixel units. Default: 8/255.
         alpha (float or tensor [B], optional): step size. Default: eps.
         random_start (bool): start from a uniform draw in the ball. Default: False.
-        **options: targeted, restarts, loss, early_stop, early_stop_every, cuda_graph, lower, upper, mean, std, amp,
-            channels_last, backend, generator, model_mode: as for :class:`fastadv.PGD`.
+        **options: the options of :class:`fastadv.PGD` (targeted, restarts, early_stop, ...).
 
-    Shape, errors and model safety: as for :class:`fastadv.PGD`.
+    Shape: images [B, ...] in [lower, upper], float32/float16/bfloat16; labels [B] int64 (the
+    targets when targeted). Returns images of the same shape and dtype. Errors and model
+    safety: as for :class:`fastadv.PGD`.
 
     Example:
         >>> attack = fastadv.FGSM(model, eps=8/255)
@@ -33,6 +34,7 @@ class FGSM(Attack):
     """
 
     norm = "linf"
+    unsupported_because = {"steps": "FGSM takes one step; use PGD for more"}
 
     def __init__(
         self,
@@ -42,8 +44,6 @@ class FGSM(Attack):
         random_start: bool = False,
         **options: Any,
     ):
-        if "steps" in options:
-            raise TypeError("FGSM takes one step; use PGD for more (steps is not an FGSM argument)")
         super().__init__(
             model, eps=eps, alpha=eps if alpha is None else alpha, steps=1, random_start=random_start, **options
         )

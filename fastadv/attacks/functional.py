@@ -38,7 +38,7 @@ def pgd(
         >>> adv = fastadv.pgd(model, images, labels, eps=8/255)               # L-inf, alpha = 2/255
         >>> adv = fastadv.pgd(model, images, labels, eps=0.5, norm="l2", steps=20, alpha=0.1)
     """
-    norm = check.choice("norm", norm, ("linf", "l2"))
+    norm = check.norm(norm)
     eps = check.parameter("eps", eps, nonnegative=True)
     if alpha is None:
         alpha = eps / 4

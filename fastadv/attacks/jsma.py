@@ -7,14 +7,15 @@ from typing import Any
 import torch
 
 from .. import _validate as check
-from .engine import AttackBase, _Call, _per_element
+from .base import Attack, Call, options_without
+from .params import per_sample
 from .result import AttackResult
 
 # Pair scores held at once: [samples, n, n] float32 is cut into chunks of about this many entries.
 _PAIR_CHUNK = 1 << 24
 
 
-class JSMA(AttackBase):
+class JSMA(Attack):
     r"""JSMA: "The Limitations of Deep Learning in Adversarial Settings", Papernot et al.,
     IEEE EuroS&P 2016, https://arxiv.org/abs/1511.07528.
 
@@ -45,22 +46,22 @@ class JSMA(AttackBase):
     """
 
     norm = "l0"
+    supported_options = options_without("early_stop")
+    unsupported_because = {"early_stop": "JSMA always stops a sample once it succeeds"}
     _shown = ("theta", "gamma", "targeted", "amp")
 
     def __init__(self, model: Any, theta: float = 1.0, gamma: float = 0.1, **options: Any):
-        if "early_stop" in options:
-            raise ValueError("early_stop: JSMA always stops a sample once it succeeds")
         super().__init__(model, **options)
         self.theta = check.number("theta", theta)
         if self.theta == 0:
             raise ValueError("theta must not be 0 (no pixel would change)")
         self.gamma = check.number("gamma", gamma, above=0, at_most=1)
 
-    def _run(self, x: torch.Tensor, y: torch.Tensor, call: _Call, track: bool) -> AttackResult:
+    def _run(self, x: torch.Tensor, y: torch.Tensor, call: Call, track: bool) -> AttackResult:
         b, n = x.shape[0], x[0].numel()
         flat_shape = (b, n)
-        low = torch.as_tensor(_per_element(call.params.lower, x), dtype=torch.float32, device=x.device)
-        high = torch.as_tensor(_per_element(call.params.upper, x), dtype=torch.float32, device=x.device)
+        low = torch.as_tensor(per_sample(call.params.lower, x), dtype=torch.float32, device=x.device)
+        high = torch.as_tensor(per_sample(call.params.upper, x), dtype=torch.float32, device=x.device)
         low, high = low.expand_as(x).reshape(flat_shape), high.expand_as(x).reshape(flat_shape)
         adv = x.reshape(flat_shape).float().clone()  # the working copy, one row per sample
         increase = self.theta > 0
@@ -74,7 +75,7 @@ class JSMA(AttackBase):
         targets = y if self.targeted else None
         active = torch.arange(b, device=x.device)
         for step in range(max_pairs + 1):
-            point = self._layout(adv.index_select(0, active).to(x.dtype).view(-1, *x.shape[1:]), call)
+            point = call.layout(adv.index_select(0, active).to(x.dtype).view(-1, *x.shape[1:]))
             point.requires_grad_(step < max_pairs)
             logits = self._logits(point, call)
             if targets is None:  # untargeted: a random other class per sample, drawn once

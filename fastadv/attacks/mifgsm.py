@@ -7,10 +7,11 @@ from typing import Any
 import torch
 
 from .. import _validate as check
-from .engine import Attack
+from .gradient import GradientAttack
+from .params import per_sample
 
 
-class MIFGSM(Attack):
+class MIFGSM(GradientAttack):
     r"""Signed steps along a running sum of L1-normalised gradients: "Boosting Adversarial Attacks
     with Momentum", Dong et al., CVPR 2018, https://arxiv.org/abs/1710.06081.
 
@@ -25,10 +26,11 @@ class MIFGSM(Attack):
         steps (int): number of steps. Default: 10.
         decay (float): momentum factor, >= 0. Default: 1.0.
         random_start (bool): start from a uniform draw in the ball. Default: False.
-        **options: targeted, restarts, loss, early_stop, early_stop_every, cuda_graph, lower, upper, mean, std, amp,
-            channels_last, backend, generator, model_mode: as for :class:`fastadv.PGD`.
+        **options: the options of :class:`fastadv.PGD` (targeted, restarts, early_stop, ...).
 
-    Shape, errors and model safety: as for :class:`fastadv.PGD`.
+    Shape: images [B, ...] in [lower, upper], float32/float16/bfloat16; labels [B] int64 (the
+    targets when targeted). Returns images of the same shape and dtype. Errors and model
+    safety: as for :class:`fastadv.PGD`.
 
     Example:
         >>> attack = fastadv.MIFGSM(model, eps=8/255, alpha=2/255, steps=10, decay=1.0)
@@ -47,10 +49,7 @@ class MIFGSM(Attack):
         random_start: bool = False,
         **options: Any,
     ):
-        decay = check.parameter("decay", decay, nonnegative=True)
-        if not isinstance(decay, float):
-            raise TypeError(f"decay must be a number, got {type(decay).__name__}")
-        self.decay = decay
+        self.decay = check.number("decay", decay, at_least=0)
         super().__init__(model, eps=eps, alpha=alpha, steps=steps, random_start=random_start, **options)
 
     def _init_state(self, x_adv: torch.Tensor) -> torch.Tensor:
@@ -58,14 +57,7 @@ class MIFGSM(Attack):
 
     def _direction(self, grad: torch.Tensor, momentum: torch.Tensor) -> torch.Tensor:
         grad = grad.float()
-        scale = grad.abs().flatten(1).mean(dim=1).view(-1, *([1] * (grad.dim() - 1)))
+        scale = per_sample(grad.abs().flatten(1).mean(dim=1), grad)
         normalised = torch.where(scale > 0, grad / scale, torch.zeros_like(grad))
         momentum.mul_(self.decay).add_(normalised)
         return momentum
-
-    def _select_state(self, momentum: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-        return momentum.index_select(0, keep).contiguous(memory_format=_format_of(momentum))
-
-
-def _format_of(t: torch.Tensor) -> torch.memory_format:
-    return torch.contiguous_format if t.is_contiguous() or t.dim() != 4 else torch.channels_last

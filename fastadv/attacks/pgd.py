@@ -6,10 +6,10 @@ from typing import Any
 
 import torch
 
-from .engine import Attack
+from .gradient import GradientAttack
 
 
-class PGD(Attack):
+class PGD(GradientAttack):
     r"""Projected gradient descent in the L-inf ball: "Towards Deep Learning Models Resistant to
     Adversarial Attacks", Madry et al., ICLR 2018, https://arxiv.org/abs/1706.06083.
 
@@ -64,6 +64,8 @@ class PGD(Attack):
     Raises:
         TypeError / ValueError naming the argument: bad options, images outside [lower, upper],
         labels of the wrong shape, dtype or range, a model that does not return [B, K] logits.
+        :class:`fastadv.UnsupportedOption` (both a TypeError and a ValueError) naming the
+        keyword and the attack, for a keyword the attack does not take (``supported_options``).
         The model (mode, requires_grad, buffers, .grad) and the caller's tensors are unchanged
         afterwards, also when the attack raises.
 

@@ -6,10 +6,10 @@ from typing import Any
 
 import torch
 
-from .engine import Attack
+from .gradient import GradientAttack
 
 
-class PGDL2(Attack):
+class PGDL2(GradientAttack):
     r"""Projected gradient descent in the L2 ball: "Towards Deep Learning Models Resistant to
     Adversarial Attacks", Madry et al., ICLR 2018, https://arxiv.org/abs/1706.06083.
 
@@ -24,10 +24,11 @@ class PGDL2(Attack):
         steps (int): number of steps. Default: 10.
         random_start (bool): start at a random direction and a uniform radius in the ball, as
             torchattacks does. Default: True.
-        **options: targeted, restarts, loss, early_stop, early_stop_every, cuda_graph, lower, upper, mean, std, amp,
-            channels_last, backend, generator, model_mode: as for :class:`fastadv.PGD`.
+        **options: the options of :class:`fastadv.PGD` (targeted, restarts, early_stop, ...).
 
-    Shape, errors and model safety: as for :class:`fastadv.PGD`.
+    Shape: images [B, ...] in [lower, upper], float32/float16/bfloat16; labels [B] int64 (the
+    targets when targeted). Returns images of the same shape and dtype. Errors and model
+    safety: as for :class:`fastadv.PGD`.
 
     Example:
         >>> attack = fastadv.PGDL2(model, eps=1.0, alpha=0.2, steps=10, random_start=True)

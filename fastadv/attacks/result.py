@@ -7,6 +7,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .params import per_sample
+
 
 @dataclass(frozen=True)
 class AttackResult:
@@ -31,10 +33,12 @@ class AttackResult:
         return float(self.success.float().mean()) if self.success.numel() else 0.0
 
 
-class _Best:
-    """The result being built, per sample. An iterate that fools the model is kept (the latest
-    one found) and never replaced by one that does not; otherwise a run's final iterate is kept
-    when its loss beats the runs before (ascending untargeted, descending targeted)."""
+class Best:
+    """The result being built, per sample, across the steps and runs of a gradient attack. An
+    iterate that fools the model is kept (the latest one found) and never replaced by one that
+    does not; otherwise a run's final iterate is kept when its loss beats the runs before
+    (ascending untargeted, descending targeted). `idx` arguments: the rows of the attack's batch
+    that the given per-sample tensors belong to (None: all of them)."""
 
     def __init__(self, x: torch.Tensor, targeted: bool):
         b = x.shape[0]
@@ -46,7 +50,10 @@ class _Best:
         self.predicted = torch.full((b,), -1, dtype=torch.int64, device=x.device)
         self.sign = -1.0 if targeted else 1.0
 
-    def count_step(self, idx: torch.Tensor | None) -> None:
+    def record_step(self, idx: torch.Tensor | None, x_adv: torch.Tensor, predicted: torch.Tensor,
+                    success: torch.Tensor, loss: torch.Tensor) -> None:  # fmt: skip
+        """One step's iterate (see `add`), counted in `steps_used`."""
+        self.add(idx, x_adv, predicted, success, loss, final=False)
         if idx is None:
             self.steps += 1
         else:
@@ -64,7 +71,7 @@ class _Best:
             better = (objective > old_objective) | torch.isneginf(old_objective)
             take = success | (~old_success & better)
         updates = (
-            (self.adv, x_adv, take.view(-1, *([1] * (x_adv.dim() - 1)))),
+            (self.adv, x_adv, per_sample(take, x_adv)),
             (self.loss, loss, take),
             (self.predicted, predicted, take),
             (self.objective, objective, take),

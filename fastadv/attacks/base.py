@@ -1,0 +1,297 @@
+"""The root of every attack, :class:`Attack` (torchattacks' root class has the same name): the
+options, which of them an attack supports, the model's safety, the checks of images and labels,
+bounds, normalization, autocast and layout. The gradient loop is `gradient.py`'s
+:class:`GradientAttack`; CW, DeepFool and JSMA run their own loops on this root.
+
+Contract (docs/DESIGN.md, "The attack contract"): input-only gradients, the model in attack
+mode and restored on exit (also when the attack raises), the caller's tensors never written.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from .. import _validate as check
+from .. import ops
+from ._losses import is_success, per_sample_loss
+from ._model_state import MODEL_MODES, attack_mode
+from .params import Params, per_sample
+from .result import AttackResult, Best
+
+# The options every attack takes unless it says otherwise (keyword-only; see `Attack`), and
+# those of the gradient attacks (see `GradientAttack`); the defaults are in the signatures.
+OPTIONS = ("targeted", "early_stop", "lower", "upper", "mean", "std", "amp", "channels_last", "backend", "generator",
+           "model_mode")  # fmt: skip
+GRADIENT_OPTIONS = OPTIONS + ("restarts", "loss", "early_stop_every", "cuda_graph")
+
+
+def options_without(*names: str) -> tuple[str, ...]:
+    """`OPTIONS` less `names`: the options of an attack that does not take those."""
+    return tuple(o for o in OPTIONS if o not in names)
+
+
+class UnsupportedOption(TypeError, ValueError):
+    """A keyword argument the attack does not take: neither one of its own arguments nor one of
+    its `supported_options`. A TypeError, as Python raises for an unexpected keyword argument,
+    and a ValueError, as torchattacks raises for a mode an attack does not support."""
+
+
+def _unsupported(name: str, attack: type[Attack]) -> UnsupportedOption:
+    reason = attack.unsupported_because.get(name)
+    return UnsupportedOption(
+        f"{name}: {attack.__name__} does not take this option{f' ({reason})' if reason else ''}; "
+        f"its options are {', '.join(attack.supported_options)}"
+    )
+
+
+@dataclass
+class Call:
+    """What one call of an attack needs besides the images: its parameters on the images'
+    device, mean and std as [1, C, 1, ...] views (or None), the layout that compacted batches
+    keep, the random generator, and the labels' range (checked against the model's classes at
+    the first forward pass)."""
+
+    params: Params
+    mean: torch.Tensor | None
+    std: torch.Tensor | None
+    memory_format: torch.memory_format
+    generator: torch.Generator | None
+    label_range: tuple[int, int]
+    classes_checked: bool = False
+    capturing: bool = False  # inside CUDA-graph capture: autocast must not cache casts
+
+    def layout(self, t: torch.Tensor) -> torch.Tensor:
+        """`t` (images' shape) in the layout the attack started in."""
+        return t.contiguous(memory_format=self.memory_format)
+
+
+class Attack:
+    """What every attack shares: the options below, the model's safety, the checks of images and
+    labels, bounds, normalization, autocast and layout. A subclass implements `_run`.
+
+    Options (keyword only; see :class:`fastadv.PGD` for each): targeted, early_stop, lower,
+    upper, mean, std, amp, channels_last, backend, generator, model_mode.
+
+    Supported options: a subclass lists the keyword options it takes in `supported_options` (in
+    the spirit of torchattacks' ``supported_mode``) and may say in `unsupported_because` why it
+    leaves one out. Any other keyword that is not one of its constructor's own arguments raises
+    :class:`UnsupportedOption` naming the option and the attack, whatever its value.
+    """
+
+    norm = "linf"
+    loss = "ce"
+    # Attacks without a budget (CW, DeepFool, JSMA) keep these: the ops are then not called with them.
+    eps: float | torch.Tensor = 0.0
+    alpha: float | torch.Tensor = 0.0
+    supported_options: tuple[str, ...] = OPTIONS
+    unsupported_because: dict[str, str] = {}
+    _shown: tuple[str, ...] = ("targeted", "amp")
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> Attack:
+        # Checked here, before any constructor of the chain runs: a subclass may pass its parent
+        # a fixed value (FGSM's steps=1, APGD's random_start=True), and the caller's own value
+        # must be refused by name rather than collide with it.
+        for name in kwargs:
+            if name not in _own_arguments(cls.__init__) and name not in cls.supported_options:
+                raise _unsupported(name, cls)
+        return super().__new__(cls)
+
+    def __init__(
+        self,
+        model: Any,
+        *,
+        targeted: bool = False,
+        early_stop: bool = False,
+        lower: float | torch.Tensor = 0.0,
+        upper: float | torch.Tensor = 1.0,
+        mean: Any = None,
+        std: Any = None,
+        amp: Any = None,
+        channels_last: bool = False,
+        backend: str = "auto",
+        generator: torch.Generator | None = None,
+        model_mode: str = "eval",
+    ):
+        if not callable(model):
+            raise TypeError(f"model must be a torch.nn.Module or a callable, got {type(model).__name__}")
+        self.model = model
+        self.targeted = check.flag("targeted", targeted)
+        self.early_stop = check.flag("early_stop", early_stop)
+        self.lower = check.parameter("lower", lower, nonnegative=False)
+        self.upper = check.parameter("upper", upper, nonnegative=False)
+        if isinstance(self.lower, float) and isinstance(self.upper, float) and self.lower > self.upper:
+            raise ValueError(f"lower must be <= upper, got lower={self.lower} and upper={self.upper}")
+        self.mean, self.std = check.normalization(mean, std)
+        self.amp = check.amp_dtype(amp)
+        self.channels_last = check.flag("channels_last", channels_last)
+        self.backend = ops.check_backend_name(backend)
+        self.generator = check.generator(generator)
+        self.model_mode = check.choice("model_mode", model_mode, MODEL_MODES)
+
+    @property
+    def supported_mode(self) -> list[str]:
+        """torchattacks' name for what the attack supports: ["default"], plus "targeted" when it
+        takes ``targeted=True``."""
+        return ["default", "targeted"] if "targeted" in self.supported_options else ["default"]
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={_short(getattr(self, k))}" for k in self._shown)
+        return f"{type(self).__name__}({args})"
+
+    def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return self.forward(images, labels)
+
+    def forward(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """The adversarial images: ``run(images, labels).adv``."""
+        return self.run(images, labels).adv
+
+    def run(self, images: torch.Tensor, labels: torch.Tensor) -> AttackResult:
+        """Attacks a batch: images [B, ...] in [lower, upper], labels [B] class indices (the
+        targets when targeted). Returns an :class:`AttackResult`; the caller's tensors and
+        model are left as they were, also when this raises."""
+        return self._attack(images, labels, track=True)
+
+    def predict(self, images: torch.Tensor) -> torch.Tensor:
+        """The model's classes for `images` (int64 [B]) as the attack sees them: the same
+        mean/std, autocast, layout and model mode, the model left as it was."""
+        labels = torch.zeros(images.shape[0] if isinstance(images, torch.Tensor) and images.dim() else 0,
+                             dtype=torch.int64, device=getattr(images, "device", None))  # fmt: skip
+        check.images_and_labels(images, labels)
+        with torch.inference_mode(False), torch.no_grad():
+            x, _, call = self._prepare(images, labels)
+            if x.shape[0] == 0:
+                return labels
+            with attack_mode(self.model, self.model_mode):
+                return self._logits(x, call).argmax(1)
+
+    def _attack(self, images: torch.Tensor, labels: torch.Tensor, track: bool) -> AttackResult:
+        check.images_and_labels(images, labels)
+        # Gradients are needed even when the caller is under no_grad or inference_mode.
+        with torch.inference_mode(False), torch.enable_grad():
+            x, y, call = self._prepare(images, labels)
+            if x.shape[0] == 0:
+                return Best(x, self.targeted).result()
+            with attack_mode(self.model, self.model_mode):
+                return self._run(x, y, call, track)
+
+    def _run(self, x: torch.Tensor, y: torch.Tensor, call: Call, track: bool) -> AttackResult:
+        """The attack on prepared inputs (detached, dense, checked), the model in attack mode.
+        track=False: only ``.adv`` of the result is used (``attack(images, labels)``)."""
+        raise NotImplementedError
+
+    def _loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Per-sample loss (float32 [b]), ascended (untargeted) or descended (targeted)."""
+        return per_sample_loss(self.loss, logits, y)
+
+    def _success(self, predicted: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """bool [b] from the model's classes (logits.argmax(1))."""
+        return is_success(predicted, y, self.targeted)
+
+    @staticmethod
+    def _input_grad(total: torch.Tensor, wrt: torch.Tensor, retain_graph: bool = False) -> torch.Tensor:
+        """d total / d wrt (zeros where the model ignores part of the input)."""
+        require_grad(total)
+        (grad,) = torch.autograd.grad(total, wrt, allow_unused=True, retain_graph=retain_graph)
+        return torch.zeros_like(wrt) if grad is None else grad
+
+    def _logits(self, x_adv: torch.Tensor, call: Call) -> torch.Tensor:
+        inputs = x_adv if call.mean is None else (x_adv - call.mean) / call.std
+        autocast = (
+            torch.autocast(x_adv.device.type, dtype=self.amp, cache_enabled=not call.capturing)
+            if self.amp is not None
+            else contextlib.nullcontext()
+        )
+        with autocast:
+            logits = check.logits(self.model(inputs), x_adv.shape[0])
+        if not call.classes_checked:  # once per call, at the first forward
+            low, high = call.label_range
+            if low < 0 or high >= logits.shape[1]:
+                raise ValueError(
+                    f"labels must lie in [0, {logits.shape[1]}) for a model with {logits.shape[1]} outputs; "
+                    f"found {low}..{high}"
+                )
+            call.classes_checked = True
+        return logits
+
+    # --- set-up -------------------------------------------------------------------------------
+
+    def _prepare(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, Call]:
+        device = images.device
+        if self.generator is not None and self.generator.device.type != device.type:
+            raise ValueError(f"generator must be on images' device type {device.type}, got {self.generator.device}")
+        if self.channels_last and images.dim() != 4:
+            raise ValueError(f"channels_last needs 4-d images [B, C, H, W], got shape {tuple(images.shape)}")
+        x = images.detach()
+        if x.is_inference():
+            x = x.clone()
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        elif not _dense(x):
+            x = x.contiguous()
+        # Compacted batches keep the layout the attack started in.
+        fmt = torch.contiguous_format if x.is_contiguous() else torch.channels_last
+        params = Params(self.eps, self.alpha, self.lower, self.upper).to(device)
+        for name, p in zip(Params._fields, params, strict=True):
+            if isinstance(p, torch.Tensor) and p.dim() >= 1 and p.shape[0] not in (1, x.shape[0]):
+                raise ValueError(
+                    f"{name} must be a number, a 0-d tensor, or have 1 or B = {x.shape[0]} entries in dim 0; "
+                    f"got shape {tuple(p.shape)}"
+                )
+        mean = std = None
+        if self.mean is not None:
+            channels = images.shape[1]
+            if max(self.mean.numel(), self.std.numel()) not in (1, channels):
+                raise ValueError(f"mean and std must have 1 or C = {channels} values, got {self.mean.numel()}")
+            view = (1, -1) + (1,) * (images.dim() - 2)
+            mean = self.mean.to(device, images.dtype).view(view)
+            std = self.std.to(device, images.dtype).view(view)
+        _check_range(x, params)
+        y = labels.detach().long()
+        if y.is_inference():
+            y = y.clone()
+        label_range = tuple(int(v) for v in torch.aminmax(y)) if y.numel() else (0, 0)
+        return x, y, Call(params, mean, std, fmt, self.generator, label_range)
+
+
+def require_grad(output: torch.Tensor) -> None:
+    """Raises the model error when `output` does not depend on the images through autograd."""
+    if not output.requires_grad:
+        raise ValueError("model: its output does not depend on the images through autograd (no gradient)")
+
+
+@functools.cache
+def _own_arguments(init: Callable[..., None]) -> frozenset[str]:
+    """The names a constructor takes as keyword arguments of its own (not through **options)."""
+    kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    return frozenset(p.name for p in inspect.signature(init).parameters.values() if p.kind in kinds)
+
+
+def _check_range(x: torch.Tensor, params: Params) -> None:
+    lower, upper = per_sample(params.lower, x), per_sample(params.upper, x)
+    try:
+        inside = (x >= lower) & (x <= upper)
+    except RuntimeError:
+        raise ValueError(f"lower and upper must broadcast against images {tuple(x.shape)}") from None
+    if x.numel() and not bool(inside.all()):
+        raise ValueError(
+            f"images must lie in [lower, upper] (no NaN); found values from {x.min().item()} to {x.max().item()}"
+        )
+
+
+def _dense(x: torch.Tensor) -> bool:
+    return x.is_contiguous() or (x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last))
+
+
+def _short(value: object) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, torch.Tensor):
+        return f"tensor{tuple(value.shape)}"
+    return repr(value)

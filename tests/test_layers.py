@@ -22,8 +22,10 @@ LAYERS = [
     ("attacks", ["fastadv.attacks"]),
     ("ops", ["fastadv.ops", "fastadv._checks"]),
     ("backends", ["fastadv.backends", "fastadv._C"]),
-    ("utilities", ["fastadv._validate", "fastadv._environment", "fastadv._distributed", "fastadv._cascade",
-                   "fastadv._version"]),
+    (
+        "utilities",
+        ["fastadv._validate", "fastadv._environment", "fastadv._distributed", "fastadv._cascade", "fastadv._version"],
+    ),
 ]
 
 

@@ -161,5 +161,10 @@ def test_misaligned_views(backend, norm):
                 if norm == "linf":
                     assert_exact(actual, expected, context)
                 else:
-                    torch.testing.assert_close(actual, expected, rtol=1e-5 if dtype == torch.float32 else 2**-7,
-                                               atol=1e-6 if dtype == torch.float32 else 2**-14, msg=context)
+                    torch.testing.assert_close(
+                        actual,
+                        expected,
+                        rtol=1e-5 if dtype == torch.float32 else 2**-7,
+                        atol=1e-6 if dtype == torch.float32 else 2**-14,
+                        msg=context,
+                    )

@@ -6,7 +6,7 @@ import re
 
 import pytest
 import torch
-from attack_helpers import CountingModel, accuracy, digits_model
+from helpers import CountingModel, accuracy
 
 import fastadv
 from fastadv.attacks.apgd import checkpoints
@@ -14,8 +14,8 @@ from fastadv.evaluate import AutoAttackLite, evaluate
 
 
 @pytest.fixture(scope="module")
-def digits():
-    return digits_model()
+def digits(digits_model):
+    return digits_model
 
 
 def test_checkpoints_follow_the_paper():

@@ -5,7 +5,6 @@ import inspect
 
 import pytest
 import torch
-from attack_helpers import digits_model
 
 import fastadv
 from fastadv import _validate as check
@@ -13,8 +12,8 @@ from fastadv.attacks.base import GRADIENT_OPTIONS, OPTIONS
 
 
 @pytest.fixture(scope="module")
-def digits():
-    model, x, y = digits_model()
+def digits(digits_model):
+    model, x, y = digits_model
     return model, x[:32], y[:32]
 
 

@@ -5,8 +5,7 @@ iterates (``keep=True`` in the plain loop)."""
 
 import pytest
 import torch
-from attack_helpers import digits_model, plain_attack, uniform_start
-from conftest import assert_exact, require_backend
+from helpers import assert_exact, plain_attack, require_backend, uniform_start
 
 import fastadv
 
@@ -14,8 +13,8 @@ EPS, ALPHA = 0.1, 0.0125
 
 
 @pytest.fixture(scope="module")
-def digits():
-    model, images, labels = digits_model()
+def digits(digits_model):
+    model, images, labels = digits_model
     return model, images[:96], labels[:96]
 
 

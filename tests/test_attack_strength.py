@@ -3,7 +3,7 @@ early stopping, restarts, mixed precision and the layout and parameter options."
 
 import pytest
 import torch
-from attack_helpers import CountingModel, accuracy, digits_model
+from helpers import CountingModel, accuracy, digits_model
 
 import fastadv
 
@@ -11,8 +11,8 @@ EPS = 0.1
 
 
 @pytest.fixture(scope="module")
-def digits():
-    model, images, labels = digits_model()
+def digits(digits_model):
+    model, images, labels = digits_model
     return model, images, labels
 
 

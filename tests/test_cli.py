@@ -12,7 +12,6 @@ import sys
 
 import pytest
 import torch
-from attack_helpers import digits_model
 
 from fastadv import models
 from fastadv.cli import build_parser, main
@@ -22,8 +21,8 @@ from fastadv.train import fit
 
 
 @pytest.fixture(scope="module")
-def digits():
-    model, x, y = digits_model()
+def digits(digits_model):
+    model, x, y = digits_model
     return model, x[:160], y[:160]
 
 

@@ -7,9 +7,8 @@ import os
 
 import pytest
 import torch
-from conftest import assert_exact
 from cuda_emulation import backend as emulation
-from test_l2 import assert_close
+from helpers import assert_close, assert_exact
 
 import fastadv
 

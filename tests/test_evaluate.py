@@ -8,7 +8,7 @@ import sys
 
 import pytest
 import torch
-from attack_helpers import assert_unchanged, digits_model, snapshot
+from helpers import assert_unchanged, snapshot
 
 import fastadv
 from fastadv import _distributed, models
@@ -17,8 +17,8 @@ from fastadv.evaluate import evaluate, format_report, robust_accuracy
 
 
 @pytest.fixture(scope="module")
-def digits():
-    model, x, y = digits_model()
+def digits(digits_model):
+    model, x, y = digits_model
     return model, x[:160], y[:160]
 
 

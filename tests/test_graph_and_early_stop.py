@@ -8,7 +8,7 @@ import warnings
 
 import pytest
 import torch
-from attack_helpers import CountingModel, digits_model
+from helpers import CountingModel, digits_model
 
 import fastadv
 from fastadv.attacks._cuda_graph import GraphedSteps
@@ -37,8 +37,8 @@ def _graphed(attack, x, y, capture=_plain_capture, calls=1):
 
 
 @pytest.fixture(scope="module")
-def digits():
-    model, x, y = digits_model()
+def digits(digits_model):
+    model, x, y = digits_model
     return model, x[:64], y[:64]
 
 

@@ -9,8 +9,7 @@ import zlib
 
 import pytest
 import torch
-from cases import layouts_for, make_inputs
-from conftest import DTYPES, FAST_BACKENDS, device_params, require_backend
+from helpers import DTYPES, FAST_BACKENDS, assert_close, device_params, layouts_for, make_inputs, require_backend
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -22,12 +21,6 @@ from fastadv.backends import BACKENDS
 L2_SHAPES = [(1,), (7,), (3, 7, 5, 5), (2, 1023), (4, 16), (2, 3, 4, 5, 6), (5, 3, 8, 8), (2, 1, 4, 4),
              (0, 3, 4, 4), (2, 3, 61, 67)]  # fmt: skip
 L2_PARAM_KINDS = ("scalar", "tensor0d", "per_sample", "per_channel_bounds", "per_sample_eps_channel_bounds")
-TOLERANCE = {torch.float32: (1e-5, 1e-6), torch.float16: (2**-10, 2**-14), torch.bfloat16: (2**-7, 2**-14)}
-
-
-def assert_close(actual, expected, context=""):
-    rtol, atol = TOLERANCE[expected.dtype]
-    torch.testing.assert_close(actual, expected, rtol=rtol, atol=atol, equal_nan=True, msg=lambda m: f"{context}: {m}")
 
 
 def make_l2_params(kind, shape, device, gen, with_alpha=True):

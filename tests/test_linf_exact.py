@@ -1,11 +1,21 @@
-"""Every fast backend equals the reference bit for bit (DESIGN.md: exact equality in all dtypes)."""
+"""Every fast backend equals the reference bit for bit (docs/DESIGN.md: exact equality in all dtypes)."""
 
 import zlib
 
 import pytest
 import torch
-from cases import PARAM_KINDS, SHAPES, layouts_for, make_inputs, make_params
-from conftest import DTYPES, FAST_BACKENDS, assert_exact, device_params, require_backend
+from helpers import (
+    DTYPES,
+    FAST_BACKENDS,
+    PARAM_KINDS,
+    SHAPES,
+    assert_exact,
+    device_params,
+    layouts_for,
+    make_inputs,
+    make_params,
+    require_backend,
+)
 
 import fastadv
 

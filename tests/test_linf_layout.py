@@ -2,8 +2,7 @@
 
 import pytest
 import torch
-from cases import to_layout
-from conftest import FAST_BACKENDS, assert_exact, device_params, require_backend
+from helpers import FAST_BACKENDS, assert_exact, device_params, require_backend, to_layout
 
 import fastadv
 

@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from conftest import DTYPES, assert_exact
+from helpers import DTYPES, assert_exact
 from hypothesis import given, settings
 from hypothesis import strategies as st
 

@@ -3,16 +3,15 @@ digits CNN against PGD-L2, their budgets, model safety and bad input."""
 
 import pytest
 import torch
-from attack_helpers import CountingModel, digits_model
-from test_attack_safety import BAD_CALLS, check_bad_call
+from helpers import BAD_CALLS, CountingModel, check_bad_call, digits_model
 
 import fastadv
 
 
 @pytest.fixture(scope="module")
-def correct():
+def correct(digits_model):
     """The digits CNN and 128 test samples it classifies correctly."""
-    model, x, y = digits_model()
+    model, x, y = digits_model
     with torch.no_grad():
         right = model(x).argmax(1) == y
     return model, x[right][:128], y[right][:128]

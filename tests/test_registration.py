@@ -4,8 +4,8 @@ import os
 
 import pytest
 import torch
-from conftest import assert_exact, require_backend
 from cuda_emulation import backend as cuda_emulation
+from helpers import assert_exact, require_backend
 
 import fastadv
 from fastadv.backends import BACKENDS, select_backend

@@ -9,7 +9,7 @@ import time
 
 import pytest
 import torch
-from attack_helpers import assert_unchanged, snapshot
+from helpers import assert_unchanged, snapshot
 
 import fastadv
 from fastadv import checkpoint, models

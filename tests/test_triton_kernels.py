@@ -8,7 +8,7 @@ import pathlib
 import numpy as np
 import pytest
 import torch
-from conftest import assert_exact, require_backend
+from helpers import assert_exact, require_backend
 
 import fastadv
 from fastadv.backends import triton as triton_backend

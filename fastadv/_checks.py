@@ -9,22 +9,15 @@ from __future__ import annotations
 
 import math
 import struct
-from typing import NamedTuple
 
 import torch
+
+from .backends.params import Param
 
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 Number = int | float
 ParamLike = Number | torch.Tensor
-
-
-class Param(NamedTuple):
-    """A step parameter as the backends take it: a float32 table of shape [Bp, Cp] on x's device
-    (Bp in {1, B}, Cp in {1, C}), or, when `table` is None, one float32-representable `value`."""
-
-    value: float
-    table: torch.Tensor | None
 
 
 def _compiling() -> bool:

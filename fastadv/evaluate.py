@@ -297,7 +297,7 @@ def _report(t, attacks, eps, settings, device, backend, seed) -> dict:
         "device": device_name(torch.device(device)),
         "backend": resolve_backend(backend, device),
         "seed": seed,
-        "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "timestamp": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "settings": settings,
         "samples": int(n),
         "clean_accuracy": correct / max(n, 1),

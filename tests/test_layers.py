@@ -64,9 +64,14 @@ def imported_modules(path: Path) -> list[tuple[int, str]]:
                 continue
             for alias in node.names:
                 candidate = f"{target}.{alias.name}"
-                is_module = (PACKAGE.parent / Path(*candidate.split("."))).with_suffix(".py").exists() or (
-                    PACKAGE.parent / Path(*candidate.split("."))
-                ).is_dir()
+                path_stem = PACKAGE.parent / Path(*candidate.split("."))
+                # a .py file, a package, or a compiled extension (fastadv/_C.cpython-*.so)
+                is_module = (
+                    path_stem.with_suffix(".py").exists()
+                    or path_stem.is_dir()
+                    or any(path_stem.parent.glob(path_stem.name + ".*.so"))
+                    or candidate == "fastadv._C"
+                )
                 found.append((node.lineno, candidate if is_module else target))
     return found
 

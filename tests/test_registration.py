@@ -163,3 +163,34 @@ def test_compile_reduce_overhead_on_gpu(backend):
     for _ in range(3):
         got = compiled(x_adv, grad, x)
     assert_exact(got, f(x_adv, grad, x), f"{backend} under reduce-overhead")
+
+
+@pytest.mark.parametrize(
+    "bad",
+    ["x_shape", "out_dtype", "grad_int", "table_dtype", "table_rows", "values"],
+)
+def test_fake_kernels_check_shapes_and_dtypes(bad):
+    """The compiled ops' fake kernels are registered when fastadv loads (not on first use) and
+    reject what the real kernels would, so that a wrong call fails while tracing too."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    require_backend("cpu", "cpu")
+    with FakeTensorMode():
+        x_adv, grad, x, out = (torch.empty(2, 3, 4, 4) for _ in range(4))
+        table, values = torch.empty(2, 1), [0.0, 0.1, 0.0, 1.0]
+        torch.ops.fastadv.linf_step_out(x_adv, grad, x, table, None, None, None, values, False, out)  # accepted
+        if bad == "x_shape":
+            x = torch.empty(2, 3, 4, 5)
+        elif bad == "out_dtype":
+            out = torch.empty(2, 3, 4, 4, dtype=torch.float16)
+        elif bad == "grad_int":
+            grad = torch.empty(2, 3, 4, 4, dtype=torch.int32)
+        elif bad == "table_dtype":
+            table = torch.empty(2, 1, dtype=torch.float64)
+        elif bad == "table_rows":
+            table = torch.empty(3, 1)
+        else:
+            values = values[:3]
+        for op in (torch.ops.fastadv.linf_step_out, torch.ops.fastadv.l2_step_out):
+            with pytest.raises(RuntimeError, match="_step_out"):
+                op(x_adv, grad, x, table, None, None, None, values, False, out)

@@ -11,7 +11,7 @@ import torch
 from helpers import assert_exact, require_backend
 
 import fastadv
-from fastadv.backends import triton as triton_backend
+from fastadv.backends import triton_kernels as triton_backend
 
 TOLERANCE = {torch.float32: (1e-5, 1e-6), torch.float16: (2**-10, 2**-14), torch.bfloat16: (2**-7, 2**-14)}
 

@@ -1,28 +1,53 @@
-"""Backend registry and choice. A backend module (or object) provides
-unavailable_reason(device) -> str | None and, writing into a given `out`, linf_step_into,
-linf_project_into, l2_step_into and l2_project_into (tensors in one native layout, parameters
-as checked Params)."""
+"""Backend registry and choice. A backend is anything that fulfils `Backend` (below): the
+reference module, the Triton module, the C++ extension's `cpu` and `cuda` objects, and the
+emulated CUDA backends the tests register. The public ops (fastadv/ops.py) check the arguments,
+pick a backend here and call it."""
 
 from __future__ import annotations
 
 import os
+from typing import Protocol
 
 import torch
 
-from . import extension, reference
-from . import triton as triton_backend
+from . import extension, reference, triton_kernels
+from .params import Param
 
-BACKENDS = {"torch": reference, "triton": triton_backend, "cpu": extension.cpu, "cuda": extension.cuda}
+
+class Backend(Protocol):
+    """What a backend provides. The `*_into` functions write into `out`, which has x_adv's shape
+    and dtype; x_adv, grad, x and out arrive in one native layout (contiguous or channels_last,
+    fastadv/_checks.py's native_format), parameters as checked Params, everything on one device.
+    docs/DESIGN.md ("The backend contract") says what each must compute."""
+
+    def unavailable_reason(self, device: torch.device | None = None) -> str | None:
+        """None when the backend can run tensors on `device` (any device when None), else why not."""
+
+    def linf_step_into(self, x_adv, grad, x, eps: Param, alpha: Param, lower: Param, upper: Param, targeted, out): ...
+
+    def linf_project_into(self, x_adv, x, eps: Param, lower: Param, upper: Param, out): ...
+
+    def l2_step_into(self, x_adv, grad, x, eps: Param, alpha: Param, lower: Param, upper: Param, targeted, out): ...
+
+    def l2_project_into(self, x_adv, x, eps: Param, lower: Param, upper: Param, out): ...
+
+
+_REQUIRED = ("unavailable_reason", "linf_step_into", "linf_project_into", "l2_step_into", "l2_project_into")
+
+BACKENDS: dict[str, Backend] = {
+    "torch": reference,
+    "triton": triton_kernels,
+    "cpu": extension.cpu,
+    "cuda": extension.cuda,
+}
 
 # Fastest first, per device type.
 _AUTO_ORDER = {"cpu": ("cpu", "torch"), "cuda": ("cuda", "triton", "torch")}
 
 
-def register_backend(name: str, backend) -> None:
-    """Adds a backend under `name` (tests register emulated ones; see tests/cuda_emulation).
-    It must provide what this module's docstring lists."""
-    required = ("unavailable_reason", "linf_step_into", "linf_project_into", "l2_step_into", "l2_project_into")
-    missing = [attr for attr in required if not hasattr(backend, attr)]
+def register_backend(name: str, backend: Backend) -> None:
+    """Adds a backend under `name` (tests register emulated ones; see tests/cuda_emulation)."""
+    missing = [attr for attr in _REQUIRED if not hasattr(backend, attr)]
     if missing:
         raise TypeError(f"backend {name!r} lacks {', '.join(missing)}")
     if name == "auto" or name in BACKENDS:
@@ -68,7 +93,7 @@ def resolve(name: str, device: torch.device) -> str:
     return name
 
 
-def select_backend(name: object, device: torch.device):
+def select_backend(name: object, device: torch.device) -> Backend:
     """The backend to run tensors on `device`: `name`, or for "auto" the FASTADV_BACKEND
     environment variable or else the fastest available one."""
     if not isinstance(name, str):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from .._checks import Param
+from .params import Param
 
 NAME = "torch"
 

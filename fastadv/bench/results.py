@@ -39,7 +39,7 @@ class Row:
 
 def environment(device: torch.device) -> dict[str, str]:
     """The Row fields that describe where and with what a run was measured."""
-    now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    now = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
     return {"timestamp": now, "git_sha": git_sha(), "device": device_name(device), **versions()}
 
 

@@ -1,11 +1,12 @@
-"""The Triton backend: the L-inf step and projection as autotuned Triton kernels, wrapped as
-torch.library ops (fastadv_triton::linf_step_out, fastadv_triton::linf_project_out) so they
-trace under torch.compile and CUDA graphs.
+"""The Triton backend: the L-inf and L2 steps and projections as Triton kernels, registered as
+torch.library ops fastadv_triton::{linf,l2}_{step,project}_out (the schemas of csrc/schemas.h) so
+that they trace under torch.compile and CUDA graphs.
 
-Three layers with one name each: the @triton.jit kernel (_linf_kernel), its launcher
-(_launch_linf), and the registered op that the public fastadv.ops functions call.
-Runs on CUDA tensors, and on CPU tensors under TRITON_INTERPRET=1 (how the tests check it
-without a GPU). Importing this module never touches a GPU.
+Three layers with one name each: the @triton.jit kernels (_linf_kernel, _l2_sample_kernel,
+_l2_chunk_kernel), their launchers (_launch_linf, _launch_l2) and the registered ops, which the
+public fastadv.ops functions call through backends/step_ops.py. Runs on CUDA tensors, and on CPU
+tensors under TRITON_INTERPRET=1 (how the tests check it without a GPU). Importing this module
+never touches a GPU. (Named triton_kernels so that it does not shadow the triton package.)
 """
 
 import os
@@ -13,7 +14,7 @@ from typing import NamedTuple
 
 import torch
 
-from .._checks import Param
+from .step_ops import StepOps
 
 try:
     import triton
@@ -390,27 +391,9 @@ if triton is not None:
         _launch_l2(x_adv, None, x, (eps, None, lower, upper), [eps_v, 0.0, lower_v, upper_v], False, out)
 
 
-def linf_step_into(x_adv, grad, x, eps: Param, alpha: Param, lower: Param, upper: Param, targeted: bool, out):
-    torch.ops.fastadv_triton.linf_step_out(
-        x_adv, grad, x, eps.table, alpha.table, lower.table, upper.table,
-        [eps.value, alpha.value, lower.value, upper.value], targeted, out,
-    )  # fmt: skip
-
-
-def linf_project_into(x_adv, x, eps: Param, lower: Param, upper: Param, out):
-    torch.ops.fastadv_triton.linf_project_out(
-        x_adv, x, eps.table, lower.table, upper.table, [eps.value, lower.value, upper.value], out
-    )
-
-
-def l2_step_into(x_adv, grad, x, eps: Param, alpha: Param, lower: Param, upper: Param, targeted: bool, out):
-    torch.ops.fastadv_triton.l2_step_out(
-        x_adv, grad, x, eps.table, alpha.table, lower.table, upper.table,
-        [eps.value, alpha.value, lower.value, upper.value], targeted, out,
-    )  # fmt: skip
-
-
-def l2_project_into(x_adv, x, eps: Param, lower: Param, upper: Param, out):
-    torch.ops.fastadv_triton.l2_project_out(
-        x_adv, x, eps.table, lower.table, upper.table, [eps.value, lower.value, upper.value], out
-    )
+# The backend's four entry points: the registered ops above, called through the shared adapter.
+_OPS = StepOps("fastadv_triton")
+linf_step_into = _OPS.linf_step_into
+linf_project_into = _OPS.linf_project_into
+l2_step_into = _OPS.l2_step_into
+l2_project_into = _OPS.l2_project_into

@@ -6,6 +6,9 @@ every attack must reject."""
 from __future__ import annotations
 
 import functools
+import hashlib
+import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -21,7 +24,20 @@ from fastadv.models import small_cnn, standard_digits_model
 
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-FAST_BACKENDS = ("triton", "cpu", "cuda") + cuda_emulation.NAMES
+# Without a GPU, Triton runs in its interpreter and the CUDA kernels in the emulation (built on
+# first use, about a minute): both are far slower than the C++ loop, so their cases are `slow`
+# (the full run, CI's, has them; `-m "not slow"` is the quick loop).
+_SLOW_HERE = (() if torch.cuda.is_available() else ("triton",)) + cuda_emulation.NAMES
+
+
+def backend_params(names) -> tuple:
+    """The backend names as parameters, the slow ones here marked `slow`."""
+    return tuple(pytest.param(name, marks=pytest.mark.slow) if name in _SLOW_HERE else name for name in names)
+
+
+FAST_BACKENDS = backend_params(("triton", "cpu", "cuda") + cuda_emulation.NAMES)
+# The backends that run CPU tensors on this machine.
+CPU_BACKENDS = backend_params(n for n, b in BACKENDS.items() if b.unavailable_reason(torch.device("cpu")) is None)
 
 
 def device_params():
@@ -135,11 +151,33 @@ def make_params(kind, shape, device, gen, names=("eps", "alpha", "lower", "upper
 # ---- the digits CNN, a plain attack loop, counters and snapshots ----
 
 
+_REPO = Path(__file__).resolve().parents[1]
+
+
+def _digits_cache_file() -> Path:
+    """Where the trained digits weights are kept between test runs (a quick `-m "not slow"` loop
+    would spend most of its time training them). The name holds a hash of what determines them,
+    the training, model and data code and torch's version, so a change to any retrains."""
+    key = hashlib.sha256(torch.__version__.encode())
+    for name in ("models.py", "datasets.py"):
+        key.update((_REPO / "fastadv" / name).read_bytes())
+    return _REPO / ".pytest_cache" / "fastadv" / f"digits-{key.hexdigest()[:16]}.pt"
+
+
 @functools.lru_cache(maxsize=1)
 def _trained_digits_state() -> tuple[dict, torch.Tensor, torch.Tensor]:
-    model = standard_digits_model()
     images, labels = digits("test")
-    return {k: v.clone() for k, v in model.state_dict().items()}, images, labels
+    cache = _digits_cache_file()
+    try:
+        return torch.load(cache, weights_only=True), images, labels
+    except (OSError, RuntimeError, EOFError):
+        pass  # not cached yet, or unreadable: train
+    state = {k: v.clone() for k, v in standard_digits_model().state_dict().items()}
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    partial = cache.with_suffix(f".{os.getpid()}.tmp")
+    torch.save(state, partial)
+    partial.replace(cache)  # atomic: a concurrent run never reads half a file
+    return state, images, labels
 
 
 def digits_model() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:

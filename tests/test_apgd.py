@@ -12,6 +12,8 @@ import fastadv
 from fastadv.attacks.apgd import checkpoints
 from fastadv.evaluate import AutoAttackLite, evaluate
 
+pytestmark = pytest.mark.slow  # APGD's checkpoints, strength and the comparison with torchattacks
+
 
 @pytest.fixture(scope="module")
 def digits(digits_model):

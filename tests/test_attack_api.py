@@ -138,6 +138,7 @@ def test_apgdt_takes_torchattacks_positional_arguments(digits):
         fastadv.APGDT(model, n_classes=4, n_target_classes=3)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("cls", [fastadv.APGD, fastadv.APGDT])
 def test_verbose_prints_each_restart(digits, cls, capsys):
     model, x, y = digits

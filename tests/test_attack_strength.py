@@ -7,6 +7,8 @@ from helpers import CountingModel, accuracy, digits_model
 
 import fastadv
 
+pytestmark = pytest.mark.slow  # strength tests run full attacks on the digits model
+
 EPS = 0.1
 
 

@@ -44,6 +44,7 @@ def test_bench_steps_writes_rows(tmp_path, capsys):
     assert "fused-cpu" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_bench_attack_writes_rows(tmp_path, capsys):
     out = tmp_path / "attack.csv"
     argv = ["bench", "--attack", "--models", "digits-cnn", "--batch", "16", "--steps", "2", "--device", "cpu",
@@ -60,6 +61,7 @@ def test_bench_attack_writes_rows(tmp_path, capsys):
     assert "fastadv-early-stop-k4" in table and "img/s" in table
 
 
+@pytest.mark.slow
 def test_bench_attack_apgd_and_cw(tmp_path):
     out = tmp_path / "attack.csv"
     argv = ["bench", "--attack", "--attacks", "apgd,cw", "--models", "digits-cnn", "--batch", "8", "--steps", "2",
@@ -72,6 +74,7 @@ def test_bench_attack_apgd_and_cw(tmp_path):
         ("apgd2", "fastadv"), ("cw2", "fastadv")}  # fmt: skip
 
 
+@pytest.mark.slow
 def test_bench_train_writes_rows(tmp_path, capsys):
     out = tmp_path / "train.csv"
     argv = ["bench", "--train", "--recipes", "fgsm-rs,pgd", "--models", "digits-cnn", "--batch", "8",
@@ -109,6 +112,7 @@ def test_bad_arguments_exit_2_with_one_line(argv, message, capsys):
     assert message in err[-1] and "Traceback" not in "\n".join(err)
 
 
+@pytest.mark.slow
 def test_cli_eval_default_job_and_files(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("FASTADV_CACHE", str(tmp_path / "cache"))
     out = tmp_path / "out"
@@ -126,6 +130,7 @@ def test_cli_eval_default_job_and_files(tmp_path, monkeypatch, capsys):
     assert again["worst_case"] == report["worst_case"]
 
 
+@pytest.mark.slow
 def test_cli_train_then_eval(tmp_path, capsys):
     out = tmp_path / "run"
     argv = ["train", "--recipe", "fgsm-rs", "--epochs", "2", "--width", "8", "--out", str(out), "--quiet"]
@@ -263,6 +268,7 @@ def test_options_share_their_defaults_with_the_api():
     assert options["width"] == inspect.signature(models.small_cnn).parameters["width"].default
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("module", ["fastadv", "fastadv.cli"])
 def test_python_dash_m_runs_the_command_line(module):
     done = subprocess.run([sys.executable, "-m", module, "eval", "--steps", "0"], capture_output=True, text=True,

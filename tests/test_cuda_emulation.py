@@ -12,6 +12,8 @@ from helpers import assert_close, assert_exact
 
 import fastadv
 
+pytestmark = pytest.mark.slow  # the emulated CUDA kernels (built on first use, about a minute)
+
 ORDERS = ("forward", "reverse", "random")
 
 

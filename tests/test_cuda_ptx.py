@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 import torch.utils.cpp_extension as cpp_extension
 
+pytestmark = pytest.mark.slow  # nvcc compiles every kernel
+
 REPO = Path(__file__).resolve().parents[1]
 
 # (kernel instantiation, register limit). The L-inf kernels are memory-bound: above 64 registers a

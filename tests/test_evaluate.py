@@ -44,6 +44,7 @@ def test_report_matches_the_attacks_run_directly(digits):
     json.dumps(report)  # JSON-ready
 
 
+@pytest.mark.slow
 def test_minimal_norm_attacks_count_only_within_the_budget(digits):
     model, x, y = digits
     report = evaluate(model, (x, y), ["deepfool", "cw"], [0.5, 1.0], steps=10, cascade=False, progress=False)

@@ -9,12 +9,20 @@ import zlib
 
 import pytest
 import torch
-from helpers import DTYPES, FAST_BACKENDS, assert_close, device_params, layouts_for, make_inputs, require_backend
+from helpers import (
+    CPU_BACKENDS,
+    DTYPES,
+    FAST_BACKENDS,
+    assert_close,
+    device_params,
+    layouts_for,
+    make_inputs,
+    require_backend,
+)
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import fastadv
-from fastadv.backends import BACKENDS
 
 # One-program samples and split reductions (the largest sample here exceeds every backend's
 # one-program size), 1-element samples, odd sizes, 2-D and 5-D, C == 1 and empty.
@@ -144,9 +152,6 @@ def test_l2_imagenet_batch(backend):
     eps = torch.rand(shape[0], generator=gen) * 3
     args = (x_adv, grad, x, eps, 1.0)
     assert_close(fastadv.l2_step(*args, backend=backend), fastadv.l2_step(*args, backend="torch"), "imagenet")
-
-
-CPU_BACKENDS = [n for n, b in BACKENDS.items() if b.unavailable_reason(torch.device("cpu")) is None]
 
 
 @st.composite

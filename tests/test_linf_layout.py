@@ -106,6 +106,7 @@ def _available_memory_gib() -> float:
         return 0.0
 
 
+@pytest.mark.slow
 @pytest.mark.bigmem
 @pytest.mark.parametrize("backend", ("cpu", "cuda", "triton"))
 def test_more_than_2_31_elements(backend):

@@ -2,14 +2,11 @@
 
 import pytest
 import torch
-from helpers import DTYPES, assert_exact
+from helpers import CPU_BACKENDS, DTYPES, assert_exact
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import fastadv
-from fastadv.backends import BACKENDS
-
-CPU_BACKENDS = [n for n, b in BACKENDS.items() if b.unavailable_reason(torch.device("cpu")) is None]
 
 
 @st.composite

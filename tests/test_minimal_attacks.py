@@ -7,6 +7,8 @@ from helpers import BAD_CALLS, CountingModel, check_bad_call, digits_model
 
 import fastadv
 
+pytestmark = pytest.mark.slow  # CW, DeepFool and JSMA against per-sample implementations
+
 
 @pytest.fixture(scope="module")
 def correct(digits_model):

@@ -89,6 +89,7 @@ def test_free_replays_update_weights_and_carry_the_perturbation():
     assert not torch.equal(delta, delta2)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["standard", "pgd", "fgsm-rs", "free", "trades"])
 def test_fit_every_recipe(name, tmp_path):
     torch.manual_seed(0)

@@ -13,6 +13,8 @@ import textwrap
 import pytest
 import torch
 
+pytestmark = pytest.mark.slow  # Triton compiles the kernels for two GPU architectures
+
 pytest.importorskip("triton")
 
 SCRIPT = textwrap.dedent(

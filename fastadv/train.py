@@ -13,8 +13,8 @@ from torch import nn
 
 from . import _distributed
 from . import _validate as check
+from .checkpoint import fingerprint, rng_state, save_atomic, set_rng_state
 from .checkpoint import load as load_checkpoint
-from .checkpoint import rng_state, save_atomic, set_rng_state
 from .evaluate import evaluate
 from .recipes import Recipe, adversarial_batch, free_replays, training_loss
 
@@ -112,7 +112,11 @@ def fit(
                recipe=recipe, batch_size=batch_size, seed=seed, amp=amp_dtype, channels_last=channels_last,
                backend=backend, progress=progress)  # fmt: skip
     latest = None if checkpoint_dir is None else os.path.join(checkpoint_dir, "latest.pt")
-    history, first_epoch = _resume(run, latest, config) if resume else ([], 0)
+    # what a checkpoint is of: the architecture (a resumed run's first weights are overwritten)
+    # and the training data, so that a resume with another model or data is refused
+    identity = {} if latest is None else {"model": fingerprint(model.state_dict().items(), values=False),
+                                          "data": fingerprint((("images", images), ("labels", labels)))}  # fmt: skip
+    history, first_epoch = _resume(run, latest, config, identity) if resume else ([], 0)
     run.trained = _data_parallel(model, run.device, run.world)
     with _deterministic_algorithms(deterministic):
         for epoch in range(first_epoch, epochs):
@@ -121,7 +125,7 @@ def fit(
             if val_data is not None:
                 record.update(_validation(run, val_data, recipe.eps if val_eps is None else val_eps, val_steps, epoch))
             if latest is not None and run.rank == 0:
-                _save_checkpoint(run, latest, epoch, config, history)
+                _save_checkpoint(run, latest, epoch, config, identity, history)
             _distributed.barrier()  # nobody runs ahead of the checkpoint
     model.eval()
     if checkpoint_dir is not None and run.rank == 0 and getattr(model, "fastadv_spec", None) is not None:
@@ -171,15 +175,17 @@ def _optimizer_and_schedule(model: nn.Module, config: FitConfig, samples: int, r
     return opt, scheduler
 
 
-def _resume(run: _Run, latest: str, config: FitConfig) -> tuple[list[dict], int]:
+def _resume(run: _Run, latest: str, config: FitConfig, identity: dict[str, str]) -> tuple[list[dict], int]:
     """Restores the model, optimizer, schedule and RNG states from `latest` when it exists (its
-    settings must be `config`); returns (history so far, first epoch to run)."""
+    settings must be `config`, its model and data those of `identity`); returns (history so
+    far, first epoch to run)."""
     if not os.path.exists(latest):
         return [], 0
     state = load_checkpoint(latest, "training")
-    if state["config"] != asdict(config):
-        changed = [k for k, v in asdict(config).items() if state["config"].get(k) != v]
-        raise ValueError(f"resume: {latest} was written with other settings ({', '.join(changed)})")
+    expected, found = {**asdict(config), **identity}, {**state["config"], **state.get("identity", {})}
+    changed = [key for key, value in expected.items() if found.get(key) != value]
+    if changed:
+        raise ValueError(f"resume: {latest} belongs to another run (changed: {', '.join(changed)})")
     run.model.load_state_dict(state["model"])
     run.optimizer.load_state_dict(state["optimizer"])
     run.scheduler.load_state_dict(state["scheduler"])
@@ -218,11 +224,11 @@ def _validation(run: _Run, val_data, eps: float, steps: int, epoch: int) -> dict
     return {"clean_accuracy": report["clean_accuracy"], "robust_accuracy": report["worst_case"][0]["robust_accuracy"]}
 
 
-def _save_checkpoint(run: _Run, latest: str, epoch: int, config: FitConfig, history: list[dict]) -> None:
+def _save_checkpoint(run: _Run, latest: str, epoch: int, config: FitConfig, identity: dict, history: list) -> None:
     """latest.pt after `epoch`: everything `_resume` restores, written atomically."""
-    save_atomic({"kind": "training", "epoch": epoch, "config": asdict(config), "model": run.model.state_dict(),
-                 "optimizer": run.optimizer.state_dict(), "scheduler": run.scheduler.state_dict(),
-                 "rng": rng_state(), "history": history}, latest)  # fmt: skip
+    save_atomic({"kind": "training", "epoch": epoch, "config": asdict(config), "identity": identity,
+                 "model": run.model.state_dict(), "optimizer": run.optimizer.state_dict(),
+                 "scheduler": run.scheduler.state_dict(), "rng": rng_state(), "history": history}, latest)  # fmt: skip
 
 
 def _one_epoch(run: _Run, epoch: int) -> dict:

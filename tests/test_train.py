@@ -179,6 +179,17 @@ def test_resume_with_other_settings_and_bad_files(tmp_path):
         models.load(str(tmp_path / "missing.pt"))
 
 
+def test_resume_refuses_another_architecture_or_data(tmp_path):
+    args = dict(recipe=Recipe("standard"), epochs=1, batch_size=32, checkpoint_dir=str(tmp_path), progress=False)
+    fit(models.small_cnn(width=8), _small_data(64), **args)
+    with pytest.raises(ValueError, match=r"resume: .*another run \(changed: model\)"):
+        fit(models.small_cnn(width=4), _small_data(64), resume=True, **args)
+    x, y = _small_data(64)
+    with pytest.raises(ValueError, match=r"\(changed: data\)"):
+        fit(models.small_cnn(width=8), (x.flip(0), y.flip(0)), resume=True, **args)
+    fit(models.small_cnn(width=8), _small_data(64), resume=True, **args)  # the same run: nothing left to do
+
+
 @pytest.mark.parametrize(
     "kwargs, error, part",
     [

@@ -101,6 +101,9 @@ def test_load_npz_layouts_and_types(tmp_path):
         ({"x": np.zeros((2, 8, 8)), "y": -np.ones(2, dtype=int)}, "non-negative"),
         ({"x": np.full((2, 8, 8), 2.0), "y": np.zeros(2, dtype=int)}, r"\[0, 1\]"),
         ({"x": np.zeros((2, 8, 8), dtype=np.int32), "y": np.zeros(2, dtype=int)}, "uint8 or floating"),
+        ({"x": np.zeros((0, 8, 8)), "y": np.zeros(0, dtype=int)}, "no samples"),
+        ({"x": np.zeros((2, 8, 8)), "y": np.array([1, 2**63], dtype=np.uint64)}, "fit in int64"),
+        ({"x": np.zeros((2, 8, 8)), "y": np.array([True, False])}, "integer"),
     ],
 )
 def test_load_npz_errors(tmp_path, arrays, part):
@@ -119,6 +122,15 @@ def test_load_npz_missing_and_damaged(tmp_path):
     (tmp_path / "junk.npz").write_bytes(b"junk")
     with pytest.raises(DataError, match="not a readable"):
         load_npz(str(tmp_path / "junk.npz"))
+    np.savez(tmp_path / "whole.npz", x=np.zeros((64, 8, 8)), y=np.zeros(64, dtype=int))
+    whole = (tmp_path / "whole.npz").read_bytes()
+    for cut in (len(whole) // 2, len(whole) - 30):
+        (tmp_path / "cut.npz").write_bytes(whole[:cut])
+        with pytest.raises(DataError, match="not a readable"):
+            load_npz(str(tmp_path / "cut.npz"))
+    np.save(tmp_path / "x.npy", np.zeros((2, 8, 8)))
+    with pytest.raises(DataError, match=r"found one array \(\.npy\)"):
+        load_npz(str(tmp_path / "x.npy"))
 
 
 def test_image_folder(tmp_path):

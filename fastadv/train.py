@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import time
 from dataclasses import asdict, dataclass, field
@@ -88,7 +89,8 @@ def fit(
     schedule, every RNG state, epoch, history) is written atomically after each epoch and
     ``model.pt`` (fastadv.models.load) at the end; `resume` continues from ``latest.pt`` if present
     (its settings must match). `deterministic` turns on torch.use_deterministic_algorithms for the
-    run. The model ends in eval mode.
+    run. The model ends in eval mode. A loss or weights that become NaN or infinite stop the run
+    with a ValueError; ``latest.pt`` keeps the last good epoch.
     """
     recipe = recipe or Recipe()
     if not isinstance(recipe, Recipe):
@@ -101,6 +103,8 @@ def fit(
     check.choice("optimizer", optimizer, OPTIMIZERS)
     check.choice("schedule", schedule, SCHEDULES)
     check.number("lr", lr, above=0)
+    check.number("momentum", momentum, at_least=0)
+    check.number("weight_decay", weight_decay, at_least=0)
     check.optional_number("val_eps", val_eps, at_least=0)
     amp_dtype = check.amp_dtype(amp)
     if resume and checkpoint_dir is None:
@@ -120,7 +124,11 @@ def fit(
     run.trained = _data_parallel(model, run.device, run.world)
     with _deterministic_algorithms(deterministic):
         for epoch in range(first_epoch, epochs):
-            record = _one_epoch(run, epoch)
+            try:
+                record = _one_epoch(run, epoch)
+            except _NonFinite as error:
+                kept = f"{latest} keeps epoch {epoch}" if latest is not None and epoch > 0 else "no checkpoint kept"
+                raise ValueError(f"training stopped: {error}; {kept} (a smaller lr may help)") from None
             history.append(record)
             if val_data is not None:
                 record.update(_validation(run, val_data, recipe.eps if val_eps is None else val_eps, val_steps, epoch))
@@ -231,6 +239,10 @@ def _save_checkpoint(run: _Run, latest: str, epoch: int, config: FitConfig, iden
                  "scheduler": run.scheduler.state_dict(), "rng": rng_state(), "history": history}, latest)  # fmt: skip
 
 
+class _NonFinite(ValueError):
+    """The loss or the weights became NaN or infinite."""
+
+
 def _one_epoch(run: _Run, epoch: int) -> dict:
     """One pass over the data: each rank its share of the epoch's permutation (seeded by
     seed + epoch), attacks drawing from a generator seeded per epoch."""
@@ -258,6 +270,7 @@ def _one_epoch(run: _Run, epoch: int) -> dict:
         if recipe.name == "free":
             free_delta, loss_sum, hits = free_replays(trained, opt, x, y, free_delta, recipe, amp=run.amp,
                                                       backend=run.backend, after_step=run.scheduler.step)  # fmt: skip
+            _check_finite(loss_sum, epoch, start // run.batch_size)
             total_loss, correct, seen = total_loss + loss_sum, correct + hits, seen + recipe.replays * x.shape[0]
             continue
         x_train = adversarial_batch(model, x, y, recipe, generator=attack_generator, amp=run.amp,
@@ -268,9 +281,14 @@ def _one_epoch(run: _Run, epoch: int) -> dict:
         loss.backward()
         opt.step()
         run.scheduler.step()
-        total_loss += float(loss.detach()) * x.shape[0]
+        loss_value = float(loss.detach())  # the one sync per batch there always was
+        _check_finite(loss_value, epoch, start // run.batch_size)
+        total_loss += loss_value * x.shape[0]
         correct += int((logits.argmax(1) == y).sum())
         seen += x.shape[0]
+    bad = [name for name, p in model.named_parameters() if not bool(torch.isfinite(p).all())]
+    if bad:
+        raise _NonFinite(f"parameters became non-finite in epoch {epoch + 1} ({', '.join(bad[:3])})")
     if run.world > 1:
         totals = torch.tensor([total_loss, correct, seen], dtype=torch.float64)
         total_loss, correct, seen = _distributed.all_reduce(totals).tolist()
@@ -281,3 +299,8 @@ def _one_epoch(run: _Run, epoch: int) -> dict:
         "train_accuracy": correct / max(seen, 1),
         "seconds": time.perf_counter() - start_time,
     }
+
+
+def _check_finite(loss: float, epoch: int, batch: int) -> None:
+    if not math.isfinite(loss):
+        raise _NonFinite(f"the loss became {loss} in epoch {epoch + 1}, batch {batch + 1}")

@@ -188,7 +188,7 @@ def evaluate(
     check.positive_int("batch_size", batch_size)
     check.positive_int("steps", steps)
     options = {"amp": check.amp_dtype(amp), "channels_last": channels_last, "backend": backend}
-    images, labels = data
+    images, labels = check.image_dataset("data", data)
     device = next(iter(model.parameters()), images).device
     if distributed is None:
         distributed = _distributed.is_initialized()

@@ -168,9 +168,11 @@ def test_bad_evaluate_arguments(digits):
     model, x, y = digits
     for kwargs, part in (({"attacks": ["fab"]}, "attacks"), ({"eps": [-1]}, "eps"), ({"batch_size": 0}, "batch_size"),
                          ({"attacks": "pgd"}, "attacks"), ({"eps": []}, "eps"), ({"attacks": ["pgd", "fab"]}, "fab"),
-                         ({"amp": "fp64"}, "amp"), ({"steps": 0}, "steps")):  # fmt: skip
+                         ({"amp": "fp64"}, "amp"), ({"steps": 0}, "steps"),
+                         ({"data": (x[:0], y[:0])}, "data holds no samples")):  # fmt: skip
+        data = kwargs.pop("data", (x, y))
         with pytest.raises(ValueError, match=part):
-            evaluate(model, (x, y), progress=False, **kwargs)
+            evaluate(model, data, progress=False, **kwargs)
 
 
 def test_run_cascade_attacks_the_survivors_in_chunks():

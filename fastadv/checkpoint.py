@@ -11,6 +11,7 @@ import hashlib
 import os
 import random
 import tempfile
+import warnings
 from collections.abc import Iterable
 from typing import Any
 
@@ -45,7 +46,9 @@ def load(path: str, kind: str) -> dict:
         raise CheckpointError(f"{path}: no such file")
     try:
         # weights_only: loading never runs code from the file (checkpoints hold tensors and plain data)
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # a damaged file's warnings: the error below says it
+            warnings.simplefilter("ignore")
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises many types for a damaged file
         raise CheckpointError(f"{path}: not a readable checkpoint ({type(error).__name__})") from None
     if not isinstance(obj, dict) or obj.get("kind") != kind:

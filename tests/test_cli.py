@@ -288,6 +288,42 @@ def test_cli_errors_are_one_line_exit_2_and_change_nothing(argv, message, cli_fi
     assert _tree(cli_files) == before, "a failed command changed files"
 
 
+def test_cli_overwrite_replaces_a_run_and_a_failed_run_leaves_nothing(digits, tmp_path, capsys, monkeypatch):
+    models.save(digits[0], str(tmp_path / "m.pt"))
+    out = tmp_path / "out"
+    argv = ["eval", "--model", str(tmp_path / "m.pt"), "--limit", "16", "--attacks", "fgsm", "--eps", "0.1",
+            "--out", str(out), "--no-plots", "--quiet"]  # fmt: skip
+    assert main(argv) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == f"report in {out}"  # no plots: not "report and plots"
+    (out / "report.json").write_text("{}")
+    assert main(argv) == 2 and "holds a run" in capsys.readouterr().err
+    assert main([*argv, "--overwrite"]) == 0
+    assert json.loads((out / "report.json").read_text())["samples"] == 16
+
+    import fastadv.cli.eval_cmd as eval_cmd
+
+    def fails(*args, **kwargs):
+        raise RuntimeError("the attack failed\nsecond line")
+
+    monkeypatch.setattr(eval_cmd, "evaluate", fails)
+    new = tmp_path / "new" / "out"
+    assert main([*argv[:-4], "--out", str(new), "--quiet"]) == 2
+    assert capsys.readouterr().err.strip() == "fastadv eval: error: the attack failed"
+    assert not (tmp_path / "new").exists(), "a failed evaluation leaves no folder behind"
+
+
+def test_reports_are_strict_json(tmp_path):
+    from fastadv.cli.args import write_json
+
+    write_json(str(tmp_path / "r.json"), {"a": float("nan"), "b": [float("inf"), 1.5], "c": {"d": -float("inf")}})
+
+    def refuse(name):
+        raise ValueError(name)
+
+    assert json.loads((tmp_path / "r.json").read_text(), parse_constant=refuse) == {"a": None, "b": [None, 1.5],
+                                                                                     "c": {"d": None}}  # fmt: skip
+
+
 def test_cli_eval_on_an_image_folder(tmp_path):
     from PIL import Image
 

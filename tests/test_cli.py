@@ -175,6 +175,7 @@ def cli_files(digits, tmp_path_factory):
         nan[-1].bias[0] = float("nan")
     models.save(nan, str(root / "nan.pt"))
     (root / "file").write_text("not a folder")
+    (root / "json_folder" / "report.json").mkdir(parents=True)
     assert main(["eval", "--model", str(root / "model.pt"), "--data", str(root / "data.npz"), "--attacks", "fgsm",
                  "--eps", "0.1", "--out", str(root / "eval_run"), "--no-plots", "--quiet"]) == 0  # fmt: skip
     assert main(["train", "--data", str(root / "data.npz"), "--recipe", "standard", "--width", "8", "--epochs", "1",
@@ -231,6 +232,7 @@ CLI_ERRORS = [
     (EVAL_RUN, "--out: {eval_run} holds a run (eval-state.pt, report.json); --resume continues it"),
     (TRAIN_RUN, "--out: {train_run} holds a run (history.json, latest.pt, model.pt)"),
     (["eval", "--out", "{train_run}"], "holds a run"),
+    (["eval", "--out", "{json_folder}", "--overwrite"], "--out: {json_folder}/report.json is a folder where eval"),
     # the output folder, checked before any work
     (["eval", "--out", "{file}"], "--out: {file} exists and is not a folder"),
     (["eval", "--out", "/dev/null"], "--out: /dev/null exists and is not a folder"),

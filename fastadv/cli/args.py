@@ -108,9 +108,9 @@ def device(text: str) -> torch.device:
 
 def backend(text: str) -> str:
     """A fused-op backend's name: auto or a registered one (whether it runs: check_backend)."""
-    from ..ops import available_backends
+    from ..backends import BACKENDS
 
-    return _checked(lambda name, value: check.choice(name, value, ("auto", *available_backends())), text)
+    return _checked(lambda name, value: check.choice(name, value, ("auto", *BACKENDS)), text)
 
 
 def check_backend(name: str, device: torch.device) -> None:

@@ -49,6 +49,9 @@ class OutputFolder:
         try:
             self._probe_writable()
             self.old = _run_files(self.path)
+            folders = [path for path in self.old if os.path.isdir(path)]
+            if folders:
+                raise CliError(f"--out: {folders[0]} is a folder where {command} writes a file (move it away)")
             if resume and not glob.glob(os.path.join(glob.escape(self.path), state + "*")):
                 raise CliError(f"--resume: {self.path} holds no {state} to continue (start without --resume)")
             if self.old and not (resume or overwrite):
@@ -89,10 +92,7 @@ class OutputFolder:
             return
         for path in self.old:
             try:
-                if os.path.isdir(path) and not os.path.islink(path):
-                    shutil.rmtree(path)
-                else:
-                    os.unlink(path)
+                os.unlink(path)
             except OSError as error:
                 raise CliError(f"--overwrite: cannot remove {path} ({error.strerror})") from None
 

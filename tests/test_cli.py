@@ -14,7 +14,7 @@ import sys
 import pytest
 import torch
 
-from fastadv import models
+from fastadv import checkpoint, models
 from fastadv.cli import build_parser, main
 from fastadv.evaluate import evaluate
 from fastadv.recipes import Recipe
@@ -312,6 +312,27 @@ def test_cli_overwrite_replaces_a_run_and_a_failed_run_leaves_nothing(digits, tm
     assert main([*argv[:-4], "--out", str(new), "--quiet"]) == 2
     assert capsys.readouterr().err.strip() == "fastadv eval: error: the attack failed"
     assert not (tmp_path / "new").exists(), "a failed evaluation leaves no folder behind"
+
+
+def test_cli_train_stops_on_a_non_finite_loss_and_keeps_the_last_good_checkpoint(tmp_path, capsys, monkeypatch):
+    import fastadv.train as train
+
+    real = train._one_epoch
+
+    def nan_in_epoch_2(run, epoch):
+        if epoch == 1:
+            run.model.register_forward_hook(lambda module, inputs, output: output * float("nan"))
+        return real(run, epoch)
+
+    monkeypatch.setattr(train, "_one_epoch", nan_in_epoch_2)
+    out = tmp_path / "run"
+    argv = ["train", "--recipe", "standard", "--epochs", "3", "--width", "8", "--out", str(out), "--quiet"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "training stopped: the loss became nan in epoch 2, batch 1" in err[0], err
+    assert (
+        sorted(os.listdir(out)) == ["latest.pt"] and checkpoint.load(str(out / "latest.pt"), "training")["epoch"] == 0
+    )
 
 
 def test_reports_are_strict_json(tmp_path):

@@ -204,7 +204,8 @@ def logits(output: object, batch: int) -> torch.Tensor:
 
 
 def image_dataset(name: str, data: object) -> tuple[torch.Tensor, torch.Tensor]:
-    """A pair (images [N, ...] floating in [0, 1], labels [N] integers); returns it with int64 labels."""
+    """A pair (images [N, ...] floating in [0, 1], labels [N] integers), N >= 1; returns it with
+    int64 labels."""
     if not (isinstance(data, (tuple, list)) and len(data) == 2 and all(isinstance(t, torch.Tensor) for t in data)):
         raise TypeError(f"{name} must be a pair (images, labels) of tensors")
     images, labels = data
@@ -212,6 +213,8 @@ def image_dataset(name: str, data: object) -> tuple[torch.Tensor, torch.Tensor]:
         raise ValueError(f"{name}: images must be a floating tensor [N, ...], got {images.dtype} {tuple(images.shape)}")
     if labels.shape != images.shape[:1] or labels.is_floating_point():
         raise ValueError(f"{name}: labels must be integers of shape [{images.shape[0]}], got {tuple(labels.shape)}")
+    if images.shape[0] == 0:
+        raise ValueError(f"{name} holds no samples")
     if images.numel() and (float(images.min()) < 0 or float(images.max()) > 1):
         raise ValueError(f"{name}: images must lie in [0, 1]")
     return images, labels.long()

@@ -7,9 +7,12 @@ previous checkpoint intact, never a truncated one.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import random
 import tempfile
+import warnings
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
@@ -43,13 +46,32 @@ def load(path: str, kind: str) -> dict:
         raise CheckpointError(f"{path}: no such file")
     try:
         # weights_only: loading never runs code from the file (checkpoints hold tensors and plain data)
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # a damaged file's warnings: the error below says it
+            warnings.simplefilter("ignore")
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises many types for a damaged file
         raise CheckpointError(f"{path}: not a readable checkpoint ({type(error).__name__})") from None
     if not isinstance(obj, dict) or obj.get("kind") != kind:
         found = obj.get("kind") if isinstance(obj, dict) else type(obj).__name__
         raise CheckpointError(f"{path}: expected a fastadv {kind} file, found {found!r}")
     return obj
+
+
+def fingerprint(named_tensors: Iterable[tuple[str, torch.Tensor]], *, values: bool = True) -> str:
+    """The SHA-256 (hex) of named tensors: their names, dtypes and shapes and, with `values`,
+    their bytes. It identifies a model's weights (``model.state_dict().items()``), an
+    architecture (``values=False``) or a data set, on any device (read in chunks of 64 MiB)."""
+    digest = hashlib.sha256()
+    for name, tensor in named_tensors:
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)};".encode())
+        if not values:
+            continue
+        flat = tensor.detach().reshape(-1)
+        step = max(1, (64 << 20) // max(flat.element_size(), 1))
+        for start in range(0, flat.numel(), step):
+            chunk = flat[start : start + step].cpu().contiguous()
+            digest.update(chunk.view(torch.uint8).numpy())
+    return digest.hexdigest()
 
 
 def rng_state() -> dict:

@@ -55,23 +55,30 @@ def load_npz(path: str) -> tuple[torch.Tensor, torch.Tensor]:
     """``(images, labels)`` from a NumPy ``.npz`` file with arrays ``x`` and ``y``.
 
     x: [N, H, W] (one channel), [N, C, H, W] or [N, H, W, C] (C of 1, 3 or 4 last, where dim 1 is
-    not such a count); uint8 (divided by 255) or floating values in [0, 1]. y: [N] non-negative
-    integers. Returns float32 images [N, C, H, W] and int64 labels. Raises DataError (a
+    not such a count), N >= 1; uint8 (divided by 255) or floating values in [0, 1]. y: [N]
+    non-negative integers that fit int64. Returns float32 images [N, C, H, W] and int64 labels. Raises DataError (a
     ValueError) naming the file and the problem.
     """
+    import zipfile
+
     import numpy as np
 
     try:
-        with np.load(path, allow_pickle=False) as archive:
+        archive = np.load(path, allow_pickle=False)
+        if not isinstance(archive, np.lib.npyio.NpzFile):  # a .npy file: one array
+            raise DataError(f"{path}: expected an .npz file with arrays 'x' and 'y', found one array (.npy)")
+        with archive:
             if "x" not in archive or "y" not in archive:
                 raise DataError(f"{path}: expected arrays 'x' and 'y', found {', '.join(archive.files) or 'none'}")
             x, y = archive["x"], archive["y"]
     except FileNotFoundError:
         raise DataError(f"{path}: no such file") from None
-    except (OSError, ValueError) as error:
-        if isinstance(error, DataError):
-            raise
+    except DataError:
+        raise
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:  # a damaged or truncated file
         raise DataError(f"{path}: not a readable .npz file ({type(error).__name__})") from None
+    if x.shape[:1] == (0,):
+        raise DataError(f"{path}: holds no samples (x has shape {x.shape})")
     if x.ndim == 3:
         x = x[:, None]
     elif x.ndim == 4 and x.shape[1] not in (1, 3, 4) and x.shape[3] in (1, 3, 4):
@@ -82,6 +89,8 @@ def load_npz(path: str) -> tuple[torch.Tensor, torch.Tensor]:
         raise DataError(f"{path}: y must have shape [N] = [{x.shape[0]}], got {y.shape}")
     if not np.issubdtype(y.dtype, np.integer) or (y.size and y.min() < 0):
         raise DataError(f"{path}: y must hold non-negative integer class indices")
+    if y.size and int(y.max()) > np.iinfo(np.int64).max:  # uint64 would wrap to negative labels
+        raise DataError(f"{path}: y must fit in int64, got a label of {int(y.max())}")
     if x.dtype == np.uint8:
         images = torch.from_numpy(np.ascontiguousarray(x)).float() / 255.0
     elif np.issubdtype(x.dtype, np.floating):

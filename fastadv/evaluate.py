@@ -25,8 +25,8 @@ from ._cascade import StageRun, run_cascade
 from ._version import __version__
 from .attacks import APGD, APGDT, CW, FGSM, MIFGSM, PGD, PGDL2, DeepFool
 from .autoattack import AutoAttackLite, AutoAttackResult, Stage
+from .checkpoint import fingerprint, save_atomic
 from .checkpoint import load as load_checkpoint
-from .checkpoint import save_atomic
 
 __all__ = ["ATTACKS", "AutoAttackLite", "AutoAttackResult", "Stage", "evaluate", "format_report", "robust_accuracy"]
 
@@ -188,7 +188,7 @@ def evaluate(
     check.positive_int("batch_size", batch_size)
     check.positive_int("steps", steps)
     options = {"amp": check.amp_dtype(amp), "channels_last": channels_last, "backend": backend}
-    images, labels = data
+    images, labels = check.image_dataset("data", data)
     device = next(iter(model.parameters()), images).device
     if distributed is None:
         distributed = _distributed.is_initialized()
@@ -202,10 +202,14 @@ def evaluate(
                 "seed": seed, "samples": int(images.shape[0]), "world_size": world}  # fmt: skip
     sums, first_batch = _Sums(len(eps), len(attacks), classes), 0
     rank_state = None if state_path is None else f"{state_path}.rank{rank}" if world > 1 else state_path
+    # what the state's sums are of: resuming with another model or data would mix two evaluations
+    identity = {} if rank_state is None else _identity(model, images, labels)
     if rank_state is not None and os.path.exists(rank_state):
         saved = load_checkpoint(rank_state, "evaluation")
-        if saved["settings"] != settings:
-            raise ValueError(f"state_path: {rank_state} belongs to an evaluation with other settings")
+        expected, found = {**settings, **identity}, {**saved["settings"], **saved.get("identity", {})}
+        changed = [key for key in expected if found.get(key) != expected[key]]
+        if changed:
+            raise ValueError(f"state_path: {rank_state} belongs to another evaluation (changed: {', '.join(changed)})")
         sums.t, first_batch = saved["sums"], saved["next_batch"]
     batches = list(range(0, images.shape[0], batch_size))
     mine = [i for i in range(len(batches)) if i % world == rank and i >= first_batch]
@@ -218,13 +222,19 @@ def evaluate(
             y = labels[start : start + batch_size].to(device).long()
             _evaluate_batch(job, x, y, batch_index, sums)
             if rank_state is not None:
-                save_atomic({"kind": "evaluation", "settings": settings, "sums": sums.t,
+                save_atomic({"kind": "evaluation", "settings": settings, "identity": identity, "sums": sums.t,
                              "next_batch": batch_index + 1}, rank_state)  # fmt: skip
     finally:
         model.train(was_training)
     if distributed:
         sums.reduce()
     return _report(sums.t, attacks, eps, settings, device, backend, seed)
+
+
+def _identity(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor) -> dict[str, str]:
+    """Fingerprints of the model's weights (parameters and buffers) and of the data."""
+    return {"model": fingerprint(model.state_dict().items()),
+            "data": fingerprint((("images", images), ("labels", labels)))}  # fmt: skip
 
 
 def _evaluate_batch(job: _Job, x: torch.Tensor, y: torch.Tensor, batch_index: int, sums: _Sums) -> None:

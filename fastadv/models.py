@@ -10,12 +10,15 @@ digits: the model `fastadv eval`, the tests and the benchmarks attack by default
 
 from __future__ import annotations
 
+import hashlib
+import json
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from . import _validate as check
-from .checkpoint import CheckpointError, save_atomic
+from .checkpoint import CheckpointError, fingerprint, save_atomic
 from .checkpoint import load as _load_checkpoint
 from .datasets import digits
 
@@ -96,27 +99,47 @@ ARCHITECTURES.update(small_cnn=small_cnn, resnet18=resnet18)
 
 def save(model: nn.Module, path: str, **metadata) -> None:
     """Writes a model built by this module (its architecture, arguments and weights, plus any
-    JSON-like `metadata`) to `path`, atomically."""
+    JSON-like `metadata`) to `path`, atomically, with a SHA-256 checksum of the architecture and
+    weights that `load` verifies."""
     spec = getattr(model, "fastadv_spec", None)
     if spec is None:
         raise ValueError("model: save() takes models built by fastadv.models (small_cnn, resnet18)")
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    save_atomic({"kind": "model", "spec": spec, "state_dict": state, "metadata": metadata}, path)
+    save_atomic({"kind": "model", "spec": spec, "state_dict": state, "metadata": metadata,
+                 "sha256": _checksum(spec, state)}, path)  # fmt: skip
+
+
+def _checksum(spec: dict, state: dict) -> str:
+    """SHA-256 of the architecture (spec) and the weights' names, dtypes, shapes and bytes."""
+    text = json.dumps(spec, sort_keys=True, default=repr) + fingerprint(state.items())
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def load(path: str, device: str | torch.device = "cpu") -> nn.Module:
     """The model saved by :func:`save`, in eval mode on `device`. Raises CheckpointError (a
-    ValueError) naming the file when it is missing, damaged or not a fastadv model."""
+    ValueError) naming the file when it is missing, damaged (its checksum does not match), not a
+    fastadv model, or holds non-finite parameters or buffers."""
     saved = _load_checkpoint(path, "model")
-    spec = saved.get("spec") or {}
-    factory = ARCHITECTURES.get(spec.get("arch"))
+    spec, state = saved.get("spec"), saved.get("state_dict")
+    if not (isinstance(spec, dict) and isinstance(spec.get("arch"), str) and isinstance(spec.get("kwargs", {}), dict)):
+        raise CheckpointError(f"{path}: malformed spec {spec!r:.80} (expected {{'arch': name, 'kwargs': {{...}}}})")
+    if not (isinstance(state, dict) and all(isinstance(t, torch.Tensor) for t in state.values())):
+        raise CheckpointError(f"{path}: its state_dict is not a dict of tensors")
+    # Model files written before checksums were added have no "sha256": they still load.
+    if "sha256" in saved and saved["sha256"] != _checksum(spec, state):
+        raise CheckpointError(f"{path}: damaged (its weights do not match the checksum stored with them)")
+    for name, tensor in state.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise CheckpointError(f"{path}: {name} holds non-finite values (NaN or infinity)")
+    factory = ARCHITECTURES.get(spec["arch"])
     if factory is None:
-        raise CheckpointError(f"{path}: unknown architecture {spec.get('arch')!r}")
+        raise CheckpointError(f"{path}: unknown architecture {spec['arch']!r}")
     try:
         model = factory(**spec.get("kwargs", {}))
-        model.load_state_dict(saved["state_dict"])
+        model.load_state_dict(state)
     except (TypeError, KeyError, RuntimeError, ValueError) as error:
-        raise CheckpointError(f"{path}: the weights do not fit {spec.get('arch')} ({error})".split("\n")[0]) from None
+        message = " ".join(str(error).split())  # the whole message, on one line
+        raise CheckpointError(f"{path}: the weights do not fit {spec['arch']} ({message})") from None
     return model.eval().to(device)
 
 

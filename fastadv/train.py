@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import time
 from dataclasses import asdict, dataclass, field
@@ -13,8 +14,8 @@ from torch import nn
 
 from . import _distributed
 from . import _validate as check
+from .checkpoint import fingerprint, rng_state, save_atomic, set_rng_state
 from .checkpoint import load as load_checkpoint
-from .checkpoint import rng_state, save_atomic, set_rng_state
 from .evaluate import evaluate
 from .recipes import Recipe, adversarial_batch, free_replays, training_loss
 
@@ -88,7 +89,8 @@ def fit(
     schedule, every RNG state, epoch, history) is written atomically after each epoch and
     ``model.pt`` (fastadv.models.load) at the end; `resume` continues from ``latest.pt`` if present
     (its settings must match). `deterministic` turns on torch.use_deterministic_algorithms for the
-    run. The model ends in eval mode.
+    run. The model ends in eval mode. A loss or weights that become NaN or infinite stop the run
+    with a ValueError; ``latest.pt`` keeps the last good epoch.
     """
     recipe = recipe or Recipe()
     if not isinstance(recipe, Recipe):
@@ -101,6 +103,8 @@ def fit(
     check.choice("optimizer", optimizer, OPTIMIZERS)
     check.choice("schedule", schedule, SCHEDULES)
     check.number("lr", lr, above=0)
+    check.number("momentum", momentum, at_least=0)
+    check.number("weight_decay", weight_decay, at_least=0)
     check.optional_number("val_eps", val_eps, at_least=0)
     amp_dtype = check.amp_dtype(amp)
     if resume and checkpoint_dir is None:
@@ -112,16 +116,24 @@ def fit(
                recipe=recipe, batch_size=batch_size, seed=seed, amp=amp_dtype, channels_last=channels_last,
                backend=backend, progress=progress)  # fmt: skip
     latest = None if checkpoint_dir is None else os.path.join(checkpoint_dir, "latest.pt")
-    history, first_epoch = _resume(run, latest, config) if resume else ([], 0)
+    # what a checkpoint is of: the architecture (a resumed run's first weights are overwritten)
+    # and the training data, so that a resume with another model or data is refused
+    identity = {} if latest is None else {"model": fingerprint(model.state_dict().items(), values=False),
+                                          "data": fingerprint((("images", images), ("labels", labels)))}  # fmt: skip
+    history, first_epoch = _resume(run, latest, config, identity) if resume else ([], 0)
     run.trained = _data_parallel(model, run.device, run.world)
     with _deterministic_algorithms(deterministic):
         for epoch in range(first_epoch, epochs):
-            record = _one_epoch(run, epoch)
+            try:
+                record = _one_epoch(run, epoch)
+            except _NonFinite as error:
+                kept = f"{latest} keeps epoch {epoch}" if latest is not None and epoch > 0 else "no checkpoint kept"
+                raise ValueError(f"training stopped: {error}; {kept} (a smaller lr may help)") from None
             history.append(record)
             if val_data is not None:
                 record.update(_validation(run, val_data, recipe.eps if val_eps is None else val_eps, val_steps, epoch))
             if latest is not None and run.rank == 0:
-                _save_checkpoint(run, latest, epoch, config, history)
+                _save_checkpoint(run, latest, epoch, config, identity, history)
             _distributed.barrier()  # nobody runs ahead of the checkpoint
     model.eval()
     if checkpoint_dir is not None and run.rank == 0 and getattr(model, "fastadv_spec", None) is not None:
@@ -171,15 +183,17 @@ def _optimizer_and_schedule(model: nn.Module, config: FitConfig, samples: int, r
     return opt, scheduler
 
 
-def _resume(run: _Run, latest: str, config: FitConfig) -> tuple[list[dict], int]:
+def _resume(run: _Run, latest: str, config: FitConfig, identity: dict[str, str]) -> tuple[list[dict], int]:
     """Restores the model, optimizer, schedule and RNG states from `latest` when it exists (its
-    settings must be `config`); returns (history so far, first epoch to run)."""
+    settings must be `config`, its model and data those of `identity`); returns (history so
+    far, first epoch to run)."""
     if not os.path.exists(latest):
         return [], 0
     state = load_checkpoint(latest, "training")
-    if state["config"] != asdict(config):
-        changed = [k for k, v in asdict(config).items() if state["config"].get(k) != v]
-        raise ValueError(f"resume: {latest} was written with other settings ({', '.join(changed)})")
+    expected, found = {**asdict(config), **identity}, {**state["config"], **state.get("identity", {})}
+    changed = [key for key, value in expected.items() if found.get(key) != value]
+    if changed:
+        raise ValueError(f"resume: {latest} belongs to another run (changed: {', '.join(changed)})")
     run.model.load_state_dict(state["model"])
     run.optimizer.load_state_dict(state["optimizer"])
     run.scheduler.load_state_dict(state["scheduler"])
@@ -218,11 +232,15 @@ def _validation(run: _Run, val_data, eps: float, steps: int, epoch: int) -> dict
     return {"clean_accuracy": report["clean_accuracy"], "robust_accuracy": report["worst_case"][0]["robust_accuracy"]}
 
 
-def _save_checkpoint(run: _Run, latest: str, epoch: int, config: FitConfig, history: list[dict]) -> None:
+def _save_checkpoint(run: _Run, latest: str, epoch: int, config: FitConfig, identity: dict, history: list) -> None:
     """latest.pt after `epoch`: everything `_resume` restores, written atomically."""
-    save_atomic({"kind": "training", "epoch": epoch, "config": asdict(config), "model": run.model.state_dict(),
-                 "optimizer": run.optimizer.state_dict(), "scheduler": run.scheduler.state_dict(),
-                 "rng": rng_state(), "history": history}, latest)  # fmt: skip
+    save_atomic({"kind": "training", "epoch": epoch, "config": asdict(config), "identity": identity,
+                 "model": run.model.state_dict(), "optimizer": run.optimizer.state_dict(),
+                 "scheduler": run.scheduler.state_dict(), "rng": rng_state(), "history": history}, latest)  # fmt: skip
+
+
+class _NonFinite(ValueError):
+    """The loss or the weights became NaN or infinite."""
 
 
 def _one_epoch(run: _Run, epoch: int) -> dict:
@@ -252,6 +270,7 @@ def _one_epoch(run: _Run, epoch: int) -> dict:
         if recipe.name == "free":
             free_delta, loss_sum, hits = free_replays(trained, opt, x, y, free_delta, recipe, amp=run.amp,
                                                       backend=run.backend, after_step=run.scheduler.step)  # fmt: skip
+            _check_finite(loss_sum, epoch, start // run.batch_size)
             total_loss, correct, seen = total_loss + loss_sum, correct + hits, seen + recipe.replays * x.shape[0]
             continue
         x_train = adversarial_batch(model, x, y, recipe, generator=attack_generator, amp=run.amp,
@@ -262,9 +281,14 @@ def _one_epoch(run: _Run, epoch: int) -> dict:
         loss.backward()
         opt.step()
         run.scheduler.step()
-        total_loss += float(loss.detach()) * x.shape[0]
+        loss_value = float(loss.detach())  # the one sync per batch there always was
+        _check_finite(loss_value, epoch, start // run.batch_size)
+        total_loss += loss_value * x.shape[0]
         correct += int((logits.argmax(1) == y).sum())
         seen += x.shape[0]
+    bad = [name for name, p in model.named_parameters() if not bool(torch.isfinite(p).all())]
+    if bad:
+        raise _NonFinite(f"parameters became non-finite in epoch {epoch + 1} ({', '.join(bad[:3])})")
     if run.world > 1:
         totals = torch.tensor([total_loss, correct, seen], dtype=torch.float64)
         total_loss, correct, seen = _distributed.all_reduce(totals).tolist()
@@ -275,3 +299,8 @@ def _one_epoch(run: _Run, epoch: int) -> dict:
         "train_accuracy": correct / max(seen, 1),
         "seconds": time.perf_counter() - start_time,
     }
+
+
+def _check_finite(loss: float, epoch: int, batch: int) -> None:
+    if not math.isfinite(loss):
+        raise _NonFinite(f"the loss became {loss} in epoch {epoch + 1}, batch {batch + 1}")

@@ -7,13 +7,14 @@ import csv
 import inspect
 import json
 import os
+import re
 import subprocess
 import sys
 
 import pytest
 import torch
 
-from fastadv import models
+from fastadv import checkpoint, models
 from fastadv.cli import build_parser, main
 from fastadv.evaluate import evaluate
 from fastadv.recipes import Recipe
@@ -143,40 +144,212 @@ def test_cli_train_then_eval(tmp_path, capsys):
     assert isinstance(models.load(str(out / "model.pt")), torch.nn.Module)
 
 
-@pytest.mark.parametrize(
-    "argv, part",
-    [
-        (["eval", "--model", "/nonexistent/model.pt"], "--model"),
-        (["eval", "--data", "/nonexistent/data.npz"], "--data"),
-        (["eval", "--attacks", "fgsm,fab"], "--attacks"),
-        (["eval", "--resume"], "--resume"),
-        (["eval", "--data", "{wrong_shape}"], "--data"),
-        (["eval", "--data", "{labels_out_of_range}"], "--data"),
-        (["eval", "--model", "{corrupt}"], "--model"),
-        (["train", "--resume"], "--resume"),
-        (["train", "--clean-fraction", "2"], "clean"),
-        (["train", "--recipe", "mart"], "--recipe"),
-        (["eval", "--eps", "a,b"], "--eps"),
-    ],
-)
-def test_cli_errors_are_one_line(argv, part, digits, tmp_path, capsys, monkeypatch):
+@pytest.fixture(scope="module")
+def cli_files(digits, tmp_path_factory):
+    """One folder with what the error cases read: models (good, other, damaged, NaN, malformed),
+    data files (good, changed, truncated, .npy, empty, bad labels), a file, and a finished
+    evaluation and training run to resume. {name} in a case's argv is the path of `name`."""
     import numpy as np
 
-    monkeypatch.setenv("FASTADV_CACHE", str(tmp_path / "cache"))
-    models.save(digits[0], str(tmp_path / "cache" / "digits-small_cnn-standard.pt"))  # the default model, cached
-    np.savez(tmp_path / "wrong.npz", x=np.zeros((4, 3, 9, 9), dtype=np.float32), y=np.zeros(4, dtype=int))
-    np.savez(tmp_path / "labels.npz", x=np.zeros((4, 1, 16, 16), dtype=np.float32), y=np.full(4, 12))
-    (tmp_path / "corrupt.pt").write_bytes(b"\x80\x03garbage")
-    files = {"wrong_shape": tmp_path / "wrong.npz", "labels_out_of_range": tmp_path / "labels.npz",
-             "corrupt": tmp_path / "corrupt.pt"}  # fmt: skip
-    argv = [a.format(**files) for a in argv] + ["--quiet"]
+    root = tmp_path_factory.mktemp("cli")
+    model, x, y = digits
+    models.save(model, str(root / "cache" / "digits-small_cnn-standard.pt"))  # the default model, cached
+    models.save(model, str(root / "model.pt"))
+    torch.manual_seed(1)
+    models.save(models.small_cnn(), str(root / "other.pt"))
+    x, y = x[:48].numpy(), y[:48].numpy()
+    np.savez(root / "data.npz", x=x, y=y)
+    changed = x.copy()
+    changed[40, 0, 8, 8] = 1 - changed[40, 0, 8, 8]
+    np.savez(root / "data2.npz", x=changed, y=y)
+    whole = (root / "data.npz").read_bytes()
+    (root / "truncated.npz").write_bytes(whole[: len(whole) // 2])
+    np.save(root / "x.npy", x)
+    np.savez(root / "empty.npz", x=x[:0], y=y[:0])
+    np.savez(root / "huge_labels.npz", x=x[:4], y=np.array([0, 1, 2, 10**12]))
+    np.savez(root / "uint64_labels.npz", x=x[:4], y=np.array([0, 1, 2, 2**63], dtype=np.uint64))
+    np.savez(root / "wrong_shape.npz", x=np.zeros((4, 3, 9, 9), dtype=np.float32), y=np.zeros(4, dtype=int))
+    np.savez(root / "labels_out_of_range.npz", x=x[:4], y=np.full(4, 12))
+    (root / "corrupt.pt").write_bytes(b"\x80\x03garbage")
+    saved = torch.load(root / "model.pt", weights_only=True)
+    torch.save({**saved, "spec": "small_cnn"}, root / "bad_spec.pt")
+    torch.save({**saved, "state_dict": {**saved["state_dict"], "0.bias": saved["state_dict"]["0.bias"] + 1}},
+               root / "tampered.pt")  # fmt: skip
+    nan = models.small_cnn()
+    with torch.no_grad():
+        nan[-1].bias[0] = float("nan")
+    models.save(nan, str(root / "nan.pt"))
+    (root / "file").write_text("not a folder")
+    (root / "json_folder" / "report.json").mkdir(parents=True)
+    assert main(["eval", "--model", str(root / "model.pt"), "--data", str(root / "data.npz"), "--attacks", "fgsm",
+                 "--eps", "0.1", "--out", str(root / "eval_run"), "--no-plots", "--quiet"]) == 0  # fmt: skip
+    assert main(["train", "--data", str(root / "data.npz"), "--recipe", "standard", "--width", "8", "--epochs", "1",
+                 "--out", str(root / "train_run"), "--quiet"]) == 0  # fmt: skip
+    return root
+
+
+# the evaluation and training in cli_files, to resume
+EVAL_RUN = ["eval", "--model", "{model.pt}", "--data", "{data.npz}", "--attacks", "fgsm", "--eps", "0.1", "--out",
+            "{eval_run}", "--no-plots"]  # fmt: skip
+TRAIN_RUN = ["train", "--data", "{data.npz}", "--recipe", "standard", "--width", "8", "--epochs", "1", "--out",
+             "{train_run}"]  # fmt: skip
+UNWRITABLE = "/sys/fastadv-test-out"  # not writable, even by root
+
+
+def _replaced(argv, option, value):
+    i = argv.index(option)
+    return argv[:i] + [option, value] + argv[i + 2 :]
+
+
+# Every user error of `fastadv eval` / `fastadv train`: argv ({name}: a path in cli_files; {new}:
+# a folder that does not exist) and a fragment of the one line it prints; all exit with 2.
+CLI_ERRORS = [
+    (["eval", "--model", "/nonexistent/model.pt"], "--model: /nonexistent/model.pt: no such file"),
+    (["eval", "--data", "/nonexistent/data.npz"], "--data"),
+    (["eval", "--attacks", "fgsm,fab"], "--attacks"),
+    (["eval", "--eps", "a,b"], "--eps"),
+    (["eval", "--eps", "inf"], "argument --eps: must be finite"),
+    (["eval", "--eps", "0.1,nan"], "argument --eps: must be finite"),
+    (["eval", "--backend", "bogus"], "argument --backend: must be one of"),
+    (["eval", "--device", "meta"], "argument --device: expected cpu, cuda"),
+    (["eval", "--seed", "1e23"], "argument --seed: expected an integer"),
+    (["train", "--seed", str(10**23)], "argument --seed: must be in [0, 2**63 - 1]"),
+    (["train", "--clean-fraction", "2"], "clean"),
+    (["train", "--recipe", "mart"], "--recipe"),
+    (["train", "--lr", "inf"], "argument --lr: must be finite"),
+    (["train", "--weight-decay", "inf"], "argument --weight-decay: must be finite"),
+    (["train", "--beta", "inf"], "argument --beta: must be finite"),
+    (["train", "--alpha", "nan"], "argument --alpha: must be finite"),
+    # resume: the same run, or nothing
+    (["eval", "--resume"], "--resume needs --out"),
+    (["train", "--resume"], "--resume needs --out"),
+    (["eval", "--out", "{new}", "--resume"], "holds no eval-state.pt to continue"),
+    (["train", "--out", "{new}", "--resume"], "holds no latest.pt to continue"),
+    (["eval", "--out", "{new}", "--resume", "--overwrite"], "--overwrite: not allowed with argument --resume"),
+    ([*_replaced(EVAL_RUN, "--attacks", "pgd"), "--resume"], "another evaluation (changed: attacks)"),
+    ([*_replaced(EVAL_RUN, "--eps", "0.2"), "--resume"], "another evaluation (changed: eps)"),
+    ([*_replaced(EVAL_RUN, "--model", "{other.pt}"), "--resume"], "another evaluation (changed: model)"),
+    ([*_replaced(EVAL_RUN, "--data", "{data2.npz}"), "--resume"], "another evaluation (changed: data)"),
+    ([*_replaced(TRAIN_RUN, "--width", "4"), "--resume"], "another run (changed: model)"),
+    ([*TRAIN_RUN, "--model", "resnet18", "--resume"], "another run (changed: model)"),
+    ([*_replaced(TRAIN_RUN, "--data", "{data2.npz}"), "--resume"], "another run (changed: data)"),
+    # never overwrite a run silently
+    (EVAL_RUN, "--out: {eval_run} holds a run (eval-state.pt, report.json); --resume continues it"),
+    (TRAIN_RUN, "--out: {train_run} holds a run (history.json, latest.pt, model.pt)"),
+    (["eval", "--out", "{train_run}"], "holds a run"),
+    (["eval", "--out", "{json_folder}", "--overwrite"], "--out: {json_folder}/report.json is a folder where eval"),
+    # the output folder, checked before any work
+    (["eval", "--out", "{file}"], "--out: {file} exists and is not a folder"),
+    (["eval", "--out", "/dev/null"], "--out: /dev/null exists and is not a folder"),
+    (["eval", "--out", "{file}/sub"], "--out: cannot create {file}/sub (Not a directory)"),
+    (["eval", "--out", UNWRITABLE], f"--out: cannot create {UNWRITABLE}"),
+    (["train", "--out", "{file}"], "--out: {file} exists and is not a folder"),
+    (["train", "--out", UNWRITABLE], f"--out: cannot create {UNWRITABLE}"),
+    # data files
+    (["eval", "--data", "{wrong_shape.npz}"], "--data: images of shape (3, 9, 9) do not fit the model"),
+    (["eval", "--data", "{labels_out_of_range.npz}"], "--data: labels go up to 12 but the model has 10 classes"),
+    (["eval", "--data", "{truncated.npz}"], "--data: {truncated.npz}: not a readable .npz file"),
+    (["eval", "--data", "{x.npy}"], "found one array (.npy)"),
+    (["eval", "--data", "{empty.npz}"], "holds no samples"),
+    (["train", "--data", "{empty.npz}"], "holds no samples"),
+    (["eval", "--data", "{huge_labels.npz}"], "labels go up to 1000000000000 but the model has 10 classes"),
+    (["train", "--data", "{huge_labels.npz}"], "a new model has at most 100000 classes"),
+    (["eval", "--data", "{uint64_labels.npz}"], "y must fit in int64"),
+    (["train", "--data", "{data.npz}", "--val-data", "{wrong_shape.npz}", "--out", "{new}"], "--val-data: images"),
+    (["train", "--data", "{data.npz}", "--val-data", "{labels_out_of_range.npz}"], "--val-data: labels go up to 12"),
+    (["train", "--data", "{data.npz}", "--val-data", "{truncated.npz}"], "--val-data: {truncated.npz}"),
+    # model files
+    (["eval", "--model", "{corrupt.pt}"], "--model: {corrupt.pt}: not a readable checkpoint"),
+    (["eval", "--model", "{bad_spec.pt}"], "malformed spec"),
+    (["eval", "--model", "{tampered.pt}"], "damaged (its weights do not match the checksum"),
+    (["eval", "--model", "{nan.pt}"], "10.bias holds non-finite values"),
+    (["train", "--init", "{bad_spec.pt}"], "--init: {bad_spec.pt}: malformed spec"),
+]
+
+
+def _filled(text, paths):
+    return re.sub(r"\{([^{}]+)\}", lambda m: paths[m.group(1)], text)
+
+
+def _tree(root):
+    """Every path under root with its size and modification time: what a failed command must not change."""
+    return {str(p.relative_to(root)): (p.is_dir(), p.stat().st_size if p.is_file() else 0, p.stat().st_mtime_ns)
+            for p in root.rglob("*")}  # fmt: skip
+
+
+@pytest.mark.parametrize("argv, message", CLI_ERRORS)
+def test_cli_errors_are_one_line_exit_2_and_change_nothing(argv, message, cli_files, capsys, monkeypatch):
+    monkeypatch.setenv("FASTADV_CACHE", str(cli_files / "cache"))
+    monkeypatch.chdir(cli_files)  # the default --out, fastadv-results/..., lands here
+    paths = {p.name: str(p) for p in cli_files.iterdir()} | {"new": str(cli_files / "new")}
+    argv = [_filled(a, paths) for a in argv] + ["--quiet"]
+    before = _tree(cli_files)
+    capsys.readouterr()
     try:
         code = main(argv)
     except SystemExit as exit_:
         code = exit_.code
-    assert code == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert part in err[-1] and "Traceback" not in "\n".join(err), err
+    assert code == 2 and len(err) == 1, err
+    assert _filled(message, paths) in err[0] and err[0].startswith(f"fastadv {argv[0]}: error: "), err
+    assert _tree(cli_files) == before, "a failed command changed files"
+
+
+def test_cli_overwrite_replaces_a_run_and_a_failed_run_leaves_nothing(digits, tmp_path, capsys, monkeypatch):
+    models.save(digits[0], str(tmp_path / "m.pt"))
+    out = tmp_path / "out"
+    argv = ["eval", "--model", str(tmp_path / "m.pt"), "--limit", "16", "--attacks", "fgsm", "--eps", "0.1",
+            "--out", str(out), "--no-plots", "--quiet"]  # fmt: skip
+    assert main(argv) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == f"report in {out}"  # no plots: not "report and plots"
+    (out / "report.json").write_text("{}")
+    assert main(argv) == 2 and "holds a run" in capsys.readouterr().err
+    assert main([*argv, "--overwrite"]) == 0
+    assert json.loads((out / "report.json").read_text())["samples"] == 16
+
+    import fastadv.cli.eval_cmd as eval_cmd
+
+    def fails(*args, **kwargs):
+        raise RuntimeError("the attack failed\nsecond line")
+
+    monkeypatch.setattr(eval_cmd, "evaluate", fails)
+    new = tmp_path / "new" / "out"
+    assert main([*argv[:-4], "--out", str(new), "--quiet"]) == 2
+    assert capsys.readouterr().err.strip() == "fastadv eval: error: the attack failed"
+    assert not (tmp_path / "new").exists(), "a failed evaluation leaves no folder behind"
+
+
+def test_cli_train_stops_on_a_non_finite_loss_and_keeps_the_last_good_checkpoint(tmp_path, capsys, monkeypatch):
+    import fastadv.train as train
+
+    real = train._one_epoch
+
+    def nan_in_epoch_2(run, epoch):
+        if epoch == 1:
+            run.model.register_forward_hook(lambda module, inputs, output: output * float("nan"))
+        return real(run, epoch)
+
+    monkeypatch.setattr(train, "_one_epoch", nan_in_epoch_2)
+    out = tmp_path / "run"
+    argv = ["train", "--recipe", "standard", "--epochs", "3", "--width", "8", "--out", str(out), "--quiet"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "training stopped: the loss became nan in epoch 2, batch 1" in err[0], err
+    assert (
+        sorted(os.listdir(out)) == ["latest.pt"] and checkpoint.load(str(out / "latest.pt"), "training")["epoch"] == 0
+    )
+
+
+def test_reports_are_strict_json(tmp_path):
+    from fastadv.cli.args import write_json
+
+    write_json(str(tmp_path / "r.json"), {"a": float("nan"), "b": [float("inf"), 1.5], "c": {"d": -float("inf")}})
+
+    def refuse(name):
+        raise ValueError(name)
+
+    assert json.loads((tmp_path / "r.json").read_text(), parse_constant=refuse) == {"a": None, "b": [None, 1.5],
+                                                                                     "c": {"d": None}}  # fmt: skip
 
 
 def test_cli_eval_on_an_image_folder(tmp_path):

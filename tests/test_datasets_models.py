@@ -35,6 +35,41 @@ def test_models_shapes_and_arguments():
         small_cnn(width=0)
 
 
+def test_model_files_carry_a_checksum_and_finite_weights(tmp_path):
+    from fastadv import models
+    from fastadv.checkpoint import CheckpointError
+
+    torch.manual_seed(0)
+    path = str(tmp_path / "m.pt")
+    models.save(small_cnn(width=8), path)
+    saved = torch.load(path, weights_only=True)
+    assert len(saved["sha256"]) == 64 and models.load(path).fastadv_spec == saved["spec"]
+    tampered = {**saved, "state_dict": {**saved["state_dict"]}}
+    tampered["state_dict"]["0.bias"] = saved["state_dict"]["0.bias"] + 1e-3
+    torch.save(tampered, path)
+    with pytest.raises(CheckpointError, match="damaged"):
+        models.load(path)
+    data = bytearray((tmp_path / "m.pt").read_bytes())
+    middle = len(data) // 2
+    data[middle : middle + 2000] = bytes(b ^ 0x5A for b in data[middle : middle + 2000])
+    (tmp_path / "m.pt").write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="damaged|not a readable"):
+        models.load(path)
+    old = {k: v for k, v in saved.items() if k != "sha256"}  # a file written before checksums
+    torch.save(old, path)
+    assert isinstance(models.load(path), torch.nn.Module)
+    nan = small_cnn(width=8)
+    with torch.no_grad():
+        nan[0].weight[0, 0, 0, 0] = float("nan")
+    models.save(nan, path)
+    with pytest.raises(CheckpointError, match=r"0\.weight holds non-finite"):
+        models.load(path)
+    for spec in ("small_cnn", {"arch": 3}, {"arch": "small_cnn", "kwargs": [8]}, None):
+        torch.save({**old, "spec": spec}, path)
+        with pytest.raises(CheckpointError, match="malformed spec"):
+            models.load(path)
+
+
 def test_load_npz_layouts_and_types(tmp_path):
     import numpy as np
 
@@ -66,6 +101,9 @@ def test_load_npz_layouts_and_types(tmp_path):
         ({"x": np.zeros((2, 8, 8)), "y": -np.ones(2, dtype=int)}, "non-negative"),
         ({"x": np.full((2, 8, 8), 2.0), "y": np.zeros(2, dtype=int)}, r"\[0, 1\]"),
         ({"x": np.zeros((2, 8, 8), dtype=np.int32), "y": np.zeros(2, dtype=int)}, "uint8 or floating"),
+        ({"x": np.zeros((0, 8, 8)), "y": np.zeros(0, dtype=int)}, "no samples"),
+        ({"x": np.zeros((2, 8, 8)), "y": np.array([1, 2**63], dtype=np.uint64)}, "fit in int64"),
+        ({"x": np.zeros((2, 8, 8)), "y": np.array([True, False])}, "integer"),
     ],
 )
 def test_load_npz_errors(tmp_path, arrays, part):
@@ -84,6 +122,15 @@ def test_load_npz_missing_and_damaged(tmp_path):
     (tmp_path / "junk.npz").write_bytes(b"junk")
     with pytest.raises(DataError, match="not a readable"):
         load_npz(str(tmp_path / "junk.npz"))
+    np.savez(tmp_path / "whole.npz", x=np.zeros((64, 8, 8)), y=np.zeros(64, dtype=int))
+    whole = (tmp_path / "whole.npz").read_bytes()
+    for cut in (len(whole) // 2, len(whole) - 30):
+        (tmp_path / "cut.npz").write_bytes(whole[:cut])
+        with pytest.raises(DataError, match="not a readable"):
+            load_npz(str(tmp_path / "cut.npz"))
+    np.save(tmp_path / "x.npy", np.zeros((2, 8, 8)))
+    with pytest.raises(DataError, match=r"found one array \(\.npy\)"):
+        load_npz(str(tmp_path / "x.npy"))
 
 
 def test_image_folder(tmp_path):

@@ -106,6 +106,25 @@ def test_resume_gives_the_same_report(digits, tmp_path, monkeypatch):
         evaluate(model, (x, y), state_path=state, **{**args, "steps": 4})
 
 
+def test_resume_refuses_another_model_or_data(digits, tmp_path):
+    """A state file holds sums over one model and one data set: resuming it with another model,
+    or other data of the same size, would report a mix of two evaluations."""
+    model, x, y = digits
+    args = dict(attacks=["fgsm"], eps=[0.1], batch_size=64, progress=False)
+    state = str(tmp_path / "state.pt")
+    evaluate(model, (x, y), state_path=state, **args)
+    other = models.small_cnn()
+    with pytest.raises(ValueError, match=r"state_path: .*another evaluation \(changed: model\)"):
+        evaluate(other.eval(), (x, y), state_path=state, **args)
+    changed = x.clone()
+    changed[100, 0, 5, 5] = 1 - changed[100, 0, 5, 5]  # one pixel of the second batch
+    with pytest.raises(ValueError, match=r"\(changed: data\)"):
+        evaluate(model, (changed, y), state_path=state, **args)
+    with pytest.raises(ValueError, match=r"\(changed: data\)"):
+        evaluate(model, (x, y.roll(1)), state_path=state, **args)
+    assert evaluate(model, (x, y), state_path=state, **args)["samples"] == 160  # the same run still resumes
+
+
 _DISTRIBUTED = """
 import json, sys, torch, torch.distributed as dist
 from fastadv import models
@@ -150,9 +169,11 @@ def test_bad_evaluate_arguments(digits):
     model, x, y = digits
     for kwargs, part in (({"attacks": ["fab"]}, "attacks"), ({"eps": [-1]}, "eps"), ({"batch_size": 0}, "batch_size"),
                          ({"attacks": "pgd"}, "attacks"), ({"eps": []}, "eps"), ({"attacks": ["pgd", "fab"]}, "fab"),
-                         ({"amp": "fp64"}, "amp"), ({"steps": 0}, "steps")):  # fmt: skip
+                         ({"amp": "fp64"}, "amp"), ({"steps": 0}, "steps"),
+                         ({"data": (x[:0], y[:0])}, "data holds no samples")):  # fmt: skip
+        data = kwargs.pop("data", (x, y))
         with pytest.raises(ValueError, match=part):
-            evaluate(model, (x, y), progress=False, **kwargs)
+            evaluate(model, data, progress=False, **kwargs)
 
 
 def test_run_cascade_attacks_the_survivors_in_chunks():

@@ -180,6 +180,17 @@ def test_resume_with_other_settings_and_bad_files(tmp_path):
         models.load(str(tmp_path / "missing.pt"))
 
 
+def test_resume_refuses_another_architecture_or_data(tmp_path):
+    args = dict(recipe=Recipe("standard"), epochs=1, batch_size=32, checkpoint_dir=str(tmp_path), progress=False)
+    fit(models.small_cnn(width=8), _small_data(64), **args)
+    with pytest.raises(ValueError, match=r"resume: .*another run \(changed: model\)"):
+        fit(models.small_cnn(width=4), _small_data(64), resume=True, **args)
+    x, y = _small_data(64)
+    with pytest.raises(ValueError, match=r"\(changed: data\)"):
+        fit(models.small_cnn(width=8), (x.flip(0), y.flip(0)), resume=True, **args)
+    fit(models.small_cnn(width=8), _small_data(64), resume=True, **args)  # the same run: nothing left to do
+
+
 @pytest.mark.parametrize(
     "kwargs, error, part",
     [
@@ -188,6 +199,9 @@ def test_resume_with_other_settings_and_bad_files(tmp_path):
         ({"optimizer": "lbfgs"}, ValueError, "optimizer"),
         ({"schedule": "cosine"}, ValueError, "schedule"),
         ({"lr": 0.0}, ValueError, "lr"),
+        ({"lr": float("inf")}, ValueError, "lr"),
+        ({"weight_decay": float("inf")}, ValueError, "weight_decay"),
+        ({"momentum": float("nan")}, ValueError, "momentum"),
         ({"resume": True}, ValueError, "resume"),
         ({"train_data": (torch.rand(4, 1, 16, 16) * 2, torch.zeros(4, dtype=torch.long))}, ValueError, "train_data"),
         ({"train_data": (torch.rand(4, 1, 16, 16), torch.zeros(3, dtype=torch.long))}, ValueError, "train_data"),
@@ -205,11 +219,39 @@ def test_fit_bad_arguments(kwargs, error, part):
 
 @pytest.mark.parametrize(
     "kwargs, part",
-    [({"name": "mart"}, "recipe"), ({"eps": -1}, "eps"), ({"steps": 0}, "steps"), ({"clean_fraction": 2}, "clean")],
+    [
+        ({"name": "mart"}, "recipe"),
+        ({"eps": -1}, "eps"),
+        ({"steps": 0}, "steps"),
+        ({"clean_fraction": 2}, "clean"),
+        ({"eps": float("nan")}, "eps"),
+        ({"beta": float("inf")}, "beta"),
+        ({"alpha": float("inf")}, "alpha"),
+    ],
 )
 def test_bad_recipes(kwargs, part):
     with pytest.raises(ValueError, match=part):
         Recipe(**kwargs)
+
+
+@pytest.mark.parametrize("recipe", [Recipe("standard"), Recipe("free", eps=0.1, replays=2)])
+def test_a_non_finite_loss_stops_training_and_keeps_the_last_good_checkpoint(recipe, tmp_path):
+    torch.manual_seed(0)
+    model, calls = models.small_cnn(width=8), []
+
+    def nan_from_the_second_epoch(module, inputs, output):
+        calls.append(1)
+        return output * float("nan") if len(calls) > 2 * (recipe.replays if recipe.name == "free" else 1) else output
+
+    model.register_forward_hook(nan_from_the_second_epoch)
+    with pytest.raises(
+        ValueError, match=r"training stopped: the loss became nan in epoch 2, batch 1; .*latest.pt keeps"
+    ):
+        fit(model, _small_data(64), recipe=recipe, epochs=3, batch_size=32, lr=0.01, checkpoint_dir=str(tmp_path),
+            progress=False)  # fmt: skip
+    kept = checkpoint.load(str(tmp_path / "latest.pt"), "training")
+    assert kept["epoch"] == 0 and all(bool(torch.isfinite(t).all()) for t in kept["model"].values())
+    assert not (tmp_path / "model.pt").exists()
 
 
 def test_model_files_need_fastadv_models(tmp_path):

@@ -17,8 +17,15 @@ from .args import CliError
 __all__ = ["CliError", "build_parser", "main"]
 
 
+class _Parser(argparse.ArgumentParser):
+    """Errors in one line on stderr (no usage block), exit status 2, as CliError's."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="fastadv", description=__doc__.split("\n\n")[0])
+    parser = _Parser(prog="fastadv", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     bench_cmd.add_parser(sub)
     eval_cmd.add_parser(sub)

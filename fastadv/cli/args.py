@@ -4,9 +4,10 @@
 from __future__ import annotations
 
 import argparse
-import datetime
 import functools
 import inspect
+import json
+import math
 import os
 import re
 from collections.abc import Callable, Collection
@@ -14,7 +15,6 @@ from typing import Any
 
 import torch
 
-from .. import _distributed
 from .. import _validate as check
 from ..datasets import DataError, digits, image_folder, load_npz
 
@@ -78,42 +78,90 @@ def csv_list(choices: Collection[str] | None = None, item: Callable[[str], Any] 
     return parse
 
 
+def seed(text: str) -> int:
+    """A seed: an integer in [0, 2**63 - 1] (what torch.manual_seed takes)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if not 0 <= value < 2**63:
+        raise argparse.ArgumentTypeError(f"must be in [0, 2**63 - 1], got {text}")
+    return value
+
+
 def device(text: str) -> torch.device:
+    """cpu, cuda, cuda:N or auto (cuda when there is a GPU); other device types are refused."""
     if text == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         device = torch.device(text)
     except RuntimeError:
         raise argparse.ArgumentTypeError(f"not a device: {text!r}") from None
+    if device.type not in ("cpu", "cuda"):
+        raise argparse.ArgumentTypeError(f"expected cpu, cuda, cuda:N or auto, got {text!r}")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise argparse.ArgumentTypeError("cuda was asked for but no CUDA GPU is available")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise argparse.ArgumentTypeError(f"{text}: there are {torch.cuda.device_count()} CUDA devices")
     return device
 
 
-def output_folder(out: str | None, command: str) -> str:
-    """--out, or fastadv-results/<command>-<time> with rank 0's time on every rank."""
-    stamp = datetime.datetime.now().strftime(f"{command}-%Y%m%d-%H%M%S")
-    return _distributed.shared(out or os.path.join("fastadv-results", stamp))
+def backend(text: str) -> str:
+    """A fused-op backend's name: auto or a registered one (whether it runs: check_backend)."""
+    from ..backends import BACKENDS
+
+    return _checked(lambda name, value: check.choice(name, value, ("auto", *BACKENDS)), text)
 
 
-def load_data(spec: str, split: str, image_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def check_backend(name: str, device: torch.device) -> None:
+    """The backend can run on `device`, or CliError saying why."""
+    from ..ops import resolve_backend
+
+    try:
+        resolve_backend(name, device)
+    except (ValueError, RuntimeError) as error:
+        raise CliError(f"--backend: {str(error).splitlines()[0]}") from None
+
+
+def write_json(path: str, obj: Any) -> None:
+    """Strict JSON: undefined numbers (NaN, infinities) are written as null."""
+
+    def strict(value):
+        if isinstance(value, float) and not math.isfinite(value):
+            return None
+        if isinstance(value, dict):
+            return {k: strict(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [strict(v) for v in value]
+        return value
+
+    with open(path, "w") as f:
+        json.dump(strict(obj), f, indent=2, allow_nan=False)
+
+
+def load_data(spec: str, split: str, image_size: int | None = None, *, option: str = "--data"):
+    """(images, labels) of 'digits' (its `split`), an image folder or an .npz file; CliError
+    naming `option` when the data cannot be read or holds no sample."""
     if spec == "digits":
         return digits(split)
     try:
         if os.path.isdir(spec):
             images, labels, _ = image_folder(spec, image_size)
-            return images, labels
-        return load_npz(spec)
+        else:
+            images, labels = load_npz(spec)
     except DataError as error:
-        raise CliError(f"--data: {error}") from None
+        raise CliError(f"{option}: {error}") from None
+    return images, labels
 
 
-def check_fit(model, images, labels) -> None:
+def check_fit(model, images, labels, *, option: str = "--data") -> None:
+    """The model takes the images and has a class for every label, or CliError naming `option`."""
+    device = next(iter(model.parameters()), images).device
     try:
         with torch.no_grad():
-            logits = model(images[:1])
+            logits = model(images[:1].to(device))
     except RuntimeError as error:
-        raise CliError(f"--data: images of shape {tuple(images.shape[1:])} do not fit the model "
+        raise CliError(f"{option}: images of shape {tuple(images.shape[1:])} do not fit the model "
                        f"({str(error).splitlines()[0]})") from None  # fmt: skip
     if labels.numel() and int(labels.max()) >= logits.shape[1]:
-        raise CliError(f"--data: labels go up to {int(labels.max())} but the model has {logits.shape[1]} classes")
+        raise CliError(f"{option}: labels go up to {int(labels.max())} but the model has {logits.shape[1]} classes")

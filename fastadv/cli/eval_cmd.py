@@ -4,7 +4,6 @@ become CliError (one line, exit status 2)."""
 from __future__ import annotations
 
 import argparse
-import json
 import os
 
 import torch
@@ -15,6 +14,7 @@ from ..checkpoint import CheckpointError
 from ..evaluate import ATTACKS, evaluate, format_report
 from . import args as arg
 from .args import CliError
+from .output import OPTIONS_HELP, OutputFolder
 
 EVALUATE = arg.defaults(evaluate)  # --attacks, --eps, --steps, --batch-size, --seed, --backend
 DESCRIPTION = """Evaluate a model against attacks at several eps: clean and robust accuracy, attack success rate,
@@ -22,6 +22,7 @@ macro precision/recall/F1 under attack, perturbation norms, images/s, and the wo
 attacks. Later attacks run only on samples still robust (AutoAttack's cascade). Writes report.json,
 robustness.png and examples.png into --out. With no --model, trains (or reuses from the cache) a
 small CNN on scikit-learn's digits."""  # argparse re-wraps it
+STATE = "eval-state.pt"  # in --out: what --resume continues
 
 
 def _default_cache() -> str:
@@ -59,13 +60,16 @@ def add_parser(sub) -> None:
     p.add_argument("--batch-size", type=arg.positive_int, default=EVALUATE["batch_size"], help="default: %(default)s")
     p.add_argument("--no-cascade", action="store_true", help="run every attack on every correct sample")
     p.add_argument("--limit", type=arg.positive_int, default=None, help="evaluate the first N samples only")
-    p.add_argument("--seed", type=int, default=EVALUATE["seed"], help="random starts (default: %(default)s)")
+    p.add_argument("--seed", type=arg.seed, default=EVALUATE["seed"], help="random starts (default: %(default)s)")
     p.add_argument("--amp", choices=list(AMP_NAMES), default=None, help="autocast the model")
     p.add_argument("--channels-last", action="store_true")
-    p.add_argument("--backend", default=EVALUATE["backend"], help="fused-op backend: auto, torch, triton, cpu, cuda")
+    p.add_argument("--backend", type=arg.backend, default=EVALUATE["backend"],
+                   help="fused-op backend: auto, torch, triton, cpu, cuda (default: %(default)s)")  # fmt: skip
     p.add_argument("--device", type=arg.device, default=arg.device("auto"), help="cpu, cuda or auto")
-    p.add_argument("--out", default=None, help="output folder (default: fastadv-results/eval-<time>)")
-    p.add_argument("--resume", action="store_true", help="continue the evaluation whose state is in --out")
+    p.add_argument("--out", default=None, help=f"output folder (default: fastadv-results/eval-<time>); {OPTIONS_HELP}")
+    again = p.add_mutually_exclusive_group()
+    again.add_argument("--resume", action="store_true", help=f"continue the evaluation whose {STATE} is in --out")
+    again.add_argument("--overwrite", action="store_true", help="replace the run in --out")
     p.add_argument("--no-plots", action="store_true")
     p.add_argument("--cache", default=_default_cache(), help="where the default digits model is kept")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -88,9 +92,38 @@ def _default_model(cache: str, quiet: bool) -> torch.nn.Module:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.resume and args.out is None:
-        raise CliError("--resume needs --out (the folder of the evaluation to continue)")
     rank, args.device = _distributed.init_from_env(args.device)
+    arg.check_backend(args.backend, args.device)
+    output = OutputFolder(args.out, "eval", resume=args.resume, overwrite=args.overwrite, state=STATE)
+    with output:
+        model, images, labels = _inputs(args, rank)
+        output.start()  # every input checked: an overwritten run's files go now
+        _distributed.barrier()
+        try:
+            report = evaluate(model, (images, labels), args.attacks, args.eps, steps=args.steps,
+                              batch_size=args.batch_size, cascade=not args.no_cascade, seed=args.seed,
+                              amp=args.amp, channels_last=args.channels_last, backend=args.backend,
+                              state_path=os.path.join(output.path, STATE), progress=not args.quiet)  # fmt: skip
+        except (ValueError, RuntimeError) as error:  # ValueError: a state file of another evaluation, say
+            raise CliError(str(error).splitlines()[0]) from None
+        report["model"] = args.model or f"digits small_cnn (cached at {args.cache})"
+        report["data"] = args.data
+        if rank != 0:
+            return 0
+        arg.write_json(os.path.join(output.path, "report.json"), report)
+        print(format_report(report))
+        if not args.no_plots:
+            from ..plots import plot_examples, plot_robustness
+
+            plot_robustness(report, os.path.join(output.path, "robustness.png"))
+            plot_examples(model, images[:8], labels[:8], args.attacks[-1], max(args.eps),
+                          os.path.join(output.path, "examples.png"), steps=args.steps, seed=args.seed)  # fmt: skip
+    print(f"report {'in' if args.no_plots else 'and plots in'} {output.path}")
+    return 0
+
+
+def _inputs(args: argparse.Namespace, rank: int) -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor]:
+    """The model (in eval mode) and the data on args.device, checked to fit each other."""
     if args.model is None:
         if rank == 0:
             model = _default_model(args.cache, args.quiet)
@@ -108,34 +141,4 @@ def run(args: argparse.Namespace) -> int:
         images, labels = images[: args.limit], labels[: args.limit]
     images, labels = images.to(args.device), labels.to(args.device)
     arg.check_fit(model, images, labels)
-    out = arg.output_folder(args.out, "eval")
-    os.makedirs(out, exist_ok=True)
-    state = os.path.join(out, "eval-state.pt")
-    stale = [state] + [f"{state}.rank{r}" for r in range(_distributed.launched_world_size())]
-    if not args.resume and rank == 0:
-        for path in stale:  # a new evaluation in an old folder
-            if os.path.exists(path):
-                os.unlink(path)
-    _distributed.barrier()
-    try:
-        report = evaluate(model, (images, labels), args.attacks, args.eps, steps=args.steps,
-                          batch_size=args.batch_size, cascade=not args.no_cascade, seed=args.seed, amp=args.amp,
-                          channels_last=args.channels_last, backend=args.backend, state_path=state,
-                          progress=not args.quiet)  # fmt: skip
-    except (ValueError, RuntimeError) as error:  # ValueError: a state file of another evaluation, say
-        raise CliError(str(error).splitlines()[0]) from None
-    report["model"] = args.model or f"digits small_cnn (cached at {args.cache})"
-    report["data"] = args.data
-    if rank != 0:
-        return 0
-    with open(os.path.join(out, "report.json"), "w") as f:
-        json.dump(report, f, indent=2)
-    print(format_report(report))
-    if not args.no_plots:
-        from ..plots import plot_examples, plot_robustness
-
-        plot_robustness(report, os.path.join(out, "robustness.png"))
-        plot_examples(model, images[:8], labels[:8], args.attacks[-1], max(args.eps), os.path.join(out, "examples.png"),
-                      steps=args.steps, seed=args.seed)  # fmt: skip
-    print(f"report and plots in {out}")
-    return 0
+    return model, images, labels

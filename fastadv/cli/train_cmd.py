@@ -4,7 +4,6 @@ become CliError (one line, exit status 2)."""
 from __future__ import annotations
 
 import argparse
-import json
 import os
 
 import torch
@@ -17,6 +16,7 @@ from ..recipes import RECIPES, Recipe
 from ..train import OPTIMIZERS, SCHEDULES, fit
 from . import args as arg
 from .args import CliError
+from .output import OPTIONS_HELP, OutputFolder
 
 # Shared with the functions the command runs: --schedule and --seed (fit), --alpha, --steps,
 # --replays, --beta and --clean-fraction (Recipe), --width (small_cnn).
@@ -28,6 +28,7 @@ DIGITS = {"recipe": "fgsm-rs", "eps": 0.1, "epochs": 15, "batch_size": 64, "opti
 DESCRIPTION = """Train a model with a recipe (standard, pgd = PGD-AT, fgsm-rs = FGSM with a random start, free =
 Free-AT, trades = TRADES), checkpointing every epoch into --out (latest.pt; model.pt at the end, for
 `fastadv eval --model`). --resume continues a killed run."""  # argparse re-wraps it
+MAX_CLASSES = 100_000  # a new model's: labels of 10**12 would ask for a head of terabytes
 
 
 def add_parser(sub) -> None:
@@ -66,57 +67,76 @@ def add_parser(sub) -> None:
     p.add_argument("--schedule", choices=SCHEDULES, default=FIT["schedule"])
     p.add_argument("--amp", choices=list(AMP_NAMES), default=None)
     p.add_argument("--channels-last", action="store_true")
-    p.add_argument("--seed", type=int, default=FIT["seed"])
+    p.add_argument("--seed", type=arg.seed, default=FIT["seed"])
     p.add_argument("--deterministic", action="store_true", help="torch.use_deterministic_algorithms")
     p.add_argument("--device", type=arg.device, default=arg.device("auto"))
-    p.add_argument("--out", default=None, help="checkpoint folder (default: fastadv-results/train-<time>)")
-    p.add_argument("--resume", action="store_true", help="continue from --out/latest.pt")
+    p.add_argument(
+        "--out", default=None, help=f"checkpoint folder (default: fastadv-results/train-<time>); {OPTIONS_HELP}"
+    )
+    again = p.add_mutually_exclusive_group()
+    again.add_argument("--resume", action="store_true", help="continue from --out/latest.pt")
+    again.add_argument("--overwrite", action="store_true", help="replace the run in --out")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.resume and args.out is None:
-        raise CliError("--resume needs --out (the folder of the run to continue)")
     try:
         recipe = Recipe(args.recipe, eps=args.eps, alpha=args.alpha, steps=args.steps, replays=args.replays,
                         beta=args.beta, clean_fraction=args.clean_fraction)  # fmt: skip
     except ValueError as error:
         raise CliError(str(error)) from None
     rank, args.device = _distributed.init_from_env(args.device)
+    output = OutputFolder(args.out, "train", resume=args.resume, overwrite=args.overwrite, state="latest.pt",
+                          keep=("latest.pt",))  # fmt: skip
+    with output:
+        model, train, val = _inputs(args)
+        output.start()  # every input checked: an overwritten run's files go now
+        try:
+            history = fit(model, train, recipe=recipe, epochs=args.epochs, batch_size=args.batch_size,
+                          optimizer=args.optimizer, lr=args.lr, weight_decay=args.weight_decay,
+                          schedule=args.schedule, val_data=val, amp=args.amp, channels_last=args.channels_last,
+                          checkpoint_dir=output.path, resume=args.resume, seed=args.seed,
+                          deterministic=args.deterministic, progress=not args.quiet)  # fmt: skip
+        except ValueError as error:  # CheckpointError too
+            raise CliError(str(error).splitlines()[0]) from None
+        if rank != 0:
+            return 0
+        arg.write_json(os.path.join(output.path, "history.json"), history)
+    for h in history:
+        extra = (f", clean {100 * h['clean_accuracy']:.1f}%, robust {100 * h['robust_accuracy']:.1f}%"
+                 if "clean_accuracy" in h else "")  # fmt: skip
+        print(f"epoch {h['epoch']}: loss {h['train_loss']:.4f}, train acc {100 * h['train_accuracy']:.1f}%{extra}")
+    model_file = os.path.join(output.path, "model.pt")
+    print(f"model in {model_file} (fastadv eval --model {model_file})")
+    return 0
+
+
+def _inputs(args: argparse.Namespace) -> tuple[torch.nn.Module, tuple, tuple | None]:
+    """The model on args.device (new, or --init), the training data and the held-out data
+    (None without), all checked before the first epoch."""
     images, labels = arg.load_data(args.data, "train")
-    val = arg.load_data(args.val_data, "test") if args.val_data else digits("test") if args.data == "digits" else None
-    kwargs = {"width": args.width} if args.model == "small_cnn" else {}
+    if args.val_data:
+        val = arg.load_data(args.val_data, "test", option="--val-data")
+    else:
+        val = digits("test") if args.data == "digits" else None
     torch.manual_seed(args.seed)
     if args.init is not None:
         try:
             model = models.load(args.init)
         except CheckpointError as error:
             raise CliError(f"--init: {error}") from None
-        arg.check_fit(model, images, labels)
     else:
+        classes = int(labels.max()) + 1
+        if classes > MAX_CLASSES:
+            raise CliError(f"--data: labels go up to {classes - 1}; a new model has at most {MAX_CLASSES} classes")
+        kwargs = {"width": args.width} if args.model == "small_cnn" else {}
         try:
-            model = models.ARCHITECTURES[args.model](in_channels=images.shape[1], num_classes=int(labels.max()) + 1,
-                                                     **kwargs)  # fmt: skip
+            model = models.ARCHITECTURES[args.model](in_channels=images.shape[1], num_classes=classes, **kwargs)
         except ValueError as error:
             raise CliError(str(error)) from None
     model = model.to(args.device)
-    out = arg.output_folder(args.out, "train")
-    try:
-        history = fit(model, (images, labels), recipe=recipe, epochs=args.epochs, batch_size=args.batch_size,
-                      optimizer=args.optimizer, lr=args.lr, weight_decay=args.weight_decay, schedule=args.schedule,
-                      val_data=val, amp=args.amp, channels_last=args.channels_last, checkpoint_dir=out,
-                      resume=args.resume, seed=args.seed, deterministic=args.deterministic,
-                      progress=not args.quiet)  # fmt: skip
-    except ValueError as error:  # CheckpointError too
-        raise CliError(str(error).splitlines()[0]) from None
-    if rank != 0:
-        return 0
-    with open(os.path.join(out, "history.json"), "w") as f:
-        json.dump(history, f, indent=2)
-    for h in history:
-        extra = (f", clean {100 * h['clean_accuracy']:.1f}%, robust {100 * h['robust_accuracy']:.1f}%"
-                 if "clean_accuracy" in h else "")  # fmt: skip
-        print(f"epoch {h['epoch']}: loss {h['train_loss']:.4f}, train acc {100 * h['train_accuracy']:.1f}%{extra}")
-    print(f"model in {os.path.join(out, 'model.pt')} (fastadv eval --model {os.path.join(out, 'model.pt')})")
-    return 0
+    arg.check_fit(model, images, labels)
+    if val is not None:
+        arg.check_fit(model, *val, option="--val-data")
+    return model, (images, labels), val

@@ -1,8 +1,16 @@
-// CPU kernels: an at::parallel_for (OpenMP) over the flat memory order. Work is cut into runs
+// The CPU loops: an at::parallel_for (OpenMP) over the flat memory order. Work is cut into runs
 // of elements that share one (sample, channel), so inside a run the parameters are constants
 // and the inner loop is a plain loop the compiler vectorizes.
+//
+// Compiled once per x86-64 ISA level: each csrc/cpu/step_cpu_<isa>.cpp defines
+//   FASTADV_CPU_TARGET      the attribute of the innermost loops (empty for the baseline build),
+//   FASTADV_CPU_HALF_LANES  0: float16 converted in portable code; 8: F16C; 16: AVX-512F,
+//   FASTADV_CPU_LOOPS       the name of the function that returns this build's entry points,
+// then includes this file (csrc/cpu/step_cpu.cpp picks the build at run time). Only the innermost
+// loops carry the target attribute, and everything here has internal linkage: no inline function
+// that other translation units share (torch's, the standard library's) is compiled for a wider ISA,
+// where the linker could pick that copy for the baseline build.
 #include <ATen/Parallel.h>
-#include <torch/library.h>
 
 #include <algorithm>
 #include <functional>
@@ -12,15 +20,21 @@
 #include <cstdint>
 #include <cstring>
 
+#if FASTADV_CPU_HALF_LANES
+#include <immintrin.h>
+#endif
+
 #include "../dispatch.h"
 #include "../step_args.h"
 #include "../step_math.h"
+#include "step_cpu.h"
 
 namespace fastadv {
 namespace {
 
 constexpr int64_t kGrain = 1 << 15;
 constexpr int64_t kWidenScratchBytes = 512 * 1024;
+constexpr int64_t kChunk = 1024;  // elements: float16 conversions and partial sums (below)
 
 // Loads and stores through float. c10::Half's conversions keep the loop from vectorizing (float16
 // ran 10x slower than bfloat16), and so do GCC's _Float16 stores. These are the branch-free
@@ -97,19 +111,84 @@ Scalars params_at(const StepParams& p, int64_t b, int64_t c) {
   return {p.eps.at(b, c), p.alpha.at(b, c), p.lower.at(b, c), p.upper.at(b, c)};
 }
 
-// The inner loop is compiled for AVX-512 and AVX2 as well as the baseline ISA, and the loader
-// picks the widest the CPU has: with 16-byte SSE vectors the loop is compute-bound (about 3x
-// slower than AVX-512 on the development machine), with wide vectors it is memory-bound.
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define FASTADV_WIDE_SIMD __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#else
-#define FASTADV_WIDE_SIMD
+
+// ---- float16 through the hardware conversions (F16C, AVX-512F) ----
+// In the AVX2 and AVX-512 builds a loop that reads or writes float16 runs over chunks: the chunk's
+// float16 inputs are widened into float32 buffers on the stack (they stay in L1) with vcvtph2ps,
+// the float32 loop runs on the buffers, and a float16 result is narrowed with vcvtps2ph, which
+// rounds to nearest even as torch does. The math is the float32 loop's: one source of truth.
+#if FASTADV_CPU_HALF_LANES
+
+template <typename... T>
+constexpr bool kAnyHalf = (std::is_same_v<T, c10::Half> || ...);
+
+FASTADV_CPU_TARGET inline void widen_half(const c10::Half* in, float* out, int64_t n) {
+  int64_t i = 0;
+#if FASTADV_CPU_HALF_LANES >= 16
+  for (; i + 16 <= n; i += 16) {
+    _mm512_storeu_ps(out + i, _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(in + i))));
+  }
+#endif
+  for (; i + 8 <= n; i += 8) {
+    _mm256_storeu_ps(out + i, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(in + i))));
+  }
+  for (; i < n; ++i) out[i] = _cvtsh_ss(in[i].x);
+}
+
+FASTADV_CPU_TARGET inline void narrow_half(const float* in, c10::Half* out, int64_t n) {
+  int64_t i = 0;
+#if FASTADV_CPU_HALF_LANES >= 16
+  for (; i + 16 <= n; i += 16) {
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + i),
+                        _mm512_cvtps_ph(_mm512_loadu_ps(in + i), _MM_FROUND_TO_NEAREST_INT));
+  }
+#endif
+  for (; i + 8 <= n; i += 8) {
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(out + i),
+                     _mm256_cvtps_ph(_mm256_loadu_ps(in + i), _MM_FROUND_TO_NEAREST_INT));
+  }
+  for (; i < n; ++i) out[i] = c10::Half(_cvtss_sh(in[i], _MM_FROUND_TO_NEAREST_INT), c10::Half::from_bits());
+}
+
+// n elements of `in` as float32: `in` itself for float, else widened into `buffer`.
+template <typename T>
+FASTADV_CPU_TARGET inline const float* chunk_as_float(const T* in, float* buffer, int64_t n) {
+  if constexpr (std::is_same_v<T, float>) {
+    return in;
+  } else if constexpr (std::is_same_v<T, c10::Half>) {
+    widen_half(in, buffer, n);
+    return buffer;
+  } else {
+    for (int64_t i = 0; i < n; ++i) buffer[i] = load_float(in[i]);
+    return buffer;
+  }
+}
+
+// Where a chunk's float32 results go: straight to `out` for float, else to `buffer` and then
+// through store_chunk.
+template <typename T>
+FASTADV_CPU_TARGET inline float* chunk_result(T* out, float* buffer) {
+  if constexpr (std::is_same_v<T, float>) {
+    return out;
+  } else {
+    return buffer;
+  }
+}
+
+template <typename T>
+FASTADV_CPU_TARGET inline void store_chunk(const float* buffer, T* out, int64_t n) {
+  if constexpr (std::is_same_v<T, c10::Half>) {
+    narrow_half(buffer, out, n);
+  } else if constexpr (!std::is_same_v<T, float>) {
+    for (int64_t i = 0; i < n; ++i) out[i] = store_float<T>(buffer[i]);
+  }
+}
 #endif
 
 template <bool kStep, typename scalar_t, typename grad_t>
-FASTADV_WIDE_SIMD void run_uniform(const scalar_t* x_adv, const grad_t* grad, const scalar_t* x, scalar_t* out, int64_t begin,
-                 int64_t end, Scalars s, bool targeted) {
-  for (int64_t i = begin; i < end; ++i) {
+FASTADV_CPU_TARGET inline void linf_run(const scalar_t* x_adv, const grad_t* grad, const scalar_t* x, scalar_t* out,
+                                        int64_t n, Scalars s, bool targeted) {
+  for (int64_t i = 0; i < n; ++i) {
     const float xi = load_float(x[i]);
     const float ai = load_float(x_adv[i]);
     if constexpr (kStep) {
@@ -119,6 +198,27 @@ FASTADV_WIDE_SIMD void run_uniform(const scalar_t* x_adv, const grad_t* grad, co
       out[i] = store_float<scalar_t>(linf_project_value(ai, xi, s.eps, s.lower, s.upper));
     }
   }
+}
+
+template <bool kStep, typename scalar_t, typename grad_t>
+FASTADV_CPU_TARGET void run_uniform(const scalar_t* x_adv, const grad_t* grad, const scalar_t* x, scalar_t* out,
+                                    int64_t begin, int64_t end, Scalars s, bool targeted) {
+#if FASTADV_CPU_HALF_LANES
+  if constexpr (kAnyHalf<scalar_t, grad_t>) {
+    alignas(64) float buffers[4][kChunk];
+    for (int64_t i = begin; i < end; i += kChunk) {
+      const int64_t n = std::min(kChunk, end - i);
+      const float* g = nullptr;
+      if constexpr (kStep) g = chunk_as_float(grad + i, buffers[1], n);
+      float* o = chunk_result(out + i, buffers[3]);
+      linf_run<kStep>(chunk_as_float(x_adv + i, buffers[0], n), g, chunk_as_float(x + i, buffers[2], n), o, n, s,
+                      targeted);
+      store_chunk(o, out + i, n);
+    }
+    return;
+  }
+#endif
+  linf_run<kStep>(x_adv + begin, kStep ? grad + begin : grad, x + begin, out + begin, end - begin, s, targeted);
 }
 
 // Length of the runs over which every parameter is constant (always divides the tensor).
@@ -173,12 +273,32 @@ void linf_cpu(const scalar_t* x_adv, const grad_t* grad, const scalar_t* x, scal
 // count splits each pass over the threads instead (nested parallel_for runs inline). ----
 
 template <typename grad_t>
-FASTADV_WIDE_SIMD float sum_sq_grad(const grad_t* grad, int64_t begin, int64_t end) {
+FASTADV_CPU_TARGET inline float sum_sq_grad_run(const grad_t* grad, int64_t n) {
   float acc = 0.f;
 #pragma omp simd reduction(+ : acc)
-  for (int64_t i = begin; i < end; ++i) {
+  for (int64_t i = 0; i < n; ++i) {
     const float v = l2_grad_entry(load_float(grad[i]));
     acc += v * v;
+  }
+  return acc;
+}
+
+// The sums run over chunks, each with its own vector accumulators, added at the end: one running
+// sum per vector lane over a whole sample (33K elements) lost the norm's sixth digit with 8 lanes,
+// more than the contract's float32 tolerance allows.
+template <typename grad_t>
+FASTADV_CPU_TARGET float sum_sq_grad(const grad_t* grad, int64_t begin, int64_t end) {
+  float acc = 0.f;
+  for (int64_t i = begin; i < end; i += kChunk) {
+    const int64_t n = std::min(kChunk, end - i);
+#if FASTADV_CPU_HALF_LANES
+    if constexpr (kAnyHalf<grad_t>) {
+      alignas(64) float buffer[kChunk];
+      acc += sum_sq_grad_run(chunk_as_float(grad + i, buffer, n), n);
+      continue;
+    }
+#endif
+    acc += sum_sq_grad_run(grad + i, n);
   }
   return acc;
 }
@@ -195,29 +315,79 @@ inline float l2_delta_at(const scalar_t* x_adv, const grad_t* grad, const scalar
 }
 
 template <bool kStep, typename scalar_t, typename grad_t>
-FASTADV_WIDE_SIMD float sum_sq_delta(const scalar_t* x_adv, const grad_t* grad, const scalar_t* x, int64_t begin,
-                                     int64_t end, float inverse_grad_norm, float alpha, bool targeted) {
+FASTADV_CPU_TARGET inline float sum_sq_delta_run(const scalar_t* x_adv, const grad_t* grad, const scalar_t* x,
+                                                 int64_t n, float inverse_grad_norm, float alpha, bool targeted) {
   float acc = 0.f;
 #pragma omp simd reduction(+ : acc)
-  for (int64_t i = begin; i < end; ++i) {
+  for (int64_t i = 0; i < n; ++i) {
     const float d = l2_delta_at<kStep>(x_adv, grad, x, i, inverse_grad_norm, alpha, targeted);
     acc += d * d;
   }
   return acc;
 }
 
+template <bool kStep, typename scalar_t, typename grad_t>
+FASTADV_CPU_TARGET float sum_sq_delta(const scalar_t* x_adv, const grad_t* grad, const scalar_t* x, int64_t begin,
+                                      int64_t end, float inverse_grad_norm, float alpha, bool targeted) {
+  float acc = 0.f;
+  for (int64_t i = begin; i < end; i += kChunk) {
+    const int64_t n = std::min(kChunk, end - i);
+#if FASTADV_CPU_HALF_LANES
+    if constexpr (kAnyHalf<scalar_t, grad_t>) {
+      alignas(64) float buffers[3][kChunk];
+      const float* g = nullptr;
+      if constexpr (kStep) g = chunk_as_float(grad + i, buffers[1], n);
+      acc += sum_sq_delta_run<kStep>(chunk_as_float(x_adv + i, buffers[0], n), g, chunk_as_float(x + i, buffers[2], n),
+                                     n, inverse_grad_norm, alpha, targeted);
+      continue;
+    }
+#endif
+    acc += sum_sq_delta_run<kStep>(x_adv + i, kStep ? grad + i : grad, x + i, n, inverse_grad_norm, alpha, targeted);
+  }
+  return acc;
+}
+
 template <bool kStep, typename scalar_t, typename grad_t, typename out_t>
-FASTADV_WIDE_SIMD void write_l2(const scalar_t* x_adv, const grad_t* grad, const scalar_t* x, out_t* out,
-                                int64_t begin, int64_t end, float inverse_grad_norm, float alpha, bool targeted, float factor,
-                                float lower, float upper) {
-  for (int64_t i = begin; i < end; ++i) {
+FASTADV_CPU_TARGET inline void write_l2_run(const scalar_t* x_adv, const grad_t* grad, const scalar_t* x, out_t* out,
+                                            int64_t n, float inverse_grad_norm, float alpha, bool targeted,
+                                            float factor, float lower, float upper) {
+  for (int64_t i = 0; i < n; ++i) {
     const float d = l2_delta_at<kStep>(x_adv, grad, x, i, inverse_grad_norm, alpha, targeted);
     out[i] = store_float<out_t>(l2_output(load_float(x[i]), d, factor, lower, upper));
   }
 }
 
+template <bool kStep, typename scalar_t, typename grad_t, typename out_t>
+FASTADV_CPU_TARGET void write_l2(const scalar_t* x_adv, const grad_t* grad, const scalar_t* x, out_t* out,
+                                 int64_t begin, int64_t end, float inverse_grad_norm, float alpha, bool targeted,
+                                 float factor, float lower, float upper) {
+#if FASTADV_CPU_HALF_LANES
+  if constexpr (kAnyHalf<scalar_t, grad_t, out_t>) {
+    alignas(64) float buffers[4][kChunk];
+    for (int64_t i = begin; i < end; i += kChunk) {
+      const int64_t n = std::min(kChunk, end - i);
+      const float* g = nullptr;
+      if constexpr (kStep) g = chunk_as_float(grad + i, buffers[1], n);
+      float* o = chunk_result(out + i, buffers[3]);
+      write_l2_run<kStep>(chunk_as_float(x_adv + i, buffers[0], n), g, chunk_as_float(x + i, buffers[2], n), o, n,
+                          inverse_grad_norm, alpha, targeted, factor, lower, upper);
+      store_chunk(o, out + i, n);
+    }
+    return;
+  }
+#endif
+  write_l2_run<kStep>(x_adv + begin, kStep ? grad + begin : grad, x + begin, out + begin, end - begin,
+                      inverse_grad_norm, alpha, targeted, factor, lower, upper);
+}
+
 template <typename T>
-FASTADV_WIDE_SIMD void widen(const T* in, float* out, int64_t begin, int64_t end) {
+FASTADV_CPU_TARGET void widen(const T* in, float* out, int64_t begin, int64_t end) {
+#if FASTADV_CPU_HALF_LANES
+  if constexpr (kAnyHalf<T>) {
+    widen_half(in + begin, out + begin, end - begin);
+    return;
+  }
+#endif
   for (int64_t i = begin; i < end; ++i) out[i] = load_float(in[i]);
 }
 
@@ -258,12 +428,14 @@ template <bool kStep, typename scalar_t, typename grad_t>
 void l2_cpu(const scalar_t* x_adv, const grad_t* grad, const scalar_t* x, scalar_t* out, const StepLaunch& launch,
             bool targeted) {
   const int64_t n = launch.geometry.sample_size;
-  // float16 (whose conversion costs about ten vector instructions; bfloat16's is a shift): widen a
-  // sample once into this thread's float32 scratch when the scratch stays in a core's cache
-  // (CIFAR-size samples ran 1.7x faster), so the three passes convert each input once instead of
-  // up to three times. Larger samples (ImageNet-size: 1.8 MB of scratch) ran slower that way.
+  // float16 in portable code (whose conversion costs about ten vector instructions; bfloat16's is a
+  // shift): widen a sample once into this thread's float32 scratch when the scratch stays in a
+  // core's cache (CIFAR-size samples ran 1.7x faster), so the three passes convert each input once
+  // instead of up to three times. Larger samples (ImageNet-size: 1.8 MB of scratch) ran slower that
+  // way. The hardware conversions (one instruction per vector) convert chunk by chunk instead.
+  constexpr bool kHardwareHalf = FASTADV_CPU_HALF_LANES > 0;
   constexpr bool kHasFloat16 = std::is_same_v<scalar_t, c10::Half> || std::is_same_v<grad_t, c10::Half>;
-  const bool widen_first = kHasFloat16 && 3 * n * static_cast<int64_t>(sizeof(float)) <= kWidenScratchBytes;
+  const bool widen_first = kHasFloat16 && !kHardwareHalf && 3 * n * static_cast<int64_t>(sizeof(float)) <= kWidenScratchBytes;
   at::parallel_for(0, launch.numel / n, 1, [&](int64_t first, int64_t last) {
     for (int64_t b = first; b < last; ++b) {
       const int64_t base = b * n;
@@ -286,39 +458,25 @@ void l2_cpu(const scalar_t* x_adv, const grad_t* grad, const scalar_t* x, scalar
   });
 }
 
-// One entry point per op: checks, dtype dispatch, kernel.
-template <bool kL2>
-void step_out_cpu(const at::Tensor& x_adv, const at::Tensor& grad, const at::Tensor& x,
-                  const std::optional<at::Tensor>& eps, const std::optional<at::Tensor>& alpha,
-                  const std::optional<at::Tensor>& lower, const std::optional<at::Tensor>& upper,
-                  c10::ArrayRef<double> values, bool targeted, const at::Tensor& out) {
-  const char* op = kL2 ? "fastadv::l2_step_out" : "fastadv::linf_step_out";
-  const StepLaunch launch = kL2 ? check_l2_args(op, x_adv, grad, x, eps, alpha, lower, upper, values, out, c10::kCPU)
-                                : check_step_args(op, x_adv, grad, x, eps, alpha, lower, upper, values, out, c10::kCPU);
-  if (launch.numel == 0) return;
+// The entry points of this build: dtype dispatch, then the loop (arguments already checked).
+void step_loop(bool l2, const at::Tensor& x_adv, const at::Tensor& grad, const at::Tensor& x, const at::Tensor& out,
+               const StepLaunch& launch, bool targeted) {
   dispatch_float_dtype(x_adv.scalar_type(), "x_adv", [&](auto scalar_tag) {
     using scalar_t = typename decltype(scalar_tag)::type;
     dispatch_float_dtype(grad.scalar_type(), "grad", [&](auto grad_tag) {
       using grad_t = typename decltype(grad_tag)::type;
-      const auto kernel = kL2 ? &l2_cpu<true, scalar_t, grad_t> : &linf_cpu<true, scalar_t, grad_t>;
+      const auto kernel = l2 ? &l2_cpu<true, scalar_t, grad_t> : &linf_cpu<true, scalar_t, grad_t>;
       kernel(x_adv.const_data_ptr<scalar_t>(), grad.const_data_ptr<grad_t>(), x.const_data_ptr<scalar_t>(),
              out.mutable_data_ptr<scalar_t>(), launch, targeted);
     });
   });
 }
 
-template <bool kL2>
-void project_out_cpu(const at::Tensor& x_adv, const at::Tensor& x, const std::optional<at::Tensor>& eps,
-                     const std::optional<at::Tensor>& lower, const std::optional<at::Tensor>& upper,
-                     c10::ArrayRef<double> values, const at::Tensor& out) {
-  const char* op = kL2 ? "fastadv::l2_project_out" : "fastadv::linf_project_out";
-  const auto check = kL2 ? &check_l2_args : &check_step_args;
-  const StepLaunch launch =
-      check(op, x_adv, std::nullopt, x, eps, std::nullopt, lower, upper, values, out, c10::kCPU);
-  if (launch.numel == 0) return;
+void project_loop(bool l2, const at::Tensor& x_adv, const at::Tensor& x, const at::Tensor& out,
+                  const StepLaunch& launch) {
   dispatch_float_dtype(x_adv.scalar_type(), "x_adv", [&](auto scalar_tag) {
     using scalar_t = typename decltype(scalar_tag)::type;
-    const auto kernel = kL2 ? &l2_cpu<false, scalar_t, scalar_t> : &linf_cpu<false, scalar_t, scalar_t>;
+    const auto kernel = l2 ? &l2_cpu<false, scalar_t, scalar_t> : &linf_cpu<false, scalar_t, scalar_t>;
     kernel(x_adv.const_data_ptr<scalar_t>(), nullptr, x.const_data_ptr<scalar_t>(),
            out.mutable_data_ptr<scalar_t>(), launch, false);
   });
@@ -326,11 +484,9 @@ void project_out_cpu(const at::Tensor& x_adv, const at::Tensor& x, const std::op
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(fastadv, CPU, m) {
-  m.impl("linf_step_out", &step_out_cpu<false>);
-  m.impl("linf_project_out", &project_out_cpu<false>);
-  m.impl("l2_step_out", &step_out_cpu<true>);
-  m.impl("l2_project_out", &project_out_cpu<true>);
+const CpuLoops& FASTADV_CPU_LOOPS() {
+  static const CpuLoops loops{&step_loop, &project_loop};
+  return loops;
 }
 
 }  // namespace fastadv

@@ -34,7 +34,19 @@ namespace {
 
 constexpr int64_t kGrain = 1 << 15;
 constexpr int64_t kWidenScratchBytes = 512 * 1024;
-constexpr int64_t kChunk = 1024;  // elements: float16 conversions and partial sums (below)
+// Partial sums of the L2 norms run over kSumChunk elements (see sum_sq_grad). float16 is converted
+// kHalfChunk elements at a time: widen, compute, narrow. Small chunks let the out-of-order core
+// overlap one chunk's stores with the next chunk's loads; with 1024 elements the phases ran one
+// after the other and float16 streamed at the speed of float32, at half the bytes.
+constexpr int64_t kSumChunk = 1024;
+constexpr int64_t kHalfChunk = 64;
+
+template <typename... T>
+constexpr bool kAnyHalf = (std::is_same_v<T, c10::Half> || ...);
+
+// The chunk a loop over these types runs in.
+template <typename... T>
+constexpr int64_t kChunkOf = FASTADV_CPU_HALF_LANES > 0 && kAnyHalf<T...> ? kHalfChunk : kSumChunk;
 
 // Loads and stores through float. c10::Half's conversions keep the loop from vectorizing (float16
 // ran 10x slower than bfloat16), and so do GCC's _Float16 stores. These are the branch-free
@@ -111,17 +123,12 @@ Scalars params_at(const StepParams& p, int64_t b, int64_t c) {
   return {p.eps.at(b, c), p.alpha.at(b, c), p.lower.at(b, c), p.upper.at(b, c)};
 }
 
-
 // ---- float16 through the hardware conversions (F16C, AVX-512F) ----
 // In the AVX2 and AVX-512 builds a loop that reads or writes float16 runs over chunks: the chunk's
 // float16 inputs are widened into float32 buffers on the stack (they stay in L1) with vcvtph2ps,
 // the float32 loop runs on the buffers, and a float16 result is narrowed with vcvtps2ph, which
 // rounds to nearest even as torch does. The math is the float32 loop's: one source of truth.
 #if FASTADV_CPU_HALF_LANES
-
-template <typename... T>
-constexpr bool kAnyHalf = (std::is_same_v<T, c10::Half> || ...);
-
 FASTADV_CPU_TARGET inline void widen_half(const c10::Half* in, float* out, int64_t n) {
   int64_t i = 0;
 #if FASTADV_CPU_HALF_LANES >= 16
@@ -150,16 +157,59 @@ FASTADV_CPU_TARGET inline void narrow_half(const float* in, c10::Half* out, int6
   for (; i < n; ++i) out[i] = c10::Half(_cvtss_sh(in[i], _MM_FROUND_TO_NEAREST_INT), c10::Half::from_bits());
 }
 
-// n elements of `in` as float32: `in` itself for float, else widened into `buffer`.
+// kLanes elements of a float16 or bfloat16 input widened to float32 (float32 is read in place).
 template <typename T>
-FASTADV_CPU_TARGET inline const float* chunk_as_float(const T* in, float* buffer, int64_t n) {
+FASTADV_CPU_TARGET inline void widen_lanes(const T* in, float* out) {
+  if constexpr (!std::is_same_v<T, float>) {
+#if FASTADV_CPU_HALF_LANES >= 16
+    const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(in));
+    if constexpr (std::is_same_v<T, c10::Half>) {
+      _mm512_storeu_ps(out, _mm512_cvtph_ps(v));
+    } else {
+      _mm512_storeu_si512(out, _mm512_slli_epi32(_mm512_cvtepu16_epi32(v), 16));
+    }
+#else
+    const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(in));
+    if constexpr (std::is_same_v<T, c10::Half>) {
+      _mm256_storeu_ps(out, _mm256_cvtph_ps(v));
+    } else {
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(out), _mm256_slli_epi32(_mm256_cvtepu16_epi32(v), 16));
+    }
+#endif
+  }
+}
+
+template <typename T>
+FASTADV_CPU_TARGET inline void widen_element(const T* in, float* out, int64_t j) {
+  if constexpr (!std::is_same_v<T, float>) out[j] = load_float(in[j]);
+}
+
+// A chunk's inputs (the gradient when kGrad) that are not float32, widened into their buffers in
+// one loop: their streams from memory then run side by side, as in the float32 loop. (A loop per
+// input, one stream at a time, ran float16 no faster than float32, at half the bytes.)
+template <bool kGrad, typename A, typename G, typename X>
+FASTADV_CPU_TARGET inline void widen_inputs(const A* a, const G* g, const X* x, float* fa, float* fg, float* fx,
+                                            int64_t n) {
+  constexpr int64_t kLanes = FASTADV_CPU_HALF_LANES;
+  int64_t j = 0;
+  for (; j + kLanes <= n; j += kLanes) {
+    widen_lanes(a + j, fa + j);
+    if constexpr (kGrad) widen_lanes(g + j, fg + j);
+    widen_lanes(x + j, fx + j);
+  }
+  for (; j < n; ++j) {
+    widen_element(a, fa, j);
+    if constexpr (kGrad) widen_element(g, fg, j);
+    widen_element(x, fx, j);
+  }
+}
+
+// A chunk of an input as float32: the input itself for float32, else its buffer (widen_inputs).
+template <typename T>
+FASTADV_CPU_TARGET inline const float* as_float(const T* in, const float* buffer) {
   if constexpr (std::is_same_v<T, float>) {
     return in;
-  } else if constexpr (std::is_same_v<T, c10::Half>) {
-    widen_half(in, buffer, n);
-    return buffer;
   } else {
-    for (int64_t i = 0; i < n; ++i) buffer[i] = load_float(in[i]);
     return buffer;
   }
 }
@@ -205,14 +255,15 @@ FASTADV_CPU_TARGET void run_uniform(const scalar_t* x_adv, const grad_t* grad, c
                                     int64_t begin, int64_t end, Scalars s, bool targeted) {
 #if FASTADV_CPU_HALF_LANES
   if constexpr (kAnyHalf<scalar_t, grad_t>) {
-    alignas(64) float buffers[4][kChunk];
-    for (int64_t i = begin; i < end; i += kChunk) {
-      const int64_t n = std::min(kChunk, end - i);
+    alignas(64) float buffers[4][kHalfChunk];
+    for (int64_t i = begin; i < end; i += kHalfChunk) {
+      const int64_t n = std::min(kHalfChunk, end - i);
+      const grad_t* grad_i = kStep ? grad + i : grad;
+      widen_inputs<kStep>(x_adv + i, grad_i, x + i, buffers[0], buffers[1], buffers[2], n);
       const float* g = nullptr;
-      if constexpr (kStep) g = chunk_as_float(grad + i, buffers[1], n);
+      if constexpr (kStep) g = as_float(grad_i, buffers[1]);
       float* o = chunk_result(out + i, buffers[3]);
-      linf_run<kStep>(chunk_as_float(x_adv + i, buffers[0], n), g, chunk_as_float(x + i, buffers[2], n), o, n, s,
-                      targeted);
+      linf_run<kStep>(as_float(x_adv + i, buffers[0]), g, as_float(x + i, buffers[2]), o, n, s, targeted);
       store_chunk(o, out + i, n);
     }
     return;
@@ -283,18 +334,19 @@ FASTADV_CPU_TARGET inline float sum_sq_grad_run(const grad_t* grad, int64_t n) {
   return acc;
 }
 
-// The sums run over chunks, each with its own vector accumulators, added at the end: one running
-// sum per vector lane over a whole sample (33K elements) lost the norm's sixth digit with 8 lanes,
-// more than the contract's float32 tolerance allows.
+// The sums run over chunks (kChunkOf), each with its own vector accumulators, added at the end: one
+// running sum per vector lane over a whole sample (33K elements) lost the norm's sixth digit with 8
+// lanes, more than the contract's float32 tolerance allows.
 template <typename grad_t>
 FASTADV_CPU_TARGET float sum_sq_grad(const grad_t* grad, int64_t begin, int64_t end) {
   float acc = 0.f;
-  for (int64_t i = begin; i < end; i += kChunk) {
-    const int64_t n = std::min(kChunk, end - i);
+  for (int64_t i = begin; i < end; i += kChunkOf<grad_t>) {
+    const int64_t n = std::min(kChunkOf<grad_t>, end - i);
 #if FASTADV_CPU_HALF_LANES
     if constexpr (kAnyHalf<grad_t>) {
-      alignas(64) float buffer[kChunk];
-      acc += sum_sq_grad_run(chunk_as_float(grad + i, buffer, n), n);
+      alignas(64) float buffer[kHalfChunk];
+      widen_half(grad + i, buffer, n);
+      acc += sum_sq_grad_run(static_cast<const float*>(buffer), n);
       continue;
     }
 #endif
@@ -330,15 +382,17 @@ template <bool kStep, typename scalar_t, typename grad_t>
 FASTADV_CPU_TARGET float sum_sq_delta(const scalar_t* x_adv, const grad_t* grad, const scalar_t* x, int64_t begin,
                                       int64_t end, float inverse_grad_norm, float alpha, bool targeted) {
   float acc = 0.f;
-  for (int64_t i = begin; i < end; i += kChunk) {
-    const int64_t n = std::min(kChunk, end - i);
+  for (int64_t i = begin; i < end; i += kChunkOf<scalar_t, grad_t>) {
+    const int64_t n = std::min(kChunkOf<scalar_t, grad_t>, end - i);
 #if FASTADV_CPU_HALF_LANES
     if constexpr (kAnyHalf<scalar_t, grad_t>) {
-      alignas(64) float buffers[3][kChunk];
+      alignas(64) float buffers[3][kHalfChunk];
+      const grad_t* grad_i = kStep ? grad + i : grad;
+      widen_inputs<kStep>(x_adv + i, grad_i, x + i, buffers[0], buffers[1], buffers[2], n);
       const float* g = nullptr;
-      if constexpr (kStep) g = chunk_as_float(grad + i, buffers[1], n);
-      acc += sum_sq_delta_run<kStep>(chunk_as_float(x_adv + i, buffers[0], n), g, chunk_as_float(x + i, buffers[2], n),
-                                     n, inverse_grad_norm, alpha, targeted);
+      if constexpr (kStep) g = as_float(grad_i, buffers[1]);
+      acc += sum_sq_delta_run<kStep>(as_float(x_adv + i, buffers[0]), g, as_float(x + i, buffers[2]), n,
+                                     inverse_grad_norm, alpha, targeted);
       continue;
     }
 #endif
@@ -363,14 +417,16 @@ FASTADV_CPU_TARGET void write_l2(const scalar_t* x_adv, const grad_t* grad, cons
                                  float factor, float lower, float upper) {
 #if FASTADV_CPU_HALF_LANES
   if constexpr (kAnyHalf<scalar_t, grad_t, out_t>) {
-    alignas(64) float buffers[4][kChunk];
-    for (int64_t i = begin; i < end; i += kChunk) {
-      const int64_t n = std::min(kChunk, end - i);
+    alignas(64) float buffers[4][kHalfChunk];
+    for (int64_t i = begin; i < end; i += kHalfChunk) {
+      const int64_t n = std::min(kHalfChunk, end - i);
+      const grad_t* grad_i = kStep ? grad + i : grad;
+      widen_inputs<kStep>(x_adv + i, grad_i, x + i, buffers[0], buffers[1], buffers[2], n);
       const float* g = nullptr;
-      if constexpr (kStep) g = chunk_as_float(grad + i, buffers[1], n);
+      if constexpr (kStep) g = as_float(grad_i, buffers[1]);
       float* o = chunk_result(out + i, buffers[3]);
-      write_l2_run<kStep>(chunk_as_float(x_adv + i, buffers[0], n), g, chunk_as_float(x + i, buffers[2], n), o, n,
-                          inverse_grad_norm, alpha, targeted, factor, lower, upper);
+      write_l2_run<kStep>(as_float(x_adv + i, buffers[0]), g, as_float(x + i, buffers[2]), o, n, inverse_grad_norm,
+                          alpha, targeted, factor, lower, upper);
       store_chunk(o, out + i, n);
     }
     return;

@@ -48,10 +48,11 @@ constexpr bool kAnyHalf = (std::is_same_v<T, c10::Half> || ...);
 template <typename... T>
 constexpr int64_t kChunkOf = FASTADV_CPU_HALF_LANES > 0 && kAnyHalf<T...> ? kHalfChunk : kSumChunk;
 
-// Loads and stores through float. c10::Half's conversions keep the loop from vectorizing (float16
-// ran 10x slower than bfloat16), and so do GCC's _Float16 stores. These are the branch-free
-// IEEE conversions of the FP16 library (which c10 also uses), written with selects that gcc
-// turns into vector blends. Rounding is to nearest even, bit for bit as torch rounds.
+// Loads and stores through float, in portable code (the baseline build's float16, and the tails
+// of the hardware conversions below). c10::Half's conversions keep the loop from vectorizing
+// (float16 ran 10x slower than bfloat16), and so do GCC's _Float16 stores. These are the
+// branch-free IEEE conversions of the FP16 library (which c10 also uses), written with selects
+// that gcc turns into vector blends. Rounding is to nearest even, bit for bit as torch rounds.
 template <typename T>
 inline float load_float(T v) {
   return static_cast<float>(v);
@@ -124,10 +125,11 @@ Scalars params_at(const StepParams& p, int64_t b, int64_t c) {
 }
 
 // ---- float16 through the hardware conversions (F16C, AVX-512F) ----
-// In the AVX2 and AVX-512 builds a loop that reads or writes float16 runs over chunks: the chunk's
-// float16 inputs are widened into float32 buffers on the stack (they stay in L1) with vcvtph2ps,
-// the float32 loop runs on the buffers, and a float16 result is narrowed with vcvtps2ph, which
-// rounds to nearest even as torch does. The math is the float32 loop's: one source of truth.
+// In the AVX2 and AVX-512 builds a loop that reads or writes float16 runs over chunks of
+// kHalfChunk elements: the chunk's inputs are widened into float32 buffers on the stack (L1) with
+// vcvtph2ps, the float32 loop runs on the buffers, and a float16 result is narrowed with
+// vcvtps2ph, which rounds to nearest even as torch does (the immediate, not MXCSR, sets the
+// rounding). The math is the float32 loop's: one source of truth.
 #if FASTADV_CPU_HALF_LANES
 FASTADV_CPU_TARGET inline void widen_half(const c10::Half* in, float* out, int64_t n) {
   int64_t i = 0;

@@ -15,4 +15,5 @@ PyObject* PyInit__C(void) {
 
 TORCH_LIBRARY(fastadv, m) {
   fastadv::define_step_ops(m);
+  fastadv::define_cpu_isa_ops(m);
 }

@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from .._environment import device_name, git_sha, versions
+from ..backends import extension
 
 
 @dataclass
@@ -38,9 +39,18 @@ class Row:
 
 
 def environment(device: torch.device) -> dict[str, str]:
-    """The Row fields that describe where and with what a run was measured."""
+    """The Row fields that describe where and with what a run was measured. On a CPU the device
+    names the build of the CPU loop in use too ("..., avx2 build"; FASTADV_CPU_ISA)."""
     now = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
-    return {"timestamp": now, "git_sha": git_sha(), "device": device_name(device), **versions()}
+    return {"timestamp": now, "git_sha": git_sha(), "device": _device_and_build(device), **versions()}
+
+
+def _device_and_build(device: torch.device) -> str:
+    name = device_name(device)
+    if device.type != "cpu" or extension.load_error() is not None:
+        return name
+    build = f"{extension.cpu_isa()} build"  # raises, naming FASTADV_CPU_ISA, when it is bad
+    return name[:-1] + f", {build})" if name.endswith(")") else f"{name} ({build})"
 
 
 def write_csv(rows: list[Row], path: str) -> None:

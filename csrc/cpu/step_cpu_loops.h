@@ -1,0 +1,550 @@
+// The CPU loops: an at::parallel_for (OpenMP) over the flat memory order. Work is cut into runs
+// of elements that share one (sample, channel), so inside a run the parameters are constants
+// and the inner loop is a plain loop the compiler vectorizes.
+//
+// Compiled once per x86-64 ISA level: each csrc/cpu/step_cpu_<isa>.cpp defines
+//   FASTADV_CPU_TARGET      the attribute of the innermost loops (empty for the baseline build),
+//   FASTADV_CPU_HALF_LANES  0: float16 converted in portable code; 8: F16C; 16: AVX-512F,
+//   FASTADV_CPU_LOOPS       the name of the function that returns this build's entry points,
+// then includes this file (csrc/cpu/step_cpu.cpp picks the build at run time). Only the innermost
+// loops carry the target attribute, and everything here has internal linkage: no inline function
+// that other translation units share (torch's, the standard library's) is compiled for a wider ISA,
+// where the linker could pick that copy for the baseline build.
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <functional>
+#include <type_traits>
+#include <vector>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+
+#if FASTADV_CPU_HALF_LANES
+#include <immintrin.h>
+#endif
+
+#include "../dispatch.h"
+#include "../step_args.h"
+#include "../step_math.h"
+#include "step_cpu.h"
+
+namespace fastadv {
+namespace {
+
+constexpr int64_t kGrain = 1 << 15;
+constexpr int64_t kWidenScratchBytes = 512 * 1024;
+// Partial sums of the L2 norms run over kSumChunk elements (see sum_sq_grad). float16 is converted
+// kHalfChunk elements at a time: widen, compute, narrow. Small chunks let the out-of-order core
+// overlap one chunk's stores with the next chunk's loads; with 1024 elements the phases ran one
+// after the other and float16 streamed at the speed of float32, at half the bytes.
+constexpr int64_t kSumChunk = 1024;
+constexpr int64_t kHalfChunk = 64;
+
+template <typename... T>
+constexpr bool kAnyHalf = (std::is_same_v<T, c10::Half> || ...);
+
+// The chunk a loop over these types runs in.
+template <typename... T>
+constexpr int64_t kChunkOf = FASTADV_CPU_HALF_LANES > 0 && kAnyHalf<T...> ? kHalfChunk : kSumChunk;
+
+// Loads and stores through float, in portable code (the baseline build's float16, and the tails
+// of the hardware conversions below). c10::Half's conversions keep the loop from vectorizing
+// (float16 ran 10x slower than bfloat16), and so do GCC's _Float16 stores. These are the
+// branch-free IEEE conversions of the FP16 library (which c10 also uses), written with selects
+// that gcc turns into vector blends. Rounding is to nearest even, bit for bit as torch rounds.
+template <typename T>
+inline float load_float(T v) {
+  return static_cast<float>(v);
+}
+template <typename T>
+inline T store_float(float v) {
+  return static_cast<T>(v);
+}
+
+inline float float_from_bits(uint32_t w) {
+  float f;
+  std::memcpy(&f, &w, sizeof(f));
+  return f;
+}
+inline uint32_t bits_from_float(float f) {
+  uint32_t w;
+  std::memcpy(&w, &f, sizeof(w));
+  return w;
+}
+
+template <>
+inline float load_float(c10::Half v) {
+  const uint32_t w = static_cast<uint32_t>(v.x) << 16;
+  const uint32_t sign = w & 0x80000000u;
+  const uint32_t two_w = w + w;
+  // Normal numbers (and inf/NaN): shift into place and rescale the exponent by 2^-112.
+  const float normalized = float_from_bits((two_w >> 4) + (0xE0u << 23)) * 0x1.0p-112f;
+  // Subnormals: the mantissa as the low bits of 0.5f's pattern, minus 0.5.
+  const float denormalized = float_from_bits((two_w >> 17) | (126u << 23)) - 0.5f;
+  return float_from_bits(sign | (two_w < (1u << 27) ? bits_from_float(denormalized) : bits_from_float(normalized)));
+}
+
+// bfloat16: the upper half of a float32; rounding to nearest even as c10 does (NaN -> 0x7FC0),
+// with a select instead of c10's branch so the loops vectorize.
+template <>
+inline float load_float(c10::BFloat16 v) {
+  return float_from_bits(static_cast<uint32_t>(v.x) << 16);
+}
+
+template <>
+inline c10::BFloat16 store_float(float f) {
+  const uint32_t w = bits_from_float(f);
+  const uint32_t rounded = (w + 0x7FFFu + ((w >> 16) & 1u)) >> 16;
+  return c10::BFloat16(static_cast<uint16_t>(f != f ? 0x7FC0u : rounded), c10::BFloat16::from_bits());
+}
+
+template <>
+inline c10::Half store_float(float f) {
+  // Scaling by 2^112 then 2^-110 sends too-large values to inf; adding a power of two chosen from
+  // the exponent makes the float32 adder round the mantissa to 10 bits, to nearest even.
+  float base = (std::fabs(f) * 0x1.0p+112f) * 0x1.0p-110f;
+  const uint32_t w = bits_from_float(f);
+  const uint32_t shl1_w = w + w;
+  const uint32_t sign = w & 0x80000000u;
+  uint32_t bias = shl1_w & 0xFF000000u;
+  bias = bias < 0x71000000u ? 0x71000000u : bias;
+  base = float_from_bits((bias >> 1) + 0x07800000u) + base;
+  const uint32_t bits = bits_from_float(base);
+  const uint32_t nonsign = ((bits >> 13) & 0x00007C00u) + (bits & 0x00000FFFu);
+  const uint32_t half = (sign >> 16) | (shl1_w > 0xFF000000u ? 0x7E00u : nonsign);  // NaN -> quiet NaN
+  return c10::Half(static_cast<uint16_t>(half), c10::Half::from_bits());
+}
+
+struct Scalars {
+  float eps, alpha, lower, upper;
+};
+
+Scalars params_at(const StepParams& p, int64_t b, int64_t c) {
+  return {p.eps.at(b, c), p.alpha.at(b, c), p.lower.at(b, c), p.upper.at(b, c)};
+}
+
+// ---- float16 through the hardware conversions (F16C, AVX-512F) ----
+// In the AVX2 and AVX-512 builds a loop that reads or writes float16 runs over chunks of
+// kHalfChunk elements: the chunk's inputs are widened into float32 buffers on the stack (L1) with
+// vcvtph2ps, the float32 loop runs on the buffers, and a float16 result is narrowed with
+// vcvtps2ph, which rounds to nearest even as torch does (the immediate, not MXCSR, sets the
+// rounding). The math is the float32 loop's: one source of truth.
+#if FASTADV_CPU_HALF_LANES
+FASTADV_CPU_TARGET inline void widen_half(const c10::Half* in, float* out, int64_t n) {
+  int64_t i = 0;
+#if FASTADV_CPU_HALF_LANES >= 16
+  for (; i + 16 <= n; i += 16) {
+    _mm512_storeu_ps(out + i, _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(in + i))));
+  }
+#endif
+  for (; i + 8 <= n; i += 8) {
+    _mm256_storeu_ps(out + i, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(in + i))));
+  }
+  for (; i < n; ++i) out[i] = _cvtsh_ss(in[i].x);
+}
+
+FASTADV_CPU_TARGET inline void narrow_half(const float* in, c10::Half* out, int64_t n) {
+  int64_t i = 0;
+#if FASTADV_CPU_HALF_LANES >= 16
+  for (; i + 16 <= n; i += 16) {
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + i),
+                        _mm512_cvtps_ph(_mm512_loadu_ps(in + i), _MM_FROUND_TO_NEAREST_INT));
+  }
+#endif
+  for (; i + 8 <= n; i += 8) {
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(out + i),
+                     _mm256_cvtps_ph(_mm256_loadu_ps(in + i), _MM_FROUND_TO_NEAREST_INT));
+  }
+  for (; i < n; ++i) out[i] = c10::Half(_cvtss_sh(in[i], _MM_FROUND_TO_NEAREST_INT), c10::Half::from_bits());
+}
+
+// kLanes elements of a float16 or bfloat16 input widened to float32 (float32 is read in place).
+template <typename T>
+FASTADV_CPU_TARGET inline void widen_lanes(const T* in, float* out) {
+  if constexpr (!std::is_same_v<T, float>) {
+#if FASTADV_CPU_HALF_LANES >= 16
+    const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(in));
+    if constexpr (std::is_same_v<T, c10::Half>) {
+      _mm512_storeu_ps(out, _mm512_cvtph_ps(v));
+    } else {
+      _mm512_storeu_si512(out, _mm512_slli_epi32(_mm512_cvtepu16_epi32(v), 16));
+    }
+#else
+    const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(in));
+    if constexpr (std::is_same_v<T, c10::Half>) {
+      _mm256_storeu_ps(out, _mm256_cvtph_ps(v));
+    } else {
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(out), _mm256_slli_epi32(_mm256_cvtepu16_epi32(v), 16));
+    }
+#endif
+  }
+}
+
+template <typename T>
+FASTADV_CPU_TARGET inline void widen_element(const T* in, float* out, int64_t j) {
+  if constexpr (!std::is_same_v<T, float>) out[j] = load_float(in[j]);
+}
+
+// A chunk's inputs (the gradient when kGrad) that are not float32, widened into their buffers in
+// one loop: their streams from memory then run side by side, as in the float32 loop. (A loop per
+// input, one stream at a time, ran float16 no faster than float32, at half the bytes.)
+template <bool kGrad, typename A, typename G, typename X>
+FASTADV_CPU_TARGET inline void widen_inputs(const A* a, const G* g, const X* x, float* fa, float* fg, float* fx,
+                                            int64_t n) {
+  constexpr int64_t kLanes = FASTADV_CPU_HALF_LANES;
+  int64_t j = 0;
+  for (; j + kLanes <= n; j += kLanes) {
+    widen_lanes(a + j, fa + j);
+    if constexpr (kGrad) widen_lanes(g + j, fg + j);
+    widen_lanes(x + j, fx + j);
+  }
+  for (; j < n; ++j) {
+    widen_element(a, fa, j);
+    if constexpr (kGrad) widen_element(g, fg, j);
+    widen_element(x, fx, j);
+  }
+}
+
+// A chunk of an input as float32: the input itself for float32, else its buffer (widen_inputs).
+template <typename T>
+FASTADV_CPU_TARGET inline const float* as_float(const T* in, const float* buffer) {
+  if constexpr (std::is_same_v<T, float>) {
+    return in;
+  } else {
+    return buffer;
+  }
+}
+
+// Where a chunk's float32 results go: straight to `out` for float, else to `buffer` and then
+// through store_chunk.
+template <typename T>
+FASTADV_CPU_TARGET inline float* chunk_result(T* out, float* buffer) {
+  if constexpr (std::is_same_v<T, float>) {
+    return out;
+  } else {
+    return buffer;
+  }
+}
+
+template <typename T>
+FASTADV_CPU_TARGET inline void store_chunk(const float* buffer, T* out, int64_t n) {
+  if constexpr (std::is_same_v<T, c10::Half>) {
+    narrow_half(buffer, out, n);
+  } else if constexpr (!std::is_same_v<T, float>) {
+    for (int64_t i = 0; i < n; ++i) out[i] = store_float<T>(buffer[i]);
+  }
+}
+#endif
+
+template <bool kStep, typename scalar_t, typename grad_t>
+FASTADV_CPU_TARGET inline void linf_run(const scalar_t* x_adv, const grad_t* grad, const scalar_t* x, scalar_t* out,
+                                        int64_t n, Scalars s, bool targeted) {
+  for (int64_t i = 0; i < n; ++i) {
+    const float xi = load_float(x[i]);
+    const float ai = load_float(x_adv[i]);
+    if constexpr (kStep) {
+      out[i] = store_float<scalar_t>(
+          linf_step_value(ai, load_float(grad[i]), xi, s.eps, s.alpha, s.lower, s.upper, targeted));
+    } else {
+      out[i] = store_float<scalar_t>(linf_project_value(ai, xi, s.eps, s.lower, s.upper));
+    }
+  }
+}
+
+template <bool kStep, typename scalar_t, typename grad_t>
+FASTADV_CPU_TARGET void run_uniform(const scalar_t* x_adv, const grad_t* grad, const scalar_t* x, scalar_t* out,
+                                    int64_t begin, int64_t end, Scalars s, bool targeted) {
+#if FASTADV_CPU_HALF_LANES
+  if constexpr (kAnyHalf<scalar_t, grad_t>) {
+    alignas(64) float buffers[4][kHalfChunk];
+    for (int64_t i = begin; i < end; i += kHalfChunk) {
+      const int64_t n = std::min(kHalfChunk, end - i);
+      const grad_t* grad_i = kStep ? grad + i : grad;
+      widen_inputs<kStep>(x_adv + i, grad_i, x + i, buffers[0], buffers[1], buffers[2], n);
+      const float* g = nullptr;
+      if constexpr (kStep) g = as_float(grad_i, buffers[1]);
+      float* o = chunk_result(out + i, buffers[3]);
+      linf_run<kStep>(as_float(x_adv + i, buffers[0]), g, as_float(x + i, buffers[2]), o, n, s, targeted);
+      store_chunk(o, out + i, n);
+    }
+    return;
+  }
+#endif
+  linf_run<kStep>(x_adv + begin, kStep ? grad + begin : grad, x + begin, out + begin, end - begin, s, targeted);
+}
+
+// Length of the runs over which every parameter is constant (always divides the tensor).
+int64_t uniform_run_length(const Geometry& g, int64_t numel) {
+  if (g.needs_channel) return g.channel_div;  // contiguous: a spatial plane; channels_last: 1
+  if (g.needs_sample) return g.sample_size;
+  return numel;
+}
+
+// Splits [begin, end) into runs over which the (sample, channel) the parameters are read at is
+// constant, and calls f(run_begin, run_end, b, c) for each run.
+template <typename F>
+void for_each_run(int64_t begin, int64_t end, const Geometry& g, int64_t numel, F&& f) {
+  const int64_t run = uniform_run_length(g, numel);
+  if (run > 1) {
+    for (int64_t i = begin; i < end;) {
+      const int64_t run_end = std::min(end, (i / run + 1) * run);
+      const int64_t b = g.needs_sample ? i / g.sample_size : 0;
+      const int64_t c = g.needs_channel ? (i / g.channel_div) % g.channels : 0;
+      f(i, run_end, b, c);
+      i = run_end;
+    }
+    return;
+  }
+  // The channel is the fastest-moving index (channels_last, or no spatial dims): walk it
+  // element by element, counting instead of dividing.
+  int64_t b = begin / g.sample_size, c = begin % g.channels, left = g.sample_size - begin % g.sample_size;
+  for (int64_t i = begin; i < end; ++i) {
+    f(i, i + 1, b, c);
+    if (++c == g.channels) c = 0;
+    if (--left == 0) {
+      ++b;
+      left = g.sample_size;
+    }
+  }
+}
+
+template <bool kStep, typename scalar_t, typename grad_t>
+void linf_cpu(const scalar_t* x_adv, const grad_t* grad, const scalar_t* x, scalar_t* out, const StepLaunch& launch,
+              bool targeted) {
+  const StepParams& p = launch.params;
+  at::parallel_for(0, launch.numel, kGrain, [&](int64_t begin, int64_t end) {
+    for_each_run(begin, end, launch.geometry, launch.numel, [&](int64_t i0, int64_t i1, int64_t b, int64_t c) {
+      run_uniform<kStep>(x_adv, grad, x, out, i0, i1, params_at(p, b, c), targeted);
+    });
+  });
+}
+
+// ---- L2: per sample, pass 1 sums grad^2, pass 2 sums delta^2, pass 3 writes. Samples are spread
+// over the threads, so each sample's passes run on one core while it sits in that core's cache
+// (a 3x224x224 float32 sample is 1.8 MB over its three inputs). A batch smaller than the thread
+// count splits each pass over the threads instead (nested parallel_for runs inline). ----
+
+template <typename grad_t>
+FASTADV_CPU_TARGET inline float sum_sq_grad_run(const grad_t* grad, int64_t n) {
+  float acc = 0.f;
+#pragma omp simd reduction(+ : acc)
+  for (int64_t i = 0; i < n; ++i) {
+    const float v = l2_grad_entry(load_float(grad[i]));
+    acc += v * v;
+  }
+  return acc;
+}
+
+// The sums run over chunks (kChunkOf), each with its own vector accumulators, added at the end: one
+// running sum per vector lane over a whole sample (33K elements) lost the norm's sixth digit with 8
+// lanes, more than the contract's float32 tolerance allows.
+template <typename grad_t>
+FASTADV_CPU_TARGET float sum_sq_grad(const grad_t* grad, int64_t begin, int64_t end) {
+  float acc = 0.f;
+  for (int64_t i = begin; i < end; i += kChunkOf<grad_t>) {
+    const int64_t n = std::min(kChunkOf<grad_t>, end - i);
+#if FASTADV_CPU_HALF_LANES
+    if constexpr (kAnyHalf<grad_t>) {
+      alignas(64) float buffer[kHalfChunk];
+      widen_half(grad + i, buffer, n);
+      acc += sum_sq_grad_run(static_cast<const float*>(buffer), n);
+      continue;
+    }
+#endif
+    acc += sum_sq_grad_run(grad + i, n);
+  }
+  return acc;
+}
+
+template <bool kStep, typename scalar_t, typename grad_t>
+inline float l2_delta_at(const scalar_t* x_adv, const grad_t* grad, const scalar_t* x, int64_t i,
+                         float inverse_grad_norm, float alpha, bool targeted) {
+  if constexpr (kStep) {
+    return l2_step_delta(load_float(x_adv[i]), load_float(grad[i]), load_float(x[i]), inverse_grad_norm, alpha,
+                         targeted);
+  } else {
+    return load_float(x_adv[i]) - load_float(x[i]);
+  }
+}
+
+template <bool kStep, typename scalar_t, typename grad_t>
+FASTADV_CPU_TARGET inline float sum_sq_delta_run(const scalar_t* x_adv, const grad_t* grad, const scalar_t* x,
+                                                 int64_t n, float inverse_grad_norm, float alpha, bool targeted) {
+  float acc = 0.f;
+#pragma omp simd reduction(+ : acc)
+  for (int64_t i = 0; i < n; ++i) {
+    const float d = l2_delta_at<kStep>(x_adv, grad, x, i, inverse_grad_norm, alpha, targeted);
+    acc += d * d;
+  }
+  return acc;
+}
+
+template <bool kStep, typename scalar_t, typename grad_t>
+FASTADV_CPU_TARGET float sum_sq_delta(const scalar_t* x_adv, const grad_t* grad, const scalar_t* x, int64_t begin,
+                                      int64_t end, float inverse_grad_norm, float alpha, bool targeted) {
+  float acc = 0.f;
+  for (int64_t i = begin; i < end; i += kChunkOf<scalar_t, grad_t>) {
+    const int64_t n = std::min(kChunkOf<scalar_t, grad_t>, end - i);
+#if FASTADV_CPU_HALF_LANES
+    if constexpr (kAnyHalf<scalar_t, grad_t>) {
+      alignas(64) float buffers[3][kHalfChunk];
+      const grad_t* grad_i = kStep ? grad + i : grad;
+      widen_inputs<kStep>(x_adv + i, grad_i, x + i, buffers[0], buffers[1], buffers[2], n);
+      const float* g = nullptr;
+      if constexpr (kStep) g = as_float(grad_i, buffers[1]);
+      acc += sum_sq_delta_run<kStep>(as_float(x_adv + i, buffers[0]), g, as_float(x + i, buffers[2]), n,
+                                     inverse_grad_norm, alpha, targeted);
+      continue;
+    }
+#endif
+    acc += sum_sq_delta_run<kStep>(x_adv + i, kStep ? grad + i : grad, x + i, n, inverse_grad_norm, alpha, targeted);
+  }
+  return acc;
+}
+
+template <bool kStep, typename scalar_t, typename grad_t, typename out_t>
+FASTADV_CPU_TARGET inline void write_l2_run(const scalar_t* x_adv, const grad_t* grad, const scalar_t* x, out_t* out,
+                                            int64_t n, float inverse_grad_norm, float alpha, bool targeted,
+                                            float factor, float lower, float upper) {
+  for (int64_t i = 0; i < n; ++i) {
+    const float d = l2_delta_at<kStep>(x_adv, grad, x, i, inverse_grad_norm, alpha, targeted);
+    out[i] = store_float<out_t>(l2_output(load_float(x[i]), d, factor, lower, upper));
+  }
+}
+
+template <bool kStep, typename scalar_t, typename grad_t, typename out_t>
+FASTADV_CPU_TARGET void write_l2(const scalar_t* x_adv, const grad_t* grad, const scalar_t* x, out_t* out,
+                                 int64_t begin, int64_t end, float inverse_grad_norm, float alpha, bool targeted,
+                                 float factor, float lower, float upper) {
+#if FASTADV_CPU_HALF_LANES
+  if constexpr (kAnyHalf<scalar_t, grad_t, out_t>) {
+    alignas(64) float buffers[4][kHalfChunk];
+    for (int64_t i = begin; i < end; i += kHalfChunk) {
+      const int64_t n = std::min(kHalfChunk, end - i);
+      const grad_t* grad_i = kStep ? grad + i : grad;
+      widen_inputs<kStep>(x_adv + i, grad_i, x + i, buffers[0], buffers[1], buffers[2], n);
+      const float* g = nullptr;
+      if constexpr (kStep) g = as_float(grad_i, buffers[1]);
+      float* o = chunk_result(out + i, buffers[3]);
+      write_l2_run<kStep>(as_float(x_adv + i, buffers[0]), g, as_float(x + i, buffers[2]), o, n, inverse_grad_norm,
+                          alpha, targeted, factor, lower, upper);
+      store_chunk(o, out + i, n);
+    }
+    return;
+  }
+#endif
+  write_l2_run<kStep>(x_adv + begin, kStep ? grad + begin : grad, x + begin, out + begin, end - begin,
+                      inverse_grad_norm, alpha, targeted, factor, lower, upper);
+}
+
+template <typename T>
+FASTADV_CPU_TARGET void widen(const T* in, float* out, int64_t begin, int64_t end) {
+#if FASTADV_CPU_HALF_LANES
+  if constexpr (kAnyHalf<T>) {
+    widen_half(in + begin, out + begin, end - begin);
+    return;
+  }
+#endif
+  for (int64_t i = begin; i < end; ++i) out[i] = load_float(in[i]);
+}
+
+template <typename F>
+float parallel_sum(int64_t begin, int64_t end, F&& partial) {
+  return at::parallel_reduce(
+      begin, end, kGrain, 0.f, [&](int64_t b, int64_t e, float acc) { return acc + partial(b, e); },
+      std::plus<float>());
+}
+
+// One sample: pointers start at the sample, `base` is its offset in the tensor (for the
+// per-channel bounds); out_t may be narrower than the inputs (widened samples, below).
+template <bool kStep, typename scalar_t, typename grad_t, typename out_t>
+void l2_sample(const scalar_t* x_adv, const grad_t* grad, const scalar_t* x, out_t* out, int64_t base, int64_t b,
+               const StepLaunch& launch, bool targeted) {
+  const StepParams& p = launch.params;
+  const int64_t n = launch.geometry.sample_size;
+  const float alpha = p.alpha.at(b, 0);
+  float inverse_grad_norm = 0.f;
+  if constexpr (kStep) {
+    inverse_grad_norm = l2_inverse_norm(
+        std::sqrt(parallel_sum(0, n, [&](int64_t i0, int64_t i1) { return sum_sq_grad(grad, i0, i1); })));
+  }
+  const float delta_norm = std::sqrt(parallel_sum(0, n, [&](int64_t i0, int64_t i1) {
+    return sum_sq_delta<kStep>(x_adv, grad, x, i0, i1, inverse_grad_norm, alpha, targeted);
+  }));
+  const float factor = l2_rescale_factor(delta_norm, p.eps.at(b, 0));
+  at::parallel_for(0, n, kGrain, [&](int64_t begin, int64_t end) {
+    for_each_run(base + begin, base + end, launch.geometry, launch.numel,
+                 [&](int64_t i0, int64_t i1, int64_t rb, int64_t rc) {
+                   write_l2<kStep>(x_adv, grad, x, out, i0 - base, i1 - base, inverse_grad_norm, alpha, targeted, factor,
+                                   p.lower.at(rb, rc), p.upper.at(rb, rc));
+                 });
+  });
+}
+
+template <bool kStep, typename scalar_t, typename grad_t>
+void l2_cpu(const scalar_t* x_adv, const grad_t* grad, const scalar_t* x, scalar_t* out, const StepLaunch& launch,
+            bool targeted) {
+  const int64_t n = launch.geometry.sample_size;
+  // float16 in portable code (whose conversion costs about ten vector instructions; bfloat16's is a
+  // shift): widen a sample once into this thread's float32 scratch when the scratch stays in a
+  // core's cache (CIFAR-size samples ran 1.7x faster), so the three passes convert each input once
+  // instead of up to three times. Larger samples (ImageNet-size: 1.8 MB of scratch) ran slower that
+  // way. The hardware conversions (one instruction per vector) convert chunk by chunk instead.
+  constexpr bool kHardwareHalf = FASTADV_CPU_HALF_LANES > 0;
+  constexpr bool kHasFloat16 = std::is_same_v<scalar_t, c10::Half> || std::is_same_v<grad_t, c10::Half>;
+  const bool widen_first = kHasFloat16 && !kHardwareHalf && 3 * n * static_cast<int64_t>(sizeof(float)) <= kWidenScratchBytes;
+  at::parallel_for(0, launch.numel / n, 1, [&](int64_t first, int64_t last) {
+    for (int64_t b = first; b < last; ++b) {
+      const int64_t base = b * n;
+      if (!widen_first) {
+        l2_sample<kStep>(x_adv + base, kStep ? grad + base : grad, x + base, out + base, base, b, launch, targeted);
+      } else {
+        static thread_local std::vector<float> scratch;  // reused across calls
+        scratch.resize(static_cast<size_t>(3 * n));
+        float* xa_f = scratch.data();
+        float* x_f = xa_f + n;
+        float* g_f = x_f + n;
+        at::parallel_for(0, n, kGrain, [&](int64_t i0, int64_t i1) {
+          widen(x_adv + base, xa_f, i0, i1);
+          widen(x + base, x_f, i0, i1);
+          if constexpr (kStep) widen(grad + base, g_f, i0, i1);
+        });
+        l2_sample<kStep>(xa_f, static_cast<const float*>(g_f), x_f, out + base, base, b, launch, targeted);
+      }
+    }
+  });
+}
+
+// The entry points of this build: dtype dispatch, then the loop (arguments already checked).
+void step_loop(bool l2, const at::Tensor& x_adv, const at::Tensor& grad, const at::Tensor& x, const at::Tensor& out,
+               const StepLaunch& launch, bool targeted) {
+  dispatch_float_dtype(x_adv.scalar_type(), "x_adv", [&](auto scalar_tag) {
+    using scalar_t = typename decltype(scalar_tag)::type;
+    dispatch_float_dtype(grad.scalar_type(), "grad", [&](auto grad_tag) {
+      using grad_t = typename decltype(grad_tag)::type;
+      const auto kernel = l2 ? &l2_cpu<true, scalar_t, grad_t> : &linf_cpu<true, scalar_t, grad_t>;
+      kernel(x_adv.const_data_ptr<scalar_t>(), grad.const_data_ptr<grad_t>(), x.const_data_ptr<scalar_t>(),
+             out.mutable_data_ptr<scalar_t>(), launch, targeted);
+    });
+  });
+}
+
+void project_loop(bool l2, const at::Tensor& x_adv, const at::Tensor& x, const at::Tensor& out,
+                  const StepLaunch& launch) {
+  dispatch_float_dtype(x_adv.scalar_type(), "x_adv", [&](auto scalar_tag) {
+    using scalar_t = typename decltype(scalar_tag)::type;
+    const auto kernel = l2 ? &l2_cpu<false, scalar_t, scalar_t> : &linf_cpu<false, scalar_t, scalar_t>;
+    kernel(x_adv.const_data_ptr<scalar_t>(), nullptr, x.const_data_ptr<scalar_t>(),
+           out.mutable_data_ptr<scalar_t>(), launch, false);
+  });
+}
+
+}  // namespace
+
+const CpuLoops& FASTADV_CPU_LOOPS() {
+  static const CpuLoops loops{&step_loop, &project_loop};
+  return loops;
+}
+
+}  // namespace fastadv

@@ -1,0 +1,216 @@
+"""The CPU loop's builds per x86-64 ISA level (baseline, avx2, avx512; csrc/cpu/step_cpu.h): every
+build this CPU runs against the reference. L-inf bit for bit in every dtype pair, contiguous and
+channels_last, every parameter kind, sizes that are no multiple of the vector width or of the
+float16 chunk (csrc/cpu/step_cpu_loops.h), every 16-bit pattern through the conversions, subnormals
+kept (no flush-to-zero, no denormals-are-zero); L2 to the contract's tolerance. Also the choice of
+the build: FASTADV_CPU_ISA, use_cpu_isa and their errors."""
+
+import os
+import subprocess
+import sys
+import zlib
+
+import pytest
+import torch
+from helpers import DTYPES, PARAM_KINDS, assert_close, assert_exact, make_inputs, make_params, require_backend
+
+import fastadv
+from fastadv.backends import extension
+
+# Tails of every vector width (8, 16) and of the 1024-element float16 chunk, samples that span
+# several chunks, a sample larger than the parallel grain (32768), C == 1 and a 2-D input.
+SHAPES = [(1,), (37,), (3, 3, 17, 19), (2, 3, 40, 41), (2, 3, 100, 111), (2, 1, 9, 7), (3, 1029)]
+LAYOUTS = ("contiguous", "channels_last")
+
+
+@pytest.fixture(params=extension.CPU_ISAS)
+def isa(request):
+    """Runs the test under one build of the CPU loop (skipped where this CPU cannot run it)."""
+    require_backend("cpu", "cpu")
+    if request.param not in extension.cpu_isas():
+        pytest.skip(f"this CPU cannot run the {request.param} build")
+    with extension.use_cpu_isa(request.param):
+        assert extension.cpu_isa() == request.param
+        yield request.param
+
+
+def _cases():
+    for shape in SHAPES:
+        for layout in LAYOUTS if len(shape) == 4 else ("contiguous",):
+            yield shape, layout
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("grad_dtype", DTYPES, ids=str)
+def test_linf_step_equals_reference(isa, dtype, grad_dtype):
+    gen = torch.Generator().manual_seed(zlib.crc32(f"{isa}{dtype}{grad_dtype}".encode()))
+    for shape, layout in _cases():
+        for i, kind in enumerate(PARAM_KINDS):
+            targeted = i % 2 == 1
+            x_adv, grad, x = make_inputs(shape, dtype, grad_dtype, "cpu", layout, gen)
+            p = make_params(kind, shape, "cpu", gen)
+            args = (x_adv, grad, x, p["eps"], p["alpha"], p["lower"], p["upper"])
+            expected = fastadv.linf_step(*args, targeted=targeted, backend="torch")
+            actual = fastadv.linf_step(*args, targeted=targeted, backend="cpu")
+            fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+            assert actual.is_contiguous(memory_format=fmt), "runs natively: out keeps the layout"
+            assert_exact(actual, expected, f"{isa} {shape} {layout} {kind} targeted={targeted}")
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_linf_project_equals_reference_in_place(isa, dtype):
+    gen = torch.Generator().manual_seed(zlib.crc32(f"project{isa}{dtype}".encode()))
+    for shape, layout in _cases():
+        for kind in PARAM_KINDS:
+            x_adv, _, x = make_inputs(shape, dtype, dtype, "cpu", layout, gen)
+            p = make_params(kind, shape, "cpu", gen, names=("eps", "lower", "upper"))
+            expected = fastadv.linf_project(x_adv, x, p["eps"], p["lower"], p["upper"], backend="torch")
+            fastadv.linf_project(x_adv, x, p["eps"], p["lower"], p["upper"], out=x_adv, backend="cpu")
+            assert_exact(x_adv, expected, f"{isa} {shape} {layout} {kind} in place")
+
+
+@pytest.mark.parametrize("dtype", (torch.float16, torch.bfloat16), ids=str)
+def test_every_16_bit_pattern_through_the_conversions(isa, dtype):
+    """Loads: every pattern survives a projection with an infinite ball and bounds, bit for bit
+    (subnormals and the sign of zero included), also from an odd offset and length. Stores: a
+    million float32 values (each an alpha of its own) rounded as torch rounds."""
+    bits = torch.arange(-(2**15), 2**15, dtype=torch.int32).to(torch.int16)
+    inf = float("inf")
+    for every in (bits.view(dtype), bits[1:-2].view(dtype)):
+        out = fastadv.linf_project(every, every, inf, -inf, inf, backend="cpu")
+        assert_exact(out, fastadv.linf_project(every, every, inf, -inf, inf, backend="torch"), f"{isa} loads")
+        finite = torch.isfinite(every)  # x -/+ inf is NaN where x is infinite, by the contract
+        assert torch.equal(_bits(out)[finite], _bits(every)[finite]), f"{isa}: a finite pattern changed"
+
+    gen = torch.Generator().manual_seed(11)
+    exponent = torch.randint(-30, 20, (1021, 1027), generator=gen).float()
+    alpha = torch.rand(1021, 1027, generator=gen) * torch.exp2(exponent)  # subnormal to overflow
+    zeros = torch.zeros(1021, 1027, dtype=dtype)
+    for targeted in (False, True):
+        args = (zeros, torch.ones(1021, 1027, dtype=dtype), zeros, inf, alpha, -inf, inf)
+        expected = fastadv.linf_step(*args, targeted=targeted, backend="torch")
+        assert_exact(fastadv.linf_step(*args, targeted=targeted, backend="cpu"), expected, f"{isa} stores")
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_subnormals_are_not_flushed(isa, dtype):
+    """No flush-to-zero (a subnormal result stays) and no denormals-are-zero (a subnormal input
+    stays), in the output dtype and in the float32 arithmetic."""
+    tiny = torch.finfo(dtype).smallest_normal
+    subnormals = torch.tensor([tiny / 2, tiny / 4, -tiny / 8, tiny * 2**-6], dtype=dtype).repeat(9)  # 36: a tail
+    assert bool((subnormals != 0).all()) and bool((subnormals.abs() < tiny).all())
+    zeros, ones = torch.zeros_like(subnormals), torch.ones_like(subnormals)
+    inf = float("inf")
+    # a subnormal input moved by nothing
+    out = fastadv.linf_step(subnormals, ones, subnormals, inf, 0.0, -inf, inf, backend="cpu")
+    assert torch.equal(_bits(out), _bits(subnormals)), f"{isa}: a subnormal input was flushed"
+    # a subnormal result from zero and a subnormal alpha (per element)
+    alpha = subnormals.abs().float().view(4, 9)
+    out = fastadv.linf_step(zeros.view(4, 9), ones.view(4, 9), zeros.view(4, 9), inf, alpha, -inf, inf, backend="cpu")
+    assert torch.equal(out.float(), alpha), f"{isa}: a subnormal result was flushed"
+    # float32 subnormals inside the arithmetic of a float16 / bfloat16 step
+    x = torch.full((37,), 2**-130, dtype=torch.float32)
+    out = fastadv.linf_step(x, x, x, 2**-131, 2**-130, -inf, inf, backend="cpu")
+    assert_exact(out, fastadv.linf_step(x, x, x, 2**-131, 2**-130, -inf, inf, backend="torch"), "float32 subnormals")
+    assert bool((out == 2**-130 + 2**-131).all()), f"{isa}: float32 subnormal arithmetic was flushed"
+
+
+def _bits(t):
+    return t.view(torch.int32 if t.element_size() == 4 else torch.int16)
+
+
+def _l2_params(kind, shape, gen):
+    batch, channels = shape[0], shape[1]
+    scale = 0.15 * torch.Size(shape[1:]).numel() ** 0.5
+    if kind == "scalar":
+        return {"eps": 0.6 * scale, "alpha": 0.3 * scale, "lower": -0.05, "upper": 1.05}
+    return {
+        "eps": scale * (0.2 + torch.rand(batch, generator=gen)),
+        "alpha": scale * 0.5 * torch.rand(batch, generator=gen),
+        "lower": -0.1 + 0.2 * torch.rand((1, channels, 1, 1), generator=gen),
+        "upper": 0.8 + 0.3 * torch.rand((1, channels, 1, 1), generator=gen),
+    }
+
+
+# CIFAR-size samples (float16 is widened per sample in the baseline build), samples that span
+# chunks, and one larger than the parallel grain.
+L2_SHAPES = [(5, 3, 32, 32), (3, 3, 17, 19), (2, 3, 40, 41), (2, 3, 100, 111), (3, 1, 7, 5)]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("grad_dtype", DTYPES, ids=str)
+def test_l2_step_matches_reference(isa, dtype, grad_dtype):
+    gen = torch.Generator().manual_seed(zlib.crc32(f"l2{isa}{dtype}{grad_dtype}".encode()))
+    for shape in L2_SHAPES:
+        for layout in LAYOUTS:
+            for kind, targeted in (("scalar", False), ("per_sample_eps_channel_bounds", True)):
+                x_adv, grad, x = make_inputs(shape, dtype, grad_dtype, "cpu", layout, gen)
+                grad = torch.where(torch.isinf(grad), torch.zeros_like(grad), grad)
+                p = _l2_params(kind, shape, gen)
+                args = (x_adv, grad, x, p["eps"], p["alpha"], p["lower"], p["upper"])
+                expected = fastadv.l2_step(*args, targeted=targeted, backend="torch")
+                actual = fastadv.l2_step(*args, targeted=targeted, backend="cpu")
+                assert_close(actual, expected, f"{isa} {shape} {layout} {kind} targeted={targeted}")
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_l2_project_matches_reference(isa, dtype):
+    gen = torch.Generator().manual_seed(zlib.crc32(f"l2p{isa}{dtype}".encode()))
+    for shape in L2_SHAPES:
+        for layout in LAYOUTS:
+            x_adv, _, x = make_inputs(shape, dtype, dtype, "cpu", layout, gen)
+            p = _l2_params("per_sample_eps_channel_bounds", shape, gen)
+            args = (x_adv, x, p["eps"], p["lower"], p["upper"])
+            assert_close(fastadv.l2_project(*args, backend="cpu"), fastadv.l2_project(*args, backend="torch"), isa)
+
+
+# ---- choosing the build ----
+
+
+def test_cpu_isas_match_the_cpu_flags():
+    require_backend("cpu", "cpu")
+    isas = extension.cpu_isas()
+    assert isas[0] == "baseline" and set(isas) <= set(extension.CPU_ISAS)
+    assert extension.cpu_isa() == isas[-1] or os.environ.get("FASTADV_CPU_ISA")
+    try:
+        flags = set(next(line for line in open("/proc/cpuinfo") if line.startswith("flags")).split())
+    except (OSError, StopIteration):
+        pytest.skip("no /proc/cpuinfo flags")
+    assert ("avx2" in isas) == ({"avx2", "fma", "f16c"} <= flags)
+    assert ("avx512" in isas) == ({"avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512dq"} <= flags)
+
+
+def test_use_cpu_isa_restores_and_rejects():
+    require_backend("cpu", "cpu")
+    before = extension.cpu_isa()
+    with extension.use_cpu_isa("baseline"):
+        assert extension.cpu_isa() == "baseline"
+    assert extension.cpu_isa() == before
+    with pytest.raises(ValueError, match="name must be one of baseline, avx2, avx512, got 'sse4'"):
+        with extension.use_cpu_isa("sse4"):
+            pass
+    with pytest.raises(RuntimeError, match="set_cpu_isa: name must be one of"):
+        torch.ops.fastadv.set_cpu_isa("sse4")
+    assert extension.cpu_isa() == before
+
+
+def _run_with_env(value: str, code: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, FASTADV_CPU_ISA=value)
+    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_environment_variable_chooses_the_build():
+    require_backend("cpu", "cpu")
+    code = (
+        "import torch, fastadv\nfrom fastadv.backends import extension\nprint(extension.cpu_isa())\n"
+        "x = torch.rand(10)\nfastadv.linf_step(x, x, x, 0.1, 0.1, backend='cpu')\n"
+    )
+    done = _run_with_env("baseline", code)
+    assert done.returncode == 0 and done.stdout.split() == ["baseline"], done.stderr
+    done = _run_with_env("avx1024", code)
+    assert done.returncode != 0
+    assert "FASTADV_CPU_ISA must be one of baseline, avx2, avx512 or auto, got 'avx1024'" in done.stderr
+    missing = [name for name in extension.CPU_ISAS if name not in extension.cpu_isas()]
+    if missing:  # a CPU without AVX-512 (or AVX2): asking for it names the variable
+        done = _run_with_env(missing[-1], code)
+        assert done.returncode != 0 and f"FASTADV_CPU_ISA='{missing[-1]}': this CPU cannot run" in done.stderr

@@ -31,8 +31,13 @@ _SLOW_HERE = (() if torch.cuda.is_available() else ("triton",)) + cuda_emulation
 
 
 def backend_params(names) -> tuple:
-    """The backend names as parameters, the slow ones here marked `slow`."""
-    return tuple(pytest.param(name, marks=pytest.mark.slow) if name in _SLOW_HERE else name for name in names)
+    """The backend names as parameters: the slow ones here marked `slow`, Triton's `triton` (so
+    that .ci/gpu-stack can select them: the interpreter differs between Triton versions)."""
+
+    def marks(name):
+        return [pytest.mark.slow] * (name in _SLOW_HERE) + [pytest.mark.triton] * (name == "triton")
+
+    return tuple(pytest.param(name, marks=marks(name)) for name in names)
 
 
 FAST_BACKENDS = backend_params(("triton", "cpu", "cuda") + cuda_emulation.NAMES)

@@ -13,7 +13,7 @@ import textwrap
 import pytest
 import torch
 
-pytestmark = pytest.mark.slow  # Triton compiles the kernels for two GPU architectures
+pytestmark = [pytest.mark.slow, pytest.mark.triton]  # Triton compiles the kernels for two GPU architectures
 
 pytest.importorskip("triton")
 

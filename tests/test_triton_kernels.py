@@ -13,7 +13,7 @@ from helpers import assert_exact, require_backend
 import fastadv
 from fastadv.backends import triton_kernels as triton_backend
 
-pytestmark = pytest.mark.slow  # the Triton interpreter
+pytestmark = [pytest.mark.slow, pytest.mark.triton]  # the Triton interpreter
 
 TOLERANCE = {torch.float32: (1e-5, 1e-6), torch.float16: (2**-10, 2**-14), torch.bfloat16: (2**-7, 2**-14)}
 

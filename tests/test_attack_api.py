@@ -150,3 +150,36 @@ def test_verbose_prints_each_restart(digits, cls, capsys):
         assert line.startswith(f"restart {index} - robust accuracy: ") and " - cum. time: " in line
     with pytest.raises(TypeError, match="verbose"):
         cls(model, verbose="yes")
+
+
+IGNORING = [
+    lambda m: fastadv.PGD(m, eps=0.1, alpha=0.02, steps=2),
+    lambda m: fastadv.FGSM(m, eps=0.1),
+    lambda m: fastadv.PGDL2(m, eps=1.0, alpha=0.2, steps=2),
+    lambda m: fastadv.APGD(m, eps=0.1, steps=2),
+    lambda m: fastadv.DeepFool(m, steps=2),
+    lambda m: fastadv.CW(m, steps=2),
+    lambda m: fastadv.JSMA(m),
+]
+
+
+@pytest.mark.parametrize("make", IGNORING, ids=["PGD", "FGSM", "PGDL2", "APGD", "DeepFool", "CW", "JSMA"])
+@pytest.mark.parametrize("kind", ["module", "callable"])
+def test_a_model_that_ignores_its_input_is_an_error(digits, make, kind):
+    """Issue 15, item 4: a plain function that detaches its input (its network's parameters still
+    require grad, so the output has a graph) fails like an nn.Module doing it."""
+    model, x, y = digits
+
+    class Detaching(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = model
+
+        def forward(self, t):
+            return self.net(t.detach())
+
+    wrapped = Detaching() if kind == "module" else (lambda t: model(t.detach()))
+    with pytest.raises(ValueError, match="output does not depend on the images"):
+        make(wrapped).run(x[:8], y[:8])
+    with pytest.raises(ValueError, match="output does not depend on the images"):
+        make(wrapped)(x[:8], y[:8])

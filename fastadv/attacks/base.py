@@ -30,6 +30,7 @@ from .result import AttackResult, Best
 OPTIONS = ("targeted", "early_stop", "lower", "upper", "mean", "std", "amp", "channels_last", "backend", "generator",
            "model_mode")  # fmt: skip
 GRADIENT_OPTIONS = OPTIONS + ("restarts", "loss", "early_stop_every", "cuda_graph")
+MODEL_IGNORES_IMAGES = "model: its output does not depend on the images through autograd (no gradient)"
 
 
 def options_without(*names: str) -> tuple[str, ...]:
@@ -195,11 +196,17 @@ class Attack:
         return is_success(predicted, y, self.targeted)
 
     @staticmethod
-    def _input_grad(total: torch.Tensor, wrt: torch.Tensor, retain_graph: bool = False) -> torch.Tensor:
-        """d total / d wrt (zeros where the model ignores part of the input)."""
+    def _input_grad(total: torch.Tensor, wrt: torch.Tensor, retain_graph: bool = False,
+                    unused_ok: bool = False) -> torch.Tensor | None:  # fmt: skip
+        """d total / d wrt (zeros where the model ignores part of the input). When `total` does
+        not depend on `wrt` at all, the model error is raised, also for a plain callable whose
+        own parameters still require grad (so `total` has a graph); with `unused_ok`, None is
+        returned instead (DeepFool: one candidate class may be constant)."""
         require_grad(total)
         (grad,) = torch.autograd.grad(total, wrt, allow_unused=True, retain_graph=retain_graph)
-        return torch.zeros_like(wrt) if grad is None else grad
+        if grad is None and not unused_ok:
+            raise ValueError(MODEL_IGNORES_IMAGES)
+        return grad
 
     def _logits(self, x_adv: torch.Tensor, call: Call) -> torch.Tensor:
         inputs = x_adv if call.mean is None else (x_adv - call.mean) / call.std
@@ -263,7 +270,7 @@ class Attack:
 def require_grad(output: torch.Tensor) -> None:
     """Raises the model error when `output` does not depend on the images through autograd."""
     if not output.requires_grad:
-        raise ValueError("model: its output does not depend on the images through autograd (no gradient)")
+        raise ValueError(MODEL_IGNORES_IMAGES)
 
 
 @functools.cache

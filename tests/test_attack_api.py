@@ -183,3 +183,41 @@ def test_a_model_that_ignores_its_input_is_an_error(digits, make, kind):
         make(wrapped).run(x[:8], y[:8])
     with pytest.raises(ValueError, match="output does not depend on the images"):
         make(wrapped)(x[:8], y[:8])
+
+
+class _Gamma(torch.nn.Module):
+    """x ** (1 / 2.2) before the network: the input gradient is infinite at black pixels."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+
+    def forward(self, t):
+        return self.net(t.pow(1 / 2.2))
+
+
+NON_FINITE = [
+    lambda m: fastadv.PGDL2(m, eps=1.0, alpha=0.25, steps=5),
+    lambda m: fastadv.PGDL2(m, eps=1.0, alpha=0.25, steps=5, early_stop=True, restarts=2),
+    lambda m: fastadv.APGD(m, norm="L2", eps=1.0, steps=5),
+    lambda m: fastadv.DeepFool(m, steps=5),
+]
+
+
+@pytest.mark.parametrize("make", NON_FINITE, ids=["PGDL2", "PGDL2-early-stop", "APGD-L2", "DeepFool"])
+def test_a_non_finite_candidate_never_fools(digits, make):
+    """Issue 15, item 3: a model with infinite input gradients made the L2 attacks return NaN
+    images that counted as fooled (class 0). Returned images are finite, success is the model's
+    verdict on them, and non_finite marks the samples whose candidate was discarded."""
+    model, x, y = digits
+    gamma = _Gamma(model)
+    result = make(gamma).run(x, y)
+    assert bool(result.adv.isfinite().all()) and bool(make(gamma)(x, y).isfinite().all())
+    with torch.no_grad():
+        predicted = gamma(result.adv).argmax(1)
+    assert torch.equal(result.predicted, predicted)
+    assert torch.equal(result.success, predicted != y)
+    assert result.non_finite.dtype == torch.bool and result.non_finite.shape == y.shape
+    if isinstance(make(gamma), fastadv.DeepFool):  # its step is computed here, not by a kernel
+        assert bool(result.non_finite.any())
+        assert torch.equal(result.adv[result.non_finite], x[result.non_finite])  # the clean image

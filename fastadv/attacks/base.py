@@ -10,6 +10,7 @@ mode and restored on exit (also when the attack raises), the caller's tensors ne
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import inspect
 from collections.abc import Callable
@@ -23,7 +24,7 @@ from .. import ops
 from ._losses import is_success, per_sample_loss
 from ._model_state import MODEL_MODES, attack_mode
 from .params import Params, per_sample
-from .result import AttackResult, Best
+from .result import AttackResult, Best, finite_rows
 
 # The options every attack takes unless it says otherwise (keyword-only; see `Attack`), and
 # those of the gradient attacks (see `GradientAttack`); the defaults are in the signatures.
@@ -180,7 +181,29 @@ class Attack:
             if x.shape[0] == 0:
                 return Best(x, self.targeted).result()
             with attack_mode(self.model, self.model_mode):
-                return self._run(x, y, call, track)
+                return self._finite_only(self._run(x, y, call, track), x, y, call)
+
+    def _finite_only(self, result: AttackResult, x: torch.Tensor, y: torch.Tensor, call: Call) -> AttackResult:
+        """`result` with every non-finite candidate replaced by the clean image, which then does
+        not fool the model (issue: a NaN image is "fooled" into some class). Samples for which
+        no candidate was kept (predicted -1) get the model's class of the clean image and a NaN
+        loss. Only the images are checked when nothing else is tracked (no host sync)."""
+        finite = finite_rows(result.adv)
+        adv = torch.where(per_sample(finite, x), result.adv, x)
+        if result.success is None:
+            return dataclasses.replace(result, adv=adv)
+        non_finite = ~finite if result.non_finite is None else result.non_finite | ~finite
+        redo = ~finite | (result.predicted < 0) if result.predicted is not None else ~finite
+        success, predicted, loss = result.success & finite, result.predicted, result.loss
+        if bool(redo.any()):  # one host sync; rare: the clean class of the replaced samples
+            with torch.no_grad():
+                clean = self._logits(x[redo], call).argmax(1)
+            predicted = torch.full_like(y, -1) if predicted is None else predicted.clone()
+            predicted[redo] = clean
+            loss = loss.masked_fill(redo, float("nan"))
+            success = success & ~redo
+        return dataclasses.replace(result, adv=adv, success=success, loss=loss, predicted=predicted,
+                                   non_finite=non_finite)  # fmt: skip
 
     def _run(self, x: torch.Tensor, y: torch.Tensor, call: Call, track: bool) -> AttackResult:
         """The attack on prepared inputs (detached, dense, checked), the model in attack mode.

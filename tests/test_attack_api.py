@@ -221,3 +221,33 @@ def test_a_non_finite_candidate_never_fools(digits, make):
     if isinstance(make(gamma), fastadv.DeepFool):  # its step is computed here, not by a kernel
         assert bool(result.non_finite.any())
         assert torch.equal(result.adv[result.non_finite], x[result.non_finite])  # the clean image
+
+
+@pytest.mark.parametrize("bad", ["empty", "labels"])
+def test_autoattack_lite_checks_its_batch_as_the_attacks_do(digits, bad):
+    """Issue 15: an empty batch or labels out of range reported 0% robust."""
+    model, x, y = digits
+    images, labels, text = (x[:0], y[:0], "empty batch") if bad == "empty" else (x[:4], y[:4] + 10, "labels must lie")
+    with pytest.raises(ValueError, match=text):
+        fastadv.AutoAttackLite(model, eps=0.1, steps=2, log=None).run(images, labels)
+
+
+PER_SAMPLE = [
+    lambda m, e: fastadv.PGD(m, eps=e, alpha=e / 4, steps=2, random_start=False),
+    lambda m, e: fastadv.PGDL2(m, eps=e * 10, alpha=e, steps=2, random_start=False),
+    lambda m, e: fastadv.FGSM(m, eps=e),
+    lambda m, e: fastadv.MIFGSM(m, eps=e, alpha=e / 4, steps=2),
+    lambda m, e: fastadv.APGD(m, eps=e, steps=2),
+]
+
+
+@pytest.mark.parametrize("make", PER_SAMPLE, ids=["PGD", "PGDL2", "FGSM", "MIFGSM", "APGD"])
+def test_eps_of_shape_b_1_is_per_sample(digits, make):
+    """Issue 15: eps of shape [B, 1] (fewer dims than the images) failed with a broadcasting
+    error; it is one eps per sample, as [B]. Other shapes get the ops' message."""
+    model, x, y = digits
+    eps = torch.linspace(0.02, 0.1, 8)
+    expected = make(model, eps)(x[:8], y[:8])
+    assert torch.equal(make(model, eps.view(8, 1))(x[:8], y[:8]), expected)
+    with pytest.raises(ValueError, match=r"eps has shape \(8, 2\)"):
+        make(model, torch.full((8, 2), 0.05))(x[:8], y[:8])

@@ -21,6 +21,7 @@ import torch
 
 from .. import _validate as check
 from .. import ops
+from .._checks import to_param
 from ._losses import is_success, per_sample_loss
 from ._model_state import MODEL_MODES, attack_mode
 from .params import Params, per_sample
@@ -160,11 +161,13 @@ class Attack:
         model are left as they were, also when this raises."""
         return self._attack(images, labels, track=True)
 
-    def predict(self, images: torch.Tensor) -> torch.Tensor:
+    def predict(self, images: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         """The model's classes for `images` (int64 [B]) as the attack sees them: the same
-        mean/std, autocast, layout and model mode, the model left as it was."""
-        labels = torch.zeros(images.shape[0] if isinstance(images, torch.Tensor) and images.dim() else 0,
-                             dtype=torch.int64, device=getattr(images, "device", None))  # fmt: skip
+        mean/std, autocast, layout and model mode, the model left as it was. `labels`, when
+        given, are checked as `run` checks them (shape, and range against the model's classes)."""
+        if labels is None:
+            labels = torch.zeros(images.shape[0] if isinstance(images, torch.Tensor) and images.dim() else 0,
+                                 dtype=torch.int64, device=getattr(images, "device", None))  # fmt: skip
         check.images_and_labels(images, labels)
         with torch.inference_mode(False), torch.no_grad():
             x, _, call = self._prepare(images, labels)
@@ -267,13 +270,15 @@ class Attack:
             x = x.contiguous()
         # Compacted batches keep the layout the attack started in.
         fmt = torch.contiguous_format if x.is_contiguous() else torch.channels_last
-        params = Params(self.eps, self.alpha, self.lower, self.upper).to(device)
+        params = Params(*(_flat_per_sample(p, x) for p in (self.eps, self.alpha, self.lower, self.upper))).to(device)
         for name, p in zip(Params._fields, params, strict=True):
             if isinstance(p, torch.Tensor) and p.dim() >= 1 and p.shape[0] not in (1, x.shape[0]):
                 raise ValueError(
                     f"{name} must be a number, a 0-d tensor, or have 1 or B = {x.shape[0]} entries in dim 0; "
                     f"got shape {tuple(p.shape)}"
                 )
+            if isinstance(p, torch.Tensor) and p.dim() >= 1:  # the ops' shapes, checked before any step
+                to_param(name, p, x, per_channel=self.norm == "linf" or name in ("lower", "upper"), nonnegative=False)
         mean = std = None
         if self.mean is not None:
             channels = images.shape[1]
@@ -301,6 +306,14 @@ def _own_arguments(init: Callable[..., None]) -> frozenset[str]:
     """The names a constructor takes as keyword arguments of its own (not through **options)."""
     kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
     return frozenset(p.name for p in inspect.signature(init).parameters.values() if p.kind in kinds)
+
+
+def _flat_per_sample(p: float | torch.Tensor, x: torch.Tensor) -> float | torch.Tensor:
+    """A per-sample tensor written with fewer dims than the images ([B, 1] for [B, C, H, W])
+    as [B]; the ops take [B] or [B, 1, ..., 1] with the images' dims."""
+    if isinstance(p, torch.Tensor) and 2 <= p.dim() < x.dim() and all(s == 1 for s in p.shape[1:]):
+        return p.reshape(p.shape[0])
+    return p
 
 
 def _check_range(x: torch.Tensor, params: Params) -> None:

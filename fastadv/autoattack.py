@@ -105,9 +105,13 @@ class AutoAttackLite:
         first = self.stages[0][1]
         check.images_and_labels(images, labels)
         n = images.shape[0]
+        if n == 0:  # (a robust accuracy over no sample would read as 0%)
+            raise ValueError("images: an empty batch; AutoAttackLite needs at least one sample")
         self._say(f"using lite version including {', '.join(name for name, _ in self.stages)}.")
         start = time.perf_counter()
-        robust = torch.cat([first.predict(images[i : i + batch_size]) for i in range(0, n, batch_size)]) == labels
+        chunks = range(0, n, batch_size)  # (labels checked against the model's classes, as the attacks do)
+        robust = torch.cat([first.predict(images[i : i + batch_size], labels[i : i + batch_size]) for i in chunks])
+        robust = robust == labels
         clean_accuracy = float(robust.float().mean()) if n else 0.0
         self._say(f"initial accuracy: {clean_accuracy:.2%}")
         adv = images.detach().clone()

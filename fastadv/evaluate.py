@@ -24,6 +24,7 @@ from . import _validate as check
 from ._cascade import StageRun, run_cascade
 from ._version import __version__
 from .attacks import APGD, APGDT, CW, FGSM, MIFGSM, PGD, PGDL2, DeepFool
+from .attacks._model_state import attack_mode
 from .autoattack import AutoAttackLite, AutoAttackResult, Stage
 from .checkpoint import fingerprint, save_atomic
 from .checkpoint import load as load_checkpoint
@@ -51,7 +52,8 @@ class _Sums:
     """Every per-sample quantity the report needs, summed. Keys: "clean" ([K, K] confusion),
     "worst" (per eps, the confusion of the worst case over all attacks), and per (eps index,
     attack index): "cm" (confusion under the attacks so far with cascade, under this attack
-    alone without), "fooled", "attacked", "linf", "l2", "seconds"."""
+    alone without), "fooled", "attacked", "non_finite" (samples whose adversarial candidate had
+    NaN or infinite values: counted as not fooled), "linf", "l2", "seconds"."""
 
     def __init__(self, n_eps: int, n_attacks: int, classes: int):
         self.t = {
@@ -60,6 +62,7 @@ class _Sums:
             "worst": torch.zeros(n_eps, classes, classes, dtype=torch.float64),
             "fooled": torch.zeros(n_eps, n_attacks, dtype=torch.float64),
             "attacked": torch.zeros(n_eps, n_attacks, dtype=torch.float64),
+            "non_finite": torch.zeros(n_eps, n_attacks, dtype=torch.float64),
             "linf": torch.zeros(n_eps, n_attacks, dtype=torch.float64),
             "l2": torch.zeros(n_eps, n_attacks, dtype=torch.float64),
             "seconds": torch.zeros(n_eps, n_attacks, dtype=torch.float64),
@@ -118,15 +121,22 @@ class _Batch:
 class _Outcome:
     """One attack on some samples of a batch: which it fooled (bool over them), the predictions
     on their adversarial images (None when no attack ran), the sums of their L-inf and L2
-    perturbation norms, and the attack's seconds."""
+    perturbation norms, the attack's seconds, and how many of them had a non-finite candidate."""
 
     fooled: torch.Tensor
     predicted: torch.Tensor | None
     norms: tuple[float, float]
     seconds: float
+    non_finite: int = 0
 
 
 _NOTHING = _Outcome(torch.zeros(0, dtype=torch.bool), None, (0.0, 0.0), 0.0)  # no sample to attack
+
+
+def within_budget(adv: torch.Tensor, x: torch.Tensor, eps: float) -> torch.Tensor:
+    """bool [B]: the L2 distance of adv from x is within eps (up to float32 rounding): where a
+    minimal-norm attack (MINIMAL_NORM) fools the model within the budget eps."""
+    return (adv.float() - x.float()).flatten(1).norm(dim=1) <= eps * (1 + 1e-6)
 
 
 def _attack_batch(job: _Job, batch: _Batch, targets: torch.Tensor, attack_index: int, eps_index: int) -> _Outcome:
@@ -149,11 +159,13 @@ def _attack_batch(job: _Job, batch: _Batch, targets: torch.Tensor, attack_index:
     delta = (result.adv.float() - x[targets].float()).flatten(1)
     success, predicted = result.success, result.predicted  # recorded by the attack: no second forward
     if attack_name in MINIMAL_NORM:  # beyond the budget the sample keeps its clean (correct) class
-        within = delta.norm(dim=1) <= eps * (1 + 1e-6)
+        within = within_budget(result.adv, x[targets], eps)
         success, predicted = success & within, torch.where(within, predicted, y[targets])
         delta = torch.where(within.unsqueeze(1), delta, torch.zeros_like(delta))
     norms = (float(delta.abs().amax(1).sum()), float(delta.norm(dim=1).sum()))
-    return _Outcome(success, predicted, norms, seconds)
+    # the attacks never return a non-finite image (they keep the clean one: not fooled)
+    non_finite = 0 if result.non_finite is None else int(result.non_finite.sum())
+    return _Outcome(success, predicted, norms, seconds, non_finite)
 
 
 def evaluate(
@@ -175,8 +187,8 @@ def evaluate(
 ) -> dict:
     """Evaluates `model` on `data` = (images [N, C, H, W] in [0, 1], labels [N]) against `attacks`
     (names of ATTACKS; iterative ones take `steps`) at every `eps`, and returns the report (a
-    JSON-ready dict; see :func:`format_report`). The model stays in eval mode for the run and is
-    restored afterwards.
+    JSON-ready dict; see :func:`format_report`). The model runs in eval mode and is given back
+    as it was: every module's own mode, parameters' requires_grad and buffers.
 
     state_path: a file updated atomically after every batch; an evaluation started again with
     the same arguments continues after the last finished batch and gives the same report.
@@ -193,29 +205,32 @@ def evaluate(
     if distributed is None:
         distributed = _distributed.is_initialized()
     rank, world = _distributed.rank_and_world() if distributed else (0, 1)
-    was_training = model.training
-    model.eval()
-    with torch.no_grad():
-        classes = int(model(images[:1].to(device)).shape[1])
-    job = _Job(model, attacks, eps, steps, cascade, seed, classes, options)
-    settings = {"attacks": attacks, "eps": eps, "steps": steps, "batch_size": batch_size, "cascade": cascade,
-                "seed": seed, "samples": int(images.shape[0]), "world_size": world}  # fmt: skip
-    sums, first_batch = _Sums(len(eps), len(attacks), classes), 0
-    rank_state = None if state_path is None else f"{state_path}.rank{rank}" if world > 1 else state_path
-    # what the state's sums are of: resuming with another model or data would mix two evaluations
-    identity = {} if rank_state is None else _identity(model, images, labels)
-    if rank_state is not None and os.path.exists(rank_state):
-        saved = load_checkpoint(rank_state, "evaluation")
-        expected, found = {**settings, **identity}, {**saved["settings"], **saved.get("identity", {})}
-        changed = [key for key in expected if found.get(key) != expected[key]]
-        if changed:
-            raise ValueError(f"state_path: {rank_state} belongs to another evaluation (changed: {', '.join(changed)})")
-        sums.t, first_batch = saved["sums"], saved["next_batch"]
-    batches = list(range(0, images.shape[0], batch_size))
-    mine = [i for i in range(len(batches)) if i % world == rank and i >= first_batch]
-    from tqdm import tqdm
+    # every module keeps its own mode (a BatchNorm set to eval inside a train-mode model), as
+    # the attacks do; parameters and buffers are given back too
+    with attack_mode(model, "eval"):
+        with torch.no_grad():
+            classes = int(model(images[:1].to(device)).shape[1])
+        job = _Job(model, attacks, eps, steps, cascade, seed, classes, options)
+        settings = {"attacks": attacks, "eps": eps, "steps": steps, "batch_size": batch_size, "cascade": cascade,
+                    "seed": seed, "samples": int(images.shape[0]), "world_size": world}  # fmt: skip
+        sums, first_batch = _Sums(len(eps), len(attacks), classes), 0
+        rank_state = None if state_path is None else f"{state_path}.rank{rank}" if world > 1 else state_path
+        # what the state's sums are of: resuming with another model or data would mix two evaluations
+        identity = {} if rank_state is None else _identity(model, images, labels)
+        if rank_state is not None and os.path.exists(rank_state):
+            saved = load_checkpoint(rank_state, "evaluation")
+            expected, found = {**settings, **identity}, {**saved["settings"], **saved.get("identity", {})}
+            changed = [key for key in expected if found.get(key) != expected[key]]
+            if changed:
+                raise ValueError(
+                    f"state_path: {rank_state} belongs to another evaluation (changed: {', '.join(changed)})"
+                )
+            sums.t.update(saved["sums"])  # (a state from before "non_finite" has none: zeros)
+            first_batch = saved["next_batch"]
+        batches = list(range(0, images.shape[0], batch_size))
+        mine = [i for i in range(len(batches)) if i % world == rank and i >= first_batch]
+        from tqdm import tqdm
 
-    try:
         for batch_index in tqdm(mine, desc="eval", disable=not progress or rank != 0, unit="batch"):
             start = batches[batch_index]
             x = images[start : start + batch_size].to(device)
@@ -224,8 +239,6 @@ def evaluate(
             if rank_state is not None:
                 save_atomic({"kind": "evaluation", "settings": settings, "identity": identity, "sums": sums.t,
                              "next_batch": batch_index + 1}, rank_state)  # fmt: skip
-    finally:
-        model.train(was_training)
     if distributed:
         sums.reduce()
     return _report(sums.t, attacks, eps, settings, device, backend, seed)
@@ -267,6 +280,7 @@ def _evaluate_at_eps(job: _Job, batch: _Batch, e_index: int, t: dict[str, torch.
         t["cm"][e_index, a_index] += _confusion(y, worst_pred if job.cascade else own_pred, job.classes)
         t["fooled"][e_index, a_index] += float((correct & ~robust).sum() if job.cascade else run.fooled.sum())
         t["attacked"][e_index, a_index] += float(run.index.numel())
+        t["non_finite"][e_index, a_index] += float(outcome.non_finite)
         t["linf"][e_index, a_index] += outcome.norms[0]
         t["l2"][e_index, a_index] += outcome.norms[1]
         t["seconds"][e_index, a_index] += outcome.seconds
@@ -296,6 +310,7 @@ def _report(t, attacks, eps, settings, device, backend, seed) -> dict:
                 "mean_linf": float(t["linf"][e_index, a_index]) / max(attacked, 1),
                 "mean_l2": float(t["l2"][e_index, a_index]) / max(attacked, 1),
                 "samples_attacked": int(attacked),
+                "non_finite": int(t["non_finite"][e_index, a_index]),
                 "images_per_s": attacked / seconds if seconds > 0 else None,
             })  # fmt: skip
         worst_cm = t["worst"][e_index]
@@ -341,6 +356,9 @@ def format_report(report: dict) -> str:
             f"{r['eps']:>8.4g} {r['attack']:>8} {100 * r['robust_accuracy']:>7.2f}% {100 * r['success_rate']:>7.2f}% "
             f"{r['f1']:>6.3f} {r['mean_linf']:>10.4f} {r['mean_l2']:>8.4f} {speed:>9}"
         )
+    bad = [f"{r['attack']} at eps {r['eps']:.4g}: {r['non_finite']}" for r in report["attacks"] if r.get("non_finite")]
+    if bad:
+        lines.append(f"non-finite adversarial images (counted as not fooled): {', '.join(bad)}")
     worst = ", ".join(f"eps {w['eps']:.4g}: {100 * w['robust_accuracy']:.2f}%" for w in report["worst_case"])
     lines.append(f"worst case over attacks (robust accuracy): {worst}")
     return "\n".join(lines)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from .evaluate import ATTACKS
+from .evaluate import ATTACKS, MINIMAL_NORM, within_budget
 
 
 def _pyplot():
@@ -40,17 +40,28 @@ def plot_robustness(report: dict, path: str) -> None:
     plt.close(fig)
 
 
-def plot_examples(model, images: torch.Tensor, labels: torch.Tensor, attack: str, eps: float, path: str,
-                  steps: int = 20, seed: int = 0) -> None:  # fmt: skip
-    """A grid: clean images, adversarial images and perturbations (amplified to the full range),
-    with the model's predictions, for the given samples (8 or so)."""
-    plt = _pyplot()
+def example_images(model, images: torch.Tensor, labels: torch.Tensor, attack: str, eps: float, steps: int = 20,
+                   seed: int = 0) -> tuple[torch.Tensor, ...]:  # fmt: skip
+    """What `plot_examples` shows: (images, labels, adversarial images, clean and adversarial
+    predictions) on the model's device. A minimal-norm attack's image beyond the budget `eps` is
+    replaced by the clean one, as the report counts it (not fooled at this eps)."""
     _, factory = ATTACKS[attack]
     device = next(iter(model.parameters()), images).device
     x, y = images.to(device), labels.to(device)
     adv = factory(model, eps, steps, torch.Generator(device=device).manual_seed(seed))(x, y)
+    if attack in MINIMAL_NORM:
+        adv = torch.where(within_budget(adv, x, eps).view(-1, *([1] * (x.dim() - 1))), adv, x)
     with torch.no_grad():
         clean_pred, adv_pred = model(x).argmax(1), model(adv).argmax(1)
+    return x, y, adv, clean_pred, adv_pred
+
+
+def plot_examples(model, images: torch.Tensor, labels: torch.Tensor, attack: str, eps: float, path: str,
+                  steps: int = 20, seed: int = 0) -> None:  # fmt: skip
+    """A grid: clean images, adversarial images and perturbations (amplified to the full range),
+    with the model's predictions, for the given samples (8 or so); see `example_images`."""
+    plt = _pyplot()
+    x, y, adv, clean_pred, adv_pred = example_images(model, images, labels, attack, eps, steps, seed)
     delta = (adv - x).float()
     scale = delta.abs().flatten(1).amax(1).clamp_min(1e-12).view(-1, *([1] * (x.dim() - 1)))
     amplified = 0.5 + 0.5 * delta / scale

@@ -151,3 +151,104 @@ def test_verbose_prints_each_restart(digits, cls, capsys):
         assert line.startswith(f"restart {index} - robust accuracy: ") and " - cum. time: " in line
     with pytest.raises(TypeError, match="verbose"):
         cls(model, verbose="yes")
+
+
+IGNORING = [
+    lambda m: fastadv.PGD(m, eps=0.1, alpha=0.02, steps=2),
+    lambda m: fastadv.FGSM(m, eps=0.1),
+    lambda m: fastadv.PGDL2(m, eps=1.0, alpha=0.2, steps=2),
+    lambda m: fastadv.APGD(m, eps=0.1, steps=2),
+    lambda m: fastadv.DeepFool(m, steps=2),
+    lambda m: fastadv.CW(m, steps=2),
+    lambda m: fastadv.JSMA(m),
+]
+
+
+@pytest.mark.parametrize("make", IGNORING, ids=["PGD", "FGSM", "PGDL2", "APGD", "DeepFool", "CW", "JSMA"])
+@pytest.mark.parametrize("kind", ["module", "callable"])
+def test_a_model_that_ignores_its_input_is_an_error(digits, make, kind):
+    """Issue 15, item 4: a plain function that detaches its input (its network's parameters still
+    require grad, so the output has a graph) fails like an nn.Module doing it."""
+    model, x, y = digits
+
+    class Detaching(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = model
+
+        def forward(self, t):
+            return self.net(t.detach())
+
+    wrapped = Detaching() if kind == "module" else (lambda t: model(t.detach()))
+    with pytest.raises(ValueError, match="output does not depend on the images"):
+        make(wrapped).run(x[:8], y[:8])
+    with pytest.raises(ValueError, match="output does not depend on the images"):
+        make(wrapped)(x[:8], y[:8])
+
+
+class _Gamma(torch.nn.Module):
+    """x ** (1 / 2.2) before the network: the input gradient is infinite at black pixels."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+
+    def forward(self, t):
+        return self.net(t.pow(1 / 2.2))
+
+
+NON_FINITE = [
+    lambda m: fastadv.PGDL2(m, eps=1.0, alpha=0.25, steps=5),
+    lambda m: fastadv.PGDL2(m, eps=1.0, alpha=0.25, steps=5, early_stop=True, restarts=2),
+    lambda m: fastadv.APGD(m, norm="L2", eps=1.0, steps=5),
+    lambda m: fastadv.DeepFool(m, steps=5),
+]
+
+
+@pytest.mark.parametrize("make", NON_FINITE, ids=["PGDL2", "PGDL2-early-stop", "APGD-L2", "DeepFool"])
+def test_a_non_finite_candidate_never_fools(digits, make):
+    """Issue 15, item 3: a model with infinite input gradients made the L2 attacks return NaN
+    images that counted as fooled (class 0). Returned images are finite, success is the model's
+    verdict on them, and non_finite marks the samples whose candidate was discarded."""
+    model, x, y = digits
+    gamma = _Gamma(model)
+    result = make(gamma).run(x, y)
+    assert bool(result.adv.isfinite().all()) and bool(make(gamma)(x, y).isfinite().all())
+    with torch.no_grad():
+        predicted = gamma(result.adv).argmax(1)
+    assert torch.equal(result.predicted, predicted)
+    assert torch.equal(result.success, predicted != y)
+    assert result.non_finite.dtype == torch.bool and result.non_finite.shape == y.shape
+    if isinstance(make(gamma), fastadv.DeepFool):  # its step is computed here, not by a kernel
+        assert bool(result.non_finite.any())
+        assert torch.equal(result.adv[result.non_finite], x[result.non_finite])  # the clean image
+
+
+@pytest.mark.parametrize("bad", ["empty", "labels"])
+def test_autoattack_lite_checks_its_batch_as_the_attacks_do(digits, bad):
+    """Issue 15: an empty batch or labels out of range reported 0% robust."""
+    model, x, y = digits
+    images, labels, text = (x[:0], y[:0], "empty batch") if bad == "empty" else (x[:4], y[:4] + 10, "labels must lie")
+    with pytest.raises(ValueError, match=text):
+        fastadv.AutoAttackLite(model, eps=0.1, steps=2, log=None).run(images, labels)
+
+
+PER_SAMPLE = [
+    lambda m, e: fastadv.PGD(m, eps=e, alpha=e / 4, steps=2, random_start=False),
+    lambda m, e: fastadv.PGDL2(m, eps=e * 10, alpha=e, steps=2, random_start=False),
+    lambda m, e: fastadv.FGSM(m, eps=e),
+    lambda m, e: fastadv.MIFGSM(m, eps=e, alpha=e / 4, steps=2),
+    lambda m, e: fastadv.APGD(m, eps=e, steps=2),
+]
+
+
+@pytest.mark.parametrize("make", PER_SAMPLE, ids=["PGD", "PGDL2", "FGSM", "MIFGSM", "APGD"])
+def test_eps_of_shape_b_1_is_per_sample(digits, make):
+    """Issue 15: eps of shape [B, 1] (fewer dims than the images) failed with a broadcasting
+    error; it is one eps per sample, as [B]. Other shapes get the ops' message."""
+    model, x, y = digits
+    eps = torch.linspace(0.02, 0.1, 8)
+    expected = make(model, eps)(x[:8], y[:8])
+    assert torch.equal(make(model, eps.view(8, 1))(x[:8], y[:8]), expected)
+    with pytest.raises(ValueError, match=r"eps has shape \(8, 2\)"):
+        make(model, torch.full((8, 2), 0.05))(x[:8], y[:8])

@@ -1,6 +1,7 @@
 """Robustness evaluation: numbers checked against the attacks run directly, the cascade, resume,
 and torch.distributed with two CPU ranks. (The eval / train command lines: test_cli.py.)"""
 
+import copy
 import json
 import os
 import subprocess
@@ -216,3 +217,54 @@ def test_distributed_helpers_without_a_process_group(monkeypatch):
     assert _distributed.all_reduce(values) is values and _distributed.all_reduce(values, "max") is values
     _distributed.barrier()
     _distributed.destroy()
+
+
+def test_non_finite_adversarial_images_count_as_robust(digits):
+    """Issue 15, item 3: NaN adversarial images (infinite input gradients at black pixels) were
+    "fooled" and gave robust 6% and mean_l2 NaN; they count as not fooled and are reported."""
+    model, x, y = digits
+
+    class Gamma(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = model
+
+        def forward(self, t):
+            return self.net(t.pow(1 / 2.2))
+
+    x, y = x[:64], y[:64]
+    report = evaluate(Gamma(), (x, y), ["pgd-l2", "deepfool"], [1.0], steps=5, progress=False)
+    for row in report["attacks"]:
+        assert row["robust_accuracy"] >= report["clean_accuracy"] - 0.1, row
+        assert row["mean_l2"] == row["mean_l2"] and row["mean_linf"] == row["mean_linf"]  # not NaN
+    deepfool = next(r for r in report["attacks"] if r["attack"] == "deepfool")
+    assert deepfool["non_finite"] > 0
+    assert "non-finite adversarial images (counted as not fooled): " in format_report(report)
+
+
+def test_evaluate_gives_back_each_modules_own_mode(digits):
+    """Issue 15, item 7: a BatchNorm set to eval inside a train-mode model stays in eval (it was
+    put back in train mode with the rest), and parameters keep requires_grad."""
+    model, x, y = digits
+    mixed = torch.nn.Sequential(torch.nn.BatchNorm2d(1), copy.deepcopy(model)).train()
+    mixed[0].eval()
+    model_modes = [m.training for m in mixed.modules()]
+    evaluate(mixed, (x[:16], y[:16]), ["fgsm"], [0.05], progress=False)
+    assert [m.training for m in mixed.modules()] == model_modes
+    assert mixed.training and not mixed[0].training
+    assert all(p.requires_grad for p in mixed.parameters())
+
+
+def test_examples_of_a_minimal_norm_attack_use_the_reports_rule(digits):
+    """Issue 15, item 8: examples.png showed DeepFool's samples fooled beyond the budget as
+    fooled (8 of 8 where the report said 89% robust); it shows what the report counts."""
+    from fastadv.plots import example_images
+
+    model, x, y = digits
+    x, y = x[:8], y[:8]
+    _, _, adv, clean_pred, adv_pred = example_images(model, x, y, "deepfool", 0.3, steps=20)
+    fooled = (clean_pred == y) & (adv_pred != y)
+    report = evaluate(model, (x, y), ["deepfool"], [0.3], steps=20, progress=False)
+    assert report["attacks"][0]["robust_accuracy"] == pytest.approx(float(((clean_pred == y) & ~fooled).float().mean()))
+    assert bool(fooled.logical_not().any())
+    assert float((adv - x).flatten(1).norm(dim=1).max()) <= 0.3 * (1 + 1e-6)

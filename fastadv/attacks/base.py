@@ -10,6 +10,7 @@ mode and restored on exit (also when the attack raises), the caller's tensors ne
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import inspect
 from collections.abc import Callable
@@ -20,16 +21,18 @@ import torch
 
 from .. import _validate as check
 from .. import ops
+from .._checks import to_param
 from ._losses import is_success, per_sample_loss
 from ._model_state import MODEL_MODES, attack_mode
 from .params import Params, per_sample
-from .result import AttackResult, Best
+from .result import AttackResult, Best, finite_rows
 
 # The options every attack takes unless it says otherwise (keyword-only; see `Attack`), and
 # those of the gradient attacks (see `GradientAttack`); the defaults are in the signatures.
 OPTIONS = ("targeted", "early_stop", "lower", "upper", "mean", "std", "amp", "channels_last", "backend", "generator",
            "model_mode")  # fmt: skip
 GRADIENT_OPTIONS = OPTIONS + ("restarts", "loss", "early_stop_every", "cuda_graph")
+MODEL_IGNORES_IMAGES = "model: its output does not depend on the images through autograd (no gradient)"
 
 
 def options_without(*names: str) -> tuple[str, ...]:
@@ -158,11 +161,13 @@ class Attack:
         model are left as they were, also when this raises."""
         return self._attack(images, labels, track=True)
 
-    def predict(self, images: torch.Tensor) -> torch.Tensor:
+    def predict(self, images: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         """The model's classes for `images` (int64 [B]) as the attack sees them: the same
-        mean/std, autocast, layout and model mode, the model left as it was."""
-        labels = torch.zeros(images.shape[0] if isinstance(images, torch.Tensor) and images.dim() else 0,
-                             dtype=torch.int64, device=getattr(images, "device", None))  # fmt: skip
+        mean/std, autocast, layout and model mode, the model left as it was. `labels`, when
+        given, are checked as `run` checks them (shape, and range against the model's classes)."""
+        if labels is None:
+            labels = torch.zeros(images.shape[0] if isinstance(images, torch.Tensor) and images.dim() else 0,
+                                 dtype=torch.int64, device=getattr(images, "device", None))  # fmt: skip
         check.images_and_labels(images, labels)
         with torch.inference_mode(False), torch.no_grad():
             x, _, call = self._prepare(images, labels)
@@ -179,7 +184,29 @@ class Attack:
             if x.shape[0] == 0:
                 return Best(x, self.targeted).result()
             with attack_mode(self.model, self.model_mode):
-                return self._run(x, y, call, track)
+                return self._finite_only(self._run(x, y, call, track), x, y, call)
+
+    def _finite_only(self, result: AttackResult, x: torch.Tensor, y: torch.Tensor, call: Call) -> AttackResult:
+        """`result` with every non-finite candidate replaced by the clean image, which then does
+        not fool the model (issue: a NaN image is "fooled" into some class). Samples for which
+        no candidate was kept (predicted -1) get the model's class of the clean image and a NaN
+        loss. Only the images are checked when nothing else is tracked (no host sync)."""
+        finite = finite_rows(result.adv)
+        adv = torch.where(per_sample(finite, x), result.adv, x)
+        if result.success is None:
+            return dataclasses.replace(result, adv=adv)
+        non_finite = ~finite if result.non_finite is None else result.non_finite | ~finite
+        redo = ~finite | (result.predicted < 0) if result.predicted is not None else ~finite
+        success, predicted, loss = result.success & finite, result.predicted, result.loss
+        if bool(redo.any()):  # one host sync; rare: the clean class of the replaced samples
+            with torch.no_grad():
+                clean = self._logits(x[redo], call).argmax(1)
+            predicted = torch.full_like(y, -1) if predicted is None else predicted.clone()
+            predicted[redo] = clean
+            loss = loss.masked_fill(redo, float("nan"))
+            success = success & ~redo
+        return dataclasses.replace(result, adv=adv, success=success, loss=loss, predicted=predicted,
+                                   non_finite=non_finite)  # fmt: skip
 
     def _run(self, x: torch.Tensor, y: torch.Tensor, call: Call, track: bool) -> AttackResult:
         """The attack on prepared inputs (detached, dense, checked), the model in attack mode.
@@ -195,11 +222,17 @@ class Attack:
         return is_success(predicted, y, self.targeted)
 
     @staticmethod
-    def _input_grad(total: torch.Tensor, wrt: torch.Tensor, retain_graph: bool = False) -> torch.Tensor:
-        """d total / d wrt (zeros where the model ignores part of the input)."""
+    def _input_grad(total: torch.Tensor, wrt: torch.Tensor, retain_graph: bool = False,
+                    unused_ok: bool = False) -> torch.Tensor | None:  # fmt: skip
+        """d total / d wrt (zeros where the model ignores part of the input). When `total` does
+        not depend on `wrt` at all, the model error is raised, also for a plain callable whose
+        own parameters still require grad (so `total` has a graph); with `unused_ok`, None is
+        returned instead (DeepFool: one candidate class may be constant)."""
         require_grad(total)
         (grad,) = torch.autograd.grad(total, wrt, allow_unused=True, retain_graph=retain_graph)
-        return torch.zeros_like(wrt) if grad is None else grad
+        if grad is None and not unused_ok:
+            raise ValueError(MODEL_IGNORES_IMAGES)
+        return grad
 
     def _logits(self, x_adv: torch.Tensor, call: Call) -> torch.Tensor:
         inputs = x_adv if call.mean is None else (x_adv - call.mean) / call.std
@@ -237,13 +270,15 @@ class Attack:
             x = x.contiguous()
         # Compacted batches keep the layout the attack started in.
         fmt = torch.contiguous_format if x.is_contiguous() else torch.channels_last
-        params = Params(self.eps, self.alpha, self.lower, self.upper).to(device)
+        params = Params(*(_flat_per_sample(p, x) for p in (self.eps, self.alpha, self.lower, self.upper))).to(device)
         for name, p in zip(Params._fields, params, strict=True):
             if isinstance(p, torch.Tensor) and p.dim() >= 1 and p.shape[0] not in (1, x.shape[0]):
                 raise ValueError(
                     f"{name} must be a number, a 0-d tensor, or have 1 or B = {x.shape[0]} entries in dim 0; "
                     f"got shape {tuple(p.shape)}"
                 )
+            if isinstance(p, torch.Tensor) and p.dim() >= 1:  # the ops' shapes, checked before any step
+                to_param(name, p, x, per_channel=self.norm == "linf" or name in ("lower", "upper"), nonnegative=False)
         mean = std = None
         if self.mean is not None:
             channels = images.shape[1]
@@ -263,7 +298,7 @@ class Attack:
 def require_grad(output: torch.Tensor) -> None:
     """Raises the model error when `output` does not depend on the images through autograd."""
     if not output.requires_grad:
-        raise ValueError("model: its output does not depend on the images through autograd (no gradient)")
+        raise ValueError(MODEL_IGNORES_IMAGES)
 
 
 @functools.cache
@@ -271,6 +306,14 @@ def _own_arguments(init: Callable[..., None]) -> frozenset[str]:
     """The names a constructor takes as keyword arguments of its own (not through **options)."""
     kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
     return frozenset(p.name for p in inspect.signature(init).parameters.values() if p.kind in kinds)
+
+
+def _flat_per_sample(p: float | torch.Tensor, x: torch.Tensor) -> float | torch.Tensor:
+    """A per-sample tensor written with fewer dims than the images ([B, 1] for [B, C, H, W])
+    as [B]; the ops take [B] or [B, 1, ..., 1] with the images' dims."""
+    if isinstance(p, torch.Tensor) and 2 <= p.dim() < x.dim() and all(s == 1 for s in p.shape[1:]):
+        return p.reshape(p.shape[0])
+    return p
 
 
 def _check_range(x: torch.Tensor, params: Params) -> None:

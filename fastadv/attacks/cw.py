@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from .. import _validate as check
-from .base import Attack, Call, options_without, require_grad
+from .base import MODEL_IGNORES_IMAGES, Attack, Call, options_without, require_grad
 from .params import per_sample
 from .result import AttackResult
 
@@ -92,7 +92,7 @@ class CW(Attack):
         best_predicted = torch.full((b,), -1, dtype=torch.int64, device=x.device)
         steps_used = torch.zeros(b, dtype=torch.int64, device=x.device)
 
-        for _ in range(self.binary_search_steps):
+        for search in range(self.binary_search_steps):
             found = torch.zeros(b, dtype=torch.bool, device=x.device)
             w = w_start.clone()
             optimizer = torch.optim.Adam([w], lr=self.lr)
@@ -100,13 +100,12 @@ class CW(Attack):
             for step in range(self.steps):
                 w.requires_grad_(True)
                 adv = low + span * (torch.tanh(w) + 1) / 2
-                adv_image = adv.to(x.dtype)
+                adv_image = adv.to(x.dtype).view_as(adv)  # (a node of its own: see _cost_grad)
                 l2_squared = (adv - x32).flatten(1).pow(2).sum(1)
                 logits = self._logits(adv_image, call)
-                require_grad(logits)  # (the distance term alone would hide a detached model)
                 margin = self._margin(logits, y)
                 cost = l2_squared + c * margin.clamp_min(-self.kappa)
-                w.grad = self._input_grad(cost.sum(), w)
+                w.grad = self._cost_grad(cost, w, adv_image if search == step == 0 else None)
                 w.requires_grad_(False)
                 optimizer.step()
                 steps_used += 1
@@ -138,6 +137,18 @@ class CW(Attack):
             best_margin = torch.where(success, best_margin, self._margin(logits, y))
             best_predicted = torch.where(success, best_predicted, logits.argmax(1))
         return AttackResult(best_adv, success, best_margin, steps_used, best_predicted)
+
+    def _cost_grad(self, cost: torch.Tensor, w: torch.Tensor, image: torch.Tensor | None) -> torch.Tensor:
+        """d cost.sum() / d w. With `image` (the model's input, at the first step): the model
+        error when the logits do not reach it, which the distance term would otherwise hide
+        (a detached nn.Module, or a plain callable whose own parameters still require grad)."""
+        if image is None:
+            return self._input_grad(cost.sum(), w)
+        require_grad(cost)
+        grad, image_grad = torch.autograd.grad(cost.sum(), (w, image), allow_unused=True)
+        if image_grad is None:
+            raise ValueError(MODEL_IGNORES_IMAGES)
+        return grad
 
     def _margin(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """z_y - max_{i != y} z_i (targeted: max_{i != t} z_i - z_t), float32 [b]: below 0 where

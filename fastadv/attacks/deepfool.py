@@ -7,7 +7,7 @@ from typing import Any
 import torch
 
 from .. import _validate as check
-from .base import Attack, Call, options_without
+from .base import MODEL_IGNORES_IMAGES, Attack, Call, options_without
 from .params import per_sample
 from .result import AttackResult
 
@@ -84,10 +84,8 @@ class DeepFool(Attack):
                 break
             if classes is None:
                 classes = self._candidate_classes(logits.detach(), y)
-            # the gradient of every candidate logit, one backward pass each
-            k = classes.shape[1]
             z = logits.gather(1, classes.index_select(0, active))
-            grads = torch.stack([self._input_grad(z[:, j].sum(), point, retain_graph=j < k - 1) for j in range(k)], 1)
+            grads = self._candidate_grads(z, point)
             with torch.no_grad():
                 w = (grads[:, 1:] - grads[:, :1]).float().flatten(2)  # [b, k-1, n]
                 f_k = (z[:, 1:] - z[:, :1]).float().abs()
@@ -108,6 +106,16 @@ class DeepFool(Attack):
                 adv.index_copy_(0, moving, stepped.to(x.dtype))
                 active = moving
         return AttackResult(adv, success, margin, steps_used, predicted)
+
+    def _candidate_grads(self, z: torch.Tensor, point: torch.Tensor) -> torch.Tensor:
+        """[b, k, ...]: the gradient of each candidate logit (one backward pass each). A constant
+        logit has gradient 0; a model none of whose candidate logits depends on the images is
+        the model error (a plain callable that detaches its input has no other symptom)."""
+        k = z.shape[1]
+        grads = [self._input_grad(z[:, j].sum(), point, retain_graph=j < k - 1, unused_ok=True) for j in range(k)]
+        if all(g is None for g in grads):
+            raise ValueError(MODEL_IGNORES_IMAGES)
+        return torch.stack([torch.zeros_like(point) if g is None else g for g in grads], 1)
 
     def _candidate_classes(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """[b, k]: each sample's label, then the k - 1 other classes with the largest logits."""

@@ -166,8 +166,8 @@ class GradientAttack(Attack):
         for step in range(self.steps):
             logits, loss, steps.grad = self._loss_and_grad(steps.x_adv, steps.y, call)
             predicted = logits.argmax(1)
-            success = self._success(predicted, steps.y)
-            best.record_step(steps.idx, steps.x_adv, predicted, success, loss)
+            # (a non-finite iterate does not count as fooling: early stopping keeps attacking it)
+            success = best.record_step(steps.idx, steps.x_adv, predicted, self._success(predicted, steps.y), loss)
             if self.early_stop and (step + 1) % self.early_stop_every:
                 # between compactions fooled samples stay where they are, without a host sync
                 direction = self._direction(steps.grad, steps.state).masked_fill(per_sample(success, steps.grad), 0)

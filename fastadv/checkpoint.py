@@ -7,9 +7,12 @@ previous checkpoint intact, never a truncated one.
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import os
 import random
+import re
+import socket
 import tempfile
 import warnings
 from collections.abc import Iterable
@@ -23,12 +26,54 @@ class CheckpointError(ValueError):
     """A checkpoint file is missing, unreadable or not what was expected."""
 
 
+def _temporary_prefix() -> str:
+    """The name a temporary file starts with: it says which process (and machine) writes it."""
+    return f".tmp-{os.getpid()}@{socket.gethostname()}-"
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def remove_stale_temporaries(folder: str) -> list[str]:
+    """Removes the temporary files (.tmp-*.pt) that saves interrupted by a kill left in
+    `folder`: those of a process of this machine that is gone, and those of the old naming
+    without a writer. Files of a live process, or of another machine, are kept. Returns the
+    paths removed."""
+    removed = []
+    for path in glob.glob(os.path.join(glob.escape(folder), ".tmp-*.pt")):
+        name = os.path.basename(path)
+        match = re.match(r"\.tmp-(\d+)@", name)
+        if match and (not name.startswith(f"{match.group(0)}{socket.gethostname()}-") or _alive(int(match.group(1)))):
+            continue
+        try:
+            os.unlink(path)
+            removed.append(path)
+        except OSError:
+            pass
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # it exists (another user's), or the platform cannot tell: keep its file
+        return True
+    return True
+
+
 def save_atomic(obj: Any, path: str) -> None:
-    """torch.save(obj) to `path` atomically (temporary file, fsync, rename)."""
+    """torch.save(obj) to `path` atomically (temporary file, fsync, rename). The file gets the
+    permissions of a file the user creates (0666 less the umask), as the JSON files do."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pt", dir=folder)
+    fd, tmp = tempfile.mkstemp(prefix=_temporary_prefix(), suffix=".pt", dir=folder)
     try:
+        os.chmod(tmp, 0o666 & ~_umask())  # (mkstemp makes it 0600)
         with os.fdopen(fd, "wb") as f:
             torch.save(obj, f)
             f.flush()
@@ -51,6 +96,13 @@ def load(path: str, kind: str) -> dict:
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises many types for a damaged file
         raise CheckpointError(f"{path}: not a readable checkpoint ({type(error).__name__})") from None
+    if kind == "model" and isinstance(obj, dict) and "kind" not in obj and all(isinstance(v, torch.Tensor)
+                                                                              for v in obj.values()):  # fmt: skip
+        raise CheckpointError(
+            f"{path}: a plain state_dict, not a fastadv model file; load it into its architecture and save that "
+            "with fastadv.models.save(model, path) (model = fastadv.models.small_cnn(); "
+            "model.load_state_dict(torch.load(path)))"
+        )
     if not isinstance(obj, dict) or obj.get("kind") != kind:
         found = obj.get("kind") if isinstance(obj, dict) else type(obj).__name__
         raise CheckpointError(f"{path}: expected a fastadv {kind} file, found {found!r}")

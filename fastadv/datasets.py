@@ -6,6 +6,8 @@ classes), which ships inside the scikit-learn package, so it loads offline in mi
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 import torch.nn.functional as F
 
@@ -105,6 +107,21 @@ def load_npz(path: str) -> tuple[torch.Tensor, torch.Tensor]:
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
 
+def _read_image(Image, file_path: str, size: int | None):  # noqa: N803 (PIL.Image, imported lazily)
+    """The image as a uint8 array [H, W, 3], resized and centre-cropped to size x size if given."""
+    import numpy as np
+
+    with Image.open(file_path) as image:
+        image = image.convert("RGB")
+        if size is not None:
+            scale = size / min(image.size)
+            w, h = max(size, round(image.width * scale)), max(size, round(image.height * scale))
+            image = image.resize((w, h), Image.BILINEAR)
+            left, top = (w - size) // 2, (h - size) // 2
+            image = image.crop((left, top, left + size, top + size))
+        return np.asarray(image, dtype=np.uint8)
+
+
 def image_folder(path: str, size: int | None = None) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
     """``(images, labels, class_names)`` from a folder with one sub-folder of images per class
     (torchvision's ImageFolder layout: class names sorted, label i = the i-th name).
@@ -136,15 +153,12 @@ def image_folder(path: str, size: int | None = None) -> tuple[torch.Tensor, torc
                 continue
             file_path = os.path.join(folder, file)
             try:
-                with Image.open(file_path) as image:
-                    image = image.convert("RGB")
-                    if size is not None:
-                        scale = size / min(image.size)
-                        w, h = max(size, round(image.width * scale)), max(size, round(image.height * scale))
-                        image = image.resize((w, h), Image.BILINEAR)
-                        left, top = (w - size) // 2, (h - size) // 2
-                        image = image.crop((left, top, left + size, top + size))
-                    arrays.append(np.asarray(image, dtype=np.uint8))
+                with warnings.catch_warnings():  # a decompression bomb's warning is an error too
+                    warnings.simplefilter("error", Image.DecompressionBombWarning)
+                    arrays.append(_read_image(Image, file_path, size))
+            except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+                raise DataError(f"{file_path}: too many pixels to read safely (a decompression bomb?); "
+                                f"Pillow's limit is {Image.MAX_IMAGE_PIXELS} pixels") from None  # fmt: skip
             except OSError as error:
                 raise DataError(f"{file_path}: not a readable image ({error})") from None
             labels.append(label)

@@ -180,12 +180,27 @@ def cli_files(digits, tmp_path_factory):
         nan[-1].bias[0] = float("nan")
     models.save(nan, str(root / "nan.pt"))
     (root / "file").write_text("not a folder")
+    torch.save(model.state_dict(), root / "state_dict.pt")
+    (root / "bomb" / "a").mkdir(parents=True)
+    (root / "bomb" / "a" / "big.png").write_bytes(_png_header(40_000, 40_000))
     (root / "json_folder" / "report.json").mkdir(parents=True)
     assert main(["eval", "--model", str(root / "model.pt"), "--data", str(root / "data.npz"), "--attacks", "fgsm",
                  "--eps", "0.1", "--out", str(root / "eval_run"), "--no-plots", "--quiet"]) == 0  # fmt: skip
     assert main(["train", "--data", str(root / "data.npz"), "--recipe", "standard", "--width", "8", "--epochs", "1",
                  "--out", str(root / "train_run"), "--quiet"]) == 0  # fmt: skip
     return root
+
+
+def _png_header(width, height):
+    """A PNG that claims width x height grey pixels (a decompression bomb: Pillow refuses it on open)."""
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0")) + chunk(b"IEND", b"")
 
 
 # the evaluation and training in cli_files, to resume
@@ -231,7 +246,10 @@ CLI_ERRORS = [
     ([*_replaced(EVAL_RUN, "--model", "{other.pt}"), "--resume"], "another evaluation (changed: model)"),
     ([*_replaced(EVAL_RUN, "--data", "{data2.npz}"), "--resume"], "another evaluation (changed: data)"),
     ([*_replaced(TRAIN_RUN, "--width", "4"), "--resume"], "another run (changed: model)"),
-    ([*TRAIN_RUN, "--model", "resnet18", "--resume"], "another run (changed: model)"),
+    (
+        [*[a for a in TRAIN_RUN if a not in ("--width", "8")], "--model", "resnet18", "--resume"],
+        "another run (changed: model)",
+    ),
     ([*_replaced(TRAIN_RUN, "--data", "{data2.npz}"), "--resume"], "another run (changed: data)"),
     # never overwrite a run silently
     (EVAL_RUN, "--out: {eval_run} holds a run (eval-state.pt, report.json); --resume continues it"),
@@ -255,6 +273,7 @@ CLI_ERRORS = [
     (["eval", "--data", "{huge_labels.npz}"], "labels go up to 1000000000000 but the model has 10 classes"),
     (["train", "--data", "{huge_labels.npz}"], "a new model has at most 100000 classes"),
     (["eval", "--data", "{uint64_labels.npz}"], "y must fit in int64"),
+    (["eval", "--data", "{bomb}"], "{bomb}/a/big.png: too many pixels to read safely (a decompression bomb?)"),
     (["train", "--data", "{data.npz}", "--val-data", "{wrong_shape.npz}", "--out", "{new}"], "--val-data: images"),
     (["train", "--data", "{data.npz}", "--val-data", "{labels_out_of_range.npz}"], "--val-data: labels go up to 12"),
     (["train", "--data", "{data.npz}", "--val-data", "{truncated.npz}"], "--val-data: {truncated.npz}"),
@@ -263,6 +282,25 @@ CLI_ERRORS = [
     (["eval", "--model", "{bad_spec.pt}"], "malformed spec"),
     (["eval", "--model", "{tampered.pt}"], "damaged (its weights do not match the checksum"),
     (["eval", "--model", "{nan.pt}"], "10.bias holds non-finite values"),
+    (
+        ["eval", "--model", "{state_dict.pt}"],
+        "a plain state_dict, not a fastadv model file; load it into its "
+        "architecture and save that with fastadv.models.save(model, path)",
+    ),  # fmt: skip
+    (["train", "--model", "resnet18", "--width", "4"], "--width: --model resnet18 has no width"),
+    (["train", "--init", "{model.pt}", "--width", "4"], "--width: --init has no width"),
+    # bench: unknown providers, and those that need what this machine lacks
+    (["bench", "--providers", "fastest"], "--providers: unknown fastest (choose from eager, compile, copy, fused-"),
+    (["bench", "--providers", "compile", "--no-compile"], "--providers: compile is turned off by --no-compile"),
+    (
+        ["bench", "--attack", "--providers", "fastadv-bf16-cl-graph", "--device", "cpu"],
+        "--providers: fastadv-bf16-cl-graph needs a CUDA GPU",
+    ),
+    (
+        ["bench", "--train", "--providers", "naive,fastadv-bf16-cl-graph", "--device", "cpu"],
+        "--providers: fastadv-bf16-cl-graph needs a CUDA GPU",
+    ),
+    (["bench", "--train", "--providers", "fast"], "--providers: unknown fast with --train"),
     (["train", "--init", "{bad_spec.pt}"], "--init: {bad_spec.pt}: malformed spec"),
 ]
 
@@ -438,7 +476,58 @@ def test_options_share_their_defaults_with_the_api():
     for key in ("alpha", "steps", "replays", "beta", "clean_fraction"):
         assert options[key] == getattr(recipe, key), key
     assert options["schedule"] == fitted["schedule"] and options["seed"] == fitted["seed"]
-    assert options["width"] == inspect.signature(models.small_cnn).parameters["width"].default
+    width = inspect.signature(models.small_cnn).parameters["width"].default
+    assert options["width"] is None and f"(default: {width})" in _help("train", "width")  # given: checked
+
+
+def _help(command, dest):
+    sub = next(a for a in build_parser()._actions if a.dest == "command")
+    return next(a.help for a in sub.choices[command]._actions if a.dest == dest)
+
+
+@pytest.mark.parametrize("command", ["eval", "train", "bench"])
+def test_help_shows_every_default(command):
+    """Issue 15: --help shows every option's default (those that have one)."""
+    sub = next(a for a in build_parser()._actions if a.dest == "command")
+    for action in sub.choices[command]._actions:
+        if action.default is not None and action.default is not False and action.dest != "help":
+            assert "default" in (action.help or ""), action.dest
+    assert "(default: 0)" in _help("train", "seed") and "(default: 0.0)" in _help("train", "weight_decay")
+
+
+def test_eps_are_sorted_and_repeats_dropped_attacks_keep_their_order():
+    """Issue 15: duplicate or unsorted --eps / --attacks. Attacks run in the order given (the
+    cascade's order is meaningful; --help says so), a repeat dropped."""
+    args = build_parser().parse_args(["eval", "--eps", "0.1,0.05,0.1,0,0.05", "--attacks", "pgd,fgsm,pgd"])
+    assert args.eps == [0.0, 0.05, 0.1] and args.attacks == ["pgd", "fgsm"]
+    assert "order given" in _help("eval", "attacks") and "sorted" in _help("eval", "eps")
+
+
+def test_model_files_get_the_umask_and_stale_temporaries_are_removed(digits, tmp_path, monkeypatch):
+    """Issue 15: model and checkpoint files were 0600 where the JSON is 0666 less the umask; a
+    save killed midway left .tmp-*.pt behind: the next command removes those of dead processes."""
+    import socket
+
+    old = os.umask(0o027)
+    try:
+        models.save(digits[0], str(tmp_path / "m.pt"))
+        checkpoint.save_atomic({"kind": "x"}, str(tmp_path / "state.pt"))
+    finally:
+        os.umask(old)
+    assert (tmp_path / "m.pt").stat().st_mode & 0o777 == 0o640
+    assert (tmp_path / "state.pt").stat().st_mode & 0o777 == 0o640
+    out = tmp_path / "out"
+    out.mkdir()
+    host = socket.gethostname()
+    dead, live, old_style, remote = (f".tmp-999999999@{host}-a.pt", f".tmp-{os.getpid()}@{host}-b.pt",
+                                     ".tmp-c.pt", ".tmp-1@another-host.example-d.pt")  # fmt: skip
+    for name in (dead, live, old_style, remote):
+        (out / name).write_bytes(b"")
+    argv = ["eval", "--model", str(tmp_path / "m.pt"), "--limit", "8", "--attacks", "fgsm", "--eps", "0.1",
+            "--out", str(out), "--no-plots", "--quiet"]  # fmt: skip
+    assert main(argv) == 0
+    left = {p.name for p in out.iterdir()}
+    assert dead not in left and old_style not in left and {live, remote} <= left
 
 
 @pytest.mark.slow

@@ -155,3 +155,19 @@ def test_image_folder(tmp_path):
         image_folder(str(tmp_path), size=8)
     with pytest.raises(DataError, match="no such folder"):
         image_folder(str(tmp_path / "missing"))
+
+
+@pytest.mark.parametrize("pixels", [144, 250], ids=["warning", "error"])
+def test_image_folder_refuses_a_decompression_bomb(tmp_path, monkeypatch, pixels):
+    """Issue 15: Pillow's DecompressionBombError (over twice its limit) was a traceback and its
+    DecompressionBombWarning (over the limit) went by; both are a DataError naming the file."""
+    from PIL import Image
+
+    from fastadv.datasets import DataError, image_folder
+
+    (tmp_path / "a").mkdir()
+    side = int(pixels**0.5) + 1
+    Image.new("RGB", (side, side)).save(tmp_path / "a" / "big.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)
+    with pytest.raises(DataError, match=r"big.png: too many pixels to read safely \(a decompression bomb\?\)"):
+        image_folder(str(tmp_path))

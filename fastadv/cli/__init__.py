@@ -30,7 +30,19 @@ def build_parser() -> argparse.ArgumentParser:
     bench_cmd.add_parser(sub)
     eval_cmd.add_parser(sub)
     train_cmd.add_parser(sub)
+    for command in sub.choices.values():
+        _show_defaults(command)
     return parser
+
+
+def _show_defaults(parser: argparse.ArgumentParser) -> None:
+    """Every option's default in --help: added where its help does not give it already."""
+    for action in parser._actions:
+        value = action.default
+        if value is None or value is False or value == argparse.SUPPRESS or "default" in (action.help or ""):
+            continue
+        shown = ",".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
+        action.help = f"{action.help + ' ' if action.help else ''}(default: {shown.replace('%', '%%')})"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -63,17 +63,22 @@ nonnegative = _argument(float, "a number", functools.partial(check.number, at_le
 probability = _argument(float, "a number", check.probability)
 
 
-def csv_list(choices: Collection[str] | None = None, item: Callable[[str], Any] | None = None) -> Callable:
+def csv_list(choices: Collection[str] | None = None, item: Callable[[str], Any] | None = None, *,
+             unique: bool = False, sort: bool = False) -> Callable:  # fmt: skip
     """An argparse type: a non-empty comma-separated list, each part converted by `item` (an
-    argparse type; default: kept as text) or checked to be one of `choices`."""
+    argparse type; default: kept as text) or checked to be one of `choices`; with `unique`
+    the first of equal values is kept, with `sort` the values are sorted."""
 
     def parse(text: str) -> list:
         parts = [s.strip() for s in text.split(",") if s.strip()]
         if not parts:
             raise argparse.ArgumentTypeError("expected a comma-separated list")
         if item is not None:
-            return [item(part) for part in parts]
-        return parts if choices is None else _checked(check.choices, parts, choices)
+            values = [item(part) for part in parts]
+        else:
+            values = parts if choices is None else _checked(check.choices, parts, choices)
+        values = list(dict.fromkeys(values)) if unique else values
+        return sorted(values) if sort else values
 
     return parse
 

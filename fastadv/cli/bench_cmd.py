@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 
 from .args import CliError, csv_list, device, positive_int
 
@@ -102,13 +103,19 @@ def run(args: argparse.Namespace) -> int:
     args.warmup, args.repeat = args.warmup or 3, args.repeat or 10
     args.csv = args.csv or "fastadv-results/bench_step.csv"
 
+    from ..backends import BACKENDS
+
     available = step.providers(args.device, with_compile=not args.no_compile)
     names = args.providers or available
-    missing = [n for n in names if n not in available]
-    if missing:
-        raise CliError(
-            f"--providers: {', '.join(missing)} cannot run on {args.device} here (available: {', '.join(available)})"
-        )
+    everything = ["eager", "compile", "copy"] + [f"fused-{n}" for n in BACKENDS if n != "torch"]
+
+    def why(name: str) -> str:
+        if name == "compile":
+            return "is turned off by --no-compile"
+        reason = BACKENDS[name.removeprefix("fused-")].unavailable_reason(args.device)
+        return f"cannot run on {args.device} ({reason})"
+
+    _check_providers(names, everything, available, why)
     if "eager" not in names:
         names = ["eager"] + names  # the baseline every ratio is taken against
     if "copy" not in names:
@@ -131,15 +138,11 @@ def _run_bench_attack(args: argparse.Namespace) -> int:
     everything = dict.fromkeys(p for kind in args.attacks for p in attack.KINDS[kind])
     available = dict.fromkeys(p for kind in args.attacks for p in attack.available_providers(kind, args.device))
     names = args.providers or list(available)
-    unknown = [n for n in names if n not in everything]
-    if unknown:
-        raise CliError(
-            f"--providers: unknown {', '.join(unknown)} with --attack --attacks {','.join(args.attacks)} "
-            f"(choose from {', '.join(everything)})"
-        )
-    missing = [n for n in names if n not in available]
-    if missing:
-        raise CliError(f"--providers: {', '.join(missing)} is not installed (pip install torchattacks)")
+    _check_providers(
+        names, list(everything), list(available),
+        lambda n: "needs a CUDA GPU" if n in attack.GPU_ONLY else "needs torchattacks (pip install torchattacks)",
+        f" with --attack --attacks {','.join(args.attacks)}",
+    )  # fmt: skip
     rows = []
     for kind in args.attacks:
         mine = [n for n in names if n in attack.KINDS[kind]]
@@ -159,12 +162,7 @@ def _run_bench_train(args: argparse.Namespace) -> int:
 
     available = training.available_providers(args.device)
     names = args.providers or available
-    missing = [n for n in names if n not in available]
-    if missing:
-        raise CliError(
-            f"--providers: {', '.join(missing)} cannot run with --train on {args.device} "
-            f"(choose from {', '.join(available)})"
-        )
+    _check_providers(names, list(training.PROVIDERS), available, lambda n: "needs a CUDA GPU", " with --train")
     rows = training.run(
         args.models, args.recipes, names, args.device, batch=args.batch, batches=args.batches, steps=args.steps,
         warmup=args.warmup or 1, repeat=args.repeat or 3, progress=not args.quiet,
@@ -183,3 +181,14 @@ def _write_rows(rows: list, path: str) -> int:
         raise CliError(f"--csv: cannot write {path}: {error.strerror}") from None
     print(f"{len(rows)} rows appended to {path}")
     return 0
+
+
+def _check_providers(names: list[str], everything: list[str], available: list[str], why: Callable[[str], str],
+                     context: str = "") -> None:  # fmt: skip
+    """CliError naming the providers that do not exist (unknown) or cannot run here (`why`)."""
+    unknown = [n for n in names if n not in everything]
+    if unknown:
+        raise CliError(f"--providers: unknown {', '.join(unknown)}{context} (choose from {', '.join(everything)})")
+    missing = [n for n in names if n not in available]
+    if missing:
+        raise CliError("--providers: " + "; ".join(f"{n} {why(n)}" for n in missing))

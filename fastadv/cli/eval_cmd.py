@@ -46,12 +46,13 @@ def add_parser(sub) -> None:
         "--image-size", type=arg.positive_int, default=None, help="resize and crop folder images to this size"
     )
     p.add_argument(
-        "--attacks", type=arg.csv_list(ATTACKS), default=list(EVALUATE["attacks"]),
-        help=f"among {', '.join(ATTACKS)} (default: {arg.joined(EVALUATE['attacks'])})",
+        "--attacks", type=arg.csv_list(ATTACKS, unique=True), default=list(EVALUATE["attacks"]),
+        help=f"among {', '.join(ATTACKS)}, run in the order given (a repeat is dropped): with the cascade each "
+        f"attacks the samples the ones before left robust (default: {arg.joined(EVALUATE['attacks'])})",
     )  # fmt: skip
     p.add_argument(
-        "--eps", type=arg.csv_list(item=arg.nonnegative), default=list(EVALUATE["eps"]),
-        help=f"default: {arg.joined(EVALUATE['eps'])}",
+        "--eps", type=arg.csv_list(item=arg.nonnegative, unique=True, sort=True), default=list(EVALUATE["eps"]),
+        help=f"sorted, repeats dropped (default: {arg.joined(EVALUATE['eps'])})",
     )  # fmt: skip
     p.add_argument(
         "--steps", type=arg.positive_int, default=EVALUATE["steps"],

@@ -17,6 +17,7 @@ import shutil
 import tempfile
 
 from .. import _distributed
+from ..checkpoint import remove_stale_temporaries
 from .args import CliError
 
 # the files a run of eval or train leaves in its folder (eval's state per rank under torchrun)
@@ -87,7 +88,9 @@ class OutputFolder:
             raise CliError(f"--out: cannot write into {self.path} ({error.strerror})") from None
 
     def start(self) -> None:
-        """Removes the replaced run's files (--overwrite); call it once every input is checked."""
+        """Removes the replaced run's files (--overwrite) and what saves killed midway left
+        (.tmp-*.pt of processes that are gone); call it once every input is checked."""
+        remove_stale_temporaries(self.path)
         if not self.overwrite or _distributed.rank_and_world()[0] != 0:
             return
         for path in self.old:

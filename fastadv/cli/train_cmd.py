@@ -41,8 +41,9 @@ def add_parser(sub) -> None:
     p.add_argument("--model", choices=sorted(models.ARCHITECTURES), default="small_cnn")
     p.add_argument("--init", default=None, help="start from this model file (fine-tune it) instead of new weights")
     p.add_argument(
-        "--width", type=arg.positive_int, default=SMALL_CNN["width"], help="small_cnn width (default: %(default)s)"
-    )
+        "--width", type=arg.positive_int, default=None,
+        help=f"small_cnn width (default: {SMALL_CNN['width']}); other models and --init have none",
+    )  # fmt: skip
     p.add_argument("--recipe", choices=RECIPES, default=DIGITS["recipe"])
     p.add_argument("--eps", type=arg.nonnegative, default=DIGITS["eps"], help="default: %(default)s")
     p.add_argument("--alpha", type=arg.nonnegative, default=RECIPE["alpha"], help="step size (default: per recipe)")
@@ -120,6 +121,9 @@ def _inputs(args: argparse.Namespace) -> tuple[torch.nn.Module, tuple, tuple | N
         val = arg.load_data(args.val_data, "test", option="--val-data")
     else:
         val = digits("test") if args.data == "digits" else None
+    if args.width is not None and (args.init is not None or args.model != "small_cnn"):
+        raise CliError(f"--width: {'--init' if args.init is not None else f'--model {args.model}'} has no width "
+                       "(only a new small_cnn has)")  # fmt: skip
     torch.manual_seed(args.seed)
     if args.init is not None:
         try:
@@ -130,7 +134,7 @@ def _inputs(args: argparse.Namespace) -> tuple[torch.nn.Module, tuple, tuple | N
         classes = int(labels.max()) + 1
         if classes > MAX_CLASSES:
             raise CliError(f"--data: labels go up to {classes - 1}; a new model has at most {MAX_CLASSES} classes")
-        kwargs = {"width": args.width} if args.model == "small_cnn" else {}
+        kwargs = {"width": args.width or SMALL_CNN["width"]} if args.model == "small_cnn" else {}
         try:
             model = models.ARCHITECTURES[args.model](in_channels=images.shape[1], num_classes=classes, **kwargs)
         except ValueError as error:

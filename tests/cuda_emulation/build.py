@@ -21,6 +21,7 @@ from __future__ import annotations
 import functools
 import os
 import re
+import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -98,7 +99,12 @@ def source_root() -> Path:
 
 
 def build_root() -> Path:
-    default = REPO / "build" / "cuda_emulation"
+    # One folder per Python and torch version: the main environment and .ci/gpu-stack's share the
+    # checkout, and a module built against one torch cannot load into the other.
+    import torch
+
+    python = f"py{sys.version_info.major}.{sys.version_info.minor}"
+    default = REPO / "build" / "cuda_emulation" / f"{python}-torch{torch.__version__.split('+')[0]}"
     return Path(os.environ.get("FASTADV_CUDA_EMULATION_BUILD", default)).resolve()
 
 

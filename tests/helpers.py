@@ -263,6 +263,18 @@ def uniform_start(x, eps, seed):
     return torch.min(torch.max(x + noise, x - eps), x + eps).clamp(0, 1)
 
 
+class GammaModel(nn.Module):
+    """x ** (1 / 2.2) before the network: the input gradient is infinite at black pixels, which is
+    how the tests make attacks meet non-finite gradients and candidates."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, t):
+        return self.net(t.pow(1 / 2.2))
+
+
 class CountingModel(nn.Module):
     """Wraps a model; counts forward calls and the samples they saw."""
 

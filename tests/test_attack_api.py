@@ -5,6 +5,7 @@ import inspect
 
 import pytest
 import torch
+from helpers import GammaModel
 
 import fastadv
 from fastadv import _validate as check
@@ -186,17 +187,6 @@ def test_a_model_that_ignores_its_input_is_an_error(digits, make, kind):
         make(wrapped)(x[:8], y[:8])
 
 
-class _Gamma(torch.nn.Module):
-    """x ** (1 / 2.2) before the network: the input gradient is infinite at black pixels."""
-
-    def __init__(self, net):
-        super().__init__()
-        self.net = net
-
-    def forward(self, t):
-        return self.net(t.pow(1 / 2.2))
-
-
 NON_FINITE = [
     lambda m: fastadv.PGDL2(m, eps=1.0, alpha=0.25, steps=5),
     lambda m: fastadv.PGDL2(m, eps=1.0, alpha=0.25, steps=5, early_stop=True, restarts=2),
@@ -211,7 +201,7 @@ def test_a_non_finite_candidate_never_fools(digits, make):
     images that counted as fooled (class 0). Returned images are finite, success is the model's
     verdict on them, and non_finite marks the samples whose candidate was discarded."""
     model, x, y = digits
-    gamma = _Gamma(model)
+    gamma = GammaModel(model)
     result = make(gamma).run(x, y)
     assert bool(result.adv.isfinite().all()) and bool(make(gamma)(x, y).isfinite().all())
     with torch.no_grad():

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 import torch
-from helpers import assert_unchanged, snapshot
+from helpers import GammaModel, assert_unchanged, snapshot
 
 import fastadv
 from fastadv import _distributed, models
@@ -224,16 +224,8 @@ def test_non_finite_adversarial_images_count_as_robust(digits):
     "fooled" and gave robust 6% and mean_l2 NaN; they count as not fooled and are reported."""
     model, x, y = digits
 
-    class Gamma(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.net = model
-
-        def forward(self, t):
-            return self.net(t.pow(1 / 2.2))
-
     x, y = x[:64], y[:64]
-    report = evaluate(Gamma(), (x, y), ["pgd-l2", "deepfool"], [1.0], steps=5, progress=False)
+    report = evaluate(GammaModel(model), (x, y), ["pgd-l2", "deepfool"], [1.0], steps=5, progress=False)
     for row in report["attacks"]:
         assert row["robust_accuracy"] >= report["clean_accuracy"] - 0.1, row
         assert row["mean_l2"] == row["mean_l2"] and row["mean_linf"] == row["mean_linf"]  # not NaN

@@ -75,6 +75,47 @@ FASTADV_HOST_DEVICE float l2_output(float x, float delta, float factor, float lo
   return min_propagate_nan(max_propagate_nan(x + delta * factor, lower), upper);
 }
 
+// ---- Rounding to a 16-bit output dtype (float16, bfloat16) within the budget ----
+// Nearest rounding of the float32 result y can carry it past the ball's edge (eps 0.1 became
+// 0.1016 in float16). So: out = nearest(y); when out is farther from x than both y and `limit`
+// (eps for L-inf, 0 for L2, both in float32), out becomes its neighbour one unit in the last place
+// toward x. x is representable and y lies between x and out, so the neighbour lies between x and
+// y: |out - x| <= |y - x|, within the ball, and within [lower, upper] whenever the bounds are
+// representable. float32 outputs are stored as they are (PGD then equals torchattacks bit for bit).
+
+FASTADV_HOST_DEVICE float abs_value(float v) {
+  return v < 0.f ? -v : v;
+}
+
+FASTADV_HOST_DEVICE bool rounding_leaves_budget(float rounded, float y, float x, float limit) {
+  const float away = abs_value(rounded - x);
+  return away > limit && away > abs_value(y - x);
+}
+
+// The bits of the 16-bit float one unit in the last place from `rounded` (its bits, nonzero
+// distance from x) toward x. Both dtypes are sign-magnitude: a step toward zero is bits - 1, away
+// from zero bits + 1; from a zero the step goes to the smallest subnormal on x's side.
+FASTADV_HOST_DEVICE uint16_t bits_toward(uint16_t bits, float rounded, float x) {
+  if ((bits & 0x7FFFu) == 0) return x < 0.f ? 0x8001u : 0x0001u;
+  return static_cast<uint16_t>((rounded > x) == (rounded > 0.f) ? bits - 1u : bits + 1u);
+}
+
+// The stored bits of a 16-bit output element: `bits` is nearest(y), `rounded` its value.
+FASTADV_HOST_DEVICE uint16_t bits_within_budget(uint16_t bits, float rounded, float y, float x, float limit) {
+  return rounding_leaves_budget(rounded, y, x, limit) ? bits_toward(bits, rounded, x) : bits;
+}
+
+// The same for an element of type T (float: stored as it is; c10::Half or c10::BFloat16, whose
+// bits are the member x). `rounded` is nearest(y) in T.
+template <typename T>
+FASTADV_HOST_DEVICE T within_budget(T rounded, float rounded_value, float y, float x, float limit) {
+  if constexpr (sizeof(T) == 2) {
+    return T(bits_within_budget(rounded.x, rounded_value, y, x, limit), T::from_bits());
+  } else {
+    return rounded;
+  }
+}
+
 // A step parameter: one value for every element, or a float32 table of shape [Bp, Cp]
 // (Bp in {1, B}, Cp in {1, C}) read at (sample, channel); a broadcast dim has stride 0.
 struct StepParam {

@@ -64,7 +64,8 @@ def linf_step(
 
     Per element, in float32: ``s = sign(grad)`` (0 for 0 and NaN; negated when ``targeted``),
     ``y = x_adv + alpha * s``, ``y = min(max(y, x - eps), x + eps)``,
-    ``y = min(max(y, lower), upper)``, rounded once to x_adv's dtype.
+    ``y = min(max(y, lower), upper)``, rounded once to x_adv's dtype (in float16 and bfloat16,
+    toward x where nearest rounding would leave the ball: ``|out - x| <= eps`` holds).
 
     Args:
         x_adv, grad, x: tensors of one shape and device, dim >= 1 (dim 0 is the batch). x_adv and
@@ -121,7 +122,7 @@ def l2_step(
         d = grad_b / ||grad_b||        (0 where the norm is 0; NaN entries count as 0; -d if targeted)
         delta = x_adv_b + alpha_b * d - x_b
         delta *= eps_b / ||delta||     (only where ||delta|| > eps_b)
-        out_b = clamp(x_b + delta, lower, upper)
+        out_b = clamp(x_b + delta, lower, upper)   (float16/bfloat16: each element rounded toward x)
 
     eps and alpha are numbers, 0-d tensors or per-sample tensors ([B] or [B,1,...]); lower and
     upper may also be per channel. Other arguments, layouts, errors and backends as for

@@ -116,6 +116,14 @@ inline c10::Half store_float(float f) {
   return c10::Half(static_cast<uint16_t>(half), c10::Half::from_bits());
 }
 
+// y stored as T without leaving the budget (step_math.h's within_budget; limit: eps for L-inf, 0
+// for L2). float32 is stored as it is.
+template <typename T>
+inline T stored(float y, float x, float limit) {
+  const T rounded = store_float<T>(y);
+  return within_budget(rounded, load_float(rounded), y, x, limit);
+}
+
 struct Scalars {
   float eps, alpha, lower, upper;
 };
@@ -227,12 +235,15 @@ FASTADV_CPU_TARGET inline float* chunk_result(T* out, float* buffer) {
   }
 }
 
+// A chunk's float32 results y stored as T: rounded to nearest, then kept within the budget
+// (`stored`); x is the chunk's x in float32.
 template <typename T>
-FASTADV_CPU_TARGET inline void store_chunk(const float* buffer, T* out, int64_t n) {
+FASTADV_CPU_TARGET inline void store_chunk(const float* buffer, T* out, int64_t n, const float* x, float limit) {
   if constexpr (std::is_same_v<T, c10::Half>) {
     narrow_half(buffer, out, n);
+    for (int64_t i = 0; i < n; ++i) out[i] = within_budget(out[i], load_float(out[i]), buffer[i], x[i], limit);
   } else if constexpr (!std::is_same_v<T, float>) {
-    for (int64_t i = 0; i < n; ++i) out[i] = store_float<T>(buffer[i]);
+    for (int64_t i = 0; i < n; ++i) out[i] = stored<T>(buffer[i], x[i], limit);
   }
 }
 #endif
@@ -244,10 +255,10 @@ FASTADV_CPU_TARGET inline void linf_run(const scalar_t* x_adv, const grad_t* gra
     const float xi = load_float(x[i]);
     const float ai = load_float(x_adv[i]);
     if constexpr (kStep) {
-      out[i] = store_float<scalar_t>(
-          linf_step_value(ai, load_float(grad[i]), xi, s.eps, s.alpha, s.lower, s.upper, targeted));
+      out[i] = stored<scalar_t>(linf_step_value(ai, load_float(grad[i]), xi, s.eps, s.alpha, s.lower, s.upper, targeted),
+                                xi, s.eps);
     } else {
-      out[i] = store_float<scalar_t>(linf_project_value(ai, xi, s.eps, s.lower, s.upper));
+      out[i] = stored<scalar_t>(linf_project_value(ai, xi, s.eps, s.lower, s.upper), xi, s.eps);
     }
   }
 }
@@ -265,8 +276,9 @@ FASTADV_CPU_TARGET void run_uniform(const scalar_t* x_adv, const grad_t* grad, c
       const float* g = nullptr;
       if constexpr (kStep) g = as_float(grad_i, buffers[1]);
       float* o = chunk_result(out + i, buffers[3]);
-      linf_run<kStep>(as_float(x_adv + i, buffers[0]), g, as_float(x + i, buffers[2]), o, n, s, targeted);
-      store_chunk(o, out + i, n);
+      const float* xf = as_float(x + i, buffers[2]);
+      linf_run<kStep>(as_float(x_adv + i, buffers[0]), g, xf, o, n, s, targeted);
+      store_chunk(o, out + i, n, xf, s.eps);
     }
     return;
   }
@@ -409,7 +421,8 @@ FASTADV_CPU_TARGET inline void write_l2_run(const scalar_t* x_adv, const grad_t*
                                             float factor, float lower, float upper) {
   for (int64_t i = 0; i < n; ++i) {
     const float d = l2_delta_at<kStep>(x_adv, grad, x, i, inverse_grad_norm, alpha, targeted);
-    out[i] = store_float<out_t>(l2_output(load_float(x[i]), d, factor, lower, upper));
+    const float xi = load_float(x[i]);
+    out[i] = stored<out_t>(l2_output(xi, d, factor, lower, upper), xi, 0.f);
   }
 }
 
@@ -427,9 +440,10 @@ FASTADV_CPU_TARGET void write_l2(const scalar_t* x_adv, const grad_t* grad, cons
       const float* g = nullptr;
       if constexpr (kStep) g = as_float(grad_i, buffers[1]);
       float* o = chunk_result(out + i, buffers[3]);
-      write_l2_run<kStep>(as_float(x_adv + i, buffers[0]), g, as_float(x + i, buffers[2]), o, n, inverse_grad_norm,
-                          alpha, targeted, factor, lower, upper);
-      store_chunk(o, out + i, n);
+      const float* xf = as_float(x + i, buffers[2]);
+      write_l2_run<kStep>(as_float(x_adv + i, buffers[0]), g, xf, o, n, inverse_grad_norm, alpha, targeted, factor,
+                          lower, upper);
+      store_chunk(o, out + i, n, xf, 0.f);
     }
     return;
   }

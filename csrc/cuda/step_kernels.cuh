@@ -26,18 +26,27 @@ struct alignas(sizeof(T) * N) Pack {
   T v[N];
 };
 
-template <bool kStep, typename grad_t, typename index_t>
-__device__ __forceinline__ float linf_element(float x_adv, grad_t grad, float x, index_t i, const StepParams& p,
-                                              const Geometry& g, bool targeted) {
+// y rounded to the output dtype without leaving the budget (step_math.h's within_budget).
+template <typename scalar_t>
+__device__ __forceinline__ scalar_t rounded_output(float y, float x, float limit) {
+  const scalar_t r = static_cast<scalar_t>(y);
+  return within_budget(r, static_cast<float>(r), y, x, limit);
+}
+
+template <bool kStep, typename scalar_t, typename grad_t, typename index_t>
+__device__ __forceinline__ scalar_t linf_element(float x_adv, grad_t grad, float x, index_t i, const StepParams& p,
+                                                 const Geometry& g, bool targeted) {
   index_t b = 0, c = 0;
   if (g.needs_sample) b = i / static_cast<index_t>(g.sample_size);
   if (g.needs_channel) c = (i / static_cast<index_t>(g.channel_div)) % static_cast<index_t>(g.channels);
   const float eps = p.eps.at(b, c), lower = p.lower.at(b, c), upper = p.upper.at(b, c);
+  float y;
   if constexpr (kStep) {
-    return linf_step_value(x_adv, static_cast<float>(grad), x, eps, p.alpha.at(b, c), lower, upper, targeted);
+    y = linf_step_value(x_adv, static_cast<float>(grad), x, eps, p.alpha.at(b, c), lower, upper, targeted);
   } else {
-    return linf_project_value(x_adv, x, eps, lower, upper);
+    y = linf_project_value(x_adv, x, eps, lower, upper);
   }
+  return rounded_output<scalar_t>(y, x, eps);
 }
 
 // x_adv is not __restrict__: out may be x_adv (in place). Each element is read before it is
@@ -59,15 +68,15 @@ __global__ void linf_kernel(const scalar_t* x_adv, const grad_t* __restrict__ gr
 #pragma unroll
     for (int k = 0; k < kVec; ++k) {
       const grad_t gk = kStep ? gv.v[k] : grad_t(0);
-      r.v[k] = static_cast<scalar_t>(linf_element<kStep>(static_cast<float>(a.v[k]), gk, static_cast<float>(xv.v[k]),
-                                                         v * kVec + k, p, g, targeted));
+      r.v[k] = linf_element<kStep, scalar_t>(static_cast<float>(a.v[k]), gk, static_cast<float>(xv.v[k]), v * kVec + k,
+                                             p, g, targeted);
     }
     reinterpret_cast<Pack<scalar_t, kVec>*>(out)[v] = r;
   }
   for (index_t i = packs * kVec + first; i < numel; i += stride) {
     const grad_t gi = kStep ? grad[i] : grad_t(0);
-    out[i] = static_cast<scalar_t>(
-        linf_element<kStep>(static_cast<float>(x_adv[i]), gi, static_cast<float>(x[i]), i, p, g, targeted));
+    out[i] = linf_element<kStep, scalar_t>(static_cast<float>(x_adv[i]), gi, static_cast<float>(x[i]), i, p, g,
+                                           targeted);
   }
 }
 
@@ -106,13 +115,14 @@ __device__ __forceinline__ float sum_partials(const float* partials, int64_t cou
   return block_sum(acc);
 }
 
+// Element i of sample b (the caller knows its sample: no division for it).
 template <typename scalar_t>
-__device__ __forceinline__ void store_l2(scalar_t* out, int64_t i, float x, float delta, float factor,
+__device__ __forceinline__ void store_l2(scalar_t* out, int64_t i, int64_t b, float x, float delta, float factor,
                                          const StepParams& p, const Geometry& g) {
-  int64_t b = 0, c = 0;
-  if (g.needs_sample) b = i / g.sample_size;
+  int64_t c = 0;
   if (g.needs_channel) c = (i / g.channel_div) % g.channels;
-  out[i] = static_cast<scalar_t>(l2_output(x, delta, factor, p.lower.at(b, c), p.upper.at(b, c)));
+  if (!g.needs_sample) b = 0;
+  out[i] = rounded_output<scalar_t>(l2_output(x, delta, factor, p.lower.at(b, c), p.upper.at(b, c)), x, 0.f);
 }
 
 // One block per sample of n elements (n <= kThreads * kPerThread), looping over the samples
@@ -149,7 +159,7 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
     for (int k = 0; k < kPerThread; ++k) {
       const int64_t i = threadIdx.x + static_cast<int64_t>(k) * kThreads;
-      if (i < n) store_l2(out, base + i, xv[k], xa[k], factor, p, g);
+      if (i < n) store_l2(out, base + i, b, xv[k], xa[k], factor, p, g);
     }
   }
 }
@@ -194,7 +204,7 @@ __global__ void __launch_bounds__(kThreads)
         const float factor =
             l2_rescale_factor(sqrtf(sum_partials(delta_partials + b * chunks, chunks)), p.eps.at(b, 0));
         for (int64_t i = begin + threadIdx.x; i < end; i += kThreads) {
-          store_l2(out, i, static_cast<float>(x[i]), delta_at(i), factor, p, g);
+          store_l2(out, i, b, static_cast<float>(x[i]), delta_at(i), factor, p, g);
         }
       }
     }

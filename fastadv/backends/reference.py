@@ -31,6 +31,30 @@ def _sign_nan_is_zero(grad: torch.Tensor) -> torch.Tensor:
     return torch.where(torch.isnan(s), torch.zeros_like(s), s)
 
 
+_SIXTEEN_BIT = (torch.float16, torch.bfloat16)
+
+
+def round_within_budget(y: torch.Tensor, x: torch.Tensor, limit, dtype: torch.dtype) -> torch.Tensor:
+    """The float32 result y stored as dtype. float32: as it is. float16 and bfloat16: rounded to
+    nearest, then, where that is farther from x than both y and `limit` (eps for L-inf, 0 for L2;
+    compared in float32), the neighbour one unit in the last place toward x. That neighbour lies
+    between x and y, so rounding never leaves the eps ball nor the representable bounds."""
+    rounded = y.to(dtype)
+    if dtype not in _SIXTEEN_BIT:
+        return rounded
+    xf = x.float()
+    value = rounded.float()
+    away = (value - xf).abs()
+    leaves = (away > limit) & (away > (y - xf).abs())
+    bits = rounded.view(torch.int16).to(torch.int32) & 0xFFFF
+    # Both dtypes are sign-magnitude: toward zero is bits - 1, away from zero bits + 1; from a zero,
+    # the smallest subnormal on x's side.
+    toward = torch.where((value > xf) == (value > 0), bits - 1, bits + 1)
+    toward = torch.where((bits & 0x7FFF) == 0, torch.where(xf < 0, 0x8001, 0x0001), toward)
+    bits = torch.where(leaves, toward, bits)
+    return torch.where(bits >= 0x8000, bits - 0x10000, bits).to(torch.int16).view(dtype)
+
+
 def linf_project_float(y: torch.Tensor, x: torch.Tensor, eps: Param, lower: Param, upper: Param) -> torch.Tensor:
     """min(max(y, x - eps), x + eps), then min(max(., lower), upper), in float32."""
     xf = x.float()
@@ -44,11 +68,13 @@ def linf_step_into(x_adv, grad, x, eps: Param, alpha: Param, lower: Param, upper
     if targeted:
         s = -s
     y = x_adv.float() + _broadcastable(alpha, x) * s
-    out.copy_(linf_project_float(y, x, eps, lower, upper).to(x_adv.dtype))
+    y = linf_project_float(y, x, eps, lower, upper)
+    out.copy_(round_within_budget(y, x, _broadcastable(eps, x), x_adv.dtype))
 
 
 def linf_project_into(x_adv, x, eps: Param, lower: Param, upper: Param, out) -> None:
-    out.copy_(linf_project_float(x_adv.float(), x, eps, lower, upper).to(x_adv.dtype))
+    y = linf_project_float(x_adv.float(), x, eps, lower, upper)
+    out.copy_(round_within_budget(y, x, _broadcastable(eps, x), x_adv.dtype))
 
 
 # ---- L2: per sample b, norms over all non-batch elements, accumulated in float32 ----
@@ -73,7 +99,7 @@ def _l2_rescale_and_clamp(delta, x, eps: Param, lower: Param, upper: Param, dtyp
     factor = torch.where(delta_norm > e, e / delta_norm, torch.ones_like(delta_norm))
     y = x.float() + (delta * factor).reshape(x.shape)
     y = torch.minimum(torch.maximum(y, _broadcastable(lower, x)), _broadcastable(upper, x))
-    return y.to(dtype)
+    return round_within_budget(y, x, 0.0, dtype)
 
 
 def l2_step_into(x_adv, grad, x, eps: Param, alpha: Param, lower: Param, upper: Param, targeted: bool, out) -> None:

@@ -134,6 +134,29 @@ if triton is not None:
         else:
             return y.to(out_ptr.dtype.element_ty)
 
+    @triton.jit
+    def _within_budget(y, x, limit, out_ptr):
+        # y rounded to nearest in the output dtype; for float16 and bfloat16, where that is farther
+        # from x than both y and `limit` (eps for L-inf, 0 for L2), the neighbour one unit in the
+        # last place toward x instead (step_math.h's within_budget, the contract's rule).
+        rounded = _to_output_dtype(y, out_ptr)
+        if out_ptr.dtype.element_ty == tl.float32:
+            return rounded
+        else:
+            bits = rounded.to(tl.uint16, bitcast=True).to(tl.int32)
+            if out_ptr.dtype.element_ty == tl.bfloat16:
+                value = (bits << 16).to(tl.float32, bitcast=True)
+            else:
+                value = rounded.to(tl.float32)
+            away = tl.abs(value - x)
+            leaves = (away > limit) & (away > tl.abs(y - x))
+            # sign-magnitude: toward zero is bits - 1, away from zero bits + 1; from a zero, the
+            # smallest subnormal on x's side
+            toward = tl.where((value > x) == (value > 0.0), bits - 1, bits + 1)
+            toward = tl.where((bits & 0x7FFF) == 0, tl.where(x < 0.0, 0x8001, 0x0001), toward)
+            bits = tl.where(leaves, toward, bits)
+            return bits.to(tl.uint16).to(out_ptr.dtype.element_ty, bitcast=True)
+
     @triton.autotune(configs=_configs(), key=["n_elements"], restore_value=["out_ptr"])
     @triton.jit
     def _linf_kernel(
@@ -171,7 +194,7 @@ if triton is not None:
         y = tl.minimum(y, x + eps, propagate_nan=tl.PropagateNan.ALL)
         y = tl.maximum(y, lower, propagate_nan=tl.PropagateNan.ALL)
         y = tl.minimum(y, upper, propagate_nan=tl.PropagateNan.ALL)
-        tl.store(out_ptr + offs, _to_output_dtype(y, out_ptr), mask=mask)
+        tl.store(out_ptr + offs, _within_budget(y, x, eps, out_ptr), mask=mask)
 
     def _table_strides(table):
         """(stride over samples, stride over channels) of a [Bp, Cp] table; 0 where broadcast."""
@@ -265,7 +288,7 @@ if triton is not None:
         upper = _param(upper_ptr, upper_value, upper_sb, upper_sc, b, c, mask, UPPER_TABLE)
         y = tl.maximum(x + delta * factor, lower, propagate_nan=tl.PropagateNan.ALL)
         y = tl.minimum(y, upper, propagate_nan=tl.PropagateNan.ALL)
-        tl.store(out_ptr + offs, _to_output_dtype(y, out_ptr), mask=mask)
+        tl.store(out_ptr + offs, _within_budget(y, x, 0.0, out_ptr), mask=mask)
 
     @triton.jit
     def _l2_sample_kernel(

@@ -3,6 +3,7 @@
 // order the reference performs them, so each backend equals the reference bit for bit.
 #pragma once
 
+#include <cmath>
 #include <cstdint>
 
 #if defined(__CUDACC__) || defined(__HIPCC__)
@@ -20,6 +21,10 @@ FASTADV_HOST_DEVICE float max_propagate_nan(float a, float b) {
 }
 FASTADV_HOST_DEVICE float min_propagate_nan(float a, float b) {
   return (a < b || a != a) ? a : b;
+}
+
+FASTADV_HOST_DEVICE float abs_value(float v) {
+  return v < 0.f ? -v : v;
 }
 
 // sign(0) = sign(NaN) = 0: a NaN gradient never moves a pixel.
@@ -43,12 +48,33 @@ FASTADV_HOST_DEVICE float linf_step_value(float x_adv, float grad, float x, floa
 }
 
 // ---- L2 (per sample b; norms over all non-batch elements, accumulated in float32) ----
-// d = grad_b / ||grad_b|| (0 where the norm is 0; NaN entries count as 0), negated when targeted;
+// d = grad_b / ||grad_b|| (0 where the norm is 0; NaN entries count as 0; its limit
+// sign(g_i) / sqrt(k) on the k infinite entries when there are any), negated when targeted;
 // delta = (x_adv + alpha * d) - x, rescaled by eps / ||delta|| when ||delta|| > eps; then clamp.
+
+constexpr float kFloatMax = 0x1.fffffep+127f;
+// An exact power of two that brings a gradient whose sum of squares overflows float32 with every
+// entry finite (entries from about 1.8e19 on) back into range: its scaled squares sum to at most
+// 2^96 per entry, finite for any sample that fits in memory.
+constexpr float kL2OverflowScale = 0x1p-80f;
 
 // A gradient entry as it enters the norm and the direction: NaN counts as 0.
 FASTADV_HOST_DEVICE float l2_grad_entry(float g) {
   return g == g ? g : 0.f;
+}
+
+FASTADV_HOST_DEVICE bool is_infinite(float g) {
+  return abs_value(g) > kFloatMax;
+}
+
+// The second reduction, run only for a sample whose sum of squares is infinite: its count of
+// infinite entries and its sum of scaled squares.
+FASTADV_HOST_DEVICE float l2_infinite_count(float g) {
+  return is_infinite(g) ? 1.f : 0.f;
+}
+FASTADV_HOST_DEVICE float l2_scaled_square(float g) {
+  const float s = l2_grad_entry(g) * kL2OverflowScale;
+  return s * s;
 }
 
 // 1 / ||grad||, or 0 for a zero gradient (which then does not move the sample). The kernels
@@ -58,10 +84,38 @@ FASTADV_HOST_DEVICE float l2_inverse_norm(float grad_norm) {
   return grad_norm > 0.f ? 1.f / grad_norm : 0.f;
 }
 
-// The unscaled perturbation of one element after the gradient step.
-FASTADV_HOST_DEVICE float l2_step_delta(float x_adv, float g, float x, float inverse_grad_norm, float alpha,
-                                        bool targeted) {
-  const float d = l2_grad_entry(g) * inverse_grad_norm;
+// What the direction of one sample needs: d_i = (g_i * scale) * inverse_norm on finite entries,
+// +-infinite_entry on infinite ones.
+struct L2Direction {
+  float scale;           // 1, or kL2OverflowScale when the sum of squares overflowed
+  float inverse_norm;    // 1 / ||scale * g||; 0 for a zero gradient or one with infinite entries
+  float infinite_entry;  // 1 / sqrt(k) for k > 0 infinite entries, else 0
+};
+
+// From the sample's sum of squares; when that is infinite (an infinite entry, or finite entries
+// whose squares overflow), from its count of infinite entries and sum of scaled squares.
+FASTADV_HOST_DEVICE L2Direction l2_direction(float sum_sq, float infinite_count, float scaled_sum_sq) {
+  if (sum_sq <= kFloatMax) return {1.f, l2_inverse_norm(sqrtf(sum_sq)), 0.f};
+  if (infinite_count > 0.f) return {1.f, 0.f, 1.f / sqrtf(infinite_count)};
+  return {kL2OverflowScale, l2_inverse_norm(sqrtf(scaled_sum_sq)), 0.f};
+}
+
+FASTADV_HOST_DEVICE float l2_direction_entry(float g, L2Direction dir) {
+  const float finite = (l2_grad_entry(g) * dir.scale) * dir.inverse_norm;
+  return is_infinite(g) ? (g > 0.f ? dir.infinite_entry : -dir.infinite_entry) : finite;
+}
+
+// The same for a sample whose sum of squares is finite (no infinite entry, scale 1), given its
+// inverse norm: the CPU loop's fast path (the selects above cost it time), equal bit for bit.
+FASTADV_HOST_DEVICE float l2_direction_entry(float g, float inverse_norm) {
+  return l2_grad_entry(g) * inverse_norm;
+}
+
+// The unscaled perturbation of one element after the gradient step (Dir: L2Direction, or the
+// inverse norm of a sample with a finite sum of squares).
+template <typename Dir>
+FASTADV_HOST_DEVICE float l2_step_delta(float x_adv, float g, float x, Dir dir, float alpha, bool targeted) {
+  const float d = l2_direction_entry(g, dir);
   const float step = targeted ? -alpha : alpha;  // exact, and loop-invariant (see linf_step_value)
   return (x_adv + step * d) - x;
 }
@@ -82,10 +136,6 @@ FASTADV_HOST_DEVICE float l2_output(float x, float delta, float factor, float lo
 // toward x. x is representable and y lies between x and out, so the neighbour lies between x and
 // y: |out - x| <= |y - x|, within the ball, and within [lower, upper] whenever the bounds are
 // representable. float32 outputs are stored as they are (PGD then equals torchattacks bit for bit).
-
-FASTADV_HOST_DEVICE float abs_value(float v) {
-  return v < 0.f ? -v : v;
-}
 
 FASTADV_HOST_DEVICE bool rounding_leaves_budget(float rounded, float y, float x, float limit) {
   const float away = abs_value(rounded - x);

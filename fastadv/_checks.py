@@ -56,21 +56,25 @@ def check_inputs(x_adv: object, grad: object | None, x: object) -> None:
         raise TypeError(f"x has dtype {x.dtype} but x_adv has dtype {x_adv.dtype}; they must match")
 
 
-def to_param(name: str, value: object, x: torch.Tensor, *, per_channel: bool, nonnegative: bool) -> Param:
+def to_param(
+    name: str, value: object, x: torch.Tensor, *, per_channel: bool, nonnegative: bool, finite: bool = False
+) -> Param:
     """Normalizes eps / alpha / lower / upper.
 
     Accepts a Python number, a 0-d tensor, a 1-d tensor of length B (per sample), or a tensor
     broadcastable to x's shape whose only non-1 dims are 0 (batch) and 1 (channel, only when
-    `per_channel`)."""
+    `per_channel`). NaN is refused; with `finite` (eps, alpha: an infinite budget or step has no
+    meaning), so are infinities and numbers beyond float32's range. Only values the host can read
+    are checked: Python numbers and CPU tensors (DESIGN.md, "No op synchronizes")."""
     if isinstance(value, bool) or not isinstance(value, (int, float, torch.Tensor)):
         raise TypeError(f"{name} must be a number or a tensor, got {type(value).__name__}")
     if not isinstance(value, torch.Tensor):
-        return _number_param(name, float(value), nonnegative)
+        return _number_param(name, float(value), nonnegative, finite)
     t = value
     if t.dtype.is_complex or t.dtype == torch.bool:
         raise TypeError(f"{name} must be a real number tensor, got dtype {t.dtype}")
     if t.dim() == 0 and t.device.type == "cpu" and not _compiling():
-        return _number_param(name, float(t.item()), nonnegative)
+        return _number_param(name, float(t.item()), nonnegative, finite)
     if t.device != x.device:
         raise ValueError(f"{name} is on {t.device} but x_adv is on {x.device}; move it to {x.device}")
     table = t.reshape(1, 1) if t.dim() == 0 else _table_shape(name, t, x, per_channel)
@@ -78,17 +82,23 @@ def to_param(name: str, value: object, x: torch.Tensor, *, per_channel: bool, no
     if table.device.type == "cpu" and not _compiling():
         if torch.isnan(table).any():
             raise ValueError(f"{name} contains NaN")
+        if finite and torch.isinf(table).any():
+            raise ValueError(f"{name} must be finite, got an infinite entry (or one beyond float32's range)")
         if nonnegative and (table < 0).any():
             raise ValueError(f"{name} must be >= 0, got a negative entry ({table.min().item()})")
     return Param(0.0, table)
 
 
-def _number_param(name: str, v: float, nonnegative: bool) -> Param:
+def _number_param(name: str, v: float, nonnegative: bool, finite: bool) -> Param:
     if math.isnan(v):
         raise ValueError(f"{name} must not be NaN")
     if nonnegative and v < 0:
         raise ValueError(f"{name} must be >= 0, got {v}")
-    return Param(to_float32(v), None)
+    value = to_float32(v)
+    if finite and math.isinf(value):
+        beyond = "" if math.isinf(v) else " (beyond float32's range, about 3.4e38)"
+        raise ValueError(f"{name} must be finite, got {v}{beyond}")
+    return Param(value, None)
 
 
 def _table_shape(name: str, t: torch.Tensor, x: torch.Tensor, per_channel: bool) -> torch.Tensor:

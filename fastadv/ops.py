@@ -70,7 +70,7 @@ def linf_step(
     Args:
         x_adv, grad, x: tensors of one shape and device, dim >= 1 (dim 0 is the batch). x_adv and
             x share a dtype among float32, float16, bfloat16; grad may be any of the three.
-        eps, alpha: >= 0. lower, upper: bounds with lower <= upper. Each is a number, a 0-d
+        eps, alpha: finite, >= 0. lower, upper: bounds with lower <= upper (infinite: no clamp). Each is a number, a 0-d
             tensor, a 1-d tensor of length B (per sample), or a tensor broadcastable to x whose
             only non-1 dims are 0 and/or 1, e.g. [B,1,1,1], [1,C,1,1], [B,C,1,1].
         targeted: step down the gradient (towards a target class) instead of up.
@@ -119,7 +119,8 @@ def l2_step(
 ) -> torch.Tensor:
     """One fused L2 attack step, per sample b (norms over all non-batch dims, in float32)::
 
-        d = grad_b / ||grad_b||        (0 where the norm is 0; NaN entries count as 0; -d if targeted)
+        d = grad_b / ||grad_b||        (0 where the norm is 0; NaN entries count as 0; -d if targeted;
+                                        with k > 0 infinite entries, sign(g_i) / sqrt(k) on them, 0 elsewhere)
         delta = x_adv_b + alpha_b * d - x_b
         delta *= eps_b / ||delta||     (only where ||delta|| > eps_b)
         out_b = clamp(x_b + delta, lower, upper)   (float16/bfloat16: each element rounded toward x)
@@ -155,7 +156,7 @@ def _step(norm: str, x_adv, grad, x, eps, alpha, lower, upper, targeted, out, ba
     if not isinstance(targeted, bool):
         raise TypeError(f"targeted must be a bool, got {type(targeted).__name__}")
     eps_p, lower_p, upper_p, impl = _check_common(norm, x_adv, grad, x, eps, lower, upper, out, backend)
-    alpha_p = to_param("alpha", alpha, x_adv, per_channel=norm == "linf", nonnegative=True)
+    alpha_p = to_param("alpha", alpha, x_adv, per_channel=norm == "linf", nonnegative=True, finite=True)
     step_into = getattr(impl, f"{norm}_step_into")
 
     def kernel(xa, g, xx, o):
@@ -179,7 +180,7 @@ def _check_common(norm: str, x_adv, grad, x, eps, lower, upper, out, backend):
     """The checks every op shares; returns (eps, lower, upper) as Params and the backend.
     L2 norms are per sample, so an L2 eps cannot be per channel."""
     check_inputs(x_adv, grad, x)
-    eps_p = to_param("eps", eps, x_adv, per_channel=norm == "linf", nonnegative=True)
+    eps_p = to_param("eps", eps, x_adv, per_channel=norm == "linf", nonnegative=True, finite=True)
     lower_p = to_param("lower", lower, x_adv, per_channel=True, nonnegative=False)
     upper_p = to_param("upper", upper, x_adv, per_channel=True, nonnegative=False)
     check_bounds(lower_p, upper_p)

@@ -73,9 +73,10 @@ def test_empty_tensors_return_at_once(backend):
 
 
 @pytest.mark.parametrize("backend", BACKENDS_HERE)
-@pytest.mark.parametrize("value", [0.0, 1.401298464324817e-45, 1e-40, 3.4e38, float("inf")])
+@pytest.mark.parametrize("value", [0.0, 1.401298464324817e-45, 1e-40, 1e30, 3.4e38, 3.4028234663852886e38])
 def test_extreme_parameter_values(backend, value):
-    """Zero, subnormal, huge and infinite eps/alpha agree with the reference (found by hypothesis)."""
+    """Zero, subnormal and huge finite eps/alpha (up to float32's largest) agree with the reference
+    (found by hypothesis)."""
     require_backend(backend, "cpu")
     for dtype in (torch.float32, torch.bfloat16, torch.float16):
         x_adv, grad, x = _inputs(dtype=dtype)
@@ -83,6 +84,21 @@ def test_extreme_parameter_values(backend, value):
             args = (x_adv, grad, x, eps, alpha, -1.0, 2.0)
             expected = fastadv.linf_step(*args, backend="torch")
             assert_exact(fastadv.linf_step(*args, backend=backend), expected, f"{dtype} eps={eps} alpha={alpha}")
+
+
+@pytest.mark.parametrize("value", [float("inf"), float("nan"), 1e39], ids=["inf", "nan", "beyond-float32"])
+@pytest.mark.parametrize("name", ["eps", "alpha"])
+@pytest.mark.parametrize("op", [fastadv.linf_step, fastadv.l2_step], ids=["linf", "l2"])
+def test_non_finite_eps_and_alpha_are_refused(op, name, value):
+    """An infinite budget or step has no meaning (with inf eps a NaN step became inf pixels): a
+    ValueError naming the argument, for numbers and CPU tensors; infinite bounds stay allowed."""
+    x_adv, grad, x = _inputs()
+    params = {"eps": 0.1, "alpha": 0.01}
+    for given in (value, torch.tensor(value), torch.tensor([0.1, value])):
+        with pytest.raises(ValueError, match=name):
+            op(x_adv, grad, x, **{**params, name: given}, backend="torch")
+    out = op(x_adv, grad, x, **params, lower=-float("inf"), upper=float("inf"), backend="torch")
+    assert torch.isfinite(out).all()
 
 
 def test_parameter_tensor_dtypes_and_0d_device_tensors():

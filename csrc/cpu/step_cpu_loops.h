@@ -369,32 +369,41 @@ FASTADV_CPU_TARGET float sum_sq_grad(const grad_t* grad, int64_t begin, int64_t 
   return acc;
 }
 
-template <bool kStep, typename scalar_t, typename grad_t>
+// The sum of f(grad entry) in plain order: the second reduction of a sample whose sum of squares
+// overflowed (l2_direction), off the fast path.
+template <typename grad_t, typename F>
+float sum_grad_of(const grad_t* grad, int64_t begin, int64_t end, F f) {
+  float acc = 0.f;
+  for (int64_t i = begin; i < end; ++i) acc += f(load_float(grad[i]));
+  return acc;
+}
+
+template <bool kStep, typename scalar_t, typename grad_t, typename Dir>
 inline float l2_delta_at(const scalar_t* x_adv, const grad_t* grad, const scalar_t* x, int64_t i,
-                         float inverse_grad_norm, float alpha, bool targeted) {
+                         Dir dir, float alpha, bool targeted) {
   if constexpr (kStep) {
-    return l2_step_delta(load_float(x_adv[i]), load_float(grad[i]), load_float(x[i]), inverse_grad_norm, alpha,
+    return l2_step_delta(load_float(x_adv[i]), load_float(grad[i]), load_float(x[i]), dir, alpha,
                          targeted);
   } else {
     return load_float(x_adv[i]) - load_float(x[i]);
   }
 }
 
-template <bool kStep, typename scalar_t, typename grad_t>
+template <bool kStep, typename scalar_t, typename grad_t, typename Dir>
 FASTADV_CPU_TARGET inline float sum_sq_delta_run(const scalar_t* x_adv, const grad_t* grad, const scalar_t* x,
-                                                 int64_t n, float inverse_grad_norm, float alpha, bool targeted) {
+                                                 int64_t n, Dir dir, float alpha, bool targeted) {
   float acc = 0.f;
 #pragma omp simd reduction(+ : acc)
   for (int64_t i = 0; i < n; ++i) {
-    const float d = l2_delta_at<kStep>(x_adv, grad, x, i, inverse_grad_norm, alpha, targeted);
+    const float d = l2_delta_at<kStep>(x_adv, grad, x, i, dir, alpha, targeted);
     acc += d * d;
   }
   return acc;
 }
 
-template <bool kStep, typename scalar_t, typename grad_t>
+template <bool kStep, typename scalar_t, typename grad_t, typename Dir>
 FASTADV_CPU_TARGET float sum_sq_delta(const scalar_t* x_adv, const grad_t* grad, const scalar_t* x, int64_t begin,
-                                      int64_t end, float inverse_grad_norm, float alpha, bool targeted) {
+                                      int64_t end, Dir dir, float alpha, bool targeted) {
   float acc = 0.f;
   for (int64_t i = begin; i < end; i += kChunkOf<scalar_t, grad_t>) {
     const int64_t n = std::min(kChunkOf<scalar_t, grad_t>, end - i);
@@ -406,29 +415,29 @@ FASTADV_CPU_TARGET float sum_sq_delta(const scalar_t* x_adv, const grad_t* grad,
       const float* g = nullptr;
       if constexpr (kStep) g = as_float(grad_i, buffers[1]);
       acc += sum_sq_delta_run<kStep>(as_float(x_adv + i, buffers[0]), g, as_float(x + i, buffers[2]), n,
-                                     inverse_grad_norm, alpha, targeted);
+                                     dir, alpha, targeted);
       continue;
     }
 #endif
-    acc += sum_sq_delta_run<kStep>(x_adv + i, kStep ? grad + i : grad, x + i, n, inverse_grad_norm, alpha, targeted);
+    acc += sum_sq_delta_run<kStep>(x_adv + i, kStep ? grad + i : grad, x + i, n, dir, alpha, targeted);
   }
   return acc;
 }
 
-template <bool kStep, typename scalar_t, typename grad_t, typename out_t>
+template <bool kStep, typename scalar_t, typename grad_t, typename out_t, typename Dir>
 FASTADV_CPU_TARGET inline void write_l2_run(const scalar_t* x_adv, const grad_t* grad, const scalar_t* x, out_t* out,
-                                            int64_t n, float inverse_grad_norm, float alpha, bool targeted,
+                                            int64_t n, Dir dir, float alpha, bool targeted,
                                             float factor, float lower, float upper) {
   for (int64_t i = 0; i < n; ++i) {
-    const float d = l2_delta_at<kStep>(x_adv, grad, x, i, inverse_grad_norm, alpha, targeted);
+    const float d = l2_delta_at<kStep>(x_adv, grad, x, i, dir, alpha, targeted);
     const float xi = load_float(x[i]);
     out[i] = stored<out_t>(l2_output(xi, d, factor, lower, upper), xi, 0.f);
   }
 }
 
-template <bool kStep, typename scalar_t, typename grad_t, typename out_t>
+template <bool kStep, typename scalar_t, typename grad_t, typename out_t, typename Dir>
 FASTADV_CPU_TARGET void write_l2(const scalar_t* x_adv, const grad_t* grad, const scalar_t* x, out_t* out,
-                                 int64_t begin, int64_t end, float inverse_grad_norm, float alpha, bool targeted,
+                                 int64_t begin, int64_t end, Dir dir, float alpha, bool targeted,
                                  float factor, float lower, float upper) {
 #if FASTADV_CPU_HALF_LANES
   if constexpr (kAnyHalf<scalar_t, grad_t, out_t>) {
@@ -441,7 +450,7 @@ FASTADV_CPU_TARGET void write_l2(const scalar_t* x_adv, const grad_t* grad, cons
       if constexpr (kStep) g = as_float(grad_i, buffers[1]);
       float* o = chunk_result(out + i, buffers[3]);
       const float* xf = as_float(x + i, buffers[2]);
-      write_l2_run<kStep>(as_float(x_adv + i, buffers[0]), g, xf, o, n, inverse_grad_norm, alpha, targeted, factor,
+      write_l2_run<kStep>(as_float(x_adv + i, buffers[0]), g, xf, o, n, dir, alpha, targeted, factor,
                           lower, upper);
       store_chunk(o, out + i, n, xf, 0.f);
     }
@@ -449,7 +458,7 @@ FASTADV_CPU_TARGET void write_l2(const scalar_t* x_adv, const grad_t* grad, cons
   }
 #endif
   write_l2_run<kStep>(x_adv + begin, kStep ? grad + begin : grad, x + begin, out + begin, end - begin,
-                      inverse_grad_norm, alpha, targeted, factor, lower, upper);
+                      dir, alpha, targeted, factor, lower, upper);
 }
 
 template <typename T>
@@ -478,22 +487,44 @@ void l2_sample(const scalar_t* x_adv, const grad_t* grad, const scalar_t* x, out
   const StepParams& p = launch.params;
   const int64_t n = launch.geometry.sample_size;
   const float alpha = p.alpha.at(b, 0);
-  float inverse_grad_norm = 0.f;
+  L2Direction dir{1.f, 0.f, 0.f};
   if constexpr (kStep) {
-    inverse_grad_norm = l2_inverse_norm(
-        std::sqrt(parallel_sum(0, n, [&](int64_t i0, int64_t i1) { return sum_sq_grad(grad, i0, i1); })));
+    const float sum_sq = parallel_sum(0, n, [&](int64_t i0, int64_t i1) { return sum_sq_grad(grad, i0, i1); });
+    float infinite_count = 0.f, scaled_sum_sq = 0.f;
+    if (!(sum_sq <= kFloatMax)) {  // rare: a second pass over this sample only
+      infinite_count = parallel_sum(0, n, [&](int64_t i0, int64_t i1) {
+        return sum_grad_of(grad, i0, i1, [](float g) { return l2_infinite_count(g); });
+      });
+      scaled_sum_sq = parallel_sum(0, n, [&](int64_t i0, int64_t i1) {
+        return sum_grad_of(grad, i0, i1, [](float g) { return l2_scaled_square(g); });
+      });
+    }
+    dir = l2_direction(sum_sq, infinite_count, scaled_sum_sq);
   }
-  const float delta_norm = std::sqrt(parallel_sum(0, n, [&](int64_t i0, int64_t i1) {
-    return sum_sq_delta<kStep>(x_adv, grad, x, i0, i1, inverse_grad_norm, alpha, targeted);
-  }));
-  const float factor = l2_rescale_factor(delta_norm, p.eps.at(b, 0));
-  at::parallel_for(0, n, kGrain, [&](int64_t begin, int64_t end) {
-    for_each_run(base + begin, base + end, launch.geometry, launch.numel,
-                 [&](int64_t i0, int64_t i1, int64_t rb, int64_t rc) {
-                   write_l2<kStep>(x_adv, grad, x, out, i0 - base, i1 - base, inverse_grad_norm, alpha, targeted, factor,
-                                   p.lower.at(rb, rc), p.upper.at(rb, rc));
-                 });
-  });
+  // The passes with the direction's constants: a sample with a finite sum of squares (every one,
+  // short of infinite gradient entries) takes the plain g * (1 / ||g||).
+  auto delta_and_write = [&](auto direction) {
+    const float delta_norm = std::sqrt(parallel_sum(0, n, [&](int64_t i0, int64_t i1) {
+      return sum_sq_delta<kStep>(x_adv, grad, x, i0, i1, direction, alpha, targeted);
+    }));
+    const float factor = l2_rescale_factor(delta_norm, p.eps.at(b, 0));
+    at::parallel_for(0, n, kGrain, [&](int64_t begin, int64_t end) {
+      for_each_run(base + begin, base + end, launch.geometry, launch.numel,
+                   [&](int64_t i0, int64_t i1, int64_t rb, int64_t rc) {
+                     write_l2<kStep>(x_adv, grad, x, out, i0 - base, i1 - base, direction, alpha, targeted, factor,
+                                     p.lower.at(rb, rc), p.upper.at(rb, rc));
+                   });
+    });
+  };
+  if constexpr (kStep) {
+    if (dir.scale == 1.f && dir.infinite_entry == 0.f) {
+      delta_and_write(dir.inverse_norm);
+    } else {
+      delta_and_write(dir);
+    }
+  } else {
+    delta_and_write(0.f);  // unused by projections
+  }
 }
 
 template <bool kStep, typename scalar_t, typename grad_t>

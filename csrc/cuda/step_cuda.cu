@@ -92,9 +92,10 @@ void launch_l2(const scalar_t* x_adv, const grad_t* grad, const scalar_t* x, sca
   }
   const int64_t chunks = (n + kL2Chunk - 1) / kL2Chunk;
   const int64_t items = batch * chunks;
-  const at::Tensor partials = at::empty({2, items}, like.options().dtype(c10::kFloat));
+  // rows: sums of grad^2, counts of infinite entries, scaled sums of grad^2 (l2_chunk_kernel), sums of delta^2
+  const at::Tensor partials = at::empty({4, items}, like.options().dtype(c10::kFloat));
   float* grad_partials = partials.data_ptr<float>();
-  float* delta_partials = grad_partials + items;
+  float* delta_partials = grad_partials + 3 * items;
   const int64_t blocks = capped_blocks(items, device);
   if constexpr (kStep) {
     l2_chunk_kernel<0, kStep><<<blocks, kThreads, 0, stream>>>(x_adv, grad, x, out, grad_partials, delta_partials, n,

@@ -145,13 +145,27 @@ __global__ void __launch_bounds__(kThreads)
       gv[k] = (kStep && in) ? l2_grad_entry(static_cast<float>(grad[base + i])) : 0.f;
       acc += gv[k] * gv[k];
     }
-    const float inverse_grad_norm = kStep ? l2_inverse_norm(sqrtf(block_sum(acc))) : 0.f;
+    L2Direction dir{1.f, 0.f, 0.f};
+    if constexpr (kStep) {
+      const float sum_sq = block_sum(acc);
+      float infinite_count = 0.f, scaled_sum_sq = 0.f;
+      if (!(sum_sq <= kFloatMax)) {  // the same for the whole block: every thread reaches the barriers
+#pragma unroll
+        for (int k = 0; k < kPerThread; ++k) {
+          infinite_count += l2_infinite_count(gv[k]);
+          scaled_sum_sq += l2_scaled_square(gv[k]);
+        }
+        infinite_count = block_sum(infinite_count);
+        scaled_sum_sq = block_sum(scaled_sum_sq);
+      }
+      dir = l2_direction(sum_sq, infinite_count, scaled_sum_sq);
+    }
     const float alpha = p.alpha.at(b, 0);
     acc = 0.f;
 #pragma unroll
     for (int k = 0; k < kPerThread; ++k) {
       const bool in = threadIdx.x + static_cast<int64_t>(k) * kThreads < n;
-      const float d = kStep ? l2_step_delta(xa[k], gv[k], xv[k], inverse_grad_norm, alpha, targeted) : xa[k] - xv[k];
+      const float d = kStep ? l2_step_delta(xa[k], gv[k], xv[k], dir, alpha, targeted) : xa[k] - xv[k];
       xa[k] = in ? d : 0.f;  // xa now holds delta
       acc += xa[k] * xa[k];
     }
@@ -165,7 +179,9 @@ __global__ void __launch_bounds__(kThreads)
 }
 
 // Split samples: work item w = sample * chunks + chunk covers kL2Chunk elements of its sample.
-// kStage 0: partial sums of grad^2; 1: partial sums of delta^2; 2: write.
+// kStage 0: partial sums of grad^2 (with the chunk's count of infinite entries and its sum of
+// scaled squares, for l2_direction); 1: partial sums of delta^2; 2: write. grad_partials holds
+// three rows of `items` floats: sums of squares, counts, scaled sums.
 template <int kStage, bool kStep, typename scalar_t, typename grad_t>
 __global__ void __launch_bounds__(kThreads)
     l2_chunk_kernel(const scalar_t* x_adv, const grad_t* __restrict__ grad, const scalar_t* __restrict__ x,
@@ -182,14 +198,39 @@ __global__ void __launch_bounds__(kThreads)
         acc += v * v;
       }
       acc = block_sum(acc);
-      if (threadIdx.x == 0) grad_partials[w] = acc;
+      // A finite chunk has no infinite entry, and its scaled squares sum to acc * scale^2 (exact,
+      // but where it underflows, which is negligible next to a sum that overflowed).
+      float infinite_count = 0.f, scaled_sum_sq = acc * (kL2OverflowScale * kL2OverflowScale);
+      if (!(acc <= kFloatMax)) {  // the same for the whole block
+        scaled_sum_sq = 0.f;
+        for (int64_t i = begin + threadIdx.x; i < end; i += kThreads) {
+          const float g = static_cast<float>(grad[i]);
+          infinite_count += l2_infinite_count(g);
+          scaled_sum_sq += l2_scaled_square(g);
+        }
+        infinite_count = block_sum(infinite_count);
+        scaled_sum_sq = block_sum(scaled_sum_sq);
+      }
+      if (threadIdx.x == 0) {
+        grad_partials[w] = acc;
+        grad_partials[items + w] = infinite_count;
+        grad_partials[2 * items + w] = scaled_sum_sq;
+      }
     } else {
-      const float inverse_grad_norm =
-          kStep ? l2_inverse_norm(sqrtf(sum_partials(grad_partials + b * chunks, chunks))) : 0.f;
+      L2Direction dir{1.f, 0.f, 0.f};
+      if constexpr (kStep) {
+        const float sum_sq = sum_partials(grad_partials + b * chunks, chunks);
+        float infinite_count = 0.f, scaled_sum_sq = 0.f;
+        if (!(sum_sq <= kFloatMax)) {  // the same for the whole block
+          infinite_count = sum_partials(grad_partials + items + b * chunks, chunks);
+          scaled_sum_sq = sum_partials(grad_partials + 2 * items + b * chunks, chunks);
+        }
+        dir = l2_direction(sum_sq, infinite_count, scaled_sum_sq);
+      }
       const float alpha = p.alpha.at(b, 0);
       auto delta_at = [&](int64_t i) {
         const float xa = static_cast<float>(x_adv[i]), xv = static_cast<float>(x[i]);
-        return kStep ? l2_step_delta(xa, static_cast<float>(grad[i]), xv, inverse_grad_norm, alpha, targeted)
+        return kStep ? l2_step_delta(xa, static_cast<float>(grad[i]), xv, dir, alpha, targeted)
                      : xa - xv;
       };
       if constexpr (kStage == 1) {

@@ -102,12 +102,32 @@ def _l2_rescale_and_clamp(delta, x, eps: Param, lower: Param, upper: Param, dtyp
     return round_within_budget(y, x, 0.0, dtype)
 
 
+# An exact power of two that brings a gradient whose sum of squares overflows float32 (entries
+# from about 1.8e19 on) back into range: the scaled squares of float32 values then sum to at most
+# 2^-160 * 2^256 per entry, finite for any sample size that fits in memory.
+L2_OVERFLOW_SCALE = 2.0**-80
+
+
+def l2_direction(g: torch.Tensor) -> torch.Tensor:
+    """grad / ||grad|| per row of g ([B, N] float32), its limit where entries are infinite:
+    sign(g_i) / sqrt(k) on the k infinite entries of a row and 0 elsewhere. NaN entries count as 0,
+    a zero row stays 0, and a row whose sum of squares overflows float32 with every entry finite
+    is scaled by L2_OVERFLOW_SCALE first (exact) to take its norm."""
+    g = torch.where(torch.isnan(g), torch.zeros_like(g), g)
+    sum_sq = (g * g).sum(dim=1, keepdim=True)
+    infinite = torch.isinf(g)
+    count = infinite.sum(dim=1, keepdim=True).float()
+    overflow = torch.isinf(sum_sq) & (count == 0)
+    scaled = torch.where(overflow, g * L2_OVERFLOW_SCALE, g)
+    norm = _l2_norm(scaled)
+    d = torch.where(norm > 0, scaled / norm, torch.zeros_like(g))
+    limit = torch.where(infinite, torch.sign(g) * (1 / count.clamp_min(1).sqrt()), torch.zeros_like(g))
+    return torch.where(count > 0, limit, d)
+
+
 def l2_step_into(x_adv, grad, x, eps: Param, alpha: Param, lower: Param, upper: Param, targeted: bool, out) -> None:
     batch = x.shape[0]
-    g = grad.float().reshape(batch, -1)
-    g = torch.where(torch.isnan(g), torch.zeros_like(g), g)  # NaN entries count as 0
-    grad_norm = _l2_norm(g)
-    d = torch.where(grad_norm > 0, g / grad_norm, torch.zeros_like(g))
+    d = l2_direction(grad.float().reshape(batch, -1))
     if targeted:
         d = -d
     y = x_adv.float().reshape(batch, -1) + _per_sample_column(alpha, batch, x.device) * d

@@ -253,29 +253,49 @@ if triton is not None:
             return tl.cast(value, tl.float32)
 
     @triton.jit
-    def _l2_delta(x_adv_ptr, grad_ptr, x_ptr, offs, mask, grad_norm, alpha, HAS_GRAD: tl.constexpr,
-                  TARGETED: tl.constexpr):  # fmt: skip
+    def _is_infinite(g):
+        return tl.abs(g) > 3.4028234663852886e38  # float32's largest finite value
+
+    @triton.jit
+    def _grad_sums(grad_ptr, offs, mask):
+        """The sums over these entries that the direction needs (step_math.h, l2_direction): of
+        squares (NaN counts as 0), the count of infinite entries, of squares scaled by 2^-80."""
+        g = _load_float32(grad_ptr, offs, mask, 0.0)  # masked-off lanes add 0
+        g = tl.where(g == g, g, 0.0)
+        scaled = g * 8.271806125530277e-25  # 2^-80, exact
+        count = tl.sum(tl.where(_is_infinite(g), 1.0, 0.0), axis=0)
+        return tl.sum(g * g, axis=0), count, tl.sum(scaled * scaled, axis=0)
+
+    @triton.jit
+    def _l2_direction(sum_sq, infinite_count, scaled_sum_sq):
+        """(scale, inverse_norm, infinite_entry) of step_math.h's L2Direction: d = (g * scale) *
+        inverse_norm on finite entries, +-infinite_entry on the k infinite ones (1 / sqrt(k))."""
+        overflow = sum_sq > 3.4028234663852886e38
+        scale = tl.where(overflow & (infinite_count == 0), 8.271806125530277e-25, 1.0)
+        norm = tl.sqrt_rn(tl.where(overflow, scaled_sum_sq, sum_sq))
+        inverse_norm = tl.where(norm > 0, tl.div_rn(1.0, tl.where(norm > 0, norm, 1.0)), 0.0)
+        inverse_norm = tl.where(overflow & (infinite_count > 0), 0.0, inverse_norm)
+        infinite_entry = tl.div_rn(1.0, tl.sqrt_rn(tl.maximum(infinite_count, 1.0)))
+        infinite_entry = tl.where(overflow & (infinite_count > 0), infinite_entry, 0.0)
+        return scale, inverse_norm, infinite_entry
+
+    @triton.jit
+    def _l2_delta(x_adv_ptr, grad_ptr, x_ptr, offs, mask, scale, inverse_norm, infinite_entry, alpha,
+                  HAS_GRAD: tl.constexpr, TARGETED: tl.constexpr):  # fmt: skip
         """delta = x_adv + alpha * grad / ||grad|| - x (x_adv - x for projections); 0 off the mask."""
         x_adv = _load_float32(x_adv_ptr, offs, mask, 0.0)
         x = _load_float32(x_ptr, offs, mask, 0.0)
         if HAS_GRAD:
             g = _load_float32(grad_ptr, offs, mask, 0.0)
-            g = tl.where(g == g, g, 0.0)  # NaN entries count as 0
             # times 1 / ||grad|| (0 for a zero gradient), as the C++ kernels do (step_math.h)
-            safe_norm = tl.where(grad_norm > 0, grad_norm, 1.0)
-            d = g * tl.where(grad_norm > 0, tl.div_rn(1.0, safe_norm), 0.0)
+            d = (tl.where(g == g, g, 0.0) * scale) * inverse_norm  # NaN entries count as 0
+            d = tl.where(_is_infinite(g), tl.where(g > 0, infinite_entry, -infinite_entry), d)
             if TARGETED:
                 d = -d
             delta = (x_adv + alpha * d) - x
         else:
             delta = x_adv - x
         return tl.where(mask, delta, 0.0), x
-
-    @triton.jit
-    def _sum_sq_grad(grad_ptr, offs, mask):
-        g = _load_float32(grad_ptr, offs, mask, 0.0)  # masked-off lanes add 0
-        g = tl.where(g == g, g, 0.0)
-        return tl.sum(g * g, axis=0)
 
     @triton.jit
     def _l2_write(out_ptr, x, delta, delta_norm, eps, offs, mask, b, lower_ptr, upper_ptr, lower_sb, lower_sc,
@@ -309,11 +329,13 @@ if triton is not None:
         b = tl.program_id(0).to(tl.int64)  # 64-bit offsets: tensors may exceed 2^31 elements
         while b < batch:
             offs = b * sample_size + idx
-            grad_norm = 0.0
+            scale, inverse_norm, infinite_entry = 1.0, 0.0, 0.0
             if HAS_GRAD:
-                grad_norm = tl.sqrt_rn(_sum_sq_grad(grad_ptr, offs, mask))
+                sum_sq, infinite_count, scaled_sum_sq = _grad_sums(grad_ptr, offs, mask)
+                scale, inverse_norm, infinite_entry = _l2_direction(sum_sq, infinite_count, scaled_sum_sq)
             alpha = _sample_param(alpha_ptr, alpha_value, alpha_sb, b, ALPHA_TABLE)
-            delta, x = _l2_delta(x_adv_ptr, grad_ptr, x_ptr, offs, mask, grad_norm, alpha, HAS_GRAD, TARGETED)
+            delta, x = _l2_delta(x_adv_ptr, grad_ptr, x_ptr, offs, mask, scale, inverse_norm, infinite_entry, alpha,
+                                 HAS_GRAD, TARGETED)  # fmt: skip
             delta_norm = tl.sqrt_rn(tl.sum(delta * delta, axis=0))
             eps = _sample_param(eps_ptr, eps_value, eps_sb, b, EPS_TABLE)
             _l2_write(out_ptr, x, delta, delta_norm, eps, offs, mask, b, lower_ptr, upper_ptr, lower_sb, lower_sc,
@@ -345,14 +367,21 @@ if triton is not None:
             mask = idx < sample_size
             offs = b * sample_size + idx
             if STAGE == 0:
-                tl.store(grad_partials_ptr + item, _sum_sq_grad(grad_ptr, offs, mask))
+                sum_sq, infinite_count, scaled_sum_sq = _grad_sums(grad_ptr, offs, mask)
+                tl.store(grad_partials_ptr + item, sum_sq)
+                tl.store(grad_partials_ptr + n_work + item, infinite_count)
+                tl.store(grad_partials_ptr + 2 * n_work + item, scaled_sum_sq)
             else:
-                grad_norm = 0.0
+                scale, inverse_norm, infinite_entry = 1.0, 0.0, 0.0
                 if HAS_GRAD:
-                    grad_sq = tl.load(grad_partials_ptr + b * n_chunks + parts, mask=part_mask, other=0.0)
-                    grad_norm = tl.sqrt_rn(tl.sum(grad_sq, axis=0))
+                    row = grad_partials_ptr + b * n_chunks + parts
+                    sum_sq = tl.sum(tl.load(row, mask=part_mask, other=0.0), axis=0)
+                    infinite_count = tl.sum(tl.load(row + n_work, mask=part_mask, other=0.0), axis=0)
+                    scaled_sum_sq = tl.sum(tl.load(row + 2 * n_work, mask=part_mask, other=0.0), axis=0)
+                    scale, inverse_norm, infinite_entry = _l2_direction(sum_sq, infinite_count, scaled_sum_sq)
                 alpha = _sample_param(alpha_ptr, alpha_value, alpha_sb, b, ALPHA_TABLE)
-                delta, x = _l2_delta(x_adv_ptr, grad_ptr, x_ptr, offs, mask, grad_norm, alpha, HAS_GRAD, TARGETED)
+                delta, x = _l2_delta(x_adv_ptr, grad_ptr, x_ptr, offs, mask, scale, inverse_norm, infinite_entry,
+                                     alpha, HAS_GRAD, TARGETED)  # fmt: skip
                 if STAGE == 1:
                     tl.store(delta_partials_ptr + item, tl.sum(delta * delta, axis=0))
                 else:
@@ -389,10 +418,11 @@ if triton is not None:
                 **flags, BLOCK_SIZE=plan.block, num_warps=4 if plan.block <= 1024 else 8,
             )  # fmt: skip
             return
-        partials = torch.empty((2, plan.n_work), dtype=torch.float32, device=x_adv.device)
+        # rows: sums of grad^2, counts of infinite entries, scaled sums of grad^2; sums of delta^2
+        partials = torch.empty((4, plan.n_work), dtype=torch.float32, device=x_adv.device)
         for stage in (0, 1, 2) if flags["HAS_GRAD"] else (1, 2):
             _wrap(_l2_chunk_kernel)[grid](
-                x_adv, grad, x, out, partials[0], partials[1], *pointers, *strides, *values,
+                x_adv, grad, x, out, partials[0], partials[3], *pointers, *strides, *values,
                 sample_size, channel_div, channels, plan.n_chunks, plan.n_work, **flags,
                 STAGE=stage, CHUNK=plan.block, CHUNKS_POW2=triton.next_power_of_2(plan.n_chunks), num_warps=8,
             )  # fmt: skip

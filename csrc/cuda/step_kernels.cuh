@@ -198,9 +198,10 @@ __global__ void __launch_bounds__(kThreads)
         acc += v * v;
       }
       acc = block_sum(acc);
-      // A finite chunk has no infinite entry, and its scaled squares sum to acc * scale^2 (exact,
-      // but where it underflows, which is negligible next to a sum that overflowed).
-      float infinite_count = 0.f, scaled_sum_sq = acc * (kL2OverflowScale * kL2OverflowScale);
+      // A finite chunk has no infinite entry, and its scaled squares sum to acc * scale * scale
+      // (exact, but where it underflows, which is negligible next to a sum that overflowed; scale^2
+      // itself, 2^-160, is below float32's range).
+      float infinite_count = 0.f, scaled_sum_sq = (acc * kL2OverflowScale) * kL2OverflowScale;
       if (!(acc <= kFloatMax)) {  // the same for the whole block
         scaled_sum_sq = 0.f;
         for (int64_t i = begin + threadIdx.x; i < end; i += kThreads) {

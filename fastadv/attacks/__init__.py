@@ -4,8 +4,8 @@
 Layout: `base.py` is the root class :class:`Attack` (options and which of them an attack
 supports, model safety, input checks, normalization, autocast, layout); `gradient.py` the
 gradient loop :class:`GradientAttack` (restarts, early stopping with compaction, CUDA graphs,
-random start, the fused step) that FGSM, PGD, PGDL2, MIFGSM and APGD/APGDT run on; CW, DeepFool
-and JSMA run their own loops on the root.
+random start, the fused step) that FGSM, PGD, PGDL2, MIFGSM and APGD/APGDT run on; CW, DeepFool,
+FAB and JSMA run their own loops on the root (FAB's projection is `boundary_projection.py`).
 """
 
 from .apgd import APGD
@@ -13,6 +13,7 @@ from .apgdt import APGDT
 from .base import Attack, UnsupportedOption
 from .cw import CW
 from .deepfool import DeepFool
+from .fab import FAB
 from .fgsm import FGSM
 from .functional import fgsm, pgd
 from .gradient import GradientAttack
@@ -29,6 +30,7 @@ __all__ = [
     "AttackResult",
     "CW",
     "DeepFool",
+    "FAB",
     "FGSM",
     "GradientAttack",
     "JSMA",

@@ -4,8 +4,8 @@
 Layout: `base.py` is the root class :class:`Attack` (options and which of them an attack
 supports, model safety, input checks, normalization, autocast, layout); `gradient.py` the
 gradient loop :class:`GradientAttack` (restarts, early stopping with compaction, CUDA graphs,
-random start, the fused step) that FGSM, PGD, PGDL2, MIFGSM and APGD/APGDT run on; CW, DeepFool
-and JSMA run their own loops on the root.
+random start, the fused step) that FGSM, PGD, PGDL2, MIFGSM and APGD/APGDT run on; CW, DeepFool,
+JSMA and Square (score-based, no gradients) run their own loops on the root.
 """
 
 from .apgd import APGD
@@ -21,6 +21,7 @@ from .mifgsm import MIFGSM
 from .pgd import PGD
 from .pgdl2 import PGDL2
 from .result import AttackResult
+from .square import Square
 
 __all__ = [
     "APGD",
@@ -35,6 +36,7 @@ __all__ = [
     "MIFGSM",
     "PGD",
     "PGDL2",
+    "Square",
     "UnsupportedOption",
     "fgsm",
     "pgd",

@@ -22,7 +22,8 @@ class AttackResult:
     for an empty run). non_finite: bool [B], the attack produced a candidate with NaN or
     infinite values for the sample (a model whose input gradient is infinite, say); such a
     candidate never counts as fooling the model, and `adv` is then the sample's last finite
-    candidate or its clean image (whose loss is NaN).
+    candidate or its clean image (whose loss is NaN). queries: int64 [B], the model evaluations
+    spent on the sample, for the attacks that count them (Square); None otherwise.
     """
 
     adv: torch.Tensor
@@ -31,6 +32,7 @@ class AttackResult:
     steps_used: torch.Tensor
     predicted: torch.Tensor | None = None
     non_finite: torch.Tensor | None = None
+    queries: torch.Tensor | None = None
 
     @property
     def success_rate(self) -> float:

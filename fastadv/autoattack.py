@@ -282,7 +282,8 @@ class AutoAttack:
             warnings.warn(MASKED, AutoAttackWarning, stacklevel=3)
         targeted = [name.upper() for name, _ in self.stages if name in ("apgd-t", "fab-t")]
         if targeted and self.n_target_classes > first.shape[1] - 1:
-            warnings.warn(f"{' and '.join(targeted)} aim at {self.n_target_classes} target classes but the model "
+            verb = "aim" if len(targeted) > 1 else "aims"
+            warnings.warn(f"{' and '.join(targeted)} {verb} at {self.n_target_classes} target classes but the model "
                           f"has {first.shape[1]} outputs ({first.shape[1] - 1} possible targets): set n_classes="
                           f"{first.shape[1]}", AutoAttackWarning, stacklevel=3)  # fmt: skip
 

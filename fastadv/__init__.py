@@ -2,7 +2,7 @@
 
 The core is one fused kernel per attack step (sign step, eps-ball projection, clamp), on the
 torch (reference), triton, cpu and cuda backends; the attacks (FGSM, PGD, PGDL2, MIFGSM, APGD, APGDT;
-CW, DeepFool, JSMA; Square, score-based) run on them. See README.md and docs/.
+CW, DeepFool, FAB, JSMA; Square, score-based) run on them. See README.md and docs/.
 
 The attacks and ops are imported with the package; the other modules (models, datasets,
 evaluate, train, recipes, autoattack, plots, bench) are attributes too, imported on first use.
@@ -15,6 +15,7 @@ from .attacks import (
     APGD,
     APGDT,
     CW,
+    FAB,
     FGSM,
     JSMA,
     MIFGSM,
@@ -36,6 +37,7 @@ __all__ = [
     "APGDT",
     "CW",
     "DeepFool",
+    "FAB",
     "FGSM",
     "JSMA",
     "MIFGSM",

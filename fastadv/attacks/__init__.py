@@ -5,7 +5,8 @@ Layout: `base.py` is the root class :class:`Attack` (options and which of them a
 supports, model safety, input checks, normalization, autocast, layout); `gradient.py` the
 gradient loop :class:`GradientAttack` (restarts, early stopping with compaction, CUDA graphs,
 random start, the fused step) that FGSM, PGD, PGDL2, MIFGSM and APGD/APGDT run on; CW, DeepFool,
-JSMA and Square (score-based, no gradients) run their own loops on the root.
+FAB, JSMA and Square (score-based, no gradients) run their own loops on the root (FAB's projection is
+`boundary_projection.py`).
 """
 
 from .apgd import APGD
@@ -13,6 +14,7 @@ from .apgdt import APGDT
 from .base import Attack, UnsupportedOption
 from .cw import CW
 from .deepfool import DeepFool
+from .fab import FAB
 from .fgsm import FGSM
 from .functional import fgsm, pgd
 from .gradient import GradientAttack
@@ -30,6 +32,7 @@ __all__ = [
     "AttackResult",
     "CW",
     "DeepFool",
+    "FAB",
     "FGSM",
     "GradientAttack",
     "JSMA",

@@ -22,8 +22,10 @@ class AttackResult:
     for an empty run). non_finite: bool [B], the attack produced a candidate with NaN or
     infinite values for the sample (a model whose input gradient is infinite, say); such a
     candidate never counts as fooling the model, and `adv` is then the sample's last finite
-    candidate or its clean image (whose loss is NaN). queries: int64 [B], the model evaluations
-    spent on the sample, for the attacks that count them (Square); None otherwise.
+    candidate or its clean image (whose loss is NaN). norm: float32 [B] or None, for the
+    minimal-norm attacks that report it (FAB): the norm of the smallest adversarial
+    perturbation found, whatever its size (inf where none was found). queries: int64 [B], the
+    model evaluations spent on the sample, for the attacks that count them (Square); None otherwise.
     """
 
     adv: torch.Tensor
@@ -32,6 +34,7 @@ class AttackResult:
     steps_used: torch.Tensor
     predicted: torch.Tensor | None = None
     non_finite: torch.Tensor | None = None
+    norm: torch.Tensor | None = None
     queries: torch.Tensor | None = None
 
     @property

@@ -13,12 +13,16 @@ Providers:
 - naive-autograd: the same with torch.autograd.grad for the input gradient only (what
   torchattacks does; the stand-in for it where its wheel is missing).
 - torchattacks: torchattacks.PGD, when it is installed (an optional benchmark dependency).
+- art, foolbox, advertorch: the other peer libraries' PGD (`peers.py`), each when it imports.
 - fastadv, fastadv-early-stop: fastadv.PGD in float32, without and with early stopping.
 - fastadv-early-stop-k4: early stopping that compacts every 4 steps (one host sync per 4 steps).
 - fastadv-bf16-cl, fastadv-bf16-cl-early-stop: bfloat16 autocast and channels_last.
 - fastadv-bf16-cl-graph: bfloat16 autocast, channels_last and the step in a CUDA graph (GPU only).
 - limit: the model's forward plus input-gradient backward, `steps` times (what a PGD step cannot
   beat without early stopping or lower precision).
+
+PGD runs without a random start in every provider (the same deterministic attack everywhere, so
+the robust accuracies each reaches, reported beside the speed, must agree: bf16 autocast aside).
 
 Attacks (`kind`): "pgd" (every provider above), "apgd" (APGD-CE, torchattacks.APGD against
 fastadv.APGD with and without early stopping, one restart) and "cw" (CW-L2 with c=1, kappa=0,
@@ -38,6 +42,7 @@ import torch.nn.functional as F
 from ..attacks import APGD, CW, PGD
 from ..datasets import digits
 from ..models import resnet18, small_cnn, standard_digits_model
+from . import peers
 from .results import Row, environment, medians_by_case
 from .timing import measure, quantiles
 
@@ -51,6 +56,7 @@ PROVIDERS = (
     "naive",
     "naive-autograd",
     "torchattacks",
+    *peers.PEERS,
     "fastadv",
     "fastadv-early-stop",
     "fastadv-early-stop-k4",
@@ -60,6 +66,8 @@ PROVIDERS = (
     "limit",
 )
 GPU_ONLY = ("fastadv-bf16-cl-graph",)
+# the other libraries, against the fastest of which fastadv's speed is given
+PEER_LIBRARIES = ("torchattacks", *peers.PEERS)
 # attack kind -> the providers that run it
 KINDS = {
     "pgd": PROVIDERS,
@@ -70,16 +78,23 @@ EPS = {"digits-cnn": 0.1, "resnet18-cifar": 8 / 255, "resnet18-imagenet": 4 / 25
 
 
 def available_providers(kind: str = "pgd", device: torch.device | None = None) -> list[str]:
-    """The providers of `kind` that can run here (torchattacks installed; a GPU for graphs)."""
-    try:
-        import torchattacks  # noqa: F401
+    """The providers of `kind` that can run here (the peer libraries importable; a GPU for graphs)."""
+    return [p for p in KINDS[kind] if unavailable_reason(p, device) is None]
 
-        missing: tuple[str, ...] = ()
-    except ImportError:
-        missing = ("torchattacks",)
-    if device is None or device.type != "cuda":
-        missing += GPU_ONLY
-    return [p for p in KINDS[kind] if p not in missing]
+
+def unavailable_reason(provider: str, device: torch.device | None = None) -> str | None:
+    """Why `provider` cannot run here ("needs a CUDA GPU", "is not installed (pip install ...)",
+    a peer's import error), or None."""
+    if provider in GPU_ONLY and (device is None or device.type != "cuda"):
+        return "needs a CUDA GPU"
+    if provider == "torchattacks":
+        try:
+            import torchattacks  # noqa: F401
+        except ImportError:
+            return "needs torchattacks (pip install torchattacks)"
+    if provider in peers.PEERS:
+        return peers.unavailable_reason(provider)
+    return None
 
 
 @functools.lru_cache(maxsize=1)
@@ -106,8 +121,8 @@ def make_case(name: str, batch: int, device: torch.device) -> tuple[torch.nn.Mod
 
 
 def naive_pgd(model, images, labels, eps: float, alpha: float, steps: int, input_only: bool = False) -> torch.Tensor:
-    """input_only: torch.autograd.grad of the input instead of loss.backward()."""
-    adv = (images + torch.empty_like(images).uniform_(-eps, eps)).clamp(0, 1)
+    """input_only: torch.autograd.grad of the input instead of loss.backward(). No random start."""
+    adv = images.clone()
     for _ in range(steps):
         adv.requires_grad_(True)
         loss = F.cross_entropy(model(adv), labels)
@@ -152,8 +167,10 @@ def provider_fn(
         elif kind == "cw":
             attack = torchattacks.CW(model, c=1, kappa=0, steps=steps, lr=0.01)
         else:
-            attack = torchattacks.PGD(model, eps=eps, alpha=alpha, steps=steps, random_start=True)
+            attack = torchattacks.PGD(model, eps=eps, alpha=alpha, steps=steps, random_start=False)
         return lambda: attack(images, labels)
+    if provider in peers.PEERS:
+        return peers.pgd(provider, model, images, labels, eps, alpha, steps)
     options = {"early_stop": "early-stop" in provider, "early_stop_every": 4 if provider.endswith("-k4") else 1}
     if provider.endswith("graph"):
         options["cuda_graph"] = True
@@ -166,7 +183,7 @@ def provider_fn(
     elif kind == "cw":
         attack = CW(model, c=1, kappa=0, steps=steps, lr=0.01)
     else:
-        attack = PGD(model, eps=eps, alpha=alpha, steps=steps, random_start=True, **options)
+        attack = PGD(model, eps=eps, alpha=alpha, steps=steps, random_start=False, **options)
     return lambda: attack(images, labels)
 
 
@@ -182,7 +199,9 @@ def run(
     repeat: int = 5,
     progress: bool = True,
 ) -> list[Row]:
-    """time (ms per attack call), images/s and speed-ups over naive, torchattacks and the limit."""
+    """time (ms per attack call), images/s, the robust accuracy the attack leaves (%, from its
+    last call's images), and speed-ups over naive, torchattacks, the fastest peer library and the
+    limit."""
     from tqdm import tqdm
 
     models, providers = list(models), list(providers)
@@ -192,7 +211,9 @@ def run(
     for name in models:
         size = batch or MODELS[name][1 if device.type == "cpu" else 2]
         model, images, labels = make_case(name, size, device)
-        fns = {p: provider_fn(p, model, images, labels, EPS[name], steps, kind) for p in providers}
+        outputs: dict[str, object] = {}
+        fns = {p: _keeping_output(provider_fn(p, model, images, labels, EPS[name], steps, kind), outputs, p)
+               for p in providers}  # fmt: skip
         for provider, fn in fns.items():
             bar.set_postfix_str(f"{name} {provider} warm-up")
             measure(fn, device, warmup, 1)
@@ -210,15 +231,40 @@ def run(
             rows.append(Row(**env, kernel=f"{kind}{steps}", provider=provider, dtype=dtype, size=name, numel=size,
                             metric=metric, unit=unit, median=values[0], p20=values[1], p80=values[2]))  # fmt: skip
 
+        peer_times = [seconds[p][0] for p in PEER_LIBRARIES if p in seconds]
         for provider, (med, p20, p80) in seconds.items():
             add(provider, "time", "ms", (med * 1e3, p20 * 1e3, p80 * 1e3))
             add(provider, "images_per_s", "img/s", (size / med, size / p80, size / p20))
+            robust = _robust_accuracy(model, outputs.get(provider), labels)
+            if robust is not None:
+                add(provider, "robust_accuracy", "%", (robust, robust, robust))
             for baseline in ("naive", "torchattacks", "limit"):
                 if baseline in seconds and baseline != provider:
                     ratio = seconds[baseline][0] / med
                     add(provider, f"speedup_vs_{baseline}", "x", (ratio, ratio, ratio))
+            if peer_times and provider not in PEER_LIBRARIES:
+                ratio = min(peer_times) / med
+                add(provider, "speedup_vs_fastest_peer", "x", (ratio, ratio, ratio))
     bar.close()
     return rows
+
+
+def _keeping_output(fn: Callable[[], object], outputs: dict[str, object], provider: str) -> Callable[[], None]:
+    """`fn` that keeps its latest result in outputs[provider] (the robust accuracy is taken from
+    it after the timed rounds, so it costs no call of its own)."""
+
+    def call() -> None:
+        outputs[provider] = fn()
+
+    return call
+
+
+def _robust_accuracy(model, adv: object, labels: torch.Tensor) -> float | None:
+    """% of `adv` the model still classifies as `labels` (None when the provider returns no images)."""
+    if not isinstance(adv, torch.Tensor):
+        return None
+    with torch.no_grad():
+        return float((model(adv.to(labels.device)).argmax(1) == labels).float().mean()) * 100
 
 
 def format_table(rows: list[Row]) -> str:
@@ -230,8 +276,10 @@ def format_table(rows: list[Row]) -> str:
         ("provider", 27),
         ("ms", 10),
         ("img/s", 9),
+        ("robust %", 8),
         ("vs naive", 9),
         ("vs ta", 7),
+        ("vs peer", 7),
     )
     lines = [" ".join(f"{name:>{width}}" for name, width in (*columns, ("vs limit", 9)))]
     for (kernel, model, batch, provider), m in by_key.items():
@@ -239,8 +287,10 @@ def format_table(rows: list[Row]) -> str:
         def ratio(key, m=m):
             return f"{m[key]:.2f}x" if key in m else "-"
 
+        robust = f"{m['robust_accuracy']:.1f}" if "robust_accuracy" in m else "-"
         lines.append(
             f"{kernel:>8} {model:>18} {batch:>6} {provider:>27} {m['time']:>10.1f} {m['images_per_s']:>9.1f} "
-            f"{ratio('speedup_vs_naive'):>9} {ratio('speedup_vs_torchattacks'):>7} {ratio('speedup_vs_limit'):>9}"
+            f"{robust:>8} {ratio('speedup_vs_naive'):>9} {ratio('speedup_vs_torchattacks'):>7} "
+            f"{ratio('speedup_vs_fastest_peer'):>7} {ratio('speedup_vs_limit'):>9}"
         )
     return "\n".join(lines)

@@ -10,7 +10,8 @@ from .args import CliError, csv_list, device, positive_int
 
 DESCRIPTION = """Time the fused L-inf and L2 steps (every available backend) against the PyTorch eager formulation,
 torch.compile of it, and a same-size copy, in one run; or, with --attack, PGD, APGD or CW images/s
-of fastadv against a naive loss.backward() loop, torchattacks (when installed) and the model's
+and robust accuracy of fastadv against a naive loss.backward() loop, the peer libraries (torchattacks,
+the Adversarial Robustness Toolbox, Foolbox, advertorch: each when it imports) and the model's
 forward + input-gradient time. Prints a table and appends long-format CSV rows (with device,
 versions and git SHA)."""  # argparse re-wraps it
 
@@ -139,8 +140,7 @@ def _run_bench_attack(args: argparse.Namespace) -> int:
     available = dict.fromkeys(p for kind in args.attacks for p in attack.available_providers(kind, args.device))
     names = args.providers or list(available)
     _check_providers(
-        names, list(everything), list(available),
-        lambda n: "needs a CUDA GPU" if n in attack.GPU_ONLY else "needs torchattacks (pip install torchattacks)",
+        names, list(everything), list(available), lambda n: attack.unavailable_reason(n, args.device) or "",
         f" with --attack --attacks {','.join(args.attacks)}",
     )  # fmt: skip
     rows = []
@@ -154,6 +154,10 @@ def _run_bench_attack(args: argparse.Namespace) -> int:
     print(f"{', '.join(args.attacks)} with {args.steps} steps on {rows[0].device} "
           f"(torch {rows[0].torch}, git {rows[0].git_sha})")  # fmt: skip
     print(attack.format_table(rows))
+    if not args.providers:  # the peers left out, and why
+        for name in everything:
+            if name in attack.PEER_LIBRARIES and name not in available:
+                print(f"missing: {name} {attack.unavailable_reason(name, args.device)}")
     return _write_rows(rows, args.csv or "fastadv-results/bench_attack.csv")
 
 

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from . import _validate as check
 from ._cascade import StageRun, run_cascade
-from .attacks import APGD, APGDT, Attack, Square
+from .attacks import APGD, APGDT, FAB, Attack, Square
 from .attacks._model_state import attack_mode
 
 # The attacks of each version, in the order they run (the original's `attacks_to_run`).
@@ -346,9 +346,9 @@ def _stage(name: str, model: Any, common: dict, settings: _Settings, targets: in
                      **{"early_stop": True, **common})  # fmt: skip
     if name == "square":
         return Square(model, n_queries=n_queries, n_restarts=1, p_init=0.8, resc_schedule=False, **options)
-    from .attacks.fab import FAB  # (FAB arrives with its own branch)
-
     restarts, multi = (settings.fab_t_restarts, True) if name == "fab-t" else (settings.fab_restarts, False)
+    if options["seed"] is None:  # (FAB takes an int: a seed of its own from the global generator)
+        options["seed"] = int(torch.randint(0, 2**62, (1,)))
     return FAB(model, steps=steps, n_restarts=restarts, alpha_max=0.1, eta=1.05, beta=0.9, multi_targeted=multi,
                n_classes=targets + 1, **options)  # fmt: skip
 

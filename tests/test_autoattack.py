@@ -1,9 +1,7 @@
 """AutoAttack: each version's attacks and settings (the original's), errors, the cascade over the
 still-robust samples and its log, the sanity checks' warnings, the model's safety, evaluate's and
-the command line's names, and agreement with torchattacks' AutoAttack (FAB-T's stage needs
-fastadv.attacks.fab)."""
+the command line's names, and agreement with torchattacks' AutoAttack."""
 
-import importlib.util
 import re
 import warnings
 
@@ -14,10 +12,6 @@ from helpers import accuracy, assert_unchanged, digits_model, snapshot
 import fastadv
 from fastadv.autoattack import STAGES, VERSIONS, AutoAttack, AutoAttackLite, AutoAttackWarning
 from fastadv.evaluate import evaluate
-
-HAS_FAB = importlib.util.find_spec("fastadv.attacks.fab") is not None
-needs_fab = pytest.mark.skipif(not HAS_FAB, reason="FAB (fastadv.attacks.fab) is not in this checkout yet")
-
 
 @pytest.fixture(scope="module")
 def digits(digits_model):
@@ -76,7 +70,6 @@ def test_rand_lite_and_custom_settings(digits):
     assert isinstance(lite, AutoAttack) and fastadv.AutoAttackLite is AutoAttackLite
 
 
-@needs_fab
 def test_standard_and_plus_settings(digits):
     model = digits[0]
     assert _settings(AutoAttack(model)) == [
@@ -264,7 +257,6 @@ def test_evaluate_runs_square_in_the_cascade(digits):
 
 
 @pytest.mark.slow
-@needs_fab
 def test_evaluate_and_the_cli_run_autoattack(digits, tmp_path, capsys):
     import json
 

@@ -212,9 +212,10 @@ def evaluate(
     progress: bool = True,
 ) -> dict:
     """Evaluates `model` on `data` = (images [N, C, H, W] in [0, 1], labels [N]) against `attacks`
-    (names of ATTACKS; iterative ones take `steps`) at every `eps`, and returns the report (a
-    JSON-ready dict; see :func:`format_report`). The model runs in eval mode and is given back
-    as it was: every module's own mode, parameters' requires_grad and buffers.
+    (names of ATTACKS; iterative ones take `steps`, "square" and "autoattack" keep AutoAttack's
+    budgets) at every `eps`, and returns the report (a JSON-ready dict; see :func:`format_report`).
+    The model runs in eval mode and is given back as it was: every module's own mode, parameters'
+    requires_grad and buffers.
 
     state_path: a file updated atomically after every batch; an evaluation started again with
     the same arguments continues after the last finished batch and gives the same report.

@@ -13,6 +13,7 @@ import fastadv
 from fastadv.autoattack import STAGES, VERSIONS, AutoAttack, AutoAttackLite, AutoAttackWarning
 from fastadv.evaluate import evaluate
 
+
 @pytest.fixture(scope="module")
 def digits(digits_model):
     return digits_model

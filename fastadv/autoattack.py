@@ -231,7 +231,7 @@ class AutoAttack:
         def attack(name: str, index: torch.Tensor) -> torch.Tensor:
             result = attacks[name].run(images[index], labels[index])
             fooled = result.success
-            adv[index[fooled]] = result.adv[fooled]
+            adv[index[fooled]] = result.adv[fooled].detach()
             classes = result.predicted if result.predicted is not None else first.predict(result.adv)
             predicted[index[fooled]] = classes[fooled]
             if result.non_finite is not None:

@@ -1,6 +1,7 @@
 """pytest-benchmark: PGD-10, APGD-CE-10 and CW-L2 (10 Adam steps) on one model and batch, fastadv
-against a naive loss.backward() loop (PGD), torchattacks (when installed: pip install --no-deps
-torchattacks) and the model's forward + input-gradient time.
+against a naive loss.backward() loop (PGD), the peer libraries (when they import: torchattacks,
+and for PGD the Adversarial Robustness Toolbox, Foolbox and advertorch) and the model's forward +
+input-gradient time.
 
     pytest benchmarks/bench_attack.py --benchmark-only [--benchmark-json out.json]
 

@@ -60,6 +60,7 @@ def test_an_unsupported_option_fails_with_one_message(digits, cls, name, value):
         (fastadv.CW, set(OPTIONS) - {"early_stop"}, ["default", "targeted"]),
         (fastadv.DeepFool, set(OPTIONS) - {"targeted", "early_stop"}, ["default"]),
         (fastadv.JSMA, set(OPTIONS) - {"early_stop"}, ["default", "targeted"]),
+        (fastadv.FAB, set(OPTIONS) - {"early_stop"}, ["default", "targeted"]),
     ],
     ids=lambda v: v.__name__ if isinstance(v, type) else "",
 )
@@ -162,10 +163,14 @@ IGNORING = [
     lambda m: fastadv.DeepFool(m, steps=2),
     lambda m: fastadv.CW(m, steps=2),
     lambda m: fastadv.JSMA(m),
+    lambda m: fastadv.FAB(m, steps=2),
+    lambda m: fastadv.FAB(m, steps=2, multi_targeted=True, n_classes=3),
 ]
 
 
-@pytest.mark.parametrize("make", IGNORING, ids=["PGD", "FGSM", "PGDL2", "APGD", "DeepFool", "CW", "JSMA"])
+@pytest.mark.parametrize(
+    "make", IGNORING, ids=["PGD", "FGSM", "PGDL2", "APGD", "DeepFool", "CW", "JSMA", "FAB", "FAB-T"]
+)
 @pytest.mark.parametrize("kind", ["module", "callable"])
 def test_a_model_that_ignores_its_input_is_an_error(digits, make, kind):
     """Issue 15, item 4: a plain function that detaches its input (its network's parameters still

@@ -218,7 +218,7 @@ class FAB(Attack):
                   call: Call) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
         """The nearest decision hyperplane's linearisation at x1: f [b] (its function, negative
         on the label's side) and its gradient [b, ...] (float32)."""
-        point = call.layout(x1).requires_grad_(True)
+        point = call.layout(x1).detach().requires_grad_(True)  # a tensor of its own: x1 stays a constant
         logits = self._logits(point, call)
         if target is not None or self.targeted:
             if self.targeted:  # the labels are the targets; the rival is the strongest other class

@@ -2,6 +2,8 @@
 query counts and compaction, the ball and the bounds, the result fields, a model whose gradients
 are masked, and agreement with torchattacks' Square on the digits CNNs."""
 
+import re
+
 import pytest
 import torch
 from helpers import BAD_CALLS, CountingModel, accuracy, assert_unchanged, check_bad_call, digits_model, snapshot
@@ -288,3 +290,11 @@ def test_robust_accuracy_agrees_with_torchattacks(trained):
     mean_ours, mean_theirs = sum(ours) / 2, sum(theirs) / 3
     assert abs(mean_ours - mean_theirs) <= 0.02, (ours, theirs)
     assert 0.2 < mean_ours < 0.9, "a budget where the comparison means something: neither all nor none fooled"
+
+
+def test_verbose_prints_each_run(digits, capsys):
+    model, x, y = digits
+    _run(model, x[:16], y[:16], n_queries=5, n_restarts=2, verbose=True)
+    lines = capsys.readouterr().out.splitlines()
+    assert lines and re.fullmatch(r"restart 0 - robust accuracy: \d+\.\d\d% - avg\. queries of the fooled: "
+                                  r"\d+\.\d - cum\. time: \d+\.\d s", lines[0])  # fmt: skip

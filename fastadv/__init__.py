@@ -2,7 +2,7 @@
 
 The core is one fused kernel per attack step (sign step, eps-ball projection, clamp), on the
 torch (reference), triton, cpu and cuda backends; the attacks (FGSM, PGD, PGDL2, MIFGSM, APGD, APGDT;
-CW, DeepFool, FAB, JSMA) run on them. See README.md and docs/.
+CW, DeepFool, FAB, JSMA; Square, score-based) run on them. See README.md and docs/.
 
 The attacks and ops are imported with the package; the other modules (models, datasets,
 evaluate, train, recipes, autoattack, plots, bench) are attributes too, imported on first use.
@@ -25,6 +25,7 @@ from .attacks import (
     AttackResult,
     DeepFool,
     GradientAttack,
+    Square,
     UnsupportedOption,
     fgsm,
     pgd,
@@ -42,6 +43,7 @@ __all__ = [
     "MIFGSM",
     "PGD",
     "PGDL2",
+    "Square",
     "Attack",
     "AttackResult",
     "GradientAttack",
@@ -53,13 +55,14 @@ __all__ = [
     "linf_project",
     "linf_step",
     "pgd",
+    "AutoAttack",
     "AutoAttackLite",
     "__version__",
 ]
 
 _SUBMODULES = ("attacks", "autoattack", "backends", "bench", "datasets", "evaluate", "models", "ops", "plots",
                "recipes", "train")  # fmt: skip
-_LAZY_NAMES = {"AutoAttackLite": "autoattack"}
+_LAZY_NAMES = {"AutoAttack": "autoattack", "AutoAttackLite": "autoattack"}
 
 
 def __getattr__(name: str):

@@ -1,18 +1,65 @@
-"""AutoAttackLite: AutoAttack's two gradient stages (APGD-CE, then APGD-T on the samples still
-robust), with the original's per-stage log."""
+"""AutoAttack (Croce and Hein 2020): its versions' attacks in a cascade, each on the samples still
+robust, with the original's per-stage log and sanity checks; AutoAttackLite, its gradient half."""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 from . import _validate as check
 from ._cascade import StageRun, run_cascade
-from .attacks import APGD, APGDT
+from .attacks import APGD, APGDT, FAB, Attack, Square
+from .attacks._model_state import attack_mode
+
+# The attacks of each version, in the order they run (the original's `attacks_to_run`).
+VERSIONS = {
+    "standard": ("apgd-ce", "apgd-t", "fab-t", "square"),
+    "plus": ("apgd-ce", "apgd-dlr", "fab", "square", "apgd-t", "fab-t"),
+    "rand": ("apgd-ce", "apgd-dlr"),
+    "lite": ("apgd-ce", "apgd-t"),
+}
+STAGES = ("apgd-ce", "apgd-dlr", "apgd-t", "fab", "fab-t", "square")  # what version="custom" may run
+
+
+@dataclass(frozen=True)
+class _Settings:
+    """What differs between versions: the runs of APGD-CE/-DLR, of APGD-T per target class, of
+    FAB (untargeted), of FAB-T per target class, and APGD's gradients per step (EOT)."""
+
+    apgd_restarts: int = 1
+    apgd_t_restarts: int = 1
+    fab_restarts: int = 1
+    fab_t_restarts: int = 1
+    eot_iter: int = 1
+
+
+SETTINGS = {
+    "standard": _Settings(),
+    "plus": _Settings(apgd_restarts=5, fab_restarts=5),
+    "rand": _Settings(eot_iter=20),
+    "custom": _Settings(apgd_restarts=5, fab_restarts=5),  # the original's attacks as constructed
+    "lite": _Settings(),
+}
+
+
+class AutoAttackWarning(UserWarning):
+    """A sanity check of AutoAttack failed: the evaluation may overestimate the model's robustness."""
+
+
+RANDOMIZED = ("the model's outputs differ between two forward passes on the same images: it seems to be a "
+              "randomized defense; use version='rand' (APGD with expectation over transformation)")  # fmt: skip
+PROBABILITIES = ("the model's outputs look like probabilities (non-negative, each row summing to 1); "
+                 "AutoAttack's losses expect logits, so the evaluation may be unreliable: pass the model "
+                 "without its softmax")  # fmt: skip
+MASKED = ("the input gradient of the loss is zero or not finite on most samples: gradient masking suspected, "
+          "the gradient-based stages may overestimate the robustness (Square, which reads only the outputs, "
+          "is in the standard version)")  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -30,24 +77,225 @@ class Stage:
 @dataclass(frozen=True)
 class AutoAttackResult:
     """adv: the adversarial images (a robust sample keeps its clean image); robust: bool [N],
-    correctly classified and not fooled by any stage; clean_accuracy; stages in order."""
+    correctly classified and not fooled by any stage; clean_accuracy; stages in order;
+    predicted: int64 [N], the model's class for adv; non_finite: bool [N], some stage produced
+    a non-finite candidate for the sample (never counted as fooling)."""
 
     adv: torch.Tensor
     robust: torch.Tensor
     clean_accuracy: float
     stages: list[Stage] = field(default_factory=list)
+    predicted: torch.Tensor | None = None
+    non_finite: torch.Tensor | None = None
 
     @property
     def robust_accuracy(self) -> float:
         return float(self.robust.float().mean()) if self.robust.numel() else 0.0
 
+    @property
+    def success(self) -> torch.Tensor:
+        """bool [N]: the model's class for adv is wrong (misclassified clean, or fooled), as
+        :class:`fastadv.AttackResult` says it."""
+        return ~self.robust
 
-class AutoAttackLite:
-    r"""The gradient half of AutoAttack ("Reliable evaluation of adversarial robustness with an
-    ensemble of diverse parameter-free attacks", Croce and Hein, ICML 2020): APGD-CE on every
-    correctly classified sample, then APGD-T (targeted DLR, ``n_target_classes`` targets) on
-    those still robust; FAB-T and Square, the standard version's other two stages, are not
-    included. Each stage logs as the original does (``apgd-ce - 1/2 - 19 out of 250 successfully
+
+class AutoAttack:
+    r"""AutoAttack: "Reliable evaluation of adversarial robustness with an ensemble of diverse
+    parameter-free attacks", Croce and Hein, ICML 2020, https://arxiv.org/abs/2003.01690.
+
+    Runs the attacks of a version in order, each on the samples no earlier one fooled (the
+    first on the correctly classified ones), and reports the robust accuracy after each, with the
+    original's log (``robust accuracy after APGD-CE: 72.00% (total time 2.3 s)``). Versions, with
+    the original's settings (APGD and FAB: ``steps`` = 100 iterations; Square: 5000 queries,
+    p_init 0.8, the schedule not rescaled):
+
+    - "standard": APGD-CE, APGD-T (``n_classes`` - 1 = 9 target classes), FAB-T (9 targets),
+      Square; one run each (per target class for the targeted ones).
+    - "plus": APGD-CE and APGD-DLR with 5 restarts, FAB (untargeted) with 5, Square, APGD-T, FAB-T.
+    - "rand": APGD-CE and APGD-DLR, gradients averaged over 20 draws (EOT), for randomized models.
+    - "custom": the names in ``attacks_to_run`` (among apgd-ce, apgd-dlr, apgd-t, fab, fab-t,
+      square), set as the original constructs them (APGD-CE/-DLR and FAB with 5 restarts).
+    - "lite": APGD-CE and APGD-T (:class:`AutoAttackLite`).
+
+    Before the stages, sanity checks on the first batch warn (:class:`AutoAttackWarning`) when the
+    model looks randomized (two forward passes differ; not for "rand"), returns probabilities
+    rather than logits, has a zero or non-finite input gradient on most samples (gradient
+    masking), has fewer classes than the targeted stages aim at; and after them, when Square
+    fooled samples the gradient stages could not (more than 0.2% of all).
+
+    Arguments (positional order as torchattacks'):
+        model (nn.Module or callable): maps images [N, C, H, W] to logits [N, K] (K >= 4 for the
+            targeted and DLR stages).
+        norm ("Linf" | "L2"): Default: "Linf".
+        eps (float): Default: 8/255.
+        version ("standard" | "plus" | "rand" | "custom" | "lite"): Default: "standard".
+        n_classes (int): the model's classes; the targeted stages aim at n_classes - 1. Default: 10.
+        seed (int or None): seeds every stage's random starts (None: the global generator). Default: 0.
+        verbose (bool): send the log lines to `log`. Default: False.
+        attacks_to_run (keyword, list of names): the stages of version="custom" (only then).
+        steps (keyword, int): iterations of APGD and FAB. Default: 100.
+        n_queries (keyword, int): Square's queries per sample. Default: 5000.
+        log (keyword, callable): receives each log line when verbose. Default: print.
+        **options: for the stages: lower, upper, mean, std, amp, channels_last, backend,
+            model_mode, and early_stop for the APGD stages (default True here: a fooled sample
+            leaves the batch, the cascade's outcome is the same).
+
+    The stages are in ``attack.stages`` as (name, attack) pairs. Call ``attack(images, labels)``
+    or ``attack.run_standard_evaluation(images, labels, bs=250)`` for the adversarial images,
+    ``attack.run(images, labels, batch_size=250)`` for an :class:`AutoAttackResult`.
+
+    Example:
+        >>> attack = fastadv.AutoAttack(model, norm="Linf", eps=8/255, version="standard", verbose=True)
+        >>> adv_images = attack.run_standard_evaluation(images, labels, bs=250)
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        norm: str = "Linf",
+        eps: float = 8 / 255,
+        version: str = "standard",
+        n_classes: int = 10,
+        seed: int | None = 0,
+        verbose: bool = False,
+        *,
+        attacks_to_run: Sequence[str] | None = None,
+        steps: int = 100,
+        n_queries: int = 5000,
+        log: Callable[[str], Any] | None = print,
+        **options: Any,
+    ):
+        version = check.choice("version", version, (*VERSIONS, "custom"))
+        if version == "custom":
+            names = check.choices("attacks_to_run", attacks_to_run, STAGES)
+            if len(set(names)) != len(names):
+                raise ValueError(f"attacks_to_run: each attack at most once, got {names}")
+        elif attacks_to_run:
+            raise ValueError(f"attacks_to_run: only with version='custom'; version={version!r} runs "
+                             f"{', '.join(VERSIONS[version])}")  # fmt: skip
+        else:
+            names = list(VERSIONS[version])
+        if not isinstance(n_classes, int) or isinstance(n_classes, bool) or n_classes < 2:
+            raise ValueError(f"n_classes must be an int >= 2, got {n_classes!r}")
+        self.n_classes = n_classes
+        self.verbose = check.flag("verbose", verbose)
+        self._setup(model, norm, eps, version, names, SETTINGS[version], n_classes - 1, seed, steps, n_queries,
+                    log if verbose else None, options)  # fmt: skip
+
+    def _setup(self, model, norm, eps, version, names, settings: _Settings, targets, seed, steps, n_queries, log,
+               options) -> None:  # fmt: skip
+        """Checks what every version shares and builds the stages."""
+        if "targeted" in options or "generator" in options:
+            raise ValueError(f"options: {type(self).__name__} takes neither targeted nor generator (it is seeded "
+                             "by seed)")  # fmt: skip
+        if log is not None and not callable(log):
+            raise TypeError(f"log must be a callable or None, got {type(log).__name__}")
+        self.eps = check.number("eps", eps, at_least=0)
+        self.norm = {"linf": "Linf", "l2": "L2"}[check.norm(norm)]
+        self.version, self.seed, self.log = version, seed, log
+        self.n_target_classes = targets
+        check.positive_int("steps", steps)
+        check.positive_int("n_queries", n_queries)
+        common = {"norm": self.norm, "eps": self.eps, "seed": seed, **options}
+        self.stages = [(name, _stage(name, model, common, settings, targets, steps, n_queries)) for name in names]
+
+    def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return self.run(images, labels).adv
+
+    def run_standard_evaluation(self, images: torch.Tensor, labels: torch.Tensor, bs: int = 250) -> torch.Tensor:
+        """AutoAttack's entry point: the adversarial images, attacked `bs` samples at a time."""
+        return self.run(images, labels, batch_size=bs).adv
+
+    def run(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 250) -> AutoAttackResult:
+        """Runs the stages on images [N, ...] with labels [N] in batches of `batch_size`."""
+        batch_size = check.positive_int("batch_size", batch_size)
+        first = self.stages[0][1]
+        check.images_and_labels(images, labels)
+        n = images.shape[0]
+        if n == 0:  # (a robust accuracy over no sample would read as 0%)
+            raise ValueError(f"images: an empty batch; {type(self).__name__} needs at least one sample")
+        names = [name for name, _ in self.stages]
+        self._say(f"using {self.version} version including {', '.join(names)}.")
+        start = time.perf_counter()
+        chunks = range(0, n, batch_size)  # (labels checked against the model's classes, as the attacks do)
+        predicted = torch.cat([first.predict(images[i : i + batch_size], labels[i : i + batch_size]) for i in chunks])
+        self._sanity_checks(first, images[:batch_size], labels[:batch_size])
+        robust = predicted == labels
+        clean_accuracy = float(robust.float().mean())
+        self._say(f"initial accuracy: {clean_accuracy:.2%}")
+        adv = images.detach().clone()
+        non_finite = torch.zeros_like(robust)
+        stages: list[Stage] = []
+        attacks = dict(self.stages)
+
+        def attack(name: str, index: torch.Tensor) -> torch.Tensor:
+            result = attacks[name].run(images[index], labels[index])
+            fooled = result.success
+            adv[index[fooled]] = result.adv[fooled].detach()
+            classes = result.predicted if result.predicted is not None else first.predict(result.adv)
+            predicted[index[fooled]] = classes[fooled]
+            if result.non_finite is not None:
+                non_finite[index] |= result.non_finite
+            return fooled
+
+        def chunk_done(name: str, chunk: int, chunks: int, index: torch.Tensor, fooled: torch.Tensor) -> None:
+            self._say(f"{name} - {chunk + 1}/{chunks} - {int(fooled.sum())} out of {int(index.numel())} "
+                      "successfully perturbed")  # fmt: skip
+
+        def stage_done(name: str, run: StageRun) -> None:
+            accuracy = float(robust.float().mean())
+            seconds = time.perf_counter() - start
+            stages.append(Stage(name, int(run.index.numel()), int(run.fooled.sum()), accuracy, seconds))
+            self._say(f"robust accuracy after {name.upper()}: {accuracy:.2%} (total time {seconds:.1f} s)")
+
+        run_cascade(names, robust, attack, batch_size=batch_size, on_chunk=chunk_done, on_stage=stage_done)
+        _check_square(stages, n)
+        delta = (adv.float() - images.float()).flatten(1)
+        size = delta.abs().amax(1) if self.norm == "Linf" else delta.norm(dim=1)
+        self._say(f"max {self.norm} perturbation: {float(size.max()):.5f}, nan in tensor: {int(adv.isnan().sum())}, "
+                  f"max: {float(adv.max()):.5f}, min: {float(adv.min()):.5f}")  # fmt: skip
+        result = AutoAttackResult(adv, robust, clean_accuracy, stages, predicted, non_finite)
+        self._say(f"robust accuracy: {result.robust_accuracy:.2%}")
+        return result
+
+    def _sanity_checks(self, attack: Attack, images: torch.Tensor, labels: torch.Tensor) -> None:
+        """The original's checks of the defense on one batch, as warnings; the model is seen as
+        the stages see it (through the first one: mean/std, amp, mode) and left as it was."""
+        # (the attack root's private hooks: the same normalization, autocast and model mode as the stages)
+        with torch.inference_mode(False), torch.enable_grad():
+            x, y, call = attack._prepare(images, labels)
+            with attack_mode(attack.model, attack.model_mode):
+                with torch.no_grad():
+                    first, second = (attack._logits(x, call).float() for _ in range(2))
+                x = x.clone().requires_grad_(True)
+                loss = F.cross_entropy(attack._logits(x, call).float(), y, reduction="sum")
+                grad = torch.autograd.grad(loss, x, allow_unused=True)[0] if loss.requires_grad else None
+        if self.version != "rand" and _differ(first, second):
+            warnings.warn(RANDOMIZED, AutoAttackWarning, stacklevel=3)
+        if (
+            float(first.max()) < 1 + 1e-5
+            and float(first.min()) > -1e-5
+            and bool(((first.sum(1) - 1).abs() < 1e-5).all())
+        ):
+            warnings.warn(PROBABILITIES, AutoAttackWarning, stacklevel=3)
+        if grad is None or float(_masked(grad).float().mean()) > 0.5:
+            warnings.warn(MASKED, AutoAttackWarning, stacklevel=3)
+        targeted = [name.upper() for name, _ in self.stages if name in ("apgd-t", "fab-t")]
+        if targeted and self.n_target_classes > first.shape[1] - 1:
+            verb = "aim" if len(targeted) > 1 else "aims"
+            warnings.warn(f"{' and '.join(targeted)} {verb} at {self.n_target_classes} target classes but the model "
+                          f"has {first.shape[1]} outputs ({first.shape[1] - 1} possible targets): set n_classes="
+                          f"{first.shape[1]}", AutoAttackWarning, stacklevel=3)  # fmt: skip
+
+    def _say(self, line: str) -> None:
+        if self.log is not None:
+            self.log(line)
+
+
+class AutoAttackLite(AutoAttack):
+    r"""``AutoAttack(..., version="lite")`` with its own knobs: APGD-CE on every correctly
+    classified sample, then APGD-T (targeted DLR, ``n_target_classes`` targets) on those still
+    robust, logged as the original does (``apgd-ce - 1/2 - 19 out of 250 successfully
     perturbed``, ``robust accuracy after APGD-CE: 72.00% (total time 2.3 s)``).
 
     Arguments:
@@ -59,8 +307,7 @@ class AutoAttackLite:
         n_target_classes (int): Default: 9.
         seed (int): seeds both stages' random starts. Default: 0.
         log (callable or None): receives each log line (default: print; None: silent).
-        **options: as for :class:`fastadv.APGD` (early_stop, lower, upper, mean, std, amp,
-            channels_last, backend, model_mode).
+        **options: as for :class:`AutoAttack`.
 
     Example:
         >>> attack = AutoAttackLite(model, norm="Linf", eps=8/255)
@@ -79,72 +326,54 @@ class AutoAttackLite:
         log: Callable[[str], Any] | None = print,
         **options: Any,
     ):
-        if "targeted" in options or "generator" in options:
-            raise ValueError("options: AutoAttackLite takes neither targeted nor generator (it is seeded by seed)")
-        if log is not None and not callable(log):
-            raise TypeError(f"log must be a callable or None, got {type(log).__name__}")
-        self.eps = check.number("eps", eps, at_least=0)
-        self.norm = norm
-        self.log = log
-        common = {"norm": norm, "eps": self.eps, "steps": steps, "n_restarts": n_restarts, "seed": seed, **options}
-        self.stages = (
-            ("apgd-ce", APGD(model, loss="ce", **common)),
-            ("apgd-t", APGDT(model, n_target_classes=n_target_classes, **common)),
-        )
+        restarts = check.positive_int("n_restarts", n_restarts)
+        settings = _Settings(apgd_restarts=restarts, apgd_t_restarts=restarts)
+        self.n_classes = check.positive_int("n_target_classes", n_target_classes) + 1
+        self.verbose = log is not None
+        self._setup(model, norm, eps, "lite", list(VERSIONS["lite"]), settings, n_target_classes, seed, steps, 5000,
+                    log, options)  # fmt: skip
 
-    def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return self.run(images, labels).adv
 
-    def run_standard_evaluation(self, images: torch.Tensor, labels: torch.Tensor, bs: int = 250) -> torch.Tensor:
-        """AutoAttack's entry point: the adversarial images, attacked `bs` samples at a time."""
-        return self.run(images, labels, batch_size=bs).adv
+def _stage(name: str, model: Any, common: dict, settings: _Settings, targets: int, steps: int,
+           n_queries: int) -> Attack:  # fmt: skip
+    """The attack of one stage, with the original's settings."""
+    options = {k: v for k, v in common.items() if k != "early_stop"}
+    if name in ("apgd-ce", "apgd-dlr"):
+        return APGD(model, steps=steps, n_restarts=settings.apgd_restarts, loss=name[len("apgd-") :],
+                    eot_iter=settings.eot_iter, **{"early_stop": True, **common})  # fmt: skip
+    if name == "apgd-t":
+        return APGDT(model, steps=steps, n_restarts=settings.apgd_t_restarts, n_target_classes=targets,
+                     **{"early_stop": True, **common})  # fmt: skip
+    if name == "square":
+        return Square(model, n_queries=n_queries, n_restarts=1, p_init=0.8, resc_schedule=False, **options)
+    restarts, multi = (settings.fab_t_restarts, True) if name == "fab-t" else (settings.fab_restarts, False)
+    if options["seed"] is None:  # (FAB takes an int: a seed of its own from the global generator)
+        options["seed"] = int(torch.randint(0, 2**62, (1,)))
+    return FAB(model, steps=steps, n_restarts=restarts, alpha_max=0.1, eta=1.05, beta=0.9, multi_targeted=multi,
+               n_classes=targets + 1, **options)  # fmt: skip
 
-    def run(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 250) -> AutoAttackResult:
-        """Runs the stages on images [N, ...] with labels [N] in batches of `batch_size`."""
-        batch_size = check.positive_int("batch_size", batch_size)
-        first = self.stages[0][1]
-        check.images_and_labels(images, labels)
-        n = images.shape[0]
-        if n == 0:  # (a robust accuracy over no sample would read as 0%)
-            raise ValueError("images: an empty batch; AutoAttackLite needs at least one sample")
-        self._say(f"using lite version including {', '.join(name for name, _ in self.stages)}.")
-        start = time.perf_counter()
-        chunks = range(0, n, batch_size)  # (labels checked against the model's classes, as the attacks do)
-        robust = torch.cat([first.predict(images[i : i + batch_size], labels[i : i + batch_size]) for i in chunks])
-        robust = robust == labels
-        clean_accuracy = float(robust.float().mean()) if n else 0.0
-        self._say(f"initial accuracy: {clean_accuracy:.2%}")
-        adv = images.detach().clone()
-        stages: list[Stage] = []
-        attacks = dict(self.stages)
 
-        def attack(name: str, index: torch.Tensor) -> torch.Tensor:
-            result = attacks[name].run(images[index], labels[index])
-            adv[index[result.success]] = result.adv[result.success]
-            return result.success
+def _differ(first: torch.Tensor, second: torch.Tensor) -> bool:
+    """Two outputs of the same images differ: another class somewhere, or directions (rows
+    scaled to unit norm) more than 1e-4 apart, as the original's check."""
+    if not torch.equal(first.argmax(1), second.argmax(1)):
+        return True
+    unit = [t / (t.norm(dim=1, keepdim=True) + 1e-10) for t in (first, second)]
+    return float((unit[0] - unit[1]).norm(dim=1).max()) > 1e-4
 
-        def chunk_done(name: str, chunk: int, chunks: int, index: torch.Tensor, fooled: torch.Tensor) -> None:
-            self._say(f"{name} - {chunk + 1}/{chunks} - {int(fooled.sum())} out of {int(index.numel())} "
-                      "successfully perturbed")  # fmt: skip
 
-        def stage_done(name: str, run: StageRun) -> None:
-            accuracy = float(robust.float().mean()) if n else 0.0
-            seconds = time.perf_counter() - start
-            stages.append(Stage(name, int(run.index.numel()), int(run.fooled.sum()), accuracy, seconds))
-            self._say(f"robust accuracy after {name.upper()}: {accuracy:.2%} (total time {seconds:.1f} s)")
+def _masked(grad: torch.Tensor) -> torch.Tensor:
+    """bool [B]: the sample's gradient is all zero or has a non-finite entry."""
+    flat = grad.flatten(1)
+    return (flat == 0).all(1) | ~flat.isfinite().all(1)
 
-        run_cascade(list(attacks), robust, attack, batch_size=batch_size, on_chunk=chunk_done, on_stage=stage_done)
-        delta = (adv.float() - images.float()).flatten(1)
-        size = delta.abs().amax(1) if self.norm.lower() == "linf" else delta.norm(dim=1)
-        self._say(
-            f"max {self.norm} perturbation: {float(size.max()) if n else 0.0:.5f}, "
-            f"nan in tensor: {int(adv.isnan().sum())}, max: {float(adv.max()) if n else 0.0:.5f}, "
-            f"min: {float(adv.min()) if n else 0.0:.5f}"
-        )
-        result = AutoAttackResult(adv, robust, clean_accuracy, stages)
-        self._say(f"robust accuracy: {result.robust_accuracy:.2%}")
-        return result
 
-    def _say(self, line: str) -> None:
-        if self.log is not None:
-            self.log(line)
+def _check_square(stages: list[Stage], n: int) -> None:
+    """The original's last check: Square, which reads only the outputs, fooled more than 0.2% of
+    all samples after gradient stages: their evaluation is unreliable."""
+    for index, stage in enumerate(stages):
+        if stage.name == "square" and index > 0 and stage.fooled > 0.002 * n:
+            warnings.warn(f"Square fooled {stage.fooled / n:.2%} of the samples after the gradient-based stages "
+                          "left them robust: their evaluation may be unreliable (gradient masking?); consider "
+                          "Square with more queries and restarts, or an adaptive attack", AutoAttackWarning,
+                          stacklevel=4)  # fmt: skip

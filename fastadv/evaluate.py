@@ -23,13 +23,14 @@ from . import _distributed
 from . import _validate as check
 from ._cascade import StageRun, run_cascade
 from ._version import __version__
-from .attacks import APGD, APGDT, CW, FGSM, MIFGSM, PGD, PGDL2, DeepFool
+from .attacks import APGD, APGDT, CW, FGSM, MIFGSM, PGD, PGDL2, DeepFool, Square
 from .attacks._model_state import attack_mode
-from .autoattack import AutoAttackLite, AutoAttackResult, Stage
+from .autoattack import AutoAttack, AutoAttackLite, AutoAttackResult, Stage
 from .checkpoint import fingerprint, save_atomic
 from .checkpoint import load as load_checkpoint
 
-__all__ = ["ATTACKS", "AutoAttackLite", "AutoAttackResult", "Stage", "evaluate", "format_report", "robust_accuracy"]
+__all__ = ["ATTACKS", "AutoAttack", "AutoAttackLite", "AutoAttackResult", "Stage", "evaluate", "format_report",
+           "robust_accuracy"]  # fmt: skip
 
 # name -> (norm, factory(model, eps, steps, generator, **options))
 ATTACKS = {
@@ -41,11 +42,36 @@ ATTACKS = {
     "apgd-ce": ("linf", lambda m, eps, steps, gen, **o: APGD(m, eps=eps, steps=steps, loss="ce", generator=gen, **o)),
     "apgd-dlr": ("linf", lambda m, eps, steps, gen, **o: APGD(m, eps=eps, steps=steps, loss="dlr", generator=gen, **o)),
     "apgd-t": ("linf", lambda m, eps, steps, gen, **o: APGDT(m, eps=eps, steps=steps, generator=gen, **o)),
+    # score-based, as AutoAttack's last stage (5000 queries; `steps` does not apply)
+    "square": ("linf", lambda m, eps, steps, gen, **o: Square(m, eps=eps, resc_schedule=False, generator=gen, **o)),
+    # AutoAttack's standard version, all four stages at their own settings (`steps` does not apply)
+    "autoattack": (
+        "linf",
+        lambda m, eps, steps, gen, **o: _WholeBatch(AutoAttack(m, "Linf", eps, seed=_seed(gen), **o)),
+    ),
     # minimal-perturbation attacks: a sample counts as fooled at eps only if its L2 distance is <= eps
     "deepfool": ("l2", lambda m, eps, steps, gen, **o: DeepFool(m, steps=steps, **o)),
     "cw": ("l2", lambda m, eps, steps, gen, **o: CW(m, steps=steps, lr=0.05, binary_search_steps=5, **o)),
 }
 MINIMAL_NORM = ("deepfool", "cw")
+
+
+def _seed(generator: torch.Generator) -> int:
+    """A seed drawn from `generator`, for the attacks seeded by a number (AutoAttack's stages)."""
+    return int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device))
+
+
+@dataclass(frozen=True)
+class _WholeBatch:
+    """AutoAttack on the samples evaluate gives it at once (its chunks are the evaluation's batches)."""
+
+    attack: AutoAttack
+
+    def run(self, images: torch.Tensor, labels: torch.Tensor) -> AutoAttackResult:
+        return self.attack.run(images, labels, batch_size=max(1, images.shape[0]))
+
+    def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return self.run(images, labels).adv
 
 
 class _Sums:
@@ -186,9 +212,10 @@ def evaluate(
     progress: bool = True,
 ) -> dict:
     """Evaluates `model` on `data` = (images [N, C, H, W] in [0, 1], labels [N]) against `attacks`
-    (names of ATTACKS; iterative ones take `steps`) at every `eps`, and returns the report (a
-    JSON-ready dict; see :func:`format_report`). The model runs in eval mode and is given back
-    as it was: every module's own mode, parameters' requires_grad and buffers.
+    (names of ATTACKS; iterative ones take `steps`, "square" and "autoattack" keep AutoAttack's
+    budgets) at every `eps`, and returns the report (a JSON-ready dict; see :func:`format_report`).
+    The model runs in eval mode and is given back as it was: every module's own mode, parameters'
+    requires_grad and buffers.
 
     state_path: a file updated atomically after every batch; an evaluation started again with
     the same arguments continues after the last finished batch and gives the same report.

@@ -115,7 +115,7 @@ def test_restarts_and_n_restarts_are_one_argument(digits, cls):
         cls(model, n_restarts=0)
 
 
-@pytest.mark.parametrize("name", ["APGD", "APGDT"])
+@pytest.mark.parametrize("name", ["APGD", "APGDT", "Square"])
 def test_positional_order_and_defaults_are_torchattacks(digits, name):
     torchattacks = pytest.importorskip("torchattacks")
     theirs = inspect.signature(getattr(torchattacks, name)).parameters

@@ -21,6 +21,7 @@ ATTACKS = {
     "deepfool": (lambda m, **kw: fastadv.DeepFool(m, steps=3, **kw), 2),
     "jsma": (lambda m, **kw: fastadv.JSMA(m, gamma=0.05, **kw), 2),
     "fab": (lambda m, **kw: fastadv.FAB(m, eps=0.1, steps=2, **kw), 2),
+    "square": (lambda m, **kw: fastadv.Square(m, eps=0.1, n_queries=3, **kw), 2),
 }
 
 

@@ -5,7 +5,8 @@ Layout: `base.py` is the root class :class:`Attack` (options and which of them a
 supports, model safety, input checks, normalization, autocast, layout); `gradient.py` the
 gradient loop :class:`GradientAttack` (restarts, early stopping with compaction, CUDA graphs,
 random start, the fused step) that FGSM, PGD, PGDL2, MIFGSM and APGD/APGDT run on; CW, DeepFool,
-FAB and JSMA run their own loops on the root (FAB's projection is `boundary_projection.py`).
+FAB, JSMA and Square (score-based, no gradients) run their own loops on the root (FAB's projection is
+`boundary_projection.py`).
 """
 
 from .apgd import APGD
@@ -22,6 +23,7 @@ from .mifgsm import MIFGSM
 from .pgd import PGD
 from .pgdl2 import PGDL2
 from .result import AttackResult
+from .square import Square
 
 __all__ = [
     "APGD",
@@ -37,6 +39,7 @@ __all__ = [
     "MIFGSM",
     "PGD",
     "PGDL2",
+    "Square",
     "UnsupportedOption",
     "fgsm",
     "pgd",

@@ -24,7 +24,8 @@ class AttackResult:
     candidate never counts as fooling the model, and `adv` is then the sample's last finite
     candidate or its clean image (whose loss is NaN). norm: float32 [B] or None, for the
     minimal-norm attacks that report it (FAB): the norm of the smallest adversarial
-    perturbation found, whatever its size (inf where none was found).
+    perturbation found, whatever its size (inf where none was found). queries: int64 [B], the
+    model evaluations spent on the sample, for the attacks that count them (Square); None otherwise.
     """
 
     adv: torch.Tensor
@@ -34,6 +35,7 @@ class AttackResult:
     predicted: torch.Tensor | None = None
     non_finite: torch.Tensor | None = None
     norm: torch.Tensor | None = None
+    queries: torch.Tensor | None = None
 
     @property
     def success_rate(self) -> float:

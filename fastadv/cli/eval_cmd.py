@@ -56,7 +56,8 @@ def add_parser(sub) -> None:
     )  # fmt: skip
     p.add_argument(
         "--steps", type=arg.positive_int, default=EVALUATE["steps"],
-        help="steps of the iterative attacks (default: %(default)s)",
+        help="steps of the iterative attacks; square and autoattack keep AutoAttack's own budgets "
+        "(default: %(default)s)",
     )  # fmt: skip
     p.add_argument("--batch-size", type=arg.positive_int, default=EVALUATE["batch_size"], help="default: %(default)s")
     p.add_argument("--no-cascade", action="store_true", help="run every attack on every correct sample")

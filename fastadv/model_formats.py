@@ -49,7 +49,7 @@ def is_factory(spec: str) -> bool:
 def file_kind(path: str) -> str:
     """What the file at `path` holds, from its contents: "torchscript", "export" (a
     torch.export program), "safetensors" or "torch" (a torch.save file: fastadv's model files
-    and state_dicts). ModelError when it is missing."""
+    and state_dicts). ModelError when it is missing or none of these."""
     if not os.path.isfile(path):
         raise ModelError(f"{path}: no such file")
     if zipfile.is_zipfile(path):
@@ -67,7 +67,10 @@ def file_kind(path: str) -> str:
         head = f.read(9)
     if len(head) == 9 and head[8:9] == b"{" and struct.unpack("<Q", head[:8])[0] <= os.path.getsize(path) - 8:
         return "safetensors"  # an 8-byte header length, then the JSON header
-    return "torch"
+    if head[:1] == b"\x80" or head[:2] == b"PK":  # a pickle (torch.save's old format), a damaged zip file
+        return "torch"  # torch.load says what is wrong
+    raise ModelError(f"{path}: not a model or weights file (expected a fastadv model file, a TorchScript archive, a "
+                     "torch.export program, a torch.save state_dict or a .safetensors file)")  # fmt: skip
 
 
 KIND_NAMES = {"torchscript": "a TorchScript archive", "export": "a torch.export program",

@@ -310,7 +310,8 @@ CLI_ERRORS = [
         "factory and these weights (fastadv eval --model torchvision.models:resnet18 --weights {state_dict.pt}",
     ),  # fmt: skip
     # the other model formats (tests/test_model_formats.py; model_factories is tests/model_factories.py)
-    (["eval", "--model", "{file}"], "--model: {file}: not a readable checkpoint"),
+    (["eval", "--model", "{file}"], "--model: {file}: not a model or weights file (expected a fastadv model file, a"),
+    (["eval", "--model", "fastadv.models:small_cnn", "--weights", "{file}"], "--weights: {file}: not a model or"),
     (["eval", "--model", "{weights.safetensors}"], "--model: {weights.safetensors}: a safetensors file holds weights"),
     (["eval", "--model", "{train_mode.pt2}"], "--model: {train_mode.pt2}: exported in train mode (aten.batch_norm"),
     (

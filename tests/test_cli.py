@@ -194,7 +194,7 @@ def cli_files(digits, tmp_path_factory):
 
 def _model_format_files(root, model, x):
     """What the model-format error cases read: weights (safetensors, a narrower CNN's, with Python
-    objects, with NaN), a TorchScript archive and a program exported in train mode."""
+    objects, with NaN), a TorchScript archive and programs exported in train and eval mode."""
     import functools
     import warnings
 
@@ -211,6 +211,7 @@ def _model_format_files(root, model, x):
                               torch.nn.Linear(4 * 14 * 14, 10)).train()  # fmt: skip
     example = torch.as_tensor(x[:4])
     torch.export.save(torch.export.export(net, (example,)), str(root / "train_mode.pt2"))
+    torch.export.save(torch.export.export(net.eval(), (example,)), str(root / "eval_mode.pt2"))
 
 
 def _png_header(width, height):
@@ -314,6 +315,14 @@ CLI_ERRORS = [
     (["eval", "--model", "fastadv.models:small_cnn", "--weights", "{file}"], "--weights: {file}: not a model or"),
     (["eval", "--model", "{weights.safetensors}"], "--model: {weights.safetensors}: a safetensors file holds weights"),
     (["eval", "--model", "{train_mode.pt2}"], "--model: {train_mode.pt2}: exported in train mode (aten.batch_norm"),
+    (
+        ["eval", "--model", "{eval_mode.pt2}", "--data", "{wrong_shape.npz}"],
+        "--data: images of shape (3, 9, 9) do not fit the model (Guard failed",
+    ),
+    (
+        ["eval", "--model", "{scripted.ts}", "--data", "{wrong_shape.npz}"],
+        "--data: images of shape (3, 9, 9) do not fit the model (The following operation failed",
+    ),
     (
         ["eval", "--model", "{model.pt}", "--weights", "{state_dict.pt}"],
         "--weights: goes with a --model module:callable factory, not with the file {model.pt}",

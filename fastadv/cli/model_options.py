@@ -81,7 +81,7 @@ def check_output(model: torch.nn.Module, images: torch.Tensor, args: argparse.Na
         classes = models.check_logits(model, images[:2].to(device), name=name)
     except CheckpointError as error:
         raise CliError(f"--model: {error}") from None
-    except RuntimeError:
+    except (RuntimeError, AssertionError):  # (a torch.export program's guards raise AssertionError)
         return  # the images do not fit the model: arg.check_fit says so, naming --data
     if args.num_classes is not None and classes != args.num_classes:
         raise CliError(f"--num-classes: {name} returns {classes} classes, not {args.num_classes}")

@@ -99,9 +99,9 @@ def load(path: str, kind: str) -> dict:
     if kind == "model" and isinstance(obj, dict) and "kind" not in obj and all(isinstance(v, torch.Tensor)
                                                                               for v in obj.values()):  # fmt: skip
         raise CheckpointError(
-            f"{path}: a plain state_dict, not a fastadv model file; load it into its architecture and save that "
-            "with fastadv.models.save(model, path) (model = fastadv.models.small_cnn(); "
-            "model.load_state_dict(torch.load(path)))"
+            f"{path}: a plain state_dict, not a model: give its architecture as a module:callable factory and these "
+            f"weights (fastadv eval --model torchvision.models:resnet18 --weights {path}; in Python "
+            f"fastadv.models.load('torchvision.models:resnet18', weights={path!r}))"
         )
     if not isinstance(obj, dict) or obj.get("kind") != kind:
         found = obj.get("kind") if isinstance(obj, dict) else type(obj).__name__

@@ -1,5 +1,7 @@
 """Models: the architectures the tests, the benchmarks and the command line use, fastadv's model
-files (`save` / `load`), and the standard undefended digits classifier.
+files (`save` / `load`), and the standard undefended digits classifier. `load` also reads the
+formats of model_formats.py: TorchScript, torch.export programs and `module:callable` factories
+with their weights.
 
 `small_cnn` is the digits classifier (trains to ~98% in seconds on a CPU). `resnet18` is the
 CIFAR-style ResNet-18 (3x3 stem, no max-pool; He et al. 2016, as used in adversarial-training
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 
 import torch
 import torch.nn.functional as F
@@ -21,6 +24,17 @@ from . import _validate as check
 from .checkpoint import CheckpointError, fingerprint, save_atomic
 from .checkpoint import load as _load_checkpoint
 from .datasets import digits
+from .model_formats import (
+    KIND_NAMES,
+    ModelError,
+    Normalized,
+    check_logits,  # noqa: F401  (public here: fastadv.models.check_logits)
+    file_kind,
+    is_factory,
+    load_exported,
+    load_factory,
+    load_torchscript,
+)
 
 ARCHITECTURES = {}  # name -> factory; filled below
 
@@ -115,10 +129,62 @@ def _checksum(spec: dict, state: dict) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def load(path: str, device: str | torch.device = "cpu") -> nn.Module:
-    """The model saved by :func:`save`, in eval mode on `device`. Raises CheckpointError (a
-    ValueError) naming the file when it is missing, damaged (its checksum does not match), not a
-    fastadv model, or holds non-finite parameters or buffers."""
+def load(
+    path_or_spec: str | os.PathLike,
+    weights: str | os.PathLike | None = None,
+    *,
+    device: str | torch.device = "cpu",
+    num_classes: int | None = None,
+    mean=None,
+    std=None,
+) -> nn.Module:
+    """A model, in eval mode on `device`, from
+
+    - a fastadv model file (:func:`save`, ``fastadv train``'s model.pt),
+    - a TorchScript archive (``torch.jit.save``),
+    - a torch.export program (``torch.export.save``, .pt2; exported in eval mode, best with a
+      dynamic batch dim: one exported with a fixed batch size runs in chunks of that size),
+    - a factory ``"module:callable"`` (``"torchvision.models:resnet50"``, ``"timm:resnet18"``,
+      ``"fastadv.models:small_cnn"``) called with weights=None / pretrained=False and, where it
+      takes it, `num_classes`; `weights` is then the state_dict to load into it (a .pt/.pth
+      file read with weights_only=True, or .safetensors). Nothing is downloaded.
+
+    The format is read from the file's contents, not its name. With `mean` and `std` (one value
+    or one per channel) the model is wrapped in :class:`Normalized`: it takes images in [0, 1].
+    `check_logits(model, images, num_classes)` checks what it returns on a first batch.
+
+    Raises ModelError (a CheckpointError, a ValueError) naming the file or factory when the file
+    is missing, damaged (its checksum does not match), not a model, holds non-finite weights, or
+    when the factory does not import or the weights do not fit it; ValueError when `weights` or
+    `num_classes` is given with a model file (they are a factory's).
+    """
+    spec = os.fspath(path_or_spec)
+    if is_factory(spec):
+        model = load_factory(spec, None if weights is None else os.fspath(weights), num_classes=num_classes)
+    else:
+        kind = file_kind(spec)
+        if weights is not None:
+            raise ValueError(f"weights: given with {spec}, which is {KIND_NAMES[kind]} holding its own weights; "
+                             "weights go with a module:callable factory")  # fmt: skip
+        if num_classes is not None:
+            raise ValueError(f"num_classes: given with {spec}, which is {KIND_NAMES[kind]} (its classes are fixed); "
+                             "check them with check_logits(model, images, num_classes)")  # fmt: skip
+        if kind == "torchscript":
+            model = load_torchscript(spec, device)
+        elif kind == "export":
+            model = load_exported(spec, device)
+        elif kind == "safetensors":
+            raise ModelError(f"{spec}: a safetensors file holds weights, not a model: give its architecture too, "
+                             f"load('module:callable', weights={spec!r})")  # fmt: skip
+        else:
+            model = _load_model_file(spec)
+    if mean is not None or std is not None:
+        model = Normalized(model, mean, std)
+    return model.eval().to(device)
+
+
+def _load_model_file(path: str) -> nn.Module:
+    """The model :func:`save` wrote to `path` (on the CPU)."""
     saved = _load_checkpoint(path, "model")
     spec, state = saved.get("spec"), saved.get("state_dict")
     if not (isinstance(spec, dict) and isinstance(spec.get("arch"), str) and isinstance(spec.get("kwargs", {}), dict)):
@@ -140,7 +206,7 @@ def load(path: str, device: str | torch.device = "cpu") -> nn.Module:
     except (TypeError, KeyError, RuntimeError, ValueError) as error:
         message = " ".join(str(error).split())  # the whole message, on one line
         raise CheckpointError(f"{path}: the weights do not fit {spec['arch']} ({message})") from None
-    return model.eval().to(device)
+    return model
 
 
 def train_standard(

@@ -181,6 +181,7 @@ def cli_files(digits, tmp_path_factory):
     models.save(nan, str(root / "nan.pt"))
     (root / "file").write_text("not a folder")
     torch.save(model.state_dict(), root / "state_dict.pt")
+    _model_format_files(root, model, x)
     (root / "bomb" / "a").mkdir(parents=True)
     (root / "bomb" / "a" / "big.png").write_bytes(_png_header(40_000, 40_000))
     (root / "json_folder" / "report.json").mkdir(parents=True)
@@ -189,6 +190,28 @@ def cli_files(digits, tmp_path_factory):
     assert main(["train", "--data", str(root / "data.npz"), "--recipe", "standard", "--width", "8", "--epochs", "1",
                  "--out", str(root / "train_run"), "--quiet"]) == 0  # fmt: skip
     return root
+
+
+def _model_format_files(root, model, x):
+    """What the model-format error cases read: weights (safetensors, a narrower CNN's, with Python
+    objects, with NaN), a TorchScript archive and programs exported in train and eval mode."""
+    import functools
+    import warnings
+
+    from safetensors.torch import save_file
+
+    save_file(model.state_dict(), str(root / "weights.safetensors"))
+    torch.save(models.small_cnn(width=8).state_dict(), root / "narrow.pt")
+    torch.save({**model.state_dict(), "hook": functools.partial(print)}, root / "objects.pt")
+    torch.save({**model.state_dict(), "10.bias": torch.full((10,), float("nan"))}, root / "nan_weights.pt")
+    with warnings.catch_warnings():  # torch.jit.* are deprecated in favour of torch.export
+        warnings.simplefilter("ignore")
+        torch.jit.save(torch.jit.script(model), str(root / "scripted.ts"))
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Flatten(),
+                              torch.nn.Linear(4 * 14 * 14, 10)).train()  # fmt: skip
+    example = torch.as_tensor(x[:4])
+    torch.export.save(torch.export.export(net, (example,)), str(root / "train_mode.pt2"))
+    torch.export.save(torch.export.export(net.eval(), (example,)), str(root / "eval_mode.pt2"))
 
 
 def _png_header(width, height):
@@ -284,9 +307,98 @@ CLI_ERRORS = [
     (["eval", "--model", "{nan.pt}"], "10.bias holds non-finite values"),
     (
         ["eval", "--model", "{state_dict.pt}"],
-        "a plain state_dict, not a fastadv model file; load it into its "
-        "architecture and save that with fastadv.models.save(model, path)",
+        "--model: {state_dict.pt}: a plain state_dict, not a model: give its architecture as a module:callable "
+        "factory and these weights (fastadv eval --model torchvision.models:resnet18 --weights {state_dict.pt}",
     ),  # fmt: skip
+    # the other model formats (tests/test_model_formats.py; model_factories is tests/model_factories.py)
+    (["eval", "--model", "{file}"], "--model: {file}: not a model or weights file (expected a fastadv model file, a"),
+    (["eval", "--model", "fastadv.models:small_cnn", "--weights", "{file}"], "--weights: {file}: not a model or"),
+    (["eval", "--model", "{weights.safetensors}"], "--model: {weights.safetensors}: a safetensors file holds weights"),
+    (["eval", "--model", "{train_mode.pt2}"], "--model: {train_mode.pt2}: exported in train mode (aten.batch_norm"),
+    (
+        ["eval", "--model", "{eval_mode.pt2}", "--data", "{wrong_shape.npz}"],
+        "--data: images of shape (3, 9, 9) do not fit the model (Guard failed",
+    ),
+    (
+        ["eval", "--model", "{scripted.ts}", "--data", "{wrong_shape.npz}"],
+        "--data: images of shape (3, 9, 9) do not fit the model (The following operation failed",
+    ),
+    (
+        ["eval", "--model", "{model.pt}", "--weights", "{state_dict.pt}"],
+        "--weights: goes with a --model module:callable factory, not with the file {model.pt}",
+    ),
+    (
+        ["eval", "--model", "no_such_package.models:build"],
+        "--model: no_such_package.models:build: cannot import no_such_package.models: no_such_package is not installed",
+    ),
+    (["eval", "--model", "fastadv.models:no_such_builder"], "fastadv.models:no_such_builder: fastadv.models has no"),
+    (["eval", "--model", "model_factories:NOT_CALLABLE"], "model_factories:NOT_CALLABLE: NOT_CALLABLE is not callable"),
+    (
+        ["eval", "--model", "model_factories:fails"],
+        "--model: model_factories:fails: calling it () failed: RuntimeError: no weights for this model",
+    ),
+    (["eval", "--model", "model_factories:not_a_module"], "returned a function, expected a torch.nn.Module"),
+    (
+        ["eval", "--model", "model_factories:downloads"],
+        "tried to download https://download.example/weights.pth; fastadv never downloads",
+    ),
+    (
+        ["eval", "--model", "fastadv.models:resnet18", "--weights", "{state_dict.pt}"],
+        "--weights: {state_dict.pt}: the weights do not fit fastadv.models:resnet18: 122 missing keys (stem.0.weight, "
+        "stem.1.weight, stem.1.bias, ...); 8 unexpected keys (0.weight, 0.bias, 3.weight, ...)",
+    ),
+    (
+        ["eval", "--model", "fastadv.models:small_cnn", "--weights", "{narrow.pt}"],
+        "do not fit fastadv.models:small_cnn: 5 shape mismatches (0.weight 8x1x3x3 in the file but 32x1x3x3 in the "
+        "model, 0.bias 8 in the file but 32 in the model, 3.weight",
+    ),
+    (
+        ["eval", "--model", "fastadv.models:small_cnn", "--weights", "{state_dict.pt}", "--num-classes", "7"],
+        "2 shape mismatches (10.weight 10x128 in the file but 7x128 in the model, 10.bias 10 in the file but 7",
+    ),
+    (
+        ["eval", "--model", "fastadv.models:small_cnn", "--weights", "{objects.pt}"],
+        "--weights: {objects.pt}: holds Python objects besides tensors (refused: weights are read with weights_only",
+    ),
+    (
+        ["eval", "--model", "fastadv.models:small_cnn", "--weights", "{nan_weights.pt}"],
+        "--weights: {nan_weights.pt}: 10.bias holds non-finite values",
+    ),
+    (
+        ["eval", "--model", "fastadv.models:small_cnn", "--weights", "{data.npz}"],
+        "--weights: {data.npz}: not a readable state_dict file",
+    ),
+    (
+        ["eval", "--model", "fastadv.models:small_cnn", "--weights", "/nonexistent/w.pt"],
+        "--weights: /nonexistent/w.pt: no such file",
+    ),
+    (
+        ["eval", "--model", "fastadv.models:small_cnn", "--weights", "{scripted.ts}"],
+        "--weights: {scripted.ts}: a TorchScript archive, not a state_dict: give it as the model itself",
+    ),
+    (
+        ["eval", "--model", "model_factories:tuple_output"],
+        "--model: model_factories:tuple_output: returned a tuple of 2 (tensor (2, 10), tensor (2, 10)); expected "
+        "logits, a tensor [B, classes] (here B = 2)",
+    ),
+    (["eval", "--model", "model_factories:dict_output"], "returned a dict with keys logits, aux; expected logits"),
+    (["eval", "--model", "model_factories:wrong_shape"], "returned a tensor of shape (2, 1, 10); expected logits"),
+    (["eval", "--model", "model_factories:integer_output"], "returned torch.int64 values; expected floating-point"),
+    (["eval", "--model", "{model.pt}", "--num-classes", "7"], "--num-classes: {model.pt} returns 10 classes, not 7"),
+    (
+        ["eval", "--model", "model_factories:no_classes", "--num-classes", "7"],
+        "--num-classes: model_factories:no_classes returns 10 classes, not 7",
+    ),
+    (["eval", "--model", "{model.pt}", "--mean", "0.5"], "--mean: needs --std too"),
+    (["eval", "--model", "{model.pt}", "--mean", "0.5", "--std", "0"], "--mean/--std: std must be > 0"),
+    (
+        ["eval", "--model", "{model.pt}", "--mean", "0.5,0.5,0.5", "--std", "1,1,1"],
+        "--mean/--std: 3 values, but the images have 1 channel",
+    ),
+    (["eval", "--mean", "0.5", "--std", "1"], "--mean: goes with --model"),
+    (["eval", "--model", "{model.pt}", "--mean", "a", "--std", "1"], "argument --mean: expected a number"),
+    (["train", "--init", "{scripted.ts}"], "--init: {scripted.ts}: a TorchScript archive; --init takes a fastadv"),
+    (["train", "--init", "fastadv.models:small_cnn"], "--init: fastadv.models:small_cnn: a module:callable factory;"),
     (["train", "--model", "resnet18", "--width", "4"], "--width: --model resnet18 has no width"),
     (["train", "--init", "{model.pt}", "--width", "4"], "--width: --init has no width"),
     # bench: unknown providers, and those that need what this machine lacks

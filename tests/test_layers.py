@@ -18,7 +18,7 @@ LAYERS = [
     ("recipes", ["fastadv.recipes"]),
     ("evaluate", ["fastadv.evaluate", "fastadv.plots"]),
     ("autoattack", ["fastadv.autoattack"]),
-    ("models and data", ["fastadv.models", "fastadv.datasets", "fastadv.checkpoint"]),
+    ("models and data", ["fastadv.models", "fastadv.model_formats", "fastadv.datasets", "fastadv.checkpoint"]),
     ("attacks", ["fastadv.attacks"]),
     ("ops", ["fastadv.ops", "fastadv._checks"]),
     ("backends", ["fastadv.backends", "fastadv._C"]),

@@ -165,7 +165,7 @@ def check_fit(model, images, labels, *, option: str = "--data") -> None:
     try:
         with torch.no_grad():
             logits = model(images[:1].to(device))
-    except RuntimeError as error:
+    except (RuntimeError, AssertionError) as error:  # (a torch.export program's guards raise AssertionError)
         raise CliError(f"{option}: images of shape {tuple(images.shape[1:])} do not fit the model "
                        f"({str(error).splitlines()[0]})") from None  # fmt: skip
     if labels.numel() and int(labels.max()) >= logits.shape[1]:

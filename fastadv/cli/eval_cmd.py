@@ -13,6 +13,7 @@ from .._validate import AMP_NAMES
 from ..checkpoint import CheckpointError
 from ..evaluate import ATTACKS, evaluate, format_report
 from . import args as arg
+from . import model_options
 from .args import CliError
 from .output import OPTIONS_HELP, OutputFolder
 
@@ -37,7 +38,7 @@ def add_parser(sub) -> None:
         "eval", help="evaluate robustness (default: a digits model, FGSM and PGD at four eps)",
         description=DESCRIPTION,
     )  # fmt: skip
-    p.add_argument("--model", help="a model file written by `fastadv train` (default: the cached digits model)")
+    model_options.add(p)  # --model, --weights, --num-classes, --mean, --std
     p.add_argument(
         "--data", default="digits",
         help="'digits' (its test split), an .npz file with x, y, or a folder with one sub-folder of images per class",
@@ -109,6 +110,7 @@ def run(args: argparse.Namespace) -> int:
         except (ValueError, RuntimeError) as error:  # ValueError: a state file of another evaluation, say
             raise CliError(str(error).splitlines()[0]) from None
         report["model"] = args.model or f"digits small_cnn (cached at {args.cache})"
+        report.update({k: getattr(args, k) for k in ("weights", "mean", "std") if getattr(args, k) is not None})
         report["data"] = args.data
         if rank != 0:
             return 0
@@ -133,14 +135,12 @@ def _inputs(args: argparse.Namespace, rank: int) -> tuple[torch.nn.Module, torch
         if rank != 0:
             model = _default_model(args.cache, quiet=True)
     else:
-        try:
-            model = models.load(args.model)
-        except CheckpointError as error:
-            raise CliError(f"--model: {error}") from None
+        model = model_options.load(args, args.device)
     model = model.to(args.device).eval()
     images, labels = arg.load_data(args.data, "test", args.image_size)
     if args.limit:
         images, labels = images[: args.limit], labels[: args.limit]
     images, labels = images.to(args.device), labels.to(args.device)
+    model_options.check_output(model, images, args)
     arg.check_fit(model, images, labels)
     return model, images, labels

@@ -127,6 +127,10 @@ def _inputs(args: argparse.Namespace) -> tuple[torch.nn.Module, tuple, tuple | N
     torch.manual_seed(args.seed)
     if args.init is not None:
         try:
+            kind = "a module:callable factory" if models.is_factory(args.init) else models.file_kind(args.init)
+            if kind != "torch":  # fine-tuned models are saved as fastadv model files: their architecture is known
+                raise CliError(f"--init: {args.init}: {models.KIND_NAMES.get(kind, kind)}; --init takes a fastadv "
+                               "model file (fastadv train's model.pt, fastadv.models.save)")  # fmt: skip
             model = models.load(args.init)
         except CheckpointError as error:
             raise CliError(f"--init: {error}") from None

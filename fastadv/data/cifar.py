@@ -20,8 +20,10 @@ CIFAR100 = {"meta": "meta", "train": ["train"], "test": ["test"], "labels": "fin
 SUBFOLDERS = ("cifar-10-batches-py", "cifar-100-python")
 
 # what CIFAR's pickles hold besides dicts, lists, numbers and strings: numpy arrays (written by
-# numpy 1 as numpy.core.multiarray, by numpy 2 as numpy._core.multiarray)
+# numpy 1 as numpy.core.multiarray, by numpy 2 as numpy._core.multiarray); a copy re-pickled by
+# Python 3 at protocol 2 spells bytes as _codecs.encode(text, "latin1")
 _ALLOWED = {
+    ("_codecs", "encode"),
     ("numpy.core.multiarray", "_reconstruct"),
     ("numpy._core.multiarray", "_reconstruct"),
     ("numpy", "ndarray"),

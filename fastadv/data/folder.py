@@ -88,9 +88,12 @@ class ImageFolderSource(Source):
                 image = _pillow_decode(path)
             else:
                 tv = resizing.torchvision()
-                image = tv.io.decode_image(path, mode=tv.io.ImageReadMode.RGB)
+                with warnings.catch_warnings():  # 0.29 deprecates its decoders in favour of TorchCodec, on every call
+                    warnings.simplefilter("ignore", DeprecationWarning)
+                    image = tv.io.decode_image(path, mode=tv.io.ImageReadMode.RGB)
         except (RuntimeError, OSError, ValueError) as error:
             reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+            reason = reason.rsplit(".cpp:", 1)[-1].lstrip("0123456789, ")  # less torchvision's source location
             raise BadSample(f"not a readable image ({reason})") from None
         if image.dim() == 4:  # an animated GIF: its first frame
             image = image[0]

@@ -6,8 +6,9 @@ without worker processes, and the share of time spent waiting for data (issue 16
 
 For each N in --sizes it writes N synthetic 224x224 JPEGs (10 classes; 64 distinct smooth random
 colour fields with a little noise, about 16 KB each, cycled) into a temporary image folder and evaluates
-torchvision's ResNet-18 (num_classes=10, random weights, no download) on it with FGSM
-(eps 4/255) in a fresh process per run. The data set indexes all N files; `--limit` samples are
+torchvision's ResNet-18 (num_classes=10, random weights, no download; its last layer set to
+its features' class means, so that every image is classified correctly and attacked) on it
+with FGSM (eps 4/255) in a fresh process per run. The data set indexes all N files; `--limit` samples are
 attacked (the same number at every N), so the memory measured is what the data set's size adds,
 not more batches. A thread samples the evaluating process tree (the process and its DataLoader
 workers) every 20 ms from /proc: the peak of the summed RSS (shared pages counted once per
@@ -30,12 +31,14 @@ import threading
 import time
 
 CHILD = r"""
-import json, sys, time, torch, torchvision
+import json, os, sys, time, torch
 from fastadv.data import ImageFolderSource, select
 from fastadv.evaluate import evaluate
+sys.path.insert(0, os.path.join(os.getcwd(), "benchmarks"))
+from bench_data import make_model
 folder, limit, batch_size, workers = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
-torch.manual_seed(0)
-model = torchvision.models.resnet18(num_classes=10).eval()
+model = make_model()
+model.fc.load_state_dict(torch.load(os.path.join(os.path.dirname(folder), "fc.pt")))
 start = time.perf_counter()
 source = ImageFolderSource(folder)  # indexes every file (headers only)
 indexed = time.perf_counter() - start
@@ -45,33 +48,60 @@ report = evaluate(model, data, ["fgsm"], [4 / 255], batch_size=batch_size, worke
 seconds = time.perf_counter() - start
 print(json.dumps({"indexed_files": len(source), "index_seconds": indexed, "evaluate_seconds": seconds,
                   "samples": report["samples"], "data_loading": report["data_loading"],
+                  "clean_accuracy": report["clean_accuracy"],
                   "fgsm_images_per_s": report["attacks"][0]["images_per_s"]}))
 """
+
+
+def make_model():
+    """torchvision's ResNet-18 (num_classes=10), random weights seeded with 0 (no download)."""
+    import torch
+    import torchvision
+
+    torch.manual_seed(0)
+    return torchvision.models.resnet18(num_classes=10).eval()
 
 
 def write_images(folder: str, count: int, classes: int = 10, size: int = 224, distinct: int = 64) -> float:
     """`count` JPEG files in `classes` sub-folders, cycling through `distinct` encoded images (on a
     loaded 2-core host encoding one takes about 0.25 s: 20,000 distinct ones would take over an
-    hour, and the files' number, not their pixels, is what the memory depends on). Returns the
-    bytes written."""
+    hour, and the files' number, not their pixels, is what the memory depends on). Each class
+    has its own tint. The model's last layer is set to the class means of its (random) features
+    and saved as fc.pt beside the folder, and each image is filed under the class the model
+    predicts for it, so every sample is classified correctly and FGSM attacks all of them.
+    Returns the bytes written."""
     import torch
-    from torchvision.io import encode_jpeg
+    from torchvision.io import decode_jpeg, encode_jpeg
 
     generator = torch.Generator().manual_seed(0)
+    tints = torch.rand(classes, 3, 1, 1, generator=generator)
     pool = []
-    for _ in range(min(distinct, count)):
+    for i in range(min(distinct, count)):
         coarse = torch.rand(1, 3, 7, 7, generator=generator)
-        image = torch.nn.functional.interpolate(coarse, size=(size, size), mode="bicubic", align_corners=False)
-        image = image[0] + 0.03 * torch.randn(3, size, size, generator=generator)
+        field = torch.nn.functional.interpolate(coarse, size=(size, size), mode="bicubic", align_corners=False)[0]
+        image = 0.6 * tints[i % classes] + 0.4 * field + 0.03 * torch.randn(3, size, size, generator=generator)
         pool.append(encode_jpeg((image.clamp(0, 1) * 255).to(torch.uint8), quality=90).numpy().tobytes())
+    decoded = torch.stack([decode_jpeg(torch.frombuffer(bytearray(b), dtype=torch.uint8)) for b in pool]).float() / 255
+    model = make_model()
+    fc, model.fc = model.fc, torch.nn.Identity()
+    with torch.no_grad():
+        features = model(decoded)
+        tint_of = torch.arange(len(pool)) % classes
+        means = torch.stack([features[tint_of == c].mean(0) for c in range(classes)])
+        fc.weight.copy_(means)
+        fc.bias.copy_(-0.5 * (means * means).sum(1))  # nearest class mean
+        predicted = fc(features).argmax(1)
+    torch.save(fc.state_dict(), os.path.join(os.path.dirname(folder), "fc.pt"))
+    if len(set(predicted.tolist())) < classes:
+        raise SystemExit(f"the model predicts only classes {sorted(set(predicted.tolist()))}: no image for the others")
     for c in range(classes):
         os.makedirs(os.path.join(folder, f"class{c:02d}"), exist_ok=True)
     total = 0
     for i in range(count):
-        data = pool[i % len(pool)]
-        with open(os.path.join(folder, f"class{i % classes:02d}", f"{i:06d}.jpg"), "wb") as f:
-            f.write(data)
-        total += len(data)
+        j = i % len(pool)
+        with open(os.path.join(folder, f"class{int(predicted[j]):02d}", f"{i:06d}.jpg"), "wb") as f:
+            f.write(pool[j])
+        total += len(pool[j])
     return total
 
 
@@ -150,7 +180,8 @@ def main() -> None:
     except (OSError, subprocess.CalledProcessError):
         results["git_sha"] = None
     for n in sizes:
-        folder = tempfile.mkdtemp(prefix=f"fastadv-bench-data-{n}-")
+        parent = tempfile.mkdtemp(prefix=f"fastadv-bench-data-{n}-")
+        folder = os.path.join(parent, "images")
         try:
             start = time.perf_counter()
             written = write_images(folder, n)
@@ -160,10 +191,11 @@ def main() -> None:
                 results["runs"].append(result)
                 print(f"N={n} workers={w}: peak RSS {result['peak_rss_bytes'] / 2**20:.0f} MiB, PSS "
                       f"{result['peak_pss_bytes'] / 2**20:.0f} MiB, {result['images_per_s']:.1f} img/s, waiting "
-                      f"{100 * result['data_loading']['share_waiting']:.1f}% (index {result['index_seconds']:.1f} s)",
+                      f"{100 * result['data_loading']['share_waiting']:.1f}% (index {result['index_seconds']:.1f} s, "
+                      f"clean accuracy {result['clean_accuracy']:.2f}, FGSM alone {result['fgsm_images_per_s']} img/s)",
                       flush=True)  # fmt: skip
         finally:
-            shutil.rmtree(folder, ignore_errors=True)
+            shutil.rmtree(parent, ignore_errors=True)
     top = workers[-1]
     small, large = (
         next(r for r in results["runs"] if r["n"] == n and r["workers"] == top) for n in (sizes[0], sizes[-1])

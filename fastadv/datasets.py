@@ -64,6 +64,8 @@ def open_data(spec: str, split: str = "test", *, input_size=None, crop_size: int
     import os
 
     if spec == "digits":
+        if input_size is not None or crop_size is not None:
+            raise DataError("digits: its images are 16x16 and are not resized (resizing is for image folders)")
         return TensorSource(*digits(split), name="digits")
     if os.path.isdir(spec) and cifar_layout(spec) is not None:
         if input_size is not None or crop_size is not None:

@@ -389,6 +389,8 @@ def format_report(report: dict) -> str:
     bad = [f"{r['attack']} at eps {r['eps']:.4g}: {r['non_finite']}" for r in report["attacks"] if r.get("non_finite")]
     if bad:
         lines.append(f"non-finite adversarial images (counted as not fooled): {', '.join(bad)}")
+    if report.get("skipped_images"):
+        lines.append(f"unreadable images left out: {len(report['skipped_images'])} (listed in the report)")
     worst = ", ".join(f"eps {w['eps']:.4g}: {100 * w['robust_accuracy']:.2f}%" for w in report["worst_case"])
     lines.append(f"worst case over attacks (robust accuracy): {worst}")
     return "\n".join(lines)

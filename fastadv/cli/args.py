@@ -8,7 +8,6 @@ import functools
 import inspect
 import json
 import math
-import os
 import re
 from collections.abc import Callable, Collection
 from typing import Any
@@ -18,7 +17,7 @@ import torch
 from .. import _validate as check
 from ..data import Selection, default_workers, select
 from ..data.loader import first_images
-from ..datasets import DataError, digits, image_folder, load_npz, open_data
+from ..datasets import DataError, open_data
 
 
 class CliError(Exception):
@@ -153,21 +152,6 @@ def write_json(path: str, obj: Any) -> None:
 
     with open(path, "w") as f:
         json.dump(strict(obj), f, indent=2, allow_nan=False)
-
-
-def load_data(spec: str, split: str, image_size: int | None = None, *, option: str = "--data"):
-    """(images, labels) of 'digits' (its `split`), an image folder or an .npz file; CliError
-    naming `option` when the data cannot be read or holds no sample."""
-    if spec == "digits":
-        return digits(split)
-    try:
-        if os.path.isdir(spec):
-            images, labels, _ = image_folder(spec, image_size)
-        else:
-            images, labels = load_npz(spec)
-    except DataError as error:
-        raise CliError(f"{option}: {error}") from None
-    return images, labels
 
 
 def check_fit(model, images, labels, *, option: str = "--data") -> None:

@@ -28,8 +28,8 @@ from .attacks._model_state import attack_mode
 from .autoattack import AutoAttackLite, AutoAttackResult, Stage
 from .checkpoint import fingerprint, save_atomic
 from .checkpoint import load as load_checkpoint
-from .data import BatchStream, Selection, Source, TensorSource, as_selection, default_workers
-from .data.loader import first_images
+from .data import BatchStream, Selection, Source, TensorSource, as_selection
+from .data.loader import first_images, workers_for
 
 __all__ = ["ATTACKS", "AutoAttackLite", "AutoAttackResult", "Stage", "evaluate", "format_report", "robust_accuracy"]
 
@@ -209,6 +209,7 @@ def evaluate(
     check.positive_int("steps", steps)
     options = {"amp": check.amp_dtype(amp), "channels_last": channels_last, "backend": backend}
     selection = as_selection("data", data)
+    workers = workers_for(selection, workers)
     device = next(iter(model.parameters()), torch.empty(0)).device
     if distributed is None:
         distributed = _distributed.is_initialized()
@@ -238,8 +239,6 @@ def evaluate(
         n = len(selection)
         mine = [(i, range(start, min(start + batch_size, n))) for i, start in enumerate(range(0, n, batch_size))
                 if i % world == rank and i >= first_batch]  # fmt: skip
-        in_memory = isinstance(selection.source, TensorSource)
-        workers = 0 if in_memory else default_workers() if workers is None else workers
         stream = BatchStream(selection, mine, device, workers)
         from tqdm import tqdm
 

@@ -16,7 +16,8 @@ from . import _distributed
 from . import _validate as check
 from .checkpoint import fingerprint, rng_state, save_atomic, set_rng_state
 from .checkpoint import load as load_checkpoint
-from .data import BatchStream, Selection, Source, TensorSource, as_selection, default_workers
+from .data import BatchStream, Selection, Source, as_selection
+from .data.loader import workers_for
 from .evaluate import data_fingerprint, evaluate
 from .recipes import Recipe, adversarial_batch, free_replays, training_loss
 
@@ -99,6 +100,7 @@ def fit(
     if not isinstance(recipe, Recipe):
         raise TypeError(f"recipe must be a fastadv.recipes.Recipe, got {type(recipe).__name__}")
     data = as_selection("train_data", train_data)
+    workers_for(data, workers)  # checked before any work
     if val_data is not None:
         val_data = as_selection("val_data", val_data)
     for name, value in (("epochs", epochs), ("batch_size", batch_size), ("val_steps", val_steps)):
@@ -115,11 +117,9 @@ def fit(
     config = FitConfig(recipe.as_dict(), epochs, batch_size, optimizer, lr, momentum, weight_decay, schedule, seed,
                        None if amp_dtype is None else str(amp_dtype), channels_last)  # fmt: skip
     opt, scheduler = _optimizer_and_schedule(model, config, len(data), recipe)
-    if isinstance(data.source, TensorSource):
-        workers = 0
     run = _Run(model=model, trained=model, optimizer=opt, scheduler=scheduler, data=data, recipe=recipe,
                batch_size=batch_size, seed=seed, amp=amp_dtype, channels_last=channels_last, backend=backend,
-               progress=progress, workers=default_workers() if workers is None else workers)  # fmt: skip
+               progress=progress, workers=workers)  # fmt: skip
     latest = None if checkpoint_dir is None else os.path.join(checkpoint_dir, "latest.pt")
     # what a checkpoint is of: the architecture (a resumed run's first weights are overwritten)
     # and the training data, so that a resume with another model or data is refused
@@ -165,7 +165,7 @@ class _Run:
     channels_last: bool
     backend: str
     progress: bool
-    workers: int
+    workers: int | None
     device: torch.device = field(init=False)
     rank: int = field(init=False)
     world: int = field(init=False)
@@ -266,7 +266,7 @@ def _one_epoch(run: _Run, epoch: int) -> dict:
     model.train()
     batches = [(number, order[start : start + run.batch_size].tolist())
                for number, start in enumerate(range(0, order.shape[0], run.batch_size))]  # fmt: skip
-    stream = BatchStream(run.data, batches, run.device, run.workers)
+    stream = BatchStream(run.data, batches, run.device, workers_for(run.data, run.workers))
     for batch in tqdm(stream, desc=f"epoch {epoch + 1}", disable=not run.progress or run.rank, leave=False,
                       unit="batch"):  # fmt: skip
         x, y, number = batch.x, batch.y, batch.index

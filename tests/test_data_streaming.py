@@ -212,6 +212,8 @@ def test_subset_is_class_balanced_and_seeded_limit_and_shuffle(folder):
     assert list(select(source, shuffle_seed=5, limit=3).indices) == list(shuffled.indices[:3])
     with pytest.raises(ValueError, match="subset: 19 samples asked for, the data has 18"):
         select(source, subset=19)
+    with pytest.raises(ValueError, match="workers must be a non-negative integer, got -1"):
+        evaluate(folder[1], source, workers=-1, **EVAL)
     # a class with fewer samples than its share gives the rest to the others
     labels = np.array([0] * 10 + [1] * 2 + [2] * 10)
     from fastadv.data.selection import balanced

@@ -27,6 +27,16 @@ def default_workers() -> int:
     return max(1, min(8, cpus))
 
 
+def workers_for(data: Selection, workers: int | None) -> int:
+    """The worker processes to read `data` with: `workers` (a non-negative int; ValueError
+    otherwise), default_workers() when None, 0 for tensors in memory (they are sliced)."""
+    if workers is not None and (not isinstance(workers, int) or isinstance(workers, bool) or workers < 0):
+        raise ValueError(f"workers must be a non-negative integer, got {workers!r}")
+    if isinstance(data.source, TensorSource):
+        return 0
+    return default_workers() if workers is None else workers
+
+
 @dataclass
 class Batch:
     """One batch on the device: its number, images (floating, [0, 1]), int64 labels, and the

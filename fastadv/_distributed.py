@@ -62,6 +62,16 @@ def shared(value: T) -> T:
     return box[0]
 
 
+def all_gather_lists(values: list[T]) -> list[T]:
+    """Every rank's list, concatenated in rank order (picklable items: file names, say)."""
+    if not is_initialized():
+        return values
+    dist = _dist()
+    gathered: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, values)
+    return [value for part in gathered for value in part]
+
+
 def barrier() -> None:
     """Waits for every rank."""
     if is_initialized():

@@ -28,6 +28,8 @@ from .attacks._model_state import attack_mode
 from .autoattack import AutoAttack, AutoAttackLite, AutoAttackResult, Stage
 from .checkpoint import fingerprint, save_atomic
 from .checkpoint import load as load_checkpoint
+from .data import BatchStream, Selection, Source, TensorSource, as_selection
+from .data.loader import first_images, workers_for
 
 __all__ = ["ATTACKS", "AutoAttack", "AutoAttackLite", "AutoAttackResult", "Stage", "evaluate", "format_report",
            "robust_accuracy"]  # fmt: skip
@@ -196,7 +198,7 @@ def _attack_batch(job: _Job, batch: _Batch, targets: torch.Tensor, attack_index:
 
 def evaluate(
     model: torch.nn.Module,
-    data: tuple[torch.Tensor, torch.Tensor],
+    data: tuple[torch.Tensor, torch.Tensor] | Source | Selection,
     attacks: Sequence[str] = ("fgsm", "pgd"),
     eps: Sequence[float] = (0.025, 0.05, 0.1, 0.15),
     *,
@@ -210,25 +212,31 @@ def evaluate(
     state_path: str | None = None,
     distributed: bool | None = None,
     progress: bool = True,
+    workers: int | None = None,
 ) -> dict:
-    """Evaluates `model` on `data` = (images [N, C, H, W] in [0, 1], labels [N]) against `attacks`
-    (names of ATTACKS; iterative ones take `steps`, "square" and "autoattack" keep AutoAttack's
-    budgets) at every `eps`, and returns the report (a JSON-ready dict; see :func:`format_report`).
-    The model runs in eval mode and is given back as it was: every module's own mode, parameters'
-    requires_grad and buffers.
+    """Evaluates `model` on `data` = (images [N, C, H, W] in [0, 1], labels [N]), or a streamed
+    data set of fastadv.data (a Source, or a Selection of one: see fastadv.datasets.open_data and
+    fastadv.data.select), against `attacks` (names of ATTACKS; iterative ones take `steps`,
+    "square" and "autoattack" keep AutoAttack's budgets) at every `eps`, and returns the report (a
+    JSON-ready dict; see :func:`format_report`). The model runs in eval mode and is given back
+    as it was: every module's own mode, parameters' requires_grad and buffers.
 
     state_path: a file updated atomically after every batch; an evaluation started again with
     the same arguments continues after the last finished batch and gives the same report.
     distributed: shard batches over torch.distributed ranks and reduce (default: when a process
     group is initialised). Every rank returns the full report.
+    workers: processes that read a streamed data set's batches (default: one per CPU, at most
+    8; 0: read in this process). The report's "data_loading" says how long the evaluation
+    waited for data; "skipped_images" lists the images a Source with skip_bad left out.
     """
     attacks = check.choices("attacks", attacks, tuple(ATTACKS))
     eps = check.numbers("eps", eps, at_least=0)
     check.positive_int("batch_size", batch_size)
     check.positive_int("steps", steps)
     options = {"amp": check.amp_dtype(amp), "channels_last": channels_last, "backend": backend}
-    images, labels = check.image_dataset("data", data)
-    device = next(iter(model.parameters()), images).device
+    selection = as_selection("data", data)
+    workers = workers_for(selection, workers)
+    device = next(iter(model.parameters()), torch.empty(0)).device
     if distributed is None:
         distributed = _distributed.is_initialized()
     rank, world = _distributed.rank_and_world() if distributed else (0, 1)
@@ -236,14 +244,14 @@ def evaluate(
     # the attacks do; parameters and buffers are given back too
     with attack_mode(model, "eval"):
         with torch.no_grad():
-            classes = int(model(images[:1].to(device)).shape[1])
+            classes = int(model(first_images(selection, 1)[0].to(device)).shape[1])
         job = _Job(model, attacks, eps, steps, cascade, seed, classes, options)
         settings = {"attacks": attacks, "eps": eps, "steps": steps, "batch_size": batch_size, "cascade": cascade,
-                    "seed": seed, "samples": int(images.shape[0]), "world_size": world}  # fmt: skip
-        sums, first_batch = _Sums(len(eps), len(attacks), classes), 0
+                    "seed": seed, "samples": len(selection), "world_size": world}  # fmt: skip
+        sums, first_batch, skipped = _Sums(len(eps), len(attacks), classes), 0, []
         rank_state = None if state_path is None else f"{state_path}.rank{rank}" if world > 1 else state_path
         # what the state's sums are of: resuming with another model or data would mix two evaluations
-        identity = {} if rank_state is None else _identity(model, images, labels)
+        identity = {} if rank_state is None else _identity(model, selection)
         if rank_state is not None and os.path.exists(rank_state):
             saved = load_checkpoint(rank_state, "evaluation")
             expected, found = {**settings, **identity}, {**saved["settings"], **saved.get("identity", {})}
@@ -253,28 +261,48 @@ def evaluate(
                     f"state_path: {rank_state} belongs to another evaluation (changed: {', '.join(changed)})"
                 )
             sums.t.update(saved["sums"])  # (a state from before "non_finite" has none: zeros)
-            first_batch = saved["next_batch"]
-        batches = list(range(0, images.shape[0], batch_size))
-        mine = [i for i in range(len(batches)) if i % world == rank and i >= first_batch]
+            first_batch, skipped = saved["next_batch"], list(saved.get("skipped", []))
+        n = len(selection)
+        mine = [(i, range(start, min(start + batch_size, n))) for i, start in enumerate(range(0, n, batch_size))
+                if i % world == rank and i >= first_batch]  # fmt: skip
+        stream = BatchStream(selection, mine, device, workers)
         from tqdm import tqdm
 
-        for batch_index in tqdm(mine, desc="eval", disable=not progress or rank != 0, unit="batch"):
-            start = batches[batch_index]
-            x = images[start : start + batch_size].to(device)
-            y = labels[start : start + batch_size].to(device).long()
-            _evaluate_batch(job, x, y, batch_index, sums)
+        for batch in tqdm(stream, desc="eval", disable=not progress or rank != 0, unit="batch"):
+            skipped += batch.bad
+            if batch.y.numel():
+                _evaluate_batch(job, batch.x, batch.y, batch.index, sums)
             if rank_state is not None:
                 save_atomic({"kind": "evaluation", "settings": settings, "identity": identity, "sums": sums.t,
-                             "next_batch": batch_index + 1}, rank_state)  # fmt: skip
+                             "next_batch": batch.index + 1, "skipped": skipped}, rank_state)  # fmt: skip
     if distributed:
         sums.reduce()
-    return _report(sums.t, attacks, eps, settings, device, backend, seed)
+        skipped = _distributed.all_gather_lists(skipped)
+    report = _report(sums.t, attacks, eps, settings, device, backend, seed)
+    waited = torch.tensor([stream.waited, stream.seconds], dtype=torch.float64)
+    waited = _distributed.all_reduce(waited, "max") if distributed else waited
+    report["data_loading"] = {"workers": stream.workers, "seconds_waiting": float(waited[0]),
+                              "share_waiting": float(waited[0] / waited[1]) if waited[1] > 0 else 0.0}  # fmt: skip
+    report["skipped_images"] = [*selection.source.skipped, *skipped]
+    return report
 
 
-def _identity(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor) -> dict[str, str]:
+def data_fingerprint(selection: Selection) -> str:
+    """What the data is, for resuming: tensors in memory by their bytes (a SHA-256), a streamed
+    data set by its files (names, sizes, times; see Source.fingerprint), never read whole."""
+    source = selection.source
+    if isinstance(source, TensorSource) and selection.indices is None:
+        return fingerprint((("images", source.images), ("labels", source.tensor_labels)))
+    if isinstance(source, TensorSource):
+        index = torch.as_tensor(selection.indices, dtype=torch.long)
+        return fingerprint((("images", source.images[index.to(source.images.device)]),
+                            ("labels", source.tensor_labels[index.to(source.tensor_labels.device)])))  # fmt: skip
+    return selection.fingerprint()
+
+
+def _identity(model: torch.nn.Module, selection: Selection) -> dict[str, str]:
     """Fingerprints of the model's weights (parameters and buffers) and of the data."""
-    return {"model": fingerprint(model.state_dict().items()),
-            "data": fingerprint((("images", images), ("labels", labels)))}  # fmt: skip
+    return {"model": fingerprint(model.state_dict().items()), "data": data_fingerprint(selection)}
 
 
 def _evaluate_batch(job: _Job, x: torch.Tensor, y: torch.Tensor, batch_index: int, sums: _Sums) -> None:
@@ -386,6 +414,8 @@ def format_report(report: dict) -> str:
     bad = [f"{r['attack']} at eps {r['eps']:.4g}: {r['non_finite']}" for r in report["attacks"] if r.get("non_finite")]
     if bad:
         lines.append(f"non-finite adversarial images (counted as not fooled): {', '.join(bad)}")
+    if report.get("skipped_images"):
+        lines.append(f"unreadable images left out: {len(report['skipped_images'])} (listed in the report)")
     worst = ", ".join(f"eps {w['eps']:.4g}: {100 * w['robust_accuracy']:.2f}%" for w in report["worst_case"])
     lines.append(f"worst case over attacks (robust accuracy): {worst}")
     return "\n".join(lines)

@@ -16,7 +16,9 @@ from . import _distributed
 from . import _validate as check
 from .checkpoint import fingerprint, rng_state, save_atomic, set_rng_state
 from .checkpoint import load as load_checkpoint
-from .evaluate import evaluate
+from .data import BatchStream, Selection, Source, as_selection
+from .data.loader import workers_for
+from .evaluate import data_fingerprint, evaluate
 from .recipes import Recipe, adversarial_batch, free_replays, training_loss
 
 OPTIMIZERS = ("sgd", "adam")
@@ -53,7 +55,7 @@ def _lr_factor(schedule: str, iteration: int, total: int) -> float:
 
 def fit(
     model: nn.Module,
-    train_data: tuple[torch.Tensor, torch.Tensor],
+    train_data: tuple[torch.Tensor, torch.Tensor] | Source | Selection,
     *,
     recipe: Recipe | None = None,
     epochs: int = 10,
@@ -63,7 +65,7 @@ def fit(
     momentum: float = 0.9,
     weight_decay: float = 5e-4,
     schedule: str = "cyclic",
-    val_data: tuple[torch.Tensor, torch.Tensor] | None = None,
+    val_data: tuple[torch.Tensor, torch.Tensor] | Source | Selection | None = None,
     val_eps: float | None = None,
     val_steps: int = 10,
     amp: torch.dtype | str | None = None,
@@ -74,14 +76,16 @@ def fit(
     deterministic: bool = False,
     backend: str = "auto",
     progress: bool = True,
+    workers: int | None = None,
 ) -> list[dict]:
     """Trains `model` in place with `recipe` (default PGD-AT at 8/255) and returns the history:
     one dict per epoch (epoch, lr, train_loss, train_accuracy on the trained-on batches,
     clean_accuracy and robust_accuracy under PGD-`val_steps` at `val_eps` (default recipe.eps) on
     `val_data`, seconds).
 
-    train_data / val_data: (images [N, C, H, W] in [0, 1], labels [N] int64), on any device; the
-    model's device is used. Under torch.distributed (torchrun) the model trains as
+    train_data / val_data: (images [N, C, H, W] in [0, 1], labels [N] int64), on any device, or
+    streamed data sets of fastadv.data (read by `workers` processes: see evaluate); the model's
+    device is used. Under torch.distributed (torchrun) the model trains as
     DistributedDataParallel, each rank on its share of every epoch's permutation (`batch_size`
     per rank), and rank 0 writes the checkpoints. Batches are shuffled by a generator seeded with ``seed + epoch`` and
     attacks draw from one seeded per epoch, so a run resumed from a checkpoint follows the same
@@ -95,9 +99,10 @@ def fit(
     recipe = recipe or Recipe()
     if not isinstance(recipe, Recipe):
         raise TypeError(f"recipe must be a fastadv.recipes.Recipe, got {type(recipe).__name__}")
-    images, labels = check.image_dataset("train_data", train_data)
+    data = as_selection("train_data", train_data)
+    workers_for(data, workers)  # checked before any work
     if val_data is not None:
-        check.image_dataset("val_data", val_data)
+        val_data = as_selection("val_data", val_data)
     for name, value in (("epochs", epochs), ("batch_size", batch_size), ("val_steps", val_steps)):
         check.positive_int(name, value)
     check.choice("optimizer", optimizer, OPTIMIZERS)
@@ -111,15 +116,15 @@ def fit(
         raise ValueError("resume needs checkpoint_dir")
     config = FitConfig(recipe.as_dict(), epochs, batch_size, optimizer, lr, momentum, weight_decay, schedule, seed,
                        None if amp_dtype is None else str(amp_dtype), channels_last)  # fmt: skip
-    opt, scheduler = _optimizer_and_schedule(model, config, images.shape[0], recipe)
-    run = _Run(model=model, trained=model, optimizer=opt, scheduler=scheduler, images=images, labels=labels,
-               recipe=recipe, batch_size=batch_size, seed=seed, amp=amp_dtype, channels_last=channels_last,
-               backend=backend, progress=progress)  # fmt: skip
+    opt, scheduler = _optimizer_and_schedule(model, config, len(data), recipe)
+    run = _Run(model=model, trained=model, optimizer=opt, scheduler=scheduler, data=data, recipe=recipe,
+               batch_size=batch_size, seed=seed, amp=amp_dtype, channels_last=channels_last, backend=backend,
+               progress=progress, workers=workers)  # fmt: skip
     latest = None if checkpoint_dir is None else os.path.join(checkpoint_dir, "latest.pt")
     # what a checkpoint is of: the architecture (a resumed run's first weights are overwritten)
     # and the training data, so that a resume with another model or data is refused
     identity = {} if latest is None else {"model": fingerprint(model.state_dict().items(), values=False),
-                                          "data": fingerprint((("images", images), ("labels", labels)))}  # fmt: skip
+                                          "data": data_fingerprint(data)}  # fmt: skip
     history, first_epoch = _resume(run, latest, config, identity) if resume else ([], 0)
     run.trained = _data_parallel(model, run.device, run.world)
     with _deterministic_algorithms(deterministic):
@@ -152,8 +157,7 @@ class _Run:
     trained: nn.Module
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LambdaLR
-    images: torch.Tensor
-    labels: torch.Tensor
+    data: Selection
     recipe: Recipe
     batch_size: int
     seed: int
@@ -161,6 +165,7 @@ class _Run:
     channels_last: bool
     backend: str
     progress: bool
+    workers: int | None
     device: torch.device = field(init=False)
     rank: int = field(init=False)
     world: int = field(init=False)
@@ -225,10 +230,9 @@ def _deterministic_algorithms(on: bool):
 
 def _validation(run: _Run, val_data, eps: float, steps: int, epoch: int) -> dict:
     """Clean accuracy and robust accuracy under PGD-`steps` at `eps` on `val_data`."""
-    vx, vy = (t.to(run.device) for t in val_data)
-    report = evaluate(run.model, (vx, vy), ["pgd"], [eps], steps=steps, batch_size=run.batch_size,
+    report = evaluate(run.model, val_data, ["pgd"], [eps], steps=steps, batch_size=run.batch_size,
                       seed=run.seed + epoch, amp=run.amp, channels_last=run.channels_last, backend=run.backend,
-                      progress=False)  # fmt: skip
+                      progress=False, workers=run.workers)  # fmt: skip
     return {"clean_accuracy": report["clean_accuracy"], "robust_accuracy": report["worst_case"][0]["robust_accuracy"]}
 
 
@@ -250,27 +254,30 @@ def _one_epoch(run: _Run, epoch: int) -> dict:
 
     model, trained, opt, recipe = run.model, run.trained, run.optimizer, run.recipe
     start_time = time.perf_counter()
-    order = torch.randperm(run.images.shape[0], generator=torch.Generator().manual_seed(run.seed + epoch))
+    order = torch.randperm(len(run.data), generator=torch.Generator().manual_seed(run.seed + epoch))
     if run.world > 1:
         # every rank takes its share of the same permutation; all take as many batches
-        share = run.images.shape[0] // run.world
+        share = len(run.data) // run.world
         order = order[run.rank * share : (run.rank + 1) * share]
     attack_generator = torch.Generator(device=run.device).manual_seed(run.seed * 100_003 + epoch)
     autocast = torch.autocast(run.device.type, dtype=run.amp, enabled=run.amp is not None)
     total_loss, correct, seen = 0.0, 0, 0
     free_delta = None
     model.train()
-    batches = range(0, order.shape[0], run.batch_size)
-    for start in tqdm(batches, desc=f"epoch {epoch + 1}", disable=not run.progress or run.rank, leave=False,
+    batches = [(number, order[start : start + run.batch_size].tolist())
+               for number, start in enumerate(range(0, order.shape[0], run.batch_size))]  # fmt: skip
+    stream = BatchStream(run.data, batches, run.device, workers_for(run.data, run.workers))
+    for batch in tqdm(stream, desc=f"epoch {epoch + 1}", disable=not run.progress or run.rank, leave=False,
                       unit="batch"):  # fmt: skip
-        index = order[start : start + run.batch_size]
-        x, y = run.images[index].to(run.device), run.labels[index].to(run.device)
+        x, y, number = batch.x, batch.y, batch.index
+        if not y.numel():  # every image of the batch was bad and skipped
+            continue
         if run.channels_last and x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)
         if recipe.name == "free":
             free_delta, loss_sum, hits = free_replays(trained, opt, x, y, free_delta, recipe, amp=run.amp,
                                                       backend=run.backend, after_step=run.scheduler.step)  # fmt: skip
-            _check_finite(loss_sum, epoch, start // run.batch_size)
+            _check_finite(loss_sum, epoch, number)
             total_loss, correct, seen = total_loss + loss_sum, correct + hits, seen + recipe.replays * x.shape[0]
             continue
         x_train = adversarial_batch(model, x, y, recipe, generator=attack_generator, amp=run.amp,
@@ -282,7 +289,7 @@ def _one_epoch(run: _Run, epoch: int) -> dict:
         opt.step()
         run.scheduler.step()
         loss_value = float(loss.detach())  # the one sync per batch there always was
-        _check_finite(loss_value, epoch, start // run.batch_size)
+        _check_finite(loss_value, epoch, number)
         total_loss += loss_value * x.shape[0]
         correct += int((logits.argmax(1) == y).sum())
         seen += x.shape[0]

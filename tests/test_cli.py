@@ -185,6 +185,7 @@ def cli_files(digits, tmp_path_factory):
     (root / "bomb" / "a").mkdir(parents=True)
     (root / "bomb" / "a" / "big.png").write_bytes(_png_header(40_000, 40_000))
     (root / "json_folder" / "report.json").mkdir(parents=True)
+    _image_folders(root)
     assert main(["eval", "--model", str(root / "model.pt"), "--data", str(root / "data.npz"), "--attacks", "fgsm",
                  "--eps", "0.1", "--out", str(root / "eval_run"), "--no-plots", "--quiet"]) == 0  # fmt: skip
     assert main(["train", "--data", str(root / "data.npz"), "--recipe", "standard", "--width", "8", "--epochs", "1",
@@ -212,6 +213,24 @@ def _model_format_files(root, model, x):
     example = torch.as_tensor(x[:4])
     torch.export.save(torch.export.export(net, (example,)), str(root / "train_mode.pt2"))
     torch.export.save(torch.export.export(net.eval(), (example,)), str(root / "eval_mode.pt2"))
+
+
+def _image_folders(root):
+    """Image folders that cannot be evaluated: a class folder without images, images of two
+    sizes, no class folder, a file that is no image."""
+    from PIL import Image
+
+    for name, files in (("empty_class", {"a/0.png": (8, 8)}), ("mixed", {"a/0.png": (20, 10), "a/1.png": (10, 10)}),
+                        ("junk_image", {"a/0.png": (8, 8), "a/1.png": None})):  # fmt: skip
+        for file, size in files.items():
+            (root / name / file).parent.mkdir(parents=True, exist_ok=True)
+            if size is None:
+                (root / name / file).write_bytes(b"not a png")
+            else:
+                Image.new("RGB", size).save(root / name / file)
+    (root / "empty_class" / "b").mkdir()
+    (root / "no_classes").mkdir()
+    (root / "no_classes" / "0.png").write_bytes((root / "mixed" / "a" / "0.png").read_bytes())
 
 
 def _png_header(width, height):
@@ -297,6 +316,20 @@ CLI_ERRORS = [
     (["train", "--data", "{huge_labels.npz}"], "a new model has at most 100000 classes"),
     (["eval", "--data", "{uint64_labels.npz}"], "y must fit in int64"),
     (["eval", "--data", "{bomb}"], "{bomb}/a/big.png: too many pixels to read safely (a decompression bomb?)"),
+    # streamed data: bad folders and data options (issue 16)
+    (["eval", "--data", "{empty_class}"], "--data: {empty_class}/b: class folder 'b' holds no images"),
+    (["train", "--data", "{empty_class}"], "--data: {empty_class}/b: class folder 'b' holds no images"),
+    (["eval", "--data", "{mixed}"], "images of different sizes: {mixed}/a/0.png is 20x10, {mixed}/a/1.png is 10x10"),
+    (["train", "--data", "{mixed}"], "--data: images of different sizes"),
+    (["eval", "--data", "{no_classes}"], "--data: {no_classes}: expected one sub-folder of images per class"),
+    (["eval", "--data", "{junk_image}"], "--data: {junk_image}/a/1.png: not a readable image"),
+    (["eval", "--subset", "400"], "--subset: 400 samples asked for, the data has 359"),
+    (["eval", "--input-size", "8"], "--data: digits: its images are 16x16 and are not resized"),
+    (["eval", "--data", "{data.npz}", "--input-size", "8"], "only image folders are resized on load"),
+    (["eval", "--input-size", "8", "--image-size", "8"], "--image-size: give --image-size"),
+    (["eval", "--input-size", "2,3,4"], "argument --input-size: expected H,W or N"),
+    (["eval", "--input-size", "0,3"], "argument --input-size: must be >= 1"),
+    (["eval", "--workers", "-1"], "argument --workers: must be >= 0"),
     (["train", "--data", "{data.npz}", "--val-data", "{wrong_shape.npz}", "--out", "{new}"], "--val-data: images"),
     (["train", "--data", "{data.npz}", "--val-data", "{labels_out_of_range.npz}"], "--val-data: labels go up to 12"),
     (["train", "--data", "{data.npz}", "--val-data", "{truncated.npz}"], "--val-data: {truncated.npz}"),

@@ -19,6 +19,7 @@ LAYERS = [
     ("evaluate", ["fastadv.evaluate", "fastadv.plots"]),
     ("autoattack", ["fastadv.autoattack"]),
     ("models and data", ["fastadv.models", "fastadv.model_formats", "fastadv.datasets", "fastadv.checkpoint"]),
+    ("streamed data", ["fastadv.data"]),
     ("attacks", ["fastadv.attacks"]),
     ("ops", ["fastadv.ops", "fastadv._checks"]),
     ("backends", ["fastadv.backends", "fastadv._C"]),

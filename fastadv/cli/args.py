@@ -8,7 +8,6 @@ import functools
 import inspect
 import json
 import math
-import os
 import re
 from collections.abc import Callable, Collection
 from typing import Any
@@ -16,7 +15,9 @@ from typing import Any
 import torch
 
 from .. import _validate as check
-from ..datasets import DataError, digits, image_folder, load_npz
+from ..data import Selection, default_workers, select
+from ..data.loader import first_images
+from ..datasets import DataError, open_data
 
 
 class CliError(Exception):
@@ -59,6 +60,15 @@ def _argument(parse: Callable[[str], Any], expected: str, check_value: Callable)
 
 
 positive_int = _argument(int, "an integer", check.positive_int)
+
+
+def _at_least_zero(name: str, value: int) -> int:
+    if value < 0:
+        raise ValueError(f"{name} must be >= 0, got {value}")
+    return value
+
+
+nonnegative_int = _argument(int, "an integer", _at_least_zero)
 nonnegative = _argument(float, "a number", functools.partial(check.number, at_least=0))
 probability = _argument(float, "a number", check.probability)
 
@@ -144,21 +154,6 @@ def write_json(path: str, obj: Any) -> None:
         json.dump(strict(obj), f, indent=2, allow_nan=False)
 
 
-def load_data(spec: str, split: str, image_size: int | None = None, *, option: str = "--data"):
-    """(images, labels) of 'digits' (its `split`), an image folder or an .npz file; CliError
-    naming `option` when the data cannot be read or holds no sample."""
-    if spec == "digits":
-        return digits(split)
-    try:
-        if os.path.isdir(spec):
-            images, labels, _ = image_folder(spec, image_size)
-        else:
-            images, labels = load_npz(spec)
-    except DataError as error:
-        raise CliError(f"{option}: {error}") from None
-    return images, labels
-
-
 def check_fit(model, images, labels, *, option: str = "--data") -> None:
     """The model takes the images and has a class for every label, or CliError naming `option`."""
     device = next(iter(model.parameters()), images).device
@@ -170,3 +165,62 @@ def check_fit(model, images, labels, *, option: str = "--data") -> None:
                        f"({str(error).splitlines()[0]})") from None  # fmt: skip
     if labels.numel() and int(labels.max()) >= logits.shape[1]:
         raise CliError(f"{option}: labels go up to {int(labels.max())} but the model has {logits.shape[1]} classes")
+
+
+def input_size(text: str) -> tuple[int, int]:
+    """H,W (or N for N x N): positive integers."""
+    parts = [p.strip() for p in text.split(",")]
+    if len(parts) not in (1, 2):
+        raise argparse.ArgumentTypeError(f"expected H,W or N, got {text!r}")
+    sizes = [positive_int(p) for p in parts]
+    return (sizes[0], sizes[-1])
+
+
+def add_data_options(p: argparse.ArgumentParser, *, shuffle: bool = True) -> None:
+    """The options of how --data is read, shared by eval and train."""
+    p.add_argument("--input-size", type=input_size, default=None,
+                   help="resize image-folder images to H,W (or N for N x N) as they are decoded")  # fmt: skip
+    p.add_argument(
+        "--workers", type=nonnegative_int, default=None,
+        help=f"processes that read and decode the data (default: one per CPU, at most 8: {default_workers()} "
+             "here; 0: in this process)",
+    )  # fmt: skip
+    p.add_argument(
+        "--skip-bad-images", action="store_true",
+        help="leave out images that cannot be read and list them in the report (default: such an image is an error)",
+    )  # fmt: skip
+    p.add_argument("--limit", type=positive_int, default=None, help="read the first N samples only")
+    p.add_argument("--subset", type=positive_int, default=None,
+                   help="N samples, as many from each class as possible, drawn with --shuffle-seed (or 0)")  # fmt: skip
+    if shuffle:
+        p.add_argument("--shuffle-seed", type=seed, default=None,
+                       help="read the samples in a random order drawn from this seed (before --limit)")  # fmt: skip
+
+
+def open_selection(args: argparse.Namespace, spec: str, split: str, *, option: str = "--data",
+                   crop_size: int | None = None) -> Selection:  # fmt: skip
+    """The samples of `spec` (see fastadv.datasets.open_data) that the options in `args`
+    (add_data_options) select; CliError naming `option` when they cannot be read."""
+    try:
+        source = open_data(spec, split, input_size=args.input_size, crop_size=crop_size,
+                           skip_bad=args.skip_bad_images)  # fmt: skip
+        return select(source, limit=args.limit, subset=args.subset, shuffle_seed=getattr(args, "shuffle_seed", None))
+    except DataError as error:
+        raise CliError(f"{option}: {error}") from None
+    except ValueError as error:  # --subset larger than the data
+        raise CliError(f"--{str(error).replace('_', '-')}") from None
+
+
+def first_sample(data: Selection, *, option: str = "--data", count: int = 1) -> torch.Tensor:
+    """The data's first `count` readable images as a batch (fewer if it has fewer), or CliError
+    naming `option`."""
+    try:
+        return first_images(data, count)[0]
+    except DataError as error:
+        raise CliError(f"{option}: {error}") from None
+
+
+def check_selection_fits(model, data: Selection, *, option: str = "--data") -> None:
+    """The model takes the data's images and has a class for every label (check_fit on its
+    first sample), or CliError naming `option`."""
+    check_fit(model, first_sample(data, option=option), torch.from_numpy(data.labels), option=option)

@@ -11,6 +11,8 @@ import torch
 from .. import _distributed, models
 from .._validate import AMP_NAMES
 from ..checkpoint import CheckpointError
+from ..data import DataError, Selection
+from ..data.loader import first_images
 from ..evaluate import ATTACKS, evaluate, format_report
 from . import args as arg
 from . import model_options
@@ -41,11 +43,14 @@ def add_parser(sub) -> None:
     model_options.add(p)  # --model, --weights, --num-classes, --mean, --std
     p.add_argument(
         "--data", default="digits",
-        help="'digits' (its test split), an .npz file with x, y, or a folder with one sub-folder of images per class",
+        help="'digits' (its test split), an .npz file with x, y (memory-mapped), a CIFAR-10/100 python-format "
+             "folder (its test split), or a folder with one sub-folder of images per class",
     )  # fmt: skip
     p.add_argument(
-        "--image-size", type=arg.positive_int, default=None, help="resize and crop folder images to this size"
-    )
+        "--image-size", type=arg.positive_int, default=None,
+        help="resize folder images' shorter side to this size and crop the centre square",
+    )  # fmt: skip
+    arg.add_data_options(p)
     p.add_argument(
         "--attacks", type=arg.csv_list(ATTACKS, unique=True), default=list(EVALUATE["attacks"]),
         help=f"among {', '.join(ATTACKS)}, run in the order given (a repeat is dropped): with the cascade each "
@@ -62,7 +67,6 @@ def add_parser(sub) -> None:
     )  # fmt: skip
     p.add_argument("--batch-size", type=arg.positive_int, default=EVALUATE["batch_size"], help="default: %(default)s")
     p.add_argument("--no-cascade", action="store_true", help="run every attack on every correct sample")
-    p.add_argument("--limit", type=arg.positive_int, default=None, help="evaluate the first N samples only")
     p.add_argument("--seed", type=arg.seed, default=EVALUATE["seed"], help="random starts (default: %(default)s)")
     p.add_argument("--amp", choices=list(AMP_NAMES), default=None, help="autocast the model")
     p.add_argument("--channels-last", action="store_true")
@@ -99,16 +103,18 @@ def run(args: argparse.Namespace) -> int:
     arg.check_backend(args.backend, args.device)
     output = OutputFolder(args.out, "eval", resume=args.resume, overwrite=args.overwrite, state=STATE)
     with output:
-        model, images, labels = _inputs(args, rank)
+        model, data = _inputs(args, rank)
         output.start()  # every input checked: an overwritten run's files go now
         _distributed.barrier()
         try:
-            report = evaluate(model, (images, labels), args.attacks, args.eps, steps=args.steps,
+            report = evaluate(model, data, args.attacks, args.eps, steps=args.steps,
                               batch_size=args.batch_size, cascade=not args.no_cascade, seed=args.seed,
                               amp=args.amp, channels_last=args.channels_last, backend=args.backend,
-                              state_path=os.path.join(output.path, STATE), progress=not args.quiet)  # fmt: skip
+                              state_path=os.path.join(output.path, STATE), progress=not args.quiet,
+                              workers=args.workers)  # fmt: skip
         except (ValueError, RuntimeError) as error:  # ValueError: a state file of another evaluation, say
-            raise CliError(str(error).splitlines()[0]) from None
+            where = "--data: " if isinstance(error, DataError) else ""  # an image that cannot be decoded
+            raise CliError(where + str(error).splitlines()[0]) from None
         report["model"] = args.model or f"digits small_cnn (cached at {args.cache})"
         report.update({k: getattr(args, k) for k in ("weights", "mean", "std") if getattr(args, k) is not None})
         report["data"] = args.data
@@ -120,14 +126,15 @@ def run(args: argparse.Namespace) -> int:
             from ..plots import plot_examples, plot_robustness
 
             plot_robustness(report, os.path.join(output.path, "robustness.png"))
-            plot_examples(model, images[:8], labels[:8], args.attacks[-1], max(args.eps),
+            images, labels = first_images(data, 8)
+            plot_examples(model, images.to(args.device), labels.to(args.device), args.attacks[-1], max(args.eps),
                           os.path.join(output.path, "examples.png"), steps=args.steps, seed=args.seed)  # fmt: skip
     print(f"report {'in' if args.no_plots else 'and plots in'} {output.path}")
     return 0
 
 
-def _inputs(args: argparse.Namespace, rank: int) -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor]:
-    """The model (in eval mode) and the data on args.device, checked to fit each other."""
+def _inputs(args: argparse.Namespace, rank: int) -> tuple[torch.nn.Module, Selection]:
+    """The model (in eval mode, on args.device) and the data (streamed), checked to fit each other."""
     if args.model is None:
         if rank == 0:
             model = _default_model(args.cache, args.quiet)
@@ -137,10 +144,10 @@ def _inputs(args: argparse.Namespace, rank: int) -> tuple[torch.nn.Module, torch
     else:
         model = model_options.load(args, args.device)
     model = model.to(args.device).eval()
-    images, labels = arg.load_data(args.data, "test", args.image_size)
-    if args.limit:
-        images, labels = images[: args.limit], labels[: args.limit]
-    images, labels = images.to(args.device), labels.to(args.device)
-    model_options.check_output(model, images, args)
-    arg.check_fit(model, images, labels)
-    return model, images, labels
+    if args.image_size is not None and args.input_size is not None:
+        raise CliError("--image-size: give --image-size (shorter side, then crop) or --input-size (H,W), not both")
+    data = arg.open_selection(args, args.data, "test", crop_size=args.image_size)
+    # two images: a model that drops the batch dim of a batch of one is told apart
+    model_options.check_output(model, arg.first_sample(data, count=2), args)
+    arg.check_selection_fits(model, data)
+    return model, data

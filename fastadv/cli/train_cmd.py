@@ -11,6 +11,7 @@ import torch
 from .. import _distributed, models
 from .._validate import AMP_NAMES
 from ..checkpoint import CheckpointError
+from ..data import DataError, Selection, TensorSource
 from ..datasets import digits
 from ..recipes import RECIPES, Recipe
 from ..train import OPTIMIZERS, SCHEDULES, fit
@@ -36,8 +37,17 @@ def add_parser(sub) -> None:
         "train", help="adversarial training (default: FGSM-RS on digits)",
         description=DESCRIPTION,
     )  # fmt: skip
-    p.add_argument("--data", default="digits", help="'digits' (its train split) or an .npz file with x, y")
-    p.add_argument("--val-data", default=None, help="held-out set (default: the digits test split for digits)")
+    p.add_argument(
+        "--data", default="digits",
+        help="'digits' (its train split), an .npz file with x, y, a CIFAR-10/100 python-format folder (its train "
+             "split), or a folder with one sub-folder of images per class",
+    )  # fmt: skip
+    p.add_argument(
+        "--val-data", default=None,
+        help="held-out set, read like --data (a CIFAR folder: its test split; default: the digits test split for "
+             "digits)",
+    )  # fmt: skip
+    arg.add_data_options(p, shuffle=False)
     p.add_argument("--model", choices=sorted(models.ARCHITECTURES), default="small_cnn")
     p.add_argument("--init", default=None, help="start from this model file (fine-tune it) instead of new weights")
     p.add_argument(
@@ -98,9 +108,10 @@ def run(args: argparse.Namespace) -> int:
                           optimizer=args.optimizer, lr=args.lr, weight_decay=args.weight_decay,
                           schedule=args.schedule, val_data=val, amp=args.amp, channels_last=args.channels_last,
                           checkpoint_dir=output.path, resume=args.resume, seed=args.seed,
-                          deterministic=args.deterministic, progress=not args.quiet)  # fmt: skip
-        except ValueError as error:  # CheckpointError too
-            raise CliError(str(error).splitlines()[0]) from None
+                          deterministic=args.deterministic, progress=not args.quiet, workers=args.workers)  # fmt: skip
+        except ValueError as error:  # CheckpointError too; DataError: an image that cannot be decoded
+            where = "--data: " if isinstance(error, DataError) else ""
+            raise CliError(where + str(error).splitlines()[0]) from None
         if rank != 0:
             return 0
         arg.write_json(os.path.join(output.path, "history.json"), history)
@@ -113,14 +124,14 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _inputs(args: argparse.Namespace) -> tuple[torch.nn.Module, tuple, tuple | None]:
+def _inputs(args: argparse.Namespace) -> tuple[torch.nn.Module, Selection, Selection | None]:
     """The model on args.device (new, or --init), the training data and the held-out data
-    (None without), all checked before the first epoch."""
-    images, labels = arg.load_data(args.data, "train")
+    (None without), streamed, all checked before the first epoch."""
+    train = arg.open_selection(args, args.data, "train")
     if args.val_data:
-        val = arg.load_data(args.val_data, "test", option="--val-data")
+        val = arg.open_selection(args, args.val_data, "test", option="--val-data")
     else:
-        val = digits("test") if args.data == "digits" else None
+        val = Selection(TensorSource(*digits("test"), name="digits")) if args.data == "digits" else None
     if args.width is not None and (args.init is not None or args.model != "small_cnn"):
         raise CliError(f"--width: {'--init' if args.init is not None else f'--model {args.model}'} has no width "
                        "(only a new small_cnn has)")  # fmt: skip
@@ -135,16 +146,17 @@ def _inputs(args: argparse.Namespace) -> tuple[torch.nn.Module, tuple, tuple | N
         except CheckpointError as error:
             raise CliError(f"--init: {error}") from None
     else:
-        classes = int(labels.max()) + 1
+        classes = train.source.class_count()
         if classes > MAX_CLASSES:
             raise CliError(f"--data: labels go up to {classes - 1}; a new model has at most {MAX_CLASSES} classes")
         kwargs = {"width": args.width or SMALL_CNN["width"]} if args.model == "small_cnn" else {}
         try:
-            model = models.ARCHITECTURES[args.model](in_channels=images.shape[1], num_classes=classes, **kwargs)
+            channels = arg.first_sample(train).shape[1]
+            model = models.ARCHITECTURES[args.model](in_channels=channels, num_classes=classes, **kwargs)
         except ValueError as error:
             raise CliError(str(error)) from None
     model = model.to(args.device)
-    arg.check_fit(model, images, labels)
+    arg.check_selection_fits(model, train)
     if val is not None:
-        arg.check_fit(model, *val, option="--val-data")
-    return model, (images, labels), val
+        arg.check_selection_fits(model, val, option="--val-data")
+    return model, train, val

@@ -20,6 +20,7 @@ LAYERS = [
     ("autoattack", ["fastadv.autoattack"]),
     ("models and data", ["fastadv.models", "fastadv.datasets", "fastadv.checkpoint"]),
     ("attacks", ["fastadv.attacks"]),
+    ("defenses", ["fastadv.defenses"]),
     ("ops", ["fastadv.ops", "fastadv._checks"]),
     ("backends", ["fastadv.backends", "fastadv._C"]),
     (

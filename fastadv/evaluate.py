@@ -237,7 +237,8 @@ def evaluate(
 
     adaptive: evaluate a defence: after the run above, run `adaptive_attacks(attacks)` with
     ``adaptive=True`` (input transformations use BPDA's backward pass) and, for randomized
-    defences, the gradient averaged over `eot_samples` draws (EOT); the report then also holds
+    defences, the gradient averaged over `eot_samples` draws (EOT; not for a model whose
+    `randomized` attribute is False, as Defended's without random transforms); the report then also holds
     "adaptive" (that run's report, its state in ``state_path + ".adaptive"``) and "comparison"
     (per eps: clean, non-adaptive and adaptive robust accuracy, their gap, and whether gradient
     masking is suspected, with the reason; see fastadv.defenses.report).
@@ -255,7 +256,9 @@ def evaluate(
     report = run(attacks, options, state_path)
     if not adaptive:
         return report
-    strong_options = {**options, "adaptive": True, "eot_samples": eot_samples}
+    # a model that declares itself deterministic (Defended without random transforms) needs no EOT
+    eot = eot_samples if getattr(model, "randomized", True) else 1
+    strong_options = {**options, "adaptive": True, "eot_samples": eot}
     strong = run(adaptive_attacks(attacks), strong_options, None if state_path is None else f"{state_path}.adaptive")
     return {**report, "adaptive": strong, "comparison": compare(report, strong)}
 

@@ -60,6 +60,7 @@ def _argument(parse: Callable[[str], Any], expected: str, check_value: Callable)
 
 positive_int = _argument(int, "an integer", check.positive_int)
 nonnegative = _argument(float, "a number", functools.partial(check.number, at_least=0))
+positive = _argument(float, "a number", functools.partial(check.number, above=0))
 probability = _argument(float, "a number", check.probability)
 
 

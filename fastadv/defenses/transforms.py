@@ -24,6 +24,7 @@ change the rounded values), which is why plain PGD reports them robust.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 
 import torch
@@ -93,16 +94,21 @@ class Transform(nn.Module):
             return self.transform(x.detach())
 
 
+def _int_in(name: str, value: object, low: int, high: int) -> int:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError(f"{name} must be an int in {low}..{high}, got {type(value).__name__}")
+    if not low <= value <= high:
+        raise ValueError(f"{name} must be in {low}..{high}, got {value}")
+    return value
+
+
 class BitDepth(Transform):
     """Reduces each value to `bits` bits: round(x * (2**bits - 1)) / (2**bits - 1), for images
     in [0, 1]. bits: an int in 1..8. Its own gradient is zero; adaptive: straight-through."""
 
     def __init__(self, bits: int):
         super().__init__()
-        bits = check.positive_int("bits", bits)
-        if not 1 <= bits <= 8:
-            raise ValueError(f"bits must be in 1..8, got {bits}")
-        self.bits = bits
+        self.bits = _int_in("bits", bits, 1, 8)
 
     def transform(self, x: torch.Tensor) -> torch.Tensor:
         levels = 2**self.bits - 1
@@ -125,20 +131,21 @@ class JPEG(Transform):
 
     def __init__(self, quality: int):
         super().__init__()
-        quality = check.positive_int("quality", quality)
-        if not 1 <= quality <= 100:
-            raise ValueError(f"quality must be in 1..100, got {quality}")
-        self.quality = quality
+        self.quality = _int_in("quality", quality, 1, 100)
 
     def transform(self, x: torch.Tensor) -> torch.Tensor:
-        from torchvision.io import ImageReadMode, decode_jpeg, encode_jpeg
-
         b, c, h, w = x.shape
         if x.numel() == 0:
             return x.clone()
         pixels = (x.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).cpu()
         planes = pixels if c in (1, 3) else pixels.reshape(b * c, 1, h, w)
-        decoded = decode_jpeg(encode_jpeg(list(planes), quality=self.quality), mode=ImageReadMode.UNCHANGED)
+        with warnings.catch_warnings():
+            # torchvision 0.29 deprecates its codecs in favour of torchcodec, which is not a
+            # dependency; they are still the real libjpeg codec, batched
+            warnings.filterwarnings("ignore", "The image decoding and encoding", DeprecationWarning)
+            from torchvision.io import ImageReadMode, decode_jpeg, encode_jpeg
+
+            decoded = decode_jpeg(encode_jpeg(list(planes), quality=self.quality), mode=ImageReadMode.UNCHANGED)
         out = torch.stack(decoded).reshape(b, c, h, w)
         return (out.to(x.device, torch.float32) / 255).to(x.dtype)
 

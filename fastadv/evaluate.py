@@ -7,11 +7,17 @@ case). Everything reported is a sum over samples (counts, a confusion matrix, no
 batches add up, an evaluation resumes from a state file with identical numbers, and ranks of
 torch.distributed reduce with one all_reduce. Each batch's random starts come from a generator
 seeded by (seed, batch index, attack, eps), so results do not depend on how batches are spread.
+
+With ``adaptive=True`` the evaluation runs twice, as a defence must be judged: with the attacks as
+given, then with the adaptive ones (BPDA through input transformations, EOT over random draws,
+the margin-loss PGD added, see `adaptive_attacks`), and the report sets the two side by side
+(`fastadv.defenses.report`).
 """
 
 from __future__ import annotations
 
 import datetime
+import functools
 import os
 import time
 from collections.abc import Sequence
@@ -30,6 +36,7 @@ from .checkpoint import fingerprint, save_atomic
 from .checkpoint import load as load_checkpoint
 from .data import BatchStream, Selection, Source, TensorSource, as_selection
 from .data.loader import first_images, workers_for
+from .defenses.report import compare
 
 __all__ = ["ATTACKS", "AutoAttack", "AutoAttackLite", "AutoAttackResult", "Stage", "evaluate", "format_report",
            "robust_accuracy"]  # fmt: skip
@@ -38,6 +45,11 @@ __all__ = ["ATTACKS", "AutoAttack", "AutoAttackLite", "AutoAttackResult", "Stage
 ATTACKS = {
     "fgsm": ("linf", lambda m, eps, steps, gen, **o: FGSM(m, eps=eps, **o)),
     "pgd": ("linf", lambda m, eps, steps, gen, **o: PGD(m, eps=eps, alpha=eps / 4, steps=steps, generator=gen, **o)),
+    # Carlini and Wagner's logit margin: what defeats defensive distillation's saturated softmax
+    "pgd-margin": (
+        "linf",
+        lambda m, eps, steps, gen, **o: PGD(m, eps=eps, alpha=eps / 4, steps=steps, generator=gen, loss="margin", **o),
+    ),  # fmt: skip
     "pgd-l2": ("l2", lambda m, eps, steps, gen, **o: PGDL2(m, eps=eps, alpha=eps / 4, steps=steps, generator=gen, **o)),
     "mifgsm": ("linf", lambda m, eps, steps, gen, **o: MIFGSM(m, eps=eps, alpha=eps / 4, steps=steps, **o)),
     # AutoAttack's first two stages: `attacks=["apgd-ce", "apgd-t"]` with the cascade
@@ -56,6 +68,32 @@ ATTACKS = {
     "cw": ("l2", lambda m, eps, steps, gen, **o: CW(m, steps=steps, lr=0.05, binary_search_steps=5, **o)),
 }
 MINIMAL_NORM = ("deepfool", "cw")
+# The attacks an adaptive evaluation adds after the given ones (see adaptive_attacks) and those
+# whose gradient is averaged over draws with eot_samples (APGD's is eot_iter).
+_CE_LINF = ("fgsm", "pgd", "mifgsm", "apgd-ce")
+_EOT = ("fgsm", "pgd", "pgd-margin", "pgd-l2", "mifgsm")
+
+
+def adaptive_attacks(attacks: Sequence[str]) -> list[str]:
+    """The attacks of an adaptive evaluation: `attacks`, then "pgd-margin" when they include an
+    L-inf attack on cross-entropy and not it already (a saturated softmax, as defensive
+    distillation's, hides the cross-entropy gradient but not the logits')."""
+    attacks = list(attacks)
+    if any(a in _CE_LINF for a in attacks) and "pgd-margin" not in attacks:
+        attacks.append("pgd-margin")
+    return attacks
+
+
+def _attack_options(name: str, options: dict) -> dict:
+    """The options of attack `name` in an evaluation: eot_samples goes to the gradient loop's
+    attacks, as eot_iter to APGD's, and is dropped for the others."""
+    options = dict(options)
+    eot = options.pop("eot_samples", 1)
+    if name in _EOT and eot > 1:
+        options["eot_samples"] = eot
+    elif name.startswith("apgd") and eot > 1:
+        options["eot_iter"] = eot
+    return options
 
 
 def _seed(generator: torch.Generator) -> int:
@@ -178,7 +216,7 @@ def _attack_batch(job: _Job, batch: _Batch, targets: torch.Tensor, attack_index:
         hash((job.seed, batch.index, attack_index, eps_index)) % (2**63)
     )
     norm, factory = ATTACKS[attack_name]
-    attack = factory(job.model, eps, job.steps, generator, **job.options)
+    attack = factory(job.model, eps, job.steps, generator, **_attack_options(attack_name, job.options))
     start = time.perf_counter()
     result = attack.run(x[targets], y[targets])
     if x.device.type == "cuda":
@@ -209,6 +247,8 @@ def evaluate(
     amp: torch.dtype | str | None = None,
     channels_last: bool = False,
     backend: str = "auto",
+    adaptive: bool = False,
+    eot_samples: int = 1,
     state_path: str | None = None,
     distributed: bool | None = None,
     progress: bool = True,
@@ -228,14 +268,41 @@ def evaluate(
     workers: processes that read a streamed data set's batches (default: one per CPU, at most
     8; 0: read in this process). The report's "data_loading" says how long the evaluation
     waited for data; "skipped_images" lists the images a Source with skip_bad left out.
+
+    adaptive: evaluate a defence: after the run above, run `adaptive_attacks(attacks)` with
+    ``adaptive=True`` (input transformations use BPDA's backward pass) and, for randomized
+    defences, the gradient averaged over `eot_samples` draws (EOT; not for a model whose
+    `randomized` attribute is False, as Defended's without random transforms); the report then also holds
+    "adaptive" (that run's report, its state in ``state_path + ".adaptive"``) and "comparison"
+    (per eps: clean, non-adaptive and adaptive robust accuracy, their gap, and whether gradient
+    masking is suspected, with the reason; see fastadv.defenses.report).
     """
     attacks = check.choices("attacks", attacks, tuple(ATTACKS))
     eps = check.numbers("eps", eps, at_least=0)
     check.positive_int("batch_size", batch_size)
     check.positive_int("steps", steps)
+    check.flag("adaptive", adaptive)
+    check.positive_int("eot_samples", eot_samples)
     options = {"amp": check.amp_dtype(amp), "channels_last": channels_last, "backend": backend}
     selection = as_selection("data", data)
     workers = workers_for(selection, workers)
+    run = functools.partial(_evaluation, model, selection, eps=eps, steps=steps, batch_size=batch_size, cascade=cascade,
+                            seed=seed, distributed=distributed, progress=progress, workers=workers)  # fmt: skip
+    report = run(attacks, options, state_path)
+    if not adaptive:
+        return report
+    # a model that declares itself deterministic (Defended without random transforms) needs no EOT
+    eot = eot_samples if getattr(model, "randomized", True) else 1
+    strong_options = {**options, "adaptive": True, "eot_samples": eot}
+    strong = run(adaptive_attacks(attacks), strong_options, None if state_path is None else f"{state_path}.adaptive")
+    return {**report, "adaptive": strong, "comparison": compare(report, strong)}
+
+
+def _evaluation(model, selection: Selection, attacks: list[str], options: dict, state_path: str | None, *,
+                eps: list[float], steps: int, batch_size: int, cascade: bool, seed: int, distributed: bool | None,
+                progress: bool, workers: int) -> dict:  # fmt: skip
+    """One evaluation of `evaluate` (arguments checked) with the attacks' `options`."""
+    backend = options["backend"]
     device = next(iter(model.parameters()), torch.empty(0)).device
     if distributed is None:
         distributed = _distributed.is_initialized()
@@ -248,6 +315,8 @@ def evaluate(
         job = _Job(model, attacks, eps, steps, cascade, seed, classes, options)
         settings = {"attacks": attacks, "eps": eps, "steps": steps, "batch_size": batch_size, "cascade": cascade,
                     "seed": seed, "samples": len(selection), "world_size": world}  # fmt: skip
+        if options.get("adaptive"):
+            settings.update(adaptive=True, eot_samples=options["eot_samples"])
         sums, first_batch, skipped = _Sums(len(eps), len(attacks), classes), 0, []
         rank_state = None if state_path is None else f"{state_path}.rank{rank}" if world > 1 else state_path
         # what the state's sums are of: resuming with another model or data would mix two evaluations

@@ -81,3 +81,32 @@ def plot_examples(model, images: torch.Tensor, labels: torch.Tensor, attack: str
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def plot_defenses(rows: list[dict], path: str) -> None:
+    """Bars per defence and eps (rows of fastadv.defenses.compare, with "defense" when several):
+    clean accuracy, robust accuracy under the non-adaptive attacks and under the adaptive ones;
+    a group where gradient masking is suspected is labelled so."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(max(5.5, 1.3 * len(rows) + 1.5), 4))
+    series = (("clean", "clean_accuracy", "#999999"), ("non-adaptive", "robust_accuracy", "#4c72b0"),
+              ("adaptive", "adaptive_robust_accuracy", "#c44e52"))  # fmt: skip
+    width = 0.8 / len(series)
+    for k, (label, key, color) in enumerate(series):
+        xs = [i + (k - 1) * width for i, r in enumerate(rows) if r[key] is not None]
+        ys = [r[key] for r in rows if r[key] is not None]
+        if ys:
+            ax.bar(xs, ys, width, label=label, color=color)
+    for i, r in enumerate(rows):
+        if r["gradient_masking_suspected"]:
+            ax.text(i, 1.02, "masking?", ha="center", fontsize=7, color="#c44e52")
+    ax.set_xticks(range(len(rows)))
+    ax.set_xticklabels([f"{r.get('defense', '')}\neps {r['eps']:g}".strip() for r in rows], fontsize=7)
+    ax.set_ylabel("accuracy")
+    ax.set_ylim(0, 1.1)
+    ax.grid(alpha=0.3, axis="y")
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=len(series), frameon=False)
+    ax.set_title("defences: non-adaptive vs adaptive attacks")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

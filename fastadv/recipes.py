@@ -11,6 +11,10 @@
   It needs the loop's optimizer, so it runs in :func:`fastadv.train.fit` (or :func:`free_replays`).
 - "trades": TRADES, Zhang et al. 2019 (https://arxiv.org/abs/1901.08573): the attack maximises
   KL(f(x_adv) || f(x)); the loss is CE(f(x), y) + beta * KL.
+- "distill": defensive distillation, Papernot et al. 2016 (https://arxiv.org/abs/1511.04508): no
+  attack; the logits are divided by `temperature` in training (the model is deployed at T = 1),
+  and the targets are the `teacher`'s softmax at that temperature, or the hard labels when there
+  is no teacher (the first network of the procedure). See fastadv.defenses.distill.
 
 `clean_fraction` keeps that share of each batch clean (the first samples of the batch, which a
 shuffled loader makes a random share); the rest is adversarial.
@@ -18,7 +22,7 @@ shuffled loader makes a random share); the rest is adversarial.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field, fields
 
 import torch
 import torch.nn.functional as F
@@ -28,8 +32,10 @@ from . import _validate as check
 from . import ops
 from .attacks import FGSM, PGD
 from .attacks._model_state import attack_mode
+from .checkpoint import fingerprint
+from .defenses.distill import distillation_loss, soft_labels
 
-RECIPES = ("standard", "pgd", "fgsm-rs", "free", "trades")
+RECIPES = ("standard", "pgd", "fgsm-rs", "free", "trades", "distill")
 
 
 @dataclass(frozen=True)
@@ -43,6 +49,8 @@ class Recipe:
     replays: int = 4
     beta: float = 6.0
     clean_fraction: float = 0.0
+    temperature: float = 100.0
+    teacher: nn.Module | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self):
         check.choice("recipe", self.name, RECIPES)
@@ -52,6 +60,11 @@ class Recipe:
         check.positive_int("steps", self.steps)
         check.positive_int("replays", self.replays)
         check.probability("clean_fraction", self.clean_fraction)
+        check.number("temperature", self.temperature, above=0)
+        if self.teacher is not None and not isinstance(self.teacher, nn.Module):
+            raise TypeError(f"teacher must be a torch.nn.Module, got {type(self.teacher).__name__}")
+        if self.teacher is not None and self.name != "distill":
+            raise ValueError(f"teacher: only the distill recipe takes a teacher, not {self.name!r}")
 
     @property
     def step_size(self) -> float:
@@ -60,7 +73,11 @@ class Recipe:
         return {"pgd": self.eps / 4, "fgsm-rs": 1.25 * self.eps, "trades": self.eps / 4}.get(self.name, self.eps)
 
     def as_dict(self) -> dict:
-        return asdict(self)
+        """The settings as plain values (checkpoints and model files keep them): the teacher as
+        a fingerprint of its weights (None without one)."""
+        values = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "teacher"}
+        values["teacher"] = None if self.teacher is None else fingerprint(self.teacher.state_dict().items())
+        return values
 
 
 def adversarial_batch(
@@ -79,7 +96,7 @@ def adversarial_batch(
     left as it was (attacks run in eval mode). "free" raises: it needs the optimizer (use fit)."""
     if recipe.name == "free":
         raise ValueError("recipe 'free' updates the weights inside its replays: use fastadv.train.fit or free_replays")
-    if recipe.name == "standard":
+    if recipe.name in ("standard", "distill"):
         return images
     n_clean = round(recipe.clean_fraction * images.shape[0])
     if n_clean == images.shape[0]:
@@ -133,7 +150,16 @@ def training_loss(
     """(mean loss to back-propagate, logits on train_images). TRADES: CE on the clean images plus
     beta * KL(f(x_adv) || f(x)) (batch mean), from one forward pass over [x; x_adv] (so that
     DistributedDataParallel sees one forward per backward; BatchNorm statistics cover both);
-    the others: CE on train_images."""
+    distill: the cross-entropy at the recipe's temperature against the teacher's soft labels
+    (the teacher runs in eval mode and is left as it was) or the labels; the others: CE on
+    train_images."""
+    if recipe.name == "distill":
+        logits = model(train_images)
+        targets = labels
+        if recipe.teacher is not None:
+            with torch.no_grad(), attack_mode(recipe.teacher, "eval"):
+                targets = soft_labels(recipe.teacher(images), recipe.temperature)
+        return distillation_loss(logits, targets, recipe.temperature), logits
     if recipe.name != "trades":
         logits = model(train_images)
         return F.cross_entropy(logits.float(), labels), logits

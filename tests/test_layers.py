@@ -21,6 +21,7 @@ LAYERS = [
     ("models and data", ["fastadv.models", "fastadv.model_formats", "fastadv.datasets", "fastadv.checkpoint"]),
     ("streamed data", ["fastadv.data"]),
     ("attacks", ["fastadv.attacks"]),
+    ("defenses", ["fastadv.defenses"]),
     ("ops", ["fastadv.ops", "fastadv._checks"]),
     ("backends", ["fastadv.backends", "fastadv._C"]),
     (

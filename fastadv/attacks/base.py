@@ -22,6 +22,7 @@ import torch
 from .. import _validate as check
 from .. import ops
 from .._checks import to_param
+from ..defenses.context import adaptive_gradients
 from ._losses import is_success, per_sample_loss
 from ._model_state import MODEL_MODES, attack_mode
 from .params import Params, per_sample
@@ -30,8 +31,8 @@ from .result import AttackResult, Best, finite_rows
 # The options every attack takes unless it says otherwise (keyword-only; see `Attack`), and
 # those of the gradient attacks (see `GradientAttack`); the defaults are in the signatures.
 OPTIONS = ("targeted", "early_stop", "lower", "upper", "mean", "std", "amp", "channels_last", "backend", "generator",
-           "model_mode")  # fmt: skip
-GRADIENT_OPTIONS = OPTIONS + ("restarts", "loss", "early_stop_every", "cuda_graph")
+           "model_mode", "adaptive")  # fmt: skip
+GRADIENT_OPTIONS = OPTIONS + ("restarts", "loss", "early_stop_every", "cuda_graph", "eot_samples")
 MODEL_IGNORES_IMAGES = "model: its output does not depend on the images through autograd (no gradient)"
 
 
@@ -80,7 +81,8 @@ class Attack:
     labels, bounds, normalization, autocast and layout. A subclass implements `_run`.
 
     Options (keyword only; see :class:`fastadv.PGD` for each): targeted, early_stop, lower,
-    upper, mean, std, amp, channels_last, backend, generator, model_mode.
+    upper, mean, std, amp, channels_last, backend, generator, model_mode, adaptive (the model
+    runs inside `fastadv.defenses.adaptive_gradients`: defences build BPDA's backward pass).
 
     Supported options: a subclass lists the keyword options it takes in `supported_options` (in
     the spirit of torchattacks' ``supported_mode``) and may say in `unsupported_because` why it
@@ -121,6 +123,7 @@ class Attack:
         backend: str = "auto",
         generator: torch.Generator | None = None,
         model_mode: str = "eval",
+        adaptive: bool = False,
     ):
         if not callable(model):
             raise TypeError(f"model must be a torch.nn.Module or a callable, got {type(model).__name__}")
@@ -137,6 +140,7 @@ class Attack:
         self.backend = ops.check_backend_name(backend)
         self.generator = check.generator(generator)
         self.model_mode = check.choice("model_mode", model_mode, MODEL_MODES)
+        self.adaptive = check.flag("adaptive", adaptive)
 
     @property
     def supported_mode(self) -> list[str]:
@@ -241,7 +245,7 @@ class Attack:
             if self.amp is not None
             else contextlib.nullcontext()
         )
-        with autocast:
+        with autocast, adaptive_gradients(self.adaptive):
             logits = check.logits(self.model(inputs), x_adv.shape[0])
         if not call.classes_checked:  # once per call, at the first forward
             low, high = call.label_range

@@ -98,9 +98,11 @@ class GradientAttack(Attack):
         loss: str = "ce",
         early_stop_every: int = 1,
         cuda_graph: bool = False,
+        eot_samples: int = 1,
         **options: Any,
     ):
         super().__init__(model, **options)
+        self.eot_samples = check.positive_int("eot_samples", eot_samples)
         self.early_stop_every = check.positive_int("early_stop_every", early_stop_every)
         self.cuda_graph = check.flag("cuda_graph", cuda_graph)
         self.graph_status = "not requested" if not self.cuda_graph else "not run yet"
@@ -230,13 +232,22 @@ class GradientAttack(Attack):
 
     def _loss_and_grad(self, x_adv: torch.Tensor, y: torch.Tensor, call: Call, loss_fn=None):
         """(logits, per-sample loss, gradient of the summed loss with respect to x_adv);
-        `loss_fn(logits)` replaces the attack's loss of y (APGD-T's targeted DLR)."""
+        `loss_fn(logits)` replaces the attack's loss of y (APGD-T's targeted DLR). With
+        eot_samples = n > 1 (a randomized model: expectation over transformation), the gradient
+        is the mean over n forward and backward passes; logits and loss are the first pass's."""
         x_adv.requires_grad_(True)
         try:
-            logits = self._logits(x_adv, call)
-            loss = self._loss(logits, y) if loss_fn is None else loss_fn(logits)
-            # Summed, not averaged: a sample's gradient does not depend on the batch size.
-            grad = self._input_grad(loss.sum(), x_adv)
+            for draw in range(self.eot_samples):
+                logits_n = self._logits(x_adv, call)
+                loss_n = self._loss(logits_n, y) if loss_fn is None else loss_fn(logits_n)
+                # Summed, not averaged: a sample's gradient does not depend on the batch size.
+                grad_n = self._input_grad(loss_n.sum(), x_adv)
+                if draw == 0:
+                    logits, loss, grad = logits_n, loss_n, grad_n
+                else:
+                    grad = grad + grad_n
+            if self.eot_samples > 1:
+                grad = grad / self.eot_samples
         finally:
             x_adv.requires_grad_(False)
         return logits.detach(), loss.detach(), grad

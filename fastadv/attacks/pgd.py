@@ -52,6 +52,10 @@ class PGD(GradientAttack):
         backend ("auto" | "torch" | "triton" | "cpu" | "cuda"): which fused ops to run.
         generator (torch.Generator, None): for reproducible random starts.
         model_mode ("eval" | "train" | "unchanged", "eval"): the mode the model runs in.
+        adaptive (bool, False): run the model as an adaptive attack does: input transformations
+            of fastadv.defenses use BPDA's straight-through backward pass (docs/defenses.md).
+        eot_samples (int, 1): each step's gradient is the mean over this many forward and
+            backward passes (expectation over transformation, for randomized defences).
 
     Shape:
         images: [B, ...] float32/float16/bfloat16 in [lower, upper]; labels: [B] int class indices.

@@ -70,6 +70,7 @@ def _at_least_zero(name: str, value: int) -> int:
 
 nonnegative_int = _argument(int, "an integer", _at_least_zero)
 nonnegative = _argument(float, "a number", functools.partial(check.number, at_least=0))
+positive = _argument(float, "a number", functools.partial(check.number, above=0))
 probability = _argument(float, "a number", check.probability)
 
 

@@ -4,6 +4,7 @@ become CliError (one line, exit status 2)."""
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 
 import torch
@@ -16,6 +17,7 @@ from ..data.loader import first_images
 from ..evaluate import ATTACKS, evaluate, format_report
 from . import args as arg
 from . import model_options
+from . import defenses
 from .args import CliError
 from .output import OPTIONS_HELP, OutputFolder
 
@@ -67,6 +69,7 @@ def add_parser(sub) -> None:
     )  # fmt: skip
     p.add_argument("--batch-size", type=arg.positive_int, default=EVALUATE["batch_size"], help="default: %(default)s")
     p.add_argument("--no-cascade", action="store_true", help="run every attack on every correct sample")
+    defenses.add_arguments(p, EVALUATE["eot_samples"])
     p.add_argument("--seed", type=arg.seed, default=EVALUATE["seed"], help="random starts (default: %(default)s)")
     p.add_argument("--amp", choices=list(AMP_NAMES), default=None, help="autocast the model")
     p.add_argument("--channels-last", action="store_true")
@@ -106,12 +109,17 @@ def run(args: argparse.Namespace) -> int:
         model, data = _inputs(args, rank)
         output.start()  # every input checked: an overwritten run's files go now
         _distributed.barrier()
+        run_evaluation = functools.partial(evaluate, attacks=args.attacks, eps=args.eps, steps=args.steps,
+                                           batch_size=args.batch_size, cascade=not args.no_cascade, seed=args.seed,
+                                           amp=args.amp, channels_last=args.channels_last, backend=args.backend,
+                                           progress=not args.quiet, workers=args.workers)  # fmt: skip
+        state = os.path.join(output.path, STATE)
         try:
-            report = evaluate(model, data, args.attacks, args.eps, steps=args.steps,
-                              batch_size=args.batch_size, cascade=not args.no_cascade, seed=args.seed,
-                              amp=args.amp, channels_last=args.channels_last, backend=args.backend,
-                              state_path=os.path.join(output.path, STATE), progress=not args.quiet,
-                              workers=args.workers)  # fmt: skip
+            if args.defense:
+                report = defenses.evaluate_defenses(args, model, data, run_evaluation, state)
+            else:
+                report = run_evaluation(model, data, adaptive=args.adaptive, eot_samples=args.eot_samples,
+                                        state_path=state)  # fmt: skip
         except (ValueError, RuntimeError) as error:  # ValueError: a state file of another evaluation, say
             where = "--data: " if isinstance(error, DataError) else ""  # an image that cannot be decoded
             raise CliError(where + str(error).splitlines()[0]) from None
@@ -122,6 +130,8 @@ def run(args: argparse.Namespace) -> int:
             return 0
         arg.write_json(os.path.join(output.path, "report.json"), report)
         print(format_report(report))
+        if "comparison" in report:
+            defenses.print_and_plot(report, output.path, not args.no_plots)
         if not args.no_plots:
             from ..plots import plot_examples, plot_robustness
 

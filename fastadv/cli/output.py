@@ -21,8 +21,8 @@ from ..checkpoint import remove_stale_temporaries
 from .args import CliError
 
 # the files a run of eval or train leaves in its folder (eval's state per rank under torchrun)
-RUN_FILES = ("report.json", "eval-state.pt", "eval-state.pt.rank*", "latest.pt", "model.pt", "history.json",
-             "robustness.png", "examples.png")  # fmt: skip
+RUN_FILES = ("report.json", "eval-state.pt", "eval-state.pt.*", "latest.pt", "model.pt", "history.json",
+             "robustness.png", "examples.png", "defenses.png")  # fmt: skip
 OPTIONS_HELP = ("a folder holding a run (report.json, eval-state.pt, latest.pt, model.pt, history.json) is refused "
                 "unless --resume or --overwrite is given")  # fmt: skip
 

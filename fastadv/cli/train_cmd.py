@@ -27,8 +27,9 @@ FIT, RECIPE, SMALL_CNN = arg.defaults(fit), arg.defaults(Recipe), arg.defaults(m
 DIGITS = {"recipe": "fgsm-rs", "eps": 0.1, "epochs": 15, "batch_size": 64, "optimizer": "adam", "lr": 2e-3,
           "weight_decay": 0.0}  # fmt: skip
 DESCRIPTION = """Train a model with a recipe (standard, pgd = PGD-AT, fgsm-rs = FGSM with a random start, free =
-Free-AT, trades = TRADES), checkpointing every epoch into --out (latest.pt; model.pt at the end, for
-`fastadv eval --model`). --resume continues a killed run."""  # argparse re-wraps it
+Free-AT, trades = TRADES, distill = defensive distillation at --temperature, from a --teacher's soft labels or,
+without one, from the labels: the teacher of the procedure), checkpointing every epoch into --out (latest.pt;
+model.pt at the end, for `fastadv eval --model`). --resume continues a killed run."""  # argparse re-wraps it
 MAX_CLASSES = 100_000  # a new model's: labels of 10**12 would ask for a head of terabytes
 
 
@@ -70,6 +71,14 @@ def add_parser(sub) -> None:
         "--clean-fraction", type=arg.probability, default=RECIPE["clean_fraction"],
         help="share of clean samples per batch",
     )  # fmt: skip
+    p.add_argument(
+        "--teacher", default=None,
+        help="distill: the model file whose softmax at --temperature the student learns (without: the labels)",
+    )  # fmt: skip
+    p.add_argument(
+        "--temperature", type=arg.positive, default=RECIPE["temperature"],
+        help=f"distill: the softmax temperature of training (default: {RECIPE['temperature']:g})",
+    )  # fmt: skip
     p.add_argument("--epochs", type=arg.positive_int, default=DIGITS["epochs"])
     p.add_argument("--batch-size", type=arg.positive_int, default=DIGITS["batch_size"])
     p.add_argument("--optimizer", choices=OPTIMIZERS, default=DIGITS["optimizer"])
@@ -92,16 +101,27 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.teacher is not None and args.recipe != "distill":
+        raise CliError(f"--teacher: only --recipe distill takes a teacher, not {args.recipe}")
+    rank, args.device = _distributed.init_from_env(args.device)
+    teacher = None
+    if args.teacher is not None:
+        try:
+            teacher = models.load(args.teacher, args.device)
+        except CheckpointError as error:
+            raise CliError(f"--teacher: {error}") from None
     try:
         recipe = Recipe(args.recipe, eps=args.eps, alpha=args.alpha, steps=args.steps, replays=args.replays,
-                        beta=args.beta, clean_fraction=args.clean_fraction)  # fmt: skip
+                        beta=args.beta, clean_fraction=args.clean_fraction, temperature=args.temperature,
+                        teacher=teacher)  # fmt: skip
     except ValueError as error:
         raise CliError(str(error)) from None
-    rank, args.device = _distributed.init_from_env(args.device)
     output = OutputFolder(args.out, "train", resume=args.resume, overwrite=args.overwrite, state="latest.pt",
                           keep=("latest.pt",))  # fmt: skip
     with output:
         model, train, val = _inputs(args)
+        if teacher is not None:
+            arg.check_fit(teacher, *train, option="--teacher")
         output.start()  # every input checked: an overwritten run's files go now
         try:
             history = fit(model, train, recipe=recipe, epochs=args.epochs, batch_size=args.batch_size,

@@ -71,15 +71,15 @@ def test_linf_project_equals_reference_in_place(isa, dtype):
 
 @pytest.mark.parametrize("dtype", (torch.float16, torch.bfloat16), ids=str)
 def test_every_16_bit_pattern_through_the_conversions(isa, dtype):
-    """Loads: every pattern survives a projection with an infinite ball and bounds, bit for bit
+    """Loads: every pattern survives a projection with the widest ball and infinite bounds, bit for bit
     (subnormals and the sign of zero included), also from an odd offset and length. Stores: a
     million float32 values (each an alpha of its own) rounded as torch rounds."""
     bits = torch.arange(-(2**15), 2**15, dtype=torch.int32).to(torch.int16)
-    inf = float("inf")
+    inf, widest = float("inf"), torch.finfo(torch.float32).max  # eps must be finite
     for every in (bits.view(dtype), bits[1:-2].view(dtype)):
-        out = fastadv.linf_project(every, every, inf, -inf, inf, backend="cpu")
-        assert_exact(out, fastadv.linf_project(every, every, inf, -inf, inf, backend="torch"), f"{isa} loads")
-        finite = torch.isfinite(every)  # x -/+ inf is NaN where x is infinite, by the contract
+        out = fastadv.linf_project(every, every, widest, -inf, inf, backend="cpu")
+        assert_exact(out, fastadv.linf_project(every, every, widest, -inf, inf, backend="torch"), f"{isa} loads")
+        finite = torch.isfinite(every)
         assert torch.equal(_bits(out)[finite], _bits(every)[finite]), f"{isa}: a finite pattern changed"
 
     gen = torch.Generator().manual_seed(11)
@@ -87,7 +87,7 @@ def test_every_16_bit_pattern_through_the_conversions(isa, dtype):
     alpha = torch.rand(1021, 1027, generator=gen) * torch.exp2(exponent)  # subnormal to overflow
     zeros = torch.zeros(1021, 1027, dtype=dtype)
     for targeted in (False, True):
-        args = (zeros, torch.ones(1021, 1027, dtype=dtype), zeros, inf, alpha, -inf, inf)
+        args = (zeros, torch.ones(1021, 1027, dtype=dtype), zeros, widest, alpha, -inf, inf)
         expected = fastadv.linf_step(*args, targeted=targeted, backend="torch")
         assert_exact(fastadv.linf_step(*args, targeted=targeted, backend="cpu"), expected, f"{isa} stores")
 
@@ -100,13 +100,14 @@ def test_subnormals_are_not_flushed(isa, dtype):
     subnormals = torch.tensor([tiny / 2, tiny / 4, -tiny / 8, tiny * 2**-6], dtype=dtype).repeat(9)  # 36: a tail
     assert bool((subnormals != 0).all()) and bool((subnormals.abs() < tiny).all())
     zeros, ones = torch.zeros_like(subnormals), torch.ones_like(subnormals)
-    inf = float("inf")
+    inf, widest = float("inf"), torch.finfo(torch.float32).max  # eps must be finite
     # a subnormal input moved by nothing
-    out = fastadv.linf_step(subnormals, ones, subnormals, inf, 0.0, -inf, inf, backend="cpu")
+    out = fastadv.linf_step(subnormals, ones, subnormals, widest, 0.0, -inf, inf, backend="cpu")
     assert torch.equal(_bits(out), _bits(subnormals)), f"{isa}: a subnormal input was flushed"
     # a subnormal result from zero and a subnormal alpha (per element)
     alpha = subnormals.abs().float().view(4, 9)
-    out = fastadv.linf_step(zeros.view(4, 9), ones.view(4, 9), zeros.view(4, 9), inf, alpha, -inf, inf, backend="cpu")
+    zeros, ones = zeros.view(4, 9), ones.view(4, 9)
+    out = fastadv.linf_step(zeros, ones, zeros, widest, alpha, -inf, inf, backend="cpu")
     assert torch.equal(out.float(), alpha), f"{isa}: a subnormal result was flushed"
     # float32 subnormals inside the arithmetic of a float16 / bfloat16 step
     x = torch.full((37,), 2**-130, dtype=torch.float32)

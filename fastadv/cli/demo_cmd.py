@@ -42,6 +42,10 @@ def add_parser(sub) -> None:
                    help="gradio's public share links need the internet and are not offered")  # fmt: skip
     p.add_argument("--device", type=arg.device, default=torch.device("cpu"), help="cpu, cuda or auto")
     p.add_argument("--cache", default=eval_cmd._default_cache(), help="where the default digits model is kept")
+    p.add_argument(
+        "--threads", type=arg.positive_int, default=None,
+        help="torch's CPU threads (one image at a time: 1 is fastest on a busy CPU; default: torch's)",
+    )  # fmt: skip
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(run=run, limit=None)
 
@@ -54,6 +58,8 @@ def run(args: argparse.Namespace) -> int:
         raise CliError(
             "gradio is not installed: pip install 'fastadv[demo]' (the README's set-up installs it)"
         ) from None
+    if args.threads:
+        torch.set_num_threads(args.threads)
     model, images, labels = eval_cmd._inputs(args, rank=0)
     images, labels = images.cpu(), labels.cpu()
     from ..demo import Explorer

@@ -21,7 +21,7 @@ from .registry import ATTACKS
 from .uploads import ACCEPTED, UploadError, read_upload
 
 log = logging.getLogger("fastadv.demo")
-GALLERY = 24  # test images shown in the gallery
+GALLERY = 20  # test images shown in the gallery
 LIVE = {"concurrency_id": "explore", "concurrency_limit": 1, "show_progress": "hidden"}
 # the Markdown image of the README and docs/demo.md is taken from a page built here
 
@@ -155,7 +155,7 @@ def build_app(explorer: Explorer) -> gr.Blocks:
                     gallery = gr.Gallery(
                         [(view.picture(explorer.images[i]), f"#{i}: {names[int(explorer.labels[i])]}")
                          for i in range(min(GALLERY, explorer.images.shape[0]))],
-                        label="test images (click one)", columns=8, height=260, allow_preview=False,
+                        label="test images (click one)", columns=5, height=300, allow_preview=False,
                         elem_id="gallery",
                     )  # fmt: skip
                     with gr.Row():

@@ -3,8 +3,10 @@ Selenium drives Debian's Chromium (headless) through it: pick a test image in th
 the eps slider from 0 to 0.3, and check the page against fastadv.FGSM run here on the same image
 (the clean prediction at eps 0, a flip at 0.3, every number shown); an upload that is not an
 image shows an error and the page keeps answering; nothing is fetched from outside the server;
-the screenshot is not blank. Without chromium and chromedriver it skips (.ci/run installs them)."""
+the screenshot is not blank; the robustness-curve tab's report.json, downloaded, is evaluate()'s
+report, and asking again answers from the cache. Without chromium and chromedriver it skips (.ci/run installs them)."""
 
+import json
 import os
 import re
 import socket
@@ -20,6 +22,7 @@ import torch
 
 import fastadv
 from fastadv import models
+from fastadv.evaluate import evaluate
 
 pytestmark = pytest.mark.browser
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
@@ -115,10 +118,10 @@ def _text(driver, element_id: str) -> str:
     return found[0].text if found else ""
 
 
-def _move_slider(driver, value: float) -> None:
+def _move_slider(driver, value: float, element_id: str = "eps") -> None:
     """As a drag does: the range input's value set and its input event fired."""
     driver.execute_script(
-        "const input = document.querySelector('#eps input[type=range]');"
+        f"const input = document.querySelector('#{element_id} input[type=range]');"
         "Object.getOwnPropertyDescriptor(HTMLInputElement.prototype, 'value').set.call(input, arguments[0]);"
         "input.dispatchEvent(new Event('input', {bubbles: true}));",
         str(value),
@@ -208,3 +211,40 @@ def test_the_explorer_in_a_browser(digits, server, browser, tmp_path):
     again = _shown(browser, 0.15)
     assert {k: again[k] for k in ("clean", "linf")} == {"clean": str(clean_class), "linf": "0.15"}
     assert f"test image #{IMAGE}" in _text(browser, "source")
+
+
+def _stable(report: dict) -> dict:
+    """The report less what depends on the clock."""
+    report = json.loads(json.dumps(report))
+    report.pop("timestamp")
+    for row in report["attacks"]:
+        row.pop("images_per_s")
+    return report
+
+
+def test_the_robustness_curve_in_a_browser(digits, server, browser):
+    model, images, labels, cache = digits
+    browser.get(server)
+    _wait(lambda: "prediction" in _text(browser, "summary"), "the page", timeout=60)
+    [tab] = [t for t in browser.find_elements(By.CSS_SELECTOR, "button[role=tab]") if "Robustness" in t.text]
+    tab.click()
+    _wait(lambda: browser.find_elements(By.CSS_SELECTOR, "#curve-go"), "the curve tab")
+    _move_slider(browser, 10, "curve-samples")  # a small job: 10 samples, 5 steps, two eps
+    _move_slider(browser, 5, "curve-steps")
+    browser.execute_script(
+        "const box = document.querySelector('#curve-eps textarea, #curve-eps input');"
+        "Object.getOwnPropertyDescriptor(box.constructor.prototype, 'value').set.call(box, '0.2, 0.1');"
+        "box.dispatchEvent(new Event('input', {bubbles: true}));"
+    )
+    browser.find_element(By.CSS_SELECTOR, "#curve-go").click()
+    message = _wait(lambda: _text(browser, "curve-message"), "the curve", timeout=120)
+    assert message.startswith("computed: 10 samples"), message
+    link = _wait(lambda: browser.find_elements(By.CSS_SELECTOR, "#curve-report a[href]"), "report.json's link")
+    with urllib.request.urlopen(link[0].get_attribute("href"), timeout=10) as response:
+        report = json.load(response)
+    expected = evaluate(model, (images[:10], labels[:10]), ["fgsm", "pgd"], [0.1, 0.2], steps=5, batch_size=1,
+                        seed=0, progress=False)  # fmt: skip
+    expected.update(model=f"digits small_cnn (cached at {cache / 'digits-small_cnn-standard.pt'})", data="digits")
+    assert _stable(report) == _stable(expected)
+    browser.find_element(By.CSS_SELECTOR, "#curve-go").click()
+    _wait(lambda: _text(browser, "curve-message").startswith("from the cache: 10 samples"), "the cached curve")

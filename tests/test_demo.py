@@ -298,3 +298,18 @@ class _no_raise:  # noqa: N801 - used as `with ... as raised`, like pytest.raise
 
     def __exit__(self, *exc):
         return False
+
+
+def test_slider_events_do_not_queue_up(explorer):
+    """The sliders' events are always_last (a newer value replaces one still waiting) and every
+    explorer event shares one queue slot; the curve has its own, so it runs beside them."""
+    from fastadv.demo.app import build_app
+
+    app = build_app(Explorer(explorer.model, explorer.images[:8], explorer.labels[:8]))
+    config = app.get_config_file()
+    elem_ids = {c["id"]: c.get("props", {}).get("elem_id") for c in config["components"]}
+    modes = {(elem_ids.get(t[0]), t[1]): d["trigger_mode"] for d in config["dependencies"] for t in d["targets"]}
+    assert all(modes[(slider, "input")] == "always_last" for slider in ("eps", "steps", "alpha"))
+    slots = {f.name: (f.concurrency_id, f.concurrency_limit) for f in app.fns.values()}
+    assert slots.pop("curve") == ("curve", 1)
+    assert set(slots.values()) == {("explore", 1)} and {"show", "upload", "pick", "change_attack"} <= set(slots)

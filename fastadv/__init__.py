@@ -5,7 +5,7 @@ torch (reference), triton, cpu and cuda backends; the attacks (FGSM, PGD, PGDL2,
 CW, DeepFool, JSMA) run on them. See README.md and docs/.
 
 The attacks and ops are imported with the package; the other modules (models, datasets,
-evaluate, train, recipes, autoattack, plots, bench) are attributes too, imported on first use.
+evaluate, train, recipes, autoattack, plots, bench, demo) are attributes too, imported on first use.
 """
 
 import importlib
@@ -55,8 +55,8 @@ __all__ = [
     "__version__",
 ]
 
-_SUBMODULES = ("attacks", "autoattack", "backends", "bench", "datasets", "evaluate", "models", "ops", "plots",
-               "recipes", "train")  # fmt: skip
+_SUBMODULES = ("attacks", "autoattack", "backends", "bench", "datasets", "demo", "evaluate", "models", "ops",
+               "plots", "recipes", "train")  # fmt: skip
 _LAZY_NAMES = {"AutoAttackLite": "autoattack"}
 
 

@@ -16,7 +16,7 @@ import torch
 from ..attacks._model_state import attack_mode
 from ..checkpoint import fingerprint
 from ..evaluate import within_budget
-from .registry import ATTACKS, Settings
+from .registry import ATTACKS, AttackChoice, Settings
 
 TOP = 5  # classes shown before and after
 
@@ -121,7 +121,8 @@ class Explorer:
         with self._busy:
             return self._attack(picture, choice, eps, steps, alpha, targeted, target, seed)
 
-    def _attack(self, picture: Picture, choice, eps, steps, alpha, targeted, target, seed) -> Outcome:
+    def _attack(self, picture: Picture, choice: AttackChoice, eps: float, steps: int, alpha: float, targeted: bool,
+                target: int, seed: int) -> Outcome:  # fmt: skip
         clean = picture.image.to(self.device)
         clean_probs = self.probabilities(clean)
         attacked = target if targeted else picture.label if picture.label is not None else int(clean_probs.argmax())

@@ -259,13 +259,14 @@ def test_demo_without_gradio_is_one_line(monkeypatch, capsys):
     (["--port", "0"], "argument --port: must be in [1, 65535], got 0"),
     (["--port", "x"], "argument --port: expected an integer, got 'x'"),
     (["--share", "yes"], "argument --share: invalid choice: 'yes'"),
+    (["--threads", "0"], "argument --threads: must be"),
     (["--model", "/nonexistent/model.pt"], "--model: "),
     (["--data", "/nonexistent/data.npz"], "--data: /nonexistent/data.npz: no such file"),
 ])  # fmt: skip
 def test_demo_bad_arguments_exit_2(argv, message, capsys, tmp_path, monkeypatch, digits_model):
     monkeypatch.setenv("FASTADV_CACHE", str(tmp_path))
     fastadv.models.save(_saveable(digits_model[0]), str(tmp_path / "digits-small_cnn-standard.pt"))
-    with pytest.raises(SystemExit) if argv[0] in ("--port", "--share") else _no_raise() as raised:
+    with pytest.raises(SystemExit) if argv[0] in ("--port", "--share", "--threads") else _no_raise() as raised:
         code = main(["demo", "--quiet", "--cache", str(tmp_path / "digits-small_cnn-standard.pt"), *argv])
     code = raised.value.code if raised else code
     err = capsys.readouterr().err.strip().splitlines()

@@ -5,8 +5,8 @@ torch (reference), triton, cpu and cuda backends; the attacks (FGSM, PGD, PGDL2,
 CW, DeepFool, FAB, JSMA; Square, score-based) run on them. See README.md and docs/.
 
 The attacks and ops are imported with the package; the other modules (models, datasets,
-data, defenses, evaluate, train, recipes, autoattack, plots, bench) are attributes too, imported
-on first use (defenses is imported with the attacks, which read its adaptive switch).
+data, defenses, evaluate, train, recipes, autoattack, plots, bench, demo) are attributes too,
+imported on first use (defenses is imported with the attacks, which read its adaptive switch).
 """
 
 import importlib
@@ -61,8 +61,8 @@ __all__ = [
     "__version__",
 ]
 
-_SUBMODULES = ("attacks", "autoattack", "backends", "bench", "data", "datasets", "defenses", "evaluate", "models",
-               "ops", "plots", "recipes", "train")  # fmt: skip
+_SUBMODULES = ("attacks", "autoattack", "backends", "bench", "data", "datasets", "defenses", "demo", "evaluate",
+               "models", "ops", "plots", "recipes", "train")  # fmt: skip
 _LAZY_NAMES = {"AutoAttack": "autoattack", "AutoAttackLite": "autoattack"}
 
 

@@ -12,7 +12,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "fastadv"
 # prefixes names it; "fastadv" itself (the package's __init__, which re-exports from every layer)
 # is above all of them, so no module of the package may import it.
 LAYERS = [
-    ("cli", ["fastadv.cli", "fastadv.__main__"]),
+    ("cli and demo", ["fastadv.cli", "fastadv.__main__", "fastadv.demo"]),
     ("bench", ["fastadv.bench"]),
     ("train", ["fastadv.train"]),
     ("recipes", ["fastadv.recipes"]),

@@ -1,8 +1,9 @@
 """The `fastadv` command line: `fastadv eval` (robustness evaluation), `fastadv train`
-(adversarial training) and `fastadv bench` (the fused steps against PyTorch eager, torch.compile
-and a copy; with --attack, PGD, APGD and CW images/s against a naive loop and torchattacks).
+(adversarial training), `fastadv bench` (the fused steps against PyTorch eager, torch.compile
+and a copy; with --attack, PGD, APGD and CW images/s against a naive loop and torchattacks) and
+`fastadv demo` (the epsilon explorer, a web page).
 
-One module per command (eval_cmd, train_cmd, bench_cmd), each with `add_parser(sub)` and the
+One module per command (eval_cmd, train_cmd, bench_cmd, demo_cmd), each with `add_parser(sub)` and the
 function its sub-command runs; args holds the argument types and CliError they share."""
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import argparse
 import sys
 
 from .. import _distributed
-from . import bench_cmd, eval_cmd, train_cmd
+from . import bench_cmd, demo_cmd, eval_cmd, train_cmd
 from .args import CliError
 
 __all__ = ["CliError", "build_parser", "main"]
@@ -28,6 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="fastadv", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     bench_cmd.add_parser(sub)
+    demo_cmd.add_parser(sub)
     eval_cmd.add_parser(sub)
     train_cmd.add_parser(sub)
     for command in sub.choices.values():

@@ -1,0 +1,78 @@
+"""`fastadv demo`: the epsilon explorer (fastadv.demo) on a model and data, served by gradio
+(an optional extra: `pip install 'fastadv[demo]'`). The model and data are read as `fastadv
+eval` reads them (eval_cmd._inputs); errors become CliError (one line, exit status 2)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+import torch
+
+from . import args as arg
+from . import eval_cmd
+from .args import CliError
+
+DESCRIPTION = """Serve the epsilon explorer: pick a test image, an attack and eps, and watch the prediction flip as
+the slider moves; a second tab draws robustness curves (fastadv eval's report). With no --model,
+the cached digits model and the digits test split, as fastadv eval uses. Nothing is fetched from
+the internet: no share link, no analytics."""
+port = arg._argument(int, "an integer", lambda name, value: _in_port_range(value))
+
+
+def _in_port_range(value: int) -> int:
+    if not 1 <= value <= 65535:
+        raise ValueError(f"value must be in [1, 65535], got {value}")
+    return value
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("demo", help="the epsilon explorer: a web page to watch attacks work (needs gradio)",
+                       description=DESCRIPTION)  # fmt: skip
+    p.add_argument("--model", help="a model file written by `fastadv train` (default: the cached digits model)")
+    p.add_argument("--data", default="digits",
+                   help="'digits' (its test split), an .npz file with x, y, or a folder with one sub-folder of "
+                   "images per class")  # fmt: skip
+    p.add_argument(
+        "--image-size", type=arg.positive_int, default=None, help="resize and crop folder images to this size"
+    )
+    p.add_argument("--host", default="127.0.0.1", help="the address to serve on (0.0.0.0: every interface)")
+    p.add_argument("--port", type=port, default=7860)
+    p.add_argument("--share", choices=["no"], default="no",
+                   help="gradio's public share links need the internet and are not offered")  # fmt: skip
+    p.add_argument("--device", type=arg.device, default=torch.device("cpu"), help="cpu, cuda or auto")
+    p.add_argument("--cache", default=eval_cmd._default_cache(), help="where the default digits model is kept")
+    p.add_argument(
+        "--threads", type=arg.positive_int, default=None,
+        help="torch's CPU threads (one image at a time: 1 is fastest on a busy CPU; default: torch's)",
+    )  # fmt: skip
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(run=run, limit=None)
+
+
+def run(args: argparse.Namespace) -> int:
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # before gradio is imported
+    try:
+        import gradio  # noqa: F401
+    except ImportError:
+        raise CliError(
+            "gradio is not installed: pip install 'fastadv[demo]' (the README's set-up installs it)"
+        ) from None
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    model, images, labels = eval_cmd._inputs(args, rank=0)
+    images, labels = images.cpu(), labels.cpu()
+    from ..demo import Explorer
+    from ..demo.app import serve
+
+    model_name = args.model or f"digits small_cnn (cached at {args.cache})"
+    explorer = Explorer(model, images, labels, model_name=model_name, data_name=args.data)
+    if not args.quiet:
+        print(f"serving the epsilon explorer on http://{args.host}:{args.port} (Ctrl+C stops it)", flush=True)
+    try:
+        serve(explorer, args.host, args.port)
+    except OSError as error:  # the port is taken, the host is not this machine's
+        raise CliError(
+            f"--port / --host: cannot serve on {args.host}:{args.port} ({str(error).splitlines()[0]})"
+        ) from None
+    return 0

@@ -1,0 +1,65 @@
+"""The attacks the explorer offers: one line each, built with fastadv's own classes.
+
+Adding an attack (Square, say) is one entry of `ATTACKS`: its label in the page, its name in
+`fastadv.evaluate.ATTACKS` (for the robustness-curve tab; None keeps it out of that tab), its
+norm (the slider's scale), whether it takes steps and alpha, whether it finds its own distance
+(a budget it is judged against, as `evaluate` judges DeepFool and CW), and how to build it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from ..attacks import CW, FGSM, MIFGSM, PGD, PGDL2, Attack, DeepFool
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What the page's controls say: eps (the L-inf or L2 radius), alpha (the step size, in
+    pixel units), steps, targeted, and the generator of the random start (seeded per call)."""
+
+    eps: float
+    alpha: float
+    steps: int
+    targeted: bool
+    generator: torch.Generator
+
+
+@dataclass(frozen=True)
+class AttackChoice:
+    """One attack of the page (see the module's doc): the fastadv class `build` makes."""
+
+    attack_class: type[Attack]
+    curve_name: str | None
+    norm: str  # "linf" or "l2"
+    iterative: bool
+    minimal: bool
+    build: Callable[[torch.nn.Module, Settings], Attack]
+
+    @property
+    def targeted_ok(self) -> bool:
+        return "targeted" in self.attack_class.supported_options
+
+
+# fmt: off
+ATTACKS: dict[str, AttackChoice] = {
+    "FGSM": AttackChoice(FGSM, "fgsm", "linf", False, False,
+                         lambda m, s: FGSM(m, eps=s.eps, targeted=s.targeted)),
+    "PGD": AttackChoice(PGD, "pgd", "linf", True, False,
+                        lambda m, s: PGD(m, eps=s.eps, alpha=s.alpha, steps=s.steps, targeted=s.targeted,
+                                         generator=s.generator)),
+    "MI-FGSM": AttackChoice(MIFGSM, "mifgsm", "linf", True, False,
+                            lambda m, s: MIFGSM(m, eps=s.eps, alpha=s.alpha, steps=s.steps, targeted=s.targeted)),
+    "PGD-L2": AttackChoice(PGDL2, "pgd-l2", "l2", True, False,
+                           lambda m, s: PGDL2(m, eps=s.eps, alpha=s.alpha, steps=s.steps, targeted=s.targeted,
+                                              generator=s.generator)),
+    "DeepFool": AttackChoice(DeepFool, "deepfool", "l2", True, True,
+                             lambda m, s: DeepFool(m, steps=s.steps)),
+    # evaluate's CW settings (fastadv.evaluate.ATTACKS["cw"])
+    "CW": AttackChoice(CW, "cw", "l2", True, True,
+                       lambda m, s: CW(m, steps=s.steps, lr=0.05, binary_search_steps=5, targeted=s.targeted)),
+}
+# fmt: on

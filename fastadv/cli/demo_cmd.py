@@ -9,14 +9,17 @@ import os
 
 import torch
 
+from ..data import DataError
+from ..data.loader import first_images
 from . import args as arg
-from . import eval_cmd
+from . import eval_cmd, model_options
 from .args import CliError
 
 DESCRIPTION = """Serve the epsilon explorer: pick a test image, an attack and eps, and watch the prediction flip as
 the slider moves; a second tab draws robustness curves (fastadv eval's report). With no --model,
 the cached digits model and the digits test split, as fastadv eval uses. Nothing is fetched from
 the internet: no share link, no analytics."""
+DEMO_SAMPLES = 2048  # the digits test split (360) whole; a large folder's first images
 port = arg._argument(int, "an integer", lambda name, value: _in_port_range(value))
 
 
@@ -29,13 +32,16 @@ def _in_port_range(value: int) -> int:
 def add_parser(sub) -> None:
     p = sub.add_parser("demo", help="the epsilon explorer: a web page to watch attacks work (needs gradio)",
                        description=DESCRIPTION)  # fmt: skip
-    p.add_argument("--model", help="a model file written by `fastadv train` (default: the cached digits model)")
+    model_options.add(p)  # --model (every format fastadv eval reads), --weights, --num-classes, --mean, --std
     p.add_argument("--data", default="digits",
-                   help="'digits' (its test split), an .npz file with x, y, or a folder with one sub-folder of "
-                   "images per class")  # fmt: skip
+                   help="'digits' (its test split), an .npz file with x, y, a CIFAR-10/100 python-format folder, or "
+                   f"a folder with one sub-folder of images per class; the page holds its first {DEMO_SAMPLES} "
+                   "samples (after --subset / --shuffle-seed)")  # fmt: skip
     p.add_argument(
-        "--image-size", type=arg.positive_int, default=None, help="resize and crop folder images to this size"
-    )
+        "--image-size", type=arg.positive_int, default=None,
+        help="resize folder images' shorter side to this size and crop the centre square",
+    )  # fmt: skip
+    arg.add_data_options(p)
     p.add_argument("--host", default="127.0.0.1", help="the address to serve on (0.0.0.0: every interface)")
     p.add_argument("--port", type=port, default=7860)
     p.add_argument("--share", choices=["no"], default="no",
@@ -47,7 +53,7 @@ def add_parser(sub) -> None:
         help="torch's CPU threads (one image at a time: 1 is fastest on a busy CPU; default: torch's)",
     )  # fmt: skip
     p.add_argument("--quiet", action="store_true")
-    p.set_defaults(run=run, limit=None)
+    p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -60,8 +66,11 @@ def run(args: argparse.Namespace) -> int:
         ) from None
     if args.threads:
         torch.set_num_threads(args.threads)
-    model, images, labels = eval_cmd._inputs(args, rank=0)
-    images, labels = images.cpu(), labels.cpu()
+    model, data = eval_cmd._inputs(args, rank=0)
+    try:  # the page attacks one image at a time and draws curves over a batch: a bounded sample is held
+        images, labels = first_images(data, DEMO_SAMPLES)
+    except DataError as error:
+        raise CliError(f"--data: {error}") from None
     from ..demo import Explorer
     from ..demo.app import serve
 

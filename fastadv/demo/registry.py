@@ -1,6 +1,6 @@
 """The attacks the explorer offers: one line each, built with fastadv's own classes.
 
-Adding an attack (Square, say) is one entry of `ATTACKS`: its label in the page, its name in
+Adding an attack is one entry of `ATTACKS`: its label in the page, its name in
 `fastadv.evaluate.ATTACKS` (for the robustness-curve tab; None keeps it out of that tab), its
 norm (the slider's scale), whether it takes steps and alpha, whether it finds its own distance
 (a budget it is judged against, as `evaluate` judges DeepFool and CW), and how to build it.
@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..attacks import CW, FGSM, MIFGSM, PGD, PGDL2, Attack, DeepFool
+from ..attacks import CW, FGSM, MIFGSM, PGD, PGDL2, Attack, DeepFool, Square
 
 
 @dataclass(frozen=True)
@@ -61,5 +61,10 @@ ATTACKS: dict[str, AttackChoice] = {
     # evaluate's CW settings (fastadv.evaluate.ATTACKS["cw"])
     "CW": AttackChoice(CW, "cw", "l2", True, True,
                        lambda m, s: CW(m, steps=s.steps, lr=0.05, binary_search_steps=5, targeted=s.targeted)),
+    # score-based, no gradients; 1000 queries keep a slider move interactive (the curve tab runs
+    # evaluate's "square", AutoAttack's 5000)
+    "Square (1000 queries)": AttackChoice(Square, "square", "linf", False, False,
+                                          lambda m, s: Square(m, eps=s.eps, n_queries=1000, targeted=s.targeted,
+                                                              generator=s.generator)),
 }
 # fmt: on

@@ -107,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
     teacher = None
     if args.teacher is not None:
         try:
-            teacher = models.load(args.teacher, args.device)
+            teacher = models.load(args.teacher, device=args.device)
         except CheckpointError as error:
             raise CliError(f"--teacher: {error}") from None
     try:
@@ -121,7 +121,7 @@ def run(args: argparse.Namespace) -> int:
     with output:
         model, train, val = _inputs(args)
         if teacher is not None:
-            arg.check_fit(teacher, *train, option="--teacher")
+            arg.check_selection_fits(teacher, train, option="--teacher")
         output.start()  # every input checked: an overwritten run's files go now
         try:
             history = fit(model, train, recipe=recipe, epochs=args.epochs, batch_size=args.batch_size,

@@ -16,8 +16,7 @@ from ..data import DataError, Selection
 from ..data.loader import first_images
 from ..evaluate import ATTACKS, evaluate, format_report
 from . import args as arg
-from . import model_options
-from . import defenses
+from . import defenses, model_options
 from .args import CliError
 from .output import OPTIONS_HELP, OutputFolder
 

@@ -77,6 +77,7 @@ def fit(
     backend: str = "auto",
     progress: bool = True,
     workers: int | None = None,
+    run_identity: dict[str, str] | None = None,
 ) -> list[dict]:
     """Trains `model` in place with `recipe` (default PGD-AT at 8/255) and returns the history:
     one dict per epoch (epoch, lr, train_loss, train_accuracy on the trained-on batches,
@@ -94,7 +95,9 @@ def fit(
     ``model.pt`` (fastadv.models.load) at the end; `resume` continues from ``latest.pt`` if present
     (its settings must match). `deterministic` turns on torch.use_deterministic_algorithms for the
     run. The model ends in eval mode. A loss or weights that become NaN or infinite stop the run
-    with a ValueError; ``latest.pt`` keeps the last good epoch.
+    with a ValueError; ``latest.pt`` keeps the last good epoch. `run_identity`: further facts
+    (name -> string) that a resume must find unchanged besides the settings, the architecture and
+    the data (``fastadv train`` records the --init model's weights).
     """
     recipe = recipe or Recipe()
     if not isinstance(recipe, Recipe):
@@ -124,7 +127,7 @@ def fit(
     # what a checkpoint is of: the architecture (a resumed run's first weights are overwritten)
     # and the training data, so that a resume with another model or data is refused
     identity = {} if latest is None else {"model": fingerprint(model.state_dict().items(), values=False),
-                                          "data": data_fingerprint(data)}  # fmt: skip
+                                          "data": data_fingerprint(data), **(run_identity or {})}  # fmt: skip
     history, first_epoch = _resume(run, latest, config, identity) if resume else ([], 0)
     run.trained = _data_parallel(model, run.device, run.world)
     with _deterministic_algorithms(deterministic):

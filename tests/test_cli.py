@@ -293,6 +293,10 @@ CLI_ERRORS = [
         "another run (changed: model)",
     ),
     ([*_replaced(TRAIN_RUN, "--data", "{data2.npz}"), "--resume"], "another run (changed: data)"),
+    (
+        [*[a for a in TRAIN_RUN if a not in ("--width", "8")], "--init", "{model.pt}", "--resume"],
+        "another run (changed: model, init)",
+    ),
     # never overwrite a run silently
     (EVAL_RUN, "--out: {eval_run} holds a run (eval-state.pt, report.json); --resume continues it"),
     (TRAIN_RUN, "--out: {train_run} holds a run (history.json, latest.pt, model.pt)"),

@@ -191,6 +191,15 @@ def test_resume_refuses_another_architecture_or_data(tmp_path):
     fit(models.small_cnn(width=8), _small_data(64), resume=True, **args)  # the same run: nothing left to do
 
 
+def test_resume_refuses_another_start(tmp_path):
+    """run_identity (fastadv train's --init weights) must be unchanged on resume."""
+    args = dict(recipe=Recipe("standard"), epochs=1, batch_size=32, checkpoint_dir=str(tmp_path), progress=False)
+    fit(models.small_cnn(width=8), _small_data(64), run_identity={"init": "weights A"}, **args)
+    with pytest.raises(ValueError, match=r"another run \(changed: init\)"):
+        fit(models.small_cnn(width=8), _small_data(64), resume=True, run_identity={"init": "weights B"}, **args)
+    fit(models.small_cnn(width=8), _small_data(64), resume=True, run_identity={"init": "weights A"}, **args)
+
+
 @pytest.mark.parametrize(
     "kwargs, error, part",
     [

@@ -10,7 +10,7 @@ import torch
 
 from .. import _distributed, models
 from .._validate import AMP_NAMES
-from ..checkpoint import CheckpointError
+from ..checkpoint import CheckpointError, fingerprint
 from ..data import DataError, Selection, TensorSource
 from ..datasets import digits
 from ..recipes import RECIPES, Recipe
@@ -120,6 +120,9 @@ def run(args: argparse.Namespace) -> int:
                           keep=("latest.pt",))  # fmt: skip
     with output:
         model, train, val = _inputs(args)
+        # where the weights started: --init's weights, or a new model drawn from --seed (in the
+        # settings already); a resume with another --init, or without it, is another run
+        start = fingerprint(model.state_dict().items()) if args.init is not None else "a new model"
         if teacher is not None:
             arg.check_selection_fits(teacher, train, option="--teacher")
         output.start()  # every input checked: an overwritten run's files go now
@@ -128,7 +131,8 @@ def run(args: argparse.Namespace) -> int:
                           optimizer=args.optimizer, lr=args.lr, weight_decay=args.weight_decay,
                           schedule=args.schedule, val_data=val, amp=args.amp, channels_last=args.channels_last,
                           checkpoint_dir=output.path, resume=args.resume, seed=args.seed,
-                          deterministic=args.deterministic, progress=not args.quiet, workers=args.workers)  # fmt: skip
+                          deterministic=args.deterministic, progress=not args.quiet, workers=args.workers,
+                          run_identity={"init": start})  # fmt: skip
         except ValueError as error:  # CheckpointError too; DataError: an image that cannot be decoded
             where = "--data: " if isinstance(error, DataError) else ""
             raise CliError(where + str(error).splitlines()[0]) from None

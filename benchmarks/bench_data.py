@@ -1,16 +1,17 @@
 """Streamed evaluation on an image folder: memory against the data set's size, images/s with and
 without worker processes, and the share of time spent waiting for data (issue 16).
 
-    python benchmarks/bench_data.py [--sizes 2000,20000] [--limit 128] [--batch-size 32]
+    python benchmarks/bench_data.py [--sizes 2000,20000] [--limit 0] [--batch-size 32]
                                     [--workers 0,2] [--json benchmarks/results/bench_data_cpu.json]
 
 For each N in --sizes it writes N synthetic 224x224 JPEGs (10 classes; 64 distinct smooth random
 colour fields with a little noise, about 16 KB each, cycled) into a temporary image folder and evaluates
 torchvision's ResNet-18 (num_classes=10, random weights, no download; its last layer set to
 its features' class means, so that every image is classified correctly and attacked) on it
-with FGSM (eps 4/255) in a fresh process per run. The data set indexes all N files; `--limit` samples are
-attacked (the same number at every N), so the memory measured is what the data set's size adds,
-not more batches. A thread samples the evaluating process tree (the process and its DataLoader
+with FGSM (eps 4/255) in a fresh process per run. By default every one of the N images is attacked
+(`--limit 0`), so the larger run streams 10x the batches through the loader as well as indexing
+10x the files; `--limit K` attacks the first K only (a quick check of what the index alone costs).
+A thread samples the evaluating process tree (the process and its DataLoader
 workers) every 20 ms from /proc: the peak of the summed RSS (shared pages counted once per
 process, an upper bound) and of the summed PSS (shared pages split among the processes that map
 them: the memory the tree really holds). Runs: every N with the largest --workers, and the
@@ -42,7 +43,7 @@ model.fc.load_state_dict(torch.load(os.path.join(os.path.dirname(folder), "fc.pt
 start = time.perf_counter()
 source = ImageFolderSource(folder)  # indexes every file (headers only)
 indexed = time.perf_counter() - start
-data = select(source, limit=limit)
+data = select(source, limit=limit or None)
 start = time.perf_counter()
 report = evaluate(model, data, ["fgsm"], [4 / 255], batch_size=batch_size, workers=workers, progress=False)
 seconds = time.perf_counter() - start
@@ -140,12 +141,15 @@ def run(folder: str, limit: int, batch_size: int, workers: int) -> dict:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([os.getcwd(), os.environ.get("PYTHONPATH", "")])}
     process = subprocess.Popen([sys.executable, "-c", CHILD, folder, str(limit), str(batch_size), str(workers)],
                                stdout=subprocess.PIPE, env=env, text=True)  # fmt: skip
-    peak = [0, 0]
+    peak, trace, start = [0, 0], [], time.perf_counter()
 
     def sample():
         while process.poll() is None:
             rss, pss = _memory(process.pid)
             peak[0], peak[1] = max(peak[0], rss), max(peak[1], pss)
+            now = time.perf_counter() - start
+            if not trace or now - trace[-1][0] >= 10:  # the tree's RSS every 10 s: flat, or growing?
+                trace.append((round(now, 1), round(rss / 2**20)))
             time.sleep(0.02)
 
     sampler = threading.Thread(target=sample, daemon=True)
@@ -156,14 +160,17 @@ def run(folder: str, limit: int, batch_size: int, workers: int) -> dict:
         raise SystemExit(f"the evaluation failed (exit {process.returncode})")
     result = json.loads(out.strip().splitlines()[-1])
     result.update(workers=workers, peak_rss_bytes=peak[0], peak_pss_bytes=peak[1],
-                  images_per_s=result["samples"] / result["evaluate_seconds"])  # fmt: skip
+                  images_per_s=result["samples"] / result["evaluate_seconds"],
+                  rss_mib_every_10s=trace)  # fmt: skip
     return result
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default="2000,20000", help="N, images in the folder (default: %(default)s)")
-    parser.add_argument("--limit", type=int, default=128, help="samples attacked per run (default: %(default)s)")
+    parser.add_argument(
+        "--limit", type=int, default=0, help="samples attacked per run, 0 for all N (default: %(default)s)"
+    )
     parser.add_argument("--batch-size", type=int, default=32, help="default: %(default)s")
     parser.add_argument("--workers", default="0,2", help="worker counts compared (default: %(default)s)")
     parser.add_argument("--json", default=None, help="write the results here too")

@@ -395,3 +395,34 @@ def check_bad_call(make, case):
     for original, now in zip(kept, (images, labels), strict=True):
         if isinstance(original, torch.Tensor):
             assert torch.equal(original, now) or (original.isnan() == now.isnan()).all()
+
+
+def assert_same_report(a: dict, b: dict) -> None:
+    """Two evaluate() reports agree on everything but timings: samples, clean accuracy, worst
+    case and every attack's row (its images/s aside)."""
+    assert a["samples"] == b["samples"] and a["clean_accuracy"] == b["clean_accuracy"]
+    assert a["worst_case"] == b["worst_case"]
+    for ra, rb in zip(a["attacks"], b["attacks"], strict=True):
+        assert {k: v for k, v in ra.items() if k != "images_per_s"} == {
+            k: v for k, v in rb.items() if k != "images_per_s"
+        }
+
+
+def interrupt_at_batch(monkeypatch, number: int, run) -> None:
+    """Calls run() with evaluate's per-batch step raising KeyboardInterrupt at batch `number`
+    (as a user's Ctrl-C there would), checks that it did, and puts the real step back: what a
+    resumed run then has to finish from its state file."""
+    import fastadv.evaluate as ev
+
+    real, calls = ev._evaluate_batch, []
+
+    def dies(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == number:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(ev, "_evaluate_batch", dies)
+    with pytest.raises(KeyboardInterrupt):
+        run()
+    monkeypatch.setattr(ev, "_evaluate_batch", real)

@@ -258,6 +258,11 @@ def _replaced(argv, option, value):
     return argv[:i] + [option, value] + argv[i + 2 :]
 
 
+def _small_cnn_weights(weights: str, *more: str) -> list[str]:
+    """argv evaluating fastadv's small CNN factory with these --weights (and more options)."""
+    return ["eval", "--model", "fastadv.models:small_cnn", "--weights", weights, *more]
+
+
 # Every user error of `fastadv eval` / `fastadv train`: argv ({name}: a path in cli_files; {new}:
 # a folder that does not exist) and a fragment of the one line it prints; all exit with 2.
 CLI_ERRORS = [
@@ -349,7 +354,7 @@ CLI_ERRORS = [
     ),  # fmt: skip
     # the other model formats (tests/test_model_formats.py; model_factories is tests/model_factories.py)
     (["eval", "--model", "{file}"], "--model: {file}: not a model or weights file (expected a fastadv model file, a"),
-    (["eval", "--model", "fastadv.models:small_cnn", "--weights", "{file}"], "--weights: {file}: not a model or"),
+    (_small_cnn_weights("{file}"), "--weights: {file}: not a model or"),
     (["eval", "--model", "{weights.safetensors}"], "--model: {weights.safetensors}: a safetensors file holds weights"),
     (["eval", "--model", "{train_mode.pt2}"], "--model: {train_mode.pt2}: exported in train mode (aten.batch_norm"),
     (
@@ -385,32 +390,32 @@ CLI_ERRORS = [
         "stem.1.weight, stem.1.bias, ...); 8 unexpected keys (0.weight, 0.bias, 3.weight, ...)",
     ),
     (
-        ["eval", "--model", "fastadv.models:small_cnn", "--weights", "{narrow.pt}"],
+        _small_cnn_weights("{narrow.pt}"),
         "do not fit fastadv.models:small_cnn: 5 shape mismatches (0.weight 8x1x3x3 in the file but 32x1x3x3 in the "
         "model, 0.bias 8 in the file but 32 in the model, 3.weight",
     ),
     (
-        ["eval", "--model", "fastadv.models:small_cnn", "--weights", "{state_dict.pt}", "--num-classes", "7"],
+        _small_cnn_weights("{state_dict.pt}", "--num-classes", "7"),
         "2 shape mismatches (10.weight 10x128 in the file but 7x128 in the model, 10.bias 10 in the file but 7",
     ),
     (
-        ["eval", "--model", "fastadv.models:small_cnn", "--weights", "{objects.pt}"],
+        _small_cnn_weights("{objects.pt}"),
         "--weights: {objects.pt}: holds Python objects besides tensors (refused: weights are read with weights_only",
     ),
     (
-        ["eval", "--model", "fastadv.models:small_cnn", "--weights", "{nan_weights.pt}"],
+        _small_cnn_weights("{nan_weights.pt}"),
         "--weights: {nan_weights.pt}: 10.bias holds non-finite values",
     ),
     (
-        ["eval", "--model", "fastadv.models:small_cnn", "--weights", "{data.npz}"],
+        _small_cnn_weights("{data.npz}"),
         "--weights: {data.npz}: not a readable state_dict file",
     ),
     (
-        ["eval", "--model", "fastadv.models:small_cnn", "--weights", "/nonexistent/w.pt"],
+        _small_cnn_weights("/nonexistent/w.pt"),
         "--weights: /nonexistent/w.pt: no such file",
     ),
     (
-        ["eval", "--model", "fastadv.models:small_cnn", "--weights", "{scripted.ts}"],
+        _small_cnn_weights("{scripted.ts}"),
         "--weights: {scripted.ts}: a TorchScript archive, not a state_dict: give it as the model itself",
     ),
     (

@@ -3,6 +3,7 @@ processes, memory-mapped .npz, images kept uint8 until the device, --limit / --s
 --shuffle-seed, resume and torchrun sharding on streamed data, bad images. The CLI's one-line
 errors for bad folders are rows of test_cli.py's CLI_ERRORS."""
 
+import copy
 import json
 import os
 import pickle
@@ -12,6 +13,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+from helpers import assert_same_report, interrupt_at_batch
 
 from fastadv import models
 from fastadv.cli import main
@@ -20,16 +22,6 @@ from fastadv.datasets import load_npz, open_data
 from fastadv.evaluate import evaluate
 
 EVAL = dict(attacks=["fgsm", "pgd"], eps=[0.1], steps=2, progress=False)
-
-
-def _same_report(a: dict, b: dict) -> None:
-    """Everything but timings and time stamps."""
-    assert a["samples"] == b["samples"] and a["clean_accuracy"] == b["clean_accuracy"]
-    assert a["worst_case"] == b["worst_case"]
-    for ra, rb in zip(a["attacks"], b["attacks"], strict=True):
-        assert {k: v for k, v in ra.items() if k != "images_per_s"} == {
-            k: v for k, v in rb.items() if k != "images_per_s"
-        }
 
 
 def _cifar_pickle(obj: dict) -> bytes:
@@ -73,7 +65,7 @@ def test_cifar10_folder_through_the_cli_equals_the_same_arrays_as_npz(tmp_path, 
         assert main(argv) == 0
         reports[name] = json.loads((tmp_path / name / "report.json").read_text())
     assert reports["cifar"]["samples"] == 12
-    _same_report(reports["cifar"], reports["npz"])
+    assert_same_report(reports["cifar"], reports["npz"])
 
 
 def test_cifar_sources_read_both_splits_and_cifar100(tmp_path):
@@ -142,12 +134,12 @@ def test_image_folder_with_0_and_2_workers_gives_one_report(folder):
     root, model = folder
     source = open_data(str(root), input_size=(16, 16))
     reports = [evaluate(model, source, batch_size=5, workers=w, **EVAL) for w in (0, 2)]
-    _same_report(*reports)
+    assert_same_report(*reports)
     assert [r["data_loading"]["workers"] for r in reports] == [0, 2]
     assert 0 <= reports[1]["data_loading"]["share_waiting"] <= 1
     # and equal to the same images decoded whole into one tensor
     whole = next(iter(BatchStream(Selection(source), [(0, range(len(source)))], torch.device("cpu"))))
-    _same_report(reports[0], evaluate(model, (whole.x, whole.y), batch_size=5, **EVAL))
+    assert_same_report(reports[0], evaluate(model, (whole.x, whole.y), batch_size=5, **EVAL))
 
 
 def test_images_stay_uint8_until_the_device(folder, monkeypatch):
@@ -168,6 +160,36 @@ def test_images_stay_uint8_until_the_device(folder, monkeypatch):
     batches = list(BatchStream(Selection(source), [(0, range(0, 8)), (1, range(8, 18))], torch.device("cpu"), 2))
     assert seen == [torch.uint8, torch.uint8] and [b.x.shape[0] for b in batches] == [8, 10]
     assert torch.equal(batches[0].x[0], source[0].image.float() / 255)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU")
+def test_on_a_gpu_batches_arrive_pinned_and_equal_the_cpu_ones(folder, monkeypatch):
+    import fastadv.data.loader as loader
+
+    root, model = folder
+    pinned, real_loader = [], torch.utils.data.DataLoader
+
+    class Spying(real_loader):  # records whether each worker batch reached the copy pinned
+        def __iter__(self):
+            for x, y, bad, first in super().__iter__():
+                pinned.append(x.is_pinned() and y.is_pinned())
+                yield x, y, bad, first
+
+    monkeypatch.setattr(loader.torch.utils.data, "DataLoader", Spying)
+    source = ImageFolderSource(str(root), (16, 16))
+    plan = [(0, range(0, 8)), (1, range(8, 18))]
+    on_cpu = list(BatchStream(Selection(source), plan, torch.device("cpu"), 2))
+    pinned.clear()
+    on_gpu = list(BatchStream(Selection(source), plan, torch.device("cuda"), 2))
+    assert pinned == [True, True]
+    for c, g in zip(on_cpu, on_gpu, strict=True):
+        assert g.x.is_cuda and g.x.dtype == torch.float32
+        assert torch.equal(g.x.cpu(), c.x) and torch.equal(g.y.cpu(), c.y)
+    # a streamed evaluation on the GPU reads the same samples, in the same order, as on the CPU
+    reports = [evaluate(m, source, batch_size=5, workers=2, **EVAL) for m in (model, copy.deepcopy(model).cuda())]
+    assert reports[0]["samples"] == reports[1]["samples"] and reports[1]["device"] != reports[0]["device"]
+    assert abs(reports[0]["clean_accuracy"] - reports[1]["clean_accuracy"]) <= 1 / reports[0]["samples"]
 
 
 def test_npz_is_memory_mapped_never_loaded_whole(tmp_path):
@@ -235,26 +257,13 @@ def test_cli_limit_subset_and_shuffle_seed(folder, tmp_path):
 
 
 def test_resume_on_streamed_data_gives_the_same_report_and_sees_changed_files(folder, tmp_path, monkeypatch):
-    import fastadv.evaluate as ev
-
     root, model = folder
     source = open_data(str(root), input_size=(16, 16))
     args = dict(batch_size=4, workers=2, **EVAL)
     full = evaluate(model, source, **args)
     state = str(tmp_path / "state.pt")
-    real, calls = ev._evaluate_batch, []
-
-    def dies_on_the_third_batch(*a, **k):
-        calls.append(1)
-        if len(calls) == 3:
-            raise KeyboardInterrupt
-        return real(*a, **k)
-
-    monkeypatch.setattr(ev, "_evaluate_batch", dies_on_the_third_batch)
-    with pytest.raises(KeyboardInterrupt):
-        evaluate(model, source, state_path=state, **args)
-    monkeypatch.setattr(ev, "_evaluate_batch", real)
-    _same_report(evaluate(model, open_data(str(root), input_size=(16, 16)), state_path=state, **args), full)
+    interrupt_at_batch(monkeypatch, 3, lambda: evaluate(model, source, state_path=state, **args))
+    assert_same_report(evaluate(model, open_data(str(root), input_size=(16, 16)), state_path=state, **args), full)
     with pytest.raises(ValueError, match=r"\(changed: data\)"):  # another resize is other data
         evaluate(model, open_data(str(root), input_size=(12, 12)), state_path=state, **args)
     os.utime(root / "c1" / "2.png", ns=(1, 1))  # a file replaced

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 import torch
-from helpers import GammaModel, assert_unchanged, snapshot
+from helpers import GammaModel, assert_same_report, assert_unchanged, interrupt_at_batch, snapshot
 
 import fastadv
 from fastadv import _distributed, models
@@ -82,27 +82,8 @@ def test_resume_gives_the_same_report(digits, tmp_path, monkeypatch):
     args = dict(attacks=["fgsm", "pgd"], eps=[0.1], steps=3, batch_size=32, progress=False)
     full = evaluate(model, (x, y), **args)
     state = str(tmp_path / "state.pt")
-    import fastadv.evaluate as ev
-
-    real, calls = ev._evaluate_batch, []
-
-    def dies_on_the_third_batch(*a, **k):
-        calls.append(1)
-        if len(calls) == 3:
-            raise KeyboardInterrupt
-        return real(*a, **k)
-
-    monkeypatch.setattr(ev, "_evaluate_batch", dies_on_the_third_batch)
-    with pytest.raises(KeyboardInterrupt):
-        evaluate(model, (x, y), state_path=state, **args)
-    monkeypatch.setattr(ev, "_evaluate_batch", real)
-    resumed = evaluate(model, (x, y), state_path=state, **args)
-    for key in ("clean_accuracy", "worst_case"):
-        assert resumed[key] == full[key]
-    for a, b in zip(resumed["attacks"], full["attacks"], strict=True):
-        assert {k: v for k, v in a.items() if k != "images_per_s"} == {
-            k: v for k, v in b.items() if k != "images_per_s"
-        }
+    interrupt_at_batch(monkeypatch, 3, lambda: evaluate(model, (x, y), state_path=state, **args))
+    assert_same_report(evaluate(model, (x, y), state_path=state, **args), full)
     with pytest.raises(ValueError, match="state_path"):
         evaluate(model, (x, y), state_path=state, **{**args, "steps": 4})
 

@@ -11,6 +11,7 @@ import torch
 
 from ..data import DataError
 from ..data.loader import first_images
+from ..demo.defenses import DEFENSES, NO_DEFENSE
 from . import args as arg
 from . import defenses, eval_cmd, model_options
 from .args import CliError
@@ -45,8 +46,8 @@ def add_parser(sub) -> None:
     arg.add_data_options(p)
     p.add_argument(
         "--defense", type=defenses.defense, default=None, metavar="SPEC",
-        help="the defence the page starts with (it offers none, bits:5, jpeg:75, median:3 and resize; another spec "
-        "is added to them), written as fastadv eval --defense takes it, e.g. jpeg:75,bits:5",
+        help=f"the defence the page starts with (it offers none, {', '.join(DEFENSES)}; another spec is added to "
+        "them), written as fastadv eval --defense takes it, e.g. jpeg:75,bits:5",
     )  # fmt: skip
     p.add_argument("--adaptive", action="store_true", help="start with the adaptive attack ticked")
     p.add_argument(
@@ -84,7 +85,6 @@ def run(args: argparse.Namespace) -> int:
         raise CliError(f"--data: {error}") from None
     from ..demo import Explorer
     from ..demo.app import serve
-    from ..demo.defenses import NO_DEFENSE
 
     model_name = args.model or f"digits small_cnn (cached at {args.cache})"
     explorer = Explorer(model, images, labels, model_name=model_name, data_name=args.data)

@@ -1,7 +1,9 @@
 """The server-side latency of one slider move in `fastadv demo` on the digits CNN: the page's
 handler (fastadv.demo.app.Page.show: the seeded attack, the probabilities before and after, the
 three pictures and the table) timed per call, next to the bare attack call
-(`attack.run(x, y)`, the baseline measured in the same run) to show what the page adds.
+(`attack.run(x, y)`, the baseline measured in the same run) to show what the page adds. The
+last cases put the model behind bit depth reduction (the page's "bits:5"), attacked plainly and
+adaptively (BPDA).
 
     python benchmarks/demo_latency.py [--moves 50] [--threads N]
 
@@ -18,9 +20,13 @@ import torch
 
 from fastadv.demo import ATTACKS, Explorer
 from fastadv.demo.app import Page
+from fastadv.demo.defenses import NO_DEFENSE, defended
 from fastadv.demo.registry import Settings
 
-CASES = (("FGSM", 1), ("PGD", 20), ("MI-FGSM", 20), ("PGD-L2", 20))
+# (attack, steps, defence, adaptive)
+CASES = (("FGSM", 1, NO_DEFENSE, False), ("PGD", 20, NO_DEFENSE, False), ("MI-FGSM", 20, NO_DEFENSE, False),
+         ("PGD-L2", 20, NO_DEFENSE, False), ("FGSM", 1, "bits:5", False), ("FGSM", 1, "bits:5", True),
+         ("PGD", 20, "bits:5", False), ("PGD", 20, "bits:5", True))  # fmt: skip
 
 
 def _cached_digits_model() -> torch.nn.Module:
@@ -43,17 +49,19 @@ def main() -> None:
     explorer = Explorer(_cached_digits_model(), images, labels)
     page = Page(explorer)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.moves} slider moves per attack")
-    for name, steps in CASES:
+    for name, steps, defense, adaptive in CASES:
         top = explorer.eps_max(ATTACKS[name].norm)
         page_ms, bare_ms = [], []
         for move in range(args.moves + 3):  # the first 3 warm up
             picture, eps = explorer.picture(move % 32), top * (move % 30 + 1) / 30
             start = time.perf_counter()
-            outputs = page.show(picture, name, eps, steps, 0.25, False, 1, 0)
+            outputs = page.show(picture, name, eps, steps, 0.25, False, 1, 0, defense, adaptive, 1)
             page_ms.append(1000 * (time.perf_counter() - start))
             assert outputs[-1] == "", outputs[-1]
             x, y = picture.image.unsqueeze(0), torch.tensor([picture.label])
-            attack = ATTACKS[name].build(explorer.model, Settings(eps, eps / 4, steps, False, torch.Generator()))
+            model = defended(explorer.model, defense, 0, explorer.device)
+            settings = Settings(eps, eps / 4, steps, False, torch.Generator(), adaptive)
+            attack = ATTACKS[name].build(model, settings)
             start = time.perf_counter()
             attack.run(x, y)
             bare_ms.append(1000 * (time.perf_counter() - start))
@@ -63,8 +71,9 @@ def main() -> None:
             return statistics.median(values), statistics.quantiles(values, n=10)[-1]
 
         (pm, p90), (bm, b90) = median_p90(page_ms), median_p90(bare_ms)
-        label = f"{name}-{steps}" if steps > 1 else name
-        print(f"{label:>12}: slider move {pm:7.1f} ms median, {p90:7.1f} ms p90 | bare attack.run {bm:7.1f} ms "
+        label = (f"{name}-{steps}" if steps > 1 else name) + ("" if defense == NO_DEFENSE else f" {defense}") + (
+            ", adaptive" if adaptive else "")  # fmt: skip
+        print(f"{label:>28}: slider move {pm:7.1f} ms median, {p90:7.1f} ms p90 | bare attack.run {bm:7.1f} ms "
               f"median, {b90:7.1f} ms p90 | page overhead x{pm / bm:.2f}")  # fmt: skip
 
 

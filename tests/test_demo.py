@@ -1,7 +1,9 @@
 """`fastadv demo` without a browser: the explorer's attack is fastadv's API with the same seed
-(bit for bit), uploads become the model's input or a message, the page's handlers turn errors
-into messages, the robustness curve is evaluate()'s report and is cached, and the command's
-errors are one line with exit status 2. The page in a real browser: test_demo_browser.py."""
+(bit for bit), bare and behind a defence, adaptive or not; adaptive attacks beat the plain ones
+on a masking defence; uploads become the model's input or a message, the page's handlers turn
+errors into messages, the robustness curve is evaluate()'s report (`fastadv eval --defense
+--adaptive`'s with a defence) and is cached, and the command's errors are one line with exit
+status 2. The page in a real browser: test_demo_browser.py."""
 
 import json
 import socket
@@ -14,6 +16,7 @@ from helpers import assert_unchanged, snapshot
 
 import fastadv
 from fastadv.cli import main
+from fastadv.defenses import Defended, parse_defense
 from fastadv.demo import ATTACKS, Explorer, view
 from fastadv.demo.curve import CurveJobs
 from fastadv.demo.uploads import UploadError, read_upload
@@ -29,17 +32,18 @@ def explorer(digits_model):
     return Explorer(model, images, labels, model_name="digits", data_name="digits")
 
 
-def expected_attack(model, name, x, y, eps, steps, alpha, targeted, seed):
-    """The same attack written as a user calls fastadv (independent of the demo's registry)."""
+def expected_attack(model, name, x, y, eps, steps, alpha, targeted, seed, **options):
+    """The same attack written as a user calls fastadv (independent of the demo's registry);
+    `options`: adaptive=True, eot_samples=n."""
     gen = torch.Generator().manual_seed(seed)
-    a = alpha * eps
+    a, o = alpha * eps, options
     return {
-        "FGSM": lambda: fastadv.FGSM(model, eps=eps, targeted=targeted),
-        "PGD": lambda: fastadv.PGD(model, eps=eps, alpha=a, steps=steps, targeted=targeted, generator=gen),
-        "MI-FGSM": lambda: fastadv.MIFGSM(model, eps=eps, alpha=a, steps=steps, targeted=targeted),
-        "PGD-L2": lambda: fastadv.PGDL2(model, eps=eps, alpha=a, steps=steps, targeted=targeted, generator=gen),
-        "DeepFool": lambda: fastadv.DeepFool(model, steps=steps),
-        "CW": lambda: fastadv.CW(model, steps=steps, lr=0.05, binary_search_steps=5, targeted=targeted),
+        "FGSM": lambda: fastadv.FGSM(model, eps=eps, targeted=targeted, **o),
+        "PGD": lambda: fastadv.PGD(model, eps=eps, alpha=a, steps=steps, targeted=targeted, generator=gen, **o),
+        "MI-FGSM": lambda: fastadv.MIFGSM(model, eps=eps, alpha=a, steps=steps, targeted=targeted, **o),
+        "PGD-L2": lambda: fastadv.PGDL2(model, eps=eps, alpha=a, steps=steps, targeted=targeted, generator=gen, **o),
+        "DeepFool": lambda: fastadv.DeepFool(model, steps=steps, **o),
+        "CW": lambda: fastadv.CW(model, steps=steps, lr=0.05, binary_search_steps=5, targeted=targeted, **o),
     }[name]().run(x, y)
 
 
@@ -70,6 +74,80 @@ def test_attack_equals_fastadv_api(explorer, name, eps, targeted):
     assert outcome.success == success
     assert outcome.attacked_class == int(y[0]) and outcome.seconds > 0
     assert_unchanged(model, before)
+
+
+# (defence, attack, adaptive, the page's EOT samples, what the Python call passes: the EOT draws
+# go only to an adaptive attack on a random defence, as evaluate gives them)
+DEFENDED_CASES = [
+    ("bits:5", "PGD", False, 1, {}),
+    ("bits:5", "PGD", True, 4, {"adaptive": True}),  # deterministic: no EOT
+    ("jpeg:75", "FGSM", True, 1, {"adaptive": True}),
+    ("median:3", "MI-FGSM", False, 1, {}),
+    ("resize", "PGD", False, 3, {}),
+    ("resize", "PGD", True, 3, {"adaptive": True, "eot_samples": 3}),
+    ("jpeg:75,bits:5", "DeepFool", True, 1, {"adaptive": True}),
+]
+
+
+@pytest.mark.parametrize("spec,name,adaptive,eot,options", DEFENDED_CASES)
+def test_defended_attack_equals_fastadv_api(explorer, spec, name, adaptive, eot, options):
+    """The explorer behind a defence is Defended(model, parse_defense(spec, generator seeded with
+    the seed)), and that one model gives the clean probabilities, the attack (its own generator,
+    the same seed) and the adversarial probabilities, in that order."""
+    model, seed, eps = explorer.model, 7, 0.1 if ATTACKS[name].norm == "linf" else 1.0
+    before = snapshot(model)
+    picture = explorer.picture(11)
+    outcome = explorer.attack(picture, name, eps, steps=5, alpha=0.3, seed=seed, defense=spec, adaptive=adaptive,
+                              eot_samples=eot)  # fmt: skip
+    x, y = picture.image.unsqueeze(0), torch.tensor([picture.label])
+    defended = Defended(model, parse_defense(spec, torch.Generator().manual_seed(seed)))
+    with torch.no_grad():
+        clean_probs = defended(x).softmax(1)[0]
+    result = expected_attack(defended, name, x, y, eps, 5, 0.3, False, seed, **options)
+    with torch.no_grad():
+        adv_probs = defended(result.adv).softmax(1)[0]
+    assert torch.equal(outcome.adv, result.adv[0])
+    assert torch.equal(outcome.clean_probs, clean_probs) and torch.equal(outcome.adv_probs, adv_probs)
+    assert (outcome.defense, outcome.adaptive, outcome.eot_samples) == (spec, adaptive, options.get("eot_samples", 1))
+    assert_unchanged(model, before)
+
+
+def test_a_random_defence_repeats_with_its_seed(explorer):
+    picture = explorer.picture(2)
+    runs = [explorer.attack(picture, "PGD", 0.1, steps=5, seed=seed, defense="resize", adaptive=True, eot_samples=2)
+            for seed in (3, 3, 4)]  # fmt: skip
+    assert torch.equal(runs[0].adv, runs[1].adv) and torch.equal(runs[0].clean_probs, runs[1].clean_probs)
+    assert not torch.equal(runs[0].clean_probs, runs[2].clean_probs)  # other draws of the resize
+
+
+def test_adaptive_pgd_breaks_bit_depth_reduction_where_plain_pgd_is_masked(explorer):
+    """BitDepth's own gradient is zero: plain PGD barely moves the defended model's predictions,
+    while adaptive PGD (BPDA) fools it on most of the same images, as the page shows them."""
+    page, n, fooled = Page(explorer), 24, {False: 0, True: 0}
+    for index in range(n):
+        picture = explorer.picture(index)
+        for adaptive in (False, True):
+            outcome = explorer.attack(picture, "PGD", 0.1, steps=10, seed=0, defense="bits:5", adaptive=adaptive)
+            fooled[adaptive] += outcome.adv_pred != picture.label
+    assert fooled[True] >= fooled[False] + n // 2, fooled
+    assert fooled[False] <= n // 4, fooled  # masked: the plain attack reports the defence robust
+    summary = page.show(explorer.picture(0), "PGD", 0.1, 10, 0.25, False, 1, 0, "bits:5", True, 1)[5]
+    assert summary.startswith("**defence:** bits:5: BitDepth(bits=5) (the predictions are the defended model's) "
+                              "· **attack:** adaptive (BPDA through the transforms)")  # fmt: skip
+    plain = page.show(explorer.picture(0), "PGD", 0.1, 10, 0.25, False, 1, 0)[5]
+    assert plain.startswith("**defence:** none (the model alone) · **attack:** not adaptive")
+
+
+def test_defence_arguments_are_checked(explorer):
+    picture = explorer.picture(0)
+    with pytest.raises(ValueError, match="defense: unknown transform 'blur'"):
+        explorer.attack(picture, "FGSM", 0.1, defense="blur:3")
+    with pytest.raises(ValueError, match="eot_samples must be an int >= 1"):
+        explorer.attack(picture, "FGSM", 0.1, defense="resize", adaptive=True, eot_samples=0)
+    page = Page(explorer)
+    assert page.show(picture, "FGSM", 0.1, 20, 0.25, False, 1, 0, "bits:9")[-1] == (
+        "**Error:** defense: bits:9: bits must be in 1..8, got 9"
+    )
 
 
 def test_fgsm_at_zero_keeps_the_clean_prediction_and_large_eps_flips_it(explorer):
@@ -193,11 +271,11 @@ def test_page_errors_become_messages(explorer, tmp_path):
 
 def test_changing_the_attack_rescales_the_slider(explorer):
     page = Page(explorer)
-    outputs = page.change_attack(explorer.picture(0), "PGD-L2", 0.15, 3, 0.25, True, 1, 0, "FGSM")
+    outputs = page.change_attack(explorer.picture(0), "FGSM", "PGD-L2", 0.15, 3, 0.25, True, 1, 0)
     slider, _, _, targeted, shown = outputs[:5]
     assert slider["maximum"] == 2.4 and slider["value"] == pytest.approx(1.2) and shown == "PGD-L2"
     assert targeted["value"] is True and outputs[-1] == ""
-    outputs = page.change_attack(explorer.picture(0), "DeepFool", 1.2, 3, 0.25, True, 1, 0, "PGD-L2")
+    outputs = page.change_attack(explorer.picture(0), "PGD-L2", "DeepFool", 1.2, 3, 0.25, True, 1, 0, "bits:5", True, 1)
     assert outputs[3] == {"value": False, "interactive": False, "__type__": "update"} and outputs[-1] == ""
 
 
@@ -205,13 +283,15 @@ def test_changing_the_attack_rescales_the_slider(explorer):
 
 
 def _stable(report):
-    """The report less what depends on the clock."""
+    """The report less what depends on the clock (also in the reports it holds)."""
     report = json.loads(json.dumps(report))
-    report.pop("timestamp")
-    report.pop("data_loading", None)  # seconds spent waiting for data
-    for row in report["attacks"]:
-        row.pop("images_per_s")
-    return report
+
+    def drop(value):
+        if isinstance(value, dict):
+            return {k: drop(v) for k, v in value.items() if k not in ("timestamp", "data_loading", "images_per_s")}
+        return [drop(v) for v in value] if isinstance(value, list) else value
+
+    return drop(report)
 
 
 def test_curve_is_evaluates_report_and_is_cached(explorer, tmp_path):
@@ -234,6 +314,39 @@ def test_curve_is_evaluates_report_and_is_cached(explorer, tmp_path):
     ).key(["fgsm"], [0.1], 3, 30, 4)
 
 
+def test_curve_behind_a_defence_is_evaluates_reports_and_fastadv_evals(explorer, digits_model, tmp_path):
+    """The curve tab with a random defence, adaptive: the bare model's evaluate() and the defended
+    model's (its transforms seeded with the curve's seed), side by side, and the same report as
+    `fastadv eval --defense resize --adaptive --eot-samples 2` writes for the same samples."""
+    jobs = CurveJobs(explorer, str(tmp_path), batches=2)
+    curve = jobs.run(["fgsm", "pgd"], [0.1], steps=3, samples=12, seed=4, defense="resize", adaptive=True,
+                     eot_samples=2)  # fmt: skip
+    data, settings = (explorer.images[:12], explorer.labels[:12]), {"steps": 3, "batch_size": 6, "seed": 4}
+    common = dict(settings, adaptive=True, eot_samples=2, progress=False)
+    bare = evaluate(explorer.model, data, ["fgsm", "pgd"], [0.1], **common)
+    defended = Defended(explorer.model, parse_defense("resize", torch.Generator().manual_seed(4)))
+    behind = evaluate(defended, data, ["fgsm", "pgd"], [0.1], **common)
+    report = _stable(curve.report)
+    assert report["defenses"] == _stable([{"defense": "none", **bare}, {"defense": "resize", **behind}])
+    assert report["comparison"] == _stable([{"defense": d, **r} for d, run in (("none", bare), ("resize", behind))
+                                            for r in run["comparison"]])  # fmt: skip
+    assert behind["adaptive"]["settings"]["eot_samples"] == 2 and curve.plot_path.endswith("defenses.png")
+    # the command line: the digits test split's first 12 samples, the same settings
+    fastadv.models.save(_saveable(digits_model[0]), str(tmp_path / "m.pt"))
+    assert main(["eval", "--model", str(tmp_path / "m.pt"), "--limit", "12", "--attacks", "fgsm,pgd", "--eps", "0.1",
+                 "--steps", "3", "--batch-size", "6", "--seed", "4", "--defense", "resize", "--adaptive",
+                 "--eot-samples", "2", "--workers", "0", "--device", "cpu", "--no-plots", "--quiet",
+                 "--out", str(tmp_path / "eval")]) == 0  # fmt: skip
+    written = _stable(json.loads((tmp_path / "eval" / "report.json").read_text()))
+    assert {**written, "model": "digits"} == report
+    # the cache tells defences, adaptive and EOT draws apart
+    assert jobs.run(["fgsm", "pgd"], [0.1], steps=3, samples=12, seed=4, defense="resize", adaptive=True,
+                    eot_samples=2).cached  # fmt: skip
+    assert not jobs.run(["fgsm", "pgd"], [0.1], steps=3, samples=12, seed=4, defense="resize").cached
+    assert len({jobs.key(["fgsm"], [0.1], 3, 12, 4, d, a, e) for d in ("none", "bits:5") for a in (False, True)
+                for e in (1, 2)}) == 6  # EOT draws count only when adaptive  # fmt: skip
+
+
 def test_page_curve_messages(explorer):
     page = Page(explorer)
     assert (
@@ -243,6 +356,11 @@ def test_page_curve_messages(explorer):
     assert page.curve([], "0.1", 10, 2, 0)[-1] == "**Error:** attacks: choose at least one attack"
     plot, table, report, message = page.curve(["FGSM"], "0.1", 10, 2, 0)
     assert message.startswith("computed: 10 samples") and "clean accuracy" in table
+    plot, table, report, message = page.curve(["FGSM"], "0.1", 10, 2, 0, "bits:5", True, 1)
+    assert message == (
+        "computed: 10 samples, the report `fastadv eval --defense bits:5 --adaptive --eot-samples 1` writes"
+    )
+    assert "non-adaptive" in table and plot.endswith("defenses.png")
 
 
 # ---- the command ----
@@ -263,11 +381,15 @@ def test_demo_without_gradio_is_one_line(monkeypatch, capsys):
     (["--threads", "0"], "argument --threads: must be"),
     (["--model", "/nonexistent/model.pt"], "--model: "),
     (["--data", "/nonexistent/data.npz"], "--data: /nonexistent/data.npz: no such file"),
+    (["--defense", "bits:9"], "argument --defense: bits:9: bits must be in 1..8"),  # as fastadv eval says it
+    (["--defense", "blur:3"], "argument --defense: unknown transform 'blur' in 'blur:3'; expected one of bits:"),
+    (["--eot-samples", "0"], "argument --eot-samples: must be"),
 ])  # fmt: skip
 def test_demo_bad_arguments_exit_2(argv, message, capsys, tmp_path, monkeypatch, digits_model):
     monkeypatch.setenv("FASTADV_CACHE", str(tmp_path))
     fastadv.models.save(_saveable(digits_model[0]), str(tmp_path / "digits-small_cnn-standard.pt"))
-    with pytest.raises(SystemExit) if argv[0] in ("--port", "--share", "--threads") else _no_raise() as raised:
+    parsed_by_argparse = ("--port", "--share", "--threads", "--defense", "--eot-samples")
+    with pytest.raises(SystemExit) if argv[0] in parsed_by_argparse else _no_raise() as raised:
         code = main(["demo", "--quiet", "--cache", str(tmp_path / "digits-small_cnn-standard.pt"), *argv])
     code = raised.value.code if raised else code
     err = capsys.readouterr().err.strip().splitlines()
@@ -304,14 +426,26 @@ class _no_raise:  # noqa: N801 - used as `with ... as raised`, like pytest.raise
 
 def test_slider_events_do_not_queue_up(explorer):
     """The sliders' events are always_last (a newer value replaces one still waiting) and every
-    explorer event shares one queue slot; the curve has its own, so it runs beside them."""
+    explorer event shares one queue slot; the curve has its own, so it runs beside them. A
+    defence given to `fastadv demo --defense` is preselected (added to the picker's list)."""
     from fastadv.demo.app import build_app
 
-    app = build_app(Explorer(explorer.model, explorer.images[:8], explorer.labels[:8]))
+    app = build_app(Explorer(explorer.model, explorer.images[:8], explorer.labels[:8]), defense="jpeg:75,bits:5",
+                    adaptive=True)  # fmt: skip
     config = app.get_config_file()
     elem_ids = {c["id"]: c.get("props", {}).get("elem_id") for c in config["components"]}
     modes = {(elem_ids.get(t[0]), t[1]): d["trigger_mode"] for d in config["dependencies"] for t in d["targets"]}
-    assert all(modes[(slider, "input")] == "always_last" for slider in ("eps", "steps", "alpha"))
+    assert all(modes[(slider, "input")] == "always_last" for slider in ("eps", "steps", "alpha", "eot"))
+    props = {c["props"].get("elem_id"): c["props"] for c in config["components"]}
+    assert props["defense"]["value"] == "jpeg:75,bits:5" and props["adaptive"]["value"] is True
+    assert [value for _, value in props["defense"]["choices"]] == [
+        "none",
+        "bits:5",
+        "jpeg:75",
+        "median:3",
+        "resize",
+        "jpeg:75,bits:5",
+    ]
     slots = {f.name: (f.concurrency_id, f.concurrency_limit) for f in app.fns.values()}
     assert slots.pop("curve") == ("curve", 1)
     assert set(slots.values()) == {("explore", 1)} and {"show", "upload", "pick", "change_attack"} <= set(slots)

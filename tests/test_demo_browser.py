@@ -2,9 +2,11 @@
 Selenium drives Debian's Chromium (headless) through it: pick a test image in the gallery, move
 the eps slider from 0 to 0.3, and check the page against fastadv.FGSM run here on the same image
 (the clean prediction at eps 0, a flip at 0.3, every number shown); an upload that is not an
-image shows an error and the page keeps answering; nothing is fetched from outside the server;
-the screenshot is not blank; the robustness-curve tab's report.json, downloaded, is evaluate()'s
-report, and asking again answers from the cache. Without chromium and chromedriver it skips (.ci/run installs them)."""
+image shows an error and the page keeps answering; with bit depth reduction picked (then the
+adaptive attack ticked) the page shows what FGSM on fastadv.defenses.Defended gives here;
+nothing is fetched from outside the server; the screenshot is not blank; the robustness-curve
+tab's report.json, downloaded, is evaluate()'s report, and asking again answers from the cache.
+Without chromium and chromedriver it skips (.ci/run installs them)."""
 
 import json
 import os
@@ -22,6 +24,7 @@ import torch
 
 import fastadv
 from fastadv import models
+from fastadv.defenses import BitDepth, Defended
 from fastadv.evaluate import evaluate
 
 pytestmark = pytest.mark.browser
@@ -138,20 +141,22 @@ SUMMARY = re.compile(
 )
 
 
-def _shown(driver, eps: float) -> dict:
-    """The numbers the page shows once it shows eps."""
+def _shown(driver, eps: float, model_line: str = "defence: none (the model alone) · attack: not adaptive") -> dict:
+    """The numbers the page shows once it shows eps and the model attacked (its first line)."""
 
     def parsed():
-        match = SUMMARY.search(_text(driver, "summary"))
-        return match.groupdict() if match and float(match["eps"]) == eps else None
+        text = _text(driver, "summary")
+        match = SUMMARY.search(text)
+        return match.groupdict() if match and float(match["eps"]) == eps and text.startswith(model_line) else None
 
-    return _wait(parsed, f"the page to show eps {eps}")
+    return _wait(parsed, f"the page to show eps {eps} and {model_line!r}")
 
 
-def _expected(model, image, label, eps) -> dict:
-    """What the page must show: fastadv.FGSM on the same image, formatted as the page formats."""
+def _expected(model, image, label, eps, **options) -> dict:
+    """What the page must show: fastadv.FGSM (with `options`) on the same image, formatted as the
+    page formats."""
     x, y = image.unsqueeze(0), torch.tensor([label])
-    result = fastadv.FGSM(model, eps=eps).run(x, y)
+    result = fastadv.FGSM(model, eps=eps, **options).run(x, y)
     with torch.no_grad():
         clean, adv = model(x).softmax(1)[0], model(result.adv).softmax(1)[0]
     delta = (result.adv - x).flatten()
@@ -211,6 +216,17 @@ def test_the_explorer_in_a_browser(digits, server, browser, tmp_path):
     again = _shown(browser, 0.15)
     assert {k: again[k] for k in ("clean", "linf")} == {"clean": str(clean_class), "linf": "0.15"}
     assert f"test image #{IMAGE}" in _text(browser, "source")
+
+    # behind bit depth reduction (its gradient is zero: plain FGSM does not move), then adaptive
+    defended = Defended(model, [BitDepth(5)])
+    browser.find_element(By.CSS_SELECTOR, "#defense input[value='bits:5']").click()
+    line = "defence: bits:5: BitDepth(bits=5) (the predictions are the defended model's) · attack: "
+    plain, expected = _shown(browser, 0.15, line + "not adaptive"), _expected(defended, image, label, 0.15)
+    assert {k: plain[k] for k in expected} == expected and plain["l0"] == "0"
+    browser.find_element(By.CSS_SELECTOR, "#adaptive input[type=checkbox]").click()
+    adaptive = _shown(browser, 0.15, line + "adaptive (BPDA through the transforms)")
+    expected = _expected(defended, image, label, 0.15, adaptive=True)
+    assert {k: adaptive[k] for k in expected} == expected and adaptive["l0"] != "0"
 
 
 def _stable(report: dict) -> dict:

@@ -41,22 +41,27 @@ def add_arguments(p: argparse.ArgumentParser, eot_default: int) -> None:
     )  # fmt: skip
 
 
-def evaluate_defenses(args: argparse.Namespace, model: torch.nn.Module, data, evaluate, state: str) -> dict:
-    """Runs `evaluate` (fastadv.evaluate.evaluate with the command's settings bound, taking
-    model, data, adaptive, eot_samples and state_path) on the bare model and behind each
-    --defense (random transforms seeded with --seed), each with its own state file; returns the
-    combined report: the undefended model's, and "defenses" (each run's report) and "comparison"
-    (every defence's rows of fastadv.defenses.compare, named)."""
+def evaluate_defenses(model: torch.nn.Module, data, evaluate, specs, *, device: torch.device, seed: int,
+                      adaptive: bool, eot_samples: int, state: str | None = None) -> dict:  # fmt: skip
+    """What `fastadv eval [--defense SPEC ...] [--adaptive]` reports (`fastadv demo`'s curve tab
+    calls it too): `evaluate` (fastadv.evaluate.evaluate with the command's settings bound,
+    taking model, data, adaptive, eot_samples and state_path) on the bare model alone when
+    `specs` is empty; otherwise on the bare model and behind each defence of `specs` (random
+    transforms seeded with `seed`, on `device`), each with its own state file (none when `state`
+    is None), and the combined report: the undefended model's, and "defenses" (each run's
+    report) and "comparison" (every defence's rows of fastadv.defenses.compare, named)."""
+    if not specs:
+        return evaluate(model, data, adaptive=adaptive, eot_samples=eot_samples, state_path=state)
     targets = [(UNDEFENDED, model)]
-    for spec in args.defense or ():
-        generator = torch.Generator(device=args.device).manual_seed(args.seed)  # where the images go
+    for spec in specs:
+        generator = torch.Generator(device=device).manual_seed(seed)  # where the images go
         targets.append((spec, Defended(model, parse_defense(spec, generator))))
     runs, rows = [], []
     for index, (name, target) in enumerate(targets):
-        report = evaluate(target, data, adaptive=args.adaptive, eot_samples=args.eot_samples,
-                          state_path=f"{state}.defense{index}")  # fmt: skip
+        report = evaluate(target, data, adaptive=adaptive, eot_samples=eot_samples,
+                          state_path=None if state is None else f"{state}.defense{index}")  # fmt: skip
         runs.append({"defense": name, **report})
-        rows += [{"defense": name, **r} for r in (report["comparison"] if args.adaptive else plain_rows(report))]
+        rows += [{"defense": name, **r} for r in (report["comparison"] if adaptive else plain_rows(report))]
     return {**runs[0], "defenses": runs, "comparison": rows}
 
 

@@ -11,12 +11,14 @@ import torch
 
 from ..data import DataError
 from ..data.loader import first_images
+from ..demo.defenses import DEFENSES, NO_DEFENSE
 from . import args as arg
-from . import eval_cmd, model_options
+from . import defenses, eval_cmd, model_options
 from .args import CliError
 
 DESCRIPTION = """Serve the epsilon explorer: pick a test image, an attack and eps, and watch the prediction flip as
-the slider moves; a second tab draws robustness curves (fastadv eval's report). With no --model,
+the slider moves, bare or behind a defence, attacked adaptively or not; a second tab draws robustness
+curves (fastadv eval's report). With no --model,
 the cached digits model and the digits test split, as fastadv eval uses. Nothing is fetched from
 the internet: no share link, no analytics."""
 DEMO_SAMPLES = 2048  # the digits test split (360) whole; a large folder's first images
@@ -42,6 +44,16 @@ def add_parser(sub) -> None:
         help="resize folder images' shorter side to this size and crop the centre square",
     )  # fmt: skip
     arg.add_data_options(p)
+    p.add_argument(
+        "--defense", type=defenses.defense, default=None, metavar="SPEC",
+        help=f"the defence the page starts with (it offers none, {', '.join(DEFENSES)}; another spec is added to "
+        "them), written as fastadv eval --defense takes it, e.g. jpeg:75,bits:5",
+    )  # fmt: skip
+    p.add_argument("--adaptive", action="store_true", help="start with the adaptive attack ticked")
+    p.add_argument(
+        "--eot-samples", type=arg.positive_int, default=eval_cmd.EVALUATE["eot_samples"],
+        help="the EOT draws the page starts with (adaptive attacks on a random defence; default: %(default)s)",
+    )  # fmt: skip
     p.add_argument("--host", default="127.0.0.1", help="the address to serve on (0.0.0.0: every interface)")
     p.add_argument("--port", type=port, default=7860)
     p.add_argument("--share", choices=["no"], default="no",
@@ -79,7 +91,8 @@ def run(args: argparse.Namespace) -> int:
     if not args.quiet:
         print(f"serving the epsilon explorer on http://{args.host}:{args.port} (Ctrl+C stops it)", flush=True)
     try:
-        serve(explorer, args.host, args.port)
+        serve(explorer, args.host, args.port, defense=args.defense or NO_DEFENSE, adaptive=args.adaptive,
+              eot_samples=args.eot_samples)  # fmt: skip
     except OSError as error:  # the port is taken, the host is not this machine's
         raise CliError(
             f"--port / --host: cannot serve on {args.host}:{args.port} ({str(error).splitlines()[0]})"

@@ -114,11 +114,9 @@ def run(args: argparse.Namespace) -> int:
                                            progress=not args.quiet, workers=args.workers)  # fmt: skip
         state = os.path.join(output.path, STATE)
         try:
-            if args.defense:
-                report = defenses.evaluate_defenses(args, model, data, run_evaluation, state)
-            else:
-                report = run_evaluation(model, data, adaptive=args.adaptive, eot_samples=args.eot_samples,
-                                        state_path=state)  # fmt: skip
+            report = defenses.evaluate_defenses(model, data, run_evaluation, args.defense, device=args.device,
+                                                seed=args.seed, adaptive=args.adaptive, eot_samples=args.eot_samples,
+                                                state=state)  # fmt: skip
         except (ValueError, RuntimeError) as error:  # ValueError: a state file of another evaluation, say
             where = "--data: " if isinstance(error, DataError) else ""  # an image that cannot be decoded
             raise CliError(where + str(error).splitlines()[0]) from None

@@ -1,5 +1,7 @@
 """The page: gradio's layout and events around Explorer (one attack per slider move) and
-CurveJobs (the robustness curve). The only module of fastadv.demo that imports gradio.
+CurveJobs (the robustness curve), with the defence picker above both tabs (the defence, adaptive
+or not, and the EOT draws apply to the explorer and to the curve). The only module of
+fastadv.demo that imports gradio.
 
 Every handler turns an error into a message in the page (the `message` box), so a bad upload or
 a model that fails leaves the server serving. The explorer's events share one queue slot and the
@@ -13,8 +15,9 @@ import random
 
 import gradio as gr
 
+from ..defenses import format_comparison
 from ..evaluate import format_report
-from . import view
+from . import defenses, view
 from .curve import CurveJobs
 from .explorer import Explorer, Picture
 from .registry import ATTACKS
@@ -37,8 +40,9 @@ def error_message(error: Exception) -> str:
 
 class Page:
     """The page's handlers, without gradio's layout (the unit tests call them): each takes the
-    current picture and the controls (attack, eps, steps, alpha, targeted, target, seed) and
-    returns the outputs its event updates, an error as the message."""
+    current picture and the controls (attack, eps, steps, alpha, targeted, target, seed, defence,
+    adaptive, EOT draws; the last three may be left out: no defence, not adaptive) and returns
+    the outputs its event updates, an error as the message."""
 
     def __init__(self, explorer: Explorer) -> None:
         self.explorer = explorer
@@ -54,14 +58,17 @@ class Page:
                  else f"eps ({'L-inf' if choice.norm == 'linf' else 'L2'})")  # fmt: skip
         return gr.update(minimum=0, maximum=top, step=top / 300, value=round(min(scaled, top), 6), label=label)
 
-    def show(self, picture: Picture, attack, eps, steps, alpha, targeted, target, seed) -> list:
+    def show(self, picture: Picture, attack, eps, steps, alpha, targeted, target, seed, defense=defenses.NO_DEFENSE,
+             adaptive=False, eot_samples=1) -> list:  # fmt: skip
         """The seven displays (clean, adversarial and perturbation pictures, top-5 before and
         after, the numbers, the message) for the picture and the controls."""
         try:
-            if seed is None or steps is None or target is None or eps is None or alpha is None:
-                raise ValueError("eps, steps, alpha, target class and seed need a value")
+            if None in (seed, steps, target, eps, alpha, eot_samples):
+                raise ValueError("eps, steps, alpha, target class, seed and EOT samples need a value")
             outcome = self.explorer.attack(picture, attack, float(eps), steps=int(steps), alpha=float(alpha),
-                                           targeted=bool(targeted), target=int(target), seed=int(seed))  # fmt: skip
+                                           targeted=bool(targeted), target=int(target), seed=int(seed),
+                                           defense=defense or defenses.NO_DEFENSE, adaptive=bool(adaptive),
+                                           eot_samples=int(eot_samples))  # fmt: skip
         except Exception as error:  # noqa: BLE001 - any failure is shown, the server keeps serving
             log.warning("attack failed", exc_info=True)
             return [None, None, None, None, None, "", error_message(error)]
@@ -108,19 +115,21 @@ class Page:
         picture = Picture(image, None, f"upload {note}")
         return [picture, gr.skip(), self.source_text(picture), *self.show(picture, *controls)]
 
-    def change_attack(self, picture, attack, eps, steps, alpha, targeted, target, seed, old_attack) -> list:
-        """[eps slider, steps, alpha, targeted, the attack shown, *displays] for a new attack."""
+    def change_attack(self, picture, old_attack, attack, eps, steps, alpha, targeted, target, seed, *defence) -> list:
+        """[eps slider, steps, alpha, targeted, the attack shown, *displays] for a new attack
+        (`defence`: the defence, adaptive and EOT controls)."""
         choice = ATTACKS[attack]
         slider = self.slider_for(attack, float(eps or 0), self.explorer.eps_max(ATTACKS[old_attack].norm))
         targeted = bool(targeted) and choice.targeted_ok
-        shown = self.show(picture, attack, slider["value"], steps, alpha, targeted, target, seed)
+        shown = self.show(picture, attack, slider["value"], steps, alpha, targeted, target, seed, *defence)
         takes_alpha = choice.iterative and not choice.minimal
         return [slider, gr.update(interactive=choice.iterative), gr.update(interactive=takes_alpha),
                 gr.update(value=targeted, interactive=choice.targeted_ok), attack, *shown]  # fmt: skip
 
-    def curve(self, attack_names, eps_text, samples, steps, seed, progress=gr.Progress(track_tqdm=True)) -> list:  # noqa: B008
-        """[plot, table, report.json, message] of the robustness curve (evaluate's progress bar
-        is tracked into the page's)."""
+    def curve(self, attack_names, eps_text, samples, steps, seed, defense=defenses.NO_DEFENSE, adaptive=False,
+              eot_samples=1, progress=gr.Progress(track_tqdm=True)) -> list:  # noqa: B008  # fmt: skip
+        """[plot, table, report.json, message] of the robustness curve behind the chosen defence,
+        adaptive or not (evaluate's progress bar is tracked into the page's)."""
         try:
             try:
                 eps = [float(part) for part in str(eps_text).replace(";", ",").split(",") if part.strip()]
@@ -129,17 +138,32 @@ class Page:
             if any(not e >= 0 for e in eps):
                 raise ValueError("eps grid: values must be numbers >= 0")
             attacks = [ATTACKS[name].curve_name for name in attack_names or []]
-            result = self.jobs.run(attacks, eps, steps=int(steps), samples=int(samples), seed=int(seed), progress=True)
+            if eot_samples is None:
+                raise ValueError("EOT samples need a value")
+            defense, adaptive, eot_samples = defense or defenses.NO_DEFENSE, bool(adaptive), int(eot_samples)
+            result = self.jobs.run(attacks, eps, steps=int(steps), samples=int(samples), seed=int(seed),
+                                   defense=defense, adaptive=adaptive, eot_samples=eot_samples,
+                                   progress=True)  # fmt: skip
         except Exception as error:  # noqa: BLE001
             log.warning("curve failed", exc_info=True)
             return [gr.skip(), gr.skip(), gr.skip(), error_message(error)]
         note = "from the cache" if result.cached else "computed"
-        return [result.plot_path, f"```\n{format_report(result.report)}\n```", result.report_path,
-                f"{note}: {result.report['samples']} samples, the report `fastadv eval` writes"]  # fmt: skip
+        command = "fastadv eval" + (f" --defense {defense}" if defense != defenses.NO_DEFENSE else "") + (
+            f" --adaptive --eot-samples {eot_samples}" if adaptive else "")  # fmt: skip
+        report = result.report
+        runs = report.get("defenses", [report])  # with a defence: the bare model's run, then the defended one's
+        table = "\n\n".join(f"{run['defense']}:\n{format_report(run)}" if "defense" in run else format_report(run)
+                            for run in runs)  # fmt: skip
+        if "comparison" in report:  # as fastadv eval prints it: the side-by-side table below
+            table += "\n\n" + format_comparison(report["comparison"])
+        return [result.plot_path, f"```\n{table}\n```", result.report_path,
+                f"{note}: {report['samples']} samples, the report `{command}` writes"]  # fmt: skip
 
 
-def build_app(explorer: Explorer) -> gr.Blocks:
-    """The page (gradio Blocks) for `explorer`: launch it, or serve() does."""
+def build_app(explorer: Explorer, defense: str = defenses.NO_DEFENSE, adaptive: bool = False,
+              eot_samples: int = 1) -> gr.Blocks:  # fmt: skip
+    """The page (gradio Blocks) for `explorer`, with the defence picker set to `defense` (a spec
+    of `fastadv eval --defense`), `adaptive` and `eot_samples`: launch it, or serve() does."""
     page = Page(explorer)
     names, linf_max = page.names, explorer.eps_max("linf")
 
@@ -149,6 +173,18 @@ def build_app(explorer: Explorer) -> gr.Blocks:
         first = explorer.picture(0)
         picture = gr.State(first)
         shown_attack = gr.State("FGSM")
+        with gr.Row():
+            defense_box = gr.Radio(
+                defenses.choices(defense), value=defense, elem_id="defense",
+                label="defence (as fastadv eval --defense): the model attacked is behind it",
+            )  # fmt: skip
+            adaptive_box = gr.Checkbox(
+                adaptive, elem_id="adaptive", label="adaptive attack (BPDA through the transforms; EOT if random)"
+            )  # fmt: skip
+            eot = gr.Slider(
+                1, max(20, eot_samples), value=eot_samples, step=1, elem_id="eot",
+                label="EOT samples (adaptive attacks on a random defence: gradients averaged per step)",
+            )  # fmt: skip
         with gr.Tab("Explorer"):
             with gr.Row():
                 with gr.Column():
@@ -208,7 +244,7 @@ def build_app(explorer: Explorer) -> gr.Blocks:
                 curve_file = gr.File(label="report.json (as fastadv eval writes it)", elem_id="curve-report")
             curve_table = gr.Markdown(elem_id="curve-table")
 
-        controls = [attack, eps, steps, alpha, targeted, target, seed]
+        controls = [attack, eps, steps, alpha, targeted, target, seed, defense_box, adaptive_box, eot]
         displays = [clean_image, adv_image, delta_image, clean_top, adv_top, summary, message]
         picked = [picture, index, source, *displays]
         app.load(page.show, [picture, *controls], displays, **LIVE)
@@ -216,23 +252,24 @@ def build_app(explorer: Explorer) -> gr.Blocks:
         index.submit(page.pick, [index, *controls], picked, **LIVE)
         random_button.click(page.pick_random, controls, picked, **LIVE)
         upload_box.upload(page.upload, [upload_box, *controls], picked, **LIVE)
-        attack.change(page.change_attack, [picture, *controls, shown_attack],
+        attack.change(page.change_attack, [picture, shown_attack, *controls],
                       [eps, steps, alpha, targeted, shown_attack, *displays], **LIVE)  # fmt: skip
-        for slider in (eps, steps, alpha):
+        for slider in (eps, steps, alpha, eot):
             slider.input(page.show, [picture, *controls], displays, trigger_mode="always_last", **LIVE)
-        for control in (targeted, target):
+        for control in (targeted, target, defense_box, adaptive_box):
             control.input(page.show, [picture, *controls], displays, **LIVE)
         seed.submit(page.show, [picture, *controls], displays, **LIVE)
-        go.click(page.curve, [curve_attacks, curve_eps, samples, curve_steps, curve_seed],
-                 [curve_plot, curve_table, curve_file, curve_message],
+        go.click(page.curve, [curve_attacks, curve_eps, samples, curve_steps, curve_seed, defense_box, adaptive_box,
+                              eot], [curve_plot, curve_table, curve_file, curve_message],
                  concurrency_id="curve", concurrency_limit=1)  # fmt: skip
     return app
 
 
-def serve(explorer: Explorer, host: str = "127.0.0.1", port: int = 7860) -> None:
-    """Builds the page and serves it until interrupted: no share link, no analytics, gradio's
-    own frontend files (nothing is fetched from the internet)."""
-    app = build_app(explorer)
+def serve(explorer: Explorer, host: str = "127.0.0.1", port: int = 7860, **preselected) -> None:
+    """Builds the page (`preselected`: build_app's defense, adaptive, eot_samples) and serves it
+    until interrupted: no share link, no analytics, gradio's own frontend files (nothing is
+    fetched from the internet)."""
+    app = build_app(explorer, **preselected)
     app.queue(default_concurrency_limit=1)
     app.launch(server_name=host, server_port=port, share=False, inbrowser=False, ssr_mode=False, quiet=True,
                footer_links=["gradio"])  # fmt: skip

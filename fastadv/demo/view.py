@@ -9,6 +9,7 @@ import math
 import numpy as np
 import torch
 
+from .defenses import NO_DEFENSE, label
 from .explorer import TOP, Outcome
 
 DISPLAY_SIZE = 192  # the shorter side of a shown picture, at least, in pixels
@@ -40,11 +41,13 @@ def top_classes(probs: torch.Tensor, names: list[str]) -> dict[str, float]:
 def summary(outcome: Outcome, names: list[str], *, attack: str, eps: float, norm: str, targeted: bool,
             minimal: bool) -> str:  # fmt: skip
     """The numbers of one attack as a Markdown table (probabilities to 4 decimals, norms to 6
-    significant digits, time in ms)."""
+    significant digits, time in ms), below the line that says which model was attacked."""
     clean, adv = outcome.clean_pred, outcome.adv_pred
     goal = f"target class {names[outcome.attacked_class]}" if targeted else f"class {names[outcome.attacked_class]}"
     budget = f"L2 budget eps = {eps:.6g}" if minimal else f"eps = {eps:.6g} ({'L-inf' if norm == 'linf' else 'L2'})"
     rows = [
+        attacked_model(outcome),
+        "",
         "| | clean | adversarial |",
         "| --- | --- | --- |",
         f"| prediction | {names[clean]} | {names[adv]} |",
@@ -61,3 +64,16 @@ def summary(outcome: Outcome, names: list[str], *, attack: str, eps: float, norm
         f"{outcome.linf:.6g} | {outcome.l2:.6g} | {outcome.l0} | {1000 * outcome.seconds:.1f} ms |",
     ]
     return "\n".join(rows + norms)
+
+
+def attacked_model(outcome: Outcome) -> str:
+    """One line: the defence the model was behind (its predictions are the defended model's) and
+    whether the attack was adaptive."""
+    if outcome.defense == NO_DEFENSE:
+        model = "**defence:** none (the model alone)"
+    else:
+        model = f"**defence:** {label(outcome.defense)} (the predictions are the defended model's)"
+    if not outcome.adaptive:
+        return f"{model} · **attack:** not adaptive"
+    eot = f", EOT over {outcome.eot_samples} draws" if outcome.eot_samples > 1 else ""
+    return f"{model} · **attack:** adaptive (BPDA through the transforms{eot})"

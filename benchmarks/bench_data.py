@@ -12,7 +12,7 @@ with FGSM (eps 4/255) in a fresh process per run. By default every one of the N 
 (`--limit 0`), so the larger run streams 10x the batches through the loader as well as indexing
 10x the files; `--limit K` attacks the first K only (a quick check of what the index alone costs).
 A thread samples the evaluating process tree (the process and its DataLoader
-workers) every 20 ms from /proc: the peak of the summed RSS (shared pages counted once per
+workers) every 100 ms from /proc: the peak of the summed RSS (shared pages counted once per
 process, an upper bound) and of the summed PSS (shared pages split among the processes that map
 them: the memory the tree really holds). Runs: every N with the largest --workers, and the
 smallest N with every --workers (images/s = attacked samples / seconds of `evaluate`).
@@ -137,7 +137,7 @@ def _memory(pid: int) -> tuple[int, int]:
 
 
 def run(folder: str, limit: int, batch_size: int, workers: int) -> dict:
-    """One evaluation in a fresh process, its tree's memory sampled every 20 ms."""
+    """One evaluation in a fresh process, its tree's memory sampled every 100 ms."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([os.getcwd(), os.environ.get("PYTHONPATH", "")])}
     process = subprocess.Popen([sys.executable, "-c", CHILD, folder, str(limit), str(batch_size), str(workers)],
                                stdout=subprocess.PIPE, env=env, text=True)  # fmt: skip
@@ -150,7 +150,7 @@ def run(folder: str, limit: int, batch_size: int, workers: int) -> dict:
             now = time.perf_counter() - start
             if not trace or now - trace[-1][0] >= 10:  # the tree's RSS every 10 s: flat, or growing?
                 trace.append((round(now, 1), round(rss / 2**20)))
-            time.sleep(0.02)
+            time.sleep(0.1)  # the tree's memory moves slowly; sampling /proc more often costs a core
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()

@@ -426,3 +426,16 @@ def interrupt_at_batch(monkeypatch, number: int, run) -> None:
     with pytest.raises(KeyboardInterrupt):
         run()
     monkeypatch.setattr(ev, "_evaluate_batch", real)
+
+
+def without_timings(report):
+    """A JSON report (evaluate's, or anything holding reports) less what depends on the clock:
+    time stamps, data-loading waits and images/s, at every depth; as JSON would give it back."""
+    import json
+
+    def drop(value):
+        if isinstance(value, dict):
+            return {k: drop(v) for k, v in value.items() if k not in ("timestamp", "data_loading", "images_per_s")}
+        return [drop(v) for v in value] if isinstance(value, list) else value
+
+    return drop(json.loads(json.dumps(report)))

@@ -12,7 +12,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from helpers import assert_unchanged, snapshot
+from helpers import assert_unchanged, snapshot, without_timings
 
 import fastadv
 from fastadv.cli import main
@@ -282,25 +282,13 @@ def test_changing_the_attack_rescales_the_slider(explorer):
 # ---- the robustness curve ----
 
 
-def _stable(report):
-    """The report less what depends on the clock (also in the reports it holds)."""
-    report = json.loads(json.dumps(report))
-
-    def drop(value):
-        if isinstance(value, dict):
-            return {k: drop(v) for k, v in value.items() if k not in ("timestamp", "data_loading", "images_per_s")}
-        return [drop(v) for v in value] if isinstance(value, list) else value
-
-    return drop(report)
-
-
 def test_curve_is_evaluates_report_and_is_cached(explorer, tmp_path):
     jobs = CurveJobs(explorer, str(tmp_path), batches=2)
     curve = jobs.run(["fgsm", "pgd"], [0.2, 0.1], steps=3, samples=20, seed=4)
     expected = evaluate(explorer.model, (explorer.images[:20], explorer.labels[:20]), ["fgsm", "pgd"], [0.1, 0.2],
                         steps=3, batch_size=10, seed=4, progress=False)  # fmt: skip
     expected.update(model="digits", data="digits")
-    assert _stable(curve.report) == _stable(expected) and not curve.cached
+    assert without_timings(curve.report) == without_timings(expected) and not curve.cached
     with open(curve.report_path) as f:
         assert json.load(f) == json.loads(json.dumps(curve.report))
     with open(curve.plot_path, "rb") as f:
@@ -326,10 +314,10 @@ def test_curve_behind_a_defence_is_evaluates_reports_and_fastadv_evals(explorer,
     bare = evaluate(explorer.model, data, ["fgsm", "pgd"], [0.1], **common)
     defended = Defended(explorer.model, parse_defense("resize", torch.Generator().manual_seed(4)))
     behind = evaluate(defended, data, ["fgsm", "pgd"], [0.1], **common)
-    report = _stable(curve.report)
-    assert report["defenses"] == _stable([{"defense": "none", **bare}, {"defense": "resize", **behind}])
-    assert report["comparison"] == _stable([{"defense": d, **r} for d, run in (("none", bare), ("resize", behind))
-                                            for r in run["comparison"]])  # fmt: skip
+    report = without_timings(curve.report)
+    assert report["defenses"] == without_timings([{"defense": "none", **bare}, {"defense": "resize", **behind}])
+    runs = (("none", bare), ("resize", behind))
+    assert report["comparison"] == without_timings([{"defense": d, **r} for d, run in runs for r in run["comparison"]])
     assert behind["adaptive"]["settings"]["eot_samples"] == 2 and curve.plot_path.endswith("defenses.png")
     # the command line: the digits test split's first 12 samples, the same settings
     fastadv.models.save(_saveable(digits_model[0]), str(tmp_path / "m.pt"))
@@ -337,7 +325,7 @@ def test_curve_behind_a_defence_is_evaluates_reports_and_fastadv_evals(explorer,
                  "--steps", "3", "--batch-size", "6", "--seed", "4", "--defense", "resize", "--adaptive",
                  "--eot-samples", "2", "--workers", "0", "--device", "cpu", "--no-plots", "--quiet",
                  "--out", str(tmp_path / "eval")]) == 0  # fmt: skip
-    written = _stable(json.loads((tmp_path / "eval" / "report.json").read_text()))
+    written = without_timings(json.loads((tmp_path / "eval" / "report.json").read_text()))
     assert {**written, "model": "digits"} == report
     # the cache tells defences, adaptive and EOT draws apart
     assert jobs.run(["fgsm", "pgd"], [0.1], steps=3, samples=12, seed=4, defense="resize", adaptive=True,

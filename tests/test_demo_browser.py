@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import without_timings
 
 import fastadv
 from fastadv import models
@@ -229,16 +230,6 @@ def test_the_explorer_in_a_browser(digits, server, browser, tmp_path):
     assert {k: adaptive[k] for k in expected} == expected and adaptive["l0"] != "0"
 
 
-def _stable(report: dict) -> dict:
-    """The report less what depends on the clock."""
-    report = json.loads(json.dumps(report))
-    report.pop("timestamp")
-    report.pop("data_loading", None)  # seconds spent waiting for data
-    for row in report["attacks"]:
-        row.pop("images_per_s")
-    return report
-
-
 def test_the_robustness_curve_in_a_browser(digits, server, browser):
     model, images, labels, cache = digits
     browser.get(server)
@@ -262,6 +253,6 @@ def test_the_robustness_curve_in_a_browser(digits, server, browser):
     expected = evaluate(model, (images[:10], labels[:10]), ["fgsm", "pgd"], [0.1, 0.2], steps=5, batch_size=1,
                         seed=0, progress=False)  # fmt: skip
     expected.update(model=f"digits small_cnn (cached at {cache / 'digits-small_cnn-standard.pt'})", data="digits")
-    assert _stable(report) == _stable(expected)
+    assert without_timings(report) == without_timings(expected)
     browser.find_element(By.CSS_SELECTOR, "#curve-go").click()
     _wait(lambda: _text(browser, "curve-message").startswith("from the cache: 10 samples"), "the cached curve")

@@ -177,12 +177,17 @@ class APGD(GradientAttack):
                 last_mark = i
             if self.early_stop and i < self.steps:
                 # (what `best` counts as fooling: a non-finite iterate does not, so it keeps attacking)
-                s = drop_fooled(s, fooled, call)
+                s = drop_fooled(s, self._done(s, fooled), call)
                 if s is None:
                     return
         # unfooled samples: the point of highest objective, with its class and loss as computed there
         success_best = self._success(s.predicted_best, s.y)
         best.add(s.idx, s.x_best, s.predicted_best, success_best, s.loss_best, final=True)
+
+    def _done(self, s: _Run, fooled: torch.Tensor) -> torch.Tensor:
+        """bool [b]: the rows early stopping drops (those that fooled the model; APGDT's target
+        pairs: every row of a sample that some row fooled)."""
+        return fooled
 
     def _first_point(self, run: RunState, best: Best, call: Call, index: int) -> _Run:
         """The state at the random start, evaluated (and recorded in `best`)."""

@@ -215,7 +215,9 @@ def provider_fn(
     if kind == "autoattack":
         attack = AutoAttack(model, norm="Linf", eps=eps, version="standard", seed=0, steps=steps,
                             n_queries=SQUARE_QUERIES_PER_STEP * steps, log=None)  # fmt: skip
-        return lambda: attack.run_standard_evaluation(images, labels, bs=images.shape[0])
+        # one chunk, as torchattacks' MultiAttack takes the batch (and at least AutoAttack's bs=250,
+        # the pairs APGD-T may batch)
+        return lambda: attack.run_standard_evaluation(images, labels, bs=max(images.shape[0], 250))
     options = {"early_stop": "early-stop" in provider, "early_stop_every": 4 if provider.endswith("-k4") else 1}
     if provider.endswith("graph"):
         options["cuda_graph"] = True

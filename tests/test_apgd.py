@@ -169,11 +169,16 @@ def test_autoattack_lite_stages_and_log(digits):
     assert (ce.name, t.name) == ("apgd-ce", "apgd-t")
     assert ce.attacked == round(result.clean_accuracy * 200)
     assert t.attacked == ce.attacked - ce.fooled, "APGD-T attacks APGD-CE's survivors only"
-    # every forward pass of the second stage sees at most the survivors: 3 target runs of
-    # (targets + start + 10 steps) passes on survivors that only shrink (no forward at the end:
-    # a run keeps the class it saw at its best point)
-    second = recorder.sizes[-3 * 12 :]
-    assert second[0] == t.attacked and max(second) == t.attacked and max(recorder.sizes[:-36]) > t.attacked
+    # the second stage: one pass ranking the survivors' target classes, then runs of (survivor,
+    # target) pairs, as many targets side by side as batch_size allows (APGDT's target_batch),
+    # each run a start and 10 steps on pairs that only shrink (no forward at the end: a run keeps
+    # the class it saw at its best point)
+    group = min(3, 128 // t.attacked)
+    runs = -(-3 // group)
+    second = recorder.sizes[-(1 + runs * 11) :]
+    assert second[0] == t.attacked and second[1] == group * t.attacked and max(second[1:]) <= 128
+    assert all(a >= b for a, b in zip(second[1:12], second[2:12], strict=False)), "pairs leave, none come back"
+    assert max(recorder.sizes[: -len(second)]) > t.attacked
     assert result.robust_accuracy == pytest.approx(accuracy(model, result.adv, y[:200]), abs=1e-9)
     assert result.robust_accuracy == t.robust_accuracy <= ce.robust_accuracy
     assert (result.adv - x[:200]).abs().max() <= 0.1 + 1e-6

@@ -88,3 +88,45 @@ def test_bench_lists_the_robust_accuracy_and_the_missing_peers(tmp_path, capsys)
     for peer in PEERS:
         reason = attack.unavailable_reason(peer)
         assert (f"missing: {peer} {reason}" in text) == (reason is not None)
+
+
+# ---- AutoAttack: fastadv against torchattacks at the original's budgets ----
+
+
+def test_torchattacks_autoattack_gets_the_originals_budgets(digits):
+    """The torchattacks side of the autoattack kind runs every stage at fastadv's standard
+    version's budget (torchattacks.AutoAttack's own: 10 steps, a rescaled Square schedule)."""
+    model = digits[0]
+    theirs = attack.torchattacks_autoattack(model, eps=0.1, steps=100).attacks
+    ours = dict(fastadv.AutoAttack(model, eps=0.1, version="standard").stages)
+    assert [type(a).__name__ for a in theirs] == ["APGD", "APGDT", "FAB", "Square"]
+    apgd, apgdt, fab, square = theirs
+    assert (apgd.steps, apgd.n_restarts, apgd.loss) == (ours["apgd-ce"].steps, ours["apgd-ce"].n_restarts, "ce") == (
+        100, 1, "ce")  # fmt: skip
+    assert (apgdt.steps, apgdt.n_restarts, apgdt.n_target_classes) == (100, 1, ours["apgd-t"].n_target_classes) == (
+        100, 1, 9)  # fmt: skip
+    assert (fab.steps, fab.n_restarts, fab.multi_targeted, fab.n_target_classes) == (100, 1, True, 9)
+    assert (ours["fab-t"].steps, ours["fab-t"].n_restarts, ours["fab-t"].n_classes - 1) == (100, 1, 9)
+    assert (square.n_queries, square.n_restarts, square.p_init, square.rescale_schedule) == (
+        ours["square"].n_queries, ours["square"].n_restarts, ours["square"].p_init, ours["square"].resc_schedule,
+    ) == (5000, 1, 0.8, False)  # fmt: skip
+    assert all(a.eps == 0.1 and a.norm == "Linf" for a in theirs)
+
+
+def test_the_autoattack_kind_gives_both_providers_robust_accuracy_and_ratios(digits, monkeypatch):
+    model = digits[0]
+    monkeypatch.setattr(attack, "_digits_state", lambda: model.state_dict())  # (the bench would train its own)
+    assert attack.available_providers("autoattack") == ["torchattacks", "fastadv"]
+    rows = attack.run(["digits-cnn"], ["torchattacks", "fastadv"], torch.device("cpu"), kind="autoattack", batch=8,
+                      steps=2, warmup=1, repeat=1, progress=False)  # fmt: skip
+    by = {(r.provider, r.metric): r for r in rows}
+    assert {r.kernel for r in rows} == {"autoattack2"} and {r.numel for r in rows} == {8}
+    robust = {p: by[p, "robust_accuracy"].median for p in ("torchattacks", "fastadv")}
+    assert all(0 <= v <= 100 for v in robust.values())
+    with torch.no_grad():
+        clean = float((model(digits[1][:8]).argmax(1) == digits[2][:8]).float().mean()) * 100
+    assert all(v <= clean for v in robust.values()), "an attack never raises the accuracy"
+    for metric in ("speedup_vs_torchattacks", "speedup_vs_fastest_peer"):
+        assert by["fastadv", metric].median > 0 and ("torchattacks", metric) not in by
+    assert by["fastadv", "time"].median > 0 and by["torchattacks", "time"].median > 0
+    assert "autoattack2" in attack.format_table(rows)

@@ -194,11 +194,16 @@ def test_projection_matches_the_original(norm, reference):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("trained", ["standard", "fgsm-rs"])
 @pytest.mark.parametrize("multi_targeted", [False, True], ids=["untargeted", "FAB-T"])
-def test_agrees_with_torchattacks_on_the_digits_cnn(digits_model, multi_targeted):
+def test_agrees_with_torchattacks_on_the_digits_cnn(digits_model, trained, multi_targeted):
     """n_restarts=1: both start at the image itself, so the runs are deterministic (torchattacks'
-    default); the robust accuracies at eps 0.1 and the median norms found must agree."""
-    model, x, y = digits_model
+    default); on the standard and the FGSM-RS-trained digits CNN the robust accuracies at eps 0.1
+    (within 2 percentage points) and the median norms found (within 2%) must agree. Measured on
+    the first 64 test digits, FAB and FAB-T alike: standard 12.5% and 12.5%, FGSM-RS 76.6% and 76.6%."""
+    from helpers import fgsm_rs_digits_model
+
+    model, x, y = digits_model if trained == "standard" else fgsm_rs_digits_model()
     x, y = x[:64], y[:64]
     options = dict(norm="Linf", eps=0.1, steps=10, n_restarts=1, multi_targeted=multi_targeted, n_classes=10)
     ours = fastadv.FAB(model, **options).run(x, y)

@@ -170,24 +170,30 @@ class APGD(GradientAttack):
                 z.add_(s.x_adv, alpha=0.25).sub_(s.x_old, alpha=0.25)
                 z = self._project(z, s.x, s.params)
             s.x_old, s.x_adv = s.x_adv, z
-            obj, s.grad, s.predicted, s.loss = self._evaluate(z, s.y, s.targets, s.idx, best, call)
+            obj, s.grad, s.predicted, s.loss, fooled = self._evaluate(z, s.y, s.targets, s.idx, best, call)
             self._keep_best(s, obj)
             if i in marks:
                 self._checkpoint(s, span=i - last_mark)
                 last_mark = i
             if self.early_stop and i < self.steps:
-                s = drop_fooled(s, self._success(s.predicted, s.y), call)
+                # (what `best` counts as fooling: a non-finite iterate does not, so it keeps attacking)
+                s = drop_fooled(s, self._done(s, fooled), call)
                 if s is None:
                     return
         # unfooled samples: the point of highest objective, with its class and loss as computed there
         success_best = self._success(s.predicted_best, s.y)
         best.add(s.idx, s.x_best, s.predicted_best, success_best, s.loss_best, final=True)
 
+    def _done(self, s: _Run, fooled: torch.Tensor) -> torch.Tensor:
+        """bool [b]: the rows early stopping drops (those that fooled the model; APGDT's target
+        pairs: every row of a sample that some row fooled)."""
+        return fooled
+
     def _first_point(self, run: RunState, best: Best, call: Call, index: int) -> _Run:
         """The state at the random start, evaluated (and recorded in `best`)."""
         targets = self._run_targets(run.x, run.y, call, index)
         x_adv = self._start(run.x, run.params, call)
-        obj, grad, predicted, loss = self._evaluate(x_adv, run.y, targets, run.idx, best, call)
+        obj, grad, predicted, loss, _ = self._evaluate(x_adv, run.y, targets, run.idx, best, call)
         b, device = run.x.shape[0], run.x.device
         eta = torch.full((b,), 2.0, device=device) * _per_sample_eps(run.params, b)
         return _Run(
@@ -223,7 +229,8 @@ class APGD(GradientAttack):
 
     def _evaluate(self, x_adv, y, targets, idx, best: Best, call: Call):
         """Forward and backward at x_adv; records the iterate in `best`. Returns the objective,
-        its input gradient, the model's classes and the attack's loss of y."""
+        its input gradient, the model's classes, the attack's loss of y and whether it fooled the
+        model as `best` counts it (a non-finite iterate never does)."""
 
         def objective(logits):
             return self._objective(logits, y, targets)
@@ -235,8 +242,8 @@ class APGD(GradientAttack):
             grad /= self.eot_iter
         predicted = logits.argmax(1)
         loss = self._recorded_loss(logits, y, obj)
-        best.record_step(idx, x_adv, predicted, self._success(predicted, y), loss)
-        return obj, grad, predicted, loss
+        fooled = best.record_step(idx, x_adv, predicted, self._success(predicted, y), loss)
+        return obj, grad, predicted, loss, fooled
 
     def _fused_step(self, x_adv, grad, x, eta, params: Params) -> torch.Tensor:
         step = ops.linf_step if self.norm == "linf" else ops.l2_step

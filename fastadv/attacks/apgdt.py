@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import torch
@@ -9,7 +10,9 @@ import torch
 from .. import _validate as check
 from ._losses import targeted_dlr
 from .apgd import APGD
-from .base import options_without
+from .base import Call, options_without
+from .gradient import RunState
+from .result import AttackResult, Best
 
 _AUTOATTACK_TARGETS = 9
 
@@ -40,6 +43,13 @@ class APGDT(APGD):
         loss (keyword, "dlr"): only the targeted DLR is taken.
         n_target_classes (keyword, int): target classes (AutoAttack's name; give it or
             n_classes). Default: 9.
+        target_batch (keyword, int or None): run the target classes side by side, up to this
+            many (sample, target class) pairs in one batch, instead of one class after another;
+            early stopping drops all of a sample's pairs once one fools the model. Faster where
+            most samples withstand every target (AutoAttack's APGD-T, after APGD-CE: the batch
+            is larger and each step's overhead is shared), slower where the first target fools
+            most; the random starts differ from the one-at-a-time runs'. None: one target class
+            at a time on the samples still robust, as the original. Default: None.
         **options: early_stop, lower, upper, mean, std, amp, channels_last, backend, generator,
             model_mode: as for :class:`fastadv.PGD`.
 
@@ -73,6 +83,7 @@ class APGDT(APGD):
         restarts: int | None = None,
         loss: str = "dlr",
         n_target_classes: int | None = None,
+        target_batch: int | None = None,
         **options: Any,
     ):
         if loss != "dlr":
@@ -85,20 +96,83 @@ class APGDT(APGD):
         if not isinstance(targets, int) or isinstance(targets, bool) or targets < 1:
             raise ValueError(f"{name} must be an int >= 1, got {targets!r}")
         self.n_target_classes = targets
+        self.target_batch = None if target_batch is None else check.positive_int("target_batch", target_batch)
+        self._pairs: tuple[torch.Tensor, int] | None = None  # during a run of pairs: targets, samples
         super().__init__(model, norm, eps, steps, n_restarts, seed, "dlr", eot_iter, rho, verbose, restarts=restarts,
                          **options)  # fmt: skip
         # every target class gets n_restarts runs
         self.restarts = self.n_restarts * self.n_target_classes
 
     def _run_targets(self, x, y, call, index):
+        if self._pairs is not None:  # a run of (sample, target) pairs: the targets are given
+            return self._pairs[0]
+        # runs 0..n_restarts-1 aim at the best other class, the next n_restarts at the second, ...
+        return self._ranked_targets(x, y, call)[:, index // self.n_restarts]
+
+    def _ranked_targets(self, x: torch.Tensor, y: torch.Tensor, call: Call) -> torch.Tensor:
+        """int64 [b, n_target_classes]: the classes other than y by clean logit, highest first
+        (past the model's classes - 1, the ranking starts again)."""
         with torch.no_grad():
             logits = self._logits(x, call)
         if logits.shape[1] < 4:
             raise ValueError(f"model: APGDT's targeted DLR needs at least 4 classes, got {logits.shape[1]}")
-        # runs 0..n_restarts-1 aim at the best other class, the next n_restarts at the second, ...
-        rank = (index // self.n_restarts) % min(self.n_target_classes, logits.shape[1] - 1)
         others = logits.masked_fill(torch.nn.functional.one_hot(y, logits.shape[1]).bool(), float("-inf"))
-        return others.sort(dim=1, descending=True).indices[:, rank]
+        ranks = torch.arange(self.n_target_classes, device=x.device) % (logits.shape[1] - 1)
+        return others.sort(dim=1, descending=True).indices[:, ranks]
+
+    # --- target classes side by side (target_batch) --------------------------------------------
+
+    def _run(self, x: torch.Tensor, y: torch.Tensor, call: Call, track: bool) -> AttackResult:
+        if self.target_batch is None:
+            return super()._run(x, y, call, track)
+        ranked = self._ranked_targets(x, y, call)
+        best = Best(x, self.targeted)
+        rank, index = 0, 0
+        while rank < self.n_target_classes:
+            todo = (~best.success).nonzero().squeeze(1)
+            if todo.numel() == 0:
+                break
+            group = max(1, min(self.n_target_classes - rank, self.target_batch // todo.numel()))
+            for _ in range(self.n_restarts):
+                todo = (~best.success).nonzero().squeeze(1)  # restarts attack the survivors only
+                if todo.numel() == 0:
+                    break
+                owner = todo.repeat(group)  # pair p: sample owner[p], target rank rank + p // len(todo)
+                column = torch.arange(rank, rank + group, device=x.device).repeat_interleave(todo.numel())
+                self._pairs_run(x, y, todo, owner, ranked[owner, column], best, call, index)
+                self._after_run(index, best)
+                index += 1
+            rank += group
+        return best.result()
+
+    def _pairs_run(self, x: torch.Tensor, y: torch.Tensor, samples: torch.Tensor, owner: torch.Tensor,
+                   targets: torch.Tensor, best: Best, call: Call, index: int) -> None:  # fmt: skip
+        """One APGD run on the pairs (sample owner[p], target class targets[p]) of `samples`,
+        recorded in `best` per sample: a pair that fooled the model, else the pair of highest loss."""
+        pairs = dataclasses.replace(RunState(None, call.params, x, y).select(owner, call), idx=None)
+        found = Best(pairs.x, self.targeted)
+        self._pairs = (targets, samples.numel())
+        try:
+            self._one_run(pairs, found, call, index)
+        finally:
+            self._pairs = None
+        # rows are rank-major (row p: samples[p % n]); per sample, the first pair that fooled the
+        # model, else the one of highest objective
+        n = samples.numel()
+        key = torch.where(found.success, torch.inf, found.objective.nan_to_num(nan=-torch.inf))
+        chosen = key.view(-1, n).argmax(0) * n + torch.arange(n, device=x.device)
+        best.add(samples, found.adv.index_select(0, chosen), found.predicted.index_select(0, chosen),
+                 found.success.index_select(0, chosen), found.loss.index_select(0, chosen), final=True)  # fmt: skip
+        best.steps.index_add_(0, owner, found.steps)
+        best.non_finite.index_add_(0, owner, found.non_finite)  # (bool: a sum that saturates, an any)
+
+    def _done(self, s, fooled):
+        if self._pairs is None:
+            return fooled
+        n = self._pairs[1]  # (row p of the pairs belongs to sample p % n)
+        sample = (torch.arange(fooled.shape[0], device=fooled.device) if s.idx is None else s.idx) % n
+        hit = torch.zeros(n, dtype=torch.int64, device=fooled.device).index_add_(0, sample, fooled.long())
+        return hit.index_select(0, sample) > 0
 
     def _objective(self, logits, y, targets):
         return targeted_dlr(logits, y, targets)

@@ -205,14 +205,13 @@ class Square(Attack):
         predicted, success, loss, objective = self._score(start, run.y, call)
         s = _Search(run.idx, run.params, run.x, run.y, start, objective, loss, predicted, success)
         queries.index_add_(0, s.idx, torch.ones_like(s.idx))
+        counters = (queries, iterations)  # (counted as a sample leaves: not one op per query)
         for iteration in range(self.n_queries):
-            s = self._leave_if_fooled(s, best, call)
+            s = self._leave_if_fooled(s, best, call, iteration, counters)
             if s is None:
                 return
             candidate = self._candidate(s, iteration, call)
             predicted, success, loss, objective = self._score(candidate, s.y, call)
-            queries.index_add_(0, s.idx, torch.ones_like(s.idx))
-            iterations.index_add_(0, s.idx, torch.ones_like(s.idx))
             # keep the candidate where it lowers the objective or fools the model (a non-finite
             # one does neither: NaN compares false and `success` excludes it)
             accept = success | (objective < s.objective)
@@ -220,15 +219,19 @@ class Square(Attack):
             for field, new in (("objective", objective), ("loss", loss), ("predicted", predicted),
                                ("success", success)):  # fmt: skip
                 torch.where(accept, new, getattr(s, field), out=getattr(s, field))
+        _count(s.idx, self.n_queries, counters)
         best.add(s.idx, s.x_best, s.predicted, s.success, s.loss, final=True)
 
-    def _leave_if_fooled(self, s: _Search, best: Best, call: Call) -> _Search | None:
-        """Records the fooled samples in `best` and returns the search without them (None when
-        none is left). One host sync, two when some sample was fooled."""
+    def _leave_if_fooled(self, s: _Search, best: Best, call: Call, done: int,
+                         counters: tuple[torch.Tensor, torch.Tensor]) -> _Search | None:  # fmt: skip
+        """Records the fooled samples in `best`, and the `done` iterations (each one query) they
+        spent in `counters`, and returns the search without them (None when none is left). One
+        host sync, two when some sample was fooled."""
         keep = (~s.success).nonzero().squeeze(1)
         if keep.numel() == s.success.shape[0]:
             return s
         fooled = s.success.nonzero().squeeze(1)
+        _count(s.idx.index_select(0, fooled), done, counters)
         best.add(s.idx.index_select(0, fooled), s.x_best.index_select(0, fooled), s.predicted.index_select(0, fooled),
                  s.success.index_select(0, fooled), s.loss.index_select(0, fooled), final=False)  # fmt: skip
         return None if keep.numel() == 0 else s.select(keep, call)
@@ -308,6 +311,12 @@ class Square(Attack):
         return project(point, x, params.eps, params.lower, params.upper, out=point, backend=self.backend)
 
 
+def _count(idx: torch.Tensor, iterations: int, counters: tuple[torch.Tensor, torch.Tensor]) -> None:
+    """Adds `iterations` to the samples `idx` in both counters (queries, iterations)."""
+    for counter in counters:
+        counter.index_add_(0, idx, torch.full_like(idx, iterations))
+
+
 def _signs(shape: tuple[int, ...], gen: torch.Generator | None, device: torch.device) -> torch.Tensor:
     """Uniform +-1.0 (float32)."""
     return torch.randint(0, 2, shape, generator=gen, device=device).float().mul_(2).sub_(1)
@@ -323,11 +332,16 @@ def _corners(b: int, h: int, w: int, side: int, gen, device) -> tuple[torch.Tens
 
 def _mask(top: torch.Tensor, left: torch.Tensor, side: int, h: int, w: int) -> torch.Tensor:
     """bool [b, 1, h, w]: each sample's square."""
-    rows = torch.arange(h, device=top.device)
-    cols = torch.arange(w, device=top.device)
+    rows, cols = _positions(h, top.device), _positions(w, top.device)
     in_rows = (rows >= top[:, None]) & (rows < top[:, None] + side)
     in_cols = (cols >= left[:, None]) & (cols < left[:, None] + side)
     return (in_rows[:, :, None] & in_cols[:, None, :]).unsqueeze(1)
+
+
+@functools.lru_cache(maxsize=8)
+def _positions(size: int, device: torch.device) -> torch.Tensor:
+    """arange(size) on `device`, made once (every iteration's masks read it)."""
+    return torch.arange(size, device=device)
 
 
 def _window(top: torch.Tensor, left: torch.Tensor, side: int, channels: int) -> tuple[torch.Tensor, ...]:

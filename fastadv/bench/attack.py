@@ -3,6 +3,8 @@ forward + input-gradient time, on the same model and batch, in one run.
 
 Models: "digits-cnn" (fastadv.models.small_cnn trained for a few seconds on the digits training
 split, attacked on the test split: an undefended model, so early stopping has work to skip),
+"digits-cnn-fgsm-rs" (the same CNN adversarially trained with FGSM-RS at eps 0.1 for 10 epochs,
+seeded, about 20 s on a CPU: a robust model, on which AutoAttack's later stages do the work),
 "resnet18-cifar" (3x32x32) and "resnet18-imagenet" (3x224x224), CIFAR-style ResNet-18 with
 random weights whose labels are its own clean predictions (every sample starts correctly
 classified, so early stopping saves only what the attack earns).
@@ -28,7 +30,21 @@ Attacks (`kind`): "pgd" (every provider above), "apgd" (APGD-CE, torchattacks.AP
 fastadv.APGD with and without early stopping, one restart) and "cw" (CW-L2 with c=1, kappa=0,
 lr=0.01, one round, both with their default early abort of a stalled run: torchattacks stops
 when the batch's cost rises, fastadv when it falls by less than 0.01%, checked every tenth of the
-steps, so on a model where the cost stalls at once both do only a few steps).
+steps, so on a model where the cost stalls at once both do only a few steps) and "autoattack".
+
+"autoattack": AutoAttack's standard version (APGD-CE, APGD-T, FAB-T, Square, each on the samples
+the earlier ones left robust), fastadv.AutoAttack(version="standard", seed=0) against torchattacks
+at equal budgets. torchattacks.AutoAttack(version="standard") builds its stages at its attacks'
+defaults, which are not the original's (APGD, APGD-T and FAB run 10 steps where the original runs
+100, and its Square rescales the query schedule where the original's stage does not), so the
+torchattacks provider builds the same cascade itself, as torchattacks.AutoAttack does, with the
+original's budgets set: torchattacks.MultiAttack([APGD(norm="Linf", eps, steps, n_restarts=1,
+loss="ce", seed=0), APGDT(eps, steps, n_restarts=1, n_classes=10, seed=0), FAB(eps, steps,
+n_restarts=1, multi_targeted=True, n_classes=10, seed=0), Square(eps, n_queries, n_restarts=1,
+p_init=0.8, resc_schedule=False, seed=0)]). `steps` is APGD's and FAB's iterations (per target
+class for APGD-T and FAB-T, 9 targets) and Square runs 50 x steps queries: the standard version's
+100 steps and 5000 queries at the command line's default for this kind (--steps 100). The
+robust accuracy each reaches must agree within noise (the random starts differ).
 """
 
 from __future__ import annotations
@@ -40,6 +56,7 @@ import torch
 import torch.nn.functional as F
 
 from ..attacks import APGD, CW, PGD
+from ..autoattack import AutoAttack
 from ..datasets import digits
 from ..models import resnet18, small_cnn, standard_digits_model
 from . import peers
@@ -49,6 +66,7 @@ from .timing import measure, quantiles
 # name -> (image shape, default batch on cpu, default batch on cuda)
 MODELS = {
     "digits-cnn": ((1, 16, 16), 256, 1024),
+    "digits-cnn-fgsm-rs": ((1, 16, 16), 256, 1024),
     "resnet18-cifar": ((3, 32, 32), 32, 512),
     "resnet18-imagenet": ((3, 224, 224), 4, 128),
 }
@@ -73,8 +91,15 @@ KINDS = {
     "pgd": PROVIDERS,
     "apgd": ("torchattacks", "fastadv", "fastadv-early-stop", "limit"),
     "cw": ("torchattacks", "fastadv", "limit"),
+    "autoattack": ("torchattacks", "fastadv"),
 }
-EPS = {"digits-cnn": 0.1, "resnet18-cifar": 8 / 255, "resnet18-imagenet": 4 / 255}
+# kind -> the steps when none are given (AutoAttack's standard version: 100 per stage)
+DEFAULT_STEPS = {"pgd": 10, "apgd": 10, "cw": 10, "autoattack": 100}
+# AutoAttack's default batch (cpu, cuda): one call of the whole cascade must stay affordable
+AUTOATTACK_BATCH = (64, 1000)
+# Square's queries per APGD/FAB step in the autoattack kind (the standard version: 5000 for 100)
+SQUARE_QUERIES_PER_STEP = 50
+EPS = {"digits-cnn": 0.1, "digits-cnn-fgsm-rs": 0.1, "resnet18-cifar": 8 / 255, "resnet18-imagenet": 4 / 255}
 
 
 def available_providers(kind: str = "pgd", device: torch.device | None = None) -> list[str]:
@@ -102,12 +127,25 @@ def _digits_state() -> dict:
     return standard_digits_model().state_dict()
 
 
+@functools.lru_cache(maxsize=1)
+def _fgsm_rs_digits_state() -> dict:
+    """small_cnn trained with FGSM-RS at eps 0.1 (the tests' robust digits model, same recipe)."""
+    from ..recipes import Recipe
+    from ..train import fit
+
+    torch.manual_seed(0)
+    model = small_cnn()
+    fit(model, digits("train"), recipe=Recipe("fgsm-rs", eps=0.1), epochs=10, batch_size=64, optimizer="adam", lr=2e-3,
+        weight_decay=0.0, progress=False)  # fmt: skip
+    return model.state_dict()
+
+
 def make_case(name: str, batch: int, device: torch.device) -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor]:
     """(model in eval mode, images, labels) on `device`."""
     shape = MODELS[name][0]
-    if name == "digits-cnn":
+    if name.startswith("digits-cnn"):
         model = small_cnn()
-        model.load_state_dict(_digits_state())
+        model.load_state_dict(_digits_state() if name == "digits-cnn" else _fgsm_rs_digits_state())
         images, labels = digits("test")
         repeats = -(-batch // len(labels))
         images, labels = images.repeat(repeats, 1, 1, 1)[:batch], labels.repeat(repeats)[:batch]
@@ -162,6 +200,9 @@ def provider_fn(
     if provider == "torchattacks":
         import torchattacks
 
+        if kind == "autoattack":
+            attack = torchattacks_autoattack(model, eps, steps)
+            return lambda: attack(images, labels)
         if kind == "apgd":
             attack = torchattacks.APGD(model, norm="Linf", eps=eps, steps=steps, n_restarts=1, loss="ce")
         elif kind == "cw":
@@ -171,6 +212,12 @@ def provider_fn(
         return lambda: attack(images, labels)
     if provider in peers.PEERS:
         return peers.pgd(provider, model, images, labels, eps, alpha, steps)
+    if kind == "autoattack":
+        attack = AutoAttack(model, norm="Linf", eps=eps, version="standard", seed=0, steps=steps,
+                            n_queries=SQUARE_QUERIES_PER_STEP * steps, log=None)  # fmt: skip
+        # one chunk, as torchattacks' MultiAttack takes the batch (and at least AutoAttack's bs=250,
+        # the pairs APGD-T may batch)
+        return lambda: attack.run_standard_evaluation(images, labels, bs=max(images.shape[0], 250))
     options = {"early_stop": "early-stop" in provider, "early_stop_every": 4 if provider.endswith("-k4") else 1}
     if provider.endswith("graph"):
         options["cuda_graph"] = True
@@ -187,6 +234,23 @@ def provider_fn(
     return lambda: attack(images, labels)
 
 
+def torchattacks_autoattack(model, eps: float, steps: int):
+    """torchattacks' standard AutoAttack cascade with the original's budgets: what
+    torchattacks.AutoAttack(version="standard", seed=0) builds, but APGD, APGD-T and FAB at
+    `steps` iterations (its default: 10) and Square at 50 x steps queries with the schedule not
+    rescaled (its default rescales it), as fastadv.AutoAttack's stages run."""
+    import torchattacks
+
+    common = {"norm": "Linf", "eps": eps, "seed": 0}
+    return torchattacks.MultiAttack([
+        torchattacks.APGD(model, steps=steps, n_restarts=1, loss="ce", **common),
+        torchattacks.APGDT(model, steps=steps, n_restarts=1, n_classes=10, **common),
+        torchattacks.FAB(model, steps=steps, n_restarts=1, multi_targeted=True, n_classes=10, **common),
+        torchattacks.Square(model, n_queries=SQUARE_QUERIES_PER_STEP * steps, n_restarts=1, p_init=0.8,
+                            resc_schedule=False, **common),
+    ])  # fmt: skip
+
+
 def run(
     models: Iterable[str],
     providers: Iterable[str],
@@ -194,22 +258,26 @@ def run(
     *,
     kind: str = "pgd",
     batch: int | None = None,
-    steps: int = 10,
+    steps: int | None = None,
     warmup: int = 1,
     repeat: int = 5,
     progress: bool = True,
 ) -> list[Row]:
     """time (ms per attack call), images/s, the robust accuracy the attack leaves (%, from its
     last call's images), and speed-ups over naive, torchattacks, the fastest peer library and the
-    limit."""
+    limit. steps: None for the kind's default (DEFAULT_STEPS); batch: None for the model's
+    default (the autoattack kind: AUTOATTACK_BATCH at most)."""
     from tqdm import tqdm
 
     models, providers = list(models), list(providers)
+    steps = steps or DEFAULT_STEPS[kind]
     env = environment(device)
     rows: list[Row] = []
     bar = tqdm(total=len(models) * len(providers), desc=f"bench {kind}", disable=not progress, unit="run")
     for name in models:
         size = batch or MODELS[name][1 if device.type == "cpu" else 2]
+        if batch is None and kind == "autoattack":
+            size = min(size, AUTOATTACK_BATCH[device.type != "cpu"])
         model, images, labels = make_case(name, size, device)
         outputs: dict[str, object] = {}
         fns = {p: _keeping_output(provider_fn(p, model, images, labels, EPS[name], steps, kind), outputs, p)
@@ -270,7 +338,7 @@ def _robust_accuracy(model, adv: object, labels: torch.Tensor) -> float | None:
 def format_table(rows: list[Row]) -> str:
     by_key = medians_by_case(rows)
     columns = (
-        ("attack", 8),
+        ("attack", 13),
         ("model", 18),
         ("batch", 6),
         ("provider", 27),
@@ -289,7 +357,7 @@ def format_table(rows: list[Row]) -> str:
 
         robust = f"{m['robust_accuracy']:.1f}" if "robust_accuracy" in m else "-"
         lines.append(
-            f"{kernel:>8} {model:>18} {batch:>6} {provider:>27} {m['time']:>10.1f} {m['images_per_s']:>9.1f} "
+            f"{kernel:>13} {model:>18} {batch:>6} {provider:>27} {m['time']:>10.1f} {m['images_per_s']:>9.1f} "
             f"{robust:>8} {ratio('speedup_vs_naive'):>9} {ratio('speedup_vs_torchattacks'):>7} "
             f"{ratio('speedup_vs_fastest_peer'):>7} {ratio('speedup_vs_limit'):>9}"
         )

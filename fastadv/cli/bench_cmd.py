@@ -9,11 +9,11 @@ from collections.abc import Callable
 from .args import CliError, csv_list, device, positive_int
 
 DESCRIPTION = """Time the fused L-inf and L2 steps (every available backend) against the PyTorch eager formulation,
-torch.compile of it, and a same-size copy, in one run; or, with --attack, PGD, APGD or CW images/s
-and robust accuracy of fastadv against a naive loss.backward() loop, the peer libraries (torchattacks,
-the Adversarial Robustness Toolbox, Foolbox, advertorch: each when it imports) and the model's
-forward + input-gradient time. Prints a table and appends long-format CSV rows (with device,
-versions and git SHA)."""  # argparse re-wraps it
+torch.compile of it, and a same-size copy, in one run; or, with --attack, PGD, APGD, CW or AutoAttack
+(standard version, the original's budgets on both sides) images/s and robust accuracy of fastadv
+against a naive loss.backward() loop, the peer libraries (torchattacks, the Adversarial Robustness
+Toolbox, Foolbox, advertorch: each when it imports) and the model's forward + input-gradient time.
+Prints a table and appends long-format CSV rows (with device, versions and git SHA)."""  # argparse re-wraps it
 
 
 def add_parser(sub) -> None:
@@ -49,7 +49,11 @@ def add_parser(sub) -> None:
         "--attacks", type=csv_list(attack.KINDS), default=["pgd"],
         help=f"--attack: attacks, among {', '.join(attack.KINDS)} (default: %(default)s)",
     )  # fmt: skip
-    bench.add_argument("--steps", type=positive_int, default=10, help="--attack: attack steps (default: 10)")
+    bench.add_argument(
+        "--steps", type=positive_int, default=None,
+        help="--attack, --train: attack steps (default: 10; for --attacks autoattack 100, the iterations of APGD "
+             "and FAB, with Square at 50 x steps queries)",
+    )  # fmt: skip
     bench.add_argument(
         "--kernels", type=csv_list(dict.fromkeys(step.KERNELS)), default=list(step.KERNELS),
         help="which steps (default: %(default)s)",
@@ -151,7 +155,8 @@ def _run_bench_attack(args: argparse.Namespace) -> int:
                 args.models, mine, args.device, kind=kind, batch=args.batch, steps=args.steps,
                 warmup=args.warmup or 1, repeat=args.repeat or 5, progress=not args.quiet,
             )  # fmt: skip
-    print(f"{', '.join(args.attacks)} with {args.steps} steps on {rows[0].device} "
+    steps = args.steps or ", ".join(f"{kind} {attack.DEFAULT_STEPS[kind]}" for kind in args.attacks)
+    print(f"{', '.join(args.attacks)} with {steps} steps on {rows[0].device} "
           f"(torch {rows[0].torch}, git {rows[0].git_sha})")  # fmt: skip
     print(attack.format_table(rows))
     if not args.providers:  # the peers left out, and why
@@ -168,7 +173,7 @@ def _run_bench_train(args: argparse.Namespace) -> int:
     names = args.providers or available
     _check_providers(names, list(training.PROVIDERS), available, lambda n: "needs a CUDA GPU", " with --train")
     rows = training.run(
-        args.models, args.recipes, names, args.device, batch=args.batch, batches=args.batches, steps=args.steps,
+        args.models, args.recipes, names, args.device, batch=args.batch, batches=args.batches, steps=args.steps or 10,
         warmup=args.warmup or 1, repeat=args.repeat or 3, progress=not args.quiet,
     )  # fmt: skip
     print(f"adversarial training on {rows[0].device} (torch {rows[0].torch}, git {rows[0].git_sha})")

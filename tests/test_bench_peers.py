@@ -1,10 +1,13 @@
 """The peer libraries in `fastadv bench --attack` (fastadv/bench/peers.py): each peer's PGD is the
 same attack as fastadv's (no random start, same eps, step and steps), a peer that cannot be
 imported is reported with the reason, and the table gives the robust accuracy each provider
-reached. torchattacks is installed in the development environment, so its test always runs;
-the others skip, naming why, where they do not import."""
+reached. The README's set-up installs every peer (requirements-peers.txt), so in CI
+(FASTADV_EXPECT_PEERS=1, set by .ci/run) ART and Foolbox must run and advertorch must be
+installed and report why it cannot import; elsewhere a peer that does not import skips, naming
+why. torchattacks is a development dependency: its test always runs."""
 
 import csv
+import os
 import sys
 
 import pytest
@@ -15,6 +18,7 @@ from fastadv.bench import attack, peers
 from fastadv.cli import main
 
 PEERS = ["torchattacks", *peers.PEERS]
+EXPECT_PEERS = os.environ.get("FASTADV_EXPECT_PEERS") == "1"
 
 
 @pytest.fixture(scope="module")
@@ -28,6 +32,7 @@ def test_a_peer_runs_the_same_pgd_as_fastadv(digits, provider):
     reason = attack.unavailable_reason(provider)
     if reason is not None:
         assert provider != "torchattacks", "torchattacks is a development dependency: its provider must run"
+        assert not (EXPECT_PEERS and provider != "advertorch"), f"{provider} {reason} (requirements-peers.txt)"
         pytest.skip(f"{provider} {reason}")
     model, x, y = digits
     theirs = attack.provider_fn(provider, model, x, y, eps=0.1, steps=3)()
@@ -61,6 +66,7 @@ def test_advertorch_says_why_it_cannot_run():
     reason = attack.unavailable_reason("advertorch")
     if reason is None:
         pytest.skip("advertorch imports here")
+    assert not (EXPECT_PEERS and reason.startswith("is not installed")), f"advertorch {reason}"
     assert "advertorch" not in attack.available_providers("pgd")
     with pytest.raises(SystemExit) as exit_info:
         if main(["bench", "--attack", "--providers", "advertorch", "--device", "cpu"]) == 2:

@@ -21,7 +21,7 @@ def per_sample_loss(name: str, logits: torch.Tensor, labels: torch.Tensor) -> to
     if name == "ce":
         return F.cross_entropy(logits, labels, reduction="none")
     label_logit = logits.gather(1, labels.unsqueeze(1)).squeeze(1)
-    others = logits.masked_fill(F.one_hot(labels, logits.shape[1]).bool(), float("-inf"))
+    others = logits.scatter(1, labels.unsqueeze(1), float("-inf"))  # one op, not one_hot + mask
     margin = others.amax(dim=1) - label_logit
     if name == "margin":
         return margin

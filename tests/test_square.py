@@ -41,6 +41,25 @@ def test_square_sides():
     assert square_side(1.0, 6, 9, "linf") == 6  # never beyond the image
 
 
+def test_every_position_of_the_square_is_drawn():
+    """The corner is uniform over all H - s + 1 rows and W - s + 1 columns, the last included (the
+    original code and torchattacks draw from H - s of them and never reach the last row or
+    column with a small square)."""
+    from fastadv.attacks.square import _corners, _mask
+
+    gen = torch.Generator().manual_seed(0)
+    h, w, side, n = 8, 6, 3, 6000
+    top, left = _corners(n, h, w, side, gen, torch.device("cpu"))
+    assert set(top.tolist()) == set(range(h - side + 1)) and set(left.tolist()) == set(range(w - side + 1))
+    counts = torch.bincount(top * (w - side + 1) + left).float()
+    expected = n / ((h - side + 1) * (w - side + 1))
+    assert counts.min() > 0.75 * expected and counts.max() < 1.25 * expected
+    covered = _mask(top, left, side, h, w).any(0)
+    assert covered.all()  # the last row and the last column too
+    masks = _mask(top[:4], left[:4], side, h, w)
+    assert masks.shape == (4, 1, h, w) and (masks.sum((1, 2, 3)) == side * side).all()
+
+
 def _pattern_by_loops(s):
     """The L2 update as the paper builds it: in each half, nested squares around the half's
     centre, the k-th adding 1 / (k + 1)^2 to its pixels; the halves normalized, the lower one
@@ -271,25 +290,52 @@ def test_square_sees_through_masked_gradients(digits):
 # ---- agreement with torchattacks ----
 
 
+def _torchattacks_square_in_chunks(torchattacks, model, x, y, seed, every_position=False, chunk=8):
+    """torchattacks' Square's robust accuracy, run on chunks of `chunk` samples, each chunk with
+    its own seed. torchattacks draws one square and one set of signs per iteration for the whole
+    batch, so on all 359 samples at once its robust accuracy moves by up to 10 points between
+    seeds (measured: 34.5 to 46.0% on the standard model); chunks make its draws nearly as
+    independent as fastadv's per-sample ones, and the estimate as steady. `every_position`: its
+    square's corner drawn from 0 .. H - s (the paper's uniform position) instead of 0 .. H - s - 1
+    (its `random_int` never draws the last one, as in the original code)."""
+    drawn = torchattacks.Square.random_int
+    try:
+        if every_position:
+            torchattacks.Square.random_int = lambda self, low=0, high=1, shape=[1]: drawn(self, low, high + 1, shape)
+        adv = torch.cat([
+            torchattacks.Square(model, eps=0.1, n_queries=300, seed=seed * 1000 + i)(x[i : i + chunk], y[i : i + chunk])
+            for i in range(0, len(x), chunk)
+        ])  # fmt: skip
+    finally:
+        torchattacks.Square.random_int = drawn
+    return accuracy(model, adv, y)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("trained", ["standard", "fgsm-rs"])
 def test_robust_accuracy_agrees_with_torchattacks(trained):
     """On the digits CNN (standard, and FGSM-RS-trained) at eps 0.1, all 359 test samples, 300
-    queries: fastadv's robust accuracy, averaged over seeds 0 and 1, is within 2 percentage
-    points of torchattacks' Square averaged over seeds 0, 1 and 2. Three seeds for torchattacks:
-    it draws one square per iteration for the whole batch, so its robust accuracy moves by a few
-    points between seeds (measured: 35.7 to 42.6% on the standard model), where fastadv's
-    per-sample squares move it by less than one (37.9 to 38.7%). Measured means: standard 38.3%
-    (fastadv) and 38.8% (torchattacks); FGSM-RS 75.8% and 76.0%."""
+    queries, fastadv's robust accuracy averaged over seeds 0, 1 and 2 against torchattacks'
+    Square run in chunks of 8 (see above), averaged over several seeds:
+    - within 2 percentage points of torchattacks' with its square's corner drawn over every
+      position (as fastadv and the paper draw it; 4 seeds): the same algorithm, the same strength;
+    - and no weaker than torchattacks as shipped (2 seeds) by more than 2 points. As shipped it
+      never puts a small square at the image's last row or column, which on 8x8 images leaves
+      15 of 64 pixels to the start and the large early squares: it is weaker, by up to a few
+      points, depending on the model.
+    Measured on an AMD EPYC host, where the trained models differ from an Intel one's in their
+    last bits: standard: fastadv 37.1%, every position 36.8%, as shipped 38.7% (38.0% and 40.7%
+    over 12 seeds on the whole batch); FGSM-RS: 75.1%, 75.2%, 75.9%."""
     torchattacks = pytest.importorskip("torchattacks")
     from helpers import fgsm_rs_digits_model
 
     model, x, y = digits_model() if trained == "standard" else fgsm_rs_digits_model()
-    ours = [1 - fastadv.Square(model, eps=0.1, n_queries=300, seed=s).run(x, y).success_rate for s in (0, 1)]
-    theirs = [accuracy(model, torchattacks.Square(model, eps=0.1, n_queries=300, seed=s)(x, y), y) for s in (0, 1, 2)]
-    mean_ours, mean_theirs = sum(ours) / 2, sum(theirs) / 3
-    assert abs(mean_ours - mean_theirs) <= 0.02, (ours, theirs)
-    assert 0.2 < mean_ours < 0.9, "a budget where the comparison means something: neither all nor none fooled"
+    ours = sum(1 - fastadv.Square(model, eps=0.1, n_queries=300, seed=s).run(x, y).success_rate for s in range(3)) / 3
+    uniform = [_torchattacks_square_in_chunks(torchattacks, model, x, y, s, every_position=True) for s in range(4)]
+    shipped = [_torchattacks_square_in_chunks(torchattacks, model, x, y, s) for s in range(2)]
+    assert abs(ours - sum(uniform) / 4) <= 0.02, (ours, uniform)
+    assert ours <= sum(shipped) / 2 + 0.02, (ours, shipped)
+    assert 0.2 < ours < 0.9, "a budget where the comparison means something: neither all nor none fooled"
 
 
 def test_verbose_prints_each_run(digits, capsys):

@@ -17,6 +17,8 @@ DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 
 
 def one_hot_margin(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """The form the margin loss replaced. Not helpers.plain_margin: its `max` sends a tie's
+    gradient to one logit, where `amax` (both forms here) splits it."""
     logits = logits.float()
     label_mask = F.one_hot(labels, logits.shape[1]).bool()
     label_logit = logits.masked_fill(~label_mask, 0).sum(1)

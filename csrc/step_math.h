@@ -12,6 +12,16 @@
 #define FASTADV_HOST_DEVICE inline
 #endif
 
+// The rounding rule's form shared by scalars and SIMD vectors (below) is always inlined: a CPU loop
+// compiled for AVX2 or AVX-512 must not call an out-of-line copy compiled for the baseline ISA.
+#if defined(__CUDACC__) || defined(__HIPCC__)
+#define FASTADV_ROUNDING_INLINE __host__ __device__ __forceinline__
+#elif defined(__GNUC__)
+#define FASTADV_ROUNDING_INLINE inline __attribute__((always_inline))
+#else
+#define FASTADV_ROUNDING_INLINE inline
+#endif
+
 namespace fastadv {
 
 // torch.maximum / torch.minimum semantics: a NaN in either operand propagates. fmaxf would
@@ -137,22 +147,33 @@ FASTADV_HOST_DEVICE float l2_output(float x, float delta, float factor, float lo
 // y: |out - x| <= |y - x|, within the ball, and within [lower, upper] whenever the bounds are
 // representable. float32 outputs are stored as they are (PGD then equals torchattacks bit for bit).
 
-FASTADV_HOST_DEVICE bool rounding_leaves_budget(float rounded, float y, float x, float limit) {
-  const float away = abs_value(rounded - x);
-  return away > limit && away > abs_value(y - x);
+// The rule on one element (F float, U uint32_t holding the 16-bit pattern) or on a whole SIMD
+// vector of elements at once (F, U: GCC vectors of float and uint32_t, csrc/cpu/step_simd.h): the
+// same expression serves both. Comparisons give a bool or a lane mask, `?:` selects per lane, F{}
+// and U{} are zeros, and constants broadcast; no branch, so the CPU loops run it on whole vectors
+// (AVX-512 masks, AVX2 blends, SSE2 and/andnot) and the CUDA kernel as predicated selects.
+// away > limit and away > |y - x| decide whether nearest(y) left the budget (NaN compares false:
+// a NaN stays as it is); the step toward x is bits - 1 (toward zero) when `rounded` lies on the
+// same side of x as of zero, else bits + 1; from a zero it goes to the smallest subnormal on x's
+// side (0x0001 or 0x8001).
+template <typename F>
+FASTADV_ROUNDING_INLINE F lanes_abs(F v) {
+  return v < F{} ? -v : v;  // abs_value: -0 and NaN stay as they are (only compared below)
 }
 
-// The bits of the 16-bit float one unit in the last place from `rounded` (its bits, nonzero
-// distance from x) toward x. Both dtypes are sign-magnitude: a step toward zero is bits - 1, away
-// from zero bits + 1; from a zero the step goes to the smallest subnormal on x's side.
-FASTADV_HOST_DEVICE uint16_t bits_toward(uint16_t bits, float rounded, float x) {
-  if ((bits & 0x7FFFu) == 0) return x < 0.f ? 0x8001u : 0x0001u;
-  return static_cast<uint16_t>((rounded > x) == (rounded > 0.f) ? bits - 1u : bits + 1u);
+template <typename F, typename U>
+FASTADV_ROUNDING_INLINE U bits_within_budget_lanes(U bits, F rounded, F y, F x, F limit) {
+  const F away = lanes_abs(rounded - x);
+  const auto leaves = (away > limit) & (away > lanes_abs(y - x));
+  const U moved = ((rounded > x) == (rounded > F{})) ? bits - 1u : bits + 1u;
+  const U from_zero = x < F{} ? U{} + 0x8001u : U{} + 0x0001u;
+  const U toward = (bits & 0x7FFFu) == 0u ? from_zero : moved;
+  return leaves ? toward : bits;
 }
 
 // The stored bits of a 16-bit output element: `bits` is nearest(y), `rounded` its value.
 FASTADV_HOST_DEVICE uint16_t bits_within_budget(uint16_t bits, float rounded, float y, float x, float limit) {
-  return rounding_leaves_budget(rounded, y, x, limit) ? bits_toward(bits, rounded, x) : bits;
+  return static_cast<uint16_t>(bits_within_budget_lanes<float, uint32_t>(bits, rounded, y, x, limit));
 }
 
 // The same for an element of type T (float: stored as it is; c10::Half or c10::BFloat16, whose

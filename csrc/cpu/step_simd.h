@@ -1,0 +1,140 @@
+// Whole-vector conversions between float32 and the 16-bit output dtypes for the CPU loops, and the
+// rounding rule (step_math.h's bits_within_budget_lanes) on whole vectors. Included by
+// step_cpu_loops.h inside its anonymous namespace, once per ISA build: kLanes float32 lanes per
+// vector, 16 on AVX-512, 8 on AVX2, 4 (SSE2, or whatever the compiler makes of 16-byte vectors)
+// in the baseline build. The vectors are GCC vector extensions, so the rule is step_math.h's own
+// expression instantiated on vectors (comparisons give lane masks, `?:` is a blend); float16 goes
+// through F16C / AVX-512F where the build has them and through the branch-free bit conversions of
+// step_cpu_loops.h's load_float / store_float, written on vectors, in the baseline build; bfloat16
+// rounds by integer arithmetic. Every function here equals its scalar counterpart bit for bit
+// (tests/test_cpu_builds.py runs each build on every 16-bit pattern and on rounding edges).
+#pragma once
+
+// The GCC vectors below pass through step_math.h's always-inlined templates, which have no target
+// attribute of their own: GCC warns that their ABI would differ, but no call of them remains.
+#pragma GCC diagnostic ignored "-Wpsabi"
+
+constexpr int kLanes = FASTADV_CPU_HALF_LANES > 0 ? FASTADV_CPU_HALF_LANES : 4;
+
+typedef float FloatLanes __attribute__((vector_size(4 * kLanes)));
+typedef uint32_t BitsLanes __attribute__((vector_size(4 * kLanes)));
+typedef uint16_t Bits16Lanes __attribute__((vector_size(2 * kLanes)));
+
+template <typename T>
+constexpr bool kIs16Bit = std::is_same_v<T, c10::Half> || std::is_same_v<T, c10::BFloat16>;
+
+FASTADV_CPU_TARGET inline FloatLanes load_lanes(const float* p) {
+  FloatLanes v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+
+FASTADV_CPU_TARGET inline void store_lanes(float* p, FloatLanes v) {
+  std::memcpy(p, &v, sizeof(v));
+}
+
+// kLanes 16-bit patterns, zero-extended to 32-bit lanes, and back (the upper halves are zero).
+template <typename T>
+FASTADV_CPU_TARGET inline BitsLanes load_bits(const T* p) {
+  Bits16Lanes v;
+  std::memcpy(&v, p, sizeof(v));
+  return __builtin_convertvector(v, BitsLanes);
+}
+
+template <typename T>
+FASTADV_CPU_TARGET inline void store_bits(T* p, BitsLanes bits) {
+  const Bits16Lanes v = __builtin_convertvector(bits, Bits16Lanes);
+  std::memcpy(p, &v, sizeof(v));
+}
+
+// The float32 values of 16-bit patterns (load_float on every lane).
+template <typename T>
+FASTADV_CPU_TARGET inline FloatLanes widen_bits(BitsLanes bits) {
+  if constexpr (std::is_same_v<T, c10::BFloat16>) {
+    return reinterpret_cast<FloatLanes>(bits << 16);
+  } else {
+#if FASTADV_CPU_HALF_LANES >= 16
+    return reinterpret_cast<FloatLanes>(_mm512_cvtph_ps(_mm512_cvtepi32_epi16(reinterpret_cast<__m512i>(bits))));
+#elif FASTADV_CPU_HALF_LANES >= 8
+    const __m256i b = reinterpret_cast<__m256i>(bits);
+    const __m128i packed = _mm_packus_epi32(_mm256_castsi256_si128(b), _mm256_extracti128_si256(b, 1));
+    return reinterpret_cast<FloatLanes>(_mm256_cvtph_ps(packed));
+#else
+    const BitsLanes w = bits << 16;
+    const BitsLanes sign = w & 0x80000000u;
+    const BitsLanes two_w = w + w;
+    const FloatLanes normalized = reinterpret_cast<FloatLanes>((two_w >> 4) + (0xE0u << 23)) * 0x1.0p-112f;
+    const FloatLanes denormalized = reinterpret_cast<FloatLanes>((two_w >> 17) | (126u << 23)) - 0.5f;
+    return reinterpret_cast<FloatLanes>(
+        sign | (two_w < (1u << 27) ? reinterpret_cast<BitsLanes>(denormalized) : reinterpret_cast<BitsLanes>(normalized)));
+#endif
+  }
+}
+
+// kLanes elements of a 16-bit input as float32.
+template <typename T>
+FASTADV_CPU_TARGET inline FloatLanes load_widened(const T* p) {
+#if FASTADV_CPU_HALF_LANES >= 16
+  if constexpr (std::is_same_v<T, c10::Half>) {
+    return reinterpret_cast<FloatLanes>(_mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))));
+  }
+#elif FASTADV_CPU_HALF_LANES >= 8
+  if constexpr (std::is_same_v<T, c10::Half>) {
+    return reinterpret_cast<FloatLanes>(_mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
+  }
+#endif
+  return widen_bits<T>(load_bits(p));
+}
+
+// nearest(y) in T: its bits (zero-extended) and its float32 value (store_float, then load_float).
+struct RoundedLanes {
+  BitsLanes bits;
+  FloatLanes value;
+};
+
+template <typename T>
+FASTADV_CPU_TARGET inline RoundedLanes round_lanes(FloatLanes y) {
+  if constexpr (std::is_same_v<T, c10::BFloat16>) {
+    const BitsLanes w = reinterpret_cast<BitsLanes>(y);
+    const BitsLanes nearest = (w + 0x7FFFu + ((w >> 16) & 1u)) >> 16;
+    const BitsLanes bits = y != y ? BitsLanes{} + 0x7FC0u : nearest;  // NaN -> 0x7FC0, as c10
+    return {bits, reinterpret_cast<FloatLanes>(bits << 16)};
+  } else {
+#if FASTADV_CPU_HALF_LANES >= 16
+    const __m256i packed = _mm512_cvtps_ph(reinterpret_cast<__m512>(y), _MM_FROUND_TO_NEAREST_INT);
+    return {reinterpret_cast<BitsLanes>(_mm512_cvtepu16_epi32(packed)),
+            reinterpret_cast<FloatLanes>(_mm512_cvtph_ps(packed))};
+#elif FASTADV_CPU_HALF_LANES >= 8
+    const __m128i packed = _mm256_cvtps_ph(reinterpret_cast<__m256>(y), _MM_FROUND_TO_NEAREST_INT);
+    return {reinterpret_cast<BitsLanes>(_mm256_cvtepu16_epi32(packed)),
+            reinterpret_cast<FloatLanes>(_mm256_cvtph_ps(packed))};
+#else
+    // store_float<c10::Half> on every lane (see there).
+    const BitsLanes w = reinterpret_cast<BitsLanes>(y);
+    FloatLanes base = (reinterpret_cast<FloatLanes>(w & 0x7FFFFFFFu) * 0x1.0p+112f) * 0x1.0p-110f;
+    const BitsLanes shl1_w = w + w;
+    const BitsLanes sign = w & 0x80000000u;
+    BitsLanes bias = shl1_w & 0xFF000000u;
+    bias = bias < 0x71000000u ? BitsLanes{} + 0x71000000u : bias;
+    base = reinterpret_cast<FloatLanes>((bias >> 1) + 0x07800000u) + base;
+    const BitsLanes b = reinterpret_cast<BitsLanes>(base);
+    const BitsLanes nonsign = ((b >> 13) & 0x00007C00u) + (b & 0x00000FFFu);
+    const BitsLanes bits = (sign >> 16) | (shl1_w > 0xFF000000u ? BitsLanes{} + 0x7E00u : nonsign);
+    return {bits, widen_bits<T>(bits)};
+#endif
+  }
+}
+
+// n float32 results y stored as T within the budget (step_math.h's rule; x: the inputs' x in
+// float32; limit: eps for L-inf, 0 for L2): whole vectors, then the scalar form on the tail.
+template <typename T>
+FASTADV_CPU_TARGET inline void store_rounded(const float* y, T* out, int64_t n, const float* x, float limit) {
+  const FloatLanes limits = FloatLanes{} + limit;
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes) {
+    const FloatLanes yv = load_lanes(y + i);
+    const RoundedLanes r = round_lanes<T>(yv);
+    store_bits(out + i, bits_within_budget_lanes(r.bits, r.value, yv, load_lanes(x + i), limits));
+  }
+  for (; i < n; ++i) out[i] = stored<T>(y[i], x[i], limit);
+}

@@ -92,6 +92,37 @@ def test_every_16_bit_pattern_through_the_conversions(isa, dtype):
         assert_exact(fastadv.linf_step(*args, targeted=targeted, backend="cpu"), expected, f"{isa} stores")
 
 
+@pytest.mark.parametrize("dtype", (torch.float16, torch.bfloat16), ids=str)
+def test_rounding_rule_on_every_build(isa, dtype):
+    """The rounding rule (DESIGN.md, "Rounding to the output dtype") runs on whole vectors in every
+    build (csrc/cpu/step_simd.h) and in scalar form on the tails: results at the ball's edge that
+    nearest rounding carries past it, results that round to zero on the far side of x (the step from
+    a zero) and past the largest finite value, NaN, in L-inf (limit eps) and L2 (limit 0), equal the
+    reference bit for bit."""
+    gen = torch.Generator().manual_seed(zlib.crc32(f"rounding{isa}{dtype}".encode()))
+    n = 4099  # every vector width and chunk many times over, and a tail
+    info = torch.finfo(dtype)
+    smallest = info.smallest_normal * info.eps  # the smallest subnormal
+    x = (torch.rand(n, generator=gen) * torch.exp2(torch.randint(-12, 4, (n,), generator=gen).float())).to(dtype)
+    x = torch.where(torch.rand(n, generator=gen) < 0.5, -x, x)
+    x[::7] = smallest * torch.where(torch.rand(x[::7].shape, generator=gen) < 0.5, -1.0, 1.0)
+    x[5::11] = info.max
+    x[3::101] = float("nan")
+    inf = float("inf")
+    for eps in (0.1, 8 / 255, 0.0371, 1e-3, 0.6 * smallest, 1e30):
+        for sign in (1.0, -1.0):  # x_adv beyond either edge of the ball (projected onto it), or at x
+            x_adv = (x.float() + sign * 2 * eps * torch.rand(n, generator=gen)).to(dtype)
+            x_adv[::13] = 0.0
+            args = (x_adv, x, eps, -inf, inf)
+            expected = fastadv.linf_project(*args, backend="torch")
+            assert_exact(fastadv.linf_project(*args, backend="cpu"), expected, f"{isa} linf eps={eps}")
+    for alpha in (0.1, 3.0, 1e-4):  # L2: limit 0, every rounding that moves away from x is undone
+        x2, grad = x.view(1, n).nan_to_num(), torch.randn(1, n, generator=gen).to(dtype)
+        args = (x2.roll(1, 1), grad, x2, 0.5, alpha, -inf, inf)
+        expected = fastadv.l2_step(*args, backend="torch")
+        assert_close(fastadv.l2_step(*args, backend="cpu"), expected, f"{isa} l2 alpha={alpha}")
+
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_subnormals_are_not_flushed(isa, dtype):
     """No flush-to-zero (a subnormal result stays) and no denormals-are-zero (a subnormal input

@@ -6,9 +6,11 @@ kept (no flush-to-zero, no denormals-are-zero); L2 to the contract's tolerance. 
 the build: FASTADV_CPU_ISA, use_cpu_isa and their errors."""
 
 import os
+import shutil
 import subprocess
 import sys
 import zlib
+from pathlib import Path
 
 import pytest
 import torch
@@ -246,3 +248,21 @@ def test_environment_variable_chooses_the_build():
     if missing:  # a CPU without AVX-512 (or AVX2): asking for it names the variable
         done = _run_with_env(missing[-1], code)
         assert done.returncode != 0 and f"FASTADV_CPU_ISA='{missing[-1]}': this CPU cannot run" in done.stderr
+
+
+def test_rounding_rule_at_sixteen_lanes(tmp_path):
+    """The AVX-512 build runs the rule on 16-lane vectors, which this host may not run: the same
+    generic expression at 16 lanes, compiled for what the host runs, equals the scalar form
+    (tests/cpu_lanes/rule_lanes.cpp)."""
+    compiler = shutil.which("g++") or shutil.which("c++")
+    if compiler is None or sys.platform != "linux":
+        pytest.skip("no g++ to build tests/cpu_lanes/rule_lanes.cpp")
+    root = Path(__file__).resolve().parents[1]
+    isa = ["-mavx2", "-mfma"] if "avx2" in extension.cpu_isas() else []
+    binary = tmp_path / "rule_lanes"
+    source = root / "tests" / "cpu_lanes" / "rule_lanes.cpp"
+    flags = ["-std=c++20", "-O2", "-Wno-psabi", *isa, f"-I{root / 'csrc'}", "-o", str(binary), str(source)]
+    subprocess.run([compiler, *flags], check=True)
+    result = subprocess.run([str(binary)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "0 of 6400000 differ" in result.stdout

@@ -48,8 +48,9 @@ def add_parser(sub) -> None:
              "folder (its test split), or a folder with one sub-folder of images per class",
     )  # fmt: skip
     p.add_argument(
-        "--image-size", type=arg.positive_int, default=None,
-        help="resize folder images' shorter side to this size and crop the centre square",
+        "--image-size", type=arg.image_side, default=None,
+        help=f"resize folder images' shorter side to this size (at most {arg.MAX_IMAGE_SIDE}) and crop the centre "
+        "square",
     )  # fmt: skip
     arg.add_data_options(p)
     p.add_argument(
@@ -101,6 +102,8 @@ def _default_model(cache: str, quiet: bool) -> torch.nn.Module:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.eot_samples != EVALUATE["eot_samples"] and not args.adaptive:
+        raise CliError("--eot-samples: only the --adaptive attacks average gradients over draws; add --adaptive")
     rank, args.device = _distributed.init_from_env(args.device)
     arg.check_backend(args.backend, args.device)
     inputs = {"--model": args.model, "--weights": args.weights, "--data": args.data,

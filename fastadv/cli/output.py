@@ -88,8 +88,9 @@ class FolderLock:
         while True:
             try:
                 fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
-            except OSError as error:
-                raise CliError(f"--out: cannot create the lock file {path} ({error.strerror})") from None
+            except OSError as error:  # (a folder not made yet: its parent cannot be written to)
+                what = "the lock file " + path if os.path.isdir(folder) else folder
+                raise CliError(f"--out: cannot create {what} ({error.strerror})") from None
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError:
@@ -164,11 +165,12 @@ class OutputFolder:
         check_inputs(self.path, inputs)
         if os.path.exists(self.path) and not os.path.isdir(self.path):
             raise CliError(f"--out: {self.path} exists and is not a folder")
-        top = self._create(os.path.dirname(os.path.abspath(self.path)))
+        top = self._create(os.path.dirname(os.path.abspath(self.path)), shown=self.path)
         # (when the lock is refused, parents made here stay: the run holding it may be using them)
         self.lock = FolderLock(_lock_path(self.path), self.path)
         try:
-            self.created = top or self._create(self.path)
+            made = self._create(self.path)
+            self.created = top or made
             self._probe_writable()
             pending = os.path.join(self.path, PENDING)
             if resume and os.path.isdir(pending):
@@ -190,9 +192,12 @@ class OutputFolder:
             raise
 
     @staticmethod
-    def _create(path: str) -> str | None:
-        """Makes the folder; returns the topmost folder made (None when it existed)."""
+    def _create(path: str, shown: str | None = None) -> str | None:
+        """Makes the folder `path` (for the folder `shown`: its parent); returns the topmost
+        folder made (None when it existed)."""
         if os.path.exists(path) and not os.path.isdir(path):
+            if shown is not None:
+                raise CliError(f"--out: cannot create {shown} (Not a directory)")
             raise CliError(f"--out: {path} exists and is not a folder")
         top, parent = None, os.path.abspath(path)
         while not os.path.exists(parent):
@@ -202,7 +207,7 @@ class OutputFolder:
         try:
             os.makedirs(path, exist_ok=True)
         except OSError as error:
-            raise CliError(f"--out: cannot create {path} ({error.strerror})") from None
+            raise CliError(f"--out: cannot create {shown or path} ({error.strerror})") from None
         return top
 
     def _probe_writable(self) -> None:

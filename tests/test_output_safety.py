@@ -206,5 +206,7 @@ def test_torchrun_every_rank_reports_a_bad_model_in_one_line(files, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
     errors = [line for line in done.stderr.splitlines() if line.startswith("fastadv eval: error: --model")]
-    assert len(errors) == 2 and "Traceback" not in done.stderr, done.stderr
+    # (torchrun's launcher prints its own traceback, ChildFailedError, when a rank exits with 2)
+    assert len(errors) == 2, done.stderr
+    assert "FileNotFoundError" not in done.stderr and "fastadv/cli" not in done.stderr, done.stderr
     assert not out.exists()

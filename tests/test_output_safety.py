@@ -210,3 +210,20 @@ def test_torchrun_every_rank_reports_a_bad_model_in_one_line(files, tmp_path):
     assert len(errors) == 2, done.stderr
     assert "FileNotFoundError" not in done.stderr and "fastadv/cli" not in done.stderr, done.stderr
     assert not out.exists()
+
+
+def test_a_rank_other_than_0_never_touches_the_folder(tmp_path, monkeypatch):
+    """What rank 1 of torchrun does (rank 0's outcome shared with it): it makes, locks and
+    removes nothing, so a folder rank 0 removed after a failure is no error on rank 1."""
+    from fastadv import _distributed
+    from fastadv.cli.args import CliError
+    from fastadv.cli.output import OutputFolder
+
+    monkeypatch.setattr(_distributed, "rank_and_world", lambda: (1, 2))
+    out = tmp_path / "out"
+    folder = OutputFolder(str(out), "eval", resume=False, overwrite=False, state="eval-state.pt")
+    assert not out.exists() and os.listdir(tmp_path) == [], "rank 1 made the folder or a lock"
+    with pytest.raises(CliError, match="the model"):
+        with folder:
+            folder.start()
+            raise CliError("the model cannot be read")  # on every rank; rank 0 removes the folder

@@ -87,6 +87,8 @@ def save_atomic(obj: Any, path: str) -> None:
 
 def load(path: str, kind: str) -> dict:
     """The dict saved at `path`, which must carry ``"kind": kind``; CheckpointError otherwise."""
+    if os.path.isdir(path):
+        raise CheckpointError(f"{path}: a folder, not a file (expected a fastadv {kind} file)")
     if not os.path.isfile(path):
         raise CheckpointError(f"{path}: no such file")
     try:

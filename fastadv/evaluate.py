@@ -314,7 +314,9 @@ def _evaluation(model, selection: Selection, attacks: list[str], options: dict, 
             classes = int(model(first_images(selection, 1)[0].to(device)).shape[1])
         job = _Job(model, attacks, eps, steps, cascade, seed, classes, options)
         settings = {"attacks": attacks, "eps": eps, "steps": steps, "batch_size": batch_size, "cascade": cascade,
-                    "seed": seed, "samples": len(selection), "world_size": world}  # fmt: skip
+                    "seed": seed, "samples": len(selection), "world_size": world,
+                    # autocast changes the numbers: a resume under another amp would mix two precisions
+                    "amp": None if options["amp"] is None else str(options["amp"])}  # fmt: skip
         if options.get("adaptive"):
             settings.update(adaptive=True, eot_samples=options["eot_samples"])
         sums, first_batch, skipped = _Sums(len(eps), len(attacks), classes), 0, []

@@ -50,6 +50,11 @@ def file_kind(path: str) -> str:
     """What the file at `path` holds, from its contents: "torchscript", "export" (a
     torch.export program), "safetensors" or "torch" (a torch.save file: fastadv's model files
     and state_dicts). ModelError when it is missing or none of these."""
+    if os.path.isdir(path):
+        raise ModelError(
+            f"{path}: a folder, not a model file (expected a fastadv model file, a TorchScript or "
+            "torch.export archive, a .safetensors or torch.save file, or a module:callable factory)"
+        )
     if not os.path.isfile(path):
         raise ModelError(f"{path}: no such file")
     if zipfile.is_zipfile(path):

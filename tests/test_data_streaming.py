@@ -53,12 +53,13 @@ def write_cifar10(folder, per_batch: int = 6, seed: int = 0):
 def test_cifar10_folder_through_the_cli_equals_the_same_arrays_as_npz(tmp_path, capsys):
     """The acceptance case: a CIFAR-format folder evaluated through the CLI gives the report of
     the same images saved as an .npz."""
-    x, y = write_cifar10(tmp_path / "cifar-10-batches-py", per_batch=12)
+    # (the data in a folder of its own: an --out inside an input folder is refused)
+    x, y = write_cifar10(tmp_path / "data" / "cifar-10-batches-py", per_batch=12)
     np.savez(tmp_path / "same.npz", x=x, y=y)
     torch.manual_seed(0)
     models.save(models.small_cnn(in_channels=3, num_classes=10, width=8), str(tmp_path / "m.pt"))
     reports = {}
-    for name, data in (("cifar", tmp_path), ("npz", tmp_path / "same.npz")):  # the parent folder works too
+    for name, data in (("cifar", tmp_path / "data"), ("npz", tmp_path / "same.npz")):  # the parent folder works too
         argv = ["eval", "--model", str(tmp_path / "m.pt"), "--data", str(data), "--attacks", "fgsm,pgd", "--eps",
                 "0.03", "--steps", "2", "--batch-size", "5", "--workers", "0", "--out", str(tmp_path / name),
                 "--no-plots", "--quiet"]  # fmt: skip

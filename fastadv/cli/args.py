@@ -168,19 +168,33 @@ def check_fit(model, images, labels, *, option: str = "--data") -> None:
         raise CliError(f"{option}: labels go up to {int(labels.max())} but the model has {logits.shape[1]} classes")
 
 
+# The largest image side --input-size and --image-size resize to: a batch of 256 RGB images of
+# 4096 x 4096 is already 51 GB as float32; beyond it a typo allocates until the machine gives up.
+MAX_IMAGE_SIDE = 4096
+
+
+def image_side(text: str) -> int:
+    """A resized image's side: an integer in [1, MAX_IMAGE_SIDE]."""
+    side = positive_int(text)
+    if side > MAX_IMAGE_SIDE:
+        raise argparse.ArgumentTypeError(f"at most {MAX_IMAGE_SIDE} pixels a side, got {side}")
+    return side
+
+
 def input_size(text: str) -> tuple[int, int]:
-    """H,W (or N for N x N): positive integers."""
+    """H,W (or N for N x N): integers in [1, MAX_IMAGE_SIDE]."""
     parts = [p.strip() for p in text.split(",")]
     if len(parts) not in (1, 2):
         raise argparse.ArgumentTypeError(f"expected H,W or N, got {text!r}")
-    sizes = [positive_int(p) for p in parts]
+    sizes = [image_side(p) for p in parts]
     return (sizes[0], sizes[-1])
 
 
 def add_data_options(p: argparse.ArgumentParser, *, shuffle: bool = True) -> None:
     """The options of how --data is read, shared by eval and train."""
     p.add_argument("--input-size", type=input_size, default=None,
-                   help="resize image-folder images to H,W (or N for N x N) as they are decoded")  # fmt: skip
+                   help="resize image-folder images to H,W (or N for N x N; at most "
+                   f"{MAX_IMAGE_SIDE} a side) as they are decoded")  # fmt: skip
     p.add_argument(
         "--workers", type=nonnegative_int, default=None,
         help=f"processes that read and decode the data (default: one per CPU, at most 8: {default_workers()} "

@@ -4,6 +4,9 @@
 from __future__ import annotations
 
 import argparse
+import logging
+import os
+import tempfile
 from collections.abc import Callable
 
 from .args import CliError, csv_list, device, positive_int
@@ -14,6 +17,9 @@ torch.compile of it, and a same-size copy, in one run; or, with --attack, PGD, A
 against a naive loss.backward() loop, the peer libraries (torchattacks, the Adversarial Robustness
 Toolbox, Foolbox, advertorch: each when it imports) and the model's forward + input-gradient time.
 Prints a table and appends long-format CSV rows (with device, versions and git SHA)."""  # argparse re-wraps it
+STEP_LEGEND = ("GB/s: the bytes a step must move / its time; vs eager: eager's time / its time (2.00x: twice as "
+               "fast); of copy: its design's bytes / time as a share of a same-size copy's GB/s (the memory-bandwidth "
+               "ceiling)")  # fmt: skip
 
 
 def add_parser(sub) -> None:
@@ -99,6 +105,11 @@ def add_parser(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.attack and args.train:
         raise CliError("--attack and --train: choose one")
+    kind = "attack" if args.attack else "train" if args.train else "step"
+    args.csv = args.csv or f"fastadv-results/bench_{kind}.csv"
+    check_csv(args.csv)  # before minutes of measuring
+    if args.device.type == "cpu":
+        _quiet_cuda_home_probe()
     if args.attack:
         return _run_bench_attack(args)
     if args.train:
@@ -106,7 +117,6 @@ def run(args: argparse.Namespace) -> int:
     from ..bench import step
 
     args.warmup, args.repeat = args.warmup or 3, args.repeat or 10
-    args.csv = args.csv or "fastadv-results/bench_step.csv"
 
     from ..backends import BACKENDS
 
@@ -134,6 +144,7 @@ def run(args: argparse.Namespace) -> int:
         f"(torch {rows[0].torch}, triton {rows[0].triton}, git {rows[0].git_sha})"
     )
     print(step.format_table(rows))
+    print(STEP_LEGEND)
     return _write_rows(rows, args.csv)
 
 
@@ -163,7 +174,7 @@ def _run_bench_attack(args: argparse.Namespace) -> int:
         for name in everything:
             if name in attack.PEER_LIBRARIES and name not in available:
                 print(f"missing: {name} {attack.unavailable_reason(name, args.device)}")
-    return _write_rows(rows, args.csv or "fastadv-results/bench_attack.csv")
+    return _write_rows(rows, args.csv)
 
 
 def _run_bench_train(args: argparse.Namespace) -> int:
@@ -178,7 +189,47 @@ def _run_bench_train(args: argparse.Namespace) -> int:
     )  # fmt: skip
     print(f"adversarial training on {rows[0].device} (torch {rows[0].torch}, git {rows[0].git_sha})")
     print(training.format_table(rows))
-    return _write_rows(rows, args.csv or "fastadv-results/bench_train.csv")
+    return _write_rows(rows, args.csv)
+
+
+def check_csv(path: str) -> None:
+    """CliError unless rows can be appended to `path`: a new file in a folder that can be made
+    and written to, or an existing, writable benchmark CSV (its first line is the header)."""
+    from ..bench.results import Row
+
+    header = ",".join(Row.__dataclass_fields__)
+    if os.path.isdir(path):
+        raise CliError(f"--csv: {path} is a folder; give a CSV file")
+    if os.path.exists(path):
+        try:
+            with open(path, encoding="utf-8", errors="replace", newline="") as f:
+                first = f.readline(len(header) + 2).rstrip("\r\n")
+        except OSError as error:
+            raise CliError(f"--csv: cannot read {path}: {error.strerror}") from None
+        if first and first != header:
+            raise CliError(f"--csv: {path} is not a fastadv benchmark CSV (its first line is not the header "
+                           f"{header.split(',')[0]},...); rows are appended only to one, give a new file")  # fmt: skip
+        try:
+            open(path, "ab").close()  # (appends nothing)
+        except OSError as error:
+            raise CliError(f"--csv: cannot write {path}: {error.strerror}") from None
+        return
+    folder = os.path.dirname(os.path.abspath(path))
+    while not os.path.exists(folder):  # write_csv makes the missing folders
+        folder = os.path.dirname(folder)
+    try:
+        with tempfile.TemporaryFile(dir=folder):  # (unnamed where the system can: no trace left)
+            pass
+    except OSError as error:
+        raise CliError(f"--csv: cannot create {path}: {folder} cannot be written to ({error.strerror})") from None
+
+
+def _quiet_cuda_home_probe() -> None:
+    """torch.compile imports torch.utils.cpp_extension, which warns "No CUDA runtime is found"
+    on a machine with a CUDA toolkit but no GPU: true of every CPU benchmark there, and noise."""
+    logging.getLogger("torch.utils.cpp_extension").addFilter(
+        lambda record: not record.getMessage().startswith("No CUDA runtime is found")
+    )
 
 
 def _write_rows(rows: list, path: str) -> int:

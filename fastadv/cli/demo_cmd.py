@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import socket
 
 import torch
 
@@ -40,8 +41,9 @@ def add_parser(sub) -> None:
                    f"a folder with one sub-folder of images per class; the page holds its first {DEMO_SAMPLES} "
                    "samples (after --subset / --shuffle-seed)")  # fmt: skip
     p.add_argument(
-        "--image-size", type=arg.positive_int, default=None,
-        help="resize folder images' shorter side to this size and crop the centre square",
+        "--image-size", type=arg.image_side, default=None,
+        help=f"resize folder images' shorter side to this size (at most {arg.MAX_IMAGE_SIDE}) and crop the centre "
+        "square",
     )  # fmt: skip
     arg.add_data_options(p)
     p.add_argument(
@@ -68,6 +70,18 @@ def add_parser(sub) -> None:
     p.set_defaults(run=run)
 
 
+def _check_host(host: str) -> None:
+    """The page can be served on `host`: an address of this machine (or a name of one), checked
+    by binding a socket to it before the model is loaded."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, 0, type=socket.SOCK_STREAM)[0]
+        with socket.socket(family, kind, proto) as probe:
+            probe.bind(address)
+    except (OSError, UnicodeError) as error:  # socket.gaierror is an OSError
+        reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
+        raise CliError(f"--host: cannot serve on {host!r}: not an address of this machine ({reason})") from None
+
+
 def run(args: argparse.Namespace) -> int:
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # before gradio is imported
     try:
@@ -76,6 +90,7 @@ def run(args: argparse.Namespace) -> int:
         raise CliError(
             "gradio is not installed: pip install 'fastadv[demo]' (the README's set-up installs it)"
         ) from None
+    _check_host(args.host)
     if args.threads:
         torch.set_num_threads(args.threads)
     model, data = eval_cmd._inputs(args, rank=0)

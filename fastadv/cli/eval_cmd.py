@@ -48,8 +48,9 @@ def add_parser(sub) -> None:
              "folder (its test split), or a folder with one sub-folder of images per class",
     )  # fmt: skip
     p.add_argument(
-        "--image-size", type=arg.positive_int, default=None,
-        help="resize folder images' shorter side to this size and crop the centre square",
+        "--image-size", type=arg.image_side, default=None,
+        help=f"resize folder images' shorter side to this size (at most {arg.MAX_IMAGE_SIDE}) and crop the centre "
+        "square",
     )  # fmt: skip
     arg.add_data_options(p)
     p.add_argument(
@@ -101,18 +102,22 @@ def _default_model(cache: str, quiet: bool) -> torch.nn.Module:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.eot_samples != EVALUATE["eot_samples"] and not args.adaptive:
+        raise CliError("--eot-samples: only the --adaptive attacks average gradients over draws; add --adaptive")
     rank, args.device = _distributed.init_from_env(args.device)
     arg.check_backend(args.backend, args.device)
-    output = OutputFolder(args.out, "eval", resume=args.resume, overwrite=args.overwrite, state=STATE)
+    inputs = {"--model": args.model, "--weights": args.weights, "--data": args.data,
+              "--cache": args.cache if args.model is None else None}  # fmt: skip
+    output = OutputFolder(args.out, "eval", resume=args.resume, overwrite=args.overwrite, state=STATE, inputs=inputs)
     with output:
         model, data = _inputs(args, rank)
-        output.start()  # every input checked: an overwritten run's files go now
+        output.start()  # every input checked: the run's files go into output.work from now on
         _distributed.barrier()
         run_evaluation = functools.partial(evaluate, attacks=args.attacks, eps=args.eps, steps=args.steps,
                                            batch_size=args.batch_size, cascade=not args.no_cascade, seed=args.seed,
                                            amp=args.amp, channels_last=args.channels_last, backend=args.backend,
                                            progress=not args.quiet, workers=args.workers)  # fmt: skip
-        state = os.path.join(output.path, STATE)
+        state = os.path.join(output.work, STATE)
         try:
             report = defenses.evaluate_defenses(model, data, run_evaluation, args.defense, device=args.device,
                                                 seed=args.seed, adaptive=args.adaptive, eot_samples=args.eot_samples,
@@ -125,17 +130,17 @@ def run(args: argparse.Namespace) -> int:
         report["data"] = args.data
         if rank != 0:
             return 0
-        arg.write_json(os.path.join(output.path, "report.json"), report)
+        arg.write_json(os.path.join(output.work, "report.json"), report)
         print(format_report(report))
         if "comparison" in report:
-            defenses.print_and_plot(report, output.path, not args.no_plots)
+            defenses.print_and_plot(report, output.work, not args.no_plots)
         if not args.no_plots:
             from ..plots import plot_examples, plot_robustness
 
-            plot_robustness(report, os.path.join(output.path, "robustness.png"))
+            plot_robustness(report, os.path.join(output.work, "robustness.png"))
             images, labels = first_images(data, 8)
             plot_examples(model, images.to(args.device), labels.to(args.device), args.attacks[-1], max(args.eps),
-                          os.path.join(output.path, "examples.png"), steps=args.steps, seed=args.seed)  # fmt: skip
+                          os.path.join(output.work, "examples.png"), steps=args.steps, seed=args.seed)  # fmt: skip
     print(f"report {'in' if args.no_plots else 'and plots in'} {output.path}")
     return 0
 

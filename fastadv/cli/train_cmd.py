@@ -116,8 +116,9 @@ def run(args: argparse.Namespace) -> int:
                         teacher=teacher)  # fmt: skip
     except ValueError as error:
         raise CliError(str(error)) from None
+    inputs = {"--data": args.data, "--val-data": args.val_data, "--init": args.init, "--teacher": args.teacher}
     output = OutputFolder(args.out, "train", resume=args.resume, overwrite=args.overwrite, state="latest.pt",
-                          keep=("latest.pt",))  # fmt: skip
+                          keep=("latest.pt",), inputs=inputs)  # fmt: skip
     with output:
         model, train, val = _inputs(args)
         # where the weights started: --init's weights, or a new model drawn from --seed (in the
@@ -125,12 +126,12 @@ def run(args: argparse.Namespace) -> int:
         start = fingerprint(model.state_dict().items()) if args.init is not None else "a new model"
         if teacher is not None:
             arg.check_selection_fits(teacher, train, option="--teacher")
-        output.start()  # every input checked: an overwritten run's files go now
+        output.start()  # every input checked: the run's files go into output.work from now on
         try:
             history = fit(model, train, recipe=recipe, epochs=args.epochs, batch_size=args.batch_size,
                           optimizer=args.optimizer, lr=args.lr, weight_decay=args.weight_decay,
                           schedule=args.schedule, val_data=val, amp=args.amp, channels_last=args.channels_last,
-                          checkpoint_dir=output.path, resume=args.resume, seed=args.seed,
+                          checkpoint_dir=output.work, resume=args.resume, seed=args.seed,
                           deterministic=args.deterministic, progress=not args.quiet, workers=args.workers,
                           run_identity={"init": start})  # fmt: skip
         except ValueError as error:  # CheckpointError too; DataError: an image that cannot be decoded
@@ -138,7 +139,7 @@ def run(args: argparse.Namespace) -> int:
             raise CliError(where + str(error).splitlines()[0]) from None
         if rank != 0:
             return 0
-        arg.write_json(os.path.join(output.path, "history.json"), history)
+        arg.write_json(os.path.join(output.work, "history.json"), history)
     for h in history:
         extra = (f", clean {100 * h['clean_accuracy']:.1f}%, robust {100 * h['robust_accuracy']:.1f}%"
                  if "clean_accuracy" in h else "")  # fmt: skip

@@ -2,7 +2,9 @@
 ImageNet's validation set, ImageNet-A and ImageNet-O use). Class names are the sorted sub-folder
 names, label i the i-th. Indexing reads each file's header only (Pillow, lazily: its size, and
 Pillow's decompression-bomb limit); images are decoded when a batch is read, by
-torchvision.io.decode_image, as RGB uint8."""
+torchvision.io.decode_image, as RGB uint8. 16-bit images (PNG, TIFF) are scaled to 8 bits with
+rounding (v16 / 257, 0..65535 -> 0..255): batches stay uint8 until the device, so a 16-bit
+image reaches the model at the 8-bit precision of every other image."""
 
 from __future__ import annotations
 
@@ -97,6 +99,8 @@ class ImageFolderSource(Source):
             raise BadSample(f"not a readable image ({reason})") from None
         if image.dim() == 4:  # an animated GIF: its first frame
             image = image[0]
+        if image.dtype == torch.uint16:  # a 16-bit PNG
+            image = to_8_bit(image.to(torch.int32))
         return image if self.resize is None else self.resize(image)
 
     def _identity(self) -> bytes:
@@ -120,10 +124,23 @@ def _header_size(path: str) -> tuple[int, int]:
         raise BadSample(f"not a readable image ({error})") from None
 
 
+def to_8_bit(values: torch.Tensor) -> torch.Tensor:
+    """16-bit samples (integers in [0, 65535]) as uint8, rounded to the nearest of 0..255
+    (65535 / 255 = 257 exactly, so v16 = 257 * v8 maps back to v8)."""
+    return ((values + 128) // 257).to(torch.uint8)
+
+
 def _pillow_decode(path: str) -> torch.Tensor:
-    """BMP and TIFF, which torchvision.io does not decode: RGB uint8 [3, H, W] through Pillow."""
+    """BMP and TIFF, which torchvision.io does not decode: RGB uint8 [3, H, W] through Pillow
+    (16-bit grayscale scaled by to_8_bit: Pillow's RGB conversion would clip it to 255)."""
     from PIL import Image
 
     with Image.open(path) as image:
+        if image.mode.startswith("I;16"):
+            gray = to_8_bit(torch.from_numpy(np.asarray(image).astype(np.int32)))
+            return gray.expand(3, *gray.shape).contiguous()
+        if image.mode in ("I", "F"):  # 32-bit integers or floats: no one range to scale from
+            raise BadSample(f"32-bit {'integer' if image.mode == 'I' else 'float'} images are not supported "
+                            "(save them with 8 or 16 bits per channel)")  # fmt: skip
         array = np.asarray(image.convert("RGB"), dtype=np.uint8)
     return torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous()

@@ -24,7 +24,7 @@ from .. import ops
 from .._checks import to_param
 from ..defenses.context import adaptive_gradients
 from ._losses import is_success, per_sample_loss
-from ._model_state import MODEL_MODES, attack_mode
+from ._model_state import MODEL_MODES, attack_mode, callable_model
 from .params import Params, per_sample
 from .result import AttackResult, Best, finite_rows
 
@@ -125,6 +125,7 @@ class Attack:
         model_mode: str = "eval",
         adaptive: bool = False,
     ):
+        model = callable_model(model)  # a torch.export program: its module
         if not callable(model):
             raise TypeError(f"model must be a torch.nn.Module or a callable, got {type(model).__name__}")
         self.model = model

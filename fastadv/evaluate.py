@@ -377,7 +377,9 @@ def _identity(model: torch.nn.Module, selection: Selection) -> dict[str, str]:
 def _evaluate_batch(job: _Job, x: torch.Tensor, y: torch.Tensor, batch_index: int, sums: _Sums) -> None:
     """Adds one batch to `sums`."""
     with torch.no_grad():
-        batch = _Batch(x, y, batch_index, job.model(x).argmax(1))
+        logits = job.model(x)
+    check.finite_outputs(logits, f"clean images of batch {batch_index}")  # (the attacks check their own passes)
+    batch = _Batch(x, y, batch_index, logits.argmax(1))
     sums.t["clean"] += _confusion(y, batch.clean_pred, job.classes)
     for e_index in range(len(job.eps)):
         _evaluate_at_eps(job, batch, e_index, sums.t)

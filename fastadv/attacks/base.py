@@ -249,6 +249,8 @@ class Attack:
         with autocast, adaptive_gradients(self.adaptive):
             logits = check.logits(self.model(inputs), x_adv.shape[0])
         if not call.classes_checked:  # once per call, at the first forward
+            if not call.capturing:  # (its images are finite: a non-finite output is the model's)
+                check.finite_outputs(logits, "images at the attack's first forward pass")
             low, high = call.label_range
             if low < 0 or high >= logits.shape[1]:
                 raise ValueError(

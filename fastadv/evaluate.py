@@ -18,8 +18,11 @@ from __future__ import annotations
 
 import datetime
 import functools
+import inspect
 import os
+import sys
 import time
+import types
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -497,3 +500,21 @@ def robust_accuracy(report: dict, attack: str | None = None) -> dict[float, floa
     if attack is None:
         return {w["eps"]: w["robust_accuracy"] for w in report["worst_case"]}
     return {r["eps"]: r["robust_accuracy"] for r in report["attacks"] if r["attack"] == attack}
+
+
+class _CallableModule(types.ModuleType):
+    """`fastadv.evaluate(model, data, ...)` calls :func:`evaluate`: the package's attribute
+    `evaluate` is this module (Python's import sets it whenever fastadv.evaluate is imported, so
+    a function of that name at package level would be replaced by the module), and users reach
+    for it as the function (issue 25). ``from fastadv.evaluate import evaluate`` is the same
+    function."""
+
+    def __call__(self, *args, **kwargs) -> dict:
+        return evaluate(*args, **kwargs)
+
+    @property
+    def __signature__(self) -> inspect.Signature:
+        return inspect.signature(evaluate)
+
+
+sys.modules[__name__].__class__ = _CallableModule

@@ -26,8 +26,11 @@ from .checkpoint import load as _load_checkpoint
 from .datasets import digits
 from .model_formats import (
     KIND_NAMES,
-    ModelError,
+    MissingWeights,  # noqa: F401  (public here: fastadv.models.MissingWeights)
+    ModelError,  # noqa: F401  (public here: fastadv.models.ModelError)
     Normalized,
+    RandomWeightsWarning,  # noqa: F401
+    WeightsWithoutModel,
     check_logits,  # noqa: F401  (public here: fastadv.models.check_logits)
     file_kind,
     is_factory,
@@ -137,6 +140,8 @@ def load(
     num_classes: int | None = None,
     mean=None,
     std=None,
+    allow_random_weights: bool = False,
+    seed: int = 0,
 ) -> nn.Module:
     """A model, in eval mode on `device`, from
 
@@ -147,7 +152,11 @@ def load(
     - a factory ``"module:callable"`` (``"torchvision.models:resnet50"``, ``"timm:resnet18"``,
       ``"fastadv.models:small_cnn"``) called with weights=None / pretrained=False and, where it
       takes it, `num_classes`; `weights` is then the state_dict to load into it (a .pt/.pth
-      file read with weights_only=True, or .safetensors). Nothing is downloaded.
+      file read with weights_only=True, or .safetensors). Nothing is downloaded. Without
+      `weights` its model would keep random weights: MissingWeights (a ModelError) unless
+      `allow_random_weights`, then a RandomWeightsWarning. A factory runs with torch's global
+      generator seeded by `seed` (the caller's generator state given back): the same seed, the
+      same random weights.
 
     The format is read from the file's contents, not its name. With `mean` and `std` (one value
     or one per channel) the model is wrapped in :class:`Normalized`: it takes images in [0, 1].
@@ -160,7 +169,8 @@ def load(
     """
     spec = os.fspath(path_or_spec)
     if is_factory(spec):
-        model = load_factory(spec, None if weights is None else os.fspath(weights), num_classes=num_classes)
+        model = load_factory(spec, None if weights is None else os.fspath(weights), num_classes=num_classes,
+                             allow_random_weights=allow_random_weights, seed=seed)  # fmt: skip
     else:
         kind = file_kind(spec)
         if weights is not None:
@@ -174,8 +184,7 @@ def load(
         elif kind == "export":
             model = load_exported(spec, device)
         elif kind == "safetensors":
-            raise ModelError(f"{spec}: a safetensors file holds weights, not a model: give its architecture too, "
-                             f"load('module:callable', weights={spec!r})")  # fmt: skip
+            raise WeightsWithoutModel(spec)
         else:
             model = _load_model_file(spec)
     if mean is not None or std is not None:

@@ -82,8 +82,8 @@ def load(args: argparse.Namespace, device: torch.device) -> torch.nn.Module:
     except ValueError as error:  # mean/std
         raise CliError(f"--mean/--std: {error}") from None
     for warning in caught:
-        if issubclass(warning.category, models.RandomWeightsWarning):
-            print(f"warning: {warning.message} (--allow-random-weights)", file=sys.stderr)
+        if issubclass(warning.category, models.RandomWeightsWarning):  # said by check_output once the model passed
+            args.random_weights_warning = f"warning: {warning.message} (--allow-random-weights)"
         else:  # not ours: shown as Python would have shown it
             warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
     return model
@@ -111,3 +111,5 @@ def check_output(model: torch.nn.Module, images: torch.Tensor, args: argparse.Na
         return  # the images do not fit the model: arg.check_fit says so, naming --data
     if args.num_classes is not None and classes != args.num_classes:
         raise CliError(f"--num-classes: {name} returns {classes} classes, not {args.num_classes}")
+    if getattr(args, "random_weights_warning", None):  # (after the checks: an error stays the only line)
+        print(args.random_weights_warning, file=sys.stderr)

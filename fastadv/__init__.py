@@ -7,6 +7,8 @@ CW, DeepFool, FAB, JSMA; Square, score-based) run on them. See README.md and doc
 The attacks and ops are imported with the package; the other modules (models, datasets,
 data, defenses, evaluate, train, recipes, autoattack, plots, bench, demo) are attributes too,
 imported on first use (defenses is imported with the attacks, which read its adaptive switch).
+``fastadv.evaluate(model, data, ...)`` calls the evaluation function itself (the module is
+callable; ``from fastadv.evaluate import evaluate`` is the same function).
 """
 
 import importlib

@@ -203,6 +203,20 @@ def logits(output: object, batch: int) -> torch.Tensor:
     return output
 
 
+NON_FINITE_MODEL = "model: the model's outputs are not finite (NaN or infinity)"
+
+
+def finite_outputs(logits: torch.Tensor, what: str = "images") -> None:
+    """ValueError when `logits` (the model's outputs on finite inputs: clean images) hold a NaN
+    or an infinity: a model that returns them has no class to attack or to score (a NaN row's
+    argmax is class 0). One host sync; callers check a pass they make anyway (an attack's first
+    forward, the evaluation's clean pass), never a step of an attack's loop."""
+    finite = torch.isfinite(logits).all(1) if logits.dim() == 2 else torch.isfinite(logits).all().view(1)
+    if not bool(finite.all()):
+        bad = int((~finite).sum())
+        raise ValueError(f"{NON_FINITE_MODEL} for {bad} of {finite.numel()} {what}")
+
+
 def image_dataset(name: str, data: object) -> tuple[torch.Tensor, torch.Tensor]:
     """A pair (images [N, ...] floating in [0, 1], labels [N] integers), N >= 1; returns it with
     int64 labels."""

@@ -14,8 +14,9 @@ import torch.nn.functional as F
 
 from . import _validate as check
 from ._cascade import StageRun, run_cascade
-from .attacks import APGD, APGDT, FAB, Attack, Square
+from .attacks import APGD, APGDT, FAB, Attack, Square, UnsupportedOption
 from .attacks._model_state import attack_mode
+from .attacks.base import GRADIENT_OPTIONS
 
 # The attacks of each version, in the order they run (the original's `attacks_to_run`).
 VERSIONS = {
@@ -204,7 +205,10 @@ class AutoAttack:
         check.positive_int("steps", steps)
         check.positive_int("n_queries", n_queries)
         common = {"norm": self.norm, "eps": self.eps, "seed": seed, **options}
-        self.stages = [(name, _stage(name, model, common, settings, targets, steps, n_queries)) for name in names]
+        try:
+            self.stages = [(name, _stage(name, model, common, settings, targets, steps, n_queries)) for name in names]
+        except UnsupportedOption as error:  # the stage's class named it: say it of this class, and why
+            raise _unsupported_by_stage(type(self).__name__, error) from None
 
     def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return self.run(images, labels).adv
@@ -342,6 +346,24 @@ class AutoAttackLite(AutoAttack):
         self.verbose = log is not None
         self._setup(model, norm, eps, "lite", list(VERSIONS["lite"]), settings, n_target_classes, seed, steps, 5000,
                     log, options)  # fmt: skip
+
+
+def _unsupported_by_stage(name: str, error: UnsupportedOption) -> UnsupportedOption:
+    """`error` (a stage refused an option) said of AutoAttack: the option, why, and the options
+    every stage takes."""
+    stage = error.attack
+    if stage is None:
+        return error
+    reason = stage.unsupported_because.get(error.option)
+    options = [o for o in stage.supported_options if o not in ("targeted", "generator")]  # (seeded by seed)
+    # an option of other attacks: which stage refuses it, and why; any other keyword: no stage to name
+    why = f" (its {stage.__name__} stage does not{f': {reason}' if reason else ''})"
+    why *= error.option in GRADIENT_OPTIONS
+    return UnsupportedOption(
+        f"{error.option}: {name} does not take this option{why}; its options are {', '.join(options)}",
+        error.option,
+        stage,
+    )
 
 
 def _stage(name: str, model: Any, common: dict, settings: _Settings, targets: int, steps: int,

@@ -1,7 +1,8 @@
 """Datasets that need no download, and the front door to the streamed ones.
 
-`digits` is scikit-learn's copy of the UCI handwritten digits (1797 grey 8x8 images, ten
-classes), which ships inside the scikit-learn package, so it loads offline in milliseconds.
+`digits` is scikit-learn's copy of the UCI handwritten digits (1797 grey images, ten classes;
+8x8 originals, returned upsampled to 16x16), which ships inside the scikit-learn package, so it
+loads offline in milliseconds.
 `open_data` turns what a user points at ('digits', an image folder, a CIFAR folder, an .npz
 file) into a streamed data set of `fastadv.data`; `load_npz` and `image_folder` read one whole
 into tensors (for small sets).

@@ -18,8 +18,11 @@ from __future__ import annotations
 
 import datetime
 import functools
+import inspect
 import os
+import sys
 import time
+import types
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -379,7 +382,9 @@ def _identity(model: torch.nn.Module, selection: Selection) -> dict[str, str]:
 def _evaluate_batch(job: _Job, x: torch.Tensor, y: torch.Tensor, batch_index: int, sums: _Sums) -> None:
     """Adds one batch to `sums`."""
     with torch.no_grad():
-        batch = _Batch(x, y, batch_index, job.model(x).argmax(1))
+        logits = job.model(x)
+    check.finite_outputs(logits, f"clean images of batch {batch_index}")  # (the attacks check their own passes)
+    batch = _Batch(x, y, batch_index, logits.argmax(1))
     sums.t["clean"] += _confusion(y, batch.clean_pred, job.classes)
     for e_index in range(len(job.eps)):
         _evaluate_at_eps(job, batch, e_index, sums.t)
@@ -497,3 +502,21 @@ def robust_accuracy(report: dict, attack: str | None = None) -> dict[float, floa
     if attack is None:
         return {w["eps"]: w["robust_accuracy"] for w in report["worst_case"]}
     return {r["eps"]: r["robust_accuracy"] for r in report["attacks"] if r["attack"] == attack}
+
+
+class _CallableModule(types.ModuleType):
+    """`fastadv.evaluate(model, data, ...)` calls :func:`evaluate`: the package's attribute
+    `evaluate` is this module (Python's import sets it whenever fastadv.evaluate is imported, so
+    a function of that name at package level would be replaced by the module), and users reach
+    for it as the function (issue 25). ``from fastadv.evaluate import evaluate`` is the same
+    function."""
+
+    def __call__(self, *args, **kwargs) -> dict:
+        return evaluate(*args, **kwargs)
+
+    @property
+    def __signature__(self) -> inspect.Signature:
+        return inspect.signature(evaluate)
+
+
+sys.modules[__name__].__class__ = _CallableModule

@@ -41,6 +41,30 @@ class ModelError(CheckpointError):
     is one line naming the file or factory."""
 
 
+class MissingWeights(ModelError):
+    """A factory given no weights (its model would have random weights) without
+    allow_random_weights. `spec`: the factory. Front ends say it in their own terms."""
+
+    def __init__(self, spec: str):
+        self.spec = spec
+        super().__init__(f"{spec}: no weights given, so the model would have random weights: give them "
+                         f"(load({spec!r}, weights='model.pth')) or pass allow_random_weights=True")  # fmt: skip
+
+
+class WeightsWithoutModel(ModelError):
+    """A weights-only file (.safetensors) given as the model. `path`: the file. Front ends say
+    it in their own terms."""
+
+    def __init__(self, path: str):
+        self.path = path
+        super().__init__(f"{path}: a safetensors file holds weights, not a model: give its architecture too, "
+                         f"load('module:callable', weights={path!r})")  # fmt: skip
+
+
+class RandomWeightsWarning(UserWarning):
+    """A factory's model built with random weights (allow_random_weights=True, no weights)."""
+
+
 def is_factory(spec: str) -> bool:
     """`spec` names a `module:callable` factory (and is not a file that exists)."""
     return bool(_FACTORY.fullmatch(spec)) and not os.path.exists(spec)
@@ -191,12 +215,18 @@ class ExportedModel(nn.Module):
 # ---- factories and their weights ----------------------------------------------------------------
 
 
-def load_factory(spec: str, weights: str | None = None, *, num_classes: int | None = None) -> nn.Module:
+def load_factory(spec: str, weights: str | None = None, *, num_classes: int | None = None,
+                 allow_random_weights: bool = False, seed: int = 0) -> nn.Module:  # fmt: skip
     """The model `module:callable` builds, with the state_dict in `weights` (a .pt/.pth
     state_dict or a .safetensors file) loaded into it. The factory is called with
     ``weights=None`` / ``pretrained=False`` where it takes them (nothing is downloaded; a
     download it tries anyway is refused) and ``num_classes`` where it takes it (or **kwargs).
-    ``timm:name`` is ``timm.create_model(name, pretrained=False)``."""
+    ``timm:name`` is ``timm.create_model(name, pretrained=False)``.
+
+    Without `weights` the model keeps the factory's random initialisation: MissingWeights
+    unless `allow_random_weights`, and then a RandomWeightsWarning. The factory runs with
+    torch's global generator seeded by `seed` (and the caller's generator state given back),
+    so the same seed builds the same model."""
     module_name, _, attribute = spec.partition(":")
     module = _import(spec, module_name)
     if module_name == "timm":
@@ -214,9 +244,14 @@ def load_factory(spec: str, weights: str | None = None, *, num_classes: int | No
                              "class that builds the model")  # fmt: skip
         kwargs = _factory_kwargs(factory, num_classes)
     state = None if weights is None else read_state_dict(weights)  # a bad file fails before the model is built
+    if state is None and not check.flag("allow_random_weights", allow_random_weights):
+        raise MissingWeights(spec)
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
+        raise ValueError(f"seed must be an integer in [0, 2**63 - 1], got {seed!r}")
     shown = ", ".join(f"{k}={v!r}" for k, v in kwargs.items() if k != "model_name")
     try:
-        with _no_downloads(spec):
+        with _no_downloads(spec), torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)  # (initialisation draws from the global generator: seeded, then given back)
             model = factory(**kwargs)
     except ModelError:
         raise
@@ -226,6 +261,9 @@ def load_factory(spec: str, weights: str | None = None, *, num_classes: int | No
         raise ModelError(f"{spec}: returned a {type(model).__name__}, expected a torch.nn.Module")
     if state is not None:
         load_weights(model, state, weights, spec)
+    else:
+        warnings.warn(f"{spec}: random weights (no weights given; initialised with seed {seed})", RandomWeightsWarning,
+                      stacklevel=3)  # fmt: skip
     return model
 
 

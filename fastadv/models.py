@@ -7,7 +7,8 @@ with their weights.
 CIFAR-style ResNet-18 (3x3 stem, no max-pool; He et al. 2016, as used in adversarial-training
 papers) that benchmarks time with random weights; it needs no torchvision. `train_standard` is a
 plain cross-entropy training loop, and `standard_digits_model()` the small_cnn it trains on the
-digits: the model `fastadv eval`, the tests and the benchmarks attack by default.
+digits (once: it is cached in the file `fastadv eval` uses): the model `fastadv eval`, the tests
+and the benchmarks attack by default.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -26,8 +28,11 @@ from .checkpoint import load as _load_checkpoint
 from .datasets import digits
 from .model_formats import (
     KIND_NAMES,
-    ModelError,
+    MissingWeights,  # noqa: F401  (public here: fastadv.models.MissingWeights)
+    ModelError,  # noqa: F401  (public here: fastadv.models.ModelError)
     Normalized,
+    RandomWeightsWarning,  # noqa: F401
+    WeightsWithoutModel,
     check_logits,  # noqa: F401  (public here: fastadv.models.check_logits)
     file_kind,
     is_factory,
@@ -137,6 +142,8 @@ def load(
     num_classes: int | None = None,
     mean=None,
     std=None,
+    allow_random_weights: bool = False,
+    seed: int = 0,
 ) -> nn.Module:
     """A model, in eval mode on `device`, from
 
@@ -147,7 +154,11 @@ def load(
     - a factory ``"module:callable"`` (``"torchvision.models:resnet50"``, ``"timm:resnet18"``,
       ``"fastadv.models:small_cnn"``) called with weights=None / pretrained=False and, where it
       takes it, `num_classes`; `weights` is then the state_dict to load into it (a .pt/.pth
-      file read with weights_only=True, or .safetensors). Nothing is downloaded.
+      file read with weights_only=True, or .safetensors). Nothing is downloaded. Without
+      `weights` its model would keep random weights: MissingWeights (a ModelError) unless
+      `allow_random_weights`, then a RandomWeightsWarning. A factory runs with torch's global
+      generator seeded by `seed` (the caller's generator state given back): the same seed, the
+      same random weights.
 
     The format is read from the file's contents, not its name. With `mean` and `std` (one value
     or one per channel) the model is wrapped in :class:`Normalized`: it takes images in [0, 1].
@@ -160,7 +171,8 @@ def load(
     """
     spec = os.fspath(path_or_spec)
     if is_factory(spec):
-        model = load_factory(spec, None if weights is None else os.fspath(weights), num_classes=num_classes)
+        model = load_factory(spec, None if weights is None else os.fspath(weights), num_classes=num_classes,
+                             allow_random_weights=allow_random_weights, seed=seed)  # fmt: skip
     else:
         kind = file_kind(spec)
         if weights is not None:
@@ -174,8 +186,7 @@ def load(
         elif kind == "export":
             model = load_exported(spec, device)
         elif kind == "safetensors":
-            raise ModelError(f"{spec}: a safetensors file holds weights, not a model: give its architecture too, "
-                             f"load('module:callable', weights={spec!r})")  # fmt: skip
+            raise WeightsWithoutModel(spec)
         else:
             model = _load_model_file(spec)
     if mean is not None or std is not None:
@@ -236,9 +247,40 @@ def train_standard(
     return model.eval()
 
 
-def standard_digits_model() -> nn.Module:
+_DEFAULT = "default"
+
+
+def digits_model_cache() -> str:
+    """Where `standard_digits_model()` and `fastadv eval` keep the digits model: $FASTADV_CACHE,
+    else $XDG_CACHE_HOME/fastadv, else ~/.cache/fastadv; the file digits-small_cnn-standard.pt."""
+    root = os.environ.get("FASTADV_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "fastadv"
+    )
+    return os.path.join(root, "digits-small_cnn-standard.pt")
+
+
+def standard_digits_model(cache: str | os.PathLike | None = _DEFAULT) -> nn.Module:
     """The undefended digits classifier that `fastadv eval`, the tests and the benchmarks attack:
     small_cnn trained with train_standard for 15 epochs, torch and shuffling seeded with 0
-    (about 99% test accuracy; a few seconds on a CPU). In eval mode."""
+    (about 99% test accuracy). In eval mode, on the CPU.
+
+    cache: a fastadv model file shared with `fastadv eval` (default: :func:`digits_model_cache`).
+    The model is read from it when it holds a readable model (no training: milliseconds);
+    otherwise it is trained (about 30 s on a CPU) and written there (when the file cannot be
+    written, a warning says so and the trained model is returned). None: always train, write
+    nothing."""
+    path = digits_model_cache() if cache == _DEFAULT else None if cache is None else os.fspath(cache)
+    if path is not None:
+        try:
+            return load(path)
+        except CheckpointError:
+            pass  # missing or damaged: train it again
     torch.manual_seed(0)
-    return train_standard(small_cnn(), *digits("train"), epochs=15, seed=0)
+    model = train_standard(small_cnn(), *digits("train"), epochs=15, seed=0)
+    if path is not None:
+        try:
+            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+            save(model, path, recipe="standard")
+        except OSError as error:
+            warnings.warn(f"could not cache the digits model in {path}: {error.strerror}", stacklevel=2)
+    return model

@@ -374,14 +374,20 @@ CLI_ERRORS = [
         "--model: no_such_package.models:build: cannot import no_such_package.models: no_such_package is not installed",
     ),
     (["eval", "--model", "fastadv.models:no_such_builder"], "fastadv.models:no_such_builder: fastadv.models has no"),
-    (["eval", "--model", "model_factories:NOT_CALLABLE"], "model_factories:NOT_CALLABLE: NOT_CALLABLE is not callable"),
     (
-        ["eval", "--model", "model_factories:fails"],
+        ["eval", "--model", "model_factories:NOT_CALLABLE", "--allow-random-weights"],
+        "model_factories:NOT_CALLABLE: NOT_CALLABLE is not callable",
+    ),
+    (
+        ["eval", "--model", "model_factories:fails", "--allow-random-weights"],
         "--model: model_factories:fails: calling it () failed: RuntimeError: no weights for this model",
     ),
-    (["eval", "--model", "model_factories:not_a_module"], "returned a function, expected a torch.nn.Module"),
     (
-        ["eval", "--model", "model_factories:downloads"],
+        ["eval", "--model", "model_factories:not_a_module", "--allow-random-weights"],
+        "returned a function, expected a torch.nn.Module",
+    ),
+    (
+        ["eval", "--model", "model_factories:downloads", "--allow-random-weights"],
         "tried to download https://download.example/weights.pth; fastadv never downloads",
     ),
     (
@@ -419,16 +425,25 @@ CLI_ERRORS = [
         "--weights: {scripted.ts}: a TorchScript archive, not a state_dict: give it as the model itself",
     ),
     (
-        ["eval", "--model", "model_factories:tuple_output"],
+        ["eval", "--model", "model_factories:tuple_output", "--allow-random-weights"],
         "--model: model_factories:tuple_output: returned a tuple of 2 (tensor (2, 10), tensor (2, 10)); expected "
         "logits, a tensor [B, classes] (here B = 2)",
     ),
-    (["eval", "--model", "model_factories:dict_output"], "returned a dict with keys logits, aux; expected logits"),
-    (["eval", "--model", "model_factories:wrong_shape"], "returned a tensor of shape (2, 1, 10); expected logits"),
-    (["eval", "--model", "model_factories:integer_output"], "returned torch.int64 values; expected floating-point"),
+    (
+        ["eval", "--model", "model_factories:dict_output", "--allow-random-weights"],
+        "returned a dict with keys logits, aux; expected logits",
+    ),
+    (
+        ["eval", "--model", "model_factories:wrong_shape", "--allow-random-weights"],
+        "returned a tensor of shape (2, 1, 10); expected logits",
+    ),
+    (
+        ["eval", "--model", "model_factories:integer_output", "--allow-random-weights"],
+        "returned torch.int64 values; expected floating-point",
+    ),
     (["eval", "--model", "{model.pt}", "--num-classes", "7"], "--num-classes: {model.pt} returns 10 classes, not 7"),
     (
-        ["eval", "--model", "model_factories:no_classes", "--num-classes", "7"],
+        ["eval", "--model", "model_factories:no_classes", "--num-classes", "7", "--allow-random-weights"],
         "--num-classes: model_factories:no_classes returns 10 classes, not 7",
     ),
     (["eval", "--model", "{model.pt}", "--mean", "0.5"], "--mean: needs --std too"),

@@ -165,17 +165,20 @@ def test_torchvision_resnet18_with_num_classes_mean_std_and_local_weights(tmp_pa
     assert report["clean_accuracy"] == float((clean == y).float().mean())
 
 
+@pytest.mark.filterwarnings("ignore::fastadv.models.RandomWeightsWarning")
 def test_factories_get_no_pretrained_weights_and_never_download():
-    model = models.load("model_factories:records", num_classes=7)
+    random = {"allow_random_weights": True}  # (the factories' own initialisation is what is checked)
+    model = models.load("model_factories:records", num_classes=7, **random)
     assert model.called_with == {"pretrained": False, "weights": None, "num_classes": 7}
-    assert models.load("model_factories:records_kwargs", num_classes=3).called_with == {"num_classes": 3}
-    assert models.load("model_factories:no_classes", num_classes=3)(torch.rand(2, 1, 8, 8)).shape == (2, 10)
+    assert models.load("model_factories:records_kwargs", num_classes=3, **random).called_with == {"num_classes": 3}
+    assert models.load("model_factories:no_classes", num_classes=3, **random)(torch.rand(2, 1, 8, 8)).shape == (2, 10)
     with pytest.raises(ModelError, match="tried to download https://download.example/weights.pth; fastadv never"):
-        models.load("model_factories:downloads")
+        models.load("model_factories:downloads", **random)
 
     assert torch.hub.download_url_to_file.__name__ == "download_url_to_file"  # given back
 
 
+@pytest.mark.filterwarnings("ignore::fastadv.models.RandomWeightsWarning")
 def test_timm_names_call_create_model_without_pretrained_weights(tmp_path, monkeypatch):
     (tmp_path / "timm.py").write_text(
         "import torch\n"
@@ -186,7 +189,7 @@ def test_timm_names_call_create_model_without_pretrained_weights(tmp_path, monke
     )
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.delitem(__import__("sys").modules, "timm", raising=False)
-    model = models.load("timm:resnet18", num_classes=10)
+    model = models.load("timm:resnet18", num_classes=10, allow_random_weights=True)
     assert model.called_with == {"model_name": "resnet18", "pretrained": False, "num_classes": 10}
 
 

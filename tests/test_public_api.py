@@ -33,3 +33,30 @@ def test_an_unknown_attribute_is_an_attribute_error():
         assert "no_such_thing" in str(error)
     else:
         raise AssertionError("no AttributeError")
+
+
+def test_evaluate_is_callable_as_the_function_and_importable_as_the_module(digits_model):
+    """fastadv.evaluate(model, ...) runs the evaluation (issue 25: it was the module, "not
+    callable"); `fastadv.evaluate.evaluate`, `from fastadv.evaluate import evaluate` and
+    `import fastadv.evaluate` keep working, in either order of first use."""
+    import inspect
+
+    import fastadv.evaluate
+    from fastadv.evaluate import evaluate, robust_accuracy
+
+    model, x, y = digits_model
+    report = fastadv.evaluate(model, (x[:8], y[:8]), attacks=["fgsm"], eps=[0.1], progress=False)
+    assert report["samples"] == 8
+    assert robust_accuracy(report) == robust_accuracy(evaluate(model, (x[:8], y[:8]), attacks=["fgsm"], eps=[0.1],
+                                                               progress=False))  # fmt: skip
+    assert fastadv.evaluate.evaluate is evaluate and "model" in inspect.signature(fastadv.evaluate).parameters
+    code = (
+        "import fastadv, torch\n"
+        "model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3))\n"
+        "data = (torch.rand(4, 1, 2, 2), torch.tensor([0, 1, 2, 0]))\n"
+        "r = fastadv.evaluate(model, data, attacks=['fgsm'], eps=[0.1], progress=False)\n"
+        "import fastadv.evaluate as module\n"
+        "assert module is fastadv.evaluate and module.evaluate(model, data, attacks=['fgsm'], eps=[0.1],"
+        " progress=False)['clean_accuracy'] == r['clean_accuracy']\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)

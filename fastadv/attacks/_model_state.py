@@ -5,6 +5,12 @@ Attack mode: eval (or train, when asked) and no parameter requiring grad, so tha
 `.grad` field. Every module's own `training` flag (models may mix modes), every parameter's
 `requires_grad` and every buffer (BatchNorm statistics move in train mode; custom modules may
 write buffers in eval mode too) are restored on exit.
+
+Models of every kind the package loads: plain nn.Modules, TorchScript modules (scripted or
+traced: their `_buffers` is a view of the C++ module's attributes, with `in` and `[]` but no
+`get`), and torch.export programs (`ExportedProgram.module()`, whose train()/eval() raise:
+its graph runs in the mode it was exported in; an `ExportedProgram` itself is not callable,
+see `callable_model`).
 """
 
 from __future__ import annotations
@@ -18,10 +24,20 @@ from torch import nn
 MODEL_MODES = ("eval", "train", "unchanged")
 
 
+def callable_model(model: object) -> object:
+    """`model`, or the module of a torch.export program (an ExportedProgram refuses to be
+    called: "use exported_program.module()"), so that every entry point takes both."""
+    if isinstance(model, torch.export.ExportedProgram):
+        return model.module()
+    return model
+
+
 @contextmanager
 def attack_mode(model: object, mode: str) -> Iterator[None]:
     """Within the block, `model` (any callable; only nn.Modules have state to manage) runs in
-    `mode` ("eval", "train" or "unchanged") with every parameter's requires_grad off."""
+    `mode` ("eval", "train" or "unchanged") with every parameter's requires_grad off. A
+    torch.export program's module keeps the mode it was exported in (it cannot switch); asking
+    it for "train" raises ValueError."""
     if not isinstance(model, nn.Module):
         yield
         return
@@ -36,20 +52,34 @@ def attack_mode(model: object, mode: str) -> Iterator[None]:
     try:
         for p in params:
             p.requires_grad_(False)
-        if mode == "eval":
-            model.eval()
-        elif mode == "train":
-            model.train()
+        if mode != "unchanged":
+            _set_mode(model, mode == "train")
         yield
     finally:
         for m, flag in zip(modules, training, strict=True):
-            m.training = flag
+            if m.training != flag:  # (a TorchScript module's flag is an attribute of its C++ module)
+                m.training = flag
         for p, flag in zip(params, requires_grad, strict=True):
             p.requires_grad_(flag)
         for m, name, b, _ in buffers:
-            if m._buffers.get(name) is not b:
+            if _buffer(m, name) is not b:
                 m._buffers[name] = b
         _restore_values([(b, snapshot) for _, _, b, snapshot in buffers])
+
+
+def _set_mode(model: nn.Module, train: bool) -> None:
+    try:
+        model.train() if train else model.eval()
+    except NotImplementedError:  # torch.export's program.module(): "Calling eval() is not supported yet."
+        if train:
+            raise ValueError("model_mode='train': the model is a torch.export program, whose graph runs in the mode "
+                             "it was exported in; export it in train mode and use model_mode='unchanged'") from None
+        # eval: fastadv's loader refuses programs exported in train mode; others run as exported
+
+
+def _buffer(m: nn.Module, name: str) -> torch.Tensor | None:
+    buffers = m._buffers  # a dict, or a ScriptModule's wrapper (no .get)
+    return buffers[name] if name in buffers else None
 
 
 def _restore_values(pairs: list[tuple[torch.Tensor, torch.Tensor]]) -> None:

@@ -24,7 +24,7 @@ from .. import ops
 from .._checks import to_param
 from ..defenses.context import adaptive_gradients
 from ._losses import is_success, per_sample_loss
-from ._model_state import MODEL_MODES, attack_mode
+from ._model_state import MODEL_MODES, attack_mode, callable_model
 from .params import Params, per_sample
 from .result import AttackResult, Best, finite_rows
 
@@ -44,14 +44,21 @@ def options_without(*names: str) -> tuple[str, ...]:
 class UnsupportedOption(TypeError, ValueError):
     """A keyword argument the attack does not take: neither one of its own arguments nor one of
     its `supported_options`. A TypeError, as Python raises for an unexpected keyword argument,
-    and a ValueError, as torchattacks raises for a mode an attack does not support."""
+    and a ValueError, as torchattacks raises for a mode an attack does not support. `option`:
+    the keyword; `attack`: the class that refused it (None when not known)."""
+
+    def __init__(self, message: str, option: str | None = None, attack: type | None = None):
+        super().__init__(message)
+        self.option, self.attack = option, attack
 
 
 def _unsupported(name: str, attack: type[Attack]) -> UnsupportedOption:
     reason = attack.unsupported_because.get(name)
     return UnsupportedOption(
         f"{name}: {attack.__name__} does not take this option{f' ({reason})' if reason else ''}; "
-        f"its options are {', '.join(attack.supported_options)}"
+        f"its options are {', '.join(attack.supported_options)}",
+        name,
+        attack,
     )
 
 
@@ -125,6 +132,7 @@ class Attack:
         model_mode: str = "eval",
         adaptive: bool = False,
     ):
+        model = callable_model(model)  # a torch.export program: its module
         if not callable(model):
             raise TypeError(f"model must be a torch.nn.Module or a callable, got {type(model).__name__}")
         self.model = model
@@ -162,7 +170,12 @@ class Attack:
     def run(self, images: torch.Tensor, labels: torch.Tensor) -> AttackResult:
         """Attacks a batch: images [B, ...] in [lower, upper], labels [B] class indices (the
         targets when targeted). Returns an :class:`AttackResult`; the caller's tensors and
-        model are left as they were, also when this raises."""
+        model are left as they were, also when this raises.
+
+        The images are given to the model in their own dtype (never cast): float16 or bfloat16
+        images need a model of that dtype (else ValueError naming the images); a float32 model
+        runs in half precision on float32 images with ``amp=``. ValueError also when the
+        model's outputs at the first forward pass are not finite (NaN or infinity)."""
         return self._attack(images, labels, track=True)
 
     def predict(self, images: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
@@ -246,8 +259,15 @@ class Attack:
             else contextlib.nullcontext()
         )
         with autocast, adaptive_gradients(self.adaptive):
-            logits = check.logits(self.model(inputs), x_adv.shape[0])
+            try:
+                output = self.model(inputs)
+            except RuntimeError as error:
+                _explain_dtype_mismatch(self.model, inputs, self.amp, error)
+                raise
+            logits = check.logits(output, x_adv.shape[0])
         if not call.classes_checked:  # once per call, at the first forward
+            if not call.capturing:  # (its images are finite: a non-finite output is the model's)
+                check.finite_outputs(logits, "images at the attack's first forward pass")
             low, high = call.label_range
             if low < 0 or high >= logits.shape[1]:
                 raise ValueError(
@@ -297,6 +317,22 @@ class Attack:
             y = y.clone()
         label_range = tuple(int(v) for v in torch.aminmax(y)) if y.numel() else (0, 0)
         return x, y, Call(params, mean, std, fmt, self.generator, label_range)
+
+
+def _explain_dtype_mismatch(model: Any, inputs: torch.Tensor, amp: torch.dtype | None, error: RuntimeError) -> None:
+    """Raises a ValueError naming the images when the model failed on images of another
+    floating dtype than its parameters (torch's own message names neither the argument nor
+    the fix; fastadv does not cast the caller's images behind their back)."""
+    if amp is not None or not isinstance(model, torch.nn.Module):
+        return
+    dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), None)
+    if dtype is None or dtype == inputs.dtype:
+        return
+    raise ValueError(
+        f"images: {str(inputs.dtype).removeprefix('torch.')} images for a model whose parameters are "
+        f"{str(dtype).removeprefix('torch.')}; give images of the model's dtype (images.to({dtype})), or "
+        f"float32 images with amp=torch.float16 / torch.bfloat16 to run a float32 model in half precision"
+    ) from error
 
 
 def require_grad(output: torch.Tensor) -> None:

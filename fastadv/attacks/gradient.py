@@ -21,12 +21,41 @@ from .. import _validate as check
 from .. import ops
 from ._cuda_graph import GraphedSteps, graph_key
 from ._losses import LOSSES
-from .base import GRADIENT_OPTIONS, Attack, Call
+from .base import GRADIENT_OPTIONS, Attack, Call, _own_arguments
 from .params import Params, per_sample
 from .result import AttackResult, Best
 
 # Graphs kept per attack (one per input shape): each holds a private memory pool.
 _MAX_GRAPHS = 4
+
+
+class StepBudgetWarning(UserWarning):
+    """steps * alpha < eps: the iterate cannot reach the edge of the eps-ball."""
+
+
+def _warn_if_short_of_the_edge(attack: GradientAttack) -> None:
+    """Warns (once, when the attack is built) when steps * alpha < eps for some sample: each
+    step moves the iterate by at most alpha (in the attack's norm), so it never gets further
+    than steps * alpha from where it started, short of the ball's edge: the attack is weaker
+    than its eps says (torchattacks' alpha 2/255 with 10 steps at eps 0.1). Tensor budgets are
+    compared on the CPU only (no device sync at construction)."""
+    eps, alpha = attack.eps, attack.alpha
+    if any(isinstance(p, torch.Tensor) and p.device.type != "cpu" for p in (eps, alpha)):
+        return
+    try:
+        short = torch.as_tensor(alpha, dtype=torch.float64) * attack.steps < torch.as_tensor(eps, dtype=torch.float64)
+    except RuntimeError:  # shapes that do not broadcast: the attack's own checks say so at the call
+        return
+    if bool(short.any()):
+        reach = float((torch.as_tensor(alpha, dtype=torch.float64) * attack.steps).min())
+        warnings.warn(
+            f"{type(attack).__name__}: steps * alpha = {reach:.4g} < eps = {float(torch.as_tensor(eps).max()):.4g}: "
+            "the iterate moves at most steps * alpha from where it starts, so it never reaches the edge of the "
+            "eps-ball and the attack is weaker than its eps says; use alpha >= eps / steps (Madry et al.: "
+            "alpha = 2.5 * eps / steps)",
+            StepBudgetWarning,
+            stacklevel=4,
+        )
 
 
 @dataclass
@@ -118,6 +147,8 @@ class GradientAttack(Attack):
                 "restarts > 1 needs random_start=True: without a random start every restart repeats the first"
             )
         self.loss = check.choice("loss", loss, LOSSES)
+        if "alpha" in _own_arguments(type(self).__init__):  # (APGD sets its own step sizes)
+            _warn_if_short_of_the_edge(self)
 
     def forward(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """The adversarial images. With one run and no early stopping this is the final iterate,

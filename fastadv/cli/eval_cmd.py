@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import functools
 import os
+import warnings
 
 import torch
 
@@ -30,10 +31,7 @@ STATE = "eval-state.pt"  # in --out: what --resume continues
 
 
 def _default_cache() -> str:
-    root = os.environ.get("FASTADV_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "fastadv"
-    )
-    return os.path.join(root, "digits-small_cnn-standard.pt")
+    return models.digits_model_cache()  # (shared with models.standard_digits_model())
 
 
 def add_parser(sub) -> None:
@@ -93,11 +91,11 @@ def _default_model(cache: str, quiet: bool) -> torch.nn.Module:
         pass  # missing or damaged: train it again (seconds)
     if not quiet:
         print(f"training the digits model (cached in {cache}) ...")
-    model = models.standard_digits_model()
-    try:
-        models.save(model, cache, recipe="standard")
-    except OSError as error:
-        print(f"note: could not cache the model in {cache}: {error.strerror}")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model = models.standard_digits_model(cache)
+    for warning in caught:  # (not cached: said in a line, as before)
+        print(f"note: {warning.message}")
     return model
 
 

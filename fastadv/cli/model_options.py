@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import argparse
+import sys
+import warnings
 
 import torch
 
@@ -32,6 +34,11 @@ def add(parser: argparse.ArgumentParser) -> None:
         ".safetensors",
     )  # fmt: skip
     group.add_argument(
+        "--allow-random-weights", action="store_true",
+        help="evaluate a --model module:callable factory without --weights (random weights, initialised with "
+        "--seed; a warning is printed): for trying the tools, never for a number to report",
+    )  # fmt: skip
+    group.add_argument(
         "--num-classes", type=arg.positive_int, default=None,
         help="passed to a factory that takes num_classes; for every model, checked against its output on the "
         "first batch",
@@ -49,19 +56,37 @@ def load(args: argparse.Namespace, device: torch.device) -> torch.nn.Module:
     """The model args.model names (not None), with --weights, --num-classes, --mean and --std."""
     if args.weights is not None and not models.is_factory(args.model):
         raise CliError(f"--weights: goes with a --model module:callable factory, not with the file {args.model}")
+    if args.allow_random_weights and not (models.is_factory(args.model) and args.weights is None):
+        raise CliError("--allow-random-weights: goes with a --model module:callable factory given no --weights")
     if (args.mean is None) != (args.std is None):
         given, missing = ("std", "mean") if args.mean is None else ("mean", "std")
         raise CliError(f"--{given}: needs --{missing} too (the model sees (x - mean) / std)")
     # --num-classes is a factory's argument; for a file it is only checked (see check_output)
     num_classes = args.num_classes if models.is_factory(args.model) else None
     try:
-        return models.load(args.model, args.weights, device=device, num_classes=num_classes, mean=args.mean,
-                           std=args.std)  # fmt: skip
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", models.RandomWeightsWarning)
+            model = models.load(args.model, args.weights, device=device, num_classes=num_classes, mean=args.mean,
+                                std=args.std, allow_random_weights=args.allow_random_weights,
+                                seed=getattr(args, "seed", 0))  # fmt: skip
+    except models.MissingWeights as error:  # the library says it in Python's terms; here, in the options'
+        raise CliError(f"--model: {error.spec}: no --weights given, so the model would have random weights: give "
+                       "--weights FILE (its state_dict), or --allow-random-weights to evaluate random weights "
+                       "anyway") from None  # fmt: skip
+    except models.WeightsWithoutModel as error:
+        raise CliError(f"--model: {error.path}: a safetensors file holds weights, not a model: give its architecture "
+                       f"too, --model module:callable --weights {error.path}") from None  # fmt: skip
     except CheckpointError as error:  # (ModelError is one)
         option = "--weights" if args.weights is not None and str(error).startswith(f"{args.weights}:") else "--model"
         raise CliError(f"{option}: {error}") from None
     except ValueError as error:  # mean/std
         raise CliError(f"--mean/--std: {error}") from None
+    for warning in caught:
+        if issubclass(warning.category, models.RandomWeightsWarning):  # said by check_output once the model passed
+            args.random_weights_warning = f"warning: {warning.message} (--allow-random-weights)"
+        else:  # not ours: shown as Python would have shown it
+            warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
+    return model
 
 
 def check_output(model: torch.nn.Module, images: torch.Tensor, args: argparse.Namespace) -> None:
@@ -69,6 +94,7 @@ def check_output(model: torch.nn.Module, images: torch.Tensor, args: argparse.Na
     told apart), as many classes as --num-classes; --mean/--std fit the images' channels."""
     if args.model is None:
         given = [f"--{k}" for k in ("weights", "mean", "std") if getattr(args, k) is not None]
+        given += ["--allow-random-weights"] * bool(getattr(args, "allow_random_weights", False))
         if given:
             raise CliError(f"{given[0]}: goes with --model (the default digits model takes the images as they are)")
     if args.mean is not None and max(len(args.mean), len(args.std)) not in (1, images.shape[1]):
@@ -85,3 +111,5 @@ def check_output(model: torch.nn.Module, images: torch.Tensor, args: argparse.Na
         return  # the images do not fit the model: arg.check_fit says so, naming --data
     if args.num_classes is not None and classes != args.num_classes:
         raise CliError(f"--num-classes: {name} returns {classes} classes, not {args.num_classes}")
+    if getattr(args, "random_weights_warning", None):  # (after the checks: an error stays the only line)
+        print(args.random_weights_warning, file=sys.stderr)

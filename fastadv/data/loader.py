@@ -89,6 +89,9 @@ class BatchStream:
                 if batch is None:
                     break
                 yield batch
+                # let go of it before reading the next one: otherwise two batches (and the
+                # consumer's copies of them) are alive at once, the peak memory of the run
+                batch = None
         finally:
             self.seconds = time.perf_counter() - start
 
@@ -117,6 +120,7 @@ class BatchStream:
                 source.check_values(x, self.data.index(first))
             yield Batch(number, _scaled(x.to(self.device, non_blocking=cuda)), y.to(self.device, non_blocking=cuda),
                         bad)  # fmt: skip
+            x = y = None  # the uint8 batch, not kept while the loader reads the next one
 
 
 def _scaled(x: torch.Tensor) -> torch.Tensor:

@@ -437,3 +437,39 @@ def test_slider_events_do_not_queue_up(explorer):
     slots = {f.name: (f.concurrency_id, f.concurrency_limit) for f in app.fns.values()}
     assert slots.pop("curve") == ("curve", 1)
     assert set(slots.values()) == {("explore", 1)} and {"show", "upload", "pick", "change_attack"} <= set(slots)
+
+
+# ---- issue 25: 16-bit uploads, the seed field, the server's paths ----
+
+
+def test_a_16_bit_grayscale_upload_is_scaled_to_0_1_not_clipped(tmp_path):
+    from PIL import Image
+
+    values = (np.arange(256, dtype=np.uint32).reshape(16, 16) * 257).astype(np.uint16)  # 0 .. 65535
+    path = tmp_path / "deep.png"
+    Image.fromarray(values).save(path)
+    assert Image.open(path).mode.startswith("I")
+    image, note = read_upload(str(path), 1, (16, 16))
+    torch.testing.assert_close(image[0], torch.from_numpy(values.astype(np.float32) / 65535), rtol=0, atol=1e-6)
+    assert "16-bit grayscale scaled to [0, 1]" in note
+    rgb, note = read_upload(str(path), 3, (8, 8))  # resized in floats, one value per pixel repeated
+    assert rgb.shape == (3, 8, 8) and (rgb[0] == rgb[2]).all() and 0.1 < float(rgb.mean()) < 0.9
+    assert "repeated as RGB" in note and "resized from 16x16 to 8x8" in note
+
+
+def test_a_huge_seed_is_one_clear_line(explorer):
+    page = Page(explorer)
+    message = page.show(explorer.picture(0), "FGSM", 0.1, 20, 0.25, False, 1, 1e20)[-1]
+    assert message == "**Error:** seed must be a whole number from 0 to 2**63 - 1, got 1e+20"
+    assert "seed must be" in page.show(explorer.picture(0), "FGSM", 0.1, 20, 0.25, False, 1, -1)[-1]
+    assert page.show(explorer.picture(0), "FGSM", 0.1, 20, 0.25, False, 1, 2.0)[-1] == ""
+    assert "seed must be" in page.curve(["FGSM"], "0.1", 8, 2, 1e20)[-1]
+
+
+def test_upload_errors_name_the_file_not_the_servers_path(explorer, tmp_path):
+    page = Page(explorer)
+    bad = tmp_path / "upload-folder-of-the-server" / "mine.png"
+    bad.parent.mkdir()
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 40)
+    message = page.upload(str(bad), *CONTROLS)[-1]
+    assert message.startswith("**Error:** mine.png: not a readable PNG") and str(tmp_path) not in message

@@ -38,6 +38,15 @@ def error_message(error: Exception) -> str:
     return f"**Error:** the model or attack failed ({type(error).__name__}: {text})"
 
 
+def page_seed(value) -> int:
+    """A seed field's value as a seed, or ValueError in one line (torch.Generator.manual_seed says
+    "Overflow when unpacking long long" for 1e20)."""
+    seed = float(value)
+    if not (seed == int(seed) if seed == seed and abs(seed) != float("inf") else False) or not 0 <= seed < 2**63:
+        raise ValueError(f"seed must be a whole number from 0 to 2**63 - 1, got {value:g}")
+    return int(seed)
+
+
 class Page:
     """The page's handlers, without gradio's layout (the unit tests call them): each takes the
     current picture and the controls (attack, eps, steps, alpha, targeted, target, seed, defence,
@@ -66,7 +75,7 @@ class Page:
             if None in (seed, steps, target, eps, alpha, eot_samples):
                 raise ValueError("eps, steps, alpha, target class, seed and EOT samples need a value")
             outcome = self.explorer.attack(picture, attack, float(eps), steps=int(steps), alpha=float(alpha),
-                                           targeted=bool(targeted), target=int(target), seed=int(seed),
+                                           targeted=bool(targeted), target=int(target), seed=page_seed(seed),
                                            defense=defense or defenses.NO_DEFENSE, adaptive=bool(adaptive),
                                            eot_samples=int(eot_samples))  # fmt: skip
         except Exception as error:  # noqa: BLE001 - any failure is shown, the server keeps serving
@@ -141,7 +150,7 @@ class Page:
             if eot_samples is None:
                 raise ValueError("EOT samples need a value")
             defense, adaptive, eot_samples = defense or defenses.NO_DEFENSE, bool(adaptive), int(eot_samples)
-            result = self.jobs.run(attacks, eps, steps=int(steps), samples=int(samples), seed=int(seed),
+            result = self.jobs.run(attacks, eps, steps=int(steps), samples=int(samples), seed=page_seed(seed),
                                    defense=defense, adaptive=adaptive, eot_samples=eot_samples,
                                    progress=True)  # fmt: skip
         except Exception as error:  # noqa: BLE001

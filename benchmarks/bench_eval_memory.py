@@ -46,8 +46,8 @@ def write_model(path: str) -> None:
 
     torch.manual_seed(0)
     nn = torch.nn
-    model = nn.Sequential(nn.Conv2d(3, 8, 3, stride=2), nn.BatchNorm2d(8), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
-                          nn.Flatten(), nn.Linear(8, 10)).eval()  # fmt: skip
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, stride=2), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                          nn.Linear(8, 10)).eval()  # fmt: skip
     torch.jit.trace(model, torch.rand(1, 3, 32, 32)).save(path)
 
 
@@ -55,7 +55,10 @@ def run(model: str, folder: str, workers: int, batch_size: int, out: str) -> dic
     command = [sys.executable, "-m", "fastadv", "eval", "--model", model, "--data", folder, "--attacks", "fgsm",
                "--eps", "0.1", "--workers", str(workers), "--batch-size", str(batch_size), "--quiet", "--no-plots",
                "--out", out]  # fmt: skip
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    # run outside the repository: `python -m` puts the working folder first on sys.path, which
+    # would import this checkout's fastadv whatever PYTHONPATH says
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               cwd=os.path.dirname(out))  # fmt: skip
     peak, start = [0, 0], time.perf_counter()
 
     def sample():

@@ -473,3 +473,21 @@ def test_upload_errors_name_the_file_not_the_servers_path(explorer, tmp_path):
     bad.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 40)
     message = page.upload(str(bad), *CONTROLS)[-1]
     assert message.startswith("**Error:** mine.png: not a readable PNG") and str(tmp_path) not in message
+
+
+def test_nan_images_are_refused_by_the_demo_and_the_explorer(tmp_path, capsys, monkeypatch, digits_model, explorer):
+    monkeypatch.setenv("FASTADV_CACHE", str(tmp_path))
+    cache = str(tmp_path / "digits-small_cnn-standard.pt")
+    fastadv.models.save(_saveable(digits_model[0]), cache)
+    x = np.random.default_rng(0).random((20, 1, 16, 16), dtype=np.float32)
+    x[5, 0, 3, 3] = np.nan  # past the two images the model is checked with
+    np.savez(tmp_path / "nan.npz", x=x, y=np.arange(20) % 10)
+    served = []
+    monkeypatch.setattr("fastadv.demo.app.serve", lambda *a, **k: served.append(a))
+    assert main(["demo", "--quiet", "--cache", cache, "--data", str(tmp_path / "nan.npz")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert not served and len(err) == 1 and "must lie in [0, 1] (no NaN)" in err[0] and "from sample 0" in err[0]
+    images = explorer.images.clone()
+    images[1, 0, 0, 0] = float("nan")
+    with pytest.raises(ValueError, match=r"images must lie in \[0, 1\] \(no NaN or infinite values\)"):
+        Explorer(explorer.model, images, explorer.labels)  # the curve tab evaluates these

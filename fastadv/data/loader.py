@@ -150,5 +150,7 @@ def first_images(data: Selection, count: int) -> tuple[torch.Tensor, torch.Tenso
     if errors and not source.skip_bad or not items:
         raise DataError(f"{errors[0]} (skip_bad, --skip-bad-images in the CLI, leaves such files out)" if errors
                         else f"{source.name}: no readable sample")  # fmt: skip
-    x, y, _, _ = collate(items)
+    x, y, _, first = collate(items)
+    if hasattr(source, "check_values"):  # NaN or out-of-range floating images, as the stream refuses them
+        source.check_values(x, data.index(first))
     return _scaled(x), y

@@ -238,7 +238,7 @@ CONTROLS = ("FGSM", 0.2, 20, 0.25, False, 1, 0)  # attack, eps, steps, alpha, ta
 def test_page_shows_an_attack(explorer):
     page = Page(explorer)
     clean, adv, delta, top_clean, top_adv, summary, message = page.show(explorer.picture(3), *CONTROLS)
-    assert message == "" and clean.shape == adv.shape == delta.shape == (192, 192, 3)
+    assert message == "" and clean.shape == adv.shape == (192, 192, 3) and delta.shape == (204, 204, 3)
     assert len(top_clean) == len(top_adv) == 5 and "| prediction | 7 |" in summary
     outcome = explorer.attack(explorer.picture(3), "FGSM", 0.2)
     assert f"| {outcome.linf:.6g} | {outcome.l2:.6g} | {outcome.l0} |" in summary
@@ -491,3 +491,21 @@ def test_nan_images_are_refused_by_the_demo_and_the_explorer(tmp_path, capsys, m
     images[1, 0, 0, 0] = float("nan")
     with pytest.raises(ValueError, match=r"images must lie in \[0, 1\] \(no NaN or infinite values\)"):
         Explorer(explorer.model, images, explorer.labels)  # the curve tab evaluates these
+
+
+def test_the_perturbation_is_framed_and_a_light_upload_is_told_what_the_model_expects(explorer, tmp_path):
+    # white +eps pixels vanished into the page's white panel; a dark-on-white digit was
+    # classified without a word that the model knows white digits on black
+    framed = view.picture(torch.ones(1, 16, 16), frame=True)
+    assert framed.shape == (204, 204, 3) and (framed[0, 0] == view.FRAME_COLOUR).all()
+    assert (framed[view.FRAME:-view.FRAME, view.FRAME:-view.FRAME] == 255).all()
+    page = Page(explorer)
+    assert page.expected_upload() == (
+        "the model was trained on 16x16 grayscale images, light on a dark background, as the test images here"
+    )
+    light = np.full((16, 16), 255, dtype=np.uint8)
+    light[4:12, 7:9] = 0  # a dark stroke on white
+    source = page.upload(_png(tmp_path / "ink.png", light), *CONTROLS)[2]
+    assert "its background is light, the model's images have dark ones: invert it" in source
+    dark = page.upload(_png(tmp_path / "chalk.png", 255 - light), *CONTROLS)[2]
+    assert "invert" not in dark

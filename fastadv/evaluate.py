@@ -220,18 +220,22 @@ def _attack_batch(job: _Job, batch: _Batch, targets: torch.Tensor, attack_index:
     )
     norm, factory = ATTACKS[attack_name]
     attack = factory(job.model, eps, job.steps, generator, **_attack_options(attack_name, job.options))
+    # the attacked samples are copied once (a batch-sized tensor each copy), and the norms are
+    # reduced without batch-sized temporaries: this is the evaluation's peak memory
+    x_t, y_t = x[targets], y[targets]
     start = time.perf_counter()
-    result = attack.run(x[targets], y[targets])
+    result = attack.run(x_t, y_t)
     if x.device.type == "cuda":
         torch.cuda.synchronize(x.device)
     seconds = time.perf_counter() - start
-    delta = (result.adv.float() - x[targets].float()).flatten(1)
+    delta = (result.adv.float() - x_t.float()).flatten(1)
     success, predicted = result.success, result.predicted  # recorded by the attack: no second forward
     if attack_name in MINIMAL_NORM:  # beyond the budget the sample keeps its clean (correct) class
-        within = within_budget(result.adv, x[targets], eps)
-        success, predicted = success & within, torch.where(within, predicted, y[targets])
-        delta = torch.where(within.unsqueeze(1), delta, torch.zeros_like(delta))
-    norms = (float(delta.abs().amax(1).sum()), float(delta.norm(dim=1).sum()))
+        within = within_budget(result.adv, x_t, eps)
+        success, predicted = success & within, torch.where(within, predicted, y_t)
+        delta.masked_fill_(~within.unsqueeze(1), 0.0)  # in place: no second batch-sized tensor
+    norms = (float(torch.linalg.vector_norm(delta, float("inf"), dim=1).sum()),
+             float(torch.linalg.vector_norm(delta, dim=1).sum()))  # fmt: skip
     # the attacks never return a non-finite image (they keep the clean one: not fooled)
     non_finite = 0 if result.non_finite is None else int(result.non_finite.sum())
     return _Outcome(success, predicted, norms, seconds, non_finite)
@@ -342,13 +346,19 @@ def _evaluation(model, selection: Selection, attacks: list[str], options: dict, 
         stream = BatchStream(selection, mine, device, workers)
         from tqdm import tqdm
 
-        for batch in tqdm(stream, desc="eval", disable=not progress or rank != 0, unit="batch"):
+        # the bar is updated by hand: iterating through tqdm would keep the last batch alive
+        # while the next one is read (two batches in memory at once)
+        bar = tqdm(total=len(stream), desc="eval", disable=not progress or rank != 0, unit="batch")
+        for batch in stream:
             skipped += batch.bad
             if batch.y.numel():
                 _evaluate_batch(job, batch.x, batch.y, batch.index, sums)
             if rank_state is not None:
                 save_atomic({"kind": "evaluation", "settings": settings, "identity": identity, "sums": sums.t,
                              "next_batch": batch.index + 1, "skipped": skipped}, rank_state)  # fmt: skip
+            bar.update(1)
+            del batch  # (see the bar)
+        bar.close()
     if distributed:
         sums.reduce()
         skipped = _distributed.all_gather_lists(skipped)

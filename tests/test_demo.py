@@ -238,7 +238,7 @@ CONTROLS = ("FGSM", 0.2, 20, 0.25, False, 1, 0)  # attack, eps, steps, alpha, ta
 def test_page_shows_an_attack(explorer):
     page = Page(explorer)
     clean, adv, delta, top_clean, top_adv, summary, message = page.show(explorer.picture(3), *CONTROLS)
-    assert message == "" and clean.shape == adv.shape == delta.shape == (192, 192, 3)
+    assert message == "" and clean.shape == adv.shape == (192, 192, 3) and delta.shape == (204, 204, 3)
     assert len(top_clean) == len(top_adv) == 5 and "| prediction | 7 |" in summary
     outcome = explorer.attack(explorer.picture(3), "FGSM", 0.2)
     assert f"| {outcome.linf:.6g} | {outcome.l2:.6g} | {outcome.l0} |" in summary
@@ -437,3 +437,75 @@ def test_slider_events_do_not_queue_up(explorer):
     slots = {f.name: (f.concurrency_id, f.concurrency_limit) for f in app.fns.values()}
     assert slots.pop("curve") == ("curve", 1)
     assert set(slots.values()) == {("explore", 1)} and {"show", "upload", "pick", "change_attack"} <= set(slots)
+
+
+# ---- issue 25: 16-bit uploads, the seed field, the server's paths ----
+
+
+def test_a_16_bit_grayscale_upload_is_scaled_to_0_1_not_clipped(tmp_path):
+    from PIL import Image
+
+    values = (np.arange(256, dtype=np.uint32).reshape(16, 16) * 257).astype(np.uint16)  # 0 .. 65535
+    path = tmp_path / "deep.png"
+    Image.fromarray(values).save(path)
+    assert Image.open(path).mode.startswith("I")
+    image, note = read_upload(str(path), 1, (16, 16))
+    torch.testing.assert_close(image[0], torch.from_numpy(values.astype(np.float32) / 65535), rtol=0, atol=1e-6)
+    assert "16-bit grayscale scaled to [0, 1]" in note
+    rgb, note = read_upload(str(path), 3, (8, 8))  # resized in floats, one value per pixel repeated
+    assert rgb.shape == (3, 8, 8) and (rgb[0] == rgb[2]).all() and 0.1 < float(rgb.mean()) < 0.9
+    assert "repeated as RGB" in note and "resized from 16x16 to 8x8" in note
+
+
+def test_a_huge_seed_is_one_clear_line(explorer):
+    page = Page(explorer)
+    message = page.show(explorer.picture(0), "FGSM", 0.1, 20, 0.25, False, 1, 1e20)[-1]
+    assert message == "**Error:** seed must be a whole number from 0 to 2**63 - 1, got 1e+20"
+    assert "seed must be" in page.show(explorer.picture(0), "FGSM", 0.1, 20, 0.25, False, 1, -1)[-1]
+    assert page.show(explorer.picture(0), "FGSM", 0.1, 20, 0.25, False, 1, 2.0)[-1] == ""
+    assert "seed must be" in page.curve(["FGSM"], "0.1", 8, 2, 1e20)[-1]
+
+
+def test_upload_errors_name_the_file_not_the_servers_path(explorer, tmp_path):
+    page = Page(explorer)
+    bad = tmp_path / "upload-folder-of-the-server" / "mine.png"
+    bad.parent.mkdir()
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 40)
+    message = page.upload(str(bad), *CONTROLS)[-1]
+    assert message.startswith("**Error:** mine.png: not a readable PNG") and str(tmp_path) not in message
+
+
+def test_nan_images_are_refused_by_the_demo_and_the_explorer(tmp_path, capsys, monkeypatch, digits_model, explorer):
+    monkeypatch.setenv("FASTADV_CACHE", str(tmp_path))
+    cache = str(tmp_path / "digits-small_cnn-standard.pt")
+    fastadv.models.save(_saveable(digits_model[0]), cache)
+    x = np.random.default_rng(0).random((20, 1, 16, 16), dtype=np.float32)
+    x[5, 0, 3, 3] = np.nan  # past the two images the model is checked with
+    np.savez(tmp_path / "nan.npz", x=x, y=np.arange(20) % 10)
+    served = []
+    monkeypatch.setattr("fastadv.demo.app.serve", lambda *a, **k: served.append(a))
+    assert main(["demo", "--quiet", "--cache", cache, "--data", str(tmp_path / "nan.npz")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert not served and len(err) == 1 and "must lie in [0, 1] (no NaN)" in err[0] and "from sample 0" in err[0]
+    images = explorer.images.clone()
+    images[1, 0, 0, 0] = float("nan")
+    with pytest.raises(ValueError, match=r"images must lie in \[0, 1\] \(no NaN or infinite values\)"):
+        Explorer(explorer.model, images, explorer.labels)  # the curve tab evaluates these
+
+
+def test_the_perturbation_is_framed_and_a_light_upload_is_told_what_the_model_expects(explorer, tmp_path):
+    # white +eps pixels vanished into the page's white panel; a dark-on-white digit was
+    # classified without a word that the model knows white digits on black
+    framed = view.picture(torch.ones(1, 16, 16), frame=True)
+    assert framed.shape == (204, 204, 3) and (framed[0, 0] == view.FRAME_COLOUR).all()
+    assert (framed[view.FRAME:-view.FRAME, view.FRAME:-view.FRAME] == 255).all()
+    page = Page(explorer)
+    assert page.expected_upload() == (
+        "the model was trained on 16x16 grayscale images, light on a dark background, as the test images here"
+    )
+    light = np.full((16, 16), 255, dtype=np.uint8)
+    light[4:12, 7:9] = 0  # a dark stroke on white
+    source = page.upload(_png(tmp_path / "ink.png", light), *CONTROLS)[2]
+    assert "its background is light, the model's images have dark ones: invert it" in source
+    dark = page.upload(_png(tmp_path / "chalk.png", 255 - light), *CONTROLS)[2]
+    assert "invert" not in dark

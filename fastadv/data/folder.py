@@ -11,11 +11,13 @@ from __future__ import annotations
 import hashlib
 import os
 import warnings
+from array import array
 
 import numpy as np
 import torch
 
 from . import resize as resizing
+from .paths import Paths
 from .source import BadSample, DataError, Source
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
@@ -49,7 +51,10 @@ class ImageFolderSource(Source):
         )
         if not self.classes:
             raise DataError(f"{path}: expected one sub-folder of images per class, found none")
-        files, labels, skipped, stats, sizes = [], [], [], [], {}
+        # per file only its path and label are kept, compactly (memory flat in the number of
+        # files); the names, sizes and times of the identity go straight into a digest
+        files, labels, skipped, sizes = Paths(), array("q"), [], {}
+        digest = hashlib.sha256()
         for label, name in enumerate(self.classes):
             folder = os.path.join(path, name)
             names = sorted(f for f in os.listdir(folder) if f.lower().endswith(IMAGE_EXTENSIONS))
@@ -67,7 +72,7 @@ class ImageFolderSource(Source):
                     continue
                 sizes.setdefault(size, file_path)
                 stat = os.stat(file_path)
-                stats.append(f"{name}/{file}|{stat.st_size}|{stat.st_mtime_ns}")
+                digest.update(f"{chr(10) if files else ''}{name}/{file}|{stat.st_size}|{stat.st_mtime_ns}".encode())
                 files.append(file_path)
                 labels.append(label)
         if not files:
@@ -77,8 +82,8 @@ class ImageFolderSource(Source):
             raise DataError(f"images of different sizes: {file_a} is {size_a[0]}x{size_a[1]}, {file_b} is "
                             f"{size_b[0]}x{size_b[1]} (width x height); resize on load (--input-size H,W)")  # fmt: skip
         self.files, self.skipped = files, tuple(skipped)
-        self.labels = np.asarray(labels, dtype=np.int64)
-        self._stats = hashlib.sha256("\n".join(stats).encode()).digest()
+        self.labels = np.frombuffer(labels, dtype=np.int64).copy()
+        self._stats = digest.digest()
 
     def describe(self, index: int) -> str:
         return self.files[index]

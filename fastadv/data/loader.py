@@ -89,6 +89,9 @@ class BatchStream:
                 if batch is None:
                     break
                 yield batch
+                # let go of it before reading the next one: otherwise two batches (and the
+                # consumer's copies of them) are alive at once, the peak memory of the run
+                batch = None
         finally:
             self.seconds = time.perf_counter() - start
 
@@ -117,6 +120,7 @@ class BatchStream:
                 source.check_values(x, self.data.index(first))
             yield Batch(number, _scaled(x.to(self.device, non_blocking=cuda)), y.to(self.device, non_blocking=cuda),
                         bad)  # fmt: skip
+            x = y = None  # the uint8 batch, not kept while the loader reads the next one
 
 
 def _scaled(x: torch.Tensor) -> torch.Tensor:
@@ -146,5 +150,7 @@ def first_images(data: Selection, count: int) -> tuple[torch.Tensor, torch.Tenso
     if errors and not source.skip_bad or not items:
         raise DataError(f"{errors[0]} (skip_bad, --skip-bad-images in the CLI, leaves such files out)" if errors
                         else f"{source.name}: no readable sample")  # fmt: skip
-    x, y, _, _ = collate(items)
+    x, y, _, first = collate(items)
+    if hasattr(source, "check_values"):  # NaN or out-of-range floating images, as the stream refuses them
+        source.check_values(x, data.index(first))
     return _scaled(x), y

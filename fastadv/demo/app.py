@@ -38,6 +38,15 @@ def error_message(error: Exception) -> str:
     return f"**Error:** the model or attack failed ({type(error).__name__}: {text})"
 
 
+def page_seed(value) -> int:
+    """A seed field's value as a seed, or ValueError in one line (torch.Generator.manual_seed says
+    "Overflow when unpacking long long" for 1e20)."""
+    seed = float(value)
+    if not (seed == int(seed) if seed == seed and abs(seed) != float("inf") else False) or not 0 <= seed < 2**63:
+        raise ValueError(f"seed must be a whole number from 0 to 2**63 - 1, got {value:g}")
+    return int(seed)
+
+
 class Page:
     """The page's handlers, without gradio's layout (the unit tests call them): each takes the
     current picture and the controls (attack, eps, steps, alpha, targeted, target, seed, defence,
@@ -66,7 +75,7 @@ class Page:
             if None in (seed, steps, target, eps, alpha, eot_samples):
                 raise ValueError("eps, steps, alpha, target class, seed and EOT samples need a value")
             outcome = self.explorer.attack(picture, attack, float(eps), steps=int(steps), alpha=float(alpha),
-                                           targeted=bool(targeted), target=int(target), seed=int(seed),
+                                           targeted=bool(targeted), target=int(target), seed=page_seed(seed),
                                            defense=defense or defenses.NO_DEFENSE, adaptive=bool(adaptive),
                                            eot_samples=int(eot_samples))  # fmt: skip
         except Exception as error:  # noqa: BLE001 - any failure is shown, the server keeps serving
@@ -74,7 +83,8 @@ class Page:
             return [None, None, None, None, None, "", error_message(error)]
         choice, names = ATTACKS[attack], self.names
         return [
-            view.picture(outcome.clean), view.picture(outcome.adv), view.picture(view.perturbation(outcome.delta)),
+            view.picture(outcome.clean), view.picture(outcome.adv),
+            view.picture(view.perturbation(outcome.delta), frame=True),
             view.top_classes(outcome.clean_probs, names), view.top_classes(outcome.adv_probs, names),
             view.summary(outcome, names, attack=attack, eps=float(eps), norm=choice.norm, targeted=bool(targeted),
                          minimal=choice.minimal),
@@ -112,8 +122,28 @@ class Page:
             image, note = read_upload(path, self.explorer.shape[0], self.explorer.shape[1:])
         except UploadError as error:
             return self._unchanged(error_message(error))
-        picture = Picture(image, None, f"upload {note}")
+        hint = self.background_hint(image)
+        picture = Picture(image, None, f"upload {note}" + (f" ({hint})" if hint else ""))
         return [picture, gr.skip(), self.source_text(picture), *self.show(picture, *controls)]
+
+    def data_background(self) -> str:
+        """ "dark" or "light": the test images' background, by their median pixel."""
+        return "dark" if float(self.explorer.images.median()) < 0.5 else "light"
+
+    def expected_upload(self) -> str:
+        """What an upload should look like for this model: its size, channels and background."""
+        channels, height, width = self.explorer.shape
+        kind = "grayscale" if channels == 1 else "colour"
+        shade = {"dark": "light on a dark background", "light": "dark on a light background"}[self.data_background()]
+        return f"the model was trained on {width}x{height} {kind} images, {shade}, as the test images here"
+
+    def background_hint(self, image) -> str:
+        """A warning when the upload's background is the opposite of the data's, else ""."""
+        data = self.data_background()
+        upload = "dark" if float(image.median()) < 0.5 else "light"
+        if upload == data:
+            return ""
+        return f"its background is {upload}, the model's images have {data} ones: invert it for a fair test"
 
     def change_attack(self, picture, old_attack, attack, eps, steps, alpha, targeted, target, seed, *defence) -> list:
         """[eps slider, steps, alpha, targeted, the attack shown, *displays] for a new attack
@@ -141,7 +171,7 @@ class Page:
             if eot_samples is None:
                 raise ValueError("EOT samples need a value")
             defense, adaptive, eot_samples = defense or defenses.NO_DEFENSE, bool(adaptive), int(eot_samples)
-            result = self.jobs.run(attacks, eps, steps=int(steps), samples=int(samples), seed=int(seed),
+            result = self.jobs.run(attacks, eps, steps=int(steps), samples=int(samples), seed=page_seed(seed),
                                    defense=defense, adaptive=adaptive, eot_samples=eot_samples,
                                    progress=True)  # fmt: skip
         except Exception as error:  # noqa: BLE001
@@ -198,8 +228,8 @@ def build_app(explorer: Explorer, defense: str = defenses.NO_DEFENSE, adaptive: 
                         index = gr.Number(0, label=f"test image # (0-{explorer.images.shape[0] - 1}, Enter)",
                                           precision=0, elem_id="index")  # fmt: skip
                         random_button = gr.Button("random image", elem_id="random")
-                    upload_box = gr.File(label="or upload a PNG / JPEG", file_types=list(ACCEPTED), type="filepath",
-                                         elem_id="upload")  # fmt: skip
+                    upload_box = gr.File(label=f"or upload a PNG / JPEG: {page.expected_upload()}",
+                                         file_types=list(ACCEPTED), type="filepath", elem_id="upload")  # fmt: skip
                     source = gr.Markdown(page.source_text(first), elem_id="source")
                 with gr.Column():
                     attack = gr.Radio(list(ATTACKS), value="FGSM", label="attack", elem_id="attack")

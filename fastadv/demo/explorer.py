@@ -80,6 +80,8 @@ class Explorer:
                  model_name: str = "model", data_name: str = "data") -> None:  # fmt: skip
         if images.dim() != 4 or images.shape[0] == 0:
             raise ValueError(f"images must be [N, C, H, W] with N >= 1, got shape {tuple(images.shape)}")
+        if not bool(((images >= 0) & (images <= 1)).all()):  # NaN fails both
+            raise ValueError("images must lie in [0, 1] (no NaN or infinite values)")
         self.model, self.images, self.labels = model, images, labels.long()
         self.model_name, self.data_name = model_name, data_name
         self.device = next(iter(model.parameters()), images).device

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 ACCEPTED = (".png", ".jpg", ".jpeg")
+SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I")  # how Pillow opens a 16-bit grayscale PNG
 
 
 class UploadError(ValueError):
@@ -42,7 +43,10 @@ def read_upload(path: str, channels: int, size: tuple[int, int]) -> tuple[torch.
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise UploadError(f"{name}: too many pixels to read safely") from None
     except (OSError, SyntaxError, ValueError) as error:
-        raise UploadError(f"{name}: not a readable PNG or JPEG image ({' '.join(str(error).split())})") from None
+        # Pillow's messages name the file by its path: the server's temporary folder is no
+        # business of the page's visitor
+        reason = " ".join(str(error).replace(repr(path), repr(name)).replace(path, name).split())
+        raise UploadError(f"{name}: not a readable PNG or JPEG image ({reason})") from None
     if "A" in image.getbands() or "transparency" in image.info:
         alpha = np.asarray(image.convert("RGBA"))[..., 3]
         if alpha.min() < 255:
@@ -50,7 +54,16 @@ def read_upload(path: str, channels: int, size: tuple[int, int]) -> tuple[torch.
                               "transparency: flatten it onto a background first")  # fmt: skip
         notes.append("its opaque alpha channel dropped")
     mode = "L" if channels == 1 else "RGB"
-    if image.mode != mode:
+    if image.mode in SIXTEEN_BIT:
+        # Pillow's convert("L") clips 16-bit values at 255 (a picture of 0s and 1s): scaled here,
+        # and kept as floats ("F") through the resize
+        values = np.asarray(image, dtype=np.float64)
+        if values.min() < 0 or values.max() > 65535:
+            raise UploadError(f"{name}: a {image.mode} image with values outside 0-65535; upload an 8- or 16-bit image")
+        image = Image.fromarray((values / 65535.0).astype(np.float32), mode="F")
+        notes.append("16-bit grayscale scaled to [0, 1]" + ("" if channels == 1 else ", repeated as RGB"))
+        mode = "F"
+    elif image.mode != mode:
         notes.append("converted to grayscale" if mode == "L" else f"converted from {image.mode} to RGB")
     image = image.convert(mode)
     height, width = size
@@ -61,6 +74,9 @@ def read_upload(path: str, channels: int, size: tuple[int, int]) -> tuple[torch.
         image = image.resize((w, h), Image.BILINEAR)
         top, left = (h - height) // 2, (w - width) // 2
         image = image.crop((left, top, left + width, top + height))
-    array = np.asarray(image, dtype=np.float32) / 255.0
+    if mode == "F":
+        array = np.repeat(np.asarray(image, dtype=np.float32).clip(0, 1)[..., None], channels, axis=2)
+    else:
+        array = np.asarray(image, dtype=np.float32) / 255.0
     tensor = torch.from_numpy(array.reshape(height, width, -1)).permute(2, 0, 1).contiguous()
     return tensor, f"{name}: {', '.join(notes)}" if notes else name

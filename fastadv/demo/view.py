@@ -15,14 +15,25 @@ from .explorer import TOP, Outcome
 DISPLAY_SIZE = 192  # the shorter side of a shown picture, at least, in pixels
 
 
-def picture(image: torch.Tensor) -> np.ndarray:
+FRAME = 6  # pixels of the frame around the perturbation picture
+FRAME_COLOUR = (96, 96, 160)  # neither white nor black nor grey: the picture's +eps and -eps stay visible
+
+
+def picture(image: torch.Tensor, *, frame: bool = False) -> np.ndarray:
     """uint8 [H', W', 3] of an image [C, H, W] in [0, 1], upscaled by an integer factor with
-    nearest (a pixel stays a square)."""
+    nearest (a pixel stays a square); with `frame`, inside a FRAME-pixel border of FRAME_COLOUR
+    (the perturbation's white +eps pixels would otherwise vanish into the page's white panel)."""
     array = image.detach().float().clamp(0, 1).mul(255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
     if array.shape[2] == 1:
         array = np.repeat(array, 3, axis=2)
     factor = max(1, math.ceil(DISPLAY_SIZE / min(array.shape[:2])))
-    return np.ascontiguousarray(array.repeat(factor, axis=0).repeat(factor, axis=1))
+    array = array.repeat(factor, axis=0).repeat(factor, axis=1)
+    if frame:
+        framed = np.empty((array.shape[0] + 2 * FRAME, array.shape[1] + 2 * FRAME, 3), dtype=np.uint8)
+        framed[...] = FRAME_COLOUR
+        framed[FRAME:-FRAME, FRAME:-FRAME] = array
+        array = framed
+    return np.ascontiguousarray(array)
 
 
 def perturbation(delta: torch.Tensor) -> torch.Tensor:

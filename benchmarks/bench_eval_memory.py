@@ -1,0 +1,122 @@
+"""`fastadv eval` on image folders of N small JPEGs: the process tree's peak RSS and PSS against N
+(issue 25). A tiny TorchScript CNN (no download), FGSM at eps 0.1, every image attacked.
+
+    python benchmarks/bench_eval_memory.py [--sizes 2000,20000] [--image-size 32] [--workers 0,2]
+                                           [--json benchmarks/results/bench_eval_memory_cpu.json]
+
+Each N gets a temporary class folder tree (10 classes; 16 distinct noise images cycled: the
+files' number, not their pixels, is what the memory may depend on); each (N, workers) runs the
+CLI in a fresh process whose tree benchmarks/bench_data.py samples every 100 ms from /proc.
+Set PYTHONPATH to measure another checkout (the one first on it is imported).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_data import _memory  # noqa: E402
+
+
+def write_folder(folder: str, count: int, size: int) -> None:
+    import torch
+    from torchvision.io import encode_jpeg
+
+    generator = torch.Generator().manual_seed(0)
+    pool = [encode_jpeg(torch.randint(0, 256, (3, size, size), dtype=torch.uint8, generator=generator), quality=90)
+            .numpy().tobytes() for _ in range(16)]  # fmt: skip
+    for c in range(10):
+        os.makedirs(os.path.join(folder, f"class{c:02d}"), exist_ok=True)
+    for i in range(count):
+        with open(os.path.join(folder, f"class{i % 10:02d}", f"{i:06d}.jpg"), "wb") as f:
+            f.write(pool[i % 16])
+
+
+def write_model(path: str) -> None:
+    import torch
+
+    torch.manual_seed(0)
+    nn = torch.nn
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, stride=2), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                          nn.Linear(8, 10)).eval()  # fmt: skip
+    torch.jit.trace(model, torch.rand(1, 3, 32, 32)).save(path)
+
+
+def run(model: str, folder: str, workers: int, batch_size: int, out: str) -> dict:
+    command = [sys.executable, "-m", "fastadv", "eval", "--model", model, "--data", folder, "--attacks", "fgsm",
+               "--eps", "0.1", "--workers", str(workers), "--batch-size", str(batch_size), "--quiet", "--no-plots",
+               "--out", out]  # fmt: skip
+    # run outside the repository: `python -m` puts the working folder first on sys.path, which
+    # would import this checkout's fastadv whatever PYTHONPATH says
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               cwd=os.path.dirname(out))  # fmt: skip
+    peak, start = [0, 0], time.perf_counter()
+
+    def sample():
+        while process.poll() is None:
+            rss, pss = _memory(process.pid)
+            peak[0], peak[1] = max(peak[0], rss), max(peak[1], pss)
+            time.sleep(0.1)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    output, _ = process.communicate()
+    sampler.join()
+    if process.returncode:
+        raise SystemExit(f"fastadv eval failed (exit {process.returncode}):\n{output[-2000:]}")
+    with open(os.path.join(out, "report.json")) as f:
+        samples = json.load(f)["samples"]
+    return {"workers": workers, "samples": samples, "seconds": time.perf_counter() - start,
+            "peak_rss_bytes": peak[0], "peak_pss_bytes": peak[1]}  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", default="2000,20000")
+    parser.add_argument("--image-size", type=int, default=32)
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--workers", default="0,2")
+    parser.add_argument("--label", default="", help="what is measured (a git sha, 'before', ...)")
+    parser.add_argument("--json", default=None)
+    args = parser.parse_args()
+    import torch
+
+    import fastadv
+
+    results = {"label": args.label, "fastadv_imported_from": os.path.dirname(fastadv.__file__),
+               "host": platform.processor() or platform.machine(), "cpus": len(os.sched_getaffinity(0)),
+               "load_average": os.getloadavg(), "torch": torch.__version__, "image_size": args.image_size,
+               "batch_size": args.batch_size, "runs": []}  # fmt: skip
+    parent = tempfile.mkdtemp(prefix="fastadv-bench-eval-memory-")
+    try:
+        model = os.path.join(parent, "tiny.pt")
+        write_model(model)
+        for n in sorted(int(s) for s in args.sizes.split(",")):
+            folder = os.path.join(parent, f"images{n}")
+            write_folder(folder, n, args.image_size)
+            for w in sorted(int(w) for w in args.workers.split(",")):
+                result = {"n": n, **run(model, folder, w, args.batch_size, os.path.join(parent, f"out{n}-{w}"))}
+                results["runs"].append(result)
+                print(f"N={n} workers={w}: peak RSS {result['peak_rss_bytes'] / 2**20:.0f} MiB, "
+                      f"PSS {result['peak_pss_bytes'] / 2**20:.0f} MiB, {result['seconds']:.0f} s",
+                      flush=True)  # fmt: skip
+            shutil.rmtree(folder, ignore_errors=True)
+    finally:
+        shutil.rmtree(parent, ignore_errors=True)
+    results["load_average_after"] = os.getloadavg()
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()

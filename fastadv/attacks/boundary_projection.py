@@ -23,7 +23,12 @@ import torch
 
 
 def project_onto_hyperplane(
-    t: torch.Tensor, w: torch.Tensor, b: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, norm: str,
+    t: torch.Tensor,
+    w: torch.Tensor,
+    b: torch.Tensor,
+    lo: torch.Tensor,
+    hi: torch.Tensor,
+    norm: str,
     finite_box: bool = False,
 ) -> torch.Tensor:
     """d [B, n] (float32): the smallest step in `norm` ("linf" or "l2") from t [B, n] onto the

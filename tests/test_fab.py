@@ -193,6 +193,43 @@ def test_projection_matches_the_original(norm, reference):
         assert bool(((t + d) >= 0).all() and ((t + d) <= 1).all())
 
 
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+def test_a_finite_box_gives_the_same_projection_bit_for_bit(norm):
+    """finite_box=True (FAB's L-inf fast path: the masks for infinite breakpoints skipped) changes
+    nothing when t and the box are finite."""
+    gen = torch.Generator().manual_seed(1)
+    for n in (3, 50, 784):
+        t = torch.rand(32, n, generator=gen)
+        w = torch.randn(32, n, generator=gen)
+        w[::3, : n // 3] = 0
+        b = (w * t).sum(1) + torch.randn(32, generator=gen) * 2
+        box = (torch.zeros(32, n), torch.ones(32, n))
+        plain = project_onto_hyperplane(t, w, b, *box, norm)
+        assert torch.equal(project_onto_hyperplane(t, w, b, *box, norm, finite_box=True), plain)
+
+
+def test_a_step_solves_both_projections_in_one_call(digits, monkeypatch):
+    """The iterate's and the image's projections of a step go through one call of 2b rows (the
+    per-op cost paid once per step), which gives what two calls of b rows give."""
+    import fastadv.attacks.fab as fab
+
+    model, x, y = digits
+    x, y = x[:8], y[:8]
+    rows = []
+
+    def counted(t, w, b, lo, hi, norm, **kwargs):
+        rows.append(t.shape[0])
+        d = project_onto_hyperplane(t, w, b, lo, hi, norm, **kwargs)
+        n = t.shape[0] // 2
+        halves = [project_onto_hyperplane(t[s], w[s], b[s], lo[s], hi[s], norm) for s in (slice(0, n), slice(n, None))]
+        assert torch.equal(d, torch.cat(halves)), "one call of 2b rows must equal two of b"
+        return d
+
+    monkeypatch.setattr(fab, "project_onto_hyperplane", counted)
+    fastadv.FAB(model, eps=0.1, steps=3).run(x, y)
+    assert rows == [2 * 8] * 3
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("trained", ["standard", "fgsm-rs"])
 @pytest.mark.parametrize("multi_targeted", [False, True], ids=["untargeted", "FAB-T"])

@@ -190,27 +190,36 @@ class FAB(Attack):
         best_adv = x.clone()
         finite = torch.ones(b, dtype=torch.bool, device=x.device)
         flat = (b, -1)
+        x0_flat = x0.reshape(flat)
+        # both projections of a step (the iterate's, d1, and the image's, d0) in one batch of 2b
+        # rows: each row is solved on its own, so the result is the same and the per-op cost of
+        # the projection is paid once per step instead of twice
+        box = (torch.cat([lo.reshape(flat)] * 2), torch.cat([hi.reshape(flat)] * 2))
+        # finite images and bounds keep every iterate finite (a non-finite move is never taken)
+        finite_box = bool(torch.isfinite(box[0]).all() & torch.isfinite(box[1]).all() & torch.isfinite(x0).all())
         for _ in range(self.steps):
             f, grad = self._boundary(x1, y, target, call)
-            x1f = x1.float()
+            x1f = x1.float().reshape(flat)
             w = grad.reshape(flat)
-            offset = (w * x1f.reshape(flat)).sum(1) - f  # the hyperplane w . z = offset
-            d1 = project_onto_hyperplane(x1f.reshape(flat), w, offset, lo.reshape(flat), hi.reshape(flat), self.norm)
-            d0 = project_onto_hyperplane(x0.reshape(flat), w, offset, lo.reshape(flat), hi.reshape(flat), self.norm)
+            offset = (w * x1f).sum(1) - f  # the hyperplane w . z = offset
+            d = project_onto_hyperplane(torch.cat([x1f, x0_flat]), torch.cat([w, w]), torch.cat([offset, offset]),
+                                        *box, self.norm, finite_box=finite_box)  # fmt: skip
+            d1, d0 = d[:b], d[b:]
             a1, a0 = self._size(d1).clamp_min(1e-8), self._size(d0).clamp_min(1e-8)
             alpha = (a1 / (a1 + a0)).clamp(0, self.alpha_max).unsqueeze(1)
-            moved = (x1f.reshape(flat) + self.eta * d1) * (1 - alpha) + (x0.reshape(flat) + self.eta * d0) * alpha
+            moved = (x1f + self.eta * d1) * (1 - alpha) + (x0_flat + self.eta * d0) * alpha
             moved = torch.minimum(torch.maximum(moved.view_as(x0), lo), hi)
             ok = finite_rows(moved)  # a NaN or infinite gradient: keep the last finite iterate
             finite &= ok
             x1 = torch.where(per_sample(ok, x1), moved.to(x.dtype), x1)
             with torch.no_grad():
                 fooled = self._success(self._logits(x1, call).argmax(1), y) & ok
-            size = self._size((x1.float() - x0).reshape(flat))
+            x1f = x1.float()
+            size = self._size((x1f - x0).reshape(flat))
             better = fooled & (size < best_norm)
             best_norm = torch.where(better, size, best_norm)
             best_adv = torch.where(per_sample(better, x), x1, best_adv)
-            pulled = (x0 + self.beta * (x1.float() - x0)).to(x.dtype)
+            pulled = (x0 + self.beta * (x1f - x0)).to(x.dtype)
             x1 = torch.where(per_sample(fooled, x1), pulled, x1)
         return best_norm, best_adv, finite
 

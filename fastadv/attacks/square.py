@@ -206,12 +206,15 @@ class Square(Attack):
         s = _Search(run.idx, run.params, run.x, run.y, start, objective, loss, predicted, success)
         queries.index_add_(0, s.idx, torch.ones_like(s.idx))
         counters = (queries, iterations)  # (counted as a sample leaves: not one op per query)
+        # a candidate is projected into the ball around x and the bounds: finite when they are
+        # (then its test per query is skipped; one host sync per run)
+        check_finite = not _all_finite(run.x, *run.params)
         for iteration in range(self.n_queries):
             s = self._leave_if_fooled(s, best, call, iteration, counters)
             if s is None:
                 return
             candidate = self._candidate(s, iteration, call)
-            predicted, success, loss, objective = self._score(candidate, s.y, call)
+            predicted, success, loss, objective = self._score(candidate, s.y, call, check_finite)
             # keep the candidate where it lowers the objective or fools the model (a non-finite
             # one does neither: NaN compares false and `success` excludes it)
             accept = success | (objective < s.objective)
@@ -236,13 +239,16 @@ class Square(Attack):
                  s.success.index_select(0, fooled), s.loss.index_select(0, fooled), final=False)  # fmt: skip
         return None if keep.numel() == 0 else s.select(keep, call)
 
-    def _score(self, x_adv: torch.Tensor, y: torch.Tensor, call: Call):
+    def _score(self, x_adv: torch.Tensor, y: torch.Tensor, call: Call, check_finite: bool = True):
         """One query: (the model's classes, success, the attack's loss, the objective the search
-        minimizes). A non-finite candidate never succeeds."""
+        minimizes). A non-finite candidate never succeeds (check_finite=False: the caller knows
+        x_adv is finite)."""
         logits = self._logits(x_adv, call)
         loss = self._loss(logits, y)
         predicted = logits.argmax(1)
-        success = self._success(predicted, y) & finite_rows(x_adv)
+        success = self._success(predicted, y)
+        if check_finite:
+            success &= finite_rows(x_adv)
         return predicted, success, loss, (loss if self.targeted else -loss)
 
     # --- the proposals ----------------------------------------------------------------------
@@ -317,6 +323,17 @@ def _count(idx: torch.Tensor, iterations: int, counters: tuple[torch.Tensor, tor
         counter.index_add_(0, idx, torch.full_like(idx, iterations))
 
 
+def _all_finite(*values: float | torch.Tensor | None) -> bool:
+    """Whether every number and every tensor entry of `values` is finite (None: no bound)."""
+    for value in values:
+        if isinstance(value, torch.Tensor):
+            if not bool(torch.isfinite(value).all()):
+                return False
+        elif value is not None and not math.isfinite(value):
+            return False
+    return True
+
+
 def _signs(shape: tuple[int, ...], gen: torch.Generator | None, device: torch.device) -> torch.Tensor:
     """Uniform +-1.0 (float32)."""
     return torch.randint(0, 2, shape, generator=gen, device=device).float().mul_(2).sub_(1)
@@ -332,16 +349,19 @@ def _corners(b: int, h: int, w: int, side: int, gen, device) -> tuple[torch.Tens
 
 def _mask(top: torch.Tensor, left: torch.Tensor, side: int, h: int, w: int) -> torch.Tensor:
     """bool [b, 1, h, w]: each sample's square."""
-    rows, cols = _positions(h, top.device), _positions(w, top.device)
-    in_rows = (rows >= top[:, None]) & (rows < top[:, None] + side)
-    in_cols = (cols >= left[:, None]) & (cols < left[:, None] + side)
+    in_rows = _bands(h, side, top.device).index_select(0, top)
+    in_cols = _bands(w, side, top.device).index_select(0, left)
     return (in_rows[:, :, None] & in_cols[:, None, :]).unsqueeze(1)
 
 
-@functools.lru_cache(maxsize=8)
-def _positions(size: int, device: torch.device) -> torch.Tensor:
-    """arange(size) on `device`, made once (every iteration's masks read it)."""
-    return torch.arange(size, device=device)
+@functools.lru_cache(maxsize=64)
+def _bands(size: int, side: int, device: torch.device) -> torch.Tensor:
+    """bool [size - side + 1, size]: row t is True at t .. t + side - 1. Made once per square
+    size (a schedule has at most a dozen), so a query's masks are two row look-ups and an and,
+    not six comparisons and sums."""
+    positions = torch.arange(size, device=device)
+    starts = torch.arange(size - side + 1, device=device)[:, None]
+    return (positions >= starts) & (positions < starts + side)
 
 
 def _window(top: torch.Tensor, left: torch.Tensor, side: int, channels: int) -> tuple[torch.Tensor, ...]:

@@ -14,7 +14,7 @@ from .._validate import AMP_NAMES
 from ..checkpoint import CheckpointError
 from ..data import DataError, Selection
 from ..data.loader import first_images
-from ..evaluate import ATTACKS, evaluate, format_report
+from ..evaluate import ATTACKS, describe_attacks, evaluate, format_report
 from . import args as arg
 from . import defenses, model_options
 from .args import CliError
@@ -55,7 +55,9 @@ def add_parser(sub) -> None:
     p.add_argument(
         "--attacks", type=arg.csv_list(ATTACKS, unique=True), default=list(EVALUATE["attacks"]),
         help=f"among {', '.join(ATTACKS)}, run in the order given (a repeat is dropped): with the cascade each "
-        f"attacks the samples the ones before left robust (default: {arg.joined(EVALUATE['attacks'])})",
+        f"attacks the samples the ones before left robust (default: {arg.joined(EVALUATE['attacks'])}). Their "
+        f"settings (eps and --steps as given; report.json records every one per row): "
+        f"{describe_attacks().replace('%', '%%')}",
     )  # fmt: skip
     p.add_argument(
         "--eps", type=arg.csv_list(item=arg.nonnegative, unique=True, sort=True), default=list(EVALUATE["eps"]),

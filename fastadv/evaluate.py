@@ -271,6 +271,63 @@ class _Job:
     seed: int
     classes: int
     options: dict
+    keeper: _ExampleKeeper | None = None
+
+
+@dataclass(frozen=True)
+class Examples:
+    """The first samples of an evaluation as it attacked them, for a picture (fastadv.plots.
+    plot_examples) without attacking again: at eps `eps` (the largest), the clean images and
+    labels, the model's clean predictions, and per sample the adversarial image that counts (the
+    first attack to fool it within the budget, else the last attack's attempt, else the clean
+    image for a sample not attacked), its prediction, and the attack that fooled it (None)."""
+
+    eps: float
+    images: torch.Tensor
+    labels: torch.Tensor
+    clean_pred: torch.Tensor
+    adversarial: torch.Tensor
+    adversarial_pred: torch.Tensor
+    fooled_by: list[str | None]
+
+
+class _ExampleKeeper:
+    """Keeps `count` samples of the first batch this process evaluates, at eps index `eps_index`
+    (copies on the CPU: nothing of the batch is held after it)."""
+
+    def __init__(self, count: int, eps_index: int, eps: float):
+        self.count, self.eps_index, self.eps = count, eps_index, eps
+        self.batch_index: int | None = None
+        self.kept: Examples | None = None
+        self._parts: dict | None = None
+
+    def start(self, batch: _Batch, e_index: int) -> bool:
+        """Whether this (batch, eps) is the one kept; if so, starts it from the clean images."""
+        if e_index != self.eps_index or self.batch_index not in (None, batch.index) or self.kept is not None:
+            return False
+        self.batch_index, n = batch.index, min(self.count, batch.x.shape[0])
+        self._parts = {"adv": batch.x[:n].detach().float().cpu().clone(), "pred": batch.clean_pred[:n].cpu().clone(),
+                       "by": [None] * n, "n": n}  # fmt: skip
+        return True
+
+    def add(self, name: str, index: torch.Tensor, outcome: _Outcome) -> None:
+        """One attack's images of the kept samples among `index` (the samples it attacked)."""
+        if outcome.adv is None or self._parts is None:
+            return
+        parts = self._parts
+        for k in (index < parts["n"]).nonzero().squeeze(1).tolist():
+            i = int(index[k])
+            if parts["by"][i] is None:  # a sample fooled earlier keeps the image that fooled it
+                parts["adv"][i] = outcome.adv[k].detach().float().cpu()
+                parts["pred"][i] = int(outcome.predicted[k])
+                if bool(outcome.fooled[k]):
+                    parts["by"][i] = name
+
+    def finish(self, batch: _Batch) -> None:
+        parts, n = self._parts, self._parts["n"]
+        self.kept = Examples(self.eps, batch.x[:n].detach().float().cpu().clone(), batch.y[:n].cpu().clone(),
+                             batch.clean_pred[:n].cpu().clone(), parts["adv"], parts["pred"], parts["by"])  # fmt: skip
+        self._parts = None
 
 
 @dataclass(frozen=True)
@@ -296,6 +353,7 @@ class _Outcome:
     norms: tuple[float, float]
     seconds: float
     non_finite: int = 0
+    adv: torch.Tensor | None = None  # the adversarial images (a budget-exceeding minimal one: the clean image)
 
 
 _NOTHING = _Outcome(torch.zeros(0, dtype=torch.bool), None, (0.0, 0.0), 0.0)  # no sample to attack
@@ -324,18 +382,20 @@ def _attack_batch(job: _Job, batch: _Batch, targets: torch.Tensor, attack_index:
     if x.device.type == "cuda":
         torch.cuda.synchronize(x.device)
     seconds = time.perf_counter() - start
-    delta = (result.adv.float() - x[targets].float()).flatten(1)
+    adv = result.adv
+    delta = (adv.float() - x[targets].float()).flatten(1)
     success, predicted = result.success, result.predicted  # recorded by the attack: no second forward
     if attack_name in MINIMAL_NORM:  # beyond the budget the sample keeps its clean (correct) class
         within = within_budget(result.adv, x[targets], eps)
         success, predicted = success & within, torch.where(within, predicted, y[targets])
+        adv = torch.where(within.view(-1, *([1] * (adv.dim() - 1))), adv, x[targets])
     # over the samples fooled only: a failure's image (the clean one for AutoAttack, the ball's
     # edge for PGD) says nothing of the perturbation that fools
     delta = delta[success]
     norms = (float(delta.abs().amax(1).sum()), float(delta.norm(dim=1).sum()))
     # the attacks never return a non-finite image (they keep the clean one: not fooled)
     non_finite = 0 if result.non_finite is None else int(result.non_finite.sum())
-    return _Outcome(success, predicted, norms, seconds, non_finite)
+    return _Outcome(success, predicted, norms, seconds, non_finite, adv if job.keeper is not None else None)
 
 
 def evaluate(
@@ -357,6 +417,7 @@ def evaluate(
     distributed: bool | None = None,
     progress: bool = True,
     workers: int | None = None,
+    examples: int = 0,
 ) -> dict:
     """Evaluates `model` on `data` = (images [N, C, H, W] in [0, 1], labels [N]), or a streamed
     data set of fastadv.data (a Source, or a Selection of one: see fastadv.datasets.open_data and
@@ -372,6 +433,10 @@ def evaluate(
     workers: processes that read a streamed data set's batches (default: one per CPU, at most
     8; 0: read in this process). The report's "data_loading" says how long the evaluation
     waited for data; "skipped_images" lists the images a Source with skip_bad left out.
+    examples: keep this many samples of the first batch as they were attacked at the largest
+    eps, in ``report["examples"]`` (an `Examples`, tensors: not JSON; fastadv.plots.plot_examples
+    draws it, and `fastadv eval` leaves it out of report.json), so that a picture never needs
+    the attacks run again.
 
     adaptive: evaluate a defence: after the run above, run `adaptive_attacks(attacks)` with
     ``adaptive=True`` (input transformations use BPDA's backward pass) and, for randomized
@@ -391,9 +456,11 @@ def evaluate(
     _check_state_path(state_path)
     selection = as_selection("data", data)
     workers = workers_for(selection, workers)
+    if not isinstance(examples, int) or isinstance(examples, bool) or examples < 0:
+        raise ValueError(f"examples must be a non-negative integer, got {examples!r}")
     run = functools.partial(_evaluation, model, selection, eps=eps, steps=steps, batch_size=batch_size, cascade=cascade,
                             seed=seed, distributed=distributed, progress=progress, workers=workers)  # fmt: skip
-    report = run(attacks, options, state_path)
+    report = run(attacks, options, state_path, examples=examples)
     if not adaptive:
         return report
     # a model that declares itself deterministic (Defended without random transforms) needs no EOT
@@ -429,7 +496,7 @@ def _check_labels(labels, classes: int) -> None:
 
 def _evaluation(model, selection: Selection, attacks: list[str], options: dict, state_path: str | None, *,
                 eps: list[float], steps: int, batch_size: int, cascade: bool, seed: int, distributed: bool | None,
-                progress: bool, workers: int) -> dict:  # fmt: skip
+                progress: bool, workers: int, examples: int = 0) -> dict:  # fmt: skip
     """One evaluation of `evaluate` (arguments checked) with the attacks' `options`."""
     backend = options["backend"]
     device = next(iter(model.parameters()), torch.empty(0)).device
@@ -442,7 +509,9 @@ def _evaluation(model, selection: Selection, attacks: list[str], options: dict, 
         with torch.no_grad():
             classes = int(model(first_images(selection, 1)[0].to(device)).shape[1])
         _check_labels(selection.labels, classes)
-        job = _Job(model, attacks, eps, steps, cascade, seed, classes, options)
+        largest = max(range(len(eps)), key=lambda i: eps[i])
+        keeper = _ExampleKeeper(examples, largest, eps[largest]) if examples else None
+        job = _Job(model, attacks, eps, steps, cascade, seed, classes, options, keeper)
         settings = {"attacks": attacks, "eps": eps, "steps": steps, "batch_size": batch_size, "cascade": cascade,
                     "seed": seed, "samples": len(selection), "world_size": world}  # fmt: skip
         if options.get("adaptive"):
@@ -481,6 +550,8 @@ def _evaluation(model, selection: Selection, attacks: list[str], options: dict, 
     # which label is which class (an image folder's sub-folders sorted by name, CIFAR's meta)
     names = selection.source.classes
     report["classes"] = {name: index for index, name in enumerate(names)} if names else None
+    if examples:
+        report["examples"] = keeper.kept  # None when this process evaluated no batch (resumed at the end)
     waited = torch.tensor([stream.waited, stream.seconds], dtype=torch.float64)
     waited = _distributed.all_reduce(waited, "max") if distributed else waited
     report["data_loading"] = {"workers": stream.workers, "seconds_waiting": float(waited[0]),
@@ -523,6 +594,7 @@ def _evaluate_at_eps(job: _Job, batch: _Batch, e_index: int, t: dict[str, torch.
     correct = clean_pred == y
     worst_pred, robust = clean_pred.clone(), correct.clone()
     outcomes: dict[int, _Outcome] = {}
+    keep = job.keeper is not None and job.keeper.start(batch, e_index)
 
     def attack(a_index: int, targets: torch.Tensor) -> torch.Tensor:
         outcomes[a_index] = _attack_batch(job, batch, targets, a_index, e_index)
@@ -530,6 +602,8 @@ def _evaluate_at_eps(job: _Job, batch: _Batch, e_index: int, t: dict[str, torch.
 
     def record(a_index: int, run: StageRun) -> None:
         outcome = outcomes.pop(a_index, _NOTHING)
+        if keep:
+            job.keeper.add(job.attacks[a_index], run.index, outcome)
         own_pred = clean_pred.clone()
         if outcome.predicted is not None:
             own_pred[run.index] = outcome.predicted
@@ -544,6 +618,8 @@ def _evaluate_at_eps(job: _Job, batch: _Batch, e_index: int, t: dict[str, torch.
         t["seconds"][e_index, a_index] += outcome.seconds
 
     run_cascade(range(len(job.attacks)), robust, attack, survivors_only=job.cascade, on_stage=record)
+    if keep:
+        job.keeper.finish(batch)
     t["worst"][e_index] += _confusion(y, worst_pred, job.classes)
 
 

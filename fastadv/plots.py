@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import torch
-
-from .evaluate import ATTACKS, MINIMAL_NORM, within_budget
+from .evaluate import Examples
 
 
 def _pyplot():
@@ -40,44 +38,32 @@ def plot_robustness(report: dict, path: str) -> None:
     plt.close(fig)
 
 
-def example_images(model, images: torch.Tensor, labels: torch.Tensor, attack: str, eps: float, steps: int = 20,
-                   seed: int = 0) -> tuple[torch.Tensor, ...]:  # fmt: skip
-    """What `plot_examples` shows: (images, labels, adversarial images, clean and adversarial
-    predictions) on the model's device. A minimal-norm attack's image beyond the budget `eps` is
-    replaced by the clean one, as the report counts it (not fooled at this eps)."""
-    _, factory = ATTACKS[attack]
-    device = next(iter(model.parameters()), images).device
-    x, y = images.to(device), labels.to(device)
-    adv = factory(model, eps, steps, torch.Generator(device=device).manual_seed(seed))(x, y)
-    if attack in MINIMAL_NORM:
-        adv = torch.where(within_budget(adv, x, eps).view(-1, *([1] * (x.dim() - 1))), adv, x)
-    with torch.no_grad():
-        clean_pred, adv_pred = model(x).argmax(1), model(adv).argmax(1)
-    return x, y, adv, clean_pred, adv_pred
-
-
-def plot_examples(model, images: torch.Tensor, labels: torch.Tensor, attack: str, eps: float, path: str,
-                  steps: int = 20, seed: int = 0) -> None:  # fmt: skip
-    """A grid: clean images, adversarial images and perturbations (amplified to the full range),
-    with the model's predictions, for the given samples (8 or so); see `example_images`."""
+def plot_examples(examples: Examples, path: str) -> None:
+    """A grid of the samples an evaluation kept (`evaluate(..., examples=N)`'s
+    ``report["examples"]``): clean images, the adversarial images that count (the attack that
+    fooled each named; beyond the budget a minimal-norm attack's sample keeps its clean image, as
+    the report counts it) and the perturbations (amplified to the full range), with the model's
+    predictions. Nothing is attacked again: the images are those the evaluation computed."""
     plt = _pyplot()
-    x, y, adv, clean_pred, adv_pred = example_images(model, images, labels, attack, eps, steps, seed)
+    x, y, adv = examples.images, examples.labels, examples.adversarial
+    clean_pred, adv_pred = examples.clean_pred, examples.adversarial_pred
     delta = (adv - x).float()
     scale = delta.abs().flatten(1).amax(1).clamp_min(1e-12).view(-1, *([1] * (x.dim() - 1)))
     amplified = 0.5 + 0.5 * delta / scale
     n = x.shape[0]
-    fig, axes = plt.subplots(3, n, figsize=(1.3 * n, 4.2), squeeze=False)
+    fig, axes = plt.subplots(3, n, figsize=(1.3 * max(n, 2), 4.2), squeeze=False)
     for i in range(n):
-        for row, (tensor, title) in enumerate(
-            ((x, f"y={int(y[i])} p={int(clean_pred[i])}"), (adv, f"adv p={int(adv_pred[i])}"), (amplified, "delta"))
-        ):
+        by = examples.fooled_by[i]
+        titles = (f"y={int(y[i])} p={int(clean_pred[i])}", f"{by or 'adv'} p={int(adv_pred[i])}", "delta")
+        for row, (tensor, title) in enumerate(zip((x, adv, amplified), titles, strict=True)):
             img = tensor[i].detach().float().cpu()
             img = img[0] if img.shape[0] == 1 else img.permute(1, 2, 0)
             ax = axes[row][i]
             ax.imshow(img.numpy(), cmap="gray" if img.dim() == 2 else None, vmin=0, vmax=1)
-            ax.set_title(title, fontsize=7, color="red" if row == 1 and adv_pred[i] != y[i] else "black")
+            ax.set_title(title, fontsize=7, color="red" if row == 1 and by is not None else "black")
             ax.axis("off")
-    fig.suptitle(f"{attack} at eps {eps:g}", fontsize=9)
+    fig.suptitle(f"eps {examples.eps:g}: clean, adversarial (red: fooled, by the attack named), perturbation",
+                 fontsize=8)  # fmt: skip
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -700,6 +700,8 @@ def format_report(report: dict) -> str:
     header = (("eps", 8), ("attack", 10), ("robust", 8), ("success", 8), ("F1", 6), ("attacked", 8), ("fooled", 7),
               ("mean Linf", 10), ("mean L2", 8), ("img/s", 9))  # fmt: skip
     lines = [
+        # fastadv eval --defense: this table is the bare model's; the defences' follow in the comparison
+        *(["undefended model (the defended models: the comparison below)"] if "defenses" in report else []),
         f"clean accuracy {100 * report['clean_accuracy']:.2f}% on {report['samples']} samples "
         f"({report['device']}, backend {report['backend']})",
         " ".join(f"{h:>{w}}" for h, w in header),
@@ -725,7 +727,7 @@ def format_report(report: dict) -> str:
     lines.append(f"worst case over attacks (robust accuracy): {worst}")
     classes = format_classes(report.get("classes"))
     if classes:
-        lines.insert(1, classes)
+        lines.insert(2 if "defenses" in report else 1, classes)
     return "\n".join(lines)
 
 

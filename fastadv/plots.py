@@ -16,23 +16,42 @@ def _pyplot():
     return plt
 
 
+def _curve(ax, report: dict, rows: list[dict], *args, **kwargs) -> None:
+    ax.plot([0] + [r["eps"] for r in rows], [report["clean_accuracy"]] + [r["robust_accuracy"] for r in rows],
+            *args, **kwargs)  # fmt: skip
+
+
 def plot_robustness(report: dict, path: str) -> None:
-    """Robust accuracy against eps, one line per attack and one for the worst case."""
+    """Robust accuracy against eps. A plain report: one line per attack (with the cascade, after
+    it and the attacks before it) and the worst case. A report of `fastadv eval --defense ...`
+    (with "defenses"): the worst case of the undefended model and of each defence, each beside
+    its adaptive attacks' worst case when the run was adaptive. An adaptive report alone: the
+    attacks, the worst case and the adaptive attacks' worst case. Every line is labelled with the
+    model it is of."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(5.5, 4))
-    for name in report["settings"]["attacks"]:
-        rows = [r for r in report["attacks"] if r["attack"] == name]
-        ax.plot([0] + [r["eps"] for r in rows], [report["clean_accuracy"]] + [r["robust_accuracy"] for r in rows],
-                marker="o", label=name)  # fmt: skip
-    worst = report["worst_case"]
-    ax.plot([0] + [w["eps"] for w in worst], [report["clean_accuracy"]] + [w["robust_accuracy"] for w in worst],
-            "k--", label="worst case")  # fmt: skip
+    if "defenses" in report:
+        for k, run in enumerate(report["defenses"]):
+            name = "undefended" if run["defense"] == "none" else run["defense"]
+            color = f"C{k}"
+            _curve(ax, run, run["worst_case"], marker="o", color=color, label=f"{name}: worst case")
+            if "adaptive" in run:
+                _curve(ax, run, run["adaptive"]["worst_case"], "--", marker="x", color=color,
+                       label=f"{name}: adaptive worst case")  # fmt: skip
+        title = f"undefended and defended models ({report['samples']} samples)"
+    else:
+        for name in report["settings"]["attacks"]:
+            _curve(ax, report, [r for r in report["attacks"] if r["attack"] == name], marker="o", label=name)
+        _curve(ax, report, report["worst_case"], "k--", label="worst case")
+        if "adaptive" in report:
+            _curve(ax, report, report["adaptive"]["worst_case"], "r:", marker="x", label="adaptive worst case")
+        title = f"robust accuracy ({report['samples']} samples)"
     ax.set_xlabel("eps")
     ax.set_ylabel("accuracy")
     ax.set_ylim(0, 1)
     ax.grid(alpha=0.3)
-    ax.legend()
-    ax.set_title(f"robust accuracy ({report['samples']} samples)")
+    ax.legend(fontsize=8)
+    ax.set_title(title)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -107,15 +107,22 @@ class AttackEntry:
                 if name not in skip and p.default is not inspect.Parameter.empty and p.default is not None
                 and p.kind is not inspect.Parameter.VAR_KEYWORD}  # fmt: skip
 
-    def used(self, eps: float, steps: int, options: dict) -> dict:
-        """Every setting of one run at `eps` (JSON-ready): the class, its defaults, the table's
-        settings, the options evaluate passed (amp, adaptive, EOT draws, ...) and the seeding."""
-        options = {k: str(v).removeprefix("torch.") if isinstance(v, torch.dtype) else v for k, v in options.items()}
+    def used(self, model, eps: float, steps: int, options: dict) -> dict:
+        """Every setting of one run at `eps` (JSON-ready), read from the attack as built on
+        `model`: the class, its own settings (defaults included), the options evaluate passed
+        (backend, adaptive, EOT draws, ...) and the seeding; AutoAttack's per stage."""
+        attack = self.build(model, eps, steps, torch.Generator(), **options)
+        inner = attack.attack if isinstance(attack, _WholeBatch) else attack
+        if isinstance(inner, AutoAttack):
+            own = {"version": inner.version, "norm": inner.norm, "eps": inner.eps,
+                   "stages": {name: {"class": type(stage).__name__, **_plain(stage.settings())}
+                              for name, stage in inner.stages}}  # fmt: skip
+        else:
+            own = _plain(inner.settings())
         seeded = {"generator": "random draws from a generator seeded by (seed, batch, attack, eps)",
                   "seed": "its seed drawn per batch from a generator seeded by (seed, batch, attack, eps)",
                   None: "deterministic"}[self.seeding]  # fmt: skip
-        return {"class": self.attack_class.__name__, **self.defaults(), **self.arguments(eps, steps), **options,
-                "randomness": seeded}  # fmt: skip
+        return {"class": self.attack_class.__name__, **own, **_plain(options), "randomness": seeded}
 
     def describe(self) -> str:
         """One line for --help: the class and its settings (eps and steps as formulas)."""
@@ -158,6 +165,17 @@ ATTACKS: dict[str, AttackEntry] = {
         "fooled at eps if its L2 distance <= eps",
     ),
 }
+
+
+def _plain(settings: dict) -> dict:
+    """Settings as JSON values: a tensor as a number (or a list), a dtype by name."""
+
+    def plain(value):
+        if isinstance(value, torch.Tensor):
+            return value.item() if value.numel() == 1 else value.tolist()
+        return str(value).removeprefix("torch.") if isinstance(value, torch.dtype) else value
+
+    return {k: plain(v) for k, v in settings.items()}
 
 
 def describe_attacks() -> str:
@@ -546,7 +564,10 @@ def _evaluation(model, selection: Selection, attacks: list[str], options: dict, 
     if distributed:
         sums.reduce()
         skipped = _distributed.all_gather_lists(skipped)
-    report = _report(sums.t, attacks, eps, settings, device, backend, seed, options)
+    # every setting of every (eps, attack), read from the attacks as built
+    used = {(e_index, a_index): ATTACKS[name].used(model, e, steps, _attack_options(name, options))
+            for e_index, e in enumerate(eps) for a_index, name in enumerate(attacks)}  # fmt: skip
+    report = _report(sums.t, attacks, eps, settings, device, backend, seed, used)
     # which label is which class (an image folder's sub-folders sorted by name, CIFAR's meta)
     names = selection.source.classes
     report["classes"] = {name: index for index, name in enumerate(names)} if names else None
@@ -623,7 +644,7 @@ def _evaluate_at_eps(job: _Job, batch: _Batch, e_index: int, t: dict[str, torch.
     t["worst"][e_index] += _confusion(y, worst_pred, job.classes)
 
 
-def _report(t, attacks, eps, settings, device, backend, seed, options) -> dict:
+def _report(t, attacks, eps, settings, device, backend, seed, used) -> dict:
     from ._environment import device_name
     from .ops import resolve_backend
 
@@ -652,7 +673,7 @@ def _report(t, attacks, eps, settings, device, backend, seed, options) -> dict:
                 "mean_l2": float(t["l2"][e_index, a_index]) / own if own else None,
                 "non_finite": int(t["non_finite"][e_index, a_index]),
                 "images_per_s": attacked / seconds if attacked and seconds > 0 else None,
-                "settings": ATTACKS[name].used(e, settings["steps"], _attack_options(name, options)),
+                "settings": used[e_index, a_index],
             })  # fmt: skip
         worst_cm = t["worst"][e_index]
         worst.append({"eps": e, "robust_accuracy": float(worst_cm.diag().sum()) / max(n, 1),

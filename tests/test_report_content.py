@@ -3,6 +3,7 @@ every setting of every attack, norms averaged over the samples an attack fooled 
 beside them, rows that say which numbers are cumulative and which are the attack's own, example
 images kept from the run (never a second attack), and defended runs' plots and numbers."""
 
+import inspect
 import json
 
 import numpy as np
@@ -64,12 +65,14 @@ def test_every_setting_of_every_attack_is_recorded_and_rebuilds_the_attack(digit
     assert pgd["random_start"] is True and pgd["loss"] == "ce" and "seeded by (seed, batch" in pgd["randomness"]
     cw = rows["cw", 0.8]["settings"]
     assert cw["class"] == "CW" and cw["lr"] == 0.05 and cw["binary_search_steps"] == 5 and cw["c"] == 1.0
+    assert rows["fgsm", 0.8]["settings"]["eps"] == 0.8 and rows["fgsm", 0.8]["settings"]["random_start"] is False
     # the deterministic attacks, built from the report alone, give the report's numbers
     for (name, eps), row in rows.items():
         if row["settings"]["randomness"] != "deterministic":
             continue
-        settings = {k: v for k, v in row["settings"].items() if k not in ("class", "randomness")}
-        attack = getattr(attacks, row["settings"]["class"])(model, **settings)
+        cls = getattr(attacks, row["settings"]["class"])
+        takes = {*inspect.signature(cls.__init__).parameters, *cls.supported_options}
+        attack = cls(model, **{k: v for k, v in row["settings"].items() if k in takes})
         result = attack.run(x, y)
         fooled = result.success & (result.predicted != y)
         if name in MINIMAL_NORM:

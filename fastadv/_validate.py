@@ -225,10 +225,21 @@ def image_dataset(name: str, data: object) -> tuple[torch.Tensor, torch.Tensor]:
     images, labels = data
     if not images.is_floating_point() or images.dim() < 2:
         raise ValueError(f"{name}: images must be a floating tensor [N, ...], got {images.dtype} {tuple(images.shape)}")
-    if labels.shape != images.shape[:1] or labels.is_floating_point():
-        raise ValueError(f"{name}: labels must be integers of shape [{images.shape[0]}], got {tuple(labels.shape)}")
+    if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
+        raise ValueError(f"{name}: labels must be an integer tensor (class indices), got {labels.dtype}")
+    if labels.shape != images.shape[:1]:
+        raise ValueError(
+            f"{name}: labels must have shape [{images.shape[0]}] (one per image), got {tuple(labels.shape)}"
+        )
     if images.shape[0] == 0:
         raise ValueError(f"{name} holds no samples")
-    if images.numel() and (float(images.min()) < 0 or float(images.max()) > 1):
-        raise ValueError(f"{name}: images must lie in [0, 1]")
+    if not in_unit_range(images):
+        raise ValueError(f"{name}: images must lie in [0, 1] (no NaN)")
     return images, labels.long()
+
+
+def in_unit_range(images: torch.Tensor) -> bool:
+    """Every value of `images` lies in [0, 1]; False for NaN (which fails every comparison, so
+    it is tested as "min >= 0 and max <= 1", never as "min < 0 or max > 1"). The one check of
+    image values that evaluate's tensors and `fastadv eval`'s .npz batches both go through."""
+    return images.numel() == 0 or (float(images.min()) >= 0.0 and float(images.max()) <= 1.0)

@@ -67,7 +67,9 @@ def open_data(spec: str, split: str = "test", *, input_size=None, crop_size: int
     if spec == "digits":
         if input_size is not None or crop_size is not None:
             raise DataError("digits: its images are 16x16 and are not resized (resizing is for image folders)")
-        return TensorSource(*digits(split), name="digits")
+        source = TensorSource(*digits(split), name="digits")
+        source.classes = [str(digit) for digit in range(10)]  # label d is the digit d (for the report's class map)
+        return source
     if os.path.isdir(spec) and cifar_layout(spec) is not None:
         if input_size is not None or crop_size is not None:
             raise DataError(f"{spec}: CIFAR images are 32x32 and are not resized (no input size for them)")

@@ -41,35 +41,151 @@ from .data import BatchStream, Selection, Source, TensorSource, as_selection
 from .data.loader import first_images, workers_for
 from .defenses.report import compare
 
-__all__ = ["ATTACKS", "AutoAttack", "AutoAttackLite", "AutoAttackResult", "Stage", "evaluate", "format_report",
-           "robust_accuracy"]  # fmt: skip
+__all__ = ["ATTACKS", "AttackEntry", "AutoAttack", "AutoAttackLite", "AutoAttackResult", "Stage", "describe_attacks",
+           "evaluate", "format_report", "robust_accuracy"]  # fmt: skip
 
-# name -> (norm, factory(model, eps, steps, generator, **options))
-ATTACKS = {
-    "fgsm": ("linf", lambda m, eps, steps, gen, **o: FGSM(m, eps=eps, **o)),
-    "pgd": ("linf", lambda m, eps, steps, gen, **o: PGD(m, eps=eps, alpha=eps / 4, steps=steps, generator=gen, **o)),
+
+@dataclass(frozen=True)
+class OfEps:
+    """A setting that is `fraction` times the evaluation's eps (PGD's step size: eps / 4)."""
+
+    fraction: float
+
+    def __str__(self) -> str:
+        return "eps" if self.fraction == 1 else f"eps/{1 / self.fraction:g}"
+
+
+EPS = OfEps(1.0)
+
+
+class _Steps:
+    """The evaluation's `steps` (--steps)."""
+
+    def __repr__(self) -> str:
+        return "steps"
+
+
+STEPS = _Steps()
+
+
+@dataclass(frozen=True)
+class AttackEntry:
+    """One attack of `evaluate`, as data: its norm, the class that runs it and the keyword
+    settings it is built with (values, `EPS` or `OfEps`, `STEPS`); `seeding` says where its
+    randomness comes from ("generator": a generator seeded per (seed, batch, attack, eps);
+    "seed": a number drawn from that generator, as AutoAttack takes it; None: deterministic).
+    The class's own defaults fill every setting not given: `used` lists them all, and the
+    report records them per row, so every number can be reproduced from the report alone."""
+
+    norm: str
+    attack_class: type
+    settings: dict
+    seeding: str | None = None
+    note: str = ""
+
+    def arguments(self, eps: float, steps: int) -> dict:
+        """The keyword arguments the class is built with at `eps` and `steps`."""
+
+        def value(v):
+            return eps * v.fraction if isinstance(v, OfEps) else steps if v is STEPS else v
+
+        return {k: value(v) for k, v in self.settings.items()}
+
+    def build(self, model, eps: float, steps: int, generator: torch.Generator, **options):
+        """The attack at `eps` (`steps` for the iterative ones), seeded from `generator`."""
+        arguments = {**self.arguments(eps, steps), **options}
+        if self.seeding == "generator":
+            arguments["generator"] = generator
+        if self.attack_class is AutoAttack:  # every sample evaluate gives it in one chunk
+            return _WholeBatch(AutoAttack(model, seed=_seed(generator), **arguments))
+        return self.attack_class(model, **arguments)
+
+    def defaults(self) -> dict:
+        """The class's defaults of the settings `settings` does not give (None defaults, which
+        the class derives from others or from the model, are left out)."""
+        import inspect
+
+        skip = {"self", "model", "verbose", "log", "n_classes", "seed", *self.settings}
+        return {name: p.default for name, p in inspect.signature(self.attack_class.__init__).parameters.items()
+                if name not in skip and p.default is not inspect.Parameter.empty and p.default is not None
+                and p.kind is not inspect.Parameter.VAR_KEYWORD}  # fmt: skip
+
+    def used(self, model, eps: float, steps: int, options: dict) -> dict:
+        """Every setting of one run at `eps` (JSON-ready), read from the attack as built on
+        `model`: the class, its own settings (defaults included), the options evaluate passed
+        (backend, adaptive, EOT draws, ...) and the seeding; AutoAttack's per stage."""
+        attack = self.build(model, eps, steps, torch.Generator(), **options)
+        inner = attack.attack if isinstance(attack, _WholeBatch) else attack
+        if isinstance(inner, AutoAttack):
+            own = {"version": inner.version, "norm": inner.norm, "eps": inner.eps,
+                   "stages": {name: {"class": type(stage).__name__, **_plain(stage.settings())}
+                              for name, stage in inner.stages}}  # fmt: skip
+        else:
+            own = _plain(inner.settings())
+        seeded = {"generator": "random draws from a generator seeded by (seed, batch, attack, eps)",
+                  "seed": "its seed drawn per batch from a generator seeded by (seed, batch, attack, eps)",
+                  None: "deterministic"}[self.seeding]  # fmt: skip
+        return {"class": self.attack_class.__name__, **own, **_plain(options), "randomness": seeded}
+
+    def describe(self) -> str:
+        """One line for --help: the class and its settings (eps and steps as formulas)."""
+        shown = ", ".join(f"{k}={v}" for k, v in {**self.defaults(), **self.settings}.items())
+        return f"{self.attack_class.__name__}({shown})" + (f" [{self.note}]" if self.note else "")
+
+
+# name -> how evaluate builds it. eps / 4 with `steps` steps reaches the ball's edge from a
+# random start in 8 steps, and the later steps search along it.
+ATTACKS: dict[str, AttackEntry] = {
+    "fgsm": AttackEntry("linf", FGSM, {"eps": EPS}),
+    "pgd": AttackEntry("linf", PGD, {"eps": EPS, "alpha": OfEps(0.25), "steps": STEPS}, "generator"),
     # Carlini and Wagner's logit margin: what defeats defensive distillation's saturated softmax
-    "pgd-margin": (
-        "linf",
-        lambda m, eps, steps, gen, **o: PGD(m, eps=eps, alpha=eps / 4, steps=steps, generator=gen, loss="margin", **o),
+    "pgd-margin": AttackEntry(
+        "linf", PGD, {"eps": EPS, "alpha": OfEps(0.25), "steps": STEPS, "loss": "margin"}, "generator"
     ),  # fmt: skip
-    "pgd-l2": ("l2", lambda m, eps, steps, gen, **o: PGDL2(m, eps=eps, alpha=eps / 4, steps=steps, generator=gen, **o)),
-    "mifgsm": ("linf", lambda m, eps, steps, gen, **o: MIFGSM(m, eps=eps, alpha=eps / 4, steps=steps, **o)),
+    "pgd-l2": AttackEntry("l2", PGDL2, {"eps": EPS, "alpha": OfEps(0.25), "steps": STEPS}, "generator"),
+    "mifgsm": AttackEntry("linf", MIFGSM, {"eps": EPS, "alpha": OfEps(0.25), "steps": STEPS}),
     # AutoAttack's first two stages: `attacks=["apgd-ce", "apgd-t"]` with the cascade
-    "apgd-ce": ("linf", lambda m, eps, steps, gen, **o: APGD(m, eps=eps, steps=steps, loss="ce", generator=gen, **o)),
-    "apgd-dlr": ("linf", lambda m, eps, steps, gen, **o: APGD(m, eps=eps, steps=steps, loss="dlr", generator=gen, **o)),
-    "apgd-t": ("linf", lambda m, eps, steps, gen, **o: APGDT(m, eps=eps, steps=steps, generator=gen, **o)),
+    "apgd-ce": AttackEntry("linf", APGD, {"eps": EPS, "steps": STEPS, "loss": "ce"}, "generator"),
+    "apgd-dlr": AttackEntry("linf", APGD, {"eps": EPS, "steps": STEPS, "loss": "dlr"}, "generator"),
+    "apgd-t": AttackEntry("linf", APGDT, {"eps": EPS, "steps": STEPS}, "generator"),
     # score-based, as AutoAttack's last stage (5000 queries; `steps` does not apply)
-    "square": ("linf", lambda m, eps, steps, gen, **o: Square(m, eps=eps, resc_schedule=False, generator=gen, **o)),
+    "square": AttackEntry("linf", Square, {"eps": EPS, "resc_schedule": False}, "generator", "steps do not apply"),
     # AutoAttack's standard version, all four stages at their own settings (`steps` does not apply)
-    "autoattack": (
+    "autoattack": AttackEntry(
         "linf",
-        lambda m, eps, steps, gen, **o: _WholeBatch(AutoAttack(m, "Linf", eps, seed=_seed(gen), **o)),
+        AutoAttack,
+        {"norm": "Linf", "eps": EPS},
+        "seed",
+        "APGD-CE, APGD-T, FAB-T, Square at AutoAttack's budgets; steps do not apply",
     ),
     # minimal-perturbation attacks: a sample counts as fooled at eps only if its L2 distance is <= eps
-    "deepfool": ("l2", lambda m, eps, steps, gen, **o: DeepFool(m, steps=steps, **o)),
-    "cw": ("l2", lambda m, eps, steps, gen, **o: CW(m, steps=steps, lr=0.05, binary_search_steps=5, **o)),
+    "deepfool": AttackEntry("l2", DeepFool, {"steps": STEPS}, None, "fooled at eps if its L2 distance <= eps"),
+    "cw": AttackEntry(
+        "l2",
+        CW,
+        {"steps": STEPS, "lr": 0.05, "binary_search_steps": 5},
+        None,
+        "fooled at eps if its L2 distance <= eps",
+    ),
 }
+
+
+def _plain(settings: dict) -> dict:
+    """Settings as JSON values: a tensor as a number (or a list), a dtype by name."""
+
+    def plain(value):
+        if isinstance(value, torch.Tensor):
+            return value.item() if value.numel() == 1 else value.tolist()
+        return str(value).removeprefix("torch.") if isinstance(value, torch.dtype) else value
+
+    return {k: plain(v) for k, v in settings.items()}
+
+
+def describe_attacks() -> str:
+    """The attacks and their settings, one "name: Class(settings)" each (for --help)."""
+    return "; ".join(f"{name}: {entry.describe()}" for name, entry in ATTACKS.items())
+
+
 MINIMAL_NORM = ("deepfool", "cw")
 # The attacks an adaptive evaluation adds after the given ones (see adaptive_attacks) and those
 # whose gradient is averaged over draws with eot_samples (APGD's is eot_iter).
@@ -121,8 +237,10 @@ class _Sums:
     """Every per-sample quantity the report needs, summed. Keys: "clean" ([K, K] confusion),
     "worst" (per eps, the confusion of the worst case over all attacks), and per (eps index,
     attack index): "cm" (confusion under the attacks so far with cascade, under this attack
-    alone without), "fooled", "attacked", "non_finite" (samples whose adversarial candidate had
-    NaN or infinite values: counted as not fooled), "linf", "l2", "seconds"."""
+    alone without), "fooled" (correct samples fooled by this attack or, with cascade, an earlier
+    one), "attacked", "own_fooled" (samples this attack fooled, of those it attacked),
+    "non_finite" (samples whose adversarial candidate had NaN or infinite values: counted as not
+    fooled), "linf", "l2" (norm sums over the samples this attack fooled), "seconds"."""
 
     def __init__(self, n_eps: int, n_attacks: int, classes: int):
         self.t = {
@@ -131,6 +249,7 @@ class _Sums:
             "worst": torch.zeros(n_eps, classes, classes, dtype=torch.float64),
             "fooled": torch.zeros(n_eps, n_attacks, dtype=torch.float64),
             "attacked": torch.zeros(n_eps, n_attacks, dtype=torch.float64),
+            "own_fooled": torch.zeros(n_eps, n_attacks, dtype=torch.float64),
             "non_finite": torch.zeros(n_eps, n_attacks, dtype=torch.float64),
             "linf": torch.zeros(n_eps, n_attacks, dtype=torch.float64),
             "l2": torch.zeros(n_eps, n_attacks, dtype=torch.float64),
@@ -173,6 +292,63 @@ class _Job:
     seed: int
     classes: int
     options: dict
+    keeper: _ExampleKeeper | None = None
+
+
+@dataclass(frozen=True)
+class Examples:
+    """The first samples of an evaluation as it attacked them, for a picture (fastadv.plots.
+    plot_examples) without attacking again: at eps `eps` (the largest), the clean images and
+    labels, the model's clean predictions, and per sample the adversarial image that counts (the
+    first attack to fool it within the budget, else the last attack's attempt, else the clean
+    image for a sample not attacked), its prediction, and the attack that fooled it (None)."""
+
+    eps: float
+    images: torch.Tensor
+    labels: torch.Tensor
+    clean_pred: torch.Tensor
+    adversarial: torch.Tensor
+    adversarial_pred: torch.Tensor
+    fooled_by: list[str | None]
+
+
+class _ExampleKeeper:
+    """Keeps `count` samples of the first batch this process evaluates, at eps index `eps_index`
+    (copies on the CPU: nothing of the batch is held after it)."""
+
+    def __init__(self, count: int, eps_index: int, eps: float):
+        self.count, self.eps_index, self.eps = count, eps_index, eps
+        self.batch_index: int | None = None
+        self.kept: Examples | None = None
+        self._parts: dict | None = None
+
+    def start(self, batch: _Batch, e_index: int) -> bool:
+        """Whether this (batch, eps) is the one kept; if so, starts it from the clean images."""
+        if e_index != self.eps_index or self.batch_index not in (None, batch.index) or self.kept is not None:
+            return False
+        self.batch_index, n = batch.index, min(self.count, batch.x.shape[0])
+        self._parts = {"adv": batch.x[:n].detach().float().cpu().clone(), "pred": batch.clean_pred[:n].cpu().clone(),
+                       "by": [None] * n, "n": n}  # fmt: skip
+        return True
+
+    def add(self, name: str, index: torch.Tensor, outcome: _Outcome) -> None:
+        """One attack's images of the kept samples among `index` (the samples it attacked)."""
+        if outcome.adv is None or self._parts is None:
+            return
+        parts = self._parts
+        for k in (index < parts["n"]).nonzero().squeeze(1).tolist():
+            i = int(index[k])
+            if parts["by"][i] is None:  # a sample fooled earlier keeps the image that fooled it
+                parts["adv"][i] = outcome.adv[k].detach().float().cpu()
+                parts["pred"][i] = int(outcome.predicted[k])
+                if bool(outcome.fooled[k]):
+                    parts["by"][i] = name
+
+    def finish(self, batch: _Batch) -> None:
+        parts, n = self._parts, self._parts["n"]
+        self.kept = Examples(self.eps, batch.x[:n].detach().float().cpu().clone(), batch.y[:n].cpu().clone(),
+                             batch.clean_pred[:n].cpu().clone(), parts["adv"], parts["pred"], parts["by"])  # fmt: skip
+        self._parts = None
 
 
 @dataclass(frozen=True)
@@ -189,14 +365,16 @@ class _Batch:
 @dataclass(frozen=True)
 class _Outcome:
     """One attack on some samples of a batch: which it fooled (bool over them), the predictions
-    on their adversarial images (None when no attack ran), the sums of their L-inf and L2
-    perturbation norms, the attack's seconds, and how many of them had a non-finite candidate."""
+    on their adversarial images (None when no attack ran), the sums of the L-inf and L2
+    perturbation norms of those it fooled, the attack's seconds, and how many of them had a
+    non-finite candidate."""
 
     fooled: torch.Tensor
     predicted: torch.Tensor | None
     norms: tuple[float, float]
     seconds: float
     non_finite: int = 0
+    adv: torch.Tensor | None = None  # the adversarial images (a budget-exceeding minimal one: the clean image)
 
 
 _NOTHING = _Outcome(torch.zeros(0, dtype=torch.bool), None, (0.0, 0.0), 0.0)  # no sample to attack
@@ -218,8 +396,8 @@ def _attack_batch(job: _Job, batch: _Batch, targets: torch.Tensor, attack_index:
     generator = torch.Generator(device=x.device).manual_seed(
         hash((job.seed, batch.index, attack_index, eps_index)) % (2**63)
     )
-    norm, factory = ATTACKS[attack_name]
-    attack = factory(job.model, eps, job.steps, generator, **_attack_options(attack_name, job.options))
+    options = _attack_options(attack_name, job.options)
+    attack = ATTACKS[attack_name].build(job.model, eps, job.steps, generator, **options)
     # the attacked samples are copied once (a batch-sized tensor each copy), and the norms are
     # reduced without batch-sized temporaries: this is the evaluation's peak memory
     x_t, y_t = x[targets], y[targets]
@@ -228,17 +406,21 @@ def _attack_batch(job: _Job, batch: _Batch, targets: torch.Tensor, attack_index:
     if x.device.type == "cuda":
         torch.cuda.synchronize(x.device)
     seconds = time.perf_counter() - start
-    delta = (result.adv.float() - x_t.float()).flatten(1)
+    adv = result.adv
+    delta = (adv.float() - x_t.float()).flatten(1)
     success, predicted = result.success, result.predicted  # recorded by the attack: no second forward
     if attack_name in MINIMAL_NORM:  # beyond the budget the sample keeps its clean (correct) class
-        within = within_budget(result.adv, x_t, eps)
+        within = within_budget(adv, x_t, eps)
         success, predicted = success & within, torch.where(within, predicted, y_t)
-        delta.masked_fill_(~within.unsqueeze(1), 0.0)  # in place: no second batch-sized tensor
+        adv = torch.where(within.view(-1, *([1] * (adv.dim() - 1))), adv, x_t)
+    # over the samples fooled only: a failure's image (the clean one for AutoAttack, the ball's
+    # edge for PGD) says nothing of the perturbation that fools
+    delta = delta[success]
     norms = (float(torch.linalg.vector_norm(delta, float("inf"), dim=1).sum()),
              float(torch.linalg.vector_norm(delta, dim=1).sum()))  # fmt: skip
     # the attacks never return a non-finite image (they keep the clean one: not fooled)
     non_finite = 0 if result.non_finite is None else int(result.non_finite.sum())
-    return _Outcome(success, predicted, norms, seconds, non_finite)
+    return _Outcome(success, predicted, norms, seconds, non_finite, adv if job.keeper is not None else None)
 
 
 def evaluate(
@@ -260,6 +442,7 @@ def evaluate(
     distributed: bool | None = None,
     progress: bool = True,
     workers: int | None = None,
+    examples: int = 0,
 ) -> dict:
     """Evaluates `model` on `data` = (images [N, C, H, W] in [0, 1], labels [N]), or a streamed
     data set of fastadv.data (a Source, or a Selection of one: see fastadv.datasets.open_data and
@@ -275,6 +458,10 @@ def evaluate(
     workers: processes that read a streamed data set's batches (default: one per CPU, at most
     8; 0: read in this process). The report's "data_loading" says how long the evaluation
     waited for data; "skipped_images" lists the images a Source with skip_bad left out.
+    examples: keep this many samples of the first batch as they were attacked at the largest
+    eps, in ``report["examples"]`` (an `Examples`, tensors: not JSON; fastadv.plots.plot_examples
+    draws it, and `fastadv eval` leaves it out of report.json), so that a picture never needs
+    the attacks run again.
 
     adaptive: evaluate a defence: after the run above, run `adaptive_attacks(attacks)` with
     ``adaptive=True`` (input transformations use BPDA's backward pass) and, for randomized
@@ -291,11 +478,14 @@ def evaluate(
     check.flag("adaptive", adaptive)
     check.positive_int("eot_samples", eot_samples)
     options = {"amp": check.amp_dtype(amp), "channels_last": channels_last, "backend": backend}
+    _check_state_path(state_path)
     selection = as_selection("data", data)
     workers = workers_for(selection, workers)
+    if not isinstance(examples, int) or isinstance(examples, bool) or examples < 0:
+        raise ValueError(f"examples must be a non-negative integer, got {examples!r}")
     run = functools.partial(_evaluation, model, selection, eps=eps, steps=steps, batch_size=batch_size, cascade=cascade,
                             seed=seed, distributed=distributed, progress=progress, workers=workers)  # fmt: skip
-    report = run(attacks, options, state_path)
+    report = run(attacks, options, state_path, examples=examples)
     if not adaptive:
         return report
     # a model that declares itself deterministic (Defended without random transforms) needs no EOT
@@ -305,9 +495,33 @@ def evaluate(
     return {**report, "adaptive": strong, "comparison": compare(report, strong)}
 
 
+def _check_state_path(state_path) -> None:
+    """state_path names a file that exists or can be created: not a folder, nor under a file."""
+    if state_path is None:
+        return
+    if not isinstance(state_path, (str, os.PathLike)):
+        raise TypeError(f"state_path must be a file path (str), got {type(state_path).__name__}")
+    path = os.fspath(state_path)
+    if os.path.isdir(path):
+        example = os.path.join(path, "eval-state.pt")
+        raise ValueError(f"state_path: {path} is a folder; give a file in it, e.g. {example}")
+    ancestor = os.path.dirname(os.path.abspath(path))
+    while not os.path.exists(ancestor):  # the folders save_atomic would create
+        ancestor = os.path.dirname(ancestor)
+    if not os.path.isdir(ancestor):
+        raise ValueError(f"state_path: {ancestor} is a file, so {path} cannot be created under it")
+
+
+def _check_labels(labels, classes: int) -> None:
+    """Every label is a class of the model (as the attacks check it, before any batch runs)."""
+    if labels.size and (int(labels.min()) < 0 or int(labels.max()) >= classes):
+        raise ValueError(f"data: labels must lie in [0, {classes}) for a model with {classes} outputs; "
+                         f"found {int(labels.min())}..{int(labels.max())}")  # fmt: skip
+
+
 def _evaluation(model, selection: Selection, attacks: list[str], options: dict, state_path: str | None, *,
                 eps: list[float], steps: int, batch_size: int, cascade: bool, seed: int, distributed: bool | None,
-                progress: bool, workers: int) -> dict:  # fmt: skip
+                progress: bool, workers: int, examples: int = 0) -> dict:  # fmt: skip
     """One evaluation of `evaluate` (arguments checked) with the attacks' `options`."""
     backend = options["backend"]
     device = next(iter(model.parameters()), torch.empty(0)).device
@@ -319,7 +533,10 @@ def _evaluation(model, selection: Selection, attacks: list[str], options: dict, 
     with attack_mode(model, "eval"):
         with torch.no_grad():
             classes = int(model(first_images(selection, 1)[0].to(device)).shape[1])
-        job = _Job(model, attacks, eps, steps, cascade, seed, classes, options)
+        _check_labels(selection.labels, classes)
+        largest = max(range(len(eps)), key=lambda i: eps[i])
+        keeper = _ExampleKeeper(examples, largest, eps[largest]) if examples else None
+        job = _Job(model, attacks, eps, steps, cascade, seed, classes, options, keeper)
         settings = {"attacks": attacks, "eps": eps, "steps": steps, "batch_size": batch_size, "cascade": cascade,
                     "seed": seed, "samples": len(selection), "world_size": world,
                     # autocast changes the numbers: a resume under another amp would mix two precisions
@@ -362,7 +579,15 @@ def _evaluation(model, selection: Selection, attacks: list[str], options: dict, 
     if distributed:
         sums.reduce()
         skipped = _distributed.all_gather_lists(skipped)
-    report = _report(sums.t, attacks, eps, settings, device, backend, seed)
+    # every setting of every (eps, attack), read from the attacks as built
+    used = {(e_index, a_index): ATTACKS[name].used(model, e, steps, _attack_options(name, options))
+            for e_index, e in enumerate(eps) for a_index, name in enumerate(attacks)}  # fmt: skip
+    report = _report(sums.t, attacks, eps, settings, device, backend, seed, used)
+    # which label is which class (an image folder's sub-folders sorted by name, CIFAR's meta)
+    names = selection.source.classes
+    report["classes"] = {name: index for index, name in enumerate(names)} if names else None
+    if examples:
+        report["examples"] = keeper.kept  # None when this process evaluated no batch (resumed at the end)
     waited = torch.tensor([stream.waited, stream.seconds], dtype=torch.float64)
     waited = _distributed.all_reduce(waited, "max") if distributed else waited
     report["data_loading"] = {"workers": stream.workers, "seconds_waiting": float(waited[0]),
@@ -407,6 +632,7 @@ def _evaluate_at_eps(job: _Job, batch: _Batch, e_index: int, t: dict[str, torch.
     correct = clean_pred == y
     worst_pred, robust = clean_pred.clone(), correct.clone()
     outcomes: dict[int, _Outcome] = {}
+    keep = job.keeper is not None and job.keeper.start(batch, e_index)
 
     def attack(a_index: int, targets: torch.Tensor) -> torch.Tensor:
         outcomes[a_index] = _attack_batch(job, batch, targets, a_index, e_index)
@@ -414,6 +640,8 @@ def _evaluate_at_eps(job: _Job, batch: _Batch, e_index: int, t: dict[str, torch.
 
     def record(a_index: int, run: StageRun) -> None:
         outcome = outcomes.pop(a_index, _NOTHING)
+        if keep:
+            job.keeper.add(job.attacks[a_index], run.index, outcome)
         own_pred = clean_pred.clone()
         if outcome.predicted is not None:
             own_pred[run.index] = outcome.predicted
@@ -421,16 +649,19 @@ def _evaluate_at_eps(job: _Job, batch: _Batch, e_index: int, t: dict[str, torch.
         t["cm"][e_index, a_index] += _confusion(y, worst_pred if job.cascade else own_pred, job.classes)
         t["fooled"][e_index, a_index] += float((correct & ~robust).sum() if job.cascade else run.fooled.sum())
         t["attacked"][e_index, a_index] += float(run.index.numel())
+        t["own_fooled"][e_index, a_index] += float(run.fooled.sum())
         t["non_finite"][e_index, a_index] += float(outcome.non_finite)
         t["linf"][e_index, a_index] += outcome.norms[0]
         t["l2"][e_index, a_index] += outcome.norms[1]
         t["seconds"][e_index, a_index] += outcome.seconds
 
     run_cascade(range(len(job.attacks)), robust, attack, survivors_only=job.cascade, on_stage=record)
+    if keep:
+        job.keeper.finish(batch)
     t["worst"][e_index] += _confusion(y, worst_pred, job.classes)
 
 
-def _report(t, attacks, eps, settings, device, backend, seed) -> dict:
+def _report(t, attacks, eps, settings, device, backend, seed, used) -> dict:
     from ._environment import device_name
     from .ops import resolve_backend
 
@@ -441,18 +672,25 @@ def _report(t, attacks, eps, settings, device, backend, seed) -> dict:
         for a_index, name in enumerate(attacks):
             cm = t["cm"][e_index, a_index]
             attacked = float(t["attacked"][e_index, a_index])
+            own = float(t["own_fooled"][e_index, a_index])
             seconds = float(t["seconds"][e_index, a_index])
             precision, recall, f1 = _macro_scores(cm)
             rows.append({
-                "attack": name, "norm": ATTACKS[name][0], "eps": e,
+                "attack": name, "norm": ATTACKS[name].norm, "eps": e,
+                # with the cascade: after this attack and every earlier one at this eps
+                "cumulative": bool(settings["cascade"]),
                 "robust_accuracy": float(cm.diag().sum()) / max(n, 1),
                 "success_rate": float(t["fooled"][e_index, a_index]) / max(correct, 1),
                 "precision": precision, "recall": recall, "f1": f1,
-                "mean_linf": float(t["linf"][e_index, a_index]) / max(attacked, 1),
-                "mean_l2": float(t["l2"][e_index, a_index]) / max(attacked, 1),
+                # this attack alone: the samples it attacked, those it fooled, and its numbers over them
                 "samples_attacked": int(attacked),
+                "samples_fooled": int(own),
+                "own_success_rate": own / attacked if attacked else None,
+                "mean_linf": float(t["linf"][e_index, a_index]) / own if own else None,
+                "mean_l2": float(t["l2"][e_index, a_index]) / own if own else None,
                 "non_finite": int(t["non_finite"][e_index, a_index]),
-                "images_per_s": attacked / seconds if seconds > 0 else None,
+                "images_per_s": attacked / seconds if attacked and seconds > 0 else None,
+                "settings": used[e_index, a_index],
             })  # fmt: skip
         worst_cm = t["worst"][e_index]
         worst.append({"eps": e, "robust_accuracy": float(worst_cm.diag().sum()) / max(n, 1),
@@ -472,31 +710,52 @@ def _report(t, attacks, eps, settings, device, backend, seed) -> dict:
     }
 
 
+def format_classes(classes: dict[str, int] | None, shown: int = 12) -> str | None:
+    """The class -> label map as one line ("classes: blue=0, green=1, red=2"), the first `shown`
+    of a long one (all of them are in the report), or None when the data names no classes."""
+    if not classes:
+        return None
+    items = [f"{name}={index}" for name, index in sorted(classes.items(), key=lambda item: item[1])]
+    more = f", ... ({len(items)} classes, all in report.json)" if len(items) > shown else ""
+    return f"classes (label = index): {', '.join(items[:shown])}{more}"
+
+
+def _number(value: float | None, spec: str, width: int) -> str:
+    """`value` formatted, or a dash where it is undefined (an attack that attacked or fooled nothing)."""
+    return f"{'—' if value is None else format(value, spec):>{width}}"
+
+
 def format_report(report: dict) -> str:
-    """The report as a printed table: one line per (eps, attack), then the worst case per eps."""
+    """The report as a printed table: one line per (eps, attack), then the worst case per eps.
+
+    Columns: "robust", "success" and "F1" are after this attack, and with the cascade (the
+    default) after every attack above it at the same eps too: robust accuracy over all samples,
+    the share of correctly classified samples fooled so far, macro F1. "attacked", "fooled",
+    the mean norms and img/s are this attack's alone: the samples it ran on, those it fooled,
+    the mean L-inf and L2 norm of the perturbations that fooled (over "fooled" samples), and its
+    throughput on the samples it attacked; "—" where it attacked (or fooled) nothing."""
+    cumulative = any(r.get("cumulative", True) for r in report["attacks"])
+    header = (("eps", 8), ("attack", 10), ("robust", 8), ("success", 8), ("F1", 6), ("attacked", 8), ("fooled", 7),
+              ("mean Linf", 10), ("mean L2", 8), ("img/s", 9))  # fmt: skip
     lines = [
+        # fastadv eval --defense: this table is the bare model's; the defences' follow in the comparison
+        *(["undefended model (the defended models: the comparison below)"] if "defenses" in report else []),
         f"clean accuracy {100 * report['clean_accuracy']:.2f}% on {report['samples']} samples "
         f"({report['device']}, backend {report['backend']})",
-        " ".join(
-            f"{h:>{w}}"
-            for h, w in (
-                ("eps", 8),
-                ("attack", 8),
-                ("robust", 8),
-                ("success", 8),
-                ("F1", 6),
-                ("mean Linf", 10),
-                ("mean L2", 8),
-                ("img/s", 9),
-            )
-        ),  # fmt: skip
+        " ".join(f"{h:>{w}}" for h, w in header),
     ]
     for r in report["attacks"]:
-        speed = f"{r['images_per_s']:.1f}" if r["images_per_s"] else "-"
         lines.append(
-            f"{r['eps']:>8.4g} {r['attack']:>8} {100 * r['robust_accuracy']:>7.2f}% {100 * r['success_rate']:>7.2f}% "
-            f"{r['f1']:>6.3f} {r['mean_linf']:>10.4f} {r['mean_l2']:>8.4f} {speed:>9}"
+            f"{r['eps']:>8.4g} {r['attack']:>10} {100 * r['robust_accuracy']:>7.2f}% {100 * r['success_rate']:>7.2f}% "
+            f"{r['f1']:>6.3f} {r['samples_attacked']:>8} {r.get('samples_fooled', 0):>7} "
+            f"{_number(r['mean_linf'], '.4f', 10)} {_number(r['mean_l2'], '.4f', 8)} "
+            f"{_number(r['images_per_s'], '.1f', 9)}"
         )
+    lines.append(
+        ("robust, success, F1: after this attack and the ones above it at the same eps (cascade); "
+         if cumulative else "robust, success, F1: this attack alone (no cascade); ")
+        + "attacked, fooled, img/s: this attack's own; mean Linf/L2: over the samples it fooled"
+    )  # fmt: skip
     bad = [f"{r['attack']} at eps {r['eps']:.4g}: {r['non_finite']}" for r in report["attacks"] if r.get("non_finite")]
     if bad:
         lines.append(f"non-finite adversarial images (counted as not fooled): {', '.join(bad)}")
@@ -504,6 +763,9 @@ def format_report(report: dict) -> str:
         lines.append(f"unreadable images left out: {len(report['skipped_images'])} (listed in the report)")
     worst = ", ".join(f"eps {w['eps']:.4g}: {100 * w['robust_accuracy']:.2f}%" for w in report["worst_case"])
     lines.append(f"worst case over attacks (robust accuracy): {worst}")
+    classes = format_classes(report.get("classes"))
+    if classes:
+        lines.insert(2 if "defenses" in report else 1, classes)
     return "\n".join(lines)
 
 

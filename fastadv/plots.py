@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import torch
-
-from .evaluate import ATTACKS, MINIMAL_NORM, within_budget
+from .evaluate import Examples
 
 
 def _pyplot():
@@ -18,66 +16,73 @@ def _pyplot():
     return plt
 
 
+def _curve(ax, report: dict, rows: list[dict], *args, **kwargs) -> None:
+    ax.plot([0] + [r["eps"] for r in rows], [report["clean_accuracy"]] + [r["robust_accuracy"] for r in rows],
+            *args, **kwargs)  # fmt: skip
+
+
 def plot_robustness(report: dict, path: str) -> None:
-    """Robust accuracy against eps, one line per attack and one for the worst case."""
+    """Robust accuracy against eps. A plain report: one line per attack (with the cascade, after
+    it and the attacks before it) and the worst case. A report of `fastadv eval --defense ...`
+    (with "defenses"): the worst case of the undefended model and of each defence, each beside
+    its adaptive attacks' worst case when the run was adaptive. An adaptive report alone: the
+    attacks, the worst case and the adaptive attacks' worst case. Every line is labelled with the
+    model it is of."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(5.5, 4))
-    for name in report["settings"]["attacks"]:
-        rows = [r for r in report["attacks"] if r["attack"] == name]
-        ax.plot([0] + [r["eps"] for r in rows], [report["clean_accuracy"]] + [r["robust_accuracy"] for r in rows],
-                marker="o", label=name)  # fmt: skip
-    worst = report["worst_case"]
-    ax.plot([0] + [w["eps"] for w in worst], [report["clean_accuracy"]] + [w["robust_accuracy"] for w in worst],
-            "k--", label="worst case")  # fmt: skip
+    if "defenses" in report:
+        for k, run in enumerate(report["defenses"]):
+            name = "undefended" if run["defense"] == "none" else run["defense"]
+            color = f"C{k}"
+            _curve(ax, run, run["worst_case"], marker="o", color=color, label=f"{name}: worst case")
+            if "adaptive" in run:
+                _curve(ax, run, run["adaptive"]["worst_case"], "--", marker="x", color=color,
+                       label=f"{name}: adaptive worst case")  # fmt: skip
+        title = f"undefended and defended models ({report['samples']} samples)"
+    else:
+        for name in report["settings"]["attacks"]:
+            _curve(ax, report, [r for r in report["attacks"] if r["attack"] == name], marker="o", label=name)
+        _curve(ax, report, report["worst_case"], "k--", label="worst case")
+        if "adaptive" in report:
+            _curve(ax, report, report["adaptive"]["worst_case"], "r:", marker="x", label="adaptive worst case")
+        title = f"robust accuracy ({report['samples']} samples)"
     ax.set_xlabel("eps")
     ax.set_ylabel("accuracy")
     ax.set_ylim(0, 1)
     ax.grid(alpha=0.3)
-    ax.legend()
-    ax.set_title(f"robust accuracy ({report['samples']} samples)")
+    ax.legend(fontsize=8)
+    ax.set_title(title)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
 
-def example_images(model, images: torch.Tensor, labels: torch.Tensor, attack: str, eps: float, steps: int = 20,
-                   seed: int = 0) -> tuple[torch.Tensor, ...]:  # fmt: skip
-    """What `plot_examples` shows: (images, labels, adversarial images, clean and adversarial
-    predictions) on the model's device. A minimal-norm attack's image beyond the budget `eps` is
-    replaced by the clean one, as the report counts it (not fooled at this eps)."""
-    _, factory = ATTACKS[attack]
-    device = next(iter(model.parameters()), images).device
-    x, y = images.to(device), labels.to(device)
-    adv = factory(model, eps, steps, torch.Generator(device=device).manual_seed(seed))(x, y)
-    if attack in MINIMAL_NORM:
-        adv = torch.where(within_budget(adv, x, eps).view(-1, *([1] * (x.dim() - 1))), adv, x)
-    with torch.no_grad():
-        clean_pred, adv_pred = model(x).argmax(1), model(adv).argmax(1)
-    return x, y, adv, clean_pred, adv_pred
-
-
-def plot_examples(model, images: torch.Tensor, labels: torch.Tensor, attack: str, eps: float, path: str,
-                  steps: int = 20, seed: int = 0) -> None:  # fmt: skip
-    """A grid: clean images, adversarial images and perturbations (amplified to the full range),
-    with the model's predictions, for the given samples (8 or so); see `example_images`."""
+def plot_examples(examples: Examples, path: str) -> None:
+    """A grid of the samples an evaluation kept (`evaluate(..., examples=N)`'s
+    ``report["examples"]``): clean images, the adversarial images that count (the attack that
+    fooled each named; beyond the budget a minimal-norm attack's sample keeps its clean image, as
+    the report counts it) and the perturbations (amplified to the full range), with the model's
+    predictions. Nothing is attacked again: the images are those the evaluation computed."""
     plt = _pyplot()
-    x, y, adv, clean_pred, adv_pred = example_images(model, images, labels, attack, eps, steps, seed)
+    x, y, adv = examples.images, examples.labels, examples.adversarial
+    clean_pred, adv_pred = examples.clean_pred, examples.adversarial_pred
     delta = (adv - x).float()
     scale = delta.abs().flatten(1).amax(1).clamp_min(1e-12).view(-1, *([1] * (x.dim() - 1)))
     amplified = 0.5 + 0.5 * delta / scale
     n = x.shape[0]
-    fig, axes = plt.subplots(3, n, figsize=(1.3 * n, 4.2), squeeze=False)
+    fig, axes = plt.subplots(3, n, figsize=(1.3 * max(n, 2), 4.2), squeeze=False)
     for i in range(n):
-        for row, (tensor, title) in enumerate(
-            ((x, f"y={int(y[i])} p={int(clean_pred[i])}"), (adv, f"adv p={int(adv_pred[i])}"), (amplified, "delta"))
-        ):
+        by = examples.fooled_by[i]
+        titles = (f"y={int(y[i])} p={int(clean_pred[i])}", f"{by or 'adv'} p={int(adv_pred[i])}", "delta")
+        for row, (tensor, title) in enumerate(zip((x, adv, amplified), titles, strict=True)):
             img = tensor[i].detach().float().cpu()
             img = img[0] if img.shape[0] == 1 else img.permute(1, 2, 0)
             ax = axes[row][i]
             ax.imshow(img.numpy(), cmap="gray" if img.dim() == 2 else None, vmin=0, vmax=1)
-            ax.set_title(title, fontsize=7, color="red" if row == 1 and adv_pred[i] != y[i] else "black")
+            ax.set_title(title, fontsize=7, color="red" if row == 1 and by is not None else "black")
             ax.axis("off")
-    fig.suptitle(f"{attack} at eps {eps:g}", fontsize=9)
+    fig.suptitle(f"eps {examples.eps:g}: clean, adversarial (red: fooled, by the attack named), perturbation",
+                 fontsize=8)  # fmt: skip
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

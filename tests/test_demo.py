@@ -16,6 +16,7 @@ from helpers import assert_unchanged, snapshot, without_timings
 
 import fastadv
 from fastadv.cli import main
+from fastadv.data import as_selection
 from fastadv.defenses import Defended, parse_defense
 from fastadv.demo import ATTACKS, Explorer, view
 from fastadv.demo.curve import CurveJobs
@@ -29,7 +30,9 @@ from fastadv.demo.app import Page  # noqa: E402
 @pytest.fixture(scope="module")
 def explorer(digits_model):
     model, images, labels = digits_model
-    return Explorer(model, images, labels, model_name="digits", data_name="digits")
+    # the class names `fastadv demo` passes for the digits (its data's, as fastadv eval reports them)
+    return Explorer(model, images, labels, model_name="digits", data_name="digits",
+                    class_names=[str(d) for d in range(10)])  # fmt: skip
 
 
 def expected_attack(model, name, x, y, eps, steps, alpha, targeted, seed, **options):
@@ -287,7 +290,7 @@ def test_curve_is_evaluates_report_and_is_cached(explorer, tmp_path):
     curve = jobs.run(["fgsm", "pgd"], [0.2, 0.1], steps=3, samples=20, seed=4)
     expected = evaluate(explorer.model, (explorer.images[:20], explorer.labels[:20]), ["fgsm", "pgd"], [0.1, 0.2],
                         steps=3, batch_size=10, seed=4, progress=False)  # fmt: skip
-    expected.update(model="digits", data="digits")
+    expected.update(model="digits", data="digits", classes={str(d): d for d in range(10)})  # the explorer's names
     assert without_timings(curve.report) == without_timings(expected) and not curve.cached
     with open(curve.report_path) as f:
         assert json.load(f) == json.loads(json.dumps(curve.report))
@@ -309,7 +312,9 @@ def test_curve_behind_a_defence_is_evaluates_reports_and_fastadv_evals(explorer,
     jobs = CurveJobs(explorer, str(tmp_path), batches=2)
     curve = jobs.run(["fgsm", "pgd"], [0.1], steps=3, samples=12, seed=4, defense="resize", adaptive=True,
                      eot_samples=2)  # fmt: skip
-    data, settings = (explorer.images[:12], explorer.labels[:12]), {"steps": 3, "batch_size": 6, "seed": 4}
+    data, settings = as_selection("data", (explorer.images[:12], explorer.labels[:12])), {"steps": 3, "batch_size": 6,
+                                                                                          "seed": 4}  # fmt: skip
+    data.source.classes = explorer.class_names  # as the page and fastadv eval name the digits
     common = dict(settings, adaptive=True, eot_samples=2, progress=False)
     bare = evaluate(explorer.model, data, ["fgsm", "pgd"], [0.1], **common)
     defended = Defended(explorer.model, parse_defense("resize", torch.Generator().manual_seed(4)))

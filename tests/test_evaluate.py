@@ -144,7 +144,7 @@ def test_two_cpu_ranks_give_the_single_process_report(digits, tmp_path):
     for a, b in zip(ranks["attacks"], single["attacks"], strict=True):
         for key in ("robust_accuracy", "success_rate", "f1", "samples_attacked"):
             assert a[key] == b[key], key
-        assert a["mean_l2"] == pytest.approx(b["mean_l2"], rel=1e-9)
+        assert a["mean_l2"] == b["mean_l2"] or a["mean_l2"] == pytest.approx(b["mean_l2"], rel=1e-9)
 
 
 def test_bad_evaluate_arguments(digits):
@@ -230,14 +230,15 @@ def test_evaluate_gives_back_each_modules_own_mode(digits):
 
 def test_examples_of_a_minimal_norm_attack_use_the_reports_rule(digits):
     """Issue 15, item 8: examples.png showed DeepFool's samples fooled beyond the budget as
-    fooled (8 of 8 where the report said 89% robust); it shows what the report counts."""
-    from fastadv.plots import example_images
-
+    fooled (8 of 8 where the report said 89% robust); it shows what the report counts (the
+    samples the evaluation itself kept, issue 25)."""
     model, x, y = digits
     x, y = x[:8], y[:8]
-    _, _, adv, clean_pred, adv_pred = example_images(model, x, y, "deepfool", 0.3, steps=20)
+    report = evaluate(model, (x, y), ["deepfool"], [0.3], steps=20, progress=False, examples=8)
+    ex = report["examples"]
+    clean_pred, adv, adv_pred = ex.clean_pred, ex.adversarial, ex.adversarial_pred
     fooled = (clean_pred == y) & (adv_pred != y)
-    report = evaluate(model, (x, y), ["deepfool"], [0.3], steps=20, progress=False)
+    assert fooled.tolist() == [by is not None for by in ex.fooled_by]
     assert report["attacks"][0]["robust_accuracy"] == pytest.approx(float(((clean_pred == y) & ~fooled).float().mean()))
     assert bool(fooled.logical_not().any())
     assert float((adv - x).flatten(1).norm(dim=1).max()) <= 0.3 * (1 + 1e-6)

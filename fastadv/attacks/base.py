@@ -156,6 +156,11 @@ class Attack:
         takes ``targeted=True``."""
         return ["default", "targeted"] if "targeted" in self.supported_options else ["default"]
 
+    def settings(self) -> dict[str, Any]:
+        """The settings the attack runs with, by name (those its repr shows: budget, step,
+        steps, restarts, loss, random start, queries, ...): what a report records of it."""
+        return {k: getattr(self, k) for k in self._shown}
+
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={_short(getattr(self, k))}" for k in self._shown)
         return f"{type(self).__name__}({args})"

@@ -102,7 +102,8 @@ def run(args: argparse.Namespace) -> int:
     from ..demo.app import serve
 
     model_name = args.model or f"digits small_cnn (cached at {args.cache})"
-    explorer = Explorer(model, images, labels, model_name=model_name, data_name=args.data)
+    explorer = Explorer(model, images, labels, model_name=model_name, data_name=args.data,
+                        class_names=data.source.classes)  # fmt: skip
     if not args.quiet:
         print(f"serving the epsilon explorer on http://{args.host}:{args.port} (Ctrl+C stops it)", flush=True)
     try:

@@ -14,8 +14,7 @@ from .. import _distributed, models
 from .._validate import AMP_NAMES
 from ..checkpoint import CheckpointError
 from ..data import DataError, Selection
-from ..data.loader import first_images
-from ..evaluate import ATTACKS, evaluate, format_report
+from ..evaluate import ATTACKS, describe_attacks, evaluate, format_report
 from . import args as arg
 from . import defenses, model_options
 from .args import CliError
@@ -28,6 +27,7 @@ attacks. Later attacks run only on samples still robust (AutoAttack's cascade). 
 robustness.png and examples.png into --out. With no --model, trains (or reuses from the cache) a
 small CNN on scikit-learn's digits."""  # argparse re-wraps it
 STATE = "eval-state.pt"  # in --out: what --resume continues
+EXAMPLES = 8  # samples of the first batch kept for examples.png
 
 
 def _default_cache() -> str:
@@ -54,7 +54,9 @@ def add_parser(sub) -> None:
     p.add_argument(
         "--attacks", type=arg.csv_list(ATTACKS, unique=True), default=list(EVALUATE["attacks"]),
         help=f"among {', '.join(ATTACKS)}, run in the order given (a repeat is dropped): with the cascade each "
-        f"attacks the samples the ones before left robust (default: {arg.joined(EVALUATE['attacks'])})",
+        f"attacks the samples the ones before left robust (default: {arg.joined(EVALUATE['attacks'])}). Their "
+        f"settings (eps and --steps as given; report.json records every one per row): "
+        f"{describe_attacks().replace('%', '%%')}",
     )  # fmt: skip
     p.add_argument(
         "--eps", type=arg.csv_list(item=arg.nonnegative, unique=True, sort=True), default=list(EVALUATE["eps"]),
@@ -114,7 +116,8 @@ def run(args: argparse.Namespace) -> int:
         run_evaluation = functools.partial(evaluate, attacks=args.attacks, eps=args.eps, steps=args.steps,
                                            batch_size=args.batch_size, cascade=not args.no_cascade, seed=args.seed,
                                            amp=args.amp, channels_last=args.channels_last, backend=args.backend,
-                                           progress=not args.quiet, workers=args.workers)  # fmt: skip
+                                           progress=not args.quiet, workers=args.workers,
+                                           examples=0 if args.no_plots else EXAMPLES)  # fmt: skip
         state = os.path.join(output.work, STATE)
         try:
             report = defenses.evaluate_defenses(model, data, run_evaluation, args.defense, device=args.device,
@@ -123,6 +126,10 @@ def run(args: argparse.Namespace) -> int:
         except (ValueError, RuntimeError) as error:  # ValueError: a state file of another evaluation, say
             where = "--data: " if isinstance(error, DataError) else ""  # an image that cannot be decoded
             raise CliError(where + str(error).splitlines()[0]) from None
+        # the pictures' samples as the run attacked them: tensors, not report.json's
+        examples = report.pop("examples", None)
+        for run_report in report.get("defenses", []):
+            run_report.pop("examples", None)
         report["model"] = args.model or f"digits small_cnn (cached at {args.cache})"
         report.update({k: getattr(args, k) for k in ("weights", "mean", "std") if getattr(args, k) is not None})
         report["data"] = args.data
@@ -136,9 +143,8 @@ def run(args: argparse.Namespace) -> int:
             from ..plots import plot_examples, plot_robustness
 
             plot_robustness(report, os.path.join(output.work, "robustness.png"))
-            images, labels = first_images(data, 8)
-            plot_examples(model, images.to(args.device), labels.to(args.device), args.attacks[-1], max(args.eps),
-                          os.path.join(output.work, "examples.png"), steps=args.steps, seed=args.seed)  # fmt: skip
+            if examples is not None:  # (None: a resumed run that had no batch left to evaluate)
+                plot_examples(examples, os.path.join(output.work, "examples.png"))
     print(f"report {'in' if args.no_plots else 'and plots in'} {output.path}")
     return 0
 

@@ -16,6 +16,7 @@ import zipfile
 import numpy as np
 import torch
 
+from .. import _validate as check
 from .source import DataError, Source, file_digest
 
 _CHANNEL_COUNTS = (1, 3, 4)
@@ -122,7 +123,7 @@ class NpzSource(Source):
 
     def check_values(self, images: torch.Tensor, first: int) -> None:
         """Floating images must lie in [0, 1]: checked on each batch as it arrives."""
-        if self.is_float and images.numel() and not (float(images.min()) >= 0.0 and float(images.max()) <= 1.0):
+        if self.is_float and not check.in_unit_range(images):
             raise DataError(f"{self.name}: floating x must lie in [0, 1] (no NaN); scale it or save uint8 "
                             f"(found in the batch from sample {first})")  # fmt: skip
 

@@ -12,7 +12,8 @@ def compare(plain: dict, adaptive: dict) -> list[dict]:
     """One row per eps from two reports of `fastadv.evaluate.evaluate` on the same model and
     data (the non-adaptive run and the adaptive one): clean accuracy, the worst-case robust
     accuracy of each, their gap, whether gradient masking is suspected (gap > MASKING_GAP) and
-    why (which adaptive attack got how far below the non-adaptive ones)."""
+    why. Every number is a worst case over the attacks of its run, the same one the table and
+    the reason print; the reason also names the adaptive attack that first fell that far."""
     rows = []
     for p, a in zip(plain["worst_case"], adaptive["worst_case"], strict=True):
         gap = p["robust_accuracy"] - a["robust_accuracy"]
@@ -23,10 +24,11 @@ def compare(plain: dict, adaptive: dict) -> list[dict]:
             # under the cascade each row is cumulative: the first that falls that far is the one
             first = next((r for r in stages if p["robust_accuracy"] - r["robust_accuracy"] > MASKING_GAP), stages[-1])
             reason = (
-                f"{first['attack']} run adaptively (BPDA through the transforms, EOT over random draws) lowers "
-                f"robust accuracy to {100 * first['robust_accuracy']:.1f}% from the "
-                f"{100 * p['robust_accuracy']:.1f}% the non-adaptive attacks report ({100 * gap:.1f} points over "
-                "all adaptive attacks): the non-adaptive gradients are masked, so their number overstates robustness"
+                f"the adaptive attacks (BPDA through the transforms, EOT over random draws) lower robust accuracy "
+                f"to {100 * a['robust_accuracy']:.2f}% (their worst case; {first['attack']} was the first to fall "
+                f"{100 * MASKING_GAP:.0f} points below) from the {100 * p['robust_accuracy']:.2f}% the non-adaptive "
+                f"attacks report ({100 * gap:.2f} points): the non-adaptive gradients are masked, so their number "
+                "overstates robustness"
             )
         rows.append({
             "eps": p["eps"],

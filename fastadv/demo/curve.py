@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 from ..cli.args import write_json
 from ..cli.defenses import evaluate_defenses
+from ..data import as_selection
 from ..evaluate import evaluate
 from .defenses import NO_DEFENSE
 from .explorer import Explorer
@@ -90,7 +91,9 @@ class CurveJobs:
     def _compute(self, attacks: list[str], eps: list[float], steps: int, samples: int, seed: int, defense: str,
                  adaptive: bool, eot_samples: int, progress: bool) -> Curve:  # fmt: skip
         explorer = self.explorer
-        data = (explorer.images[:samples], explorer.labels[:samples])
+        # checked as evaluate checks a pair of tensors, with the data's class names for the report
+        data = as_selection("data", (explorer.images[:samples], explorer.labels[:samples]))
+        data.source.classes = explorer.class_names
         run_evaluation = functools.partial(evaluate, attacks=attacks, eps=eps, steps=steps, seed=seed,
                                            batch_size=math.ceil(samples / self.batches), progress=progress)  # fmt: skip
         specs = [] if defense == NO_DEFENSE else [defense]

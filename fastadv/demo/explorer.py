@@ -73,17 +73,19 @@ class Outcome:
 
 class Explorer:
     """The model (in eval mode, on its device) and the data (images [N, C, H, W] in [0, 1],
-    labels [N]) the page shows; `model_name` and `data_name` go into the curve's reports as
-    `fastadv eval` writes them."""
+    labels [N]) the page shows; `model_name`, `data_name` and `class_names` (the data's, by
+    label; None when it names none) go into the curve's reports as `fastadv eval` writes them."""
 
     def __init__(self, model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, *,
-                 model_name: str = "model", data_name: str = "data") -> None:  # fmt: skip
+                 model_name: str = "model", data_name: str = "data",
+                 class_names: list[str] | None = None) -> None:  # fmt: skip
         if images.dim() != 4 or images.shape[0] == 0:
             raise ValueError(f"images must be [N, C, H, W] with N >= 1, got shape {tuple(images.shape)}")
         if not bool(((images >= 0) & (images <= 1)).all()):  # NaN fails both
             raise ValueError("images must lie in [0, 1] (no NaN or infinite values)")
         self.model, self.images, self.labels = model, images, labels.long()
         self.model_name, self.data_name = model_name, data_name
+        self.class_names = None if class_names is None else list(class_names)
         self.device = next(iter(model.parameters()), images).device
         with attack_mode(model, "eval"), torch.no_grad():
             self.classes = int(model(images[:1].to(self.device)).shape[1])

@@ -157,3 +157,58 @@ def test_the_command_line_prints_each_stage(digits, tmp_path, capsys):
     assert main([*argv, "--out", str(tmp_path / "quiet"), "--quiet"]) == 0
     captured = capsys.readouterr()
     assert "robust accuracy after" not in captured.out and "apgd-ce" not in captured.err
+
+
+_RUN = """
+import json, sys, time, torch
+import fastadv.evaluate as ev
+from fastadv import models
+from fastadv.autoattack import AutoAttack
+from fastadv.datasets import digits
+torch.set_num_threads(1)
+ev.ATTACKS["autoattack"] = ("linf", lambda m, eps, steps, gen, **o: ev._WholeBatch(AutoAttack(
+    m, "Linf", eps, "custom", seed=ev._seed(gen), attacks_to_run=["apgd-ce", "apgd-t", "fab-t", "square"], steps=3,
+    n_queries=30, **o)))
+model = models.load(sys.argv[3])
+forward = model.forward
+model.forward = lambda t: (time.sleep(0.005), forward(t))[1]  # stages of a second or more: time to kill one
+x, y = digits("test")
+report = ev.evaluate(model, (x[:32], y[:32]), ["fgsm", "autoattack"], [0.1], batch_size=12, progress=False,
+                     state_path=sys.argv[1] or None)
+json.dump(report, open(sys.argv[2], "w"))
+"""
+
+
+def _stage_of(path):
+    """(batch, AutoAttack stages finished) of the state file, (-1, 0) before there is one."""
+    try:
+        saved = torch.load(path, weights_only=True)
+    except (FileNotFoundError, RuntimeError, EOFError):
+        return -1, 0
+    running = (saved.get("partial") or {}).get("running")
+    return saved["next_batch"], running["state"]["next_stage"] if running else 0
+
+
+@pytest.mark.slow
+def test_sigkill_in_the_middle_of_a_batch_resumes_from_its_last_stage(digits, tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    model_path = str(tmp_path / "model.pt")
+    models.save(digits[0], model_path)
+    state, killed, straight = str(tmp_path / "state.pt"), str(tmp_path / "killed.json"), str(tmp_path / "straight.json")
+    process = subprocess.Popen([sys.executable, "-c", _RUN, state, killed, model_path])
+    deadline = time.time() + 600
+    while _stage_of(state) < (1, 2) and time.time() < deadline and process.poll() is None:
+        time.sleep(0.01)
+    assert process.poll() is None, "the run ended before it could be killed"
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    batch, stage = _stage_of(state)
+    assert batch == 1 and stage >= 2, "killed in the second batch, after its APGD-T"
+    subprocess.run([sys.executable, "-c", _RUN, state, killed, model_path], check=True)  # resumes
+    subprocess.run([sys.executable, "-c", _RUN, "", straight, model_path], check=True)
+    resumed, whole = (json.load(open(path)) for path in (killed, straight))
+    assert_same_report(resumed, whole)

@@ -240,8 +240,8 @@ def _run_attack(job: _Job, batch: _Batch, targets: torch.Tensor, attack_index: i
     staged = attack_name == "autoattack" and stages is not None
     if staged and stages.show:
         options.update(verbose=True, log=stages.write)
-    start = time.perf_counter()
     attack = factory(job.model, eps, job.steps, generator, **options)
+    start = time.perf_counter()
     with contextlib.ExitStack() as scope:
         if staged:  # its stages shown and saved; resumed from the last one saved
             title = f"autoattack at eps {eps:g} on batch {batch.index + 1}: {targets.numel()} samples"

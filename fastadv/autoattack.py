@@ -17,6 +17,7 @@ from ._cascade import StageRun, run_cascade
 from .attacks import APGD, APGDT, FAB, Attack, Square, UnsupportedOption
 from .attacks._model_state import attack_mode
 from .attacks.base import GRADIENT_OPTIONS
+from .checkpoint import rng_state, set_rng_state
 
 # The attacks of each version, in the order they run (the original's `attacks_to_run`).
 VERSIONS = {
@@ -100,6 +101,60 @@ class AutoAttackResult:
         return ~self.robust
 
 
+@dataclass(frozen=True)
+class AutoAttackState:
+    """Where a run of :meth:`AutoAttack.run` stands after one of its stages: enough to continue it
+    (``run(images, labels, resume=state)``) as if it had not stopped.
+
+    names: the run's stages in order; next_stage: how many of them have finished; robust, adv,
+    predicted, non_finite: as in :class:`AutoAttackResult`, after the finished stages; fooled:
+    bool [N], fooled by a finished stage (the samples whose adv is not the clean image);
+    clean_accuracy; stages: the finished stages' rows; seconds: the run's time so far; rng: the
+    random-number states (fastadv.checkpoint.rng_state) at the stage's end, which a run with
+    seed=None draws its next stages from.
+    """
+
+    names: tuple[str, ...]
+    next_stage: int
+    robust: torch.Tensor
+    adv: torch.Tensor
+    predicted: torch.Tensor
+    non_finite: torch.Tensor
+    fooled: torch.Tensor
+    clean_accuracy: float
+    stages: tuple[Stage, ...]
+    seconds: float
+    rng: dict
+
+    @property
+    def stage(self) -> str:
+        """The name of the last finished stage."""
+        return self.names[self.next_stage - 1]
+
+    def to_dict(self) -> dict:
+        """The state as tensors, numbers and strings (torch.save, torch.load(weights_only=True));
+        the adversarial images of the fooled samples only (the others are the clean ones)."""
+        return {"names": list(self.names), "next_stage": self.next_stage, "robust": self.robust.cpu(),
+                "fooled": self.fooled.cpu(), "adv": self.adv[self.fooled].cpu(), "predicted": self.predicted.cpu(),
+                "non_finite": self.non_finite.cpu(), "clean_accuracy": self.clean_accuracy,
+                "stages": [vars(stage) for stage in self.stages], "seconds": self.seconds, "rng": self.rng}  # fmt: skip
+
+    @classmethod
+    def from_dict(cls, saved: dict, images: torch.Tensor) -> AutoAttackState:
+        """The state `to_dict` gave, for a run on `images` (the clean images it was saved for)."""
+        device = images.device
+        fooled = saved["fooled"].to(device)
+        if fooled.shape != images.shape[:1] or saved["adv"].shape[1:] != images.shape[1:]:
+            raise ValueError(f"resume: a state of {fooled.numel()} samples of shape {tuple(saved['adv'].shape[1:])}, "
+                             f"not of these images {tuple(images.shape)}")  # fmt: skip
+        adv = images.detach().clone()
+        adv[fooled] = saved["adv"].to(device=device, dtype=images.dtype)
+        return cls(tuple(saved["names"]), int(saved["next_stage"]), saved["robust"].to(device), adv,
+                   saved["predicted"].to(device), saved["non_finite"].to(device), fooled,
+                   float(saved["clean_accuracy"]), tuple(Stage(**row) for row in saved["stages"]),
+                   float(saved["seconds"]), saved["rng"])  # fmt: skip
+
+
 class AutoAttack:
     r"""AutoAttack: "Reliable evaluation of adversarial robustness with an ensemble of diverse
     parameter-free attacks", Croce and Hein, ICML 2020, https://arxiv.org/abs/2003.01690.
@@ -150,7 +205,9 @@ class AutoAttack:
 
     The stages are in ``attack.stages`` as (name, attack) pairs. Call ``attack(images, labels)``
     or ``attack.run_standard_evaluation(images, labels, bs=250)`` for the adversarial images,
-    ``attack.run(images, labels, batch_size=250)`` for an :class:`AutoAttackResult`.
+    ``attack.run(images, labels, batch_size=250)`` for an :class:`AutoAttackResult`; ``run``
+    also reports each stage's progress and end (to show it, or to save an
+    :class:`AutoAttackState`), and continues a run from such a state.
 
     Example:
         >>> attack = fastadv.AutoAttack(model, norm="Linf", eps=8/255, version="standard", verbose=True)
@@ -217,8 +274,27 @@ class AutoAttack:
         """AutoAttack's entry point: the adversarial images, attacked `bs` samples at a time."""
         return self.run(images, labels, batch_size=bs).adv
 
-    def run(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 250) -> AutoAttackResult:
-        """Runs the stages on images [N, ...] with labels [N] in batches of `batch_size`."""
+    def run(
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        batch_size: int = 250,
+        *,
+        on_progress: Callable[[str, int, int], Any] | None = None,
+        on_stage_end: Callable[[AutoAttackState], Any] | None = None,
+        resume: AutoAttackState | None = None,
+    ) -> AutoAttackResult:
+        """Runs the stages on images [N, ...] with labels [N] in batches of `batch_size`.
+
+        on_progress(stage, done, total): when a stage starts attacking (done = 0) and after each
+        of its batches: `done` of the `total` samples it attacks (a stage with none left to
+        attack is not reported). on_stage_end(state): after each stage, an
+        :class:`AutoAttackState` (tensors of its own, on the images' device); an exception it
+        raises stops the run. resume: a state that on_stage_end gave for these images and labels
+        and an AutoAttack with the same settings and seed: the finished stages are not run
+        again, and the result is the one the whole run gives (the sanity checks, made on the
+        first run, are not made again).
+        """
         batch_size = check.positive_int("batch_size", batch_size)
         first = self.stages[0][1]
         check.images_and_labels(images, labels)
@@ -230,22 +306,39 @@ class AutoAttack:
             if isinstance(stage, APGDT):
                 stage.target_batch = batch_size
         self._say(f"using {self.version} version including {', '.join(names)}.")
-        start = time.perf_counter()
-        chunks = range(0, n, batch_size)  # (labels checked against the model's classes, as the attacks do)
-        predicted = torch.cat([first.predict(images[i : i + batch_size], labels[i : i + batch_size]) for i in chunks])
-        self._sanity_checks(first, images[:batch_size], labels[:batch_size])
-        robust = predicted == labels
-        clean_accuracy = float(robust.float().mean())
+        if resume is None:
+            start = time.perf_counter()
+            chunks = range(0, n, batch_size)  # (labels checked against the model's classes, as the attacks do)
+            predicted = torch.cat([first.predict(images[i : i + batch_size], labels[i : i + batch_size])
+                                   for i in chunks])  # fmt: skip
+            self._sanity_checks(first, images[:batch_size], labels[:batch_size])
+            robust = predicted == labels
+            clean_accuracy = float(robust.float().mean())
+            adv = images.detach().clone()
+            non_finite, fooled_any = torch.zeros_like(robust), torch.zeros_like(robust)
+            stages: list[Stage] = []
+            done = 0
+        else:
+            self._check_resume(resume, names, n)
+            start = time.perf_counter() - resume.seconds  # ("total time" counts the time before the stop)
+            robust, adv, predicted = resume.robust.clone(), resume.adv.clone(), resume.predicted.clone()
+            non_finite, fooled_any = resume.non_finite.clone(), resume.fooled.clone()
+            clean_accuracy, stages, done = resume.clean_accuracy, list(resume.stages), resume.next_stage
+            set_rng_state(resume.rng)  # what a stage seeded by the global generator draws next
         self._say(f"initial accuracy: {clean_accuracy:.2%}")
-        adv = images.detach().clone()
-        non_finite = torch.zeros_like(robust)
-        stages: list[Stage] = []
+        if done:
+            self._say(f"resumed after {names[done - 1].upper()}: robust accuracy {float(robust.float().mean()):.2%}")
         attacks = dict(self.stages)
+        running = {"name": None, "done": 0, "total": 0}  # the stage on_progress follows
 
         def attack(name: str, index: torch.Tensor) -> torch.Tensor:
+            if on_progress is not None and running["name"] != name:
+                running.update(name=name, done=0, total=int(robust.sum()))
+                on_progress(name, 0, running["total"])
             result = attacks[name].run(images[index], labels[index])
             fooled = result.success
             adv[index[fooled]] = result.adv[fooled].detach()
+            fooled_any[index[fooled]] = True
             classes = result.predicted if result.predicted is not None else first.predict(result.adv)
             predicted[index[fooled]] = classes[fooled]
             if result.non_finite is not None:
@@ -255,14 +348,21 @@ class AutoAttack:
         def chunk_done(name: str, chunk: int, chunks: int, index: torch.Tensor, fooled: torch.Tensor) -> None:
             self._say(f"{name} - {chunk + 1}/{chunks} - {int(fooled.sum())} out of {int(index.numel())} "
                       "successfully perturbed")  # fmt: skip
+            if on_progress is not None:
+                running["done"] += int(index.numel())
+                on_progress(name, running["done"], running["total"])
 
         def stage_done(name: str, run: StageRun) -> None:
             accuracy = float(robust.float().mean())
             seconds = time.perf_counter() - start
             stages.append(Stage(name, int(run.index.numel()), int(run.fooled.sum()), accuracy, seconds))
             self._say(f"robust accuracy after {name.upper()}: {accuracy:.2%} (total time {seconds:.1f} s)")
+            if on_stage_end is not None:
+                on_stage_end(AutoAttackState(tuple(names), names.index(name) + 1, robust.clone(), adv.clone(),
+                                             predicted.clone(), non_finite.clone(), fooled_any.clone(), clean_accuracy,
+                                             tuple(stages), seconds, rng_state()))  # fmt: skip
 
-        run_cascade(names, robust, attack, batch_size=batch_size, on_chunk=chunk_done, on_stage=stage_done)
+        run_cascade(names[done:], robust, attack, batch_size=batch_size, on_chunk=chunk_done, on_stage=stage_done)
         _check_square(stages, n)
         delta = (adv.float() - images.float()).flatten(1)
         size = delta.abs().amax(1) if self.norm == "Linf" else delta.norm(dim=1)
@@ -271,6 +371,16 @@ class AutoAttack:
         result = AutoAttackResult(adv, robust, clean_accuracy, stages, predicted, non_finite)
         self._say(f"robust accuracy: {result.robust_accuracy:.2%}")
         return result
+
+    @staticmethod
+    def _check_resume(state: AutoAttackState, names: list[str], n: int) -> None:
+        if not isinstance(state, AutoAttackState):
+            raise TypeError(f"resume must be an AutoAttackState, got {type(state).__name__}")
+        if list(state.names) != names:
+            raise ValueError(f"resume: a state of the stages {', '.join(state.names)}, not of {', '.join(names)}")
+        if state.robust.shape != (n,) or not 1 <= state.next_stage <= len(names):
+            raise ValueError(f"resume: a state of {state.robust.numel()} samples after {state.next_stage} stages, not "
+                             f"of these {n} samples")  # fmt: skip
 
     def _sanity_checks(self, attack: Attack, images: torch.Tensor, labels: torch.Tensor) -> None:
         """The original's checks of the defense on one batch, as warnings; the model is seen as

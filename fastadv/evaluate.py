@@ -16,6 +16,7 @@ the margin-loss PGD added, see `adaptive_attacks`), and the report sets the two 
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import functools
 import inspect
@@ -40,6 +41,7 @@ from .checkpoint import load as load_checkpoint
 from .data import BatchStream, Selection, Source, TensorSource, as_selection
 from .data.loader import first_images, workers_for
 from .defenses.report import compare
+from .eval_stages import BatchStages
 
 __all__ = ["ATTACKS", "AttackEntry", "AutoAttack", "AutoAttackLite", "AutoAttackResult", "Stage", "describe_attacks",
            "evaluate", "format_report", "robust_accuracy"]  # fmt: skip
@@ -226,8 +228,9 @@ class _WholeBatch:
 
     attack: AutoAttack
 
-    def run(self, images: torch.Tensor, labels: torch.Tensor) -> AutoAttackResult:
-        return self.attack.run(images, labels, batch_size=max(1, images.shape[0]))
+    def run(self, images: torch.Tensor, labels: torch.Tensor, **hooks) -> AutoAttackResult:
+        """hooks: on_progress, on_stage_end and resume, as AutoAttack.run takes them."""
+        return self.attack.run(images, labels, batch_size=max(1, images.shape[0]), **hooks)
 
     def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return self.run(images, labels).adv
@@ -386,9 +389,26 @@ def within_budget(adv: torch.Tensor, x: torch.Tensor, eps: float) -> torch.Tenso
     return (adv.float() - x.float()).flatten(1).norm(dim=1) <= eps * (1 + 1e-6)
 
 
-def _attack_batch(job: _Job, batch: _Batch, targets: torch.Tensor, attack_index: int, eps_index: int) -> _Outcome:
+def _attack_batch(job: _Job, batch: _Batch, targets: torch.Tensor, attack_index: int, eps_index: int,
+                  stages: BatchStages | None = None) -> _Outcome:  # fmt: skip
     """Runs attack `attack_index` at eps `eps_index` on the samples `targets` (indices) of the
-    batch, seeded by (seed, batch index, attack index, eps index)."""
+    batch, seeded by (seed, batch index, attack index, eps index); with `stages`, records the
+    outcome there, or takes it from there when a resumed evaluation's record holds it."""
+    key = f"{eps_index}/{attack_index}"
+    if stages is not None and (saved := stages.finished(key)) is not None:
+        return _Outcome(saved["fooled"].to(targets.device), None if saved["predicted"] is None else
+                        saved["predicted"].to(targets.device), tuple(saved["norms"]), saved["seconds"],
+                        saved["non_finite"])  # fmt: skip
+    outcome = _run_attack(job, batch, targets, attack_index, eps_index, stages)
+    if stages is not None:
+        stages.done(key, {"fooled": outcome.fooled.cpu(), "norms": list(outcome.norms), "seconds": outcome.seconds,
+                          "predicted": None if outcome.predicted is None else outcome.predicted.cpu(),
+                          "non_finite": outcome.non_finite})  # fmt: skip
+    return outcome
+
+
+def _run_attack(job: _Job, batch: _Batch, targets: torch.Tensor, attack_index: int, eps_index: int,
+                stages: BatchStages | None) -> _Outcome:  # fmt: skip
     x, y = batch.x, batch.y
     eps, attack_name = job.eps[eps_index], job.attacks[attack_index]
     if eps == 0:
@@ -397,12 +417,22 @@ def _attack_batch(job: _Job, batch: _Batch, targets: torch.Tensor, attack_index:
         hash((job.seed, batch.index, attack_index, eps_index)) % (2**63)
     )
     options = _attack_options(attack_name, job.options)
+    staged = attack_name == "autoattack" and stages is not None
+    if staged and stages.show:
+        options.update(verbose=True, log=stages.write)
     attack = ATTACKS[attack_name].build(job.model, eps, job.steps, generator, **options)
     # the attacked samples are copied once (a batch-sized tensor each copy), and the norms are
     # reduced without batch-sized temporaries: this is the evaluation's peak memory
     x_t, y_t = x[targets], y[targets]
     start = time.perf_counter()
-    result = attack.run(x_t, y_t)
+    with contextlib.ExitStack() as scope:
+        if staged:  # its stages shown and saved; resumed from the last one saved
+            title = f"autoattack at eps {eps:g} on batch {batch.index + 1}: {targets.numel()} samples"
+            hooks = scope.enter_context(stages.autoattack(f"{eps_index}/{attack_index}", targets, x_t, title))
+            result = attack.run(x_t, y_t, **hooks)
+            start -= hooks["resume"].seconds if "resume" in hooks else 0.0  # the time before the stop counts
+        else:
+            result = attack.run(x_t, y_t)
     if x.device.type == "cuda":
         torch.cuda.synchronize(x.device)
     seconds = time.perf_counter() - start
@@ -451,8 +481,11 @@ def evaluate(
     JSON-ready dict; see :func:`format_report`). The model runs in eval mode and is given back
     as it was: every module's own mode, parameters' requires_grad and buffers.
 
-    state_path: a file updated atomically after every batch; an evaluation started again with
-    the same arguments continues after the last finished batch and gives the same report.
+    state_path: a file updated atomically after every batch, and after every stage of
+    "autoattack"; an evaluation started again with the same arguments continues after the last
+    finished batch, or AutoAttack's last finished stage, and gives the same report.
+    progress: a progress bar over the batches and, for "autoattack", its log (the original's
+    lines) and a bar per stage.
     distributed: shard batches over torch.distributed ranks and reduce (default: when a process
     group is initialised). Every rank returns the full report.
     workers: processes that read a streamed data set's batches (default: one per CPU, at most
@@ -543,7 +576,7 @@ def _evaluation(model, selection: Selection, attacks: list[str], options: dict, 
                     "amp": None if options["amp"] is None else str(options["amp"])}  # fmt: skip
         if options.get("adaptive"):
             settings.update(adaptive=True, eot_samples=options["eot_samples"])
-        sums, first_batch, skipped = _Sums(len(eps), len(attacks), classes), 0, []
+        sums, first_batch, skipped, saved = _Sums(len(eps), len(attacks), classes), 0, [], {}
         rank_state = None if state_path is None else f"{state_path}.rank{rank}" if world > 1 else state_path
         # what the state's sums are of: resuming with another model or data would mix two evaluations
         identity = {} if rank_state is None else _identity(model, selection)
@@ -561,15 +594,17 @@ def _evaluation(model, selection: Selection, attacks: list[str], options: dict, 
         mine = [(i, range(start, min(start + batch_size, n))) for i, start in enumerate(range(0, n, batch_size))
                 if i % world == rank and i >= first_batch]  # fmt: skip
         stream = BatchStream(selection, mine, device, workers)
+        stages = BatchStages(progress and rank == 0, saved.get("partial"))  # (a batch stopped mid-way)
         from tqdm import tqdm
 
         # the bar is updated by hand: iterating through tqdm would keep the last batch alive
         # while the next one is read (two batches in memory at once)
         bar = tqdm(total=len(stream), desc="eval", disable=not progress or rank != 0, unit="batch")
         for batch in stream:
+            stages.start(batch.index, _stage_saver(rank_state, attacks, settings, identity, sums, batch.index, skipped))
             skipped += batch.bad
             if batch.y.numel():
-                _evaluate_batch(job, batch.x, batch.y, batch.index, sums)
+                _evaluate_batch(job, batch.x, batch.y, batch.index, sums, stages)
             if rank_state is not None:
                 save_atomic({"kind": "evaluation", "settings": settings, "identity": identity, "sums": sums.t,
                              "next_batch": batch.index + 1, "skipped": skipped}, rank_state)  # fmt: skip
@@ -596,6 +631,22 @@ def _evaluation(model, selection: Selection, attacks: list[str], options: dict, 
     return report
 
 
+def _stage_saver(rank_state: str | None, attacks: list[str], settings: dict, identity: dict, sums: _Sums,
+                 batch_index: int, skipped: list):  # fmt: skip
+    """What saves the state after each AutoAttack stage of batch `batch_index`: the sums and
+    skipped images as the batch found them (it runs again on resume) with the batch's record.
+    None without a state file or an AutoAttack (the other attacks' batches are short)."""
+    if rank_state is None or "autoattack" not in attacks:
+        return None
+    base, kept = {key: value.clone() for key, value in sums.t.items()}, list(skipped)
+
+    def save(record: dict) -> None:
+        save_atomic({"kind": "evaluation", "settings": settings, "identity": identity, "sums": base,
+                     "next_batch": batch_index, "skipped": kept, "partial": record}, rank_state)  # fmt: skip
+
+    return save
+
+
 def data_fingerprint(selection: Selection) -> str:
     """What the data is, for resuming: tensors in memory by their bytes (a SHA-256), a streamed
     data set by its files (names, sizes, times; see Source.fingerprint), never read whole."""
@@ -614,18 +665,20 @@ def _identity(model: torch.nn.Module, selection: Selection) -> dict[str, str]:
     return {"model": fingerprint(model.state_dict().items()), "data": data_fingerprint(selection)}
 
 
-def _evaluate_batch(job: _Job, x: torch.Tensor, y: torch.Tensor, batch_index: int, sums: _Sums) -> None:
-    """Adds one batch to `sums`."""
+def _evaluate_batch(job: _Job, x: torch.Tensor, y: torch.Tensor, batch_index: int, sums: _Sums,
+                    stages: BatchStages | None = None) -> None:  # fmt: skip
+    """Adds one batch to `sums` (`stages`: its record, see fastadv.eval_stages)."""
     with torch.no_grad():
         logits = job.model(x)
     check.finite_outputs(logits, f"clean images of batch {batch_index}")  # (the attacks check their own passes)
     batch = _Batch(x, y, batch_index, logits.argmax(1))
     sums.t["clean"] += _confusion(y, batch.clean_pred, job.classes)
     for e_index in range(len(job.eps)):
-        _evaluate_at_eps(job, batch, e_index, sums.t)
+        _evaluate_at_eps(job, batch, e_index, sums.t, stages)
 
 
-def _evaluate_at_eps(job: _Job, batch: _Batch, e_index: int, t: dict[str, torch.Tensor]) -> None:
+def _evaluate_at_eps(job: _Job, batch: _Batch, e_index: int, t: dict[str, torch.Tensor],
+                     stages: BatchStages | None = None) -> None:  # fmt: skip
     """The attacks at one eps on one batch, in a cascade (without it, each on every correctly
     classified sample), added to the sums `t`."""
     y, clean_pred = batch.y, batch.clean_pred
@@ -635,7 +688,7 @@ def _evaluate_at_eps(job: _Job, batch: _Batch, e_index: int, t: dict[str, torch.
     keep = job.keeper is not None and job.keeper.start(batch, e_index)
 
     def attack(a_index: int, targets: torch.Tensor) -> torch.Tensor:
-        outcomes[a_index] = _attack_batch(job, batch, targets, a_index, e_index)
+        outcomes[a_index] = _attack_batch(job, batch, targets, a_index, e_index, stages)
         return outcomes[a_index].fooled
 
     def record(a_index: int, run: StageRun) -> None:

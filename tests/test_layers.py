@@ -16,7 +16,7 @@ LAYERS = [
     ("bench", ["fastadv.bench"]),
     ("train", ["fastadv.train"]),
     ("recipes", ["fastadv.recipes"]),
-    ("evaluate", ["fastadv.evaluate", "fastadv.plots"]),
+    ("evaluate", ["fastadv.evaluate", "fastadv.eval_stages", "fastadv.plots"]),
     ("autoattack", ["fastadv.autoattack"]),
     ("models and data", ["fastadv.models", "fastadv.model_formats", "fastadv.datasets", "fastadv.checkpoint"]),
     ("streamed data", ["fastadv.data"]),

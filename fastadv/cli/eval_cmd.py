@@ -82,7 +82,7 @@ def add_parser(sub) -> None:
     again.add_argument("--overwrite", action="store_true", help="replace the run in --out")
     p.add_argument("--no-plots", action="store_true")
     p.add_argument("--cache", default=_default_cache(), help="where the default digits model is kept")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--quiet", action="store_true", help="no progress bars, no AutoAttack log")
     p.set_defaults(run=run)
 
 

@@ -92,10 +92,9 @@ def test_a_state_of_another_run_is_refused(digits):
 
 def _cheap_in_evaluate(monkeypatch):
     """evaluate's "autoattack" with _cheap's budgets (its own are minutes per batch)."""
-    factory = lambda m, eps, steps, gen, **o: ev._WholeBatch(  # noqa: E731
-        AutoAttack(m, "Linf", eps, "custom", seed=ev._seed(gen), attacks_to_run=STAGES, steps=3, n_queries=30, **o)
-    )
-    monkeypatch.setitem(ev.ATTACKS, "autoattack", ("linf", factory))
+    cheap = ev.AttackEntry("linf", AutoAttack, {"norm": "Linf", "eps": ev.EPS, "version": "custom",
+                                                "attacks_to_run": STAGES, "steps": 3, "n_queries": 30}, "seed")
+    monkeypatch.setitem(ev.ATTACKS, "autoattack", cheap)
 
 
 def test_an_evaluation_stopped_mid_autoattack_resumes_from_the_last_stage(digits, tmp_path, monkeypatch):
@@ -166,9 +165,8 @@ from fastadv import models
 from fastadv.autoattack import AutoAttack
 from fastadv.datasets import digits
 torch.set_num_threads(1)
-ev.ATTACKS["autoattack"] = ("linf", lambda m, eps, steps, gen, **o: ev._WholeBatch(AutoAttack(
-    m, "Linf", eps, "custom", seed=ev._seed(gen), attacks_to_run=["apgd-ce", "apgd-t", "fab-t", "square"], steps=3,
-    n_queries=30, **o)))
+ev.ATTACKS["autoattack"] = ev.AttackEntry("linf", AutoAttack, {"norm": "Linf", "eps": ev.EPS, "version": "custom",
+    "attacks_to_run": ["apgd-ce", "apgd-t", "fab-t", "square"], "steps": 3, "n_queries": 30}, "seed")
 model = models.load(sys.argv[3])
 forward = model.forward
 model.forward = lambda t: (time.sleep(0.005), forward(t))[1]  # stages of a second or more: time to kill one

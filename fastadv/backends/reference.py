@@ -124,7 +124,8 @@ _FLOAT32_MAX = torch.finfo(torch.float32).max
 def _scale_of(sum_sq: torch.Tensor, underflow: torch.Tensor) -> torch.Tensor:
     """Per row, the power of two its entries are scaled by before their norm is taken (1: none)."""
     one = torch.ones_like(sum_sq)
-    return torch.where(sum_sq > _FLOAT32_MAX, L2_OVERFLOW_SCALE * one, torch.where(underflow, L2_UNDERFLOW_SCALE * one, one))
+    scale = torch.where(underflow, L2_UNDERFLOW_SCALE * one, one)
+    return torch.where(sum_sq > _FLOAT32_MAX, L2_OVERFLOW_SCALE * one, scale)
 
 
 def _l2_rescale_and_clamp(delta, x, eps: Param, lower: Param, upper: Param, dtype) -> torch.Tensor:

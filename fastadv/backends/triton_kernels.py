@@ -319,7 +319,8 @@ if triton is not None:
     def _delta_scale(delta_sum_sq, eps):
         """step_math.h's l2_delta_scale: the scale of a perturbation's second reduction (1: none)."""
         underflow = (delta_sum_sq < _UNDERFLOW_LIMIT) & (eps < _UNDERFLOW_EPS)
-        return tl.where(delta_sum_sq > 3.4028234663852886e38, _OVERFLOW_SCALE, tl.where(underflow, _UNDERFLOW_SCALE, 1.0))
+        scale = tl.where(underflow, _UNDERFLOW_SCALE, 1.0)
+        return tl.where(delta_sum_sq > 3.4028234663852886e38, _OVERFLOW_SCALE, scale)
 
     @triton.jit
     def _rescale_factor(scaled_sum_sq, scale, eps):

@@ -162,8 +162,10 @@ if triton is not None:
         # min(max(y, lower), upper) as step_math.h's max_propagate_nan / min_propagate_nan: NaN in
         # either operand propagates, and a tie keeps y, so a value on a bound keeps its bits (-0.0
         # against a bound +0.0 stays -0.0). tl.maximum leaves the operand of a tie unspecified.
-        y = tl.where((lower > y) | (lower != lower), lower, y)
-        return tl.where((upper < y) | (upper != upper), upper, y)
+        y = tl.where(lower > y, lower, y)
+        y = tl.where(lower != lower, lower, y)
+        y = tl.where(upper < y, upper, y)
+        return tl.where(upper != upper, upper, y)
 
     @triton.autotune(configs=_configs(), key=["n_elements"], restore_value=["out_ptr"])
     @triton.jit

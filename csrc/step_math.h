@@ -157,7 +157,9 @@ FASTADV_HOST_DEVICE float l2_step_delta(float x_adv, float g, float x, Dir dir, 
 FASTADV_HOST_DEVICE float l2_rescale_factor(float scaled_norm, float scale, float eps) {
   const float scaled_eps = eps * scale;
   if (!(scaled_norm > scaled_eps)) return 1.f;
-  return scale > 1.f ? scaled_eps / scaled_norm : (eps / scaled_norm) * scale;
+  // one division either way (a second division site made nvcc spill in l2_sample_kernel)
+  const bool up = scale > 1.f;
+  return ((up ? scaled_eps : eps) / scaled_norm) * (up ? 1.f : scale);
 }
 
 FASTADV_HOST_DEVICE float l2_output(float x, float delta, float factor, float lower, float upper) {

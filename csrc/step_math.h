@@ -24,13 +24,16 @@
 
 namespace fastadv {
 
-// torch.maximum / torch.minimum semantics: a NaN in either operand propagates. fmaxf would
-// drop it and disagree with the reference.
+// The clamps of the contract: a NaN in either operand propagates (as torch.maximum /
+// torch.minimum; fmaxf would drop it), and on a tie the first operand, the value being clamped,
+// is kept, so that a value on the bound keeps its bits: clamping -0.0 to [+0.0, ...] gives -0.0
+// (DESIGN.md, signed zeros). Written as the hardware max/min with the operands swapped (x86's
+// maxps(b, a) = b > a ? b : a), plus the NaN test on b: as cheap as the other operand order.
 FASTADV_HOST_DEVICE float max_propagate_nan(float a, float b) {
-  return (a > b || a != a) ? a : b;
+  return (b > a || b != b) ? b : a;
 }
 FASTADV_HOST_DEVICE float min_propagate_nan(float a, float b) {
-  return (a < b || a != a) ? a : b;
+  return (b < a || b != b) ? b : a;
 }
 
 FASTADV_HOST_DEVICE float abs_value(float v) {
@@ -63,10 +66,35 @@ FASTADV_HOST_DEVICE float linf_step_value(float x_adv, float grad, float x, floa
 // delta = (x_adv + alpha * d) - x, rescaled by eps / ||delta|| when ||delta|| > eps; then clamp.
 
 constexpr float kFloatMax = 0x1.fffffep+127f;
-// An exact power of two that brings a gradient whose sum of squares overflows float32 with every
-// entry finite (entries from about 1.8e19 on) back into range: its scaled squares sum to at most
-// 2^96 per entry, finite for any sample that fits in memory.
+// Sums of squares are taken in float32, whose range a norm can leave at either end. The common
+// case pays nothing: a sample's first sum decides, and only a sum outside [kL2UnderflowLimit,
+// kFloatMax] takes a second reduction of the same entries times an exact power of two.
+// Overflow (entries from about 1.8e19 on): 2^-80 brings them back; the scaled squares sum to at
+// most 2^96 per entry, finite for any sample that fits in memory.
 constexpr float kL2OverflowScale = 0x1p-80f;
+// Underflow (entries about 1e-20 and below, as saturated cross-entropy gives on very confident
+// samples, down to the smallest subnormal 2^-149): 2^96 makes every nonzero square a normal
+// float32 (at least 2^-106), so any nonzero vector has a norm to full precision; a sum below
+// 2^-66 scales to below 2^126, so the second sum cannot overflow. Above the limit, squares that
+// lose bits as subnormals (below 2^-126) lose at most 2^-150 each: negligible next to 2^-66.
+constexpr float kL2UnderflowScale = 0x1p+96f;
+constexpr float kL2UnderflowLimit = 0x1p-66f;
+// A perturbation whose sum of squares is below the limit has a norm below about 2^-33: it can
+// exceed eps, and so needs its exact norm, only when eps is below 2^-32.
+constexpr float kL2UnderflowEps = 0x1p-32f;
+
+// The scale of a gradient's second reduction (1: none): its first sum of squares is infinite, or
+// below the underflow limit (a zero sum included: it may be entries whose squares vanished).
+FASTADV_HOST_DEVICE float l2_grad_scale(float sum_sq) {
+  return sum_sq > kFloatMax ? kL2OverflowScale : (sum_sq < kL2UnderflowLimit ? kL2UnderflowScale : 1.f);
+}
+
+// The same for a perturbation delta in the eps ball of eps: below the limit only where it matters.
+// A NaN sum (a NaN x_adv) takes none: its factor is 1 either way.
+FASTADV_HOST_DEVICE float l2_delta_scale(float sum_sq, float eps) {
+  if (sum_sq > kFloatMax) return kL2OverflowScale;
+  return sum_sq < kL2UnderflowLimit && eps < kL2UnderflowEps ? kL2UnderflowScale : 1.f;
+}
 
 // A gradient entry as it enters the norm and the direction: NaN counts as 0.
 FASTADV_HOST_DEVICE float l2_grad_entry(float g) {
@@ -77,13 +105,13 @@ FASTADV_HOST_DEVICE bool is_infinite(float g) {
   return abs_value(g) > kFloatMax;
 }
 
-// The second reduction, run only for a sample whose sum of squares is infinite: its count of
-// infinite entries and its sum of scaled squares.
+// The second reduction, run only for a sample whose sum of squares is out of range (scale from
+// l2_grad_scale): its count of infinite entries (overflow only) and its sum of scaled squares.
 FASTADV_HOST_DEVICE float l2_infinite_count(float g) {
   return is_infinite(g) ? 1.f : 0.f;
 }
-FASTADV_HOST_DEVICE float l2_scaled_square(float g) {
-  const float s = l2_grad_entry(g) * kL2OverflowScale;
+FASTADV_HOST_DEVICE float l2_scaled_square(float v, float scale) {
+  const float s = l2_grad_entry(v) * scale;
   return s * s;
 }
 
@@ -97,17 +125,18 @@ FASTADV_HOST_DEVICE float l2_inverse_norm(float grad_norm) {
 // What the direction of one sample needs: d_i = (g_i * scale) * inverse_norm on finite entries,
 // +-infinite_entry on infinite ones.
 struct L2Direction {
-  float scale;           // 1, or kL2OverflowScale when the sum of squares overflowed
+  float scale;           // 1, or l2_grad_scale's when the sum of squares left float32's range
   float inverse_norm;    // 1 / ||scale * g||; 0 for a zero gradient or one with infinite entries
   float infinite_entry;  // 1 / sqrt(k) for k > 0 infinite entries, else 0
 };
 
-// From the sample's sum of squares; when that is infinite (an infinite entry, or finite entries
-// whose squares overflow), from its count of infinite entries and sum of scaled squares.
+// From the sample's sum of squares; when that is out of range (l2_grad_scale), from its count of
+// infinite entries (0 unless it overflowed) and its sum of squares scaled by l2_grad_scale.
 FASTADV_HOST_DEVICE L2Direction l2_direction(float sum_sq, float infinite_count, float scaled_sum_sq) {
-  if (sum_sq <= kFloatMax) return {1.f, l2_inverse_norm(sqrtf(sum_sq)), 0.f};
+  const float scale = l2_grad_scale(sum_sq);
+  if (scale == 1.f) return {1.f, l2_inverse_norm(sqrtf(sum_sq)), 0.f};
   if (infinite_count > 0.f) return {1.f, 0.f, 1.f / sqrtf(infinite_count)};
-  return {kL2OverflowScale, l2_inverse_norm(sqrtf(scaled_sum_sq)), 0.f};
+  return {scale, l2_inverse_norm(sqrtf(scaled_sum_sq)), 0.f};
 }
 
 FASTADV_HOST_DEVICE float l2_direction_entry(float g, L2Direction dir) {
@@ -115,7 +144,7 @@ FASTADV_HOST_DEVICE float l2_direction_entry(float g, L2Direction dir) {
   return is_infinite(g) ? (g > 0.f ? dir.infinite_entry : -dir.infinite_entry) : finite;
 }
 
-// The same for a sample whose sum of squares is finite (no infinite entry, scale 1), given its
+// The same for a sample whose sum of squares is in range (no infinite entry, scale 1), given its
 // inverse norm: the CPU loop's fast path (the selects above cost it time), equal bit for bit.
 FASTADV_HOST_DEVICE float l2_direction_entry(float g, float inverse_norm) {
   return l2_grad_entry(g) * inverse_norm;
@@ -130,9 +159,17 @@ FASTADV_HOST_DEVICE float l2_step_delta(float x_adv, float g, float x, Dir dir, 
   return (x_adv + step * d) - x;
 }
 
-// The factor that brings delta back into the eps ball (1 inside it).
-FASTADV_HOST_DEVICE float l2_rescale_factor(float delta_norm, float eps) {
-  return delta_norm > eps ? eps / delta_norm : 1.f;
+// The factor eps / ||delta|| that brings delta back into the eps ball (1 inside it), from
+// scaled_norm = ||delta * scale|| (scale from l2_delta_scale). With scale 1 it is eps / norm. For an
+// overflow (scale 2^-80, ||delta|| >= 2^64) eps * scale may lose bits when eps < 2^-46, which
+// cannot change the comparison, and (eps / scaled_norm) * scale keeps the factor's bits down to
+// float32's normal range; for an underflow (scale 2^96, eps < 2^-32) eps * scale is exact.
+FASTADV_HOST_DEVICE float l2_rescale_factor(float scaled_norm, float scale, float eps) {
+  const float scaled_eps = eps * scale;
+  if (!(scaled_norm > scaled_eps)) return 1.f;
+  // one division either way (a second division site made nvcc spill in l2_sample_kernel)
+  const bool up = scale > 1.f;
+  return ((up ? scaled_eps : eps) / scaled_norm) * (up ? 1.f : scale);
 }
 
 FASTADV_HOST_DEVICE float l2_output(float x, float delta, float factor, float lower, float upper) {

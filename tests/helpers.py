@@ -61,11 +61,12 @@ def require_backend(name: str, device: str) -> None:
 
 
 def assert_exact(actual: torch.Tensor, expected: torch.Tensor, context: str = "") -> None:
-    """Bitwise-equal values (NaN equal to NaN, -0.0 equal to 0.0); on failure, the first mismatches."""
+    """Bitwise-equal values, the sign of a zero included (DESIGN.md, signed zeros); NaN equal to
+    NaN whatever its payload. On failure, the first mismatches."""
     assert actual.shape == expected.shape, f"{context}: shape {actual.shape} != {expected.shape}"
     assert actual.dtype == expected.dtype, f"{context}: dtype {actual.dtype} != {expected.dtype}"
     a, e = actual.float().cpu(), expected.float().cpu()
-    same = (a == e) | (torch.isnan(a) & torch.isnan(e))
+    same = ((a == e) & (torch.signbit(a) == torch.signbit(e))) | (torch.isnan(a) & torch.isnan(e))
     if bool(same.all()):
         return
     bad = (~same).nonzero()[:8]

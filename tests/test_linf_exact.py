@@ -15,6 +15,7 @@ from helpers import (
     make_inputs,
     make_params,
     require_backend,
+    to_layout,
 )
 
 import fastadv
@@ -75,6 +76,47 @@ def test_linf_project_equals_reference(device, backend, dtype, kind):
         mode = ("new", "out", "inplace")[i % 3]
         actual = _call(fastadv.linf_project, args, {"backend": backend}, mode, x_adv)
         assert_exact(actual, expected, f"{backend} {shape} {layout} {mode}")
+
+
+def _zeros_on_edges(shape, dtype, layout):
+    """x_adv and x made of signed zeros, each sample with its own eps, every x_adv inside its ball
+    and on an edge of it or of the bounds: sample 0 x_adv -0.0, x +0.0, eps 0 (the ball is [+0, +0]);
+    1: +0.0, -0.0, eps 0; 2: -0.0 with x 0.5, eps 0.5 (x - eps is +0.0); 3: -0.0 with x -0.0, eps
+    0.25. Within each sample the signs alternate, so both operand orders meet in every vector."""
+    x_adv = torch.zeros(shape)
+    x = torch.zeros(shape)
+    alternate = torch.arange(x_adv[0].numel()).view(shape[1:]) % 2 == 1
+    x_adv[0] = torch.where(alternate, 0.0, -0.0)
+    x_adv[1] = torch.where(alternate, -0.0, 0.0)
+    x[1] = torch.where(alternate, 0.0, -0.0)
+    x_adv[2], x[2] = torch.where(alternate, 0.0, -0.0), 0.5
+    x_adv[3] = torch.where(alternate, 0.0, -0.0)
+    x[3] = torch.where(alternate, 0.0, -0.0)
+    eps = torch.tensor([0.0, 0.0, 0.5, 0.25])
+    return to_layout(x_adv.to(dtype), layout), to_layout(x.to(dtype), layout), eps
+
+
+@pytest.mark.parametrize("backend", ("torch",) + FAST_BACKENDS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_signed_zeros_keep_their_sign(backend, dtype, layout):
+    """DESIGN.md, signed zeros: a clamp tie keeps the clamped value, so a zero inside its ball and
+    bounds keeps its sign bit, in the reference (whose torch.maximum answered -0.0 or +0.0 by the
+    size of the tensor) and in every kernel (which answered +0.0). Shapes: odd sizes (vector loops
+    and their tails) and a large sample (torch's vector path)."""
+    require_backend(backend, "cpu")
+    for shape in ((4, 3, 5, 7), (4, 3, 16, 16)):
+        x_adv, x, eps = _zeros_on_edges(shape, dtype, layout)
+        zero_grad = torch.zeros_like(x_adv)
+        for lower, upper in ((0.0, 1.0), (-1.0, -0.0)):
+            context = f"{backend} {shape} {layout} bounds [{lower}, {upper}]"
+            project = fastadv.linf_project(x_adv, x, eps, lower, upper, backend=backend)
+            assert_exact(project, x_adv, f"{context} project")
+            # a zero gradient steps by alpha * 0: +0.0 (-0.0 + 0.0 = +0.0), or -0.0 when targeted
+            step = fastadv.linf_step(x_adv, zero_grad, x, eps, 0.1, lower, upper, backend=backend)
+            assert_exact(step, x_adv.abs(), f"{context} step")
+            targeted = fastadv.linf_step(x_adv, zero_grad, x, eps, 0.1, lower, upper, targeted=True, backend=backend)
+            assert_exact(targeted, x_adv, f"{context} targeted step")
 
 
 def test_reference_follows_the_contract_by_hand():

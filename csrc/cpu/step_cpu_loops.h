@@ -358,7 +358,7 @@ FASTADV_CPU_TARGET float sum_sq_grad(const grad_t* grad, int64_t begin, int64_t 
 }
 
 // The sum of f(grad entry) in plain order: the second reduction of a sample whose sum of squares
-// overflowed (l2_direction), off the fast path.
+// left float32's range (l2_direction), off the fast path.
 template <typename grad_t, typename F>
 float sum_grad_of(const grad_t* grad, int64_t begin, int64_t end, F f) {
   float acc = 0.f;
@@ -408,6 +408,19 @@ FASTADV_CPU_TARGET float sum_sq_delta(const scalar_t* x_adv, const grad_t* grad,
     }
 #endif
     acc += sum_sq_delta_run<kStep>(x_adv + i, kStep ? grad + i : grad, x + i, n, dir, alpha, targeted);
+  }
+  return acc;
+}
+
+// The sum of (delta * scale)^2 in plain order: the second reduction of a perturbation whose sum of
+// squares left float32's range (l2_delta_scale), off the fast path.
+template <bool kStep, typename scalar_t, typename grad_t, typename Dir>
+float sum_scaled_sq_delta(const scalar_t* x_adv, const grad_t* grad, const scalar_t* x, int64_t begin, int64_t end,
+                          Dir dir, float alpha, bool targeted, float scale) {
+  float acc = 0.f;
+  for (int64_t i = begin; i < end; ++i) {
+    const float d = l2_delta_at<kStep>(x_adv, grad, x, i, dir, alpha, targeted) * scale;
+    acc += d * d;
   }
   return acc;
 }
@@ -477,12 +490,15 @@ void l2_sample(const scalar_t* x_adv, const grad_t* grad, const scalar_t* x, out
   if constexpr (kStep) {
     const float sum_sq = parallel_sum(0, n, [&](int64_t i0, int64_t i1) { return sum_sq_grad(grad, i0, i1); });
     float infinite_count = 0.f, scaled_sum_sq = 0.f;
-    if (!(sum_sq <= kFloatMax)) {  // rare: a second pass over this sample only
-      infinite_count = parallel_sum(0, n, [&](int64_t i0, int64_t i1) {
-        return sum_grad_of(grad, i0, i1, [](float g) { return l2_infinite_count(g); });
-      });
+    const float scale = l2_grad_scale(sum_sq);
+    if (scale != 1.f) {  // rare: a second pass over this sample only
+      if (scale == kL2OverflowScale) {
+        infinite_count = parallel_sum(0, n, [&](int64_t i0, int64_t i1) {
+          return sum_grad_of(grad, i0, i1, [](float g) { return l2_infinite_count(g); });
+        });
+      }
       scaled_sum_sq = parallel_sum(0, n, [&](int64_t i0, int64_t i1) {
-        return sum_grad_of(grad, i0, i1, [](float g) { return l2_scaled_square(g); });
+        return sum_grad_of(grad, i0, i1, [scale](float g) { return l2_scaled_square(g, scale); });
       });
     }
     dir = l2_direction(sum_sq, infinite_count, scaled_sum_sq);
@@ -490,10 +506,17 @@ void l2_sample(const scalar_t* x_adv, const grad_t* grad, const scalar_t* x, out
   // The passes with the direction's constants: a sample with a finite sum of squares (every one,
   // short of infinite gradient entries) takes the plain g * (1 / ||g||).
   auto delta_and_write = [&](auto direction) {
-    const float delta_norm = std::sqrt(parallel_sum(0, n, [&](int64_t i0, int64_t i1) {
+    const float eps = p.eps.at(b, 0);
+    float delta_sum_sq = parallel_sum(0, n, [&](int64_t i0, int64_t i1) {
       return sum_sq_delta<kStep>(x_adv, grad, x, i0, i1, direction, alpha, targeted);
-    }));
-    const float factor = l2_rescale_factor(delta_norm, p.eps.at(b, 0));
+    });
+    const float delta_scale = l2_delta_scale(delta_sum_sq, eps);
+    if (delta_scale != 1.f) {  // rare: a second pass over this sample only
+      delta_sum_sq = parallel_sum(0, n, [&](int64_t i0, int64_t i1) {
+        return sum_scaled_sq_delta<kStep>(x_adv, grad, x, i0, i1, direction, alpha, targeted, delta_scale);
+      });
+    }
+    const float factor = l2_rescale_factor(std::sqrt(delta_sum_sq), delta_scale, eps);
     at::parallel_for(0, n, kGrain, [&](int64_t begin, int64_t end) {
       for_each_run(base + begin, base + end, launch.geometry, launch.numel,
                    [&](int64_t i0, int64_t i1, int64_t rb, int64_t rc) {

@@ -92,10 +92,11 @@ void launch_l2(const scalar_t* x_adv, const grad_t* grad, const scalar_t* x, sca
   }
   const int64_t chunks = (n + kL2Chunk - 1) / kL2Chunk;
   const int64_t items = batch * chunks;
-  // rows: sums of grad^2, counts of infinite entries, scaled sums of grad^2 (l2_chunk_kernel), sums of delta^2
-  const at::Tensor partials = at::empty({4, items}, like.options().dtype(c10::kFloat));
+  // rows (l2_chunk_kernel): of grad, sums of squares, counts of infinite entries, sums of squares
+  // scaled down and up; of delta, sums of squares, scaled down and up
+  const at::Tensor partials = at::empty({7, items}, like.options().dtype(c10::kFloat));
   float* grad_partials = partials.data_ptr<float>();
-  float* delta_partials = grad_partials + 3 * items;
+  float* delta_partials = grad_partials + 4 * items;
   const int64_t blocks = capped_blocks(items, device);
   if constexpr (kStep) {
     l2_chunk_kernel<0, kStep><<<blocks, kThreads, 0, stream>>>(x_adv, grad, x, out, grad_partials, delta_partials, n,

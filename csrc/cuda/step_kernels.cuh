@@ -149,11 +149,12 @@ __global__ void __launch_bounds__(kThreads)
     if constexpr (kStep) {
       const float sum_sq = block_sum(acc);
       float infinite_count = 0.f, scaled_sum_sq = 0.f;
-      if (!(sum_sq <= kFloatMax)) {  // the same for the whole block: every thread reaches the barriers
+      const float scale = l2_grad_scale(sum_sq);
+      if (scale != 1.f) {  // the same for the whole block: every thread reaches the barriers
 #pragma unroll
         for (int k = 0; k < kPerThread; ++k) {
           infinite_count += l2_infinite_count(gv[k]);
-          scaled_sum_sq += l2_scaled_square(gv[k]);
+          scaled_sum_sq += l2_scaled_square(gv[k], scale);
         }
         infinite_count = block_sum(infinite_count);
         scaled_sum_sq = block_sum(scaled_sum_sq);
@@ -169,7 +170,19 @@ __global__ void __launch_bounds__(kThreads)
       xa[k] = in ? d : 0.f;  // xa now holds delta
       acc += xa[k] * xa[k];
     }
-    const float factor = l2_rescale_factor(sqrtf(block_sum(acc)), p.eps.at(b, 0));
+    const float eps = p.eps.at(b, 0);
+    float delta_sum_sq = block_sum(acc);
+    const float delta_scale = l2_delta_scale(delta_sum_sq, eps);
+    if (delta_scale != 1.f) {  // the same for the whole block
+      acc = 0.f;
+#pragma unroll
+      for (int k = 0; k < kPerThread; ++k) {
+        const float d = xa[k] * delta_scale;
+        acc += d * d;
+      }
+      delta_sum_sq = block_sum(acc);
+    }
+    const float factor = l2_rescale_factor(sqrtf(delta_sum_sq), delta_scale, eps);
 #pragma unroll
     for (int k = 0; k < kPerThread; ++k) {
       const int64_t i = threadIdx.x + static_cast<int64_t>(k) * kThreads;
@@ -179,9 +192,43 @@ __global__ void __launch_bounds__(kThreads)
 }
 
 // Split samples: work item w = sample * chunks + chunk covers kL2Chunk elements of its sample.
-// kStage 0: partial sums of grad^2 (with the chunk's count of infinite entries and its sum of
-// scaled squares, for l2_direction); 1: partial sums of delta^2; 2: write. grad_partials holds
-// three rows of `items` floats: sums of squares, counts, scaled sums.
+// kStage 0: partial sums of grad^2 (with what l2_direction needs when the sample's sum leaves
+// float32's range); 1: partial sums of delta^2 (the same for l2_delta_scale); 2: write.
+// grad_partials holds four rows of `items` floats: sums of squares, counts of infinite entries,
+// sums of squares scaled by kL2OverflowScale and by kL2UnderflowScale; delta_partials three: sums
+// of squares, scaled down, scaled up. A scaled row is read only when the sample's total needs
+// it, so a chunk fills it cheaply where it cannot be read: a sample whose total underflows has
+// every chunk below the limit, and the down-scaled squares of a finite chunk sum to its sum times
+// 2^-160 (exact, but where it underflows, which is negligible next to a total that overflowed).
+// The two scaled partial sums of a chunk whose plain partial sum is acc, scaled_square(i, scale)
+// giving an element's scaled square; each recomputed only where it can be read (see above).
+// Every thread of the block must call it (block_sum), with the same acc and `up`.
+template <typename F>
+__device__ __forceinline__ void scaled_partials(float acc, bool up, int64_t begin, int64_t end, F scaled_square,
+                                                float& down_sum, float& up_sum) {
+  down_sum = (acc * kL2OverflowScale) * kL2OverflowScale;
+  up_sum = (acc * kL2UnderflowScale) * kL2UnderflowScale;
+  if (!(acc <= kFloatMax)) {
+    float v = 0.f;
+    for (int64_t i = begin + threadIdx.x; i < end; i += kThreads) v += scaled_square(i, kL2OverflowScale);
+    down_sum = block_sum(v);
+  }
+  if (up) {
+    float v = 0.f;
+    for (int64_t i = begin + threadIdx.x; i < end; i += kThreads) v += scaled_square(i, kL2UnderflowScale);
+    up_sum = block_sum(v);
+  }
+}
+
+// A sample's sum of squares from its chunks' partials: the plain row's total, and, when that
+// total needs a second reduction (scale != 1), the scaled row's instead. row points at the plain
+// row of the sample's partials, the down- and up-scaled rows `down` and `up` rows further.
+__device__ __forceinline__ float sample_sum(const float* row, int64_t chunks, int64_t items, int down, int up,
+                                            float scale, float plain) {
+  if (scale == 1.f) return plain;
+  return sum_partials(row + (scale < 1.f ? down : up) * items, chunks);
+}
+
 template <int kStage, bool kStep, typename scalar_t, typename grad_t>
 __global__ void __launch_bounds__(kThreads)
     l2_chunk_kernel(const scalar_t* x_adv, const grad_t* __restrict__ grad, const scalar_t* __restrict__ x,
@@ -191,6 +238,7 @@ __global__ void __launch_bounds__(kThreads)
     const int64_t b = w / chunks;
     const int64_t begin = b * n + (w % chunks) * kL2Chunk;
     const int64_t end = min(begin + kL2Chunk, (b + 1) * n);
+    const float eps = p.eps.at(b, 0);
     if constexpr (kStage == 0) {
       float acc = 0.f;
       for (int64_t i = begin + threadIdx.x; i < end; i += kThreads) {
@@ -198,35 +246,30 @@ __global__ void __launch_bounds__(kThreads)
         acc += v * v;
       }
       acc = block_sum(acc);
-      // A finite chunk has no infinite entry, and its scaled squares sum to acc * scale * scale
-      // (exact, but where it underflows, which is negligible next to a sum that overflowed; scale^2
-      // itself, 2^-160, is below float32's range).
-      float infinite_count = 0.f, scaled_sum_sq = (acc * kL2OverflowScale) * kL2OverflowScale;
+      float infinite_count = 0.f, down_sum, up_sum;
       if (!(acc <= kFloatMax)) {  // the same for the whole block
-        scaled_sum_sq = 0.f;
-        for (int64_t i = begin + threadIdx.x; i < end; i += kThreads) {
-          const float g = static_cast<float>(grad[i]);
-          infinite_count += l2_infinite_count(g);
-          scaled_sum_sq += l2_scaled_square(g);
-        }
-        infinite_count = block_sum(infinite_count);
-        scaled_sum_sq = block_sum(scaled_sum_sq);
+        float v = 0.f;
+        for (int64_t i = begin + threadIdx.x; i < end; i += kThreads) v += l2_infinite_count(static_cast<float>(grad[i]));
+        infinite_count = block_sum(v);
       }
+      scaled_partials(acc, acc < kL2UnderflowLimit, begin, end,
+                      [&](int64_t i, float scale) { return l2_scaled_square(static_cast<float>(grad[i]), scale); },
+                      down_sum, up_sum);
       if (threadIdx.x == 0) {
         grad_partials[w] = acc;
         grad_partials[items + w] = infinite_count;
-        grad_partials[2 * items + w] = scaled_sum_sq;
+        grad_partials[2 * items + w] = down_sum;
+        grad_partials[3 * items + w] = up_sum;
       }
     } else {
       L2Direction dir{1.f, 0.f, 0.f};
       if constexpr (kStep) {
-        const float sum_sq = sum_partials(grad_partials + b * chunks, chunks);
-        float infinite_count = 0.f, scaled_sum_sq = 0.f;
-        if (!(sum_sq <= kFloatMax)) {  // the same for the whole block
-          infinite_count = sum_partials(grad_partials + items + b * chunks, chunks);
-          scaled_sum_sq = sum_partials(grad_partials + 2 * items + b * chunks, chunks);
-        }
-        dir = l2_direction(sum_sq, infinite_count, scaled_sum_sq);
+        const float* row = grad_partials + b * chunks;
+        const float sum_sq = sum_partials(row, chunks);
+        const float scale = l2_grad_scale(sum_sq);
+        float infinite_count = 0.f;
+        if (scale == kL2OverflowScale) infinite_count = sum_partials(row + items, chunks);  // whole block
+        dir = l2_direction(sum_sq, infinite_count, sample_sum(row, chunks, items, 2, 3, scale, sum_sq));
       }
       const float alpha = p.alpha.at(b, 0);
       auto delta_at = [&](int64_t i) {
@@ -241,10 +284,24 @@ __global__ void __launch_bounds__(kThreads)
           acc += d * d;
         }
         acc = block_sum(acc);
-        if (threadIdx.x == 0) delta_partials[w] = acc;
+        float down_sum, up_sum;
+        scaled_partials(acc, acc < kL2UnderflowLimit && eps < kL2UnderflowEps, begin, end,
+                        [&](int64_t i, float scale) {
+                          const float d = delta_at(i) * scale;
+                          return d * d;
+                        },
+                        down_sum, up_sum);
+        if (threadIdx.x == 0) {
+          delta_partials[w] = acc;
+          delta_partials[items + w] = down_sum;
+          delta_partials[2 * items + w] = up_sum;
+        }
       } else {
-        const float factor =
-            l2_rescale_factor(sqrtf(sum_partials(delta_partials + b * chunks, chunks)), p.eps.at(b, 0));
+        const float* row = delta_partials + b * chunks;
+        const float delta_sum_sq = sum_partials(row, chunks);
+        const float delta_scale = l2_delta_scale(delta_sum_sq, eps);
+        const float scaled = sample_sum(row, chunks, items, 1, 2, delta_scale, delta_sum_sq);
+        const float factor = l2_rescale_factor(sqrtf(scaled), delta_scale, eps);
         for (int64_t i = begin + threadIdx.x; i < end; i += kThreads) {
           store_l2(out, i, b, static_cast<float>(x[i]), delta_at(i), factor, p, g);
         }

@@ -55,12 +55,28 @@ def round_within_budget(y: torch.Tensor, x: torch.Tensor, limit, dtype: torch.dt
     return torch.where(bits >= 0x8000, bits - 0x10000, bits).to(torch.int16).view(dtype)
 
 
+def clamp_below(y: torch.Tensor, bound: torch.Tensor) -> torch.Tensor:
+    """max(y, bound): NaN in either propagates, and a tie keeps y, so a value on the bound keeps
+    its bits (-0.0 stays -0.0 against a bound +0.0; DESIGN.md, signed zeros). torch.maximum is not
+    used: which operand it returns on a tie differs between its vector and scalar paths."""
+    return torch.where((bound > y) | torch.isnan(bound), bound, y)
+
+
+def clamp_above(y: torch.Tensor, bound: torch.Tensor) -> torch.Tensor:
+    """min(y, bound), as clamp_below."""
+    return torch.where((bound < y) | torch.isnan(bound), bound, y)
+
+
+def clamp(y: torch.Tensor, lower: torch.Tensor, upper: torch.Tensor) -> torch.Tensor:
+    return clamp_above(clamp_below(y, lower), upper)
+
+
 def linf_project_float(y: torch.Tensor, x: torch.Tensor, eps: Param, lower: Param, upper: Param) -> torch.Tensor:
     """min(max(y, x - eps), x + eps), then min(max(., lower), upper), in float32."""
     xf = x.float()
     e = _broadcastable(eps, x)
-    y = torch.minimum(torch.maximum(y, xf - e), xf + e)
-    return torch.minimum(torch.maximum(y, _broadcastable(lower, x)), _broadcastable(upper, x))
+    y = clamp(y, xf - e, xf + e)
+    return clamp(y, _broadcastable(lower, x), _broadcastable(upper, x))
 
 
 def linf_step_into(x_adv, grad, x, eps: Param, alpha: Param, lower: Param, upper: Param, targeted: bool, out) -> None:
@@ -92,33 +108,52 @@ def _l2_norm(rows: torch.Tensor) -> torch.Tensor:
     return (rows * rows).sum(dim=1, keepdim=True).sqrt()
 
 
-def _l2_rescale_and_clamp(delta, x, eps: Param, lower: Param, upper: Param, dtype) -> torch.Tensor:
-    """delta ([B, N], float32) into the eps ball, added to x, clamped to the bounds."""
-    e = _per_sample_column(eps, x.shape[0], x.device)
-    delta_norm = _l2_norm(delta)
-    factor = torch.where(delta_norm > e, e / delta_norm, torch.ones_like(delta_norm))
-    y = x.float() + (delta * factor).reshape(x.shape)
-    y = torch.minimum(torch.maximum(y, _broadcastable(lower, x)), _broadcastable(upper, x))
-    return round_within_budget(y, x, 0.0, dtype)
-
-
-# An exact power of two that brings a gradient whose sum of squares overflows float32 (entries
-# from about 1.8e19 on) back into range: the scaled squares of float32 values then sum to at most
-# 2^-160 * 2^256 per entry, finite for any sample size that fits in memory.
+# Float32 sums of squares can leave float32's range at either end; a row whose sum does is scaled
+# by an exact power of two first (csrc/step_math.h says why these). Overflow (entries from about
+# 1.8e19 on): 2^-80. Underflow (a sum below 2^-66, entries about 1e-20 and below, down to the
+# smallest subnormal): 2^96, which makes every nonzero square a normal float32.
 L2_OVERFLOW_SCALE = 2.0**-80
+L2_UNDERFLOW_SCALE = 2.0**96
+L2_UNDERFLOW_LIMIT = 2.0**-66
+# A perturbation with a sum of squares below the limit (a norm below about 2^-33) can exceed eps
+# only when eps is below 2^-32: only then is it scaled.
+L2_UNDERFLOW_EPS = 2.0**-32
+_FLOAT32_MAX = torch.finfo(torch.float32).max
+
+
+def _scale_of(sum_sq: torch.Tensor, underflow: torch.Tensor) -> torch.Tensor:
+    """Per row, the power of two its entries are scaled by before their norm is taken (1: none)."""
+    one = torch.ones_like(sum_sq)
+    scale = torch.where(underflow, L2_UNDERFLOW_SCALE * one, one)
+    return torch.where(sum_sq > _FLOAT32_MAX, L2_OVERFLOW_SCALE * one, scale)
+
+
+def _l2_rescale_and_clamp(delta, x, eps: Param, lower: Param, upper: Param, dtype) -> torch.Tensor:
+    """delta ([B, N], float32) into the eps ball, added to x, clamped to the bounds. The factor is
+    eps / ||delta||, taken from ||delta * scale|| when the sum of squares leaves float32's range."""
+    e = _per_sample_column(eps, x.shape[0], x.device)
+    sum_sq = (delta * delta).sum(dim=1, keepdim=True)
+    scale = _scale_of(sum_sq, (sum_sq < L2_UNDERFLOW_LIMIT) & (e < L2_UNDERFLOW_EPS))
+    scaled_norm = _l2_norm(delta * scale)
+    scaled_eps = e * scale
+    factor = torch.where(scale > 1, scaled_eps / scaled_norm, (e / scaled_norm) * scale)
+    factor = torch.where(scaled_norm > scaled_eps, factor, torch.ones_like(factor))
+    y = x.float() + (delta * factor).reshape(x.shape)
+    y = clamp(y, _broadcastable(lower, x), _broadcastable(upper, x))
+    return round_within_budget(y, x, 0.0, dtype)
 
 
 def l2_direction(g: torch.Tensor) -> torch.Tensor:
     """grad / ||grad|| per row of g ([B, N] float32), its limit where entries are infinite:
     sign(g_i) / sqrt(k) on the k infinite entries of a row and 0 elsewhere. NaN entries count as 0,
-    a zero row stays 0, and a row whose sum of squares overflows float32 with every entry finite
-    is scaled by L2_OVERFLOW_SCALE first (exact) to take its norm."""
+    a zero row stays 0, and a row whose sum of squares leaves float32's range with every entry
+    finite is scaled first (exact: L2_OVERFLOW_SCALE, L2_UNDERFLOW_SCALE) to take its norm, so
+    that any nonzero row, down to subnormal entries, gives a unit direction."""
     g = torch.where(torch.isnan(g), torch.zeros_like(g), g)
     sum_sq = (g * g).sum(dim=1, keepdim=True)
     infinite = torch.isinf(g)
     count = infinite.sum(dim=1, keepdim=True).float()
-    overflow = torch.isinf(sum_sq) & (count == 0)
-    scaled = torch.where(overflow, g * L2_OVERFLOW_SCALE, g)
+    scaled = g * _scale_of(sum_sq, sum_sq < L2_UNDERFLOW_LIMIT)
     norm = _l2_norm(scaled)
     d = torch.where(norm > 0, scaled / norm, torch.zeros_like(g))
     limit = torch.where(infinite, torch.sign(g) * (1 / count.clamp_min(1).sqrt()), torch.zeros_like(g))

@@ -157,6 +157,16 @@ if triton is not None:
             bits = tl.where(leaves, toward, bits)
             return bits.to(tl.uint16).to(out_ptr.dtype.element_ty, bitcast=True)
 
+    @triton.jit
+    def _clamp(y, lower, upper):
+        # min(max(y, lower), upper) as step_math.h's max_propagate_nan / min_propagate_nan: NaN in
+        # either operand propagates, and a tie keeps y, so a value on a bound keeps its bits (-0.0
+        # against a bound +0.0 stays -0.0). tl.maximum leaves the operand of a tie unspecified.
+        y = tl.where(lower > y, lower, y)
+        y = tl.where(lower != lower, lower, y)
+        y = tl.where(upper < y, upper, y)
+        return tl.where(upper != upper, upper, y)
+
     @triton.autotune(configs=_configs(), key=["n_elements"], restore_value=["out_ptr"])
     @triton.jit
     def _linf_kernel(
@@ -189,11 +199,7 @@ if triton is not None:
                 s = -s
             alpha = _param(alpha_ptr, alpha_value, alpha_sb, alpha_sc, b, c, mask, ALPHA_TABLE)
             y = x_adv + alpha * s
-        # NaN propagates as in torch.maximum / torch.minimum.
-        y = tl.maximum(y, x - eps, propagate_nan=tl.PropagateNan.ALL)
-        y = tl.minimum(y, x + eps, propagate_nan=tl.PropagateNan.ALL)
-        y = tl.maximum(y, lower, propagate_nan=tl.PropagateNan.ALL)
-        y = tl.minimum(y, upper, propagate_nan=tl.PropagateNan.ALL)
+        y = _clamp(_clamp(y, x - eps, x + eps), lower, upper)
         tl.store(out_ptr + offs, _within_budget(y, x, eps, out_ptr), mask=mask)
 
     def _table_strides(table):
@@ -256,23 +262,37 @@ if triton is not None:
     def _is_infinite(g):
         return tl.abs(g) > 3.4028234663852886e38  # float32's largest finite value
 
+    # step_math.h's scales of the second reductions of a sum of squares out of float32's range:
+    # 2^-80 for an overflow, 2^96 for a sum below 2^-66 (of a perturbation: only when eps < 2^-32).
+    _OVERFLOW_SCALE = tl.constexpr(8.271806125530277e-25)
+    _UNDERFLOW_SCALE = tl.constexpr(7.922816251426434e28)
+    _UNDERFLOW_LIMIT = tl.constexpr(1.3552527156068805e-20)
+    _UNDERFLOW_EPS = tl.constexpr(2.3283064365386963e-10)
+
     @triton.jit
     def _grad_sums(grad_ptr, offs, mask):
         """The sums over these entries that the direction needs (step_math.h, l2_direction): of
-        squares (NaN counts as 0), the count of infinite entries, of squares scaled by 2^-80."""
+        squares (NaN counts as 0), the count of infinite entries, of squares scaled by 2^-80, and,
+        only where the sum is below the underflow limit (else unused), scaled by 2^96."""
         g = _load_float32(grad_ptr, offs, mask, 0.0)  # masked-off lanes add 0
         g = tl.where(g == g, g, 0.0)
-        scaled = g * 8.271806125530277e-25  # 2^-80, exact
+        scaled = g * _OVERFLOW_SCALE  # exact
         count = tl.sum(tl.where(_is_infinite(g), 1.0, 0.0), axis=0)
-        return tl.sum(g * g, axis=0), count, tl.sum(scaled * scaled, axis=0)
+        sum_sq = tl.sum(g * g, axis=0)
+        up_sum_sq = (sum_sq * _UNDERFLOW_SCALE) * _UNDERFLOW_SCALE
+        if sum_sq < _UNDERFLOW_LIMIT:
+            up = g * _UNDERFLOW_SCALE
+            up_sum_sq = tl.sum(up * up, axis=0)
+        return sum_sq, count, tl.sum(scaled * scaled, axis=0), up_sum_sq
 
     @triton.jit
-    def _l2_direction(sum_sq, infinite_count, scaled_sum_sq):
+    def _l2_direction(sum_sq, infinite_count, scaled_sum_sq, up_sum_sq):
         """(scale, inverse_norm, infinite_entry) of step_math.h's L2Direction: d = (g * scale) *
         inverse_norm on finite entries, +-infinite_entry on the k infinite ones (1 / sqrt(k))."""
         overflow = sum_sq > 3.4028234663852886e38
-        scale = tl.where(overflow & (infinite_count == 0), 8.271806125530277e-25, 1.0)
-        norm = tl.sqrt_rn(tl.where(overflow, scaled_sum_sq, sum_sq))
+        underflow = sum_sq < _UNDERFLOW_LIMIT
+        scale = tl.where(overflow & (infinite_count == 0), _OVERFLOW_SCALE, tl.where(underflow, _UNDERFLOW_SCALE, 1.0))
+        norm = tl.sqrt_rn(tl.where(overflow, scaled_sum_sq, tl.where(underflow, up_sum_sq, sum_sq)))
         inverse_norm = tl.where(norm > 0, tl.div_rn(1.0, tl.where(norm > 0, norm, 1.0)), 0.0)
         inverse_norm = tl.where(overflow & (infinite_count > 0), 0.0, inverse_norm)
         infinite_entry = tl.div_rn(1.0, tl.sqrt_rn(tl.maximum(infinite_count, 1.0)))
@@ -298,16 +318,31 @@ if triton is not None:
         return tl.where(mask, delta, 0.0), x
 
     @triton.jit
-    def _l2_write(out_ptr, x, delta, delta_norm, eps, offs, mask, b, lower_ptr, upper_ptr, lower_sb, lower_sc,
+    def _delta_scale(delta_sum_sq, eps):
+        """step_math.h's l2_delta_scale: the scale of a perturbation's second reduction (1: none)."""
+        underflow = (delta_sum_sq < _UNDERFLOW_LIMIT) & (eps < _UNDERFLOW_EPS)
+        scale = tl.where(underflow, _UNDERFLOW_SCALE, 1.0)
+        return tl.where(delta_sum_sq > 3.4028234663852886e38, _OVERFLOW_SCALE, scale)
+
+    @triton.jit
+    def _rescale_factor(scaled_sum_sq, scale, eps):
+        """step_math.h's l2_rescale_factor: eps / ||delta|| (1 inside the ball), from the sum of
+        squares of delta * scale."""
+        scaled_norm = tl.sqrt_rn(scaled_sum_sq)
+        scaled_eps = eps * scale
+        outside = scaled_norm > scaled_eps
+        safe_norm = tl.where(outside, scaled_norm, 1.0)
+        factor = tl.where(scale > 1.0, tl.div_rn(scaled_eps, safe_norm), tl.div_rn(eps, safe_norm) * scale)
+        return tl.where(outside, factor, 1.0)
+
+    @triton.jit
+    def _l2_write(out_ptr, x, delta, factor, offs, mask, b, lower_ptr, upper_ptr, lower_sb, lower_sc,
                   upper_sb, upper_sc, lower_value, upper_value, channel_div, channels, LOWER_TABLE: tl.constexpr,
                   UPPER_TABLE: tl.constexpr):  # fmt: skip
-        safe_norm = tl.where(delta_norm > eps, delta_norm, 1.0)
-        factor = tl.where(delta_norm > eps, tl.div_rn(eps, safe_norm), 1.0)
         c = (offs // channel_div) % channels
         lower = _param(lower_ptr, lower_value, lower_sb, lower_sc, b, c, mask, LOWER_TABLE)
         upper = _param(upper_ptr, upper_value, upper_sb, upper_sc, b, c, mask, UPPER_TABLE)
-        y = tl.maximum(x + delta * factor, lower, propagate_nan=tl.PropagateNan.ALL)
-        y = tl.minimum(y, upper, propagate_nan=tl.PropagateNan.ALL)
+        y = _clamp(x + delta * factor, lower, upper)
         tl.store(out_ptr + offs, _within_budget(y, x, 0.0, out_ptr), mask=mask)
 
     @triton.jit
@@ -331,14 +366,19 @@ if triton is not None:
             offs = b * sample_size + idx
             scale, inverse_norm, infinite_entry = 1.0, 0.0, 0.0
             if HAS_GRAD:
-                sum_sq, infinite_count, scaled_sum_sq = _grad_sums(grad_ptr, offs, mask)
-                scale, inverse_norm, infinite_entry = _l2_direction(sum_sq, infinite_count, scaled_sum_sq)
+                sum_sq, infinite_count, scaled_sum_sq, up_sum_sq = _grad_sums(grad_ptr, offs, mask)
+                scale, inverse_norm, infinite_entry = _l2_direction(sum_sq, infinite_count, scaled_sum_sq, up_sum_sq)
             alpha = _sample_param(alpha_ptr, alpha_value, alpha_sb, b, ALPHA_TABLE)
             delta, x = _l2_delta(x_adv_ptr, grad_ptr, x_ptr, offs, mask, scale, inverse_norm, infinite_entry, alpha,
                                  HAS_GRAD, TARGETED)  # fmt: skip
-            delta_norm = tl.sqrt_rn(tl.sum(delta * delta, axis=0))
             eps = _sample_param(eps_ptr, eps_value, eps_sb, b, EPS_TABLE)
-            _l2_write(out_ptr, x, delta, delta_norm, eps, offs, mask, b, lower_ptr, upper_ptr, lower_sb, lower_sc,
+            delta_sum_sq = tl.sum(delta * delta, axis=0)
+            delta_scale = _delta_scale(delta_sum_sq, eps)
+            if delta_scale != 1.0:  # rare: a perturbation's norm out of float32's range
+                scaled_delta = delta * delta_scale
+                delta_sum_sq = tl.sum(scaled_delta * scaled_delta, axis=0)
+            factor = _rescale_factor(delta_sum_sq, delta_scale, eps)
+            _l2_write(out_ptr, x, delta, factor, offs, mask, b, lower_ptr, upper_ptr, lower_sb, lower_sc,
                       upper_sb, upper_sc, lower_value, upper_value, channel_div, channels, LOWER_TABLE,
                       UPPER_TABLE)  # fmt: skip
             b += tl.num_programs(0)
@@ -366,11 +406,13 @@ if triton is not None:
             idx = (item % n_chunks) * CHUNK + tl.arange(0, CHUNK)
             mask = idx < sample_size
             offs = b * sample_size + idx
+            eps = _sample_param(eps_ptr, eps_value, eps_sb, b, EPS_TABLE)
             if STAGE == 0:
-                sum_sq, infinite_count, scaled_sum_sq = _grad_sums(grad_ptr, offs, mask)
+                sum_sq, infinite_count, scaled_sum_sq, up_sum_sq = _grad_sums(grad_ptr, offs, mask)
                 tl.store(grad_partials_ptr + item, sum_sq)
                 tl.store(grad_partials_ptr + n_work + item, infinite_count)
                 tl.store(grad_partials_ptr + 2 * n_work + item, scaled_sum_sq)
+                tl.store(grad_partials_ptr + 3 * n_work + item, up_sum_sq)
             else:
                 scale, inverse_norm, infinite_entry = 1.0, 0.0, 0.0
                 if HAS_GRAD:
@@ -378,17 +420,40 @@ if triton is not None:
                     sum_sq = tl.sum(tl.load(row, mask=part_mask, other=0.0), axis=0)
                     infinite_count = tl.sum(tl.load(row + n_work, mask=part_mask, other=0.0), axis=0)
                     scaled_sum_sq = tl.sum(tl.load(row + 2 * n_work, mask=part_mask, other=0.0), axis=0)
-                    scale, inverse_norm, infinite_entry = _l2_direction(sum_sq, infinite_count, scaled_sum_sq)
+                    # a sample whose total underflows has every chunk below the limit: all computed
+                    up_sum_sq = tl.sum(tl.load(row + 3 * n_work, mask=part_mask, other=0.0), axis=0)
+                    scale, inverse_norm, infinite_entry = _l2_direction(sum_sq, infinite_count, scaled_sum_sq,
+                                                                        up_sum_sq)  # fmt: skip
                 alpha = _sample_param(alpha_ptr, alpha_value, alpha_sb, b, ALPHA_TABLE)
                 delta, x = _l2_delta(x_adv_ptr, grad_ptr, x_ptr, offs, mask, scale, inverse_norm, infinite_entry,
                                      alpha, HAS_GRAD, TARGETED)  # fmt: skip
                 if STAGE == 1:
-                    tl.store(delta_partials_ptr + item, tl.sum(delta * delta, axis=0))
+                    # the chunk's sum of squares of delta, and of delta scaled down and up, each
+                    # summed again only where the sample's total can need it (step_kernels.cuh's
+                    # scaled_partials): an overflowing chunk, a chunk below the limit with eps small
+                    delta_sum_sq = tl.sum(delta * delta, axis=0)
+                    down_sum_sq = (delta_sum_sq * _OVERFLOW_SCALE) * _OVERFLOW_SCALE
+                    up_sum_sq = (delta_sum_sq * _UNDERFLOW_SCALE) * _UNDERFLOW_SCALE
+                    chunk_scale = _delta_scale(delta_sum_sq, eps)
+                    if chunk_scale != 1.0:
+                        scaled = delta * chunk_scale
+                        if chunk_scale < 1.0:
+                            down_sum_sq = tl.sum(scaled * scaled, axis=0)
+                        else:
+                            up_sum_sq = tl.sum(scaled * scaled, axis=0)
+                    tl.store(delta_partials_ptr + item, delta_sum_sq)
+                    tl.store(delta_partials_ptr + n_work + item, down_sum_sq)
+                    tl.store(delta_partials_ptr + 2 * n_work + item, up_sum_sq)
                 else:
-                    delta_sq = tl.load(delta_partials_ptr + b * n_chunks + parts, mask=part_mask, other=0.0)
-                    delta_norm = tl.sqrt_rn(tl.sum(delta_sq, axis=0))
-                    eps = _sample_param(eps_ptr, eps_value, eps_sb, b, EPS_TABLE)
-                    _l2_write(out_ptr, x, delta, delta_norm, eps, offs, mask, b, lower_ptr, upper_ptr, lower_sb,
+                    row = delta_partials_ptr + b * n_chunks + parts
+                    delta_sum_sq = tl.sum(tl.load(row, mask=part_mask, other=0.0), axis=0)
+                    delta_scale = _delta_scale(delta_sum_sq, eps)
+                    # rows: plain, scaled down, scaled up
+                    pick = tl.where(delta_scale < 1.0, 1, tl.where(delta_scale > 1.0, 2, 0))
+                    if pick != 0:
+                        delta_sum_sq = tl.sum(tl.load(row + pick * n_work, mask=part_mask, other=0.0), axis=0)
+                    factor = _rescale_factor(delta_sum_sq, delta_scale, eps)
+                    _l2_write(out_ptr, x, delta, factor, offs, mask, b, lower_ptr, upper_ptr, lower_sb,
                               lower_sc, upper_sb, upper_sc, lower_value, upper_value, channel_div, channels,
                               LOWER_TABLE, UPPER_TABLE)  # fmt: skip
             item += tl.num_programs(0)
@@ -418,11 +483,12 @@ if triton is not None:
                 **flags, BLOCK_SIZE=plan.block, num_warps=4 if plan.block <= 1024 else 8,
             )  # fmt: skip
             return
-        # rows: sums of grad^2, counts of infinite entries, scaled sums of grad^2; sums of delta^2
-        partials = torch.empty((4, plan.n_work), dtype=torch.float32, device=x_adv.device)
+        # rows: of grad^2, sums, counts of infinite entries, sums scaled down and up; of delta^2, sums,
+        # sums scaled down and up
+        partials = torch.empty((7, plan.n_work), dtype=torch.float32, device=x_adv.device)
         for stage in (0, 1, 2) if flags["HAS_GRAD"] else (1, 2):
             _wrap(_l2_chunk_kernel)[grid](
-                x_adv, grad, x, out, partials[0], partials[3], *pointers, *strides, *values,
+                x_adv, grad, x, out, partials[0], partials[4], *pointers, *strides, *values,
                 sample_size, channel_div, channels, plan.n_chunks, plan.n_work, **flags,
                 STAGE=stage, CHUNK=plan.block, CHUNKS_POW2=triton.next_power_of_2(plan.n_chunks), num_warps=8,
             )  # fmt: skip

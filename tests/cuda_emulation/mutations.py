@@ -72,8 +72,8 @@ MUTATIONS = [
     Mutation(
         "wrong-partial-count",
         "cuda/step_kernels.cuh",
-        "sum_partials(delta_partials + b * chunks, chunks)",
-        "sum_partials(delta_partials + b * chunks, chunks - 1)",
+        "const float delta_sum_sq = sum_partials(row, chunks);",
+        "const float delta_sum_sq = sum_partials(row, chunks - 1);",
         "the split L2 path sums one partial of ||delta||^2 too few",
     ),
     Mutation(

@@ -573,7 +573,10 @@ def _evaluation(model, selection: Selection, attacks: list[str], options: dict, 
         settings = {"attacks": attacks, "eps": eps, "steps": steps, "batch_size": batch_size, "cascade": cascade,
                     "seed": seed, "samples": len(selection), "world_size": world,
                     # autocast changes the numbers: a resume under another amp would mix two precisions
-                    "amp": None if options["amp"] is None else str(options["amp"])}  # fmt: skip
+                    "amp": None if options["amp"] is None else str(options["amp"]),
+                    # the norm sums are over the fooled samples (before 2026-12: over all attacked);
+                    # a state of the older kind is refused rather than mixed in
+                    "norm_sums": "fooled"}  # fmt: skip
         if options.get("adaptive"):
             settings.update(adaptive=True, eot_samples=options["eot_samples"])
         sums, first_batch, skipped, saved = _Sums(len(eps), len(attacks), classes), 0, [], {}

@@ -204,3 +204,19 @@ def test_defended_plot_shows_every_model_and_one_adaptive_number(digits, tmp_pat
     for row in report["comparison"]:
         if row["reason"]:
             assert f"to {100 * row['adaptive_robust_accuracy']:.2f}% (their worst case" in row["reason"]
+
+
+def test_a_state_whose_norms_summed_over_every_attacked_sample_is_not_resumed(digits, tmp_path):
+    """Before the norms were averaged over the fooled samples, a state's norm sums were over every
+    sample attacked: resuming from one would mix the two meanings in one mean."""
+    from fastadv.checkpoint import load, save_atomic
+
+    model, x, y = digits
+    state = str(tmp_path / "eval-state.pt")
+    evaluate(model, (x, y), ["fgsm"], [0.1], batch_size=16, progress=False, state_path=state)
+    old = load(state, "evaluation")
+    del old["settings"]["norm_sums"]
+    old["next_batch"] = 1
+    save_atomic(old, state)
+    with pytest.raises(ValueError, match="changed: norm_sums"):
+        evaluate(model, (x, y), ["fgsm"], [0.1], batch_size=16, progress=False, state_path=state)

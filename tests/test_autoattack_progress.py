@@ -92,8 +92,12 @@ def test_a_state_of_another_run_is_refused(digits):
 
 def _cheap_in_evaluate(monkeypatch):
     """evaluate's "autoattack" with _cheap's budgets (its own are minutes per batch)."""
-    cheap = ev.AttackEntry("linf", AutoAttack, {"norm": "Linf", "eps": ev.EPS, "version": "custom",
-                                                "attacks_to_run": STAGES, "steps": 3, "n_queries": 30}, "seed")
+    cheap = ev.AttackEntry(
+        "linf",
+        AutoAttack,
+        {"norm": "Linf", "eps": ev.EPS, "version": "custom", "attacks_to_run": STAGES, "steps": 3, "n_queries": 30},
+        "seed",
+    )
     monkeypatch.setitem(ev.ATTACKS, "autoattack", cheap)
 
 

@@ -503,7 +503,7 @@ def test_the_perturbation_is_framed_and_a_light_upload_is_told_what_the_model_ex
     # classified without a word that the model knows white digits on black
     framed = view.picture(torch.ones(1, 16, 16), frame=True)
     assert framed.shape == (204, 204, 3) and (framed[0, 0] == view.FRAME_COLOUR).all()
-    assert (framed[view.FRAME:-view.FRAME, view.FRAME:-view.FRAME] == 255).all()
+    assert (framed[view.FRAME : -view.FRAME, view.FRAME : -view.FRAME] == 255).all()
     page = Page(explorer)
     assert page.expected_upload() == (
         "the model was trained on 16x16 grayscale images, light on a dark background, as the test images here"

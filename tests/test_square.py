@@ -309,7 +309,7 @@ def _every_position_square(torchattacks):
     instead of 0 .. H - s - 1 (its `random_int` never draws the last one, as in the original code)."""
 
     class EveryPositionSquare(torchattacks.Square):
-        def random_int(self, low=0, high=1, shape=[1]):
+        def random_int(self, low=0, high=1, shape=(1,)):
             return super().random_int(low, high + 1, shape)
 
     return EveryPositionSquare

@@ -167,8 +167,25 @@ def test_cli_eval_torchscript_batchnorm(form, tmp_path, capsys):
         torch.jit.save(_as(form, model, images[:2]), str(path))
         saved = torch.jit.load(str(path))
     np.savez(tmp_path / "data.npz", x=images.numpy(), y=labels.numpy())
-    argv = ["eval", "--model", str(path), "--data", str(tmp_path / "data.npz"), "--attacks", "fgsm,pgd", "--eps",
-            "0.1", "--steps", "2", "--out", str(tmp_path / "out"), "--workers", "0", "--quiet", "--no-plots"]
+    argv = [
+        "eval",
+        "--model",
+        str(path),
+        "--data",
+        str(tmp_path / "data.npz"),
+        "--attacks",
+        "fgsm,pgd",
+        "--eps",
+        "0.1",
+        "--steps",
+        "2",
+        "--out",
+        str(tmp_path / "out"),
+        "--workers",
+        "0",
+        "--quiet",
+        "--no-plots",
+    ]
     assert main(argv) == 0, capsys.readouterr().err
     assert (tmp_path / "out" / "report.json").exists()
     with warnings.catch_warnings():

@@ -72,8 +72,10 @@ def _set_mode(model: nn.Module, train: bool) -> None:
         model.train() if train else model.eval()
     except NotImplementedError:  # torch.export's program.module(): "Calling eval() is not supported yet."
         if train:
-            raise ValueError("model_mode='train': the model is a torch.export program, whose graph runs in the mode "
-                             "it was exported in; export it in train mode and use model_mode='unchanged'") from None
+            raise ValueError(
+                "model_mode='train': the model is a torch.export program, whose graph runs in the mode "
+                "it was exported in; export it in train mode and use model_mode='unchanged'"
+            ) from None
         # eval: fastadv's loader refuses programs exported in train mode; others run as exported
 
 

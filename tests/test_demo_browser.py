@@ -193,6 +193,13 @@ def test_the_explorer_in_a_browser(digits, server, browser, tmp_path):
     assert shown[LARGE_EPS]["adv"] != str(clean_class) and shown[LARGE_EPS]["success"] == "yes"
     assert "top-5" in _text(browser, "top-adversarial")
 
+    # the numbers beside the images, above the fold of a 1400 x 1757 window (they once sat under it)
+    bottoms = browser.execute_script(
+        "return ['summary', 'adversarial', 'top-adversarial'].map("
+        "id => document.getElementById(id).getBoundingClientRect().bottom + window.scrollY)"
+    )
+    assert max(bottoms) <= 1757, f"below the fold: {bottoms}"
+
     screenshot = Path(os.environ.get("FASTADV_DEMO_SCREENSHOT") or tmp_path / "demo.png")
     browser.save_screenshot(str(screenshot))
     from PIL import Image

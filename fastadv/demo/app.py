@@ -26,6 +26,7 @@ from .uploads import ACCEPTED, UploadError, read_upload
 log = logging.getLogger("fastadv.demo")
 GALLERY = 20  # test images shown in the gallery
 LIVE = {"concurrency_id": "explore", "concurrency_limit": 1, "show_progress": "hidden"}
+IMAGE_HEIGHT = 220  # pixels: the three images, their top-5 and the numbers fit above the fold together
 # the Markdown image of the README and docs/demo.md is taken from a page built here
 
 
@@ -243,15 +244,20 @@ def build_app(explorer: Explorer, defense: str = defenses.NO_DEFENSE, adaptive: 
                                              label="target class", elem_id="target")  # fmt: skip
                         seed = gr.Number(0, label="seed", precision=0, minimum=0, elem_id="seed")
             message = gr.Markdown(elem_id="message")
-            with gr.Row():
-                clean_image = gr.Image(label="clean", interactive=False, elem_id="clean")
-                adv_image = gr.Image(label="adversarial", interactive=False, elem_id="adversarial")
-                delta_image = gr.Image(label="perturbation (amplified to the full range)", interactive=False,
-                                       elem_id="perturbation")  # fmt: skip
-            with gr.Row():
-                clean_top = gr.Label(num_top_classes=5, label="top-5 before", elem_id="top-clean")
-                adv_top = gr.Label(num_top_classes=5, label="top-5 after", elem_id="top-adversarial")
-            summary = gr.Markdown(elem_id="summary")
+            # the numbers beside the images, not under them: both in view on a laptop's screen
+            with gr.Row(equal_height=False):
+                with gr.Column(scale=3):
+                    with gr.Row():
+                        clean_image = gr.Image(label="clean", interactive=False, height=IMAGE_HEIGHT, elem_id="clean")
+                        adv_image = gr.Image(label="adversarial", interactive=False, height=IMAGE_HEIGHT,
+                                             elem_id="adversarial")  # fmt: skip
+                        delta_image = gr.Image(label="perturbation (amplified to the full range)", interactive=False,
+                                               height=IMAGE_HEIGHT, elem_id="perturbation")  # fmt: skip
+                    with gr.Row():
+                        clean_top = gr.Label(num_top_classes=5, label="top-5 before", elem_id="top-clean")
+                        adv_top = gr.Label(num_top_classes=5, label="top-5 after", elem_id="top-adversarial")
+                with gr.Column(scale=2):
+                    summary = gr.Markdown(elem_id="summary")
         with gr.Tab("Robustness curve"):
             curve_names = [name for name, choice in ATTACKS.items() if choice.curve_name]
             with gr.Row():

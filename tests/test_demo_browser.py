@@ -259,8 +259,11 @@ def test_the_robustness_curve_in_a_browser(digits, server, browser):
         report = json.load(response)
     expected = evaluate(model, (images[:10], labels[:10]), ["fgsm", "pgd"], [0.1, 0.2], steps=5, batch_size=1,
                         seed=0, progress=False)  # fmt: skip
-    expected.update(model=f"digits small_cnn (cached at {cache / 'digits-small_cnn-standard.pt'})", data="digits",
-                    classes={str(d): d for d in range(10)})  # the page names the digits as fastadv eval does
+    expected.update(
+        model=f"digits small_cnn (cached at {cache / 'digits-small_cnn-standard.pt'})",
+        data="digits",
+        classes={str(d): d for d in range(10)},
+    )  # the page names the digits as fastadv eval does
     assert without_timings(report) == without_timings(expected)
     browser.find_element(By.CSS_SELECTOR, "#curve-go").click()
     _wait(lambda: _text(browser, "curve-message").startswith("from the cache: 10 samples"), "the cached curve")

@@ -404,6 +404,11 @@ class AutoAttack:
             warnings.warn(PROBABILITIES, AutoAttackWarning, stacklevel=3)
         if grad is None or float(_masked(grad).float().mean()) > 0.5:
             warnings.warn(MASKED, AutoAttackWarning, stacklevel=3)
+        if first.shape[1] < 4 and any(isinstance(stage, APGDT) for _, stage in self.stages):
+            # found here, before any stage runs: APGD-T would fail only once samples reach it
+            raise ValueError(f"model: AutoAttack's APGD-T stage (targeted DLR loss) needs at least 4 classes, the "
+                             f"model has {first.shape[1]}; use version='custom' with attacks_to_run without "
+                             "'apgd-t'")  # fmt: skip
         targeted = [name.upper() for name, _ in self.stages if name in ("apgd-t", "fab-t")]
         if targeted and self.n_target_classes > first.shape[1] - 1:
             verb = "aim" if len(targeted) > 1 else "aims"

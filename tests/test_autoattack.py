@@ -244,6 +244,21 @@ def test_more_targets_than_classes(digits):
                       "set n_classes=10"]  # fmt: skip
 
 
+def test_fewer_than_four_classes_are_refused_before_any_stage_when_apgd_t_runs():
+    """A 3-class model: APGD-T's DLR loss needs 4 classes. Refused at the start, with the way out,
+    not after APGD-CE has run and only if samples survive it; without APGD-T it runs."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 3)).eval()
+    x = torch.rand(6, 3, 8, 8)
+    y = model(x).argmax(1)  # every sample classified correctly: all of them would reach a stage
+    with pytest.raises(
+        ValueError, match=r"APGD-T stage \(targeted DLR loss\) needs at least 4 classes, the model has 3"
+    ):
+        AutoAttack(model, eps=1e-4, version="standard", seed=0)(x, y)
+    adv = AutoAttack(model, eps=1e-4, version="custom", attacks_to_run=["apgd-ce"], steps=2, seed=0)(x, y)
+    assert adv.shape == x.shape
+
+
 # ---- evaluate and the command line ----
 
 

@@ -195,10 +195,10 @@ if triton is not None:
         if HAS_GRAD:
             g = _load_float32(grad_ptr, offs, mask, 0.0)
             s = tl.where(g > 0, 1.0, tl.where(g < 0, -1.0, 0.0))  # NaN compares false: sign 0
-            if TARGETED:
-                s = -s
             alpha = _param(alpha_ptr, alpha_value, alpha_sb, alpha_sc, b, c, mask, ALPHA_TABLE)
-            y = x_adv + alpha * s
+            # targeted: x_adv - alpha * s, bit for bit x_adv + alpha * (-s) as the contract says;
+            # not `-s`, which Triton 3.6 computes as 0 - s and so turns a zero's -0.0 into +0.0
+            y = x_adv - alpha * s if TARGETED else x_adv + alpha * s
         y = _clamp(_clamp(y, x - eps, x + eps), lower, upper)
         tl.store(out_ptr + offs, _within_budget(y, x, eps, out_ptr), mask=mask)
 
@@ -310,9 +310,8 @@ if triton is not None:
             # times 1 / ||grad|| (0 for a zero gradient), as the C++ kernels do (step_math.h)
             d = (tl.where(g == g, g, 0.0) * scale) * inverse_norm  # NaN entries count as 0
             d = tl.where(_is_infinite(g), tl.where(g > 0, infinite_entry, -infinite_entry), d)
-            if TARGETED:
-                d = -d
-            delta = (x_adv + alpha * d) - x
+            # (targeted: minus, not `-d`, as in the L-inf kernel)
+            delta = ((x_adv - alpha * d) if TARGETED else (x_adv + alpha * d)) - x
         else:
             delta = x_adv - x
         return tl.where(mask, delta, 0.0), x

@@ -196,7 +196,7 @@ def test_a_stale_lock_of_a_dead_process_is_taken_over(files):
 
 
 @pytest.mark.slow
-def test_torchrun_every_rank_reports_a_bad_model_in_one_line(files, tmp_path):
+def test_torchrun_reports_a_bad_model_in_one_line(files, tmp_path):
     whole = (files / "model.pt").read_bytes()
     (files / "trunc.pt").write_bytes(whole[: len(whole) // 2])
     out = tmp_path / "out"
@@ -206,8 +206,10 @@ def test_torchrun_every_rank_reports_a_bad_model_in_one_line(files, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
     errors = [line for line in done.stderr.splitlines() if line.startswith("fastadv eval: error: --model")]
-    # (torchrun's launcher prints its own traceback, ChildFailedError, when a rank exits with 2)
-    assert len(errors) == 2, done.stderr
+    # (torchrun's launcher prints its own traceback, ChildFailedError, when a rank exits with 2, and
+    # SIGTERMs the other rank at once: that rank may be stopped before it prints, so one line or two)
+    assert len(errors) in (1, 2) and len(set(errors)) == 1, done.stderr
+    assert done.returncode != 0
     assert "FileNotFoundError" not in done.stderr and "fastadv/cli" not in done.stderr, done.stderr
     assert not out.exists()
 

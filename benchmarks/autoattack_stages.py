@@ -19,7 +19,7 @@ import time
 import torch
 
 from fastadv import APGDT
-from fastadv.autoattack import AutoAttack
+from fastadv.attacks.autoattack import AutoAttack
 from fastadv.bench import attack
 
 

@@ -31,7 +31,7 @@ def autoattack_ratio(samples: int = 32, steps: int = 10, rounds: int = 3) -> dic
         import torchattacks  # noqa: F401
     except ImportError:
         return None
-    from fastadv.autoattack import AutoAttack
+    from fastadv.attacks.autoattack import AutoAttack
     from fastadv.bench import attack
 
     model, x, y = attack.make_case("digits-cnn", samples, torch.device("cpu"))

@@ -63,9 +63,9 @@ __all__ = [
     "__version__",
 ]
 
-_SUBMODULES = ("attacks", "autoattack", "backends", "bench", "data", "datasets", "defenses", "demo", "evaluate",
+_SUBMODULES = ("attacks", "backends", "bench", "data", "datasets", "defenses", "demo", "evaluate",
                "models", "ops", "plots", "recipes", "train")  # fmt: skip
-_LAZY_NAMES = {"AutoAttack": "autoattack", "AutoAttackLite": "autoattack"}
+_LAZY_NAMES = {"AutoAttack": "attacks.autoattack", "AutoAttackLite": "attacks.autoattack"}
 
 
 def __getattr__(name: str):

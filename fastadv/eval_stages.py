@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from .autoattack import AutoAttackState
+from .attacks.autoattack import AutoAttackState
 
 
 class BatchStages:

@@ -31,7 +31,7 @@ from torch import nn
 from . import _validate as check
 from . import ops
 from .attacks import FGSM, PGD
-from .attacks._model_state import attack_mode
+from .attacks.model_mode import attack_mode
 from .checkpoint import fingerprint
 from .defenses.distill import distillation_loss, soft_labels
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import fastadv
-from fastadv.autoattack import AutoAttack
+from fastadv.attacks.autoattack import AutoAttack
 
 
 @pytest.fixture(scope="module")

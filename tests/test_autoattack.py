@@ -10,7 +10,7 @@ import torch
 from helpers import accuracy, assert_unchanged, digits_model, snapshot
 
 import fastadv
-from fastadv.autoattack import STAGES, VERSIONS, AutoAttack, AutoAttackLite, AutoAttackWarning
+from fastadv.attacks.autoattack import STAGES, VERSIONS, AutoAttack, AutoAttackLite, AutoAttackWarning
 from fastadv.evaluate import evaluate
 
 

@@ -11,9 +11,11 @@ import pytest
 import torch
 from helpers import assert_same_report
 
+import fastadv
+import fastadv.attacks.catalog as catalog
 import fastadv.evaluate as ev
 from fastadv import models
-from fastadv.autoattack import AutoAttack, AutoAttackState
+from fastadv.attacks.autoattack import AutoAttack, AutoAttackState
 from fastadv.cli import main
 from fastadv.evaluate import evaluate
 
@@ -92,13 +94,20 @@ def test_a_state_of_another_run_is_refused(digits):
 
 def _cheap_in_evaluate(monkeypatch):
     """evaluate's "autoattack" with _cheap's budgets (its own are minutes per batch)."""
-    cheap = ev.AttackEntry(
+    cheap = catalog.AttackEntry(
         "linf",
         AutoAttack,
-        {"norm": "Linf", "eps": ev.EPS, "version": "custom", "attacks_to_run": STAGES, "steps": 3, "n_queries": 30},
+        {
+            "norm": "Linf",
+            "eps": catalog.EPS,
+            "version": "custom",
+            "attacks_to_run": STAGES,
+            "steps": 3,
+            "n_queries": 30,
+        },
         "seed",
     )
-    monkeypatch.setitem(ev.ATTACKS, "autoattack", cheap)
+    monkeypatch.setitem(catalog.ATTACKS, "autoattack", cheap)
 
 
 def test_an_evaluation_stopped_mid_autoattack_resumes_from_the_last_stage(digits, tmp_path, monkeypatch):
@@ -122,14 +131,14 @@ def test_an_evaluation_stopped_mid_autoattack_resumes_from_the_last_stage(digits
     with pytest.raises(KeyboardInterrupt):
         evaluate(model, (x, y), state_path=state, **args)
     monkeypatch.setattr(ev, "save_atomic", real_save)
-    runs, fgsm_runs, real_run, real_fgsm = [], [], AutoAttack.run, ev.FGSM.run
+    runs, fgsm_runs, real_run, real_fgsm = [], [], AutoAttack.run, fastadv.FGSM.run
 
     def recorded(self, images, labels, batch_size=250, **hooks):
         runs.append(hooks.get("resume"))
         return real_run(self, images, labels, batch_size, **hooks)
 
     monkeypatch.setattr(AutoAttack, "run", recorded)
-    monkeypatch.setattr(ev.FGSM, "run", lambda self, *a, **k: fgsm_runs.append(1) or real_fgsm(self, *a, **k))
+    monkeypatch.setattr(fastadv.FGSM, "run", lambda self, *a, **k: fgsm_runs.append(1) or real_fgsm(self, *a, **k))
     resumed = evaluate(model, (x, y), state_path=state, **args)
     assert_same_report(resumed, whole)
     assert runs[0] is not None and runs[0].next_stage == 2 and runs[0].stage == "apgd-t", "not from the batch's start"
@@ -165,11 +174,14 @@ def test_the_command_line_prints_each_stage(digits, tmp_path, capsys):
 _RUN = """
 import json, sys, time, torch
 import fastadv.evaluate as ev
+import fastadv
+import fastadv.attacks.catalog as catalog
 from fastadv import models
-from fastadv.autoattack import AutoAttack
+from fastadv.attacks.autoattack import AutoAttack
 from fastadv.datasets import digits
 torch.set_num_threads(1)
-ev.ATTACKS["autoattack"] = ev.AttackEntry("linf", AutoAttack, {"norm": "Linf", "eps": ev.EPS, "version": "custom",
+catalog.ATTACKS["autoattack"] = catalog.AttackEntry("linf", AutoAttack, {
+    "norm": "Linf", "eps": catalog.EPS, "version": "custom",
     "attacks_to_run": ["apgd-ce", "apgd-t", "fab-t", "square"], "steps": 3, "n_queries": 30}, "seed")
 model = models.load(sys.argv[3])
 forward = model.forward

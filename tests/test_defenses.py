@@ -261,7 +261,7 @@ def test_eot_is_the_mean_gradient(digits_model):
     random_model = Defended(model, [RandomResizePad(0.8, generator=torch.Generator().manual_seed(0))])
     attack = pgd(random_model, 3)
     call = attack._prepare(x, y)[2]
-    with fastadv.attacks._model_state.attack_mode(random_model, "eval"):
+    with fastadv.attacks.model_mode.attack_mode(random_model, "eval"):
         _, _, grad = attack._loss_and_grad(x.clone(), y, call)
         random_model.transforms[0].generator.manual_seed(0)
         grads = []

@@ -12,7 +12,7 @@ from helpers import CountingModel, digits_model
 
 import fastadv
 from fastadv.attacks._cuda_graph import GraphedSteps
-from fastadv.attacks._model_state import attack_mode
+from fastadv.attacks.model_mode import attack_mode
 
 needs_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU")
 

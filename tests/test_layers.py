@@ -17,8 +17,7 @@ LAYERS = [
     ("train", ["fastadv.train"]),
     ("recipes", ["fastadv.recipes"]),
     ("evaluate", ["fastadv.evaluate", "fastadv.eval_stages", "fastadv.plots"]),
-    ("autoattack", ["fastadv.autoattack"]),
-    ("models and data", ["fastadv.models", "fastadv.model_formats", "fastadv.datasets", "fastadv.checkpoint"]),
+    ("models and data", ["fastadv.models", "fastadv.model_formats", "fastadv.datasets"]),
     ("streamed data", ["fastadv.data"]),
     ("attacks", ["fastadv.attacks"]),
     ("defenses", ["fastadv.defenses"]),
@@ -26,7 +25,14 @@ LAYERS = [
     ("backends", ["fastadv.backends", "fastadv._C"]),
     (
         "utilities",
-        ["fastadv._validate", "fastadv._environment", "fastadv._distributed", "fastadv._cascade", "fastadv._version"],
+        [
+            "fastadv._validate",
+            "fastadv._environment",
+            "fastadv._distributed",
+            "fastadv._cascade",
+            "fastadv._version",
+            "fastadv.checkpoint",
+        ],
     ),
 ]
 

@@ -10,7 +10,7 @@ import fastadv
 def test_every_public_name_resolves():
     for name in fastadv.__all__:
         assert getattr(fastadv, name) is not None, name
-    assert fastadv.AutoAttackLite is fastadv.autoattack.AutoAttackLite
+    assert fastadv.AutoAttackLite is fastadv.attacks.autoattack.AutoAttackLite
     assert callable(fastadv.evaluate.evaluate) and callable(fastadv.models.small_cnn)
     assert callable(fastadv.datasets.digits) and callable(fastadv.train.fit)
     assert {"models", "datasets", "evaluate", "AutoAttackLite"} <= set(dir(fastadv))

@@ -24,7 +24,7 @@ from .. import ops
 from .._checks import to_param
 from ..defenses.context import adaptive_gradients
 from ._losses import is_success, per_sample_loss
-from ._model_state import MODEL_MODES, attack_mode, callable_model
+from .model_mode import MODEL_MODES, attack_mode, callable_model
 from .params import Params, per_sample
 from .result import AttackResult, Best, finite_rows
 

@@ -56,7 +56,7 @@ import torch
 import torch.nn.functional as F
 
 from ..attacks import APGD, CW, PGD
-from ..autoattack import AutoAttack
+from ..attacks.autoattack import AutoAttack
 from ..datasets import digits
 from ..models import resnet18, small_cnn, standard_digits_model
 from . import peers

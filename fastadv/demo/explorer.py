@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..attacks._model_state import attack_mode
+from ..attacks.model_mode import attack_mode
 from ..checkpoint import fingerprint
 from ..evaluate import within_budget
 from .defenses import NO_DEFENSE, defended

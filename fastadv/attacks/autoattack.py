@@ -12,12 +12,15 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from . import _validate as check
-from ._cascade import StageRun, run_cascade
-from .attacks import APGD, APGDT, FAB, Attack, Square, UnsupportedOption
-from .attacks._model_state import attack_mode
-from .attacks.base import GRADIENT_OPTIONS
-from .checkpoint import rng_state, set_rng_state
+from .. import _validate as check
+from .._cascade import StageRun, run_cascade
+from ..checkpoint import rng_state, set_rng_state
+from .apgd import APGD
+from .apgdt import APGDT
+from .base import GRADIENT_OPTIONS, Attack, UnsupportedOption
+from .fab import FAB
+from .model_mode import attack_mode
+from .square import Square
 
 # The attacks of each version, in the order they run (the original's `attacks_to_run`).
 VERSIONS = {

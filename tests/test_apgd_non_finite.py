@@ -5,7 +5,7 @@ iterates finite, so a backend that writes NaN into one sample's step stands in f
 import torch
 
 import fastadv
-from fastadv.backends import BACKENDS, reference
+from fastadv.backends import BACKENDS, torch_backend
 
 
 class _NaNStepOnce:
@@ -15,10 +15,10 @@ class _NaNStepOnce:
         self.at, self.calls = at, 0
 
     def __getattr__(self, name):
-        return getattr(reference, name)
+        return getattr(torch_backend, name)
 
     def linf_step_into(self, *args):
-        result = reference.linf_step_into(*args)
+        result = torch_backend.linf_step_into(*args)
         self.calls += 1
         if self.calls == self.at:
             args[-1][0] = float("nan")  # `out`

@@ -10,7 +10,7 @@ import torch
 from helpers import FAST_BACKENDS, assert_close, require_backend, to_layout
 
 import fastadv
-from fastadv.backends.reference import l2_direction
+from fastadv.backends.torch_backend import l2_direction
 
 INF, NAN = float("inf"), float("nan")
 

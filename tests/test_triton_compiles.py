@@ -23,7 +23,7 @@ SCRIPT = textwrap.dedent(
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
-    from fastadv.backends import triton_kernels as backend
+    from fastadv.backends import triton_backend as backend
 
     def signature(fn, xt, gt, it):
         types = {}

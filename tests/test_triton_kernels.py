@@ -11,7 +11,7 @@ import torch
 from helpers import assert_exact, require_backend
 
 import fastadv
-from fastadv.backends import triton_kernels as triton_backend
+from fastadv.backends import triton_backend
 
 pytestmark = [pytest.mark.slow, pytest.mark.triton]  # the Triton interpreter
 

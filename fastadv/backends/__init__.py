@@ -10,7 +10,7 @@ from typing import Protocol
 
 import torch
 
-from . import extension, reference, triton_kernels
+from . import extension, torch_backend, triton_backend
 from .params import Param
 
 
@@ -35,8 +35,8 @@ class Backend(Protocol):
 _REQUIRED = ("unavailable_reason", "linf_step_into", "linf_project_into", "l2_step_into", "l2_project_into")
 
 BACKENDS: dict[str, Backend] = {
-    "torch": reference,
-    "triton": triton_kernels,
+    "torch": torch_backend,
+    "triton": triton_backend,
     "cpu": extension.cpu,
     "cuda": extension.cuda,
 }

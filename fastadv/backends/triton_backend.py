@@ -6,7 +6,7 @@ Three layers with one name each: the @triton.jit kernels (_linf_kernel, _l2_samp
 _l2_chunk_kernel), their launchers (_launch_linf, _launch_l2) and the registered ops, which the
 public fastadv.ops functions call through backends/step_ops.py. Runs on CUDA tensors, and on CPU
 tensors under TRITON_INTERPRET=1 (how the tests check it without a GPU). Importing this module
-never touches a GPU. (Named triton_kernels so that it does not shadow the triton package.)
+never touches a GPU. (Named triton_backend so that it does not shadow the triton package.)
 """
 
 import os

@@ -30,7 +30,7 @@ import time
 import torch
 
 import fastadv
-from fastadv.backends.extension import cpu_isa
+from fastadv.backends.cpu_backend import cpu_isa
 from fastadv.bench.step import L2_ALPHA, L2_EPS, LINF_ALPHA, LINF_EPS, eager_chain, eager_l2
 
 SHAPE = (16, 3, 96, 96)  # 442K elements: 27K per sample, past the L1 and L2 caches of a core

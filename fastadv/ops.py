@@ -1,4 +1,5 @@
-"""The public op API: argument checks, backend choice, layouts. Contract: DESIGN.md, "The op contract".
+"""The public op API: argument checks, layouts, and the backend choice (check_backend_name,
+resolve_backend: backends/__init__.py). Contract: DESIGN.md, "The op contract".
 
 An attack calls these functions, never a kernel. Tensors reach the backends in one native
 memory layout (contiguous or channels_last): other strides are copied in, and `out` keeps
@@ -20,7 +21,7 @@ from ._checks import (
     native_format,
     to_param,
 )
-from .backends import available_backends, check_name, resolve, select_backend
+from .backends import BACKENDS, available_backends, check_backend_name, resolve_backend
 
 __all__ = [
     "linf_step",
@@ -31,20 +32,6 @@ __all__ = [
     "check_backend_name",
     "resolve_backend",
 ]
-
-
-def check_backend_name(backend: object) -> str:
-    """`backend` if it is "auto" or a backend's name (see :func:`available_backends`), else a
-    TypeError or ValueError naming the argument. Availability is checked when the ops run."""
-    return check_name(backend)
-
-
-def resolve_backend(backend: str = "auto", device: torch.device | str = "cpu") -> str:
-    """The backend the ops use for `backend` on tensors of `device`: the name itself, or for
-    "auto" the FASTADV_BACKEND environment variable or else the fastest available one (cpu for
-    CPU tensors; cuda, then triton, for GPU tensors; torch otherwise). Raises ValueError for an
-    unknown name and RuntimeError, saying why, when the backend cannot run there."""
-    return resolve(check_name(backend), torch.device(device))
 
 
 def linf_step(
@@ -186,7 +173,7 @@ def _check_common(norm: str, x_adv, grad, x, eps, lower, upper, out, backend):
     check_bounds(lower_p, upper_p)
     if out is not None:
         check_out(out, x_adv, grad, x)
-    return eps_p, lower_p, upper_p, select_backend(backend, x_adv.device)
+    return eps_p, lower_p, upper_p, BACKENDS[resolve_backend(backend, x_adv.device)]
 
 
 def _run_in_native_layout(

@@ -1,18 +1,17 @@
-"""Test set-up: without a GPU, Triton kernels run on CPU tensors in the interpreter (the variable
-must be set before fastadv, and so Triton's @jit, is imported); the emulated CUDA backends are
-registered; the session's digits model. Shared helpers are in helpers.py."""
+"""Test set-up: without a GPU, Triton kernels run on CPU tensors in the interpreter (the triton
+backend reads TRITON_INTERPRET at each launch); the emulated CUDA backends are registered; the
+session's digits model. Shared helpers are in helpers.py."""
 
 import os
 
+import pytest
 import torch
+from cuda_emulation import backend as cuda_emulation
+
+from fastadv.backends import BACKENDS, register_backend
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
-
-import pytest  # noqa: E402
-from cuda_emulation import backend as cuda_emulation  # noqa: E402
-
-from fastadv.backends import BACKENDS, register_backend  # noqa: E402
 
 # The CUDA kernels compiled for the host (tests/cuda_emulation), in three thread orders: every
 # op test that runs the fast backends runs them too. They build on first use (about a minute).

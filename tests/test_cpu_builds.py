@@ -17,7 +17,7 @@ import torch
 from helpers import DTYPES, PARAM_KINDS, assert_close, assert_exact, make_inputs, make_params, require_backend
 
 import fastadv
-from fastadv.backends import extension
+from fastadv.backends import cpu_backend
 
 # Tails of every vector width (8, 16) and of the 1024-element float16 chunk, samples that span
 # several chunks, a sample larger than the parallel grain (32768), C == 1 and a 2-D input.
@@ -25,14 +25,14 @@ SHAPES = [(1,), (37,), (3, 3, 17, 19), (2, 3, 40, 41), (2, 3, 100, 111), (2, 1, 
 LAYOUTS = ("contiguous", "channels_last")
 
 
-@pytest.fixture(params=extension.CPU_ISAS)
+@pytest.fixture(params=cpu_backend.CPU_ISAS)
 def isa(request):
     """Runs the test under one build of the CPU loop (skipped where this CPU cannot run it)."""
     require_backend("cpu", "cpu")
-    if request.param not in extension.cpu_isas():
+    if request.param not in cpu_backend.cpu_isas():
         pytest.skip(f"this CPU cannot run the {request.param} build")
-    with extension.use_cpu_isa(request.param):
-        assert extension.cpu_isa() == request.param
+    with cpu_backend.use_cpu_isa(request.param):
+        assert cpu_backend.cpu_isa() == request.param
         yield request.param
 
 
@@ -203,9 +203,9 @@ def test_l2_project_matches_reference(isa, dtype):
 
 def test_cpu_isas_match_the_cpu_flags():
     require_backend("cpu", "cpu")
-    isas = extension.cpu_isas()
-    assert isas[0] == "baseline" and set(isas) <= set(extension.CPU_ISAS)
-    assert extension.cpu_isa() == isas[-1] or os.environ.get("FASTADV_CPU_ISA")
+    isas = cpu_backend.cpu_isas()
+    assert isas[0] == "baseline" and set(isas) <= set(cpu_backend.CPU_ISAS)
+    assert cpu_backend.cpu_isa() == isas[-1] or os.environ.get("FASTADV_CPU_ISA")
     try:
         flags = set(next(line for line in open("/proc/cpuinfo") if line.startswith("flags")).split())
     except (OSError, StopIteration):
@@ -216,16 +216,16 @@ def test_cpu_isas_match_the_cpu_flags():
 
 def test_use_cpu_isa_restores_and_rejects():
     require_backend("cpu", "cpu")
-    before = extension.cpu_isa()
-    with extension.use_cpu_isa("baseline"):
-        assert extension.cpu_isa() == "baseline"
-    assert extension.cpu_isa() == before
+    before = cpu_backend.cpu_isa()
+    with cpu_backend.use_cpu_isa("baseline"):
+        assert cpu_backend.cpu_isa() == "baseline"
+    assert cpu_backend.cpu_isa() == before
     with pytest.raises(ValueError, match="name must be one of baseline, avx2, avx512, got 'sse4'"):
-        with extension.use_cpu_isa("sse4"):
+        with cpu_backend.use_cpu_isa("sse4"):
             pass
     with pytest.raises(RuntimeError, match="set_cpu_isa: name must be one of"):
         torch.ops.fastadv.set_cpu_isa("sse4")
-    assert extension.cpu_isa() == before
+    assert cpu_backend.cpu_isa() == before
 
 
 def _run_with_env(value: str, code: str) -> subprocess.CompletedProcess:
@@ -236,7 +236,7 @@ def _run_with_env(value: str, code: str) -> subprocess.CompletedProcess:
 def test_environment_variable_chooses_the_build():
     require_backend("cpu", "cpu")
     code = (
-        "import torch, fastadv\nfrom fastadv.backends import extension\nprint(extension.cpu_isa())\n"
+        "import torch, fastadv\nfrom fastadv.backends import extension\nprint(cpu_backend.cpu_isa())\n"
         "x = torch.rand(10)\nfastadv.linf_step(x, x, x, 0.1, 0.1, backend='cpu')\n"
     )
     done = _run_with_env("baseline", code)
@@ -244,7 +244,7 @@ def test_environment_variable_chooses_the_build():
     done = _run_with_env("avx1024", code)
     assert done.returncode != 0
     assert "FASTADV_CPU_ISA must be one of baseline, avx2, avx512 or auto, got 'avx1024'" in done.stderr
-    missing = [name for name in extension.CPU_ISAS if name not in extension.cpu_isas()]
+    missing = [name for name in cpu_backend.CPU_ISAS if name not in cpu_backend.cpu_isas()]
     if missing:  # a CPU without AVX-512 (or AVX2): asking for it names the variable
         done = _run_with_env(missing[-1], code)
         assert done.returncode != 0 and f"FASTADV_CPU_ISA='{missing[-1]}': this CPU cannot run" in done.stderr
@@ -258,7 +258,7 @@ def test_rounding_rule_at_sixteen_lanes(tmp_path):
     if compiler is None or sys.platform != "linux":
         pytest.skip("no g++ to build tests/cpu_lanes/rule_lanes.cpp")
     root = Path(__file__).resolve().parents[1]
-    isa = ["-mavx2", "-mfma"] if "avx2" in extension.cpu_isas() else []
+    isa = ["-mavx2", "-mfma"] if "avx2" in cpu_backend.cpu_isas() else []
     binary = tmp_path / "rule_lanes"
     source = root / "tests" / "cpu_lanes" / "rule_lanes.cpp"
     flags = ["-std=c++20", "-O2", "-Wno-psabi", *isa, f"-I{root / 'csrc'}", "-o", str(binary), str(source)]

@@ -8,7 +8,7 @@ from cuda_emulation import backend as cuda_emulation
 from helpers import assert_exact, require_backend
 
 import fastadv
-from fastadv.backends import BACKENDS, select_backend
+from fastadv.backends import BACKENDS, resolve_backend
 
 
 def _op_samples(device="cpu", per_channel_eps=True):
@@ -94,10 +94,10 @@ def test_auto_choice_and_environment_override(monkeypatch):
     monkeypatch.delenv("FASTADV_BACKEND", raising=False)
     cpu = torch.device("cpu")
     expected = "cpu" if BACKENDS["cpu"].unavailable_reason(cpu) is None else "torch"
-    assert select_backend("auto", cpu) is BACKENDS[expected]
+    assert BACKENDS[resolve_backend("auto", cpu)] is BACKENDS[expected]
     monkeypatch.setenv("FASTADV_BACKEND", "torch")
-    assert select_backend("auto", cpu) is BACKENDS["torch"]
-    assert select_backend("cpu", cpu) is BACKENDS["cpu"] or expected == "torch"  # explicit beats env
+    assert BACKENDS[resolve_backend("auto", cpu)] is BACKENDS["torch"]
+    assert BACKENDS[resolve_backend("cpu", cpu)] is BACKENDS["cpu"] or expected == "torch"  # explicit beats env
 
 
 def test_the_build_has_what_ci_asked_for():

@@ -25,7 +25,7 @@ def assert_close(actual, expected, context=""):
 
 def require_interpreter():
     require_backend("triton", "cpu")
-    if not triton_backend._INTERPRET:
+    if not triton_backend.interpreting():
         pytest.skip("needs Triton's interpreter (TRITON_INTERPRET=1, set by conftest.py without a GPU)")
 
 

@@ -1,7 +1,8 @@
-"""Backend registry and choice. A backend is anything that fulfils `Backend` (below): the
-reference module, the Triton module, the C++ extension's `cpu` and `cuda` objects, and the
-emulated CUDA backends the tests register. The public ops (fastadv/ops.py) check the arguments,
-pick a backend here and call it."""
+"""Backend registry and choice. A backend is anything that fulfils `Backend` (below); each
+built-in one lives in the module named after it: `torch` (torch_backend.py, the reference),
+`triton` (triton_backend.py), `cpu` (cpu_backend.py) and `cuda` (cuda_backend.py), the last two
+over the C++ extension (extension.py). The tests register emulated CUDA backends. The public ops
+(fastadv/ops.py) check the arguments, pick a backend here (`resolve_backend`) and call it."""
 
 from __future__ import annotations
 
@@ -10,8 +11,18 @@ from typing import Protocol
 
 import torch
 
-from . import extension, torch_backend, triton_backend
+from . import torch_backend
+from .cpu_backend import cpu
+from .cuda_backend import cuda
 from .params import Param
+
+try:  # the one guarded import of Triton: triton_backend imports it at its top
+    import triton  # noqa: F401
+except ImportError as error:  # fastadv works without Triton; the backend says why it is missing
+    _TRITON_MISSING = f"Triton is not installed ({error}); pip install triton"
+else:
+    _TRITON_MISSING = None
+    from . import triton_backend
 
 
 class Backend(Protocol):
@@ -32,13 +43,28 @@ class Backend(Protocol):
     def l2_project_into(self, x_adv, x, eps: Param, lower: Param, upper: Param, out): ...
 
 
+class MissingBackend:
+    """A backend that cannot run here, saying why (`reason`) when asked or called."""
+
+    def __init__(self, reason: str):
+        self.reason = reason
+
+    def unavailable_reason(self, device: torch.device | None = None) -> str | None:
+        return self.reason
+
+    def _refuse(self, *args, **kwargs):
+        raise RuntimeError(self.reason)
+
+    linf_step_into = linf_project_into = l2_step_into = l2_project_into = _refuse
+
+
 _REQUIRED = ("unavailable_reason", "linf_step_into", "linf_project_into", "l2_step_into", "l2_project_into")
 
 BACKENDS: dict[str, Backend] = {
     "torch": torch_backend,
-    "triton": triton_backend,
-    "cpu": extension.cpu,
-    "cuda": extension.cuda,
+    "triton": triton_backend if _TRITON_MISSING is None else MissingBackend(_TRITON_MISSING),
+    "cpu": cpu,
+    "cuda": cuda,
 }
 
 # Fastest first, per device type.
@@ -60,9 +86,10 @@ def available_backends() -> dict[str, str]:
     return {name: (b.unavailable_reason() or "ok") for name, b in BACKENDS.items()}
 
 
-def check_name(name: object) -> str:
-    """`name` if it names a backend ("auto" or a registered one), else a TypeError / ValueError.
-    Whether that backend can run is checked when it is used (`resolve`)."""
+def check_backend_name(name: object) -> str:
+    """`name` if it names a backend ("auto" or a registered one), else a TypeError or ValueError
+    naming the argument `backend`. Whether that backend can run is checked when it is used
+    (:func:`resolve_backend`)."""
     if not isinstance(name, str):
         raise TypeError(f"backend must be a string (auto, {', '.join(BACKENDS)}), got {type(name).__name__}")
     if name != "auto" and name not in BACKENDS:
@@ -70,11 +97,15 @@ def check_name(name: object) -> str:
     return name
 
 
-@torch.compiler.assume_constant_result
-def resolve(name: str, device: torch.device) -> str:
-    """The name of the backend that runs tensors on `device` for `name`: itself, or for "auto" the
-    FASTADV_BACKEND environment variable or else the fastest available one. Raises ValueError for
-    an unknown name and RuntimeError, saying why, for an unavailable backend."""
+@torch.compiler.assume_constant_result  # a constant while tracing: it reads the environment
+def resolve_backend(name: object = "auto", device: torch.device | str = "cpu") -> str:
+    """The name of the backend the ops use for `name` on tensors of `device`: the name itself,
+    or for "auto" the FASTADV_BACKEND environment variable or else the fastest available one
+    (cpu for CPU tensors; cuda, then triton, for GPU tensors; torch otherwise). Raises TypeError
+    or ValueError for a bad name (:func:`check_backend_name`, or an unknown one in
+    FASTADV_BACKEND) and RuntimeError, saying why, when the backend cannot run there."""
+    name = check_backend_name(name)
+    device = torch.device(device)
     source = "backend"
     if name == "auto":
         override = os.environ.get("FASTADV_BACKEND", "").strip()
@@ -91,11 +122,3 @@ def resolve(name: str, device: torch.device) -> str:
     if reason is not None:
         raise RuntimeError(f"{source}: backend {name!r} is unavailable: {reason}")
     return name
-
-
-def select_backend(name: object, device: torch.device) -> Backend:
-    """The backend to run tensors on `device`: `name`, or for "auto" the FASTADV_BACKEND
-    environment variable or else the fastest available one."""
-    if not isinstance(name, str):
-        raise TypeError(f"backend must be a string (auto, {', '.join(BACKENDS)}), got {type(name).__name__}")
-    return BACKENDS[resolve(name, device)]

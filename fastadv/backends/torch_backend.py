@@ -1,4 +1,4 @@
-"""The reference backend: the op contract of DESIGN.md in plain PyTorch.
+"""The `torch` backend, the reference: the op contract of DESIGN.md in plain PyTorch.
 
 It is the specification every other backend must equal, written for clarity, not speed.
 All arithmetic is in float32, in the contract's order, with one rounding at the end.

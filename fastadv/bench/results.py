@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from .._environment import device_name, git_sha, versions
-from ..backends import extension
+from ..backends import cpu_backend, extension
 
 
 @dataclass
@@ -49,7 +49,7 @@ def _device_and_build(device: torch.device) -> str:
     name = device_name(device)
     if device.type != "cpu" or extension.load_error() is not None:
         return name
-    build = f"{extension.cpu_isa()} build"  # raises, naming FASTADV_CPU_ISA, when it is bad
+    build = f"{cpu_backend.cpu_isa()} build"  # raises, naming FASTADV_CPU_ISA, when it is bad
     return name[:-1] + f", {build})" if name.endswith(")") else f"{name} ({build})"
 
 

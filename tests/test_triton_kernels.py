@@ -1,9 +1,14 @@
 """The Triton kernels' own guarantees, beyond agreeing with the reference (test_l2.py and the
-L-inf tests): every masked load says what its masked-off lanes read, and the L2 kernels' grid is
-capped (the programs take the samples, or chunks, in turn), so any batch size launches."""
+L-inf tests): every masked load says what its masked-off lanes read, the L2 kernels' grid is
+capped (the programs take the samples, or chunks, in turn), so any batch size launches, and the
+interpreter mode is read when a kernel launches, not when fastadv is imported."""
 
 import ast
+import os
 import pathlib
+import subprocess
+import sys
+import textwrap
 
 import numpy as np
 import pytest
@@ -11,7 +16,8 @@ import torch
 from helpers import assert_exact, require_backend
 
 import fastadv
-from fastadv.backends import triton_backend
+
+triton_backend = pytest.importorskip("fastadv.backends.triton_backend")  # needs Triton
 
 pytestmark = [pytest.mark.slow, pytest.mark.triton]  # the Triton interpreter
 
@@ -203,3 +209,45 @@ def test_l2_capped_grid_matches_reference_on_every_sample(monkeypatch, shape):
         for b in range(shape[0]):
             assert_close(got[b], ref[b], f"{name}, sample {b} of {shape}")
         assert_exact(got, free, f"{name}: capped grid against the default one")
+
+
+# ---- the interpreter mode ----
+
+LATE_INTERPRETER = textwrap.dedent(
+    """
+    import os
+    import torch
+    import fastadv
+    from fastadv.backends import triton_backend
+
+    cpu = torch.device("cpu")
+    assert not triton_backend.interpreting() and triton_backend.unavailable_reason(cpu) is not None
+    os.environ["TRITON_INTERPRET"] = "1"  # after fastadv, and so Triton, is imported
+    assert triton_backend.unavailable_reason(cpu) is None
+    gen = torch.Generator().manual_seed(3)
+    x = torch.rand(3, 2, 5, 7, generator=gen)
+    x_adv = x + 0.2 * torch.randn(x.shape, generator=gen)
+    grad = torch.randn(x.shape, generator=gen)
+    for dtype in (torch.float32, torch.bfloat16):
+        args = (x_adv.to(dtype), grad.to(dtype), x.to(dtype))
+        for op, budget in ((fastadv.linf_step, (0.03, 0.01)), (fastadv.l2_step, (0.5, 0.2))):
+            got, ref = (op(*args, *budget, backend=b) for b in ("triton", "torch"))
+            torch.testing.assert_close(got, ref, rtol=2**-7, atol=2**-14)
+            assert op is fastadv.l2_step or torch.equal(got, ref)
+        got, ref = (fastadv.l2_project(args[0], args[2], 0.1, backend=b) for b in ("triton", "torch"))
+        torch.testing.assert_close(got, ref, rtol=2**-7, atol=2**-14)
+    print("interpreted after import")
+    """
+)
+
+
+def test_interpreter_mode_is_read_when_a_kernel_launches():
+    """TRITON_INTERPRET set after fastadv is imported still runs the kernels on CPU tensors in
+    Triton's interpreter (L-inf bit for bit, L2 to the tolerance of its sums), so no test set-up
+    has to set it before importing fastadv."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    result = subprocess.run(
+        [sys.executable, "-c", LATE_INTERPRETER], env=env, capture_output=True, text=True, timeout=600
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
+    assert "interpreted after import" in result.stdout

@@ -1,5 +1,5 @@
 """Streamed evaluation on an image folder: memory against the data set's size, images/s with and
-without worker processes, and the share of time spent waiting for data (issue 16).
+without worker processes, and the share of time spent waiting for data.
 
     python benchmarks/bench_data.py [--sizes 2000,20000] [--limit 0] [--batch-size 32]
                                     [--workers 0,2] [--json benchmarks/results/bench_data_cpu.json]

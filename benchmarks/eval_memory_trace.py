@@ -1,4 +1,4 @@
-"""Where `evaluate`'s memory goes, batch by batch (issue 25's investigation): the process's RSS
+"""Where `evaluate`'s memory goes, batch by batch (how its growth with N was found): the process's RSS
 and its peak (VmHWM) after every batch, with glibc's heap in use, free and mmapped (mallinfo2).
 
     python benchmarks/eval_memory_trace.py FOLDER LIMIT BATCH_SIZE [TORCHSCRIPT_MODEL]

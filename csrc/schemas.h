@@ -1,7 +1,7 @@
 // All op schemas in one place. csrc/register.cpp defines them in the `fastadv` namespace; the
 // CUDA emulation of the tests (tests/cuda_emulation) defines the same schemas in its own.
-// Kernels are registered per device in cpu/ and cuda/; fake (meta) implementations live in
-// Python next to the public functions.
+// Kernels are registered per device in cpu/ and cuda/; the fake (meta) implementations, which
+// check shapes and dtypes, are in Python: fastadv/backends/step_ops.py (register_fake_kernels).
 #pragma once
 
 #include <torch/library.h>

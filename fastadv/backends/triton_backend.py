@@ -92,18 +92,20 @@ class _InterpretedLanguage:
     """triton.language as the interpreter's kernels see it: its @jit functions (tl.sum) made by
     triton.jit when Triton was imported, so compiled ones unless TRITON_INTERPRET was set then,
     interpreted; every other name looked up in triton.language when it is used (the interpreter
-    patches the builtins there while a kernel runs)."""
+    patches the builtins there while a kernel runs). The converse cannot be done: with
+    TRITON_INTERPRET set when Triton is imported, its library is interpreted only, and the GPU
+    needs the variable unset then."""
 
     def __init__(self):
-        self._interpreted = {}
+        self._functions = {}
 
     def __getattr__(self, name):
         value = getattr(tl, name)
         if not isinstance(value, JITFunction):
             return value
-        if name not in self._interpreted:
-            self._interpreted[name] = InterpretedFunction(value.fn)
-        return self._interpreted[name]
+        if name not in self._functions:
+            self._functions[name] = InterpretedFunction(value.fn)
+        return self._functions[name]
 
 
 @functools.cache

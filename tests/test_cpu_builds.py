@@ -236,7 +236,7 @@ def _run_with_env(value: str, code: str) -> subprocess.CompletedProcess:
 def test_environment_variable_chooses_the_build():
     require_backend("cpu", "cpu")
     code = (
-        "import torch, fastadv\nfrom fastadv.backends import extension\nprint(cpu_backend.cpu_isa())\n"
+        "import torch, fastadv\nfrom fastadv.backends import cpu_backend\nprint(cpu_backend.cpu_isa())\n"
         "x = torch.rand(10)\nfastadv.linf_step(x, x, x, 0.1, 0.1, backend='cpu')\n"
     )
     done = _run_with_env("baseline", code)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from . import _validate as check
+from . import checks as check
 from .data import IMAGE_EXTENSIONS, CifarSource, DataError, ImageFolderSource, NpzSource, Source, TensorSource
 from .data.cifar import cifar_layout
 

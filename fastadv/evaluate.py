@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import torch
 
 from . import _distributed
-from . import _validate as check
+from . import checks as check
 from ._cascade import StageRun, run_cascade
 from ._version import __version__
 from .attacks.autoattack import AutoAttack, AutoAttackLite, AutoAttackResult, Stage

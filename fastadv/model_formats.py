@@ -27,7 +27,7 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
-from . import _validate as check
+from . import checks as check
 from .checkpoint import CheckpointError
 
 # "package.module:callable" (the callable may be an attribute path, "module:Class.build")

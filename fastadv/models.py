@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import _validate as check
+from . import checks as check
 from .checkpoint import CheckpointError, fingerprint, save_atomic
 from .checkpoint import load as _load_checkpoint
 from .datasets import digits

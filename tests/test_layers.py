@@ -21,12 +21,12 @@ LAYERS = [
     ("streamed data", ["fastadv.data"]),
     ("attacks", ["fastadv.attacks"]),
     ("defenses", ["fastadv.defenses"]),
-    ("ops", ["fastadv.ops", "fastadv._checks"]),
+    ("ops", ["fastadv.ops", "fastadv.op_checks"]),
     ("backends", ["fastadv.backends", "fastadv._C"]),
     (
         "utilities",
         [
-            "fastadv._validate",
+            "fastadv.checks",
             "fastadv._environment",
             "fastadv._distributed",
             "fastadv._cascade",

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from .. import _validate as check
+from .. import checks as check
 from ..data import Selection, default_workers, select
 from ..data.loader import first_images
 from ..datasets import DataError, open_data
@@ -37,7 +37,7 @@ def joined(values) -> str:
 
 
 def _checked(check_value: Callable, value: Any, *more: Any) -> Any:
-    """check_value("value", value, *more) from fastadv._validate, its error an ArgumentTypeError
+    """check_value("value", value, *more) from fastadv.checks, its error an ArgumentTypeError
     with the message less the name (argparse names the option)."""
     try:
         return check_value("value", value, *more)

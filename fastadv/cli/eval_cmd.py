@@ -11,8 +11,8 @@ import warnings
 import torch
 
 from .. import _distributed, models
-from .._validate import AMP_NAMES
 from ..checkpoint import CheckpointError
+from ..checks import AMP_NAMES
 from ..data import DataError, Selection
 from ..evaluate import ATTACKS, describe_attacks, evaluate, format_report
 from . import args as arg

@@ -9,8 +9,8 @@ import os
 import torch
 
 from .. import _distributed, models
-from .._validate import AMP_NAMES
 from ..checkpoint import CheckpointError, fingerprint
+from ..checks import AMP_NAMES
 from ..data import DataError, Selection, TensorSource
 from ..datasets import digits
 from ..recipes import RECIPES, Recipe

@@ -22,7 +22,7 @@ import torch
 
 import fastadv
 from fastadv import models
-from fastadv.datasets import digits
+from fastadv.data import digits
 from fastadv.defenses import JPEG, BitDepth, Defended, Ensemble, MedianFilter, RandomResizePad
 from fastadv.evaluate import evaluate
 from fastadv.recipes import Recipe

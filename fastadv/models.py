@@ -25,7 +25,7 @@ from torch import nn
 from . import checks as check
 from .checkpoint import CheckpointError, fingerprint, save_atomic
 from .checkpoint import load as _load_checkpoint
-from .datasets import digits
+from .data import digits
 from .model_formats import (
     KIND_NAMES,
     MissingWeights,  # noqa: F401  (public here: fastadv.models.MissingWeights)

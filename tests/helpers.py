@@ -17,7 +17,7 @@ from cuda_emulation import backend as cuda_emulation
 from torch import nn
 
 from fastadv.backends import BACKENDS
-from fastadv.datasets import digits
+from fastadv.data import digits
 from fastadv.models import small_cnn, standard_digits_model
 
 # ---- backends, dtypes, comparisons ----
@@ -190,7 +190,7 @@ def _trained_digits_state() -> tuple[dict, torch.Tensor, torch.Tensor]:
     images, labels = digits("test")
     # cache=None: trained here (keyed by the sources' hash), never read from the user's cache
     train = functools.partial(standard_digits_model, cache=None)
-    return _cached_state(_cache_file("digits", ("models.py", "datasets.py")), train), images, labels
+    return _cached_state(_cache_file("digits", ("models.py", "data/opening.py")), train), images, labels
 
 
 def digits_model() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
@@ -215,7 +215,7 @@ def _train_fgsm_rs() -> nn.Module:
 def fgsm_rs_digits_model() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
     """A fresh copy of the digits CNN adversarially trained with FGSM-RS at eps 0.1 (10 epochs,
     seeded; about 97% clean and 70% robust accuracy under PGD-20), eval mode, and the test split."""
-    sources = ("models.py", "datasets.py", "recipes.py", "train.py")
+    sources = ("models.py", "data/opening.py", "recipes.py", "train.py")
     state = _cached_state(_cache_file("digits-fgsm-rs", sources), _train_fgsm_rs)
     model = small_cnn()
     model.load_state_dict(state)

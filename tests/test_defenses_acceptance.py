@@ -13,7 +13,7 @@ import torch
 
 import fastadv
 from fastadv import models
-from fastadv.datasets import digits
+from fastadv.data import digits
 from fastadv.defenses import JPEG, BitDepth, Defended, Ensemble, RandomResizePad
 from fastadv.evaluate import evaluate
 from fastadv.recipes import Recipe
@@ -29,7 +29,7 @@ _REPO = Path(__file__).resolve().parents[1]
 
 def _cache_dir() -> Path:
     key = hashlib.sha256(torch.__version__.encode())
-    for name in ("models.py", "datasets.py", "recipes.py", "train.py", "defenses/distill.py"):
+    for name in ("models.py", "data/opening.py", "recipes.py", "train.py", "defenses/distill.py"):
         key.update((_REPO / "fastadv" / name).read_bytes())
     return _REPO / ".pytest_cache" / "fastadv" / f"defenses-{key.hexdigest()[:16]}"
 

@@ -5,7 +5,7 @@ retrained, 30 s, every call), trains and caches it when the file is missing or d
 import pytest
 import torch
 
-import fastadv.datasets
+import fastadv.data
 from fastadv import models
 from fastadv.cli import eval_cmd
 
@@ -68,8 +68,8 @@ def test_unwritable_cache_warns_and_returns_the_model(tmp_path, fast_training):
 
 
 def test_digits_docstrings_say_16x16():
-    images, _ = fastadv.datasets.digits("test")
+    images, _ = fastadv.data.digits("test")
     assert tuple(images.shape[1:]) == (1, 16, 16)
-    for doc in (fastadv.datasets.__doc__, fastadv.datasets.digits.__doc__):
+    for doc in (fastadv.data.__doc__, fastadv.data.digits.__doc__):
         assert "16x16" in doc or "16, 16" in doc
         assert "grey 8x8 images" not in doc

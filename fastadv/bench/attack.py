@@ -57,7 +57,7 @@ import torch.nn.functional as F
 
 from ..attacks import APGD, CW, PGD
 from ..attacks.autoattack import AutoAttack
-from ..datasets import digits
+from ..data import digits
 from ..models import resnet18, small_cnn, standard_digits_model
 from . import peers
 from .results import Row, environment, medians_by_case

@@ -11,8 +11,7 @@ import torch
 from .. import _distributed, models
 from ..checkpoint import CheckpointError, fingerprint
 from ..checks import AMP_NAMES
-from ..data import DataError, Selection, TensorSource
-from ..datasets import digits
+from ..data import DataError, Selection, TensorSource, digits
 from ..recipes import RECIPES, Recipe
 from ..train import OPTIMIZERS, SCHEDULES, fit
 from . import args as arg

@@ -14,10 +14,10 @@ PACKAGE = Path(__file__).resolve().parents[1] / "fastadv"
 LAYERS = [
     ("cli and demo", ["fastadv.cli", "fastadv.__main__", "fastadv.demo"]),
     ("bench", ["fastadv.bench"]),
-    ("train", ["fastadv.train"]),
+    ("train", ["fastadv.train", "fastadv.digits_models"]),
     ("recipes", ["fastadv.recipes"]),
     ("evaluate", ["fastadv.evaluate", "fastadv.eval_stages", "fastadv.plots"]),
-    ("models", ["fastadv.models", "fastadv.model_formats"]),
+    ("models", ["fastadv.models"]),
     ("data", ["fastadv.data"]),
     ("attacks", ["fastadv.attacks"]),
     ("defenses", ["fastadv.defenses"]),

@@ -21,7 +21,7 @@ from .output import OPTIONS_HELP, OutputFolder
 # Shared with the functions the command runs: --schedule and --seed (fit), --alpha, --steps,
 # --replays, --beta and --clean-fraction (Recipe), --width (small_cnn).
 FIT, RECIPE, SMALL_CNN = arg.defaults(fit), arg.defaults(Recipe), arg.defaults(models.small_cnn)
-# The command's own: FGSM-RS on the digits with Adam, as models.standard_digits_model is trained
+# The command's own: FGSM-RS on the digits with Adam, as fastadv.digits_models trains its models
 # (fit's defaults are PGD-AT at 8/255 with SGD, for CIFAR-sized models).
 DIGITS = {"recipe": "fgsm-rs", "eps": 0.1, "epochs": 15, "batch_size": 64, "optimizer": "adam", "lr": 2e-3,
           "weight_decay": 0.0}  # fmt: skip

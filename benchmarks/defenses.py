@@ -22,8 +22,9 @@ import torch
 
 import fastadv
 from fastadv import models
-from fastadv.datasets import digits
+from fastadv.data import digits
 from fastadv.defenses import JPEG, BitDepth, Defended, Ensemble, MedianFilter, RandomResizePad
+from fastadv.digits_models import standard_digits_model, train_digits_model
 from fastadv.evaluate import evaluate
 from fastadv.recipes import Recipe
 from fastadv.train import fit
@@ -66,7 +67,7 @@ def distilled(cache: str) -> torch.nn.Module:
 def member(cache: str, seed: int) -> torch.nn.Module:
     def train():
         torch.manual_seed(seed)
-        return models.train_standard(models.small_cnn(), *digits("train"), epochs=15, seed=seed)
+        return train_digits_model(models.small_cnn(), Recipe("standard"), epochs=15, seed=seed)
 
     return cached(os.path.join(cache, f"member-{seed}.pt"), train)
 
@@ -93,7 +94,7 @@ def main() -> int:
     os.makedirs(args.cache, exist_ok=True)
     start = time.perf_counter()
     images, labels = digits("test")
-    base = cached(os.path.join(args.cache, "digits.pt"), models.standard_digits_model)
+    base = cached(os.path.join(args.cache, "digits.pt"), standard_digits_model)
     student = distilled(args.cache)
     defended = [
         ("none (the digits CNN)", base),

@@ -43,7 +43,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    from fastadv.datasets import digits
+    from fastadv.data import digits
 
     images, labels = digits("test")
     explorer = Explorer(_cached_digits_model(), images, labels)

@@ -4,8 +4,8 @@ The core is one fused kernel per attack step (sign step, eps-ball projection, cl
 torch (reference), triton, cpu and cuda backends; the attacks (FGSM, PGD, PGDL2, MIFGSM, APGD, APGDT;
 CW, DeepFool, FAB, JSMA; Square, score-based) run on them. See README.md and docs/.
 
-The attacks and ops are imported with the package; the other modules (models, datasets,
-data, defenses, evaluate, train, recipes, autoattack, plots, bench, demo) are attributes too,
+The attacks and ops are imported with the package; the other modules (models,
+data, digits_models, defenses, evaluate, train, recipes, autoattack, plots, bench, demo) are attributes too,
 imported on first use (defenses is imported with the attacks, which read its adaptive switch).
 ``fastadv.evaluate(model, data, ...)`` calls the evaluation function itself (the module is
 callable; ``from fastadv.evaluate import evaluate`` is the same function).
@@ -63,7 +63,7 @@ __all__ = [
     "__version__",
 ]
 
-_SUBMODULES = ("attacks", "backends", "bench", "data", "datasets", "defenses", "demo", "evaluate",
+_SUBMODULES = ("attacks", "backends", "bench", "data", "defenses", "demo", "digits_models", "evaluate",
                "models", "ops", "plots", "recipes", "train")  # fmt: skip
 _LAZY_NAMES = {"AutoAttack": "attacks.autoattack", "AutoAttackLite": "attacks.autoattack"}
 

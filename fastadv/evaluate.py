@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import torch
 
 from . import _distributed
-from . import _validate as check
+from . import checks as check
 from ._cascade import StageRun, run_cascade
 from ._version import __version__
 from .attacks.autoattack import AutoAttack, AutoAttackLite, AutoAttackResult, Stage
@@ -293,7 +293,7 @@ def evaluate(
     examples: int = 0,
 ) -> dict:
     """Evaluates `model` on `data` = (images [N, C, H, W] in [0, 1], labels [N]), or a streamed
-    data set of fastadv.data (a Source, or a Selection of one: see fastadv.datasets.open_data and
+    data set of fastadv.data (a Source, or a Selection of one: see fastadv.data.open_data and
     fastadv.data.select), against `attacks` (names of ATTACKS; iterative ones take `steps`,
     "square" and "autoattack" keep AutoAttack's budgets) at every `eps`, and returns the report (a
     JSON-ready dict; see :func:`format_report`). The model runs in eval mode and is given back

@@ -12,14 +12,14 @@ from collections.abc import Callable
 
 import torch
 
-from ._checks import (
+from .op_checks import (
     ParamLike,
     check_bounds,
     check_inputs,
     check_out,
     in_format,
     native_format,
-    to_param,
+    to_step_param,
 )
 from .backends import BACKENDS, available_backends, check_backend_name, resolve_backend
 
@@ -143,7 +143,7 @@ def _step(norm: str, x_adv, grad, x, eps, alpha, lower, upper, targeted, out, ba
     if not isinstance(targeted, bool):
         raise TypeError(f"targeted must be a bool, got {type(targeted).__name__}")
     eps_p, lower_p, upper_p, impl = _check_common(norm, x_adv, grad, x, eps, lower, upper, out, backend)
-    alpha_p = to_param("alpha", alpha, x_adv, per_channel=norm == "linf", nonnegative=True, finite=True)
+    alpha_p = to_step_param("alpha", alpha, x_adv, per_channel=norm == "linf", nonnegative=True, finite=True)
     step_into = getattr(impl, f"{norm}_step_into")
 
     def kernel(xa, g, xx, o):
@@ -164,12 +164,12 @@ def _project(norm: str, x_adv, x, eps, lower, upper, out, backend) -> torch.Tens
 
 
 def _check_common(norm: str, x_adv, grad, x, eps, lower, upper, out, backend):
-    """The checks every op shares; returns (eps, lower, upper) as Params and the backend.
+    """The checks every op shares; returns (eps, lower, upper) as StepParams and the backend.
     L2 norms are per sample, so an L2 eps cannot be per channel."""
     check_inputs(x_adv, grad, x)
-    eps_p = to_param("eps", eps, x_adv, per_channel=norm == "linf", nonnegative=True, finite=True)
-    lower_p = to_param("lower", lower, x_adv, per_channel=True, nonnegative=False)
-    upper_p = to_param("upper", upper, x_adv, per_channel=True, nonnegative=False)
+    eps_p = to_step_param("eps", eps, x_adv, per_channel=norm == "linf", nonnegative=True, finite=True)
+    lower_p = to_step_param("lower", lower, x_adv, per_channel=True, nonnegative=False)
+    upper_p = to_step_param("upper", upper, x_adv, per_channel=True, nonnegative=False)
     check_bounds(lower_p, upper_p)
     if out is not None:
         check_out(out, x_adv, grad, x)

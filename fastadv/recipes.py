@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import _validate as check
+from . import checks as check
 from . import ops
 from .attacks import FGSM, PGD
 from .attacks.model_mode import attack_mode

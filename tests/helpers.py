@@ -17,8 +17,10 @@ from cuda_emulation import backend as cuda_emulation
 from torch import nn
 
 from fastadv.backends import BACKENDS
-from fastadv.datasets import digits
-from fastadv.models import small_cnn, standard_digits_model
+from fastadv.data import digits
+from fastadv.digits_models import fgsm_rs_digits_model as _train_fgsm_rs
+from fastadv.digits_models import standard_digits_model
+from fastadv.models import small_cnn
 
 # ---- backends, dtypes, comparisons ----
 
@@ -185,12 +187,16 @@ def _cached_state(cache: Path, train) -> dict:
     return state
 
 
+# what the digits models' weights depend on (fastadv.digits_models trains both with fit)
+_DIGITS_SOURCES = ("models/architectures.py", "data/opening.py", "digits_models.py", "recipes.py", "train.py")
+
+
 @functools.lru_cache(maxsize=1)
 def _trained_digits_state() -> tuple[dict, torch.Tensor, torch.Tensor]:
     images, labels = digits("test")
     # cache=None: trained here (keyed by the sources' hash), never read from the user's cache
     train = functools.partial(standard_digits_model, cache=None)
-    return _cached_state(_cache_file("digits", ("models.py", "datasets.py")), train), images, labels
+    return _cached_state(_cache_file("digits", _DIGITS_SOURCES), train), images, labels
 
 
 def digits_model() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
@@ -201,22 +207,10 @@ def digits_model() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
     return model.eval(), images.clone(), labels.clone()
 
 
-def _train_fgsm_rs() -> nn.Module:
-    from fastadv.recipes import Recipe
-    from fastadv.train import fit
-
-    torch.manual_seed(0)
-    model = small_cnn()
-    fit(model, digits("train"), recipe=Recipe("fgsm-rs", eps=0.1), epochs=10, batch_size=64, optimizer="adam", lr=2e-3,
-        weight_decay=0.0, progress=False)  # fmt: skip
-    return model
-
-
 def fgsm_rs_digits_model() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
     """A fresh copy of the digits CNN adversarially trained with FGSM-RS at eps 0.1 (10 epochs,
     seeded; about 97% clean and 70% robust accuracy under PGD-20), eval mode, and the test split."""
-    sources = ("models.py", "datasets.py", "recipes.py", "train.py")
-    state = _cached_state(_cache_file("digits-fgsm-rs", sources), _train_fgsm_rs)
+    state = _cached_state(_cache_file("digits-fgsm-rs", _DIGITS_SOURCES), _train_fgsm_rs)
     model = small_cnn()
     model.load_state_dict(state)
     images, labels = digits("test")

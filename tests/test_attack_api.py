@@ -8,7 +8,7 @@ import torch
 from helpers import GammaModel
 
 import fastadv
-from fastadv import _validate as check
+from fastadv import checks as check
 from fastadv.attacks.base import GRADIENT_OPTIONS, OPTIONS
 
 

@@ -178,7 +178,7 @@ import fastadv
 import fastadv.attacks.catalog as catalog
 from fastadv import models
 from fastadv.attacks.autoattack import AutoAttack
-from fastadv.datasets import digits
+from fastadv.data import digits
 torch.set_num_threads(1)
 catalog.ATTACKS["autoattack"] = catalog.AttackEntry("linf", AutoAttack, {
     "norm": "Linf", "eps": catalog.EPS, "version": "custom",

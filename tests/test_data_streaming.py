@@ -17,8 +17,17 @@ from helpers import assert_same_report, interrupt_at_batch
 
 from fastadv import models
 from fastadv.cli import main
-from fastadv.data import BatchStream, CifarSource, DataError, ImageFolderSource, NpzSource, Selection, select
-from fastadv.datasets import load_npz, open_data
+from fastadv.data import (
+    BatchStream,
+    CifarSource,
+    DataError,
+    ImageFolderSource,
+    NpzSource,
+    Selection,
+    load_npz,
+    open_data,
+    select,
+)
 from fastadv.evaluate import evaluate
 
 EVAL = dict(attacks=["fgsm", "pgd"], eps=[0.1], steps=2, progress=False)
@@ -333,7 +342,7 @@ def test_train_streams_an_image_folder(folder, tmp_path):
 _DISTRIBUTED = """
 import json, sys, torch, torch.distributed as dist
 from fastadv import models
-from fastadv.datasets import open_data
+from fastadv.data import open_data
 from fastadv.evaluate import evaluate
 if sys.argv[3] == "2":
     dist.init_process_group("gloo")

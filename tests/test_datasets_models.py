@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from fastadv.datasets import digits
+from fastadv.data import digits
 from fastadv.models import resnet18, small_cnn
 
 
@@ -73,7 +73,7 @@ def test_model_files_carry_a_checksum_and_finite_weights(tmp_path):
 def test_load_npz_layouts_and_types(tmp_path):
     import numpy as np
 
-    from fastadv.datasets import load_npz
+    from fastadv.data import load_npz
 
     rng = np.random.default_rng(0)
     y = rng.integers(0, 10, 5)
@@ -107,7 +107,7 @@ def test_load_npz_layouts_and_types(tmp_path):
     ],
 )
 def test_load_npz_errors(tmp_path, arrays, part):
-    from fastadv.datasets import DataError, load_npz
+    from fastadv.data import DataError, load_npz
 
     np.savez(tmp_path / "bad.npz", **arrays)
     with pytest.raises(DataError, match=part):
@@ -115,7 +115,7 @@ def test_load_npz_errors(tmp_path, arrays, part):
 
 
 def test_load_npz_missing_and_damaged(tmp_path):
-    from fastadv.datasets import DataError, load_npz
+    from fastadv.data import DataError, load_npz
 
     with pytest.raises(DataError, match="no such file"):
         load_npz(str(tmp_path / "none.npz"))
@@ -136,7 +136,7 @@ def test_load_npz_missing_and_damaged(tmp_path):
 def test_image_folder(tmp_path):
     from PIL import Image
 
-    from fastadv.datasets import DataError, image_folder
+    from fastadv.data import DataError, image_folder
 
     for name, color, sizes in (("cat", (255, 0, 0), [(20, 10), (10, 10)]), ("dog", (0, 0, 255), [(12, 30)])):
         (tmp_path / name).mkdir()
@@ -163,7 +163,7 @@ def test_image_folder_refuses_a_decompression_bomb(tmp_path, monkeypatch, pixels
     DecompressionBombWarning (over the limit) went by; both are a DataError naming the file."""
     from PIL import Image
 
-    from fastadv.datasets import DataError, image_folder
+    from fastadv.data import DataError, image_folder
 
     (tmp_path / "a").mkdir()
     side = int(pixels**0.5) + 1

@@ -13,8 +13,9 @@ import torch
 
 import fastadv
 from fastadv import models
-from fastadv.datasets import digits
+from fastadv.data import digits
 from fastadv.defenses import JPEG, BitDepth, Defended, Ensemble, RandomResizePad
+from fastadv.digits_models import train_digits_model
 from fastadv.evaluate import evaluate
 from fastadv.recipes import Recipe
 from fastadv.train import fit
@@ -29,7 +30,14 @@ _REPO = Path(__file__).resolve().parents[1]
 
 def _cache_dir() -> Path:
     key = hashlib.sha256(torch.__version__.encode())
-    for name in ("models.py", "datasets.py", "recipes.py", "train.py", "defenses/distill.py"):
+    for name in (
+        "models/architectures.py",
+        "data/opening.py",
+        "digits_models.py",
+        "recipes.py",
+        "train.py",
+        "defenses/distill.py",
+    ):
         key.update((_REPO / "fastadv" / name).read_bytes())
     return _REPO / ".pytest_cache" / "fastadv" / f"defenses-{key.hexdigest()[:16]}"
 
@@ -68,7 +76,7 @@ def _student():
 def _member(seed):
     def train():
         torch.manual_seed(seed)
-        return models.train_standard(models.small_cnn(), *digits("train"), epochs=15, seed=seed)
+        return train_digits_model(models.small_cnn(), Recipe("standard"), epochs=15, seed=seed)
 
     return train
 

@@ -9,7 +9,7 @@ import torch
 
 from fastadv import models
 from fastadv.cli import main
-from fastadv.datasets import digits
+from fastadv.data import digits
 
 
 @pytest.fixture

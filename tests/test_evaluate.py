@@ -110,7 +110,7 @@ def test_resume_refuses_another_model_or_data(digits, tmp_path):
 _DISTRIBUTED = """
 import json, sys, torch, torch.distributed as dist
 from fastadv import models
-from fastadv.datasets import digits
+from fastadv.data import digits
 from fastadv.evaluate import evaluate
 dist.init_process_group("gloo")
 model = models.load(sys.argv[2])

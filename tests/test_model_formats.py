@@ -17,7 +17,7 @@ from torch import nn
 
 from fastadv import FGSM, models
 from fastadv.cli import main
-from fastadv.model_formats import ExportedModel, ModelError, Normalized
+from fastadv.models import ExportedModel, ModelError, Normalized
 
 EVAL = ["--attacks", "fgsm", "--eps", "0.1", "--batch-size", "20", "--no-plots", "--quiet"]
 

@@ -1,5 +1,5 @@
 """`import fastadv` gives the whole public API: the attacks and ops at once, the other modules
-(models, datasets, evaluate, ...) as attributes imported on first use."""
+(models, data, evaluate, ...) as attributes imported on first use."""
 
 import subprocess
 import sys
@@ -12,8 +12,8 @@ def test_every_public_name_resolves():
         assert getattr(fastadv, name) is not None, name
     assert fastadv.AutoAttackLite is fastadv.attacks.autoattack.AutoAttackLite
     assert callable(fastadv.evaluate.evaluate) and callable(fastadv.models.small_cnn)
-    assert callable(fastadv.datasets.digits) and callable(fastadv.train.fit)
-    assert {"models", "datasets", "evaluate", "AutoAttackLite"} <= set(dir(fastadv))
+    assert callable(fastadv.data.digits) and callable(fastadv.train.fit)
+    assert {"models", "data", "evaluate", "AutoAttackLite"} <= set(dir(fastadv))
 
 
 def test_modules_beyond_the_attacks_load_on_first_use():

@@ -89,7 +89,7 @@ def test_readme_commands_run(tmp_path):
     """The README's command examples, run in order as a user would (train, then evaluate what it
     wrote), with the user's own files of the third command made from the digits data. `fastadv
     bench` with no options times 64M-element cases for minutes: it runs here on its smallest case."""
-    from fastadv.datasets import digits
+    from fastadv.data import digits
 
     (block,) = [b for b in code_blocks(ROOT / "README.md", "bash") if "fastadv train" in b]
     test_images, test_labels = digits("test")

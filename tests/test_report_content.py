@@ -12,10 +12,10 @@ import torch
 from PIL import Image
 
 import fastadv.plots
-from fastadv import attacks, datasets
+from fastadv import attacks
 from fastadv.cli import main
 from fastadv.cli.defenses import evaluate_defenses
-from fastadv.data import ImageFolderSource
+from fastadv.data import ImageFolderSource, open_data
 from fastadv.evaluate import ATTACKS, MINIMAL_NORM, evaluate, format_report, within_budget
 
 
@@ -177,7 +177,7 @@ def test_fastadv_eval_plots_without_a_second_attack_and_writes_the_map(digits, t
     report = json.loads((out / "report.json").read_text())
     assert "examples" not in report and report["classes"] is None  # an .npz names no classes
     assert report["attacks"][1]["settings"]["alpha"] == pytest.approx(0.025)
-    digits_report = evaluate(model, datasets.open_data("digits"), ["fgsm"], [0.1], progress=False)
+    digits_report = evaluate(model, open_data("digits"), ["fgsm"], [0.1], progress=False)
     assert digits_report["classes"] == {str(d): d for d in range(10)}
 
 

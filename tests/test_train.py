@@ -13,7 +13,7 @@ from helpers import assert_unchanged, snapshot
 
 import fastadv
 from fastadv import checkpoint, models
-from fastadv.datasets import digits
+from fastadv.data import digits
 from fastadv.recipes import Recipe, adversarial_batch, free_replays, trades_attack
 from fastadv.train import fit
 
@@ -106,7 +106,7 @@ def test_fit_every_recipe(name, tmp_path):
 _RUN = """
 import sys, time, torch
 from fastadv import models
-from fastadv.datasets import digits
+from fastadv.data import digits
 from fastadv.recipes import Recipe
 from fastadv.train import fit
 torch.manual_seed(0)

@@ -9,11 +9,11 @@ from typing import Any
 
 import torch
 
-from .. import _validate as check
+from .. import checks as check
 from .. import ops
 from .base import OPTIONS, Call
 from .gradient import GradientAttack, RunState, drop_fooled
-from .params import Params, per_sample
+from .params import AttackParams, per_sample
 from .result import Best
 
 _SCHEDULE = "APGD's step-size schedule needs every step's loss"
@@ -245,14 +245,14 @@ class APGD(GradientAttack):
         fooled = best.record_step(idx, x_adv, predicted, self._success(predicted, y), loss)
         return obj, grad, predicted, loss, fooled
 
-    def _fused_step(self, x_adv, grad, x, eta, params: Params) -> torch.Tensor:
+    def _fused_step(self, x_adv, grad, x, eta, params: AttackParams) -> torch.Tensor:
         step = ops.linf_step if self.norm == "linf" else ops.l2_step
         # the objective is already signed for targeted runs: always step up; a new tensor, since
         # the momentum needs x_adv too
         return step(x_adv, grad, x, params.eps, eta, params.lower, params.upper, backend=self.backend)
 
 
-def _per_sample_eps(params: Params, batch: int) -> float | torch.Tensor:
+def _per_sample_eps(params: AttackParams, batch: int) -> float | torch.Tensor:
     """eps as a number or a float32 [batch] tensor (the step size is per sample)."""
     eps = params.eps
     if isinstance(eps, torch.Tensor) and eps.numel() > 1:

@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from .. import _validate as check
+from .. import checks as check
 from ._losses import targeted_dlr
 from .apgd import APGD
 from .base import Call, options_without

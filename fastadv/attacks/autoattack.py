@@ -12,7 +12,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from .. import _validate as check
+from .. import checks as check
 from .._cascade import StageRun, run_cascade
 from ..checkpoint import rng_state, set_rng_state
 from .apgd import APGD

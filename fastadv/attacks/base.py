@@ -19,13 +19,13 @@ from typing import Any
 
 import torch
 
-from .. import _validate as check
+from .. import checks as check
 from .. import ops
-from .._checks import to_param
 from ..defenses.context import adaptive_gradients
+from ..op_checks import to_step_param
 from ._losses import is_success, per_sample_loss
 from .model_mode import MODEL_MODES, attack_mode, callable_model
-from .params import Params, per_sample
+from .params import AttackParams, per_sample
 from .result import AttackResult, Best, finite_rows
 
 # The options every attack takes unless it says otherwise (keyword-only; see `Attack`), and
@@ -69,7 +69,7 @@ class Call:
     keep, the random generator, and the labels' range (checked against the model's classes at
     the first forward pass)."""
 
-    params: Params
+    params: AttackParams
     mean: torch.Tensor | None
     std: torch.Tensor | None
     memory_format: torch.memory_format
@@ -299,15 +299,19 @@ class Attack:
             x = x.contiguous()
         # Compacted batches keep the layout the attack started in.
         fmt = torch.contiguous_format if x.is_contiguous() else torch.channels_last
-        params = Params(*(_flat_per_sample(p, x) for p in (self.eps, self.alpha, self.lower, self.upper))).to(device)
-        for name, p in zip(Params._fields, params, strict=True):
+        params = AttackParams(*(_flat_per_sample(p, x) for p in (self.eps, self.alpha, self.lower, self.upper))).to(
+            device
+        )
+        for name, p in zip(AttackParams._fields, params, strict=True):
             if isinstance(p, torch.Tensor) and p.dim() >= 1 and p.shape[0] not in (1, x.shape[0]):
                 raise ValueError(
                     f"{name} must be a number, a 0-d tensor, or have 1 or B = {x.shape[0]} entries in dim 0; "
                     f"got shape {tuple(p.shape)}"
                 )
             if isinstance(p, torch.Tensor) and p.dim() >= 1:  # the ops' shapes, checked before any step
-                to_param(name, p, x, per_channel=self.norm == "linf" or name in ("lower", "upper"), nonnegative=False)
+                to_step_param(
+                    name, p, x, per_channel=self.norm == "linf" or name in ("lower", "upper"), nonnegative=False
+                )
         mean = std = None
         if self.mean is not None:
             channels = images.shape[1]
@@ -361,7 +365,7 @@ def _flat_per_sample(p: float | torch.Tensor, x: torch.Tensor) -> float | torch.
     return p
 
 
-def _check_range(x: torch.Tensor, params: Params) -> None:
+def _check_range(x: torch.Tensor, params: AttackParams) -> None:
     lower, upper = per_sample(params.lower, x), per_sample(params.upper, x)
     try:
         inside = (x >= lower) & (x <= upper)

@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from .. import _validate as check
+from .. import checks as check
 from .base import MODEL_IGNORES_IMAGES, Attack, Call, options_without, require_grad
 from .params import per_sample
 from .result import AttackResult

@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from .. import _validate as check
+from .. import checks as check
 from .base import MODEL_IGNORES_IMAGES, Attack, Call, options_without
 from .boundary_projection import project_onto_hyperplane
 from .params import per_sample

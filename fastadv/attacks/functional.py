@@ -6,7 +6,7 @@ from typing import Any
 
 import torch
 
-from .. import _validate as check
+from .. import checks as check
 from .fgsm import FGSM
 from .pgd import PGD
 from .pgdl2 import PGDL2

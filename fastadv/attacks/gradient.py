@@ -17,12 +17,12 @@ from typing import Any, TypeVar
 
 import torch
 
-from .. import _validate as check
+from .. import checks as check
 from .. import ops
 from ._cuda_graph import GraphedSteps, graph_key
 from ._losses import LOSSES
 from .base import GRADIENT_OPTIONS, Attack, Call, _own_arguments
-from .params import Params, per_sample
+from .params import AttackParams, per_sample
 from .result import AttackResult, Best
 
 # Graphs kept per attack (one per input shape): each holds a private memory pool.
@@ -66,7 +66,7 @@ class RunState:
     stopping's compaction) moves them all."""
 
     idx: torch.Tensor | None
-    params: Params
+    params: AttackParams
     x: torch.Tensor
     y: torch.Tensor
 
@@ -77,7 +77,7 @@ class RunState:
             value = getattr(self, field.name)
             if field.name == "idx":
                 value = keep if value is None else value.index_select(0, keep)
-            elif isinstance(value, Params):
+            elif isinstance(value, AttackParams):
                 value = value.select(keep, self.x.shape[0])
             elif isinstance(value, torch.Tensor):
                 value = value.index_select(0, keep)
@@ -283,7 +283,7 @@ class GradientAttack(Attack):
             x_adv.requires_grad_(False)
         return logits.detach(), loss.detach(), grad
 
-    def _start(self, x: torch.Tensor, params: Params, call: Call) -> torch.Tensor:
+    def _start(self, x: torch.Tensor, params: AttackParams, call: Call) -> torch.Tensor:
         """The first iterate: x itself, or a uniform draw from the eps ball (L-inf) / a random
         direction at a uniform radius (L2, as torchattacks), projected into the bounds."""
         x_adv = torch.empty_like(x)
@@ -301,12 +301,14 @@ class GradientAttack(Attack):
         x_adv.copy_(x.float() + noise)
         return self._project(x_adv, x, params)
 
-    def _project(self, x_adv: torch.Tensor, x: torch.Tensor, params: Params) -> torch.Tensor:
+    def _project(self, x_adv: torch.Tensor, x: torch.Tensor, params: AttackParams) -> torch.Tensor:
         """x_adv, in place, in the eps ball around x and in the bounds."""
         project = ops.linf_project if self.norm == "linf" else ops.l2_project
         return project(x_adv, x, params.eps, params.lower, params.upper, out=x_adv, backend=self.backend)
 
-    def _step(self, x_adv: torch.Tensor, direction: torch.Tensor, x: torch.Tensor, params: Params) -> torch.Tensor:
+    def _step(
+        self, x_adv: torch.Tensor, direction: torch.Tensor, x: torch.Tensor, params: AttackParams
+    ) -> torch.Tensor:
         step = ops.linf_step if self.norm == "linf" else ops.l2_step
         eps, alpha, lower, upper = params
         return step(

@@ -6,7 +6,7 @@ from typing import Any
 
 import torch
 
-from .. import _validate as check
+from .. import checks as check
 from .base import Attack, Call, options_without
 from .params import per_sample
 from .result import AttackResult

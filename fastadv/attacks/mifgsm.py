@@ -6,7 +6,7 @@ from typing import Any
 
 import torch
 
-from .. import _validate as check
+from .. import checks as check
 from .gradient import GradientAttack
 from .params import per_sample
 

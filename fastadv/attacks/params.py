@@ -1,5 +1,6 @@
-"""The per-sample parameters of an attack call (eps, alpha, bounds): how they broadcast against
-the images and how they follow the batch when early stopping shrinks it."""
+"""An attack call's parameters (eps, alpha, bounds) as the user gave them, one AttackParams: how
+they broadcast against the images and how they follow the batch when early stopping shrinks it.
+(The ops turn each into the kernels' form, a StepParam: fastadv/backends/step_param.py.)"""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ def per_sample(value: float | torch.Tensor, like: torch.Tensor) -> float | torch
     return value
 
 
-class Params(NamedTuple):
+class AttackParams(NamedTuple):
     """eps, alpha, lower and upper of one call: each a number or a tensor (per sample [B], per
     channel, or 0-d), on the images' device."""
 
@@ -25,13 +26,13 @@ class Params(NamedTuple):
     lower: float | torch.Tensor
     upper: float | torch.Tensor
 
-    def to(self, device: torch.device) -> Params:
-        return Params(*(p.to(device) if isinstance(p, torch.Tensor) else p for p in self))
+    def to(self, device: torch.device) -> AttackParams:
+        return AttackParams(*(p.to(device) if isinstance(p, torch.Tensor) else p for p in self))
 
-    def select(self, positions: torch.Tensor, batch: int) -> Params:
+    def select(self, positions: torch.Tensor, batch: int) -> AttackParams:
         """The parameters of the samples at `positions` of a batch of `batch` samples: per-sample
         tensors are indexed, numbers and shared tensors kept."""
-        return Params(*(_select(p, positions, batch) for p in self))
+        return AttackParams(*(_select(p, positions, batch) for p in self))
 
 
 def _select(p: float | torch.Tensor, positions: torch.Tensor, batch: int) -> float | torch.Tensor:

@@ -13,11 +13,11 @@ from typing import Any
 
 import torch
 
-from .. import _validate as check
+from .. import checks as check
 from .. import ops
 from .base import Attack, Call, options_without
 from .gradient import RunState
-from .params import Params, per_sample
+from .params import AttackParams, per_sample
 from .result import AttackResult, Best, finite_rows
 
 SQUARE_LOSSES = ("margin", "ce")
@@ -253,7 +253,7 @@ class Square(Attack):
 
     # --- the proposals ----------------------------------------------------------------------
 
-    def _start(self, x: torch.Tensor, params: Params, call: Call) -> torch.Tensor:
+    def _start(self, x: torch.Tensor, params: AttackParams, call: Call) -> torch.Tensor:
         """A run's first point. L-inf: vertical stripes, each column of each channel at +-eps.
         L2: the image tiled with squares of side min(H, W) // 5 (centred), each holding the
         pattern (transposed at random) with a random sign per channel, scaled to norm eps."""
@@ -305,12 +305,12 @@ class Square(Attack):
         delta[first] = new
         return self._on_sphere(s.x, delta, s.params)
 
-    def _on_sphere(self, x: torch.Tensor, delta: torch.Tensor, params: Params) -> torch.Tensor:
+    def _on_sphere(self, x: torch.Tensor, delta: torch.Tensor, params: AttackParams) -> torch.Tensor:
         """x + eps delta / ||delta|| (per sample), in the bounds (and in the ball against rounding)."""
         norm = delta.flatten(1).norm(dim=1).view(-1, 1, 1, 1)
         return self._project(x.float() + delta * (per_sample(params.eps, x) / (norm + 1e-12)), x, params)
 
-    def _project(self, point: torch.Tensor, x: torch.Tensor, params: Params) -> torch.Tensor:
+    def _project(self, point: torch.Tensor, x: torch.Tensor, params: AttackParams) -> torch.Tensor:
         """`point` (float32) in x's dtype, projected in place into the eps ball and the bounds."""
         point = point.to(x.dtype)
         project = ops.linf_project if self.norm == "linf" else ops.l2_project

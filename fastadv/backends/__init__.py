@@ -14,7 +14,7 @@ import torch
 from . import torch_backend
 from .cpu_backend import cpu
 from .cuda_backend import cuda
-from .params import Param
+from .step_param import StepParam
 
 try:  # the one guarded import of Triton: triton_backend imports it at its top
     import triton  # noqa: F401
@@ -28,19 +28,23 @@ else:
 class Backend(Protocol):
     """What a backend provides. The `*_into` functions write into `out`, which has x_adv's shape
     and dtype; x_adv, grad, x and out arrive in one native layout (contiguous or channels_last,
-    fastadv/_checks.py's native_format), parameters as checked Params, everything on one device.
+    fastadv/op_checks.py's native_format), parameters as checked StepParams, everything on one device.
     docs/DESIGN.md ("The backend contract") says what each must compute."""
 
     def unavailable_reason(self, device: torch.device | None = None) -> str | None:
         """None when the backend can run tensors on `device` (any device when None), else why not."""
 
-    def linf_step_into(self, x_adv, grad, x, eps: Param, alpha: Param, lower: Param, upper: Param, targeted, out): ...
+    def linf_step_into(
+        self, x_adv, grad, x, eps: StepParam, alpha: StepParam, lower: StepParam, upper: StepParam, targeted, out
+    ): ...
 
-    def linf_project_into(self, x_adv, x, eps: Param, lower: Param, upper: Param, out): ...
+    def linf_project_into(self, x_adv, x, eps: StepParam, lower: StepParam, upper: StepParam, out): ...
 
-    def l2_step_into(self, x_adv, grad, x, eps: Param, alpha: Param, lower: Param, upper: Param, targeted, out): ...
+    def l2_step_into(
+        self, x_adv, grad, x, eps: StepParam, alpha: StepParam, lower: StepParam, upper: StepParam, targeted, out
+    ): ...
 
-    def l2_project_into(self, x_adv, x, eps: Param, lower: Param, upper: Param, out): ...
+    def l2_project_into(self, x_adv, x, eps: StepParam, lower: StepParam, upper: StepParam, out): ...
 
 
 class MissingBackend:

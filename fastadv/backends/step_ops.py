@@ -10,17 +10,17 @@ from __future__ import annotations
 
 import torch
 
-from .params import Param
+from .step_param import StepParam
 
 STEP_OPS = ("linf_step_out", "linf_project_out", "l2_step_out", "l2_project_out")
 
 
-def _packed(*params: Param) -> tuple:
+def _packed(*params: StepParam) -> tuple:
     return (*(p.table for p in params), [p.value for p in params])
 
 
 class StepOps:
-    """Calls `torch.ops.<namespace>.<op>` with checked Params (see fastadv/_checks.py)."""
+    """Calls `torch.ops.<namespace>.<op>` with checked StepParams (see fastadv/op_checks.py)."""
 
     def __init__(self, namespace: str):
         self.namespace = namespace
@@ -28,16 +28,20 @@ class StepOps:
     def _op(self, name: str):
         return getattr(getattr(torch.ops, self.namespace), name)
 
-    def linf_step_into(self, x_adv, grad, x, eps: Param, alpha: Param, lower: Param, upper: Param, targeted, out):
+    def linf_step_into(
+        self, x_adv, grad, x, eps: StepParam, alpha: StepParam, lower: StepParam, upper: StepParam, targeted, out
+    ):
         self._op("linf_step_out")(x_adv, grad, x, *_packed(eps, alpha, lower, upper), targeted, out)
 
-    def linf_project_into(self, x_adv, x, eps: Param, lower: Param, upper: Param, out):
+    def linf_project_into(self, x_adv, x, eps: StepParam, lower: StepParam, upper: StepParam, out):
         self._op("linf_project_out")(x_adv, x, *_packed(eps, lower, upper), out)
 
-    def l2_step_into(self, x_adv, grad, x, eps: Param, alpha: Param, lower: Param, upper: Param, targeted, out):
+    def l2_step_into(
+        self, x_adv, grad, x, eps: StepParam, alpha: StepParam, lower: StepParam, upper: StepParam, targeted, out
+    ):
         self._op("l2_step_out")(x_adv, grad, x, *_packed(eps, alpha, lower, upper), targeted, out)
 
-    def l2_project_into(self, x_adv, x, eps: Param, lower: Param, upper: Param, out):
+    def l2_project_into(self, x_adv, x, eps: StepParam, lower: StepParam, upper: StepParam, out):
         self._op("l2_project_out")(x_adv, x, *_packed(eps, lower, upper), out)
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from .params import Param
+from .step_param import StepParam
 
 NAME = "torch"
 
@@ -17,7 +17,7 @@ def unavailable_reason(device: torch.device | None = None) -> str | None:
     return None  # plain PyTorch runs wherever the tensors are
 
 
-def _broadcastable(p: Param, x: torch.Tensor) -> torch.Tensor:
+def _broadcastable(p: StepParam, x: torch.Tensor) -> torch.Tensor:
     """The parameter as a float32 tensor that broadcasts against x ([Bp, Cp, 1, ..., 1])."""
     if p.table is None:
         return torch.tensor(p.value, dtype=torch.float32, device=x.device)
@@ -71,7 +71,9 @@ def clamp(y: torch.Tensor, lower: torch.Tensor, upper: torch.Tensor) -> torch.Te
     return clamp_above(clamp_below(y, lower), upper)
 
 
-def linf_project_float(y: torch.Tensor, x: torch.Tensor, eps: Param, lower: Param, upper: Param) -> torch.Tensor:
+def linf_project_float(
+    y: torch.Tensor, x: torch.Tensor, eps: StepParam, lower: StepParam, upper: StepParam
+) -> torch.Tensor:
     """min(max(y, x - eps), x + eps), then min(max(., lower), upper), in float32."""
     xf = x.float()
     e = _broadcastable(eps, x)
@@ -79,7 +81,9 @@ def linf_project_float(y: torch.Tensor, x: torch.Tensor, eps: Param, lower: Para
     return clamp(y, _broadcastable(lower, x), _broadcastable(upper, x))
 
 
-def linf_step_into(x_adv, grad, x, eps: Param, alpha: Param, lower: Param, upper: Param, targeted: bool, out) -> None:
+def linf_step_into(
+    x_adv, grad, x, eps: StepParam, alpha: StepParam, lower: StepParam, upper: StepParam, targeted: bool, out
+) -> None:
     s = _sign_nan_is_zero(grad)
     if targeted:
         s = -s
@@ -88,7 +92,7 @@ def linf_step_into(x_adv, grad, x, eps: Param, alpha: Param, lower: Param, upper
     out.copy_(round_within_budget(y, x, _broadcastable(eps, x), x_adv.dtype))
 
 
-def linf_project_into(x_adv, x, eps: Param, lower: Param, upper: Param, out) -> None:
+def linf_project_into(x_adv, x, eps: StepParam, lower: StepParam, upper: StepParam, out) -> None:
     y = linf_project_float(x_adv.float(), x, eps, lower, upper)
     out.copy_(round_within_budget(y, x, _broadcastable(eps, x), x_adv.dtype))
 
@@ -96,7 +100,7 @@ def linf_project_into(x_adv, x, eps: Param, lower: Param, upper: Param, out) -> 
 # ---- L2: per sample b, norms over all non-batch elements, accumulated in float32 ----
 
 
-def _per_sample_column(p: Param, batch: int, device) -> torch.Tensor:
+def _per_sample_column(p: StepParam, batch: int, device) -> torch.Tensor:
     """eps or alpha (scalar or per sample) as a float32 [B, 1] column."""
     if p.table is None:
         return torch.full((batch, 1), p.value, dtype=torch.float32, device=device)
@@ -128,7 +132,7 @@ def _scale_of(sum_sq: torch.Tensor, underflow: torch.Tensor) -> torch.Tensor:
     return torch.where(sum_sq > _FLOAT32_MAX, L2_OVERFLOW_SCALE * one, scale)
 
 
-def _l2_rescale_and_clamp(delta, x, eps: Param, lower: Param, upper: Param, dtype) -> torch.Tensor:
+def _l2_rescale_and_clamp(delta, x, eps: StepParam, lower: StepParam, upper: StepParam, dtype) -> torch.Tensor:
     """delta ([B, N], float32) into the eps ball, added to x, clamped to the bounds. The factor is
     eps / ||delta||, taken from ||delta * scale|| when the sum of squares leaves float32's range."""
     e = _per_sample_column(eps, x.shape[0], x.device)
@@ -160,7 +164,9 @@ def l2_direction(g: torch.Tensor) -> torch.Tensor:
     return torch.where(count > 0, limit, d)
 
 
-def l2_step_into(x_adv, grad, x, eps: Param, alpha: Param, lower: Param, upper: Param, targeted: bool, out) -> None:
+def l2_step_into(
+    x_adv, grad, x, eps: StepParam, alpha: StepParam, lower: StepParam, upper: StepParam, targeted: bool, out
+) -> None:
     batch = x.shape[0]
     d = l2_direction(grad.float().reshape(batch, -1))
     if targeted:
@@ -170,7 +176,7 @@ def l2_step_into(x_adv, grad, x, eps: Param, alpha: Param, lower: Param, upper: 
     out.copy_(_l2_rescale_and_clamp(delta, x, eps, lower, upper, x_adv.dtype))
 
 
-def l2_project_into(x_adv, x, eps: Param, lower: Param, upper: Param, out) -> None:
+def l2_project_into(x_adv, x, eps: StepParam, lower: StepParam, upper: StepParam, out) -> None:
     batch = x.shape[0]
     delta = x_adv.float().reshape(batch, -1) - x.float().reshape(batch, -1)
     out.copy_(_l2_rescale_and_clamp(delta, x, eps, lower, upper, x_adv.dtype))

@@ -1,9 +1,9 @@
 """Attack images/s (PGD, APGD, CW): fastadv against a naive loop, torchattacks and the model's own
 forward + input-gradient time, on the same model and batch, in one run.
 
-Models: "digits-cnn" (fastadv.models.small_cnn trained for a few seconds on the digits training
+Models: "digits-cnn" (fastadv.digits_models.standard_digits_model: small_cnn trained on the digits training
 split, attacked on the test split: an undefended model, so early stopping has work to skip),
-"digits-cnn-fgsm-rs" (the same CNN adversarially trained with FGSM-RS at eps 0.1 for 10 epochs,
+"digits-cnn-fgsm-rs" (fgsm_rs_digits_model: the same CNN trained with FGSM-RS at eps 0.1 for 10 epochs,
 seeded, about 20 s on a CPU: a robust model, on which AutoAttack's later stages do the work),
 "resnet18-cifar" (3x32x32) and "resnet18-imagenet" (3x224x224), CIFAR-style ResNet-18 with
 random weights whose labels are its own clean predictions (every sample starts correctly
@@ -57,8 +57,9 @@ import torch.nn.functional as F
 
 from ..attacks import APGD, CW, PGD
 from ..attacks.autoattack import AutoAttack
-from ..datasets import digits
-from ..models import resnet18, small_cnn, standard_digits_model
+from ..data import digits
+from ..digits_models import fgsm_rs_digits_model, standard_digits_model
+from ..models import resnet18, small_cnn
 from . import peers
 from .results import Row, environment, medians_by_case
 from .timing import measure, quantiles
@@ -129,15 +130,8 @@ def _digits_state() -> dict:
 
 @functools.lru_cache(maxsize=1)
 def _fgsm_rs_digits_state() -> dict:
-    """small_cnn trained with FGSM-RS at eps 0.1 (the tests' robust digits model, same recipe)."""
-    from ..recipes import Recipe
-    from ..train import fit
-
-    torch.manual_seed(0)
-    model = small_cnn()
-    fit(model, digits("train"), recipe=Recipe("fgsm-rs", eps=0.1), epochs=10, batch_size=64, optimizer="adam", lr=2e-3,
-        weight_decay=0.0, progress=False)  # fmt: skip
-    return model.state_dict()
+    """small_cnn trained with FGSM-RS at eps 0.1 (the tests' robust digits model)."""
+    return fgsm_rs_digits_model().state_dict()
 
 
 def make_case(name: str, batch: int, device: torch.device) -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor]:

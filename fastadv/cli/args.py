@@ -14,10 +14,10 @@ from typing import Any
 
 import torch
 
-from .. import _validate as check
-from ..data import Selection, default_workers, select
+from .. import checks as check
+from .. import data
+from ..data import DataError, Selection, default_workers
 from ..data.loader import first_images
-from ..datasets import DataError, open_data
 
 
 class CliError(Exception):
@@ -37,7 +37,7 @@ def joined(values) -> str:
 
 
 def _checked(check_value: Callable, value: Any, *more: Any) -> Any:
-    """check_value("value", value, *more) from fastadv._validate, its error an ArgumentTypeError
+    """check_value("value", value, *more) from fastadv.checks, its error an ArgumentTypeError
     with the message less the name (argparse names the option)."""
     try:
         return check_value("value", value, *more)
@@ -214,12 +214,12 @@ def add_data_options(p: argparse.ArgumentParser, *, shuffle: bool = True) -> Non
 
 def open_selection(args: argparse.Namespace, spec: str, split: str, *, option: str = "--data",
                    crop_size: int | None = None) -> Selection:  # fmt: skip
-    """The samples of `spec` (see fastadv.datasets.open_data) that the options in `args`
+    """The samples of `spec` (see fastadv.data.open_selection) that the options in `args`
     (add_data_options) select; CliError naming `option` when they cannot be read."""
     try:
-        source = open_data(spec, split, input_size=args.input_size, crop_size=crop_size,
-                           skip_bad=args.skip_bad_images)  # fmt: skip
-        return select(source, limit=args.limit, subset=args.subset, shuffle_seed=getattr(args, "shuffle_seed", None))
+        return data.open_selection(spec, split, input_size=args.input_size, crop_size=crop_size,
+                                   skip_bad=args.skip_bad_images, limit=args.limit, subset=args.subset,
+                                   shuffle_seed=getattr(args, "shuffle_seed", None))  # fmt: skip
     except DataError as error:
         raise CliError(f"{option}: {error}") from None
     except ValueError as error:  # --subset larger than the data

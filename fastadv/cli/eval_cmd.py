@@ -10,9 +10,9 @@ import warnings
 
 import torch
 
-from .. import _distributed, models
-from .._validate import AMP_NAMES
+from .. import _distributed, digits_models, models
 from ..checkpoint import CheckpointError
+from ..checks import AMP_NAMES
 from ..data import DataError, Selection
 from ..evaluate import ATTACKS, describe_attacks, evaluate, format_report
 from . import args as arg
@@ -31,7 +31,7 @@ EXAMPLES = 8  # samples of the first batch kept for examples.png
 
 
 def _default_cache() -> str:
-    return models.digits_model_cache()  # (shared with models.standard_digits_model())
+    return digits_models.digits_model_cache()  # (shared with digits_models.standard_digits_model())
 
 
 def add_parser(sub) -> None:
@@ -95,7 +95,7 @@ def _default_model(cache: str, quiet: bool) -> torch.nn.Module:
         print(f"training the digits model (cached in {cache}) ...")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        model = models.standard_digits_model(cache)
+        model = digits_models.standard_digits_model(cache)
     for warning in caught:  # (not cached: said in a line, as before)
         print(f"note: {warning.message}")
     return model

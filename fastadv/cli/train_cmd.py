@@ -9,10 +9,9 @@ import os
 import torch
 
 from .. import _distributed, models
-from .._validate import AMP_NAMES
 from ..checkpoint import CheckpointError, fingerprint
-from ..data import DataError, Selection, TensorSource
-from ..datasets import digits
+from ..checks import AMP_NAMES
+from ..data import DataError, Selection, TensorSource, digits
 from ..recipes import RECIPES, Recipe
 from ..train import OPTIMIZERS, SCHEDULES, fit
 from . import args as arg
@@ -22,7 +21,7 @@ from .output import OPTIONS_HELP, OutputFolder
 # Shared with the functions the command runs: --schedule and --seed (fit), --alpha, --steps,
 # --replays, --beta and --clean-fraction (Recipe), --width (small_cnn).
 FIT, RECIPE, SMALL_CNN = arg.defaults(fit), arg.defaults(Recipe), arg.defaults(models.small_cnn)
-# The command's own: FGSM-RS on the digits with Adam, as models.standard_digits_model is trained
+# The command's own: FGSM-RS on the digits with Adam, as fastadv.digits_models trains its models
 # (fit's defaults are PGD-AT at 8/255 with SGD, for CIFAR-sized models).
 DIGITS = {"recipe": "fgsm-rs", "eps": 0.1, "epochs": 15, "batch_size": 64, "optimizer": "adam", "lr": 2e-3,
           "weight_decay": 0.0}  # fmt: skip

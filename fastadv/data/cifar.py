@@ -73,7 +73,7 @@ class CifarSource(Source):
     int64 labels (CIFAR-100: the fine labels), the class names from the meta file."""
 
     def __init__(self, path: str, split: str = "test"):
-        from .. import _validate as check
+        from .. import checks as check
 
         check.choice("split", split, ("train", "test"))
         found = cifar_layout(path)

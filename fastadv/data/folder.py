@@ -35,7 +35,7 @@ class ImageFolderSource(Source):
     large to decode safely) unless `skip_bad`."""
 
     def __init__(self, path: str, input_size=None, crop_size: int | None = None, *, skip_bad: bool = False):
-        from .. import _validate as check
+        from .. import checks as check
 
         self.name, self.skip_bad = path, check.flag("skip_bad", skip_bad)
         self.size = resizing.input_size("input_size", input_size)

@@ -16,7 +16,7 @@ import zipfile
 import numpy as np
 import torch
 
-from .. import _validate as check
+from .. import checks as check
 from .source import DataError, Source, file_digest
 
 _CHANNEL_COUNTS = (1, 3, 4)

@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 import torch
 
-from .. import _validate as check
+from .. import checks as check
 
 
 def torchvision():

@@ -9,7 +9,7 @@ import hashlib
 import numpy as np
 import torch
 
-from .. import _validate as check
+from .. import checks as check
 from .source import Item, Source, TensorSource
 
 

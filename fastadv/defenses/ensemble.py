@@ -8,7 +8,7 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-from .. import _validate as check
+from .. import checks as check
 
 COMBINE = ("logits", "probs")
 

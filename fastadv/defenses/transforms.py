@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .. import _validate as check
+from .. import checks as check
 from .context import adaptive_active
 
 

@@ -23,7 +23,7 @@ class UploadError(ValueError):
 def read_upload(path: str, channels: int, size: tuple[int, int]) -> tuple[torch.Tensor, str]:
     """(image float32 [channels, H, W] in [0, 1], a note on what was changed) from the file at
     `path`, resized to `size` = (H, W) (shorter side scaled, centre crop, as
-    fastadv.datasets.image_folder does, when the aspect ratio differs)."""
+    fastadv.data.image_folder does, when the aspect ratio differs)."""
     from PIL import Image
 
     name = os.path.basename(path)

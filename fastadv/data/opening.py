@@ -1,11 +1,11 @@
-"""Datasets that need no download, and the front door to the streamed ones.
+"""Opening a data set: the one that needs no download, and the front door to the streamed ones.
 
 `digits` is scikit-learn's copy of the UCI handwritten digits (1797 grey images, ten classes;
 8x8 originals, returned upsampled to 16x16), which ships inside the scikit-learn package, so it
 loads offline in milliseconds.
 `open_data` turns what a user points at ('digits', an image folder, a CIFAR folder, an .npz
-file) into a streamed data set of `fastadv.data`; `load_npz` and `image_folder` read one whole
-into tensors (for small sets).
+file) into a streamed data set (a Source), `open_selection` also selects its samples; `load_npz` and
+`image_folder` read one whole into tensors (for small sets).
 """
 
 from __future__ import annotations
@@ -13,11 +13,13 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from . import _validate as check
-from .data import IMAGE_EXTENSIONS, CifarSource, DataError, ImageFolderSource, NpzSource, Source, TensorSource
-from .data.cifar import cifar_layout
-
-__all__ = ["IMAGE_EXTENSIONS", "DataError", "digits", "image_folder", "load_npz", "materialize", "open_data"]
+from .. import checks as check
+from .cifar import CifarSource, cifar_layout
+from .folder import ImageFolderSource
+from .loader import BatchStream
+from .npz import NpzSource
+from .selection import Selection, select
+from .source import DataError, Source, TensorSource
 
 DIGITS_SIZE = 16
 DIGITS_TEST_FRACTION = 0.2
@@ -41,7 +43,7 @@ def digits(split: str = "train") -> tuple[torch.Tensor, torch.Tensor]:
     try:
         from sklearn.datasets import load_digits
     except ImportError as error:  # pragma: no cover - scikit-learn is a dependency
-        raise ImportError("fastadv.datasets.digits needs scikit-learn (pip install scikit-learn)") from error
+        raise ImportError("fastadv.data.digits needs scikit-learn (pip install scikit-learn)") from error
     bunch = load_digits()
     images = torch.as_tensor(bunch.images, dtype=torch.float32).unsqueeze(1) / 16.0
     images = F.interpolate(images, size=(DIGITS_SIZE, DIGITS_SIZE), mode="bilinear", align_corners=False)
@@ -81,11 +83,19 @@ def open_data(spec: str, split: str = "test", *, input_size=None, crop_size: int
     return NpzSource(spec)
 
 
+def open_selection(spec: str, split: str = "test", *, input_size=None, crop_size: int | None = None,
+                   skip_bad: bool = False, limit: int | None = None, subset: int | None = None,
+                   shuffle_seed: int | None = None) -> Selection:  # fmt: skip
+    """The samples of `spec` (see open_data) that `limit`, `subset` and `shuffle_seed` select
+    (see select). Raises DataError when the data cannot be read, ValueError naming the
+    selection's argument when it does not fit the data (a subset larger than the data)."""
+    source = open_data(spec, split, input_size=input_size, crop_size=crop_size, skip_bad=skip_bad)
+    return select(source, limit=limit, subset=subset, shuffle_seed=shuffle_seed)
+
+
 def materialize(source: Source) -> tuple[torch.Tensor, torch.Tensor]:
     """The whole data set as (float32 images [N, C, H, W] in [0, 1], int64 labels): for small sets
     only (it is N x C x H x W x 4 bytes). Read in this process; DataError at the first bad image."""
-    from .data import BatchStream, Selection
-
     stream = BatchStream(Selection(source), [(0, range(len(source)))], torch.device("cpu"), workers=0)
     batch = next(iter(stream))
     return batch.x.contiguous(), batch.y

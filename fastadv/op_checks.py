@@ -1,4 +1,6 @@
-"""Argument checks and normalization shared by every public op (written once).
+"""The ops' argument checks (tensors, `out`, layouts) and the conversion of eps, alpha, lower and
+upper into the kernels' StepParams, shared by every public op (written once). The checks every
+layer above the ops shares (numbers, names, images and labels) are in `checks.py`.
 
 Each check raises TypeError or ValueError whose message starts with the argument's name.
 Values inside accelerator tensors are never read (that would synchronize with the host);
@@ -12,7 +14,7 @@ import struct
 
 import torch
 
-from .backends.params import Param
+from .backends.step_param import StepParam
 
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
@@ -56,10 +58,10 @@ def check_inputs(x_adv: object, grad: object | None, x: object) -> None:
         raise TypeError(f"x has dtype {x.dtype} but x_adv has dtype {x_adv.dtype}; they must match")
 
 
-def to_param(
+def to_step_param(
     name: str, value: object, x: torch.Tensor, *, per_channel: bool, nonnegative: bool, finite: bool = False
-) -> Param:
-    """Normalizes eps / alpha / lower / upper.
+) -> StepParam:
+    """eps / alpha / lower / upper checked and in the form the kernels take (a StepParam).
 
     Accepts a Python number, a 0-d tensor, a 1-d tensor of length B (per sample), or a tensor
     broadcastable to x's shape whose only non-1 dims are 0 (batch) and 1 (channel, only when
@@ -86,10 +88,10 @@ def to_param(
             raise ValueError(f"{name} must be finite, got an infinite entry (or one beyond float32's range)")
         if nonnegative and (table < 0).any():
             raise ValueError(f"{name} must be >= 0, got a negative entry ({table.min().item()})")
-    return Param(0.0, table)
+    return StepParam(0.0, table)
 
 
-def _number_param(name: str, v: float, nonnegative: bool, finite: bool) -> Param:
+def _number_param(name: str, v: float, nonnegative: bool, finite: bool) -> StepParam:
     if math.isnan(v):
         raise ValueError(f"{name} must not be NaN")
     if nonnegative and v < 0:
@@ -98,7 +100,7 @@ def _number_param(name: str, v: float, nonnegative: bool, finite: bool) -> Param
     if finite and math.isinf(value):
         beyond = "" if math.isinf(v) else " (beyond float32's range, about 3.4e38)"
         raise ValueError(f"{name} must be finite, got {v}{beyond}")
-    return Param(value, None)
+    return StepParam(value, None)
 
 
 def _table_shape(name: str, t: torch.Tensor, x: torch.Tensor, per_channel: bool) -> torch.Tensor:
@@ -128,7 +130,7 @@ def _table_shape(name: str, t: torch.Tensor, x: torch.Tensor, per_channel: bool)
     return t.reshape(shape[0], shape[1] if x.dim() >= 2 else 1)
 
 
-def check_bounds(lower: Param, upper: Param) -> None:
+def check_bounds(lower: StepParam, upper: StepParam) -> None:
     """lower <= upper wherever it can be checked without a device sync."""
     if lower.table is None and upper.table is None:  # two numbers: no tensor needed (every attack step)
         if lower.value > upper.value:
@@ -142,7 +144,7 @@ def check_bounds(lower: Param, upper: Param) -> None:
         raise ValueError(f"lower must be <= upper everywhere, got lower={_show(lower)} and upper={_show(upper)}")
 
 
-def _show(p: Param) -> str:
+def _show(p: StepParam) -> str:
     return repr(p.value) if p.table is None else f"a tensor of shape {tuple(p.table.shape)}"
 
 

@@ -1,6 +1,6 @@
 """Argument checks shared by every layer above the ops (attacks, evaluation, training, the
 command line): each error names the argument and is raised before any state of the caller's is
-touched. The op layer's own checks of tensors and step parameters are in `_checks.py`."""
+touched. The op layer's own checks of tensors and step parameters are in `op_checks.py`."""
 
 from __future__ import annotations
 

@@ -12,6 +12,7 @@ from .. import _distributed, models
 from ..checkpoint import CheckpointError, fingerprint
 from ..checks import AMP_NAMES
 from ..data import DataError, Selection, TensorSource, digits
+from ..digits_models import DIGITS_TRAINING
 from ..recipes import RECIPES, Recipe
 from ..train import OPTIMIZERS, SCHEDULES, fit
 from . import args as arg
@@ -21,10 +22,9 @@ from .output import OPTIONS_HELP, OutputFolder
 # Shared with the functions the command runs: --schedule and --seed (fit), --alpha, --steps,
 # --replays, --beta and --clean-fraction (Recipe), --width (small_cnn).
 FIT, RECIPE, SMALL_CNN = arg.defaults(fit), arg.defaults(Recipe), arg.defaults(models.small_cnn)
-# The command's own: FGSM-RS on the digits with Adam, as fastadv.digits_models trains its models
-# (fit's defaults are PGD-AT at 8/255 with SGD, for CIFAR-sized models).
-DIGITS = {"recipe": "fgsm-rs", "eps": 0.1, "epochs": 15, "batch_size": 64, "optimizer": "adam", "lr": 2e-3,
-          "weight_decay": 0.0}  # fmt: skip
+# The command's own: FGSM-RS on the digits with the digits models' settings (fit's defaults are
+# PGD-AT at 8/255 with SGD, for CIFAR-sized models).
+DIGITS = {"recipe": "fgsm-rs", "eps": 0.1, "epochs": 15, **DIGITS_TRAINING}
 DESCRIPTION = """Train a model with a recipe (standard, pgd = PGD-AT, fgsm-rs = FGSM with a random start, free =
 Free-AT, trades = TRADES, distill = defensive distillation at --temperature, from a --teacher's soft labels or,
 without one, from the labels: the teacher of the procedure), checkpointing every epoch into --out (latest.pt;

@@ -198,6 +198,36 @@ class Attack:
             with attack_mode(self.model, self.model_mode):
                 return self._logits(x, call).argmax(1)
 
+    def logits(self, images: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """The model's outputs, float32 logits [B, K], for `images` as the attack's steps see
+        them: the same mean/std, autocast, layout and model mode, without gradients; the model
+        left as it was. `labels`, when given, are checked as `run` checks them. (AutoAttack's
+        sanity checks read the model through this.)"""
+        with self._as_seen(images, labels) as (x, _, call), torch.no_grad():
+            return self._logits(x, call).float()
+
+    def input_gradient(self, images: torch.Tensor, labels: torch.Tensor, loss: str = "ce") -> torch.Tensor | None:
+        """d (the summed per-sample `loss` of the model's logits at `labels`) / d images, taken as
+        the attack's steps take it (mean/std, autocast, layout, model mode; input only, the model
+        left as it was): a tensor of the images' shape, or None when the outputs do not depend on
+        the images through autograd. loss: "ce", "margin" or "dlr", as the attacks' `loss`."""
+        with self._as_seen(images, labels) as (x, y, call):
+            x = x.clone().requires_grad_(True)
+            total = per_sample_loss(loss, self._logits(x, call), y).sum()
+            return torch.autograd.grad(total, x, allow_unused=True)[0] if total.requires_grad else None
+
+    @contextlib.contextmanager
+    def _as_seen(self, images: torch.Tensor, labels: torch.Tensor | None):
+        """(x, y, call) prepared as `run` prepares them, gradients on, the model in attack mode."""
+        if labels is None:
+            labels = torch.zeros(images.shape[0] if isinstance(images, torch.Tensor) and images.dim() else 0,
+                                 dtype=torch.int64, device=getattr(images, "device", None))  # fmt: skip
+        check.images_and_labels(images, labels)
+        with torch.inference_mode(False), torch.enable_grad():
+            x, y, call = self._prepare(images, labels)
+            with attack_mode(self.model, self.model_mode):
+                yield x, y, call
+
     def _attack(self, images: torch.Tensor, labels: torch.Tensor, track: bool) -> AttackResult:
         check.images_and_labels(images, labels)
         # Gradients are needed even when the caller is under no_grad or inference_mode.

@@ -1,7 +1,14 @@
 """The root of every attack, :class:`Attack` (torchattacks' root class has the same name): the
 options, which of them an attack supports, the model's safety, the checks of images and labels,
-bounds, normalization, autocast and layout. The gradient loop is `gradient.py`'s
-:class:`GradientAttack`; CW, DeepFool and JSMA run their own loops on this root.
+bounds, normalization, autocast and layout.
+
+Its users: `gradient.py`'s :class:`GradientAttack` (the loop of FGSM, PGD, PGDL2, MIFGSM, APGD
+and APGDT); CW, DeepFool, JSMA, FAB and Square, which run their own loops on this root;
+`autoattack.py`, which builds its stages on it, reads the model through a stage's `predict`,
+`logits` and `input_gradient` (its sanity checks) and says an option one refuses
+(`UnsupportedOption`, `GRADIENT_OPTIONS`); `catalog.py`, whose AutoAttack stages take the shared
+`OPTIONS` from the caller; and outside `fastadv.attacks`, the public `fastadv.Attack` (the demo's
+registry types its attacks with it).
 
 Contract (docs/DESIGN.md, "The attack contract"): input-only gradients, the model in attack
 mode and restored on exit (also when the attack raises), the caller's tensors never written.

@@ -12,9 +12,10 @@ import torch
 
 from .. import _distributed, models
 from .._validate import AMP_NAMES
+from ..attacks.catalog import ATTACKS, describe_attacks
 from ..checkpoint import CheckpointError
 from ..data import DataError, Selection
-from ..evaluate import ATTACKS, describe_attacks, evaluate, format_report
+from ..evaluate import evaluate, format_report
 from . import args as arg
 from . import defenses, model_options
 from .args import CliError

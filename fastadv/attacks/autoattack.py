@@ -401,7 +401,9 @@ class AutoAttackLite(AutoAttack):
     r"""``AutoAttack(..., version="lite")`` with its own knobs: APGD-CE on every correctly
     classified sample, then APGD-T (targeted DLR, ``n_target_classes`` targets) on those still
     robust, logged as the original does (``apgd-ce - 1/2 - 19 out of 250 successfully
-    perturbed``, ``robust accuracy after APGD-CE: 72.00% (total time 2.3 s)``).
+    perturbed``, ``robust accuracy after APGD-CE: 72.00% (total time 2.3 s)``). An AutoAttack
+    of version "lite" in every respect (built by AutoAttack's constructor), whose ``n_restarts``
+    replaces the catalogue's restarts of both stages.
 
     Arguments:
         model (nn.Module or callable): maps images [B, ...] to logits [B, K] (K >= 4).

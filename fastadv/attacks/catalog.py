@@ -134,9 +134,10 @@ class AttackEntry:
         """The keyword arguments the class is built with at `eps` and `steps`."""
         return {k: _value(v, {"eps": eps, "steps": steps}) for k, v in self.settings.items()}
 
-    def build(self, model, eps: float, steps: int, generator: torch.Generator | None = None, **options):
+    def build(self, model, eps: float, steps: int, generator: torch.Generator | None = None, /, **options):
         """The attack at `eps` (`steps` for the iterative ones), seeded from `generator` (None:
-        the class's own seeding); `options` are added to the settings, and win over them.
+        the class's own seeding); `options` are added to the settings, and win over them (the
+        arguments before them are positional only: options may name `steps`, as AutoAttack's).
         AutoAttack comes as a `WholeBatch`."""
         arguments = self.arguments(eps, steps)
         if self.seeding == "generator":

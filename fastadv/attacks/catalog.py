@@ -327,8 +327,11 @@ def _plain(settings: dict) -> dict:
 
 
 def describe_attacks() -> str:
-    """The attacks and their settings, one "name: Class(settings)" each (for --help)."""
-    return "; ".join(f"{name}: {entry.describe()}" for name, entry in ATTACKS.items())
+    """The attacks and their settings, one "name: Class(settings)" each, then AutoAttack's stages
+    as "autoattack:name: Class(settings)" (for --help)."""
+    lines = [f"{name}: {entry.describe()}" for name, entry in ATTACKS.items()]
+    lines += [f"autoattack:{name}: {stage.describe()}" for name, stage in AUTOATTACK_STAGES.items()]
+    return "; ".join(lines)
 
 
 def table() -> str:

@@ -1,6 +1,9 @@
-"""AutoAttack's cascade, shared by `fastadv.evaluate` and `AutoAttackLite`: attacks run in order,
-each on the samples still robust (those no earlier attack fooled), in chunks; a sample an attack
-fools stops being robust."""
+"""AutoAttack's cascade: attacks run in order, each on the samples still robust (those no earlier
+attack fooled), in chunks; a sample an attack fools stops being robust.
+
+Its users: `fastadv.attacks.autoattack.AutoAttack.run` (the stages of every version, AutoAttackLite's
+included), and `fastadv.evaluate`, whose attacks at one eps are a cascade (or, with
+``cascade=False``, each on every sample: ``survivors_only=False``)."""
 
 from __future__ import annotations
 

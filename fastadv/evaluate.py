@@ -36,7 +36,6 @@ from ._version import __version__
 from .attacks.autoattack import AutoAttack, AutoAttackLite, AutoAttackResult, Stage
 from .attacks.catalog import (
     ATTACKS,
-    MINIMAL_NORM,
     AttackEntry,
     adaptive_attacks,
     attack_options,
@@ -203,7 +202,7 @@ _NOTHING = _Outcome(torch.zeros(0, dtype=torch.bool), None, (0.0, 0.0), 0.0)  # 
 
 def within_budget(adv: torch.Tensor, x: torch.Tensor, eps: float) -> torch.Tensor:
     """bool [B]: the L2 distance of adv from x is within eps (up to float32 rounding): where a
-    minimal-norm attack (MINIMAL_NORM) fools the model within the budget eps."""
+    minimal-norm attack (`AttackEntry.minimal_norm`) fools the model within the budget eps."""
     return (adv.float() - x.float()).flatten(1).norm(dim=1) <= eps * (1 + 1e-6)
 
 
@@ -257,7 +256,7 @@ def _run_attack(job: _Job, batch: _Batch, targets: torch.Tensor, attack_index: i
     adv = result.adv
     delta = (adv.float() - x_t.float()).flatten(1)
     success, predicted = result.success, result.predicted  # recorded by the attack: no second forward
-    if attack_name in MINIMAL_NORM:  # beyond the budget the sample keeps its clean (correct) class
+    if ATTACKS[attack_name].minimal_norm:  # beyond the budget the sample keeps its clean (correct) class
         within = within_budget(adv, x_t, eps)
         success, predicted = success & within, torch.where(within, predicted, y_t)
         adv = torch.where(within.view(-1, *([1] * (adv.dim() - 1))), adv, x_t)

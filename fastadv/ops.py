@@ -12,6 +12,7 @@ from collections.abc import Callable
 
 import torch
 
+from .backends import BACKENDS, available_backends, check_backend_name, resolve_backend
 from .op_checks import (
     ParamLike,
     check_bounds,
@@ -21,7 +22,6 @@ from .op_checks import (
     native_format,
     to_step_param,
 )
-from .backends import BACKENDS, available_backends, check_backend_name, resolve_backend
 
 __all__ = [
     "linf_step",

@@ -114,3 +114,81 @@ def test_the_design_lists_the_layers():
                 continue
             shown = prefix.replace("fastadv.", "fastadv/").replace(".", "/")
             assert shown in design or shown + ".py" in design or prefix.rpartition(".")[2] in design, prefix
+
+
+# ---- private names stay inside their package ----
+
+# Top-level private modules every package may still import, and why: the package's shared
+# utilities, private to fastadv as a whole.
+SHARED_PRIVATE = {
+    "fastadv._environment": "device names, shared by the report, the CLI and the benchmarks",
+    "fastadv._distributed": "torchrun set-up, shared by evaluation and training",
+    "fastadv._cascade": "AutoAttack's cascade, shared by AutoAttack and evaluate",
+    "fastadv._version": "the version string",
+    "fastadv._C": "the compiled extension (its name is setup.py's)",
+}
+
+
+def _unit(module: str) -> str:
+    """The package a module belongs to: fastadv.attacks for fastadv.attacks.apgd, fastadv.evaluate
+    for itself (a top-level module is a unit of its own), fastadv for the package root."""
+    return ".".join(module.split(".")[:2])
+
+
+def _private(part: str) -> bool:
+    return part.startswith("_") and not (part.startswith("__") and part.endswith("__"))
+
+
+def private_crossings(path: Path) -> list[str]:
+    """Every `_private` module or attribute of another package that the file imports or reads
+    from a module it imported (`module._name`), with its line."""
+    importer = module_name(path)
+    package = importer if path.name == "__init__.py" else importer.rpartition(".")[0]
+    tree = ast.parse(path.read_text(), str(path))
+    bound: dict[str, str] = {}  # local name -> the fastadv module it is bound to
+    found = []
+
+    def foreign(module: str) -> bool:
+        return _unit(module) != _unit(importer) and module not in SHARED_PRIVATE
+
+    def check_module(line: int, module: str) -> None:
+        parts = module.split(".")
+        if any(_private(p) for p in parts[1:]) and foreign(module):
+            found.append(f"line {line}: module {module}")
+
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name.split(".")[0] == "fastadv":
+                    check_module(node.lineno, alias.name)
+                    if alias.asname:
+                        bound[alias.asname] = alias.name
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")
+                target = ".".join(base[: len(base) - node.level + 1] + ([node.module] if node.module else []))
+            elif (node.module or "").split(".")[0] == "fastadv":
+                target = node.module
+            else:
+                continue
+            check_module(node.lineno, target)
+            for alias in node.names:
+                candidate = f"{target}.{alias.name}"
+                stem = PACKAGE.parent / Path(*candidate.split("."))
+                if stem.with_suffix(".py").exists() or stem.is_dir() or any(stem.parent.glob(stem.name + ".*.so")):
+                    check_module(node.lineno, candidate)
+                    bound[alias.asname or alias.name] = candidate
+                elif _private(alias.name) and foreign(target):
+                    found.append(f"line {node.lineno}: {alias.name} from {target}")
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in bound:
+            module = bound[node.value.id]
+            if _private(node.attr) and foreign(module):
+                found.append(f"line {node.lineno}: {node.value.id}.{node.attr} ({module})")
+    return found
+
+
+@pytest.mark.parametrize("path", MODULES, ids=lambda p: module_name(p))
+def test_no_private_name_crosses_a_package(path):
+    crossings = private_crossings(path)
+    assert not crossings, f"{module_name(path)} uses private names of other packages:\n" + "\n".join(crossings)

@@ -16,7 +16,7 @@ from fastadv import attacks
 from fastadv.cli import main
 from fastadv.cli.defenses import evaluate_defenses
 from fastadv.data import ImageFolderSource, open_data
-from fastadv.evaluate import ATTACKS, MINIMAL_NORM, evaluate, format_report, within_budget
+from fastadv.evaluate import ATTACKS, evaluate, format_report, within_budget
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +75,7 @@ def test_every_setting_of_every_attack_is_recorded_and_rebuilds_the_attack(digit
         attack = cls(model, **{k: v for k, v in row["settings"].items() if k in takes})
         result = attack.run(x, y)
         fooled = result.success & (result.predicted != y)
-        if name in MINIMAL_NORM:
+        if ATTACKS[name].minimal_norm:
             fooled &= within_budget(result.adv, x, eps)
         robust = float(((model(x).argmax(1) == y) & ~fooled).float().mean())
         assert row["robust_accuracy"] == pytest.approx(robust), (name, eps)

@@ -6,7 +6,9 @@ supports, model safety, input checks, normalization, autocast, layout); `gradien
 gradient loop :class:`GradientAttack` (restarts, early stopping with compaction, CUDA graphs,
 random start, the fused step) that FGSM, PGD, PGDL2, MIFGSM and APGD/APGDT run on; CW, DeepFool,
 FAB, JSMA and Square (score-based, no gradients) run their own loops on the root (FAB's projection is
-`boundary_projection.py`).
+`boundary_projection.py`); `autoattack.py` is AutoAttack and AutoAttackLite; `catalog.py` the attack
+catalogue (every attack fastadv runs by name, with its settings); `model_mode.py` the model-mode
+context `attack_mode`, which attacks and the layers above run a model in.
 """
 
 from .apgd import APGD
@@ -20,6 +22,7 @@ from .functional import fgsm, pgd
 from .gradient import GradientAttack
 from .jsma import JSMA
 from .mifgsm import MIFGSM
+from .model_mode import MODEL_MODES, attack_mode
 from .pgd import PGD
 from .pgdl2 import PGDL2
 from .result import AttackResult
@@ -37,10 +40,12 @@ __all__ = [
     "GradientAttack",
     "JSMA",
     "MIFGSM",
+    "MODEL_MODES",
     "PGD",
     "PGDL2",
     "Square",
     "UnsupportedOption",
+    "attack_mode",
     "fgsm",
     "pgd",
 ]

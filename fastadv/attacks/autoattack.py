@@ -10,17 +10,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from .. import checks as check
 from .._cascade import StageRun, run_cascade
 from ..checkpoint import rng_state, set_rng_state
-from .apgd import APGD
 from .apgdt import APGDT
 from .base import GRADIENT_OPTIONS, Attack, UnsupportedOption
-from .fab import FAB
-from .model_mode import attack_mode
-from .square import Square
 
 # The attacks of each version, in the order they run (the original's `attacks_to_run`).
 VERSIONS = {
@@ -30,27 +25,8 @@ VERSIONS = {
     "lite": ("apgd-ce", "apgd-t"),
 }
 STAGES = ("apgd-ce", "apgd-dlr", "apgd-t", "fab", "fab-t", "square")  # what version="custom" may run
-
-
-@dataclass(frozen=True)
-class _Settings:
-    """What differs between versions: the runs of APGD-CE/-DLR, of APGD-T per target class, of
-    FAB (untargeted), of FAB-T per target class, and APGD's gradients per step (EOT)."""
-
-    apgd_restarts: int = 1
-    apgd_t_restarts: int = 1
-    fab_restarts: int = 1
-    fab_t_restarts: int = 1
-    eot_iter: int = 1
-
-
-SETTINGS = {
-    "standard": _Settings(),
-    "plus": _Settings(apgd_restarts=5, fab_restarts=5),
-    "rand": _Settings(eot_iter=20),
-    "custom": _Settings(apgd_restarts=5, fab_restarts=5),  # the original's attacks as constructed
-    "lite": _Settings(),
-}
+# Each stage's class and settings (the original's, per version) are the attack catalogue's
+# AUTOATTACK_STAGES (fastadv/attacks/catalog.py), with evaluate's attacks in one table.
 
 
 class AutoAttackWarning(UserWarning):
@@ -247,12 +223,7 @@ class AutoAttack:
             raise ValueError(f"n_classes must be an int >= 2, got {n_classes!r}")
         self.n_classes = n_classes
         self.verbose = check.flag("verbose", verbose)
-        self._setup(model, norm, eps, version, names, SETTINGS[version], n_classes - 1, seed, steps, n_queries,
-                    log if verbose else None, options)  # fmt: skip
-
-    def _setup(self, model, norm, eps, version, names, settings: _Settings, targets, seed, steps, n_queries, log,
-               options) -> None:  # fmt: skip
-        """Checks what every version shares and builds the stages."""
+        log = log if verbose else None
         if "targeted" in options or "generator" in options:
             raise ValueError(f"options: {type(self).__name__} takes neither targeted nor generator (it is seeded "
                              "by seed)")  # fmt: skip
@@ -261,14 +232,22 @@ class AutoAttack:
         self.eps = check.number("eps", eps, at_least=0)
         self.norm = {"linf": "Linf", "l2": "L2"}[check.norm(norm)]
         self.version, self.seed, self.log = version, seed, log
-        self.n_target_classes = targets
+        self.n_target_classes = n_classes - 1
         check.positive_int("steps", steps)
         check.positive_int("n_queries", n_queries)
-        common = {"norm": self.norm, "eps": self.eps, "seed": seed, **options}
+        from .catalog import AUTOATTACK_STAGES  # (the catalogue lists AutoAttack too: imported once it is defined)
+
+        arguments = {"norm": self.norm, "eps": self.eps, "seed": seed, "version": version, "steps": steps,
+                     "n_queries": n_queries, "n_classes": n_classes, "options": options}  # fmt: skip
         try:
-            self.stages = [(name, _stage(name, model, common, settings, targets, steps, n_queries)) for name in names]
+            self.stages = [(name, AUTOATTACK_STAGES[name].build(model, overrides=self._stage_overrides(name),
+                                                                **arguments)) for name in names]  # fmt: skip
         except UnsupportedOption as error:  # the stage's class named it: say it of this class, and why
             raise _unsupported_by_stage(type(self).__name__, error) from None
+
+    def _stage_overrides(self, name: str) -> dict:
+        """Settings of stage `name` that replace the catalogue's (none here; AutoAttackLite's restarts)."""
+        return {}
 
     def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return self.run(images, labels).adv
@@ -388,15 +367,9 @@ class AutoAttack:
     def _sanity_checks(self, attack: Attack, images: torch.Tensor, labels: torch.Tensor) -> None:
         """The original's checks of the defense on one batch, as warnings; the model is seen as
         the stages see it (through the first one: mean/std, amp, mode) and left as it was."""
-        # (the attack root's private hooks: the same normalization, autocast and model mode as the stages)
-        with torch.inference_mode(False), torch.enable_grad():
-            x, y, call = attack._prepare(images, labels)
-            with attack_mode(attack.model, attack.model_mode):
-                with torch.no_grad():
-                    first, second = (attack._logits(x, call).float() for _ in range(2))
-                x = x.clone().requires_grad_(True)
-                loss = F.cross_entropy(attack._logits(x, call).float(), y, reduction="sum")
-                grad = torch.autograd.grad(loss, x, allow_unused=True)[0] if loss.requires_grad else None
+        # (through the stage's public view of the model: the same normalization, autocast and mode)
+        first, second = attack.logits(images, labels), attack.logits(images, labels)
+        grad = attack.input_gradient(images, labels, "ce")
         if self.version != "rand" and _differ(first, second):
             warnings.warn(RANDOMIZED, AutoAttackWarning, stacklevel=3)
         if (
@@ -428,7 +401,9 @@ class AutoAttackLite(AutoAttack):
     r"""``AutoAttack(..., version="lite")`` with its own knobs: APGD-CE on every correctly
     classified sample, then APGD-T (targeted DLR, ``n_target_classes`` targets) on those still
     robust, logged as the original does (``apgd-ce - 1/2 - 19 out of 250 successfully
-    perturbed``, ``robust accuracy after APGD-CE: 72.00% (total time 2.3 s)``).
+    perturbed``, ``robust accuracy after APGD-CE: 72.00% (total time 2.3 s)``). An AutoAttack
+    of version "lite" in every respect (built by AutoAttack's constructor), whose ``n_restarts``
+    replaces the catalogue's restarts of both stages.
 
     Arguments:
         model (nn.Module or callable): maps images [B, ...] to logits [B, K] (K >= 4).
@@ -458,12 +433,12 @@ class AutoAttackLite(AutoAttack):
         log: Callable[[str], Any] | None = print,
         **options: Any,
     ):
-        restarts = check.positive_int("n_restarts", n_restarts)
-        settings = _Settings(apgd_restarts=restarts, apgd_t_restarts=restarts)
-        self.n_classes = check.positive_int("n_target_classes", n_target_classes) + 1
-        self.verbose = log is not None
-        self._setup(model, norm, eps, "lite", list(VERSIONS["lite"]), settings, n_target_classes, seed, steps, 5000,
-                    log, options)  # fmt: skip
+        self.n_restarts = check.positive_int("n_restarts", n_restarts)
+        targets = check.positive_int("n_target_classes", n_target_classes)
+        super().__init__(model, norm, eps, "lite", targets + 1, seed, log is not None, steps=steps, log=log, **options)
+
+    def _stage_overrides(self, name: str) -> dict:
+        return {"n_restarts": self.n_restarts}  # (both stages, APGD-CE and APGD-T)
 
 
 def _unsupported_by_stage(name: str, error: UnsupportedOption) -> UnsupportedOption:
@@ -482,25 +457,6 @@ def _unsupported_by_stage(name: str, error: UnsupportedOption) -> UnsupportedOpt
         error.option,
         stage,
     )
-
-
-def _stage(name: str, model: Any, common: dict, settings: _Settings, targets: int, steps: int,
-           n_queries: int) -> Attack:  # fmt: skip
-    """The attack of one stage, with the original's settings."""
-    options = {k: v for k, v in common.items() if k != "early_stop"}
-    if name in ("apgd-ce", "apgd-dlr"):
-        return APGD(model, steps=steps, n_restarts=settings.apgd_restarts, loss=name[len("apgd-") :],
-                    eot_iter=settings.eot_iter, **{"early_stop": True, **common})  # fmt: skip
-    if name == "apgd-t":
-        return APGDT(model, steps=steps, n_restarts=settings.apgd_t_restarts, n_target_classes=targets,
-                     **{"early_stop": True, **common})  # fmt: skip
-    if name == "square":
-        return Square(model, n_queries=n_queries, n_restarts=1, p_init=0.8, resc_schedule=False, **options)
-    restarts, multi = (settings.fab_t_restarts, True) if name == "fab-t" else (settings.fab_restarts, False)
-    if options["seed"] is None:  # (FAB takes an int: a seed of its own from the global generator)
-        options["seed"] = int(torch.randint(0, 2**62, (1,)))
-    return FAB(model, steps=steps, n_restarts=restarts, alpha_max=0.1, eta=1.05, beta=0.9, multi_targeted=multi,
-               n_classes=targets + 1, **options)  # fmt: skip
 
 
 def _differ(first: torch.Tensor, second: torch.Tensor) -> bool:

@@ -1,7 +1,14 @@
 """The root of every attack, :class:`Attack` (torchattacks' root class has the same name): the
 options, which of them an attack supports, the model's safety, the checks of images and labels,
-bounds, normalization, autocast and layout. The gradient loop is `gradient.py`'s
-:class:`GradientAttack`; CW, DeepFool and JSMA run their own loops on this root.
+bounds, normalization, autocast and layout.
+
+Its users: `gradient.py`'s :class:`GradientAttack` (the loop of FGSM, PGD, PGDL2, MIFGSM, APGD
+and APGDT); CW, DeepFool, JSMA, FAB and Square, which run their own loops on this root;
+`autoattack.py`, which builds its stages on it, reads the model through a stage's `predict`,
+`logits` and `input_gradient` (its sanity checks) and says an option one refuses
+(`UnsupportedOption`, `GRADIENT_OPTIONS`); `catalog.py`, whose AutoAttack stages take the shared
+`OPTIONS` from the caller; and outside `fastadv.attacks`, the public `fastadv.Attack` (the demo's
+registry types its attacks with it).
 
 Contract (docs/DESIGN.md, "The attack contract"): input-only gradients, the model in attack
 mode and restored on exit (also when the attack raises), the caller's tensors never written.
@@ -197,6 +204,36 @@ class Attack:
                 return labels
             with attack_mode(self.model, self.model_mode):
                 return self._logits(x, call).argmax(1)
+
+    def logits(self, images: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """The model's outputs, float32 logits [B, K], for `images` as the attack's steps see
+        them: the same mean/std, autocast, layout and model mode, without gradients; the model
+        left as it was. `labels`, when given, are checked as `run` checks them. (AutoAttack's
+        sanity checks read the model through this.)"""
+        with self._as_seen(images, labels) as (x, _, call), torch.no_grad():
+            return self._logits(x, call).float()
+
+    def input_gradient(self, images: torch.Tensor, labels: torch.Tensor, loss: str = "ce") -> torch.Tensor | None:
+        """d (the summed per-sample `loss` of the model's logits at `labels`) / d images, taken as
+        the attack's steps take it (mean/std, autocast, layout, model mode; input only, the model
+        left as it was): a tensor of the images' shape, or None when the outputs do not depend on
+        the images through autograd. loss: "ce", "margin" or "dlr", as the attacks' `loss`."""
+        with self._as_seen(images, labels) as (x, y, call):
+            x = x.clone().requires_grad_(True)
+            total = per_sample_loss(loss, self._logits(x, call), y).sum()
+            return torch.autograd.grad(total, x, allow_unused=True)[0] if total.requires_grad else None
+
+    @contextlib.contextmanager
+    def _as_seen(self, images: torch.Tensor, labels: torch.Tensor | None):
+        """(x, y, call) prepared as `run` prepares them, gradients on, the model in attack mode."""
+        if labels is None:
+            labels = torch.zeros(images.shape[0] if isinstance(images, torch.Tensor) and images.dim() else 0,
+                                 dtype=torch.int64, device=getattr(images, "device", None))  # fmt: skip
+        check.images_and_labels(images, labels)
+        with torch.inference_mode(False), torch.enable_grad():
+            x, y, call = self._prepare(images, labels)
+            with attack_mode(self.model, self.model_mode):
+                yield x, y, call
 
     def _attack(self, images: torch.Tensor, labels: torch.Tensor, track: bool) -> AttackResult:
         check.images_and_labels(images, labels)

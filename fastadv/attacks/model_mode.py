@@ -1,4 +1,8 @@
-"""Puts a model in attack mode and gives it back exactly as it was, also when the attack raises.
+"""The model-mode context, public: `attack_mode(model, mode)` puts a model in attack mode and gives
+it back exactly as it was, also when the block raises (`from fastadv.attacks import attack_mode`).
+Every attack runs its model inside it (`Attack.model_mode`); the evaluation, the training recipes
+and the demo use it for their own forward passes (clean predictions, a teacher's outputs), so
+that they leave the model as they found it too.
 
 Attack mode: eval (or train, when asked) and no parameter requiring grad, so that
 `torch.autograd.grad` with respect to the input computes no weight gradient and touches no

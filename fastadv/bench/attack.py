@@ -55,8 +55,7 @@ from collections.abc import Callable, Iterable
 import torch
 import torch.nn.functional as F
 
-from ..attacks import APGD, CW, PGD
-from ..attacks.autoattack import AutoAttack
+from ..attacks.catalog import ATTACKS
 from ..data import digits
 from ..digits_models import fgsm_rs_digits_model, standard_digits_model
 from ..models import resnet18, small_cnn
@@ -100,6 +99,15 @@ DEFAULT_STEPS = {"pgd": 10, "apgd": 10, "cw": 10, "autoattack": 100}
 AUTOATTACK_BATCH = (64, 1000)
 # Square's queries per APGD/FAB step in the autoattack kind (the standard version: 5000 for 100)
 SQUARE_QUERIES_PER_STEP = 50
+# kind -> fastadv's side: the catalogue's entry (fastadv/attacks/catalog.py) and the settings the
+# benchmark changes so that every provider runs the same attack (no random start; torchattacks'
+# CW: c=1, kappa=0, lr=0.01, one round; AutoAttack at `steps` and 50 x steps queries)
+FASTADV = {
+    "pgd": ("pgd", {"random_start": False}),
+    "apgd": ("apgd-ce", {"n_restarts": 1}),
+    "cw": ("cw", {"c": 1, "kappa": 0, "lr": 0.01, "binary_search_steps": 1}),
+    "autoattack": ("autoattack", {"version": "standard", "seed": 0, "log": None}),
+}
 EPS = {"digits-cnn": 0.1, "digits-cnn-fgsm-rs": 0.1, "resnet18-cifar": 8 / 255, "resnet18-imagenet": 4 / 255}
 
 
@@ -186,7 +194,7 @@ def provider_fn(
 ) -> Callable[[], object]:
     if provider not in KINDS[kind]:
         raise ValueError(f"provider {provider!r} does not run {kind} (choose from {', '.join(KINDS[kind])})")
-    alpha = eps / 4
+    alpha = ATTACKS["pgd"].arguments(eps, steps)["alpha"]  # evaluate's step size: eps / 4
     if provider.startswith("naive"):
         return lambda: naive_pgd(model, images, labels, eps, alpha, steps, input_only=provider == "naive-autograd")
     if provider == "limit":
@@ -206,25 +214,24 @@ def provider_fn(
         return lambda: attack(images, labels)
     if provider in peers.PEERS:
         return peers.pgd(provider, model, images, labels, eps, alpha, steps)
+    name, settings = FASTADV[kind]
     if kind == "autoattack":
-        attack = AutoAttack(model, norm="Linf", eps=eps, version="standard", seed=0, steps=steps,
-                            n_queries=SQUARE_QUERIES_PER_STEP * steps, log=None)  # fmt: skip
+        built = ATTACKS[name].build(model, eps, steps, steps=steps, n_queries=SQUARE_QUERIES_PER_STEP * steps,
+                                    **settings)  # fmt: skip
         # one chunk, as torchattacks' MultiAttack takes the batch (and at least AutoAttack's bs=250,
         # the pairs APGD-T may batch)
-        return lambda: attack.run_standard_evaluation(images, labels, bs=max(images.shape[0], 250))
-    options = {"early_stop": "early-stop" in provider, "early_stop_every": 4 if provider.endswith("-k4") else 1}
-    if provider.endswith("graph"):
-        options["cuda_graph"] = True
-    if "bf16-cl" in provider:
-        options.update(amp=torch.bfloat16, channels_last=images.dim() == 4)
-    if kind == "apgd":
-        attack = APGD(
-            model, norm="Linf", eps=eps, steps=steps, n_restarts=1, loss="ce", early_stop=options["early_stop"]
-        )
+        return lambda: built.attack.run_standard_evaluation(images, labels, bs=max(images.shape[0], 250))
+    options = {"early_stop": "early-stop" in provider}
+    if kind == "pgd":
+        options["early_stop_every"] = 4 if provider.endswith("-k4") else 1
+        if provider.endswith("graph"):
+            options["cuda_graph"] = True
+        if "bf16-cl" in provider:
+            options.update(amp=torch.bfloat16, channels_last=images.dim() == 4)
     elif kind == "cw":
-        attack = CW(model, c=1, kappa=0, steps=steps, lr=0.01)
-    else:
-        attack = PGD(model, eps=eps, alpha=alpha, steps=steps, random_start=False, **options)
+        options = {}  # (CW takes no early_stop: it has its own early abort)
+    # no generator: the attacks' own seeding (APGD's seed 0; PGD without a random start draws nothing)
+    attack = ATTACKS[name].build(model, eps, steps, **settings, **options)
     return lambda: attack(images, labels)
 
 

@@ -11,10 +11,11 @@ import warnings
 import torch
 
 from .. import _distributed, digits_models, models
+from ..attacks.catalog import ATTACKS, describe_attacks
 from ..checkpoint import CheckpointError
 from ..checks import AMP_NAMES
 from ..data import DataError, Selection
-from ..evaluate import ATTACKS, describe_attacks, evaluate, format_report
+from ..evaluate import evaluate, format_report
 from . import args as arg
 from . import defenses, model_options
 from .args import CliError

@@ -1,20 +1,23 @@
-"""The attacks the explorer offers: one line each, built with fastadv's own classes.
+"""The attacks the explorer offers: each one an entry of the attack catalogue
+(`fastadv.attacks.catalog.ATTACKS`), built as `evaluate` builds it, with the page's controls.
 
-Adding an attack is one entry of `ATTACKS`: its label in the page, its name in
-`fastadv.evaluate.ATTACKS` (for the robustness-curve tab; None keeps it out of that tab), its
-norm (the slider's scale), whether it takes steps and alpha, whether it finds its own distance
-(a budget it is judged against, as `evaluate` judges DeepFool and CW), and how to build it (the
-options of an adaptive attack, `adaptive` and `eot_samples`, are added by `AttackChoice.build`).
+Adding an attack is one entry of `ATTACKS`: its label in the page, its name in the catalogue
+(its norm, the slider's scale; whether it takes steps and alpha; whether it finds its own
+distance, a budget it is judged against as `evaluate` judges DeepFool and CW; its class and
+settings, all read from there; the robustness-curve tab runs that name), and the page's own
+changes to the catalogue's settings, if any (the options of an adaptive attack, `adaptive` and
+`eot_samples`, are added by `AttackChoice.build`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
-from ..attacks import CW, FGSM, MIFGSM, PGD, PGDL2, Attack, DeepFool, Square
+from ..attacks import Attack
+from ..attacks.catalog import ATTACKS as CATALOG
+from ..attacks.catalog import STEPS, AttackEntry
 
 
 @dataclass(frozen=True)
@@ -35,14 +38,32 @@ class Settings:
 
 @dataclass(frozen=True)
 class AttackChoice:
-    """One attack of the page (see the module's doc): the fastadv class `build` makes."""
+    """One attack of the page (see the module's doc): the catalogue's entry `curve_name` with
+    the page's `overrides` of its settings."""
 
-    attack_class: type[Attack]
-    curve_name: str | None
-    norm: str  # "linf" or "l2"
-    iterative: bool
-    minimal: bool
-    make: Callable[..., Attack]  # (model, settings, **adaptive options)
+    curve_name: str  # its name in the catalogue, and in the robustness-curve tab
+    overrides: dict = field(default_factory=dict)
+
+    @property
+    def entry(self) -> AttackEntry:
+        return CATALOG[self.curve_name]
+
+    @property
+    def attack_class(self) -> type[Attack]:
+        return self.entry.attack_class
+
+    @property
+    def norm(self) -> str:  # "linf" or "l2"
+        return self.entry.norm
+
+    @property
+    def iterative(self) -> bool:
+        """It takes the page's steps."""
+        return STEPS in self.entry.settings.values()
+
+    @property
+    def minimal(self) -> bool:
+        return self.entry.minimal_norm
 
     @property
     def targeted_ok(self) -> bool:
@@ -53,37 +74,28 @@ class AttackChoice:
         return "eot_samples" in self.attack_class.supported_options
 
     def build(self, model: torch.nn.Module, settings: Settings) -> Attack:
-        """The attack on `model` with `settings`: ``adaptive=True`` when adaptive, and
+        """The attack on `model` with `settings`: the catalogue's entry at the page's eps and
+        steps, its random start from the page's generator, the page's alpha where the entry sets
+        one, targeted where the attack takes it; ``adaptive=True`` when adaptive, and
         ``eot_samples`` when more than one and the attack takes it, as `fastadv.evaluate` adds them."""
+        page = {"alpha": settings.alpha} if "alpha" in self.entry.settings else {}
+        if self.targeted_ok:
+            page["targeted"] = settings.targeted
         options = {"adaptive": True} if settings.adaptive else {}
         if settings.adaptive and settings.eot_samples > 1 and self.eot_ok:
             options["eot_samples"] = settings.eot_samples
-        return self.make(model, settings, **options)
+        return self.entry.build(model, settings.eps, settings.steps, settings.generator,
+                                **{**page, **self.overrides, **options})  # fmt: skip
 
 
-# fmt: off
 ATTACKS: dict[str, AttackChoice] = {
-    "FGSM": AttackChoice(FGSM, "fgsm", "linf", False, False,
-                         lambda m, s, **o: FGSM(m, eps=s.eps, targeted=s.targeted, **o)),
-    "PGD": AttackChoice(PGD, "pgd", "linf", True, False,
-                        lambda m, s, **o: PGD(m, eps=s.eps, alpha=s.alpha, steps=s.steps, targeted=s.targeted,
-                                               generator=s.generator, **o)),
-    "MI-FGSM": AttackChoice(MIFGSM, "mifgsm", "linf", True, False,
-                            lambda m, s, **o: MIFGSM(m, eps=s.eps, alpha=s.alpha, steps=s.steps, targeted=s.targeted,
-                                                         **o)),
-    "PGD-L2": AttackChoice(PGDL2, "pgd-l2", "l2", True, False,
-                           lambda m, s, **o: PGDL2(m, eps=s.eps, alpha=s.alpha, steps=s.steps, targeted=s.targeted,
-                                                    generator=s.generator, **o)),
-    "DeepFool": AttackChoice(DeepFool, "deepfool", "l2", True, True,
-                             lambda m, s, **o: DeepFool(m, steps=s.steps, **o)),
-    # evaluate's CW settings (fastadv.evaluate.ATTACKS["cw"])
-    "CW": AttackChoice(CW, "cw", "l2", True, True,
-                       lambda m, s, **o: CW(m, steps=s.steps, lr=0.05, binary_search_steps=5, targeted=s.targeted,
-                                             **o)),
-    # score-based, no gradients; 1000 queries keep a slider move interactive (the curve tab runs
-    # evaluate's "square", AutoAttack's 5000)
-    "Square (1000 queries)": AttackChoice(Square, "square", "linf", False, False,
-                                          lambda m, s, **o: Square(m, eps=s.eps, n_queries=1000, targeted=s.targeted,
-                                                                    generator=s.generator, **o)),
+    "FGSM": AttackChoice("fgsm"),
+    "PGD": AttackChoice("pgd"),
+    "MI-FGSM": AttackChoice("mifgsm"),
+    "PGD-L2": AttackChoice("pgd-l2"),
+    "DeepFool": AttackChoice("deepfool"),
+    "CW": AttackChoice("cw"),
+    # score-based, no gradients; 1000 queries, the schedule rescaled to them, keep a slider move
+    # interactive (the curve tab runs the catalogue's "square": AutoAttack's 5000, not rescaled)
+    "Square (1000 queries)": AttackChoice("square", {"n_queries": 1000, "resc_schedule": True}),
 }
-# fmt: on

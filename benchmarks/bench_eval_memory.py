@@ -1,6 +1,6 @@
 """`fastadv eval` on image folders of N small JPEGs: the process tree's peak RSS and PSS against N
-(flat in N: nothing of a batch outlives it). A tiny TorchScript CNN (no download), FGSM at eps 0.1,
-every image attacked.
+(flat in N: nothing of a batch outlives it). A tiny TorchScript CNN (no download), FGSM at eps
+0.1, every image attacked.
 
     python benchmarks/bench_eval_memory.py [--sizes 2000,20000] [--image-size 32] [--workers 0,2]
                                            [--json benchmarks/results/bench_eval_memory_cpu.json]

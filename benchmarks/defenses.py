@@ -24,7 +24,7 @@ import fastadv
 from fastadv import models
 from fastadv.datasets import digits
 from fastadv.defenses import JPEG, BitDepth, Defended, Ensemble, MedianFilter, RandomResizePad
-from fastadv.evaluate import evaluate
+from fastadv.evaluation import evaluate
 from fastadv.recipes import Recipe
 from fastadv.train import fit
 

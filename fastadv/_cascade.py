@@ -1,4 +1,4 @@
-"""AutoAttack's cascade, shared by `fastadv.evaluate` and `AutoAttackLite`: attacks run in order,
+"""AutoAttack's cascade, shared by `fastadv.evaluation` and `AutoAttackLite`: attacks run in order,
 each on the samples still robust (those no earlier attack fooled), in chunks; a sample an attack
 fools stops being robust."""
 

@@ -19,7 +19,7 @@ from fastadv import models
 from fastadv.cli import main
 from fastadv.data import BatchStream, CifarSource, DataError, ImageFolderSource, NpzSource, Selection, select
 from fastadv.datasets import load_npz, open_data
-from fastadv.evaluate import evaluate
+from fastadv.evaluation import evaluate
 
 EVAL = dict(attacks=["fgsm", "pgd"], eps=[0.1], steps=2, progress=False)
 
@@ -334,7 +334,7 @@ _DISTRIBUTED = """
 import json, sys, torch, torch.distributed as dist
 from fastadv import models
 from fastadv.datasets import open_data
-from fastadv.evaluate import evaluate
+from fastadv.evaluation import evaluate
 if sys.argv[3] == "2":
     dist.init_process_group("gloo")
 model = models.load(sys.argv[2])

@@ -6,8 +6,6 @@ from __future__ import annotations
 import argparse
 import functools
 import inspect
-import json
-import math
 import re
 from collections.abc import Callable, Collection
 from typing import Any
@@ -105,8 +103,14 @@ def seed(text: str) -> int:
     return value
 
 
+DEVICE_HELP = "cpu, cuda, cuda:N or auto: the GPU when torch sees one (torch.cuda.is_available()), else the CPU"
+
+
 def device(text: str) -> torch.device:
-    """cpu, cuda, cuda:N or auto (cuda when there is a GPU); other device types are refused."""
+    """cpu, cuda, cuda:N or auto (cuda when there is a GPU, else cpu); other device types are
+    refused, and so is cuda on a machine without one (argparse's one-line error, exit status 2).
+    Options give default="auto": argparse passes it through here when the command line is parsed,
+    so --help shows "auto" and the device is chosen on the machine that runs the command."""
     if text == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -120,6 +124,17 @@ def device(text: str) -> torch.device:
     if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
         raise argparse.ArgumentTypeError(f"{text}: there are {torch.cuda.device_count()} CUDA devices")
     return device
+
+
+def defense(text: str) -> str:
+    """A defence as --defense takes it ("jpeg:75,bits:5"), checked by fastadv.defenses.parse_defense."""
+    from ..defenses import parse_defense
+
+    try:
+        parse_defense(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error).removeprefix("defense: ")) from None
+    return text
 
 
 def backend(text: str) -> str:
@@ -137,22 +152,6 @@ def check_backend(name: str, device: torch.device) -> None:
         resolve_backend(name, device)
     except (ValueError, RuntimeError) as error:
         raise CliError(f"--backend: {str(error).splitlines()[0]}") from None
-
-
-def write_json(path: str, obj: Any) -> None:
-    """Strict JSON: undefined numbers (NaN, infinities) are written as null."""
-
-    def strict(value):
-        if isinstance(value, float) and not math.isfinite(value):
-            return None
-        if isinstance(value, dict):
-            return {k: strict(v) for k, v in value.items()}
-        if isinstance(value, (list, tuple)):
-            return [strict(v) for v in value]
-        return value
-
-    with open(path, "w") as f:
-        json.dump(strict(obj), f, indent=2, allow_nan=False)
 
 
 def check_fit(model, images, labels, *, option: str = "--data") -> None:

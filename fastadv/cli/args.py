@@ -16,6 +16,7 @@ from .. import _validate as check
 from ..data import Selection, default_workers, select
 from ..data.loader import first_images
 from ..datasets import DataError, open_data
+from ..evaluation.inputs import check_fit
 
 
 class CliError(Exception):
@@ -154,19 +155,6 @@ def check_backend(name: str, device: torch.device) -> None:
         raise CliError(f"--backend: {str(error).splitlines()[0]}") from None
 
 
-def check_fit(model, images, labels, *, option: str = "--data") -> None:
-    """The model takes the images and has a class for every label, or CliError naming `option`."""
-    device = next(iter(model.parameters()), images).device
-    try:
-        with torch.no_grad():
-            logits = model(images[:1].to(device))
-    except (RuntimeError, AssertionError) as error:  # (a torch.export program's guards raise AssertionError)
-        raise CliError(f"{option}: images of shape {tuple(images.shape[1:])} do not fit the model "
-                       f"({str(error).splitlines()[0]})") from None  # fmt: skip
-    if labels.numel() and int(labels.max()) >= logits.shape[1]:
-        raise CliError(f"{option}: labels go up to {int(labels.max())} but the model has {logits.shape[1]} classes")
-
-
 # The largest image side --input-size and --image-size resize to: a batch of 256 RGB images of
 # 4096 x 4096 is already 51 GB as float32; beyond it a typo allocates until the machine gives up.
 MAX_IMAGE_SIDE = 4096
@@ -235,6 +223,9 @@ def first_sample(data: Selection, *, option: str = "--data", count: int = 1) -> 
 
 
 def check_selection_fits(model, data: Selection, *, option: str = "--data") -> None:
-    """The model takes the data's images and has a class for every label (check_fit on its
-    first sample), or CliError naming `option`."""
-    check_fit(model, first_sample(data, option=option), torch.from_numpy(data.labels), option=option)
+    """The model takes the data's images and has a class for every label
+    (fastadv.evaluation.inputs.check_fit on its first sample), or CliError naming `option`."""
+    try:
+        check_fit(model, first_sample(data, option=option), torch.from_numpy(data.labels))
+    except ValueError as error:
+        raise CliError(f"{option}: {error}") from None

@@ -105,8 +105,8 @@ def _attack_batch(job: _Job, batch: Batch, targets: torch.Tensor, attack_index: 
     key = f"{eps_index}/{attack_index}"
     if stages is not None and (saved := stages.finished(key)) is not None:
         return Outcome(saved["fooled"].to(targets.device), None if saved["predicted"] is None else
-                        saved["predicted"].to(targets.device), tuple(saved["norms"]), saved["seconds"],
-                        saved["non_finite"])  # fmt: skip
+                       saved["predicted"].to(targets.device), tuple(saved["norms"]), saved["seconds"],
+                       saved["non_finite"])  # fmt: skip
     outcome = _run_attack(job, batch, targets, attack_index, eps_index, stages)
     if stages is not None:
         stages.done(key, {"fooled": outcome.fooled.cpu(), "norms": list(outcome.norms), "seconds": outcome.seconds,

@@ -10,8 +10,8 @@ seeded by (seed, batch index, attack, eps), so results do not depend on how batc
 
 With ``adaptive=True`` the evaluation runs twice, as a defence must be judged: with the attacks as
 given, then with the adaptive ones (BPDA through input transformations, EOT over random draws,
-the margin-loss PGD added, see `adaptive_attacks`), and the report sets the two side by side
-(`fastadv.defenses.report`).
+the margin-loss PGD added, see `fastadv.attacks.catalog.adaptive_attacks`), and the report sets
+the two side by side (`fastadv.defenses.report`).
 
 This module is the engine (batches, the cascade per eps, one attack on some samples); the sums
 it adds to are in sums.py, the report built from them in report.py, the state file in
@@ -184,9 +184,9 @@ def evaluate(
 ) -> dict:
     """Evaluates `model` on `data` = (images [N, C, H, W] in [0, 1], labels [N]), or a streamed
     data set of fastadv.data (a Source, or a Selection of one: see fastadv.datasets.open_data and
-    fastadv.data.select), against `attacks` (names of ATTACKS; iterative ones take `steps`,
-    "square" and "autoattack" keep AutoAttack's budgets) at every `eps`, and returns the report (a
-    JSON-ready dict; see :func:`format_report`). The model runs in eval mode and is given back
+    fastadv.data.select), against `attacks` (names of fastadv.attacks.catalog.ATTACKS; iterative
+    ones take `steps`, "square" and "autoattack" keep AutoAttack's budgets) at every `eps`, and
+    returns the report (a JSON-ready dict; see :func:`format_report`). The model runs in eval mode and is given back
     as it was: every module's own mode, parameters' requires_grad and buffers.
 
     state_path: a file updated atomically after every batch, and after every stage of

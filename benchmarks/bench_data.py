@@ -34,7 +34,7 @@ import time
 CHILD = r"""
 import json, os, sys, time, torch
 from fastadv.data import ImageFolderSource, select
-from fastadv.evaluate import evaluate
+from fastadv.evaluation import evaluate
 sys.path.insert(0, os.path.join(os.getcwd(), "benchmarks"))
 from bench_data import make_model
 folder, limit, batch_size, workers = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])

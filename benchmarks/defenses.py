@@ -25,7 +25,7 @@ from fastadv import models
 from fastadv.data import digits
 from fastadv.defenses import JPEG, BitDepth, Defended, Ensemble, MedianFilter, RandomResizePad
 from fastadv.digits_models import standard_digits_model, train_digits_model
-from fastadv.evaluate import evaluate
+from fastadv.evaluation import evaluate
 from fastadv.recipes import Recipe
 from fastadv.train import fit
 

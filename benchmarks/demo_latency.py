@@ -20,7 +20,7 @@ import torch
 
 from fastadv.demo import ATTACKS, Explorer
 from fastadv.demo.app import Page
-from fastadv.demo.defenses import NO_DEFENSE, defended
+from fastadv.demo.defense_choices import NO_DEFENSE, defended
 from fastadv.demo.registry import Settings
 
 # (attack, steps, defence, adaptive)

@@ -13,7 +13,7 @@ import sys
 
 import torch
 
-import fastadv.evaluate as E
+import fastadv.evaluation.engine as E
 from fastadv.data import ImageFolderSource, select
 
 

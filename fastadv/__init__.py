@@ -4,11 +4,11 @@ The core is one fused kernel per attack step (sign step, eps-ball projection, cl
 torch (reference), triton, cpu and cuda backends; the attacks (FGSM, PGD, PGDL2, MIFGSM, APGD, APGDT;
 CW, DeepFool, FAB, JSMA; Square, score-based) run on them. See README.md and docs/.
 
-The attacks and ops are imported with the package; the other modules (models,
-data, digits_models, defenses, evaluate, train, recipes, autoattack, plots, bench, demo) are attributes too,
-imported on first use (defenses is imported with the attacks, which read its adaptive switch).
-``fastadv.evaluate(model, data, ...)`` calls the evaluation function itself (the module is
-callable; ``from fastadv.evaluate import evaluate`` is the same function).
+The attacks and ops are imported with the package; the other modules (models, data,
+digits_models, defenses, evaluation, train, recipes, bench, demo) are attributes too, imported on
+first use (defenses is imported with the attacks, which read its adaptive switch).
+``fastadv.evaluate(model, data, ...)`` is the evaluation function, imported on first use from the
+package that holds it: ``from fastadv.evaluation import evaluate`` is the same function.
 """
 
 import importlib
@@ -60,12 +60,14 @@ __all__ = [
     "pgd",
     "AutoAttack",
     "AutoAttackLite",
+    "evaluate",
     "__version__",
 ]
 
-_SUBMODULES = ("attacks", "backends", "bench", "data", "defenses", "demo", "digits_models", "evaluate",
-               "models", "ops", "plots", "recipes", "train")  # fmt: skip
-_LAZY_NAMES = {"AutoAttack": "attacks.autoattack", "AutoAttackLite": "attacks.autoattack"}
+_SUBMODULES = ("attacks", "backends", "bench", "data", "defenses", "demo", "digits_models", "evaluation",
+               "models", "ops", "recipes", "train")  # fmt: skip
+# public names of modules imported on first use (the evaluation pulls in the data pipeline)
+_LAZY_NAMES = {"AutoAttack": "attacks.autoattack", "AutoAttackLite": "attacks.autoattack", "evaluate": "evaluation"}
 
 
 def __getattr__(name: str):

@@ -2,7 +2,7 @@
 attack fooled), in chunks; a sample an attack fools stops being robust.
 
 Its users: `fastadv.attacks.autoattack.AutoAttack.run` (the stages of every version, AutoAttackLite's
-included), and `fastadv.evaluate`, whose attacks at one eps are a cascade (or, with
+included), and `fastadv.evaluation`, whose attacks at one eps are a cascade (or, with
 ``cascade=False``, each on every sample: ``survivors_only=False``)."""
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ from .checkpoint import fingerprint, rng_state, save_atomic, set_rng_state
 from .checkpoint import load as load_checkpoint
 from .data import BatchStream, Selection, Source, as_selection
 from .data.loader import workers_for
-from .evaluate import data_fingerprint, evaluate
+from .evaluation import data_fingerprint, evaluate
 from .recipes import Recipe, adversarial_batch, free_replays, training_loss
 
 OPTIMIZERS = ("sgd", "adam")

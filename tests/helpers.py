@@ -409,7 +409,7 @@ def interrupt_at_batch(monkeypatch, number: int, run) -> None:
     """Calls run() with evaluate's per-batch step raising KeyboardInterrupt at batch `number`
     (as a user's Ctrl-C there would), checks that it did, and puts the real step back: what a
     resumed run then has to finish from its state file."""
-    import fastadv.evaluate as ev
+    import fastadv.evaluation.engine as ev
 
     real, calls = ev._evaluate_batch, []
 

@@ -10,7 +10,8 @@ from helpers import CountingModel, accuracy
 
 import fastadv
 from fastadv.attacks.apgd import checkpoints
-from fastadv.evaluate import AutoAttackLite, evaluate
+from fastadv.attacks.autoattack import AutoAttackLite
+from fastadv.evaluation import evaluate
 
 pytestmark = pytest.mark.slow  # APGD's checkpoints, strength and the comparison with torchattacks
 

@@ -11,7 +11,7 @@ from helpers import accuracy, assert_unchanged, digits_model, snapshot
 
 import fastadv
 from fastadv.attacks.autoattack import STAGES, VERSIONS, AutoAttack, AutoAttackLite, AutoAttackWarning
-from fastadv.evaluate import evaluate
+from fastadv.evaluation import evaluate
 
 
 @pytest.fixture(scope="module")

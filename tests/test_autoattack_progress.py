@@ -13,11 +13,11 @@ from helpers import assert_same_report
 
 import fastadv
 import fastadv.attacks.catalog as catalog
-import fastadv.evaluate as ev
+import fastadv.evaluation.resume as resume_state
 from fastadv import models
 from fastadv.attacks.autoattack import AutoAttack, AutoAttackState
 from fastadv.cli import main
-from fastadv.evaluate import evaluate
+from fastadv.evaluation import evaluate
 
 STAGES = ["apgd-ce", "apgd-t", "fab-t", "square"]
 
@@ -119,7 +119,7 @@ def test_an_evaluation_stopped_mid_autoattack_resumes_from_the_last_stage(digits
     args = dict(attacks=["fgsm", "autoattack"], eps=[0.05, 0.1], batch_size=12, progress=False)
     whole = evaluate(model, (x, y), **args)
     state = str(tmp_path / "state.pt")
-    real_save = ev.save_atomic
+    real_save = resume_state.save_atomic
 
     def save_then_stop(obj, path):
         real_save(obj, path)
@@ -127,10 +127,10 @@ def test_an_evaluation_stopped_mid_autoattack_resumes_from_the_last_stage(digits
         if obj["next_batch"] == 1 and running and running["key"] == "1/1" and running["state"]["next_stage"] == 2:
             raise KeyboardInterrupt  # as a kill right after the state was written
 
-    monkeypatch.setattr(ev, "save_atomic", save_then_stop)
+    monkeypatch.setattr(resume_state, "save_atomic", save_then_stop)
     with pytest.raises(KeyboardInterrupt):
         evaluate(model, (x, y), state_path=state, **args)
-    monkeypatch.setattr(ev, "save_atomic", real_save)
+    monkeypatch.setattr(resume_state, "save_atomic", real_save)
     runs, fgsm_runs, real_run, real_fgsm = [], [], AutoAttack.run, fastadv.FGSM.run
 
     def recorded(self, images, labels, batch_size=250, **hooks):
@@ -173,7 +173,7 @@ def test_the_command_line_prints_each_stage(digits, tmp_path, capsys):
 
 _RUN = """
 import json, sys, time, torch
-import fastadv.evaluate as ev
+import fastadv.evaluation as ev
 import fastadv
 import fastadv.attacks.catalog as catalog
 from fastadv import models

@@ -16,7 +16,7 @@ import torch
 
 from fastadv import checkpoint, models
 from fastadv.cli import build_parser, main
-from fastadv.evaluate import evaluate
+from fastadv.evaluation import evaluate
 from fastadv.recipes import Recipe
 from fastadv.train import fit
 
@@ -548,7 +548,7 @@ def test_cli_train_stops_on_a_non_finite_loss_and_keeps_the_last_good_checkpoint
 
 
 def test_reports_are_strict_json(tmp_path):
-    from fastadv.cli.args import write_json
+    from fastadv.evaluation import write_json
 
     write_json(str(tmp_path / "r.json"), {"a": float("nan"), "b": [float("inf"), 1.5], "c": {"d": -float("inf")}})
 

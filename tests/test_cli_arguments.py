@@ -113,3 +113,42 @@ def test_bench_on_a_cpu_prints_no_cuda_toolkit_warning(tmp_path):
                           capture_output=True, text=True, env=env, timeout=600)  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert "No CUDA runtime" not in done.stderr + done.stdout, done.stderr
+
+
+@pytest.mark.parametrize("command", ["eval", "train", "bench", "demo"])
+@pytest.mark.parametrize("gpu", [True, False])
+def test_device_auto_is_the_gpu_when_torch_sees_one(command, gpu, monkeypatch):
+    """--device defaults to auto for every command that takes it, resolved when the command line
+    is parsed (on the machine that runs it): cuda when torch.cuda.is_available(), else cpu; --help
+    says auto, not the device of the machine that built the parser."""
+    from fastadv.cli import build_parser
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: gpu)
+    parser = build_parser()
+    args = parser.parse_args([command])
+    assert args.device == torch.device("cuda" if gpu else "cpu")
+    sub = parser._subparsers._group_actions[0].choices[command]
+    (action,) = [a for a in sub._actions if "--device" in a.option_strings]
+    assert action.default == "auto" and "(default: auto)" in action.help and "else the CPU" in action.help
+
+
+def test_an_explicit_cuda_device_without_a_gpu_is_one_line(monkeypatch, capsys):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    line = _one_line(["eval", "--device", "cuda"], capsys)
+    assert line == "fastadv eval: error: argument --device: cuda was asked for but no CUDA GPU is available " \
+                   "(see fastadv eval --help)", line  # fmt: skip
+
+
+def test_the_report_records_the_device_auto_chose(digits_model, tmp_path):
+    """`fastadv eval` with the default --device: report.json names the device the model ran on."""
+    import json
+
+    from fastadv import models
+    from fastadv._environment import device_name
+
+    models.save(digits_model[0], str(tmp_path / "m.pt"))
+    out = tmp_path / "o"
+    assert main(["eval", "--model", str(tmp_path / "m.pt"), "--attacks", "fgsm", "--eps", "0.1", "--limit", "20",
+                 "--no-plots", "--quiet", "--out", str(out)]) == 0  # fmt: skip
+    expected = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    assert json.loads((out / "report.json").read_text())["device"] == device_name(expected)

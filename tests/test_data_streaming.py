@@ -28,7 +28,7 @@ from fastadv.data import (
     open_data,
     select,
 )
-from fastadv.evaluate import evaluate
+from fastadv.evaluation import evaluate
 
 EVAL = dict(attacks=["fgsm", "pgd"], eps=[0.1], steps=2, progress=False)
 
@@ -343,7 +343,7 @@ _DISTRIBUTED = """
 import json, sys, torch, torch.distributed as dist
 from fastadv import models
 from fastadv.data import open_data
-from fastadv.evaluate import evaluate
+from fastadv.evaluation import evaluate
 if sys.argv[3] == "2":
     dist.init_process_group("gloo")
 model = models.load(sys.argv[2])

@@ -14,6 +14,7 @@ from helpers import CountingModel, assert_unchanged, snapshot
 from torch import nn
 
 import fastadv
+from fastadv.attacks.catalog import adaptive_attacks
 from fastadv.defenses import (
     JPEG,
     BitDepth,
@@ -27,7 +28,7 @@ from fastadv.defenses import (
     format_comparison,
     parse_defense,
 )
-from fastadv.evaluate import adaptive_attacks, evaluate
+from fastadv.evaluation import evaluate
 from fastadv.recipes import Recipe, adversarial_batch, training_loss
 
 

@@ -16,7 +16,7 @@ from fastadv import models
 from fastadv.data import digits
 from fastadv.defenses import JPEG, BitDepth, Defended, Ensemble, RandomResizePad
 from fastadv.digits_models import train_digits_model
-from fastadv.evaluate import evaluate
+from fastadv.evaluation import evaluate
 from fastadv.recipes import Recipe
 from fastadv.train import fit
 

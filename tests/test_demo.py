@@ -21,7 +21,7 @@ from fastadv.defenses import Defended, parse_defense
 from fastadv.demo import ATTACKS, Explorer, view
 from fastadv.demo.curve import CurveJobs
 from fastadv.demo.uploads import UploadError, read_upload
-from fastadv.evaluate import evaluate
+from fastadv.evaluation import evaluate
 
 gradio = pytest.importorskip("gradio", reason="the demo's page needs gradio (pip install 'fastadv[demo]')")
 from fastadv.demo.app import Page  # noqa: E402

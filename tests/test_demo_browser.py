@@ -26,7 +26,7 @@ from helpers import without_timings
 import fastadv
 from fastadv import models
 from fastadv.defenses import BitDepth, Defended
-from fastadv.evaluate import evaluate
+from fastadv.evaluation import evaluate
 
 pytestmark = pytest.mark.browser
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"

@@ -14,7 +14,7 @@ from helpers import GammaModel, assert_same_report, assert_unchanged, interrupt_
 import fastadv
 from fastadv import _distributed, models
 from fastadv._cascade import run_cascade
-from fastadv.evaluate import evaluate, format_report, robust_accuracy
+from fastadv.evaluation import evaluate, format_report, robust_accuracy
 
 
 @pytest.fixture(scope="module")
@@ -111,7 +111,7 @@ _DISTRIBUTED = """
 import json, sys, torch, torch.distributed as dist
 from fastadv import models
 from fastadv.data import digits
-from fastadv.evaluate import evaluate
+from fastadv.evaluation import evaluate
 dist.init_process_group("gloo")
 model = models.load(sys.argv[2])
 x, y = digits("test")

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from fastadv.data import DataError, NpzSource, TensorSource, as_selection
-from fastadv.evaluate import evaluate
+from fastadv.evaluation import evaluate
 
 
 @pytest.fixture(scope="module")

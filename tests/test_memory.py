@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from fastadv.data import BatchStream, ImageFolderSource, Selection, Source
-from fastadv.evaluate import evaluate
+from fastadv.evaluation import evaluate
 
 BATCH = 4
 

@@ -13,7 +13,7 @@ from torch import nn
 
 import fastadv
 from fastadv.cli import main
-from fastadv.evaluate import evaluate
+from fastadv.evaluation import evaluate
 
 MESSAGE = "the model's outputs are not finite"
 

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-import fastadv.evaluate
+import fastadv.evaluation.engine
 from fastadv import models
 from fastadv.cli import main
 
@@ -114,7 +114,7 @@ def test_overwrite_replaces_the_run_files_only_on_success(files, capsys):
 
 def _interrupt_after(monkeypatch, batches):
     """The evaluation stops (as Ctrl-C stops it) after `batches` batches."""
-    real, done = fastadv.evaluate._evaluate_batch, []
+    real, done = fastadv.evaluation.engine._evaluate_batch, []
 
     def counting(*args, **kwargs):
         if len(done) == batches:
@@ -122,7 +122,7 @@ def _interrupt_after(monkeypatch, batches):
         done.append(1)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(fastadv.evaluate, "_evaluate_batch", counting)
+    monkeypatch.setattr(fastadv.evaluation.engine, "_evaluate_batch", counting)
 
 
 def test_an_interrupted_overwrite_keeps_the_old_run_and_resume_finishes_it(files, monkeypatch):

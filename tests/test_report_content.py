@@ -11,12 +11,12 @@ import pytest
 import torch
 from PIL import Image
 
-import fastadv.plots
+import fastadv.evaluation.plots
 from fastadv import attacks
+from fastadv.attacks.catalog import ATTACKS
 from fastadv.cli import main
-from fastadv.cli.defenses import evaluate_defenses
 from fastadv.data import ImageFolderSource, open_data
-from fastadv.evaluate import ATTACKS, evaluate, format_report, within_budget
+from fastadv.evaluation import evaluate, evaluate_defenses, format_report, within_budget
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +48,7 @@ def test_image_folder_classes_are_in_the_report_and_printed_once(tmp_path):
 
 
 def test_a_long_class_map_is_shortened_when_printed():
-    from fastadv.evaluate import format_classes
+    from fastadv.evaluation import format_classes
 
     line = format_classes({f"n{k:04d}": k for k in range(1000)})
     assert line.startswith("classes (label = index): n0000=0, n0001=1,")
@@ -154,7 +154,7 @@ def test_examples_come_from_the_run_and_plotting_attacks_nothing(digits, tmp_pat
         raise AssertionError("plot_examples attacked again")
 
     monkeypatch.setattr(attacks.Attack, "run", no_attack)
-    fastadv.plots.plot_examples(ex, str(tmp_path / "examples.png"))
+    fastadv.evaluation.plots.plot_examples(ex, str(tmp_path / "examples.png"))
     assert (tmp_path / "examples.png").stat().st_size > 1000
     assert "examples" not in evaluate(model, (x[:4], y[:4]), ["fgsm"], [0.1], progress=False)
 
@@ -166,8 +166,8 @@ def test_fastadv_eval_plots_without_a_second_attack_and_writes_the_map(digits, t
     models.save(model, str(tmp_path / "model.pt"))
     np.savez(tmp_path / "d.npz", x=x[:16].numpy(), y=y[:16].numpy())
     calls = []
-    real = fastadv.plots.plot_examples
-    monkeypatch.setattr(fastadv.plots, "plot_examples", lambda ex, path: (calls.append(ex), real(ex, path)))
+    real = fastadv.evaluation.plots.plot_examples
+    monkeypatch.setattr(fastadv.evaluation.plots, "plot_examples", lambda ex, path: (calls.append(ex), real(ex, path)))
     out = tmp_path / "out"
     argv = ["eval", "--model", str(tmp_path / "model.pt"), "--data", str(tmp_path / "d.npz"), "--attacks", "fgsm,pgd",
             "--eps", "0.1", "--steps", "3", "--workers", "0", "--quiet", "--out", str(out)]  # fmt: skip
@@ -197,7 +197,7 @@ def test_defended_plot_shows_every_model_and_one_adaptive_number(digits, tmp_pat
         labels.extend(t.get_text() for t in fig.axes[0].get_legend().get_texts())
 
     monkeypatch.setattr(matplotlib.figure.Figure, "savefig", capture)
-    fastadv.plots.plot_robustness(report, str(tmp_path / "r.png"))
+    fastadv.evaluation.plots.plot_robustness(report, str(tmp_path / "r.png"))
     assert labels == ["undefended: worst case", "undefended: adaptive worst case", "bits:5: worst case",
                       "bits:5: adaptive worst case"]  # fmt: skip
     assert format_report(report).startswith("undefended model")

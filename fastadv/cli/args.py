@@ -6,8 +6,6 @@ from __future__ import annotations
 import argparse
 import functools
 import inspect
-import json
-import math
 import re
 from collections.abc import Callable, Collection
 from typing import Any
@@ -18,6 +16,7 @@ from .. import checks as check
 from .. import data
 from ..data import DataError, Selection, default_workers
 from ..data.loader import first_images
+from ..evaluation.inputs import check_fit
 
 
 class CliError(Exception):
@@ -105,8 +104,14 @@ def seed(text: str) -> int:
     return value
 
 
+DEVICE_HELP = "cpu, cuda, cuda:N or auto: the GPU when torch sees one (torch.cuda.is_available()), else the CPU"
+
+
 def device(text: str) -> torch.device:
-    """cpu, cuda, cuda:N or auto (cuda when there is a GPU); other device types are refused."""
+    """cpu, cuda, cuda:N or auto (cuda when there is a GPU, else cpu); other device types are
+    refused, and so is cuda on a machine without one (argparse's one-line error, exit status 2).
+    Options give default="auto": argparse passes it through here when the command line is parsed,
+    so --help shows "auto" and the device is chosen on the machine that runs the command."""
     if text == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -120,6 +125,17 @@ def device(text: str) -> torch.device:
     if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
         raise argparse.ArgumentTypeError(f"{text}: there are {torch.cuda.device_count()} CUDA devices")
     return device
+
+
+def defense(text: str) -> str:
+    """A defence as --defense takes it ("jpeg:75,bits:5"), checked by fastadv.defenses.parse_defense."""
+    from ..defenses import parse_defense
+
+    try:
+        parse_defense(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error).removeprefix("defense: ")) from None
+    return text
 
 
 def backend(text: str) -> str:
@@ -137,35 +153,6 @@ def check_backend(name: str, device: torch.device) -> None:
         resolve_backend(name, device)
     except (ValueError, RuntimeError) as error:
         raise CliError(f"--backend: {str(error).splitlines()[0]}") from None
-
-
-def write_json(path: str, obj: Any) -> None:
-    """Strict JSON: undefined numbers (NaN, infinities) are written as null."""
-
-    def strict(value):
-        if isinstance(value, float) and not math.isfinite(value):
-            return None
-        if isinstance(value, dict):
-            return {k: strict(v) for k, v in value.items()}
-        if isinstance(value, (list, tuple)):
-            return [strict(v) for v in value]
-        return value
-
-    with open(path, "w") as f:
-        json.dump(strict(obj), f, indent=2, allow_nan=False)
-
-
-def check_fit(model, images, labels, *, option: str = "--data") -> None:
-    """The model takes the images and has a class for every label, or CliError naming `option`."""
-    device = next(iter(model.parameters()), images).device
-    try:
-        with torch.no_grad():
-            logits = model(images[:1].to(device))
-    except (RuntimeError, AssertionError) as error:  # (a torch.export program's guards raise AssertionError)
-        raise CliError(f"{option}: images of shape {tuple(images.shape[1:])} do not fit the model "
-                       f"({str(error).splitlines()[0]})") from None  # fmt: skip
-    if labels.numel() and int(labels.max()) >= logits.shape[1]:
-        raise CliError(f"{option}: labels go up to {int(labels.max())} but the model has {logits.shape[1]} classes")
 
 
 # The largest image side --input-size and --image-size resize to: a batch of 256 RGB images of
@@ -236,6 +223,9 @@ def first_sample(data: Selection, *, option: str = "--data", count: int = 1) -> 
 
 
 def check_selection_fits(model, data: Selection, *, option: str = "--data") -> None:
-    """The model takes the data's images and has a class for every label (check_fit on its
-    first sample), or CliError naming `option`."""
-    check_fit(model, first_sample(data, option=option), torch.from_numpy(data.labels), option=option)
+    """The model takes the data's images and has a class for every label
+    (fastadv.evaluation.inputs.check_fit on its first sample), or CliError naming `option`."""
+    try:
+        check_fit(model, first_sample(data, option=option), torch.from_numpy(data.labels))
+    except ValueError as error:
+        raise CliError(f"{option}: {error}") from None

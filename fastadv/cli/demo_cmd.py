@@ -1,6 +1,10 @@
 """`fastadv demo`: the epsilon explorer (fastadv.demo) on a model and data, served by gradio
 (an optional extra: `pip install 'fastadv[demo]'`). The model and data are read as `fastadv
-eval` reads them (eval_cmd._inputs); errors become CliError (one line, exit status 2)."""
+eval` reads them (eval_cmd._inputs); errors become CliError (one line, exit status 2).
+
+The `fastadv` command starts the page as it starts any other job: through the demo package's
+public names (fastadv.demo: serve, Explorer, DEFENSES, NO_DEFENSE) and nothing inside it; the
+demo imports nothing of fastadv.cli (tests/test_layers.py holds both sides to it)."""
 
 from __future__ import annotations
 
@@ -12,9 +16,9 @@ import torch
 
 from ..data import DataError
 from ..data.loader import first_images
-from ..demo.defenses import DEFENSES, NO_DEFENSE
+from ..demo import DEFENSES, NO_DEFENSE, Explorer, serve
 from . import args as arg
-from . import defenses, eval_cmd, model_options
+from . import eval_cmd, model_options
 from .args import CliError
 
 DESCRIPTION = """Serve the epsilon explorer: pick a test image, an attack and eps, and watch the prediction flip as
@@ -47,7 +51,7 @@ def add_parser(sub) -> None:
     )  # fmt: skip
     arg.add_data_options(p)
     p.add_argument(
-        "--defense", type=defenses.defense, default=None, metavar="SPEC",
+        "--defense", type=arg.defense, default=None, metavar="SPEC",
         help=f"the defence the page starts with (it offers none, {', '.join(DEFENSES)}; another spec is added to "
         "them), written as fastadv eval --defense takes it, e.g. jpeg:75,bits:5",
     )  # fmt: skip
@@ -60,7 +64,7 @@ def add_parser(sub) -> None:
     p.add_argument("--port", type=port, default=7860)
     p.add_argument("--share", choices=["no"], default="no",
                    help="gradio's public share links need the internet and are not offered")  # fmt: skip
-    p.add_argument("--device", type=arg.device, default=torch.device("cpu"), help="cpu, cuda or auto")
+    p.add_argument("--device", type=arg.device, default="auto", help=arg.DEVICE_HELP)
     p.add_argument("--cache", default=eval_cmd._default_cache(), help="where the default digits model is kept")
     p.add_argument(
         "--threads", type=arg.positive_int, default=None,
@@ -98,9 +102,6 @@ def run(args: argparse.Namespace) -> int:
         images, labels = first_images(data, DEMO_SAMPLES)
     except DataError as error:
         raise CliError(f"--data: {error}") from None
-    from ..demo import Explorer
-    from ..demo.app import serve
-
     model_name = args.model or f"digits small_cnn (cached at {args.cache})"
     explorer = Explorer(model, images, labels, model_name=model_name, data_name=args.data,
                         class_names=data.source.classes)  # fmt: skip

@@ -15,9 +15,10 @@ from ..attacks.catalog import ATTACKS, describe_attacks
 from ..checkpoint import CheckpointError
 from ..checks import AMP_NAMES
 from ..data import DataError, Selection
-from ..evaluate import evaluate, format_report
+from ..defenses import format_comparison
+from ..evaluation import evaluate, evaluate_defenses, format_report, write_json
 from . import args as arg
-from . import defenses, model_options
+from . import model_options
 from .args import CliError
 from .output import OPTIONS_HELP, OutputFolder
 
@@ -70,13 +71,26 @@ def add_parser(sub) -> None:
     )  # fmt: skip
     p.add_argument("--batch-size", type=arg.positive_int, default=EVALUATE["batch_size"], help="default: %(default)s")
     p.add_argument("--no-cascade", action="store_true", help="run every attack on every correct sample")
-    defenses.add_arguments(p, EVALUATE["eot_samples"])
+    p.add_argument(
+        "--defense", type=arg.defense, action="append", default=None, metavar="SPEC",
+        help="evaluate the model behind these input transformations too (repeatable: one defence each), e.g. "
+        "jpeg:75,bits:5; names: bits:BITS, jpeg:QUALITY, median:SIZE, resize:MIN_SCALE (random resize and pad)",
+    )  # fmt: skip
+    p.add_argument(
+        "--adaptive", action="store_true",
+        help="also run the adaptive attacks (BPDA through the transforms, EOT over random draws, margin-loss PGD) "
+        "and flag gradient masking where they find 10 points less robust accuracy",
+    )  # fmt: skip
+    p.add_argument(
+        "--eot-samples", type=arg.positive_int, default=EVALUATE["eot_samples"],
+        help="with --adaptive: gradients averaged per step over draws of a random defence (default: %(default)s)",
+    )  # fmt: skip
     p.add_argument("--seed", type=arg.seed, default=EVALUATE["seed"], help="random starts (default: %(default)s)")
     p.add_argument("--amp", choices=list(AMP_NAMES), default=None, help="autocast the model")
     p.add_argument("--channels-last", action="store_true")
     p.add_argument("--backend", type=arg.backend, default=EVALUATE["backend"],
                    help="fused-op backend: auto, torch, triton, cpu, cuda (default: %(default)s)")  # fmt: skip
-    p.add_argument("--device", type=arg.device, default=arg.device("auto"), help="cpu, cuda or auto")
+    p.add_argument("--device", type=arg.device, default="auto", help=f"{arg.DEVICE_HELP}; report.json records it")
     p.add_argument("--out", default=None, help=f"output folder (default: fastadv-results/eval-<time>); {OPTIONS_HELP}")
     again = p.add_mutually_exclusive_group()
     again.add_argument("--resume", action="store_true", help=f"continue the evaluation whose {STATE} is in --out")
@@ -121,9 +135,9 @@ def run(args: argparse.Namespace) -> int:
                                            examples=0 if args.no_plots else EXAMPLES)  # fmt: skip
         state = os.path.join(output.work, STATE)
         try:
-            report = defenses.evaluate_defenses(model, data, run_evaluation, args.defense, device=args.device,
-                                                seed=args.seed, adaptive=args.adaptive, eot_samples=args.eot_samples,
-                                                state=state)  # fmt: skip
+            report = evaluate_defenses(model, data, run_evaluation, args.defense, device=args.device,
+                                       seed=args.seed, adaptive=args.adaptive, eot_samples=args.eot_samples,
+                                       state=state)  # fmt: skip
         except (ValueError, RuntimeError) as error:  # ValueError: a state file of another evaluation, say
             where = "--data: " if isinstance(error, DataError) else ""  # an image that cannot be decoded
             raise CliError(where + str(error).splitlines()[0]) from None
@@ -136,12 +150,15 @@ def run(args: argparse.Namespace) -> int:
         report["data"] = args.data
         if rank != 0:
             return 0
-        arg.write_json(os.path.join(output.work, "report.json"), report)
+        write_json(os.path.join(output.work, "report.json"), report)
         print(format_report(report))
-        if "comparison" in report:
-            defenses.print_and_plot(report, output.work, not args.no_plots)
+        if "comparison" in report:  # the defences (or the adaptive run) beside the bare model
+            print(format_comparison(report["comparison"]))
         if not args.no_plots:
-            from ..plots import plot_examples, plot_robustness
+            from ..evaluation.plots import plot_defenses, plot_examples, plot_robustness
+
+            if "comparison" in report:
+                plot_defenses(report["comparison"], os.path.join(output.work, "defenses.png"))
 
             plot_robustness(report, os.path.join(output.work, "robustness.png"))
             if examples is not None:  # (None: a resumed run that had no batch left to evaluate)

@@ -108,7 +108,7 @@ def check_output(model: torch.nn.Module, images: torch.Tensor, args: argparse.Na
     except CheckpointError as error:
         raise CliError(f"--model: {error}") from None
     except (RuntimeError, AssertionError):  # (a torch.export program's guards raise AssertionError)
-        return  # the images do not fit the model: arg.check_fit says so, naming --data
+        return  # the images do not fit the model: arg.check_selection_fits says so, naming --data
     if args.num_classes is not None and classes != args.num_classes:
         raise CliError(f"--num-classes: {name} returns {classes} classes, not {args.num_classes}")
     if getattr(args, "random_weights_warning", None):  # (after the checks: an error stays the only line)

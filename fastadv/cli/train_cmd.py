@@ -13,6 +13,7 @@ from ..checkpoint import CheckpointError, fingerprint
 from ..checks import AMP_NAMES
 from ..data import DataError, Selection, TensorSource, digits
 from ..digits_models import DIGITS_TRAINING
+from ..evaluation import write_json
 from ..recipes import RECIPES, Recipe
 from ..train import OPTIMIZERS, SCHEDULES, fit
 from . import args as arg
@@ -88,7 +89,7 @@ def add_parser(sub) -> None:
     p.add_argument("--channels-last", action="store_true")
     p.add_argument("--seed", type=arg.seed, default=FIT["seed"])
     p.add_argument("--deterministic", action="store_true", help="torch.use_deterministic_algorithms")
-    p.add_argument("--device", type=arg.device, default=arg.device("auto"))
+    p.add_argument("--device", type=arg.device, default="auto", help=arg.DEVICE_HELP)
     p.add_argument(
         "--out", default=None, help=f"checkpoint folder (default: fastadv-results/train-<time>); {OPTIONS_HELP}"
     )
@@ -138,7 +139,7 @@ def run(args: argparse.Namespace) -> int:
             raise CliError(where + str(error).splitlines()[0]) from None
         if rank != 0:
             return 0
-        arg.write_json(os.path.join(output.work, "history.json"), history)
+        write_json(os.path.join(output.work, "history.json"), history)
     for h in history:
         extra = (f", clean {100 * h['clean_accuracy']:.1f}%, robust {100 * h['robust_accuracy']:.1f}%"
                  if "clean_accuracy" in h else "")  # fmt: skip

@@ -9,7 +9,7 @@ MASKING_GAP = 0.10  # robust accuracy, as a fraction: 10 points
 
 
 def compare(plain: dict, adaptive: dict) -> list[dict]:
-    """One row per eps from two reports of `fastadv.evaluate.evaluate` on the same model and
+    """One row per eps from two reports of `fastadv.evaluation.evaluate` on the same model and
     data (the non-adaptive run and the adaptive one): clean accuracy, the worst-case robust
     accuracy of each, their gap, whether gradient masking is suspected (gap > MASKING_GAP) and
     why. Every number is a worst case over the attacks of its run, the same one the table and

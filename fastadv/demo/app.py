@@ -16,9 +16,10 @@ import random
 import gradio as gr
 
 from ..defenses import format_comparison
-from ..evaluate import format_report
-from . import defenses, view
+from ..evaluation import format_report
+from . import defense_choices, view
 from .curve import CurveJobs
+from .defense_choices import NO_DEFENSE
 from .explorer import Explorer, Picture
 from .registry import ATTACKS
 from .uploads import ACCEPTED, UploadError, read_upload
@@ -68,7 +69,7 @@ class Page:
                  else f"eps ({'L-inf' if choice.norm == 'linf' else 'L2'})")  # fmt: skip
         return gr.update(minimum=0, maximum=top, step=top / 300, value=round(min(scaled, top), 6), label=label)
 
-    def show(self, picture: Picture, attack, eps, steps, alpha, targeted, target, seed, defense=defenses.NO_DEFENSE,
+    def show(self, picture: Picture, attack, eps, steps, alpha, targeted, target, seed, defense=NO_DEFENSE,
              adaptive=False, eot_samples=1) -> list:  # fmt: skip
         """The seven displays (clean, adversarial and perturbation pictures, top-5 before and
         after, the numbers, the message) for the picture and the controls."""
@@ -77,7 +78,7 @@ class Page:
                 raise ValueError("eps, steps, alpha, target class, seed and EOT samples need a value")
             outcome = self.explorer.attack(picture, attack, float(eps), steps=int(steps), alpha=float(alpha),
                                            targeted=bool(targeted), target=int(target), seed=page_seed(seed),
-                                           defense=defense or defenses.NO_DEFENSE, adaptive=bool(adaptive),
+                                           defense=defense or NO_DEFENSE, adaptive=bool(adaptive),
                                            eot_samples=int(eot_samples))  # fmt: skip
         except Exception as error:  # noqa: BLE001 - any failure is shown, the server keeps serving
             log.warning("attack failed", exc_info=True)
@@ -157,7 +158,7 @@ class Page:
         return [slider, gr.update(interactive=choice.iterative), gr.update(interactive=takes_alpha),
                 gr.update(value=targeted, interactive=choice.targeted_ok), attack, *shown]  # fmt: skip
 
-    def curve(self, attack_names, eps_text, samples, steps, seed, defense=defenses.NO_DEFENSE, adaptive=False,
+    def curve(self, attack_names, eps_text, samples, steps, seed, defense=NO_DEFENSE, adaptive=False,
               eot_samples=1, progress=gr.Progress(track_tqdm=True)) -> list:  # noqa: B008  # fmt: skip
         """[plot, table, report.json, message] of the robustness curve behind the chosen defence,
         adaptive or not (evaluate's progress bar is tracked into the page's)."""
@@ -171,7 +172,7 @@ class Page:
             attacks = [ATTACKS[name].curve_name for name in attack_names or []]
             if eot_samples is None:
                 raise ValueError("EOT samples need a value")
-            defense, adaptive, eot_samples = defense or defenses.NO_DEFENSE, bool(adaptive), int(eot_samples)
+            defense, adaptive, eot_samples = defense or NO_DEFENSE, bool(adaptive), int(eot_samples)
             result = self.jobs.run(attacks, eps, steps=int(steps), samples=int(samples), seed=page_seed(seed),
                                    defense=defense, adaptive=adaptive, eot_samples=eot_samples,
                                    progress=True)  # fmt: skip
@@ -179,7 +180,7 @@ class Page:
             log.warning("curve failed", exc_info=True)
             return [gr.skip(), gr.skip(), gr.skip(), error_message(error)]
         note = "from the cache" if result.cached else "computed"
-        command = "fastadv eval" + (f" --defense {defense}" if defense != defenses.NO_DEFENSE else "") + (
+        command = "fastadv eval" + (f" --defense {defense}" if defense != NO_DEFENSE else "") + (
             f" --adaptive --eot-samples {eot_samples}" if adaptive else "")  # fmt: skip
         report = result.report
         runs = report.get("defenses", [report])  # with a defence: the bare model's run, then the defended one's
@@ -191,7 +192,7 @@ class Page:
                 f"{note}: {report['samples']} samples, the report `{command}` writes"]  # fmt: skip
 
 
-def build_app(explorer: Explorer, defense: str = defenses.NO_DEFENSE, adaptive: bool = False,
+def build_app(explorer: Explorer, defense: str = NO_DEFENSE, adaptive: bool = False,
               eot_samples: int = 1) -> gr.Blocks:  # fmt: skip
     """The page (gradio Blocks) for `explorer`, with the defence picker set to `defense` (a spec
     of `fastadv eval --defense`), `adaptive` and `eot_samples`: launch it, or serve() does."""
@@ -206,7 +207,7 @@ def build_app(explorer: Explorer, defense: str = defenses.NO_DEFENSE, adaptive: 
         shown_attack = gr.State("FGSM")
         with gr.Row():
             defense_box = gr.Radio(
-                defenses.choices(defense), value=defense, elem_id="defense",
+                defense_choices.choices(defense), value=defense, elem_id="defense",
                 label="defence (as fastadv eval --defense): the model attacked is behind it",
             )  # fmt: skip
             adaptive_box = gr.Checkbox(

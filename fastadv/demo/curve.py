@@ -1,9 +1,9 @@
 """The robustness-curve tab's job: `fastadv.evaluate` over the first samples of the data for the
 chosen attacks and eps grid, behind the chosen defence and adaptive or not, its report exactly
 what `fastadv eval [--defense SPEC] [--adaptive]` writes (report.json, and robustness.png and
-defenses.png from fastadv.plots; the same function, fastadv.cli.defenses.evaluate_defenses,
-runs both), kept per (model, attacks, eps grid, steps, samples, seed, defence, adaptive, EOT
-draws) so asking again costs nothing."""
+defenses.png from fastadv.evaluation.plots; the same function,
+fastadv.evaluation.evaluate_defenses, runs both), kept per (model, attacks, eps grid, steps,
+samples, seed, defence, adaptive, EOT draws) so asking again costs nothing."""
 
 from __future__ import annotations
 
@@ -16,11 +16,9 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from ..cli.args import write_json
-from ..cli.defenses import evaluate_defenses
 from ..data import as_selection
-from ..evaluate import evaluate
-from .defenses import NO_DEFENSE
+from ..evaluation import evaluate, evaluate_defenses, write_json
+from .defense_choices import NO_DEFENSE
 from .explorer import Explorer
 
 BATCHES = 10  # the data is cut into so many batches: evaluate reports progress per batch
@@ -62,7 +60,7 @@ class CurveJobs:
     def run(self, attacks: Sequence[str], eps: Sequence[float], *, steps: int = 20, samples: int = 200,
             seed: int = 0, defense: str = NO_DEFENSE, adaptive: bool = False, eot_samples: int = 1,
             progress: bool = False) -> Curve:  # fmt: skip
-        """The curve of `attacks` (names of fastadv.evaluate.ATTACKS) at `eps` over the first
+        """The curve of `attacks` (names of fastadv.attacks.catalog.ATTACKS) at `eps` over the first
         `samples` images: evaluate(model, data, attacks, sorted eps, steps=, batch_size=, seed=)
         with batches of ceil(samples / batches), as `fastadv eval` runs it: with `defense` (a
         spec of its --defense, or "none") on the bare model and behind the defence, with
@@ -105,7 +103,7 @@ class CurveJobs:
         os.makedirs(folder, exist_ok=True)
         report_path, plot_path = os.path.join(folder, "report.json"), os.path.join(folder, "robustness.png")
         write_json(report_path, report)
-        from ..plots import plot_defenses, plot_robustness
+        from ..evaluation.plots import plot_defenses, plot_robustness
 
         plot_robustness(report, plot_path)
         if "comparison" in report:  # a defence or an adaptive run: the bars fastadv eval draws

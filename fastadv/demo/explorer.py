@@ -17,8 +17,8 @@ import torch
 
 from ..attacks.model_mode import attack_mode
 from ..checkpoint import fingerprint
-from ..evaluate import within_budget
-from .defenses import NO_DEFENSE, defended
+from ..evaluation import within_budget
+from .defense_choices import NO_DEFENSE, defended
 from .registry import ATTACKS, AttackChoice, Settings
 
 TOP = 5  # classes shown before and after

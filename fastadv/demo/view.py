@@ -9,7 +9,7 @@ import math
 import numpy as np
 import torch
 
-from .defenses import NO_DEFENSE, label
+from .defense_choices import NO_DEFENSE, label
 from .explorer import TOP, Outcome
 
 DISPLAY_SIZE = 192  # the shorter side of a shown picture, at least, in pixels

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .evaluate import Examples
+from .examples import Examples
 
 
 def _pyplot():

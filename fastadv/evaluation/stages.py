@@ -5,7 +5,7 @@ stage instead of the batch's start.
 An AutoAttack batch can take many minutes (its four stages, their restarts and target classes),
 so the evaluation's state (saved after every batch) is also saved after every stage with a
 record of the batch so far: the outcomes of the attacks that finished in it, and the
-:class:`fastadv.autoattack.AutoAttackState` of the AutoAttack running. A resumed evaluation runs
+:class:`fastadv.attacks.autoattack.AutoAttackState` of the AutoAttack running. A resumed evaluation runs
 the batch again, takes each finished attack's outcome from the record instead of attacking, and
 continues the AutoAttack from its state: the same report as a run never stopped.
 """
@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from .attacks.autoattack import AutoAttackState
+from ..attacks.autoattack import AutoAttackState
 
 
 class BatchStages:

@@ -1,5 +1,5 @@
 """APGD, APGD-T and AutoAttackLite: strength against PGD and torchattacks on the digits CNN, the step-size
-schedule, early stopping, bad input, and the cascade in evaluate (fastadv eval's: test_cli.py; model
+schedule, early stopping, bad input, and the cascade in evaluate (fastadv eval's: app/test_cli.py; model
 safety: test_attack_safety.py, for every attack)."""
 
 import re

@@ -2,7 +2,7 @@
 every attack, evaluate() and `fastadv eval` refuse it with one line ("the model's outputs are
 not finite") instead of reporting numbers computed from argmax over NaN (issue 25). Outputs
 that turn non-finite only at some perturbed point stay the attacks' own business (their
-`non_finite` flag, tests/test_apgd_non_finite.py)."""
+`non_finite` flag, tests/attacks/test_apgd_non_finite.py)."""
 
 import warnings
 

@@ -1,7 +1,7 @@
 """The CUDA emulation (tests/cuda_emulation): it builds, each of its checks fires on a kernel with
 that bug, and the CUDA launchers keep their grids within the hardware limits and index past 2^31
 elements (tensors over virtual memory, only some blocks run). The op suite itself runs on the
-emulated backends through FAST_BACKENDS (test_linf_exact.py, test_l2.py, test_linf_layout.py)."""
+emulated backends through FAST_BACKENDS (ops/test_linf_exact.py, ops/test_l2.py, ops/test_linf_layout.py)."""
 
 import os
 

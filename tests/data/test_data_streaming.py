@@ -1,7 +1,7 @@
 """Streamed data (fastadv.data, issue 16): CIFAR's python format, image folders read by worker
 processes, memory-mapped .npz, images kept uint8 until the device, --limit / --subset /
 --shuffle-seed, resume and torchrun sharding on streamed data, bad images. The CLI's one-line
-errors for bad folders are rows of test_cli.py's CLI_ERRORS."""
+errors for bad folders are rows of app/test_cli.py's CLI_ERRORS."""
 
 import copy
 import json

@@ -1,5 +1,5 @@
 """Robustness evaluation: numbers checked against the attacks run directly, the cascade, resume,
-and torch.distributed with two CPU ranks. (The eval / train command lines: test_cli.py.)"""
+and torch.distributed with two CPU ranks. (The eval / train command lines: app/test_cli.py.)"""
 
 import copy
 import json

@@ -3,7 +3,7 @@ files: the digits CNN saved as TorchScript, as torch.export programs (dynamic, f
 batch sizes) and as a state_dict (.pt, .safetensors) for a `module:callable` factory gives the
 same report as the same model in fastadv's file; torchvision's ResNet-18 with --num-classes and
 --mean/--std runs; factories get weights=None / pretrained=False and never download; models that
-return no logits, and weights that do not fit, are refused in one line (more in test_cli.py's
+return no logits, and weights that do not fit, are refused in one line (more in app/test_cli.py's
 CLI_ERRORS)."""
 
 import json

@@ -1,7 +1,7 @@
 // The rounding rule's generic expression (csrc/step_math.h, bits_within_budget_lanes) at 16 lanes, the
 // AVX-512 build's width, against its scalar form on bfloat16 patterns near the ball's edge, zeros,
 // subnormals and NaN. GCC lowers 64-byte vectors to the ISA it compiles for, so any x86-64 host runs
-// it (tests/test_cpu_builds.py builds it with -mavx2 where the CPU has AVX2, else with SSE2).
+// it (tests/ops/test_cpu_builds.py builds it with -mavx2 where the CPU has AVX2, else with SSE2).
 #include <cstdio>
 #include <cstring>
 #include <random>

@@ -107,3 +107,14 @@ def test_readme_commands_run(tmp_path):
     for attack in ("fgsm", "pgd", "apgd-ce"):
         assert attack in json.dumps(report), f"the report has no {attack} rows"
     assert (tmp_path / "runs/mine/report.json").exists()
+
+
+def test_the_test_files_the_documents_name_exist():
+    """Every tests/... path the documents, the csrc comments and the CI scripts name is there
+    (the tests live in folders by layer; a path left behind by a move would point nowhere, and
+    .ci/gpu-stack's --ignore of a missing path would silently run what it meant to leave out)."""
+    texts = [*DOCUMENTS, *ROOT.glob("tests/**/*.md"), *ROOT.glob("csrc/**/*.[ch]*"), *ROOT.glob(".ci/*")]
+    named = {m for path in texts if path.is_file() for m in re.findall(r"\btests/[\w/.-]*\w", path.read_text())}
+    assert named, "the documents name no test files"
+    missing = sorted(p for p in named if not (ROOT / p).exists())
+    assert not missing, f"named but not there: {missing}"

@@ -33,13 +33,16 @@ def _rows(path):
         return list(csv.DictReader(f))
 
 
+def _bench_rows(tmp_path, *argv) -> list[dict]:
+    """`fastadv bench ARGV --csv FILE --quiet` run to exit status 0, and the rows of its CSV."""
+    out = tmp_path / "bench.csv"
+    assert main(["bench", *argv, "--csv", str(out), "--quiet"]) == 0
+    return _rows(out)
+
+
 def test_bench_steps_writes_rows(tmp_path, capsys):
-    out = tmp_path / "step.csv"
-    argv = ["bench", "--kernels", "linf_step", "--sizes", "1M", "--dtypes", "float32", "--device", "cpu",
-            "--providers", "eager,fused-cpu", "--no-compile", "--warmup", "1", "--repeat", "2", "--csv", str(out),
-            "--quiet"]  # fmt: skip
-    assert main(argv) == 0
-    rows = _rows(out)
+    rows = _bench_rows(tmp_path, "--kernels", "linf_step", "--sizes", "1M", "--dtypes", "float32", "--device", "cpu",
+                       "--providers", "eager,fused-cpu", "--no-compile", "--warmup", "1", "--repeat", "2")  # fmt: skip
     assert {r["provider"] for r in rows} == {"eager", "fused-cpu", "copy"}
     speedup = [r for r in rows if r["metric"] == "speedup_vs_eager" and r["provider"] == "fused-cpu"]
     assert len(speedup) == 1 and float(speedup[0]["median"]) > 0
@@ -48,12 +51,9 @@ def test_bench_steps_writes_rows(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_bench_attack_writes_rows(tmp_path, capsys):
-    out = tmp_path / "attack.csv"
-    argv = ["bench", "--attack", "--models", "digits-cnn", "--batch", "16", "--steps", "2", "--device", "cpu",
-            "--providers", "naive,fastadv,fastadv-early-stop-k4,limit", "--warmup", "1", "--repeat", "2",
-            "--csv", str(out), "--quiet"]  # fmt: skip
-    assert main(argv) == 0
-    rows = _rows(out)
+    rows = _bench_rows(tmp_path, "--attack", "--models", "digits-cnn", "--batch", "16", "--steps", "2", "--device",
+                       "cpu", "--providers", "naive,fastadv,fastadv-early-stop-k4,limit", "--warmup", "1", "--repeat",
+                       "2")  # fmt: skip
     assert {r["provider"] for r in rows} == {"naive", "fastadv", "fastadv-early-stop-k4", "limit"}
     assert {r["kernel"] for r in rows} == {"pgd2"} and {r["numel"] for r in rows} == {"16"}
     per_second = {r["provider"]: float(r["median"]) for r in rows if r["metric"] == "images_per_s"}
@@ -65,12 +65,9 @@ def test_bench_attack_writes_rows(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_bench_attack_apgd_and_cw(tmp_path):
-    out = tmp_path / "attack.csv"
-    argv = ["bench", "--attack", "--attacks", "apgd,cw", "--models", "digits-cnn", "--batch", "8", "--steps", "2",
-            "--device", "cpu", "--providers", "fastadv,limit", "--warmup", "1", "--repeat", "1", "--csv", str(out),
-            "--quiet"]  # fmt: skip
-    assert main(argv) == 0
-    rows = _rows(out)
+    rows = _bench_rows(tmp_path, "--attack", "--attacks", "apgd,cw", "--models", "digits-cnn", "--batch", "8",
+                       "--steps", "2", "--device", "cpu", "--providers", "fastadv,limit", "--warmup", "1", "--repeat",
+                       "1")  # fmt: skip
     assert {r["kernel"] for r in rows} == {"apgd2", "cw2"}
     assert {(r["kernel"], r["provider"]) for r in rows if r["metric"] == "speedup_vs_limit"} == {
         ("apgd2", "fastadv"), ("cw2", "fastadv")}  # fmt: skip
@@ -78,12 +75,9 @@ def test_bench_attack_apgd_and_cw(tmp_path):
 
 @pytest.mark.slow
 def test_bench_train_writes_rows(tmp_path, capsys):
-    out = tmp_path / "train.csv"
-    argv = ["bench", "--train", "--recipes", "fgsm-rs,pgd", "--models", "digits-cnn", "--batch", "8",
-            "--batches", "2", "--steps", "2", "--device", "cpu", "--warmup", "1", "--repeat", "1",
-            "--csv", str(out), "--quiet"]  # fmt: skip
-    assert main(argv) == 0
-    rows = _rows(out)
+    rows = _bench_rows(tmp_path, "--train", "--recipes", "fgsm-rs,pgd", "--models", "digits-cnn", "--batch", "8",
+                       "--batches", "2", "--steps", "2", "--device", "cpu", "--warmup", "1", "--repeat",
+                       "1")  # fmt: skip
     assert {r["kernel"] for r in rows} == {"train-fgsm-rs", "train-pgd2"}
     assert {r["provider"] for r in rows} == {"naive", "fastadv", "fastadv-bf16-cl"}  # no graphs on a CPU
     assert {r["numel"] for r in rows} == {"16"}

@@ -1,6 +1,6 @@
 """Test set-up: without a GPU, Triton kernels run on CPU tensors in the interpreter (the triton
 backend reads TRITON_INTERPRET at each launch); the emulated CUDA backends are registered; the
-session's digits model. Shared helpers are in helpers.py."""
+session's digits model. Shared helpers are in support/, by purpose."""
 
 import os
 
@@ -24,7 +24,7 @@ for _name, _backend in cuda_emulation.BACKENDS.items():
 def digits_model():
     """The seeded digits CNN (eval mode) and the test split, trained once per session. Attacks must
     leave the model as they found it (the safety tests check), so the modules share it; a test
-    that changes it takes its own copy from helpers.digits_model()."""
-    from helpers import digits_model as fresh_copy
+    that changes it takes its own copy from support.models.digits_model()."""
+    from support.models import digits_model as fresh_copy
 
     return fresh_copy()

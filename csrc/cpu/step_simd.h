@@ -7,7 +7,7 @@
 // through F16C / AVX-512F where the build has them and through the branch-free bit conversions of
 // step_cpu_loops.h's load_float / store_float, written on vectors, in the baseline build; bfloat16
 // rounds by integer arithmetic. Every function here equals its scalar counterpart bit for bit
-// (tests/test_cpu_builds.py runs each build on every 16-bit pattern and on rounding edges).
+// (tests/ops/test_cpu_builds.py runs each build on every 16-bit pattern and on rounding edges).
 #pragma once
 
 // The GCC vectors below pass through step_math.h's always-inlined templates, which have no target

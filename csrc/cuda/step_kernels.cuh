@@ -1,5 +1,5 @@
 // The CUDA kernels of the fused steps: device code only (no torch headers), so that
-// tests/cuda_emulation can compile them for the host and tests/test_cuda_ptx.py can compile them
+// tests/cuda_emulation can compile them for the host and tests/cuda_emulation/test_ptx.py can compile them
 // to PTX in seconds. The launchers are in step_cuda.cu.
 //
 // Work distribution (the emulation's block sampling and the PTX test rely on it):

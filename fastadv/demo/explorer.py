@@ -1,7 +1,7 @@
 """The explorer's work, without the web page: the data and model it shows, one attack on one
 image (exactly fastadv's API, seeded), optionally behind a defence, and the numbers the page prints.
 
-`Explorer.attack` is what a slider move runs; `tests/test_demo.py` checks that its numbers equal
+`Explorer.attack` is what a slider move runs; `tests/app/test_demo.py` checks that its numbers equal
 a plain call of the fastadv attack (on `fastadv.defenses.Defended(model, ...)` when a defence is
 chosen) with the same settings and seed."""
 

@@ -159,7 +159,7 @@ def load() -> None:
     root = build_root()
     src = root / "src"
     units = _mirror(source_root(), src)
-    selftest = root / "selftest.cpp"  # kernels with deliberate bugs (test_cuda_emulation.py)
+    selftest = root / "selftest.cpp"  # kernels with deliberate bugs (test_emulation.py)
     _write_if_changed(
         selftest, rewrite((HERE / "selftest.cu").read_text(), str(HERE / "selftest.cu"), registers_ops=False)
     )

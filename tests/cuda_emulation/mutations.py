@@ -21,7 +21,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-SUITE = ["tests/test_cuda_emulation.py", "tests/test_linf_exact.py", "tests/test_l2.py", "tests/test_linf_layout.py"]
+SUITE = [
+    "tests/cuda_emulation/test_emulation.py",
+    "tests/ops/test_linf_exact.py",
+    "tests/ops/test_l2.py",
+    "tests/ops/test_linf_layout.py",
+]
 
 
 @dataclass(frozen=True)

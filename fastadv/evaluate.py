@@ -46,6 +46,7 @@ from .attacks.model_mode import attack_mode
 from .checkpoint import fingerprint, save_atomic
 from .checkpoint import load as load_checkpoint
 from .data import BatchStream, Selection, Source, TensorSource, as_selection
+from .data import class_space as class_spaces
 from .data.loader import first_images, workers_for
 from .defenses.report import compare
 from .eval_stages import BatchStages
@@ -291,6 +292,8 @@ def evaluate(
     progress: bool = True,
     workers: int | None = None,
     examples: int = 0,
+    class_map=None,
+    all_classes: bool = False,
 ) -> dict:
     """Evaluates `model` on `data` = (images [N, C, H, W] in [0, 1], labels [N]), or a streamed
     data set of fastadv.data (a Source, or a Selection of one: see fastadv.datasets.open_data and
@@ -313,6 +316,11 @@ def evaluate(
     eps, in ``report["examples"]`` (an `Examples`, tensors: not JSON; fastadv.plots.plot_examples
     draws it, and `fastadv eval` leaves it out of report.json), so that a picture never needs
     the attacks run again.
+    class_map, all_classes: how the data's classes map to the model's outputs (a dict {name:
+    output}, a list of names in output order, or a file of either; see
+    fastadv.data.class_space), and whether a data set covering some of the model's classes is
+    scored over every output instead of the logits of its classes (ImageNet-A's protocol, the
+    default). The report's "class_space" says how labels were matched.
 
     adaptive: evaluate a defence: after the run above, run `adaptive_attacks(attacks)` with
     ``adaptive=True`` (input transformations use BPDA's backward pass) and, for randomized
@@ -334,8 +342,10 @@ def evaluate(
     workers = workers_for(selection, workers)
     if not isinstance(examples, int) or isinstance(examples, bool) or examples < 0:
         raise ValueError(f"examples must be a non-negative integer, got {examples!r}")
+    check.flag("all_classes", all_classes)
     run = functools.partial(_evaluation, model, selection, eps=eps, steps=steps, batch_size=batch_size, cascade=cascade,
-                            seed=seed, distributed=distributed, progress=progress, workers=workers)  # fmt: skip
+                            seed=seed, distributed=distributed, progress=progress, workers=workers,
+                            class_map=class_map, all_classes=all_classes)  # fmt: skip
     report = run(attacks, options, state_path, examples=examples)
     if not adaptive:
         return report
@@ -363,16 +373,10 @@ def _check_state_path(state_path) -> None:
         raise ValueError(f"state_path: {ancestor} is a file, so {path} cannot be created under it")
 
 
-def _check_labels(labels, classes: int) -> None:
-    """Every label is a class of the model (as the attacks check it, before any batch runs)."""
-    if labels.size and (int(labels.min()) < 0 or int(labels.max()) >= classes):
-        raise ValueError(f"data: labels must lie in [0, {classes}) for a model with {classes} outputs; "
-                         f"found {int(labels.min())}..{int(labels.max())}")  # fmt: skip
-
-
 def _evaluation(model, selection: Selection, attacks: list[str], options: dict, state_path: str | None, *,
                 eps: list[float], steps: int, batch_size: int, cascade: bool, seed: int, distributed: bool | None,
-                progress: bool, workers: int, examples: int = 0) -> dict:  # fmt: skip
+                progress: bool, workers: int, examples: int = 0, class_map=None,
+                all_classes: bool = False) -> dict:  # fmt: skip
     """One evaluation of `evaluate` (arguments checked) with the attacks' `options`."""
     backend = options["backend"]
     device = next(iter(model.parameters()), torch.empty(0)).device
@@ -383,18 +387,21 @@ def _evaluation(model, selection: Selection, attacks: list[str], options: dict, 
     # the attacks do; parameters and buffers are given back too
     with attack_mode(model, "eval"):
         with torch.no_grad():
-            classes = int(model(first_images(selection, 1)[0].to(device)).shape[1])
-        _check_labels(selection.labels, classes)
+            outputs = int(model(first_images(selection, 1)[0].to(device)).shape[1])
+        # class spaces (issue 28): labels as the model's outputs, the model restricted to the data's classes
+        space = class_spaces.resolve(selection.source.classes, selection.labels, outputs, class_map=class_map,
+                                     all_classes=all_classes)  # fmt: skip
+        scored, classes = space.wrap(model), space.classes
         largest = max(range(len(eps)), key=lambda i: eps[i])
         keeper = _ExampleKeeper(examples, largest, eps[largest]) if examples else None
-        job = _Job(model, attacks, eps, steps, cascade, seed, classes, options, keeper)
+        job = _Job(scored, attacks, eps, steps, cascade, seed, classes, options, keeper)
         settings = {"attacks": attacks, "eps": eps, "steps": steps, "batch_size": batch_size, "cascade": cascade,
                     "seed": seed, "samples": len(selection), "world_size": world,
                     # autocast changes the numbers: a resume under another amp would mix two precisions
                     "amp": None if options["amp"] is None else str(options["amp"]),
                     # the norm sums are over the fooled samples (before 2026-12: over all attacked);
                     # a state of the older kind is refused rather than mixed in
-                    "norm_sums": "fooled"}  # fmt: skip
+                    "norm_sums": "fooled", "class_space": space.describe()}  # fmt: skip
         if options.get("adaptive"):
             settings.update(adaptive=True, eot_samples=options["eot_samples"])
         sums, first_batch, skipped, saved = _Sums(len(eps), len(attacks), classes), 0, [], {}
@@ -425,7 +432,7 @@ def _evaluation(model, selection: Selection, attacks: list[str], options: dict, 
             stages.start(batch.index, _stage_saver(rank_state, attacks, settings, identity, sums, batch.index, skipped))
             skipped += batch.bad
             if batch.y.numel():
-                _evaluate_batch(job, batch.x, batch.y, batch.index, sums, stages)
+                _evaluate_batch(job, batch.x, space.relabel(batch.y), batch.index, sums, stages)
             if rank_state is not None:
                 save_atomic({"kind": "evaluation", "settings": settings, "identity": identity, "sums": sums.t,
                              "next_batch": batch.index + 1, "skipped": skipped}, rank_state)  # fmt: skip
@@ -436,12 +443,13 @@ def _evaluation(model, selection: Selection, attacks: list[str], options: dict, 
         sums.reduce()
         skipped = _distributed.all_gather_lists(skipped)
     # every setting of every (eps, attack), read from the attacks as built
-    used = {(e_index, a_index): ATTACKS[name].used(model, e, steps, attack_options(name, options))
+    used = {(e_index, a_index): ATTACKS[name].used(scored, e, steps, attack_options(name, options))
             for e_index, e in enumerate(eps) for a_index, name in enumerate(attacks)}  # fmt: skip
     report = _report(sums.t, attacks, eps, settings, device, backend, seed, used)
     # which label is which class (an image folder's sub-folders sorted by name, CIFAR's meta)
     names = selection.source.classes
-    report["classes"] = {name: index for index, name in enumerate(names)} if names else None
+    report["classes"] = dict(zip(names, space.positions().tolist(), strict=True)) if names else None
+    report["class_space"] = space.describe()  # the confusion matrices' index i is scored output i
     if examples:
         report["examples"] = keeper.kept  # None when this process evaluated no batch (resumed at the end)
     waited = torch.tensor([stream.waited, stream.seconds], dtype=torch.float64)
@@ -640,6 +648,9 @@ def format_report(report: dict) -> str:
     classes = format_classes(report.get("classes"))
     if classes:
         lines.insert(2 if "defenses" in report else 1, classes)
+    space = class_spaces.summary(report.get("class_space"))  # how labels became outputs (issue 28)
+    if space:
+        lines.insert(2 if "defenses" in report else 1, space)
     return "\n".join(lines)
 
 

@@ -16,7 +16,7 @@ from ..checkpoint import CheckpointError
 from ..data import DataError, Selection
 from ..evaluate import ATTACKS, describe_attacks, evaluate, format_report
 from . import args as arg
-from . import defenses, model_options
+from . import class_options, defenses, model_options
 from .args import CliError
 from .output import OPTIONS_HELP, OutputFolder
 
@@ -69,6 +69,7 @@ def add_parser(sub) -> None:
     )  # fmt: skip
     p.add_argument("--batch-size", type=arg.positive_int, default=EVALUATE["batch_size"], help="default: %(default)s")
     p.add_argument("--no-cascade", action="store_true", help="run every attack on every correct sample")
+    class_options.add(p)  # --class-map, --all-classes (issue 28)
     defenses.add_arguments(p, EVALUATE["eot_samples"])
     p.add_argument("--seed", type=arg.seed, default=EVALUATE["seed"], help="random starts (default: %(default)s)")
     p.add_argument("--amp", choices=list(AMP_NAMES), default=None, help="autocast the model")
@@ -117,7 +118,8 @@ def run(args: argparse.Namespace) -> int:
                                            batch_size=args.batch_size, cascade=not args.no_cascade, seed=args.seed,
                                            amp=args.amp, channels_last=args.channels_last, backend=args.backend,
                                            progress=not args.quiet, workers=args.workers,
-                                           examples=0 if args.no_plots else EXAMPLES)  # fmt: skip
+                                           examples=0 if args.no_plots else EXAMPLES, class_map=args.class_map,
+                                           all_classes=args.all_classes)  # fmt: skip
         state = os.path.join(output.work, STATE)
         try:
             report = defenses.evaluate_defenses(model, data, run_evaluation, args.defense, device=args.device,
@@ -165,5 +167,5 @@ def _inputs(args: argparse.Namespace, rank: int) -> tuple[torch.nn.Module, Selec
     data = arg.open_selection(args, args.data, "test", crop_size=args.image_size)
     # two images: a model that drops the batch dim of a batch of one is told apart
     model_options.check_output(model, arg.first_sample(data, count=2), args)
-    arg.check_selection_fits(model, data)
+    class_options.check(model, data, args)  # the images fit, the classes match the outputs
     return model, data

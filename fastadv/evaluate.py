@@ -50,6 +50,7 @@ from .data import class_space as class_spaces
 from .data.loader import first_images, workers_for
 from .defenses.report import compare
 from .eval_stages import BatchStages
+from .evaluation import calibration
 
 __all__ = ["ATTACKS", "AttackEntry", "AutoAttack", "AutoAttackLite", "AutoAttackResult", "Stage", "describe_attacks",
            "evaluate", "format_report", "robust_accuracy"]  # fmt: skip
@@ -76,6 +77,9 @@ class _Sums:
             "linf": torch.zeros(n_eps, n_attacks, dtype=torch.float64),
             "l2": torch.zeros(n_eps, n_attacks, dtype=torch.float64),
             "seconds": torch.zeros(n_eps, n_attacks, dtype=torch.float64),
+            # calibration (issue 28): per confidence bin, samples, confidence sum, correct count
+            "calibration_clean": torch.zeros(3, calibration.BINS, dtype=torch.float64),
+            "calibration": torch.zeros(n_eps, n_attacks, 3, calibration.BINS, dtype=torch.float64),
         }
 
     def reduce(self) -> None:
@@ -182,6 +186,7 @@ class _Batch:
     y: torch.Tensor
     index: int
     clean_pred: torch.Tensor
+    clean_confidence: torch.Tensor | None = None  # the softmax probability of clean_pred (calibration)
 
 
 @dataclass(frozen=True)
@@ -197,6 +202,7 @@ class _Outcome:
     seconds: float
     non_finite: int = 0
     adv: torch.Tensor | None = None  # the adversarial images (a budget-exceeding minimal one: the clean image)
+    confidence: torch.Tensor | None = None  # the softmax probability of `predicted` (calibration)
 
 
 _NOTHING = _Outcome(torch.zeros(0, dtype=torch.bool), None, (0.0, 0.0), 0.0)  # no sample to attack
@@ -217,12 +223,13 @@ def _attack_batch(job: _Job, batch: _Batch, targets: torch.Tensor, attack_index:
     if stages is not None and (saved := stages.finished(key)) is not None:
         return _Outcome(saved["fooled"].to(targets.device), None if saved["predicted"] is None else
                         saved["predicted"].to(targets.device), tuple(saved["norms"]), saved["seconds"],
-                        saved["non_finite"])  # fmt: skip
+                        saved["non_finite"], confidence=saved.get("confidence"))  # fmt: skip
     outcome = _run_attack(job, batch, targets, attack_index, eps_index, stages)
     if stages is not None:
         stages.done(key, {"fooled": outcome.fooled.cpu(), "norms": list(outcome.norms), "seconds": outcome.seconds,
                           "predicted": None if outcome.predicted is None else outcome.predicted.cpu(),
-                          "non_finite": outcome.non_finite})  # fmt: skip
+                          "non_finite": outcome.non_finite,
+                          "confidence": None if outcome.confidence is None else outcome.confidence.cpu()})  # fmt: skip
     return outcome
 
 
@@ -269,7 +276,10 @@ def _run_attack(job: _Job, batch: _Batch, targets: torch.Tensor, attack_index: i
              float(torch.linalg.vector_norm(delta, dim=1).sum()))  # fmt: skip
     # the attacks never return a non-finite image (they keep the clean one: not fooled)
     non_finite = 0 if result.non_finite is None else int(result.non_finite.sum())
-    return _Outcome(success, predicted, norms, seconds, non_finite, adv if job.keeper is not None else None)
+    with torch.no_grad():  # the confidence of the prediction that counts, for the calibration error
+        confidence = calibration.confidence_of(job.model(adv), predicted) if adv.shape[0] else None
+    return _Outcome(success, predicted, norms, seconds, non_finite, adv if job.keeper is not None else None,
+                    confidence)  # fmt: skip
 
 
 def evaluate(
@@ -446,6 +456,7 @@ def _evaluation(model, selection: Selection, attacks: list[str], options: dict, 
     used = {(e_index, a_index): ATTACKS[name].used(scored, e, steps, attack_options(name, options))
             for e_index, e in enumerate(eps) for a_index, name in enumerate(attacks)}  # fmt: skip
     report = _report(sums.t, attacks, eps, settings, device, backend, seed, used)
+    calibration.add_to_report(report, sums.t["calibration_clean"], sums.t["calibration"])
     # which label is which class (an image folder's sub-folders sorted by name, CIFAR's meta)
     names = selection.source.classes
     report["classes"] = dict(zip(names, space.positions().tolist(), strict=True)) if names else None
@@ -500,8 +511,9 @@ def _evaluate_batch(job: _Job, x: torch.Tensor, y: torch.Tensor, batch_index: in
     with torch.no_grad():
         logits = job.model(x)
     check.finite_outputs(logits, f"clean images of batch {batch_index}")  # (the attacks check their own passes)
-    batch = _Batch(x, y, batch_index, logits.argmax(1))
+    batch = _Batch(x, y, batch_index, logits.argmax(1), calibration.confidence_of(logits))
     sums.t["clean"] += _confusion(y, batch.clean_pred, job.classes)
+    sums.t["calibration_clean"] += calibration.bin_sums(batch.clean_confidence, batch.clean_pred == y)
     for e_index in range(len(job.eps)):
         _evaluate_at_eps(job, batch, e_index, sums.t, stages)
 
@@ -513,6 +525,7 @@ def _evaluate_at_eps(job: _Job, batch: _Batch, e_index: int, t: dict[str, torch.
     y, clean_pred = batch.y, batch.clean_pred
     correct = clean_pred == y
     worst_pred, robust = clean_pred.clone(), correct.clone()
+    worst_confidence = batch.clean_confidence.clone()
     outcomes: dict[int, _Outcome] = {}
     keep = job.keeper is not None and job.keeper.start(batch, e_index)
 
@@ -524,10 +537,12 @@ def _evaluate_at_eps(job: _Job, batch: _Batch, e_index: int, t: dict[str, torch.
         outcome = outcomes.pop(a_index, _NOTHING)
         if keep:
             job.keeper.add(job.attacks[a_index], run.index, outcome)
-        own_pred = clean_pred.clone()
+        own_pred, own_confidence = clean_pred.clone(), batch.clean_confidence.clone()
         if outcome.predicted is not None:
             own_pred[run.index] = outcome.predicted
             worst_pred[run.index[run.newly]] = outcome.predicted[run.newly]  # the first to fool a sample sets it
+        if outcome.confidence is not None:  # (with the cascade, run.index holds survivors only)
+            own_confidence[run.index] = worst_confidence[run.index] = outcome.confidence.to(own_confidence.device)
         t["cm"][e_index, a_index] += _confusion(y, worst_pred if job.cascade else own_pred, job.classes)
         t["fooled"][e_index, a_index] += float((correct & ~robust).sum() if job.cascade else run.fooled.sum())
         t["attacked"][e_index, a_index] += float(run.index.numel())
@@ -536,6 +551,8 @@ def _evaluate_at_eps(job: _Job, batch: _Batch, e_index: int, t: dict[str, torch.
         t["linf"][e_index, a_index] += outcome.norms[0]
         t["l2"][e_index, a_index] += outcome.norms[1]
         t["seconds"][e_index, a_index] += outcome.seconds
+        confidence, predicted = (worst_confidence, worst_pred) if job.cascade else (own_confidence, own_pred)
+        t["calibration"][e_index, a_index] += calibration.bin_sums(confidence, predicted == y)
 
     run_cascade(range(len(job.attacks)), robust, attack, survivors_only=job.cascade, on_stage=record)
     if keep:
@@ -648,6 +665,9 @@ def format_report(report: dict) -> str:
     classes = format_classes(report.get("classes"))
     if classes:
         lines.insert(2 if "defenses" in report else 1, classes)
+    calibrated = calibration.format_line(report)
+    if calibrated:
+        lines.append(calibrated)
     space = class_spaces.summary(report.get("class_space"))  # how labels became outputs (issue 28)
     if space:
         lines.insert(2 if "defenses" in report else 1, space)

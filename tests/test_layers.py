@@ -16,7 +16,7 @@ LAYERS = [
     ("bench", ["fastadv.bench"]),
     ("train", ["fastadv.train"]),
     ("recipes", ["fastadv.recipes"]),
-    ("evaluate", ["fastadv.evaluate", "fastadv.eval_stages", "fastadv.plots"]),
+    ("evaluate", ["fastadv.evaluate", "fastadv.evaluation", "fastadv.eval_stages", "fastadv.plots"]),
     ("models and data", ["fastadv.models", "fastadv.model_formats", "fastadv.datasets"]),
     ("streamed data", ["fastadv.data"]),
     ("attacks", ["fastadv.attacks"]),

@@ -145,6 +145,10 @@ def run(args: argparse.Namespace) -> int:
             from ..plots import plot_examples, plot_robustness
 
             plot_robustness(report, os.path.join(output.work, "robustness.png"))
+            if "calibration" in report:  # the reliability diagram (issue 28)
+                from ..evaluation.natural_plots import plot_reliability
+
+                plot_reliability(report, os.path.join(output.work, "reliability.png"))
             if examples is not None:  # (None: a resumed run that had no batch left to evaluate)
                 plot_examples(examples, os.path.join(output.work, "examples.png"))
     print(f"report {'in' if args.no_plots else 'and plots in'} {output.path}")

@@ -130,3 +130,49 @@ def test_cli_ood_errors_are_one_line(extra, expected, noise_npz, tmp_path, capsy
         assert not (tmp_path / "r").exists()
     with pytest.raises(SystemExit):  # --out (the OOD data) is required
         main(["ood"])
+
+
+class _Spy:
+    """A streamed source of 16x16 images (read one by one, as a folder's) that records, before the
+    first sample of each batch, how many of the model's earlier inputs are still alive."""
+
+    def __new__(cls, count: int, inputs: list):
+        from fastadv.data import Source
+
+        class Spy(Source):
+            def __init__(self):
+                self.labels = (np.arange(count) % 3).astype(np.int64)
+                self.alive = []
+
+            def read(self, index: int) -> torch.Tensor:
+                if index % 4 == 0 and index:
+                    self.alive.append(sum(ref() is not None for ref in inputs))
+                    inputs.clear()
+                return torch.randint(0, 256, (3, 16, 16), dtype=torch.uint8,
+                                     generator=torch.Generator().manual_seed(index))  # fmt: skip
+
+            def _identity(self) -> bytes:
+                return b"spy"
+
+        return Spy()
+
+
+def test_ood_streams_one_batch_at_a_time():
+    import weakref
+
+    inputs: list = []
+
+    class Recording(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(0)
+            self.net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.AdaptiveAvgPool2d(1),
+                                           torch.nn.Flatten(), torch.nn.Linear(4, 3))  # fmt: skip
+
+        def forward(self, x):
+            inputs.append(weakref.ref(x))
+            return self.net(x)
+
+    in_data, out_data = _Spy(16, inputs), _Spy(16, inputs)
+    ood.detect_ood(Recording().eval(), in_data, out_data, eps=0.05, steps=2, batch_size=4, workers=0)
+    assert in_data.alive == [0] * 3 and out_data.alive == [0] * 3

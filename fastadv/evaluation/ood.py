@@ -113,6 +113,17 @@ def _batches(selection, batch_size: int, device, workers):
     return BatchStream(selection, plan, device, workers_for(selection, workers))
 
 
+def _score_batch(scored, batch, side: str, scores, eps: float, steps: int, found: dict, adversarial: dict) -> None:
+    """Appends one batch's scores (and, for OOD images with eps > 0, their attacked scores)."""
+    logits = scored(batch.x)
+    check.finite_outputs(logits, f"{side} images of batch {batch.index}")
+    for s in scores:
+        found[s].append(score(logits, s).double().cpu())
+    if side == "out" and eps > 0:
+        for s in scores:
+            adversarial[s].append(score(scored(attack_ood(scored, batch.x, s, eps, steps)), s).double().cpu())
+
+
 def detect_ood(
     model: torch.nn.Module,
     in_data,
@@ -152,16 +163,8 @@ def detect_ood(
         adversarial = {s: [] for s in scores}
         for side, selection in (("in", in_sel), ("out", out_sel)):
             for batch in _batches(selection, batch_size, device, workers):
-                if not batch.y.numel():
-                    continue
-                logits = scored(batch.x)
-                check.finite_outputs(logits, f"{side} images of batch {batch.index}")
-                for s in scores:
-                    found[side][s].append(score(logits, s).double().cpu())
-                if side == "out" and eps > 0:
-                    for s in scores:
-                        adv = attack_ood(scored, batch.x, s, float(eps), steps)
-                        adversarial[s].append(score(scored(adv), s).double().cpu())
+                if batch.y.numel():  # (its tensors are the helper's locals: gone when it returns)
+                    _score_batch(scored, batch, side, scores, float(eps), steps, found[side], adversarial)
                 del batch  # one batch in memory at a time
     values = {side: {s: torch.cat(v).numpy() for s, v in per.items()} for side, per in found.items()}
     report = {

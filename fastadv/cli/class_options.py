@@ -34,14 +34,15 @@ def check(model, data: Selection, args: argparse.Namespace, *, option: str = "--
     """The model takes the data's images and the data's classes match its outputs (the class
     space evaluate will use), or CliError naming `option` or --class-map."""
     images = arg.first_sample(data, option=option)
-    unnamed = not data.source.classes and args.class_map is None  # labels are outputs: the check as before
+    class_map = getattr(args, "class_map", None)  # (fastadv demo reads its data without one)
+    unnamed = not data.source.classes and class_map is None  # labels are outputs: the check as before
     labels = torch.from_numpy(data.labels) if unnamed else torch.zeros(0, dtype=torch.long)
     arg.check_fit(model, images, labels, option=option)
     device = next(iter(model.parameters()), images).device
     with torch.no_grad():
         outputs = int(model(images[:1].to(device)).shape[1])
     try:
-        return class_space.resolve(data.source.classes, data.labels, outputs, class_map=args.class_map,
+        return class_space.resolve(data.source.classes, data.labels, outputs, class_map=class_map,
                                    all_classes=getattr(args, "all_classes", False))  # fmt: skip
     except (TypeError, ValueError) as error:
         message = str(error).splitlines()[0]

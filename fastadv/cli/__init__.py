@@ -12,7 +12,7 @@ import argparse
 import sys
 
 from .. import _distributed
-from . import bench_cmd, demo_cmd, eval_cmd, train_cmd
+from . import bench_cmd, demo_cmd, eval_cmd, ood_cmd, train_cmd
 from .args import CliError
 
 __all__ = ["CliError", "build_parser", "main"]
@@ -31,6 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench_cmd.add_parser(sub)
     demo_cmd.add_parser(sub)
     eval_cmd.add_parser(sub)
+    ood_cmd.add_parser(sub)  # issue 28
     train_cmd.add_parser(sub)
     for command in sub.choices.values():
         _show_defaults(command)

@@ -18,7 +18,7 @@ from ..data import DataError, Selection
 from ..defenses import format_comparison
 from ..evaluation import evaluate, evaluate_defenses, format_report, write_json
 from . import args as arg
-from . import model_options
+from . import class_options, model_options
 from .args import CliError
 from .output import OPTIONS_HELP, OutputFolder
 
@@ -71,6 +71,7 @@ def add_parser(sub) -> None:
     )  # fmt: skip
     p.add_argument("--batch-size", type=arg.positive_int, default=EVALUATE["batch_size"], help="default: %(default)s")
     p.add_argument("--no-cascade", action="store_true", help="run every attack on every correct sample")
+    class_options.add(p)  # --class-map, --all-classes
     p.add_argument(
         "--defense", type=arg.defense, action="append", default=None, metavar="SPEC",
         help="evaluate the model behind these input transformations too (repeatable: one defence each), e.g. "
@@ -132,7 +133,8 @@ def run(args: argparse.Namespace) -> int:
                                            batch_size=args.batch_size, cascade=not args.no_cascade, seed=args.seed,
                                            amp=args.amp, channels_last=args.channels_last, backend=args.backend,
                                            progress=not args.quiet, workers=args.workers,
-                                           examples=0 if args.no_plots else EXAMPLES)  # fmt: skip
+                                           examples=0 if args.no_plots else EXAMPLES, class_map=args.class_map,
+                                           all_classes=args.all_classes)  # fmt: skip
         state = os.path.join(output.work, STATE)
         try:
             report = evaluate_defenses(model, data, run_evaluation, args.defense, device=args.device,
@@ -161,6 +163,10 @@ def run(args: argparse.Namespace) -> int:
                 plot_defenses(report["comparison"], os.path.join(output.work, "defenses.png"))
 
             plot_robustness(report, os.path.join(output.work, "robustness.png"))
+            if "calibration" in report:  # the reliability diagram (issue 28)
+                from ..evaluation.plots import plot_reliability
+
+                plot_reliability(report, os.path.join(output.work, "reliability.png"))
             if examples is not None:  # (None: a resumed run that had no batch left to evaluate)
                 plot_examples(examples, os.path.join(output.work, "examples.png"))
     print(f"report {'in' if args.no_plots else 'and plots in'} {output.path}")
@@ -183,5 +189,5 @@ def _inputs(args: argparse.Namespace, rank: int) -> tuple[torch.nn.Module, Selec
     data = arg.open_selection(args, args.data, "test", crop_size=args.image_size)
     # two images: a model that drops the batch dim of a batch of one is told apart
     model_options.check_output(model, arg.first_sample(data, count=2), args)
-    arg.check_selection_fits(model, data)
+    class_options.check(model, data, args)  # the images fit, the classes match the outputs
     return model, data

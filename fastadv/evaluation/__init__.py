@@ -5,9 +5,9 @@ is counted, and its reduction over torch.distributed ranks), `report` (the repor
 printed, written as JSON), `resume` (the state file and the fingerprints of model and data),
 `stages` (an AutoAttack batch stage by stage: its log, progress and mid-batch resume),
 `examples` (the samples kept for a picture), `inputs` (a model and data that fit each other),
-`defended` (a model evaluated bare and behind defences) and `plots` (figures of a report;
-imported on use: it needs matplotlib). The attacks and their settings are
-fastadv.attacks.catalog's.
+`defended` (a model evaluated bare and behind defences), `calibration` (the calibration error
+of every report), `ood` (out-of-distribution detection, `detect_ood`) and `plots` (figures;
+imported on use: it needs matplotlib). The attacks and their settings are fastadv.attacks.catalog's.
 """
 
 from .defended import evaluate_defenses

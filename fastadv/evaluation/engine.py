@@ -34,8 +34,10 @@ from .._cascade import StageRun, run_cascade
 from ..attacks.catalog import ATTACKS, adaptive_attacks, attack_options
 from ..attacks.model_mode import attack_mode
 from ..data import BatchStream, Selection, Source, as_selection
+from ..data import class_space as class_spaces
 from ..data.loader import first_images, workers_for
 from ..defenses.report import compare
+from . import calibration
 from .examples import ExampleKeeper
 from .report import build_report
 from .resume import check_state_path, fingerprints, load_state, save_state, stage_saver
@@ -71,6 +73,7 @@ class Batch:
     y: torch.Tensor
     index: int
     clean_pred: torch.Tensor
+    clean_confidence: torch.Tensor | None = None  # the softmax probability of clean_pred (calibration)
 
 
 @dataclass(frozen=True)
@@ -86,6 +89,7 @@ class Outcome:
     seconds: float
     non_finite: int = 0
     adv: torch.Tensor | None = None  # the adversarial images (a budget-exceeding minimal one: the clean image)
+    confidence: torch.Tensor | None = None  # the softmax probability of `predicted` (calibration)
 
 
 _NOTHING = Outcome(torch.zeros(0, dtype=torch.bool), None, (0.0, 0.0), 0.0)  # no sample to attack
@@ -106,12 +110,13 @@ def _attack_batch(job: _Job, batch: Batch, targets: torch.Tensor, attack_index: 
     if stages is not None and (saved := stages.finished(key)) is not None:
         return Outcome(saved["fooled"].to(targets.device), None if saved["predicted"] is None else
                        saved["predicted"].to(targets.device), tuple(saved["norms"]), saved["seconds"],
-                       saved["non_finite"])  # fmt: skip
+                       saved["non_finite"], confidence=saved.get("confidence"))  # fmt: skip
     outcome = _run_attack(job, batch, targets, attack_index, eps_index, stages)
     if stages is not None:
         stages.done(key, {"fooled": outcome.fooled.cpu(), "norms": list(outcome.norms), "seconds": outcome.seconds,
                           "predicted": None if outcome.predicted is None else outcome.predicted.cpu(),
-                          "non_finite": outcome.non_finite})  # fmt: skip
+                          "non_finite": outcome.non_finite,
+                          "confidence": None if outcome.confidence is None else outcome.confidence.cpu()})  # fmt: skip
     return outcome
 
 
@@ -158,7 +163,10 @@ def _run_attack(job: _Job, batch: Batch, targets: torch.Tensor, attack_index: in
              float(torch.linalg.vector_norm(delta, dim=1).sum()))  # fmt: skip
     # the attacks never return a non-finite image (they keep the clean one: not fooled)
     non_finite = 0 if result.non_finite is None else int(result.non_finite.sum())
-    return Outcome(success, predicted, norms, seconds, non_finite, adv if job.keeper is not None else None)
+    with torch.no_grad():  # the confidence of the prediction that counts, for the calibration error
+        confidence = calibration.confidence_of(job.model(adv), predicted) if adv.shape[0] else None
+    return Outcome(success, predicted, norms, seconds, non_finite, adv if job.keeper is not None else None,
+                   confidence)  # fmt: skip
 
 
 def evaluate(
@@ -181,6 +189,8 @@ def evaluate(
     progress: bool = True,
     workers: int | None = None,
     examples: int = 0,
+    class_map=None,
+    all_classes: bool = False,
 ) -> dict:
     """Evaluates `model` on `data` = (images [N, C, H, W] in [0, 1], labels [N]), or a streamed
     data set of fastadv.data (a Source, or a Selection of one: see fastadv.data.open_data and
@@ -203,6 +213,11 @@ def evaluate(
     eps, in ``report["examples"]`` (an `Examples`, tensors: not JSON; fastadv.evaluation.plots.plot_examples
     draws it, and `fastadv eval` leaves it out of report.json), so that a picture never needs
     the attacks run again.
+    class_map, all_classes: how the data's classes map to the model's outputs (a dict {name:
+    output}, a list of names in output order, or a file of either; see
+    fastadv.data.class_space), and whether a data set covering some of the model's classes is
+    scored over every output instead of the logits of its classes (ImageNet-A's protocol, the
+    default). The report's "class_space" says how labels were matched.
 
     adaptive: evaluate a defence: after the run above, run `adaptive_attacks(attacks)` with
     ``adaptive=True`` (input transformations use BPDA's backward pass) and, for randomized
@@ -224,8 +239,10 @@ def evaluate(
     workers = workers_for(selection, workers)
     if not isinstance(examples, int) or isinstance(examples, bool) or examples < 0:
         raise ValueError(f"examples must be a non-negative integer, got {examples!r}")
+    check.flag("all_classes", all_classes)
     run = functools.partial(_evaluation, model, selection, eps=eps, steps=steps, batch_size=batch_size, cascade=cascade,
-                            seed=seed, distributed=distributed, progress=progress, workers=workers)  # fmt: skip
+                            seed=seed, distributed=distributed, progress=progress, workers=workers,
+                            class_map=class_map, all_classes=all_classes)  # fmt: skip
     report = run(attacks, options, state_path, examples=examples)
     if not adaptive:
         return report
@@ -236,16 +253,10 @@ def evaluate(
     return {**report, "adaptive": strong, "comparison": compare(report, strong)}
 
 
-def _check_labels(labels, classes: int) -> None:
-    """Every label is a class of the model (as the attacks check it, before any batch runs)."""
-    if labels.size and (int(labels.min()) < 0 or int(labels.max()) >= classes):
-        raise ValueError(f"data: labels must lie in [0, {classes}) for a model with {classes} outputs; "
-                         f"found {int(labels.min())}..{int(labels.max())}")  # fmt: skip
-
-
 def _evaluation(model, selection: Selection, attacks: list[str], options: dict, state_path: str | None, *,
                 eps: list[float], steps: int, batch_size: int, cascade: bool, seed: int, distributed: bool | None,
-                progress: bool, workers: int, examples: int = 0) -> dict:  # fmt: skip
+                progress: bool, workers: int, examples: int = 0, class_map=None,
+                all_classes: bool = False) -> dict:  # fmt: skip
     """One evaluation of `evaluate` (arguments checked) with the attacks' `options`."""
     backend = options["backend"]
     device = next(iter(model.parameters()), torch.empty(0)).device
@@ -256,18 +267,21 @@ def _evaluation(model, selection: Selection, attacks: list[str], options: dict, 
     # the attacks do; parameters and buffers are given back too
     with attack_mode(model, "eval"):
         with torch.no_grad():
-            classes = int(model(first_images(selection, 1)[0].to(device)).shape[1])
-        _check_labels(selection.labels, classes)
+            outputs = int(model(first_images(selection, 1)[0].to(device)).shape[1])
+        # labels as the model's outputs; a data set of some of its classes scored over their logits
+        space = class_spaces.resolve(selection.source.classes, selection.labels, outputs, class_map=class_map,
+                                     all_classes=all_classes)  # fmt: skip
+        scored, classes = space.wrap(model), space.classes
         largest = max(range(len(eps)), key=lambda i: eps[i])
         keeper = ExampleKeeper(examples, largest, eps[largest]) if examples else None
-        job = _Job(model, attacks, eps, steps, cascade, seed, classes, options, keeper)
+        job = _Job(scored, attacks, eps, steps, cascade, seed, classes, options, keeper)
         settings = {"attacks": attacks, "eps": eps, "steps": steps, "batch_size": batch_size, "cascade": cascade,
                     "seed": seed, "samples": len(selection), "world_size": world,
                     # autocast changes the numbers: a resume under another amp would mix two precisions
                     "amp": None if options["amp"] is None else str(options["amp"]),
                     # the norm sums are over the fooled samples (before 2026-12: over all attacked);
                     # a state of the older kind is refused rather than mixed in
-                    "norm_sums": "fooled"}  # fmt: skip
+                    "norm_sums": "fooled", "class_space": space.describe()}  # fmt: skip
         if options.get("adaptive"):
             settings.update(adaptive=True, eot_samples=options["eot_samples"])
         sums, first_batch, skipped = Sums(len(eps), len(attacks), classes), 0, []
@@ -292,7 +306,7 @@ def _evaluation(model, selection: Selection, attacks: list[str], options: dict, 
             stages.start(batch.index, stage_saver(rank_state, attacks, settings, identity, sums, batch.index, skipped))
             skipped += batch.bad
             if batch.y.numel():
-                _evaluate_batch(job, batch.x, batch.y, batch.index, sums, stages)
+                _evaluate_batch(job, batch.x, space.relabel(batch.y), batch.index, sums, stages)
             if rank_state is not None:
                 save_state(rank_state, settings, identity, sums.t, batch.index + 1, skipped)
             bar.update(1)
@@ -302,12 +316,14 @@ def _evaluation(model, selection: Selection, attacks: list[str], options: dict, 
         sums.reduce()
         skipped = _distributed.all_gather_lists(skipped)
     # every setting of every (eps, attack), read from the attacks as built
-    used = {(e_index, a_index): ATTACKS[name].used(model, e, steps, attack_options(name, options))
+    used = {(e_index, a_index): ATTACKS[name].used(scored, e, steps, attack_options(name, options))
             for e_index, e in enumerate(eps) for a_index, name in enumerate(attacks)}  # fmt: skip
     report = build_report(sums.t, attacks, eps, settings, device, backend, seed, used)
+    calibration.add_to_report(report, sums.t["calibration_clean"], sums.t["calibration"])
     # which label is which class (an image folder's sub-folders sorted by name, CIFAR's meta)
     names = selection.source.classes
-    report["classes"] = {name: index for index, name in enumerate(names)} if names else None
+    report["classes"] = dict(zip(names, space.positions().tolist(), strict=True)) if names else None
+    report["class_space"] = space.describe()  # the confusion matrices' index i is scored output i
     if examples:
         report["examples"] = keeper.kept  # None when this process evaluated no batch (resumed at the end)
     waited = torch.tensor([stream.waited, stream.seconds], dtype=torch.float64)
@@ -324,8 +340,9 @@ def _evaluate_batch(job: _Job, x: torch.Tensor, y: torch.Tensor, batch_index: in
     with torch.no_grad():
         logits = job.model(x)
     check.finite_outputs(logits, f"clean images of batch {batch_index}")  # (the attacks check their own passes)
-    batch = Batch(x, y, batch_index, logits.argmax(1))
+    batch = Batch(x, y, batch_index, logits.argmax(1), calibration.confidence_of(logits))
     sums.t["clean"] += confusion(y, batch.clean_pred, job.classes)
+    sums.t["calibration_clean"] += calibration.bin_sums(batch.clean_confidence, batch.clean_pred == y)
     for e_index in range(len(job.eps)):
         _evaluate_at_eps(job, batch, e_index, sums.t, stages)
 
@@ -337,6 +354,7 @@ def _evaluate_at_eps(job: _Job, batch: Batch, e_index: int, t: dict[str, torch.T
     y, clean_pred = batch.y, batch.clean_pred
     correct = clean_pred == y
     worst_pred, robust = clean_pred.clone(), correct.clone()
+    worst_confidence = batch.clean_confidence.clone()
     outcomes: dict[int, Outcome] = {}
     keep = job.keeper is not None and job.keeper.start(batch, e_index)
 
@@ -348,10 +366,12 @@ def _evaluate_at_eps(job: _Job, batch: Batch, e_index: int, t: dict[str, torch.T
         outcome = outcomes.pop(a_index, _NOTHING)
         if keep:
             job.keeper.add(job.attacks[a_index], run.index, outcome)
-        own_pred = clean_pred.clone()
+        own_pred, own_confidence = clean_pred.clone(), batch.clean_confidence.clone()
         if outcome.predicted is not None:
             own_pred[run.index] = outcome.predicted
             worst_pred[run.index[run.newly]] = outcome.predicted[run.newly]  # the first to fool a sample sets it
+        if outcome.confidence is not None:  # (with the cascade, run.index holds survivors only)
+            own_confidence[run.index] = worst_confidence[run.index] = outcome.confidence.to(own_confidence.device)
         t["cm"][e_index, a_index] += confusion(y, worst_pred if job.cascade else own_pred, job.classes)
         t["fooled"][e_index, a_index] += float((correct & ~robust).sum() if job.cascade else run.fooled.sum())
         t["attacked"][e_index, a_index] += float(run.index.numel())
@@ -360,6 +380,8 @@ def _evaluate_at_eps(job: _Job, batch: Batch, e_index: int, t: dict[str, torch.T
         t["linf"][e_index, a_index] += outcome.norms[0]
         t["l2"][e_index, a_index] += outcome.norms[1]
         t["seconds"][e_index, a_index] += outcome.seconds
+        confidence, predicted = (worst_confidence, worst_pred) if job.cascade else (own_confidence, own_pred)
+        t["calibration"][e_index, a_index] += calibration.bin_sums(confidence, predicted == y)
 
     run_cascade(range(len(job.attacks)), robust, attack, survivors_only=job.cascade, on_stage=record)
     if keep:

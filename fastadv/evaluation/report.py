@@ -13,7 +13,9 @@ import torch
 from .._environment import device_name
 from .._version import __version__
 from ..attacks.catalog import ATTACKS
+from ..data import class_space as class_spaces
 from ..ops import resolve_backend
+from . import calibration
 
 
 def macro_scores(cm: torch.Tensor) -> tuple[float, float, float]:
@@ -133,6 +135,12 @@ def format_report(report: dict) -> str:
     classes = format_classes(report.get("classes"))
     if classes:
         lines.insert(2 if "defenses" in report else 1, classes)
+    calibrated = calibration.format_line(report)
+    if calibrated:
+        lines.append(calibrated)
+    space = class_spaces.summary(report.get("class_space"))  # how labels became the model's outputs
+    if space:
+        lines.insert(2 if "defenses" in report else 1, space)
     return "\n".join(lines)
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import torch
 
 from .. import _distributed
+from . import calibration
 
 
 class Sums:
@@ -31,6 +32,9 @@ class Sums:
             "linf": torch.zeros(n_eps, n_attacks, dtype=torch.float64),
             "l2": torch.zeros(n_eps, n_attacks, dtype=torch.float64),
             "seconds": torch.zeros(n_eps, n_attacks, dtype=torch.float64),
+            # the calibration error's bins (calibration.py): per bin, samples, confidence sum, correct count
+            "calibration_clean": torch.zeros(3, calibration.BINS, dtype=torch.float64),
+            "calibration": torch.zeros(n_eps, n_attacks, 3, calibration.BINS, dtype=torch.float64),
         }
 
     def reduce(self) -> None:

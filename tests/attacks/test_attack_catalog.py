@@ -11,7 +11,7 @@ from fastadv.attacks import catalog
 from fastadv.attacks.autoattack import STAGES, VERSIONS
 from fastadv.demo.registry import ATTACKS as DEMO
 
-DOC = Path(__file__).resolve().parents[1] / "docs" / "evaluation-and-training.md"
+DOC = Path(__file__).resolve().parents[2] / "docs" / "evaluation-and-training.md"
 
 
 def test_the_docs_table_is_the_catalogues():

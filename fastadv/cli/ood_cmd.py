@@ -1,0 +1,82 @@
+"""`fastadv ood --in IN_DATA --out OOD_DATA`: out-of-distribution detection (AUROC, AUPR, FPR95
+of the max softmax probability, max logit and energy), optionally with the OOD images attacked.
+Writes report.json and ood.png into --results. Errors are one line, exit status 2."""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+
+from .. import models
+from ..evaluation.ood import SCORES, detect_ood, format_ood_report
+from . import args as arg
+from . import class_options, model_options
+from .args import CliError
+
+DEFAULTS = arg.defaults(detect_ood)
+DESCRIPTION = """Out-of-distribution detection: scores every image of --in (in-distribution) and --out (OOD)
+by the model's max softmax probability, max logit and energy, and reports AUROC, AUPR (OOD positive)
+and the FPR at 95% TPR. With --eps > 0 also under attack: an L-inf PGD moves each OOD image within eps
+to look in-distribution. ImageNet-O: --in an ImageNet-1k validation folder, --out imagenet-o/."""
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("ood", help="out-of-distribution detection (AUROC, AUPR, FPR95), optionally under attack",
+                       description=DESCRIPTION)  # fmt: skip
+    model_options.add(p)  # --model, --weights, --num-classes, --mean, --std
+    p.add_argument("--in", dest="in_data", default="digits", metavar="IN_DATA",
+                   help="in-distribution data (as fastadv eval's --data)")  # fmt: skip
+    p.add_argument("--out", dest="out_data", required=True, metavar="OOD_DATA",
+                   help="out-of-distribution data (as fastadv eval's --data)")  # fmt: skip
+    p.add_argument("--image-size", type=arg.image_side, default=None,
+                   help="resize folder images' shorter side to this size and crop the centre square")  # fmt: skip
+    arg.add_data_options(p, shuffle=False)  # --input-size, --workers, --limit, --subset: for both data sets
+    p.add_argument("--scores", type=arg.csv_list(SCORES, unique=True), default=list(SCORES),
+                   help=f"among {', '.join(SCORES)} (higher: more in-distribution)")  # fmt: skip
+    p.add_argument("--eps", type=arg.nonnegative, default=DEFAULTS["eps"],
+                   help="L-inf budget of the attack on the OOD images (0: no attack)")  # fmt: skip
+    p.add_argument("--steps", type=arg.positive_int, default=DEFAULTS["steps"], help="PGD steps of the attack")
+    p.add_argument("--batch-size", type=arg.positive_int, default=DEFAULTS["batch_size"])
+    class_options.add(p)  # --class-map, --all-classes: the in-distribution data's classes
+    p.add_argument("--device", type=arg.device, default=arg.device("auto"), help="cpu, cuda or auto")
+    p.add_argument("--results", default=None, help="output folder (default: fastadv-results/ood-<time>)")
+    p.add_argument("--overwrite", action="store_true", help="replace the run in --results")
+    p.add_argument("--no-plots", action="store_true")
+    p.add_argument("--cache", default=models.digits_model_cache(), help="where the default digits model is kept")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.image_size is not None and args.input_size is not None:
+        raise CliError("--image-size: give --image-size (shorter side, then crop) or --input-size (H,W), not both")
+    results = args.results or os.path.join("fastadv-results", datetime.datetime.now().strftime("ood-%Y%m%d-%H%M%S"))
+    if os.path.exists(results) and not os.path.isdir(results):
+        raise CliError(f"--results: {results} exists and is not a folder")
+    if os.path.exists(os.path.join(results, "report.json")) and not args.overwrite:
+        raise CliError(f"--results: {results} holds a run (report.json); --overwrite replaces it")
+    model = (models.standard_digits_model(args.cache) if args.model is None
+             else model_options.load(args, args.device)).to(args.device).eval()  # fmt: skip
+    in_data = arg.open_selection(args, args.in_data, "test", option="--in", crop_size=args.image_size)
+    out_data = arg.open_selection(args, args.out_data, "test", option="--out", crop_size=args.image_size)
+    model_options.check_output(model, arg.first_sample(in_data, option="--in", count=2), args)
+    class_options.check(model, in_data, args, option="--in")
+    arg.check_fit(model, arg.first_sample(out_data, option="--out"), arg.first_sample(in_data)[:0, 0, 0, 0].long(),
+                  option="--out")  # fmt: skip
+    os.makedirs(results, exist_ok=True)
+    try:
+        report = detect_ood(model, in_data, out_data, scores=args.scores, eps=args.eps, steps=args.steps,
+                            batch_size=args.batch_size, class_map=args.class_map, all_classes=args.all_classes,
+                            workers=args.workers)  # fmt: skip
+    except (ValueError, RuntimeError) as error:
+        raise CliError(str(error).splitlines()[0]) from None
+    report.update(model=args.model or "digits small_cnn", in_data=args.in_data, out_data=args.out_data)
+    arg.write_json(os.path.join(results, "report.json"), report)
+    print(format_ood_report(report))
+    if not args.no_plots:
+        from ..evaluation.plots import plot_ood
+
+        plot_ood(report, os.path.join(results, "ood.png"))
+    print(f"report {'in' if args.no_plots else 'and plot in'} {results}")
+    return 0

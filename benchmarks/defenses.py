@@ -24,7 +24,7 @@ import fastadv
 from fastadv import models
 from fastadv.data import digits
 from fastadv.defenses import JPEG, BitDepth, Defended, Ensemble, MedianFilter, RandomResizePad
-from fastadv.digits_models import standard_digits_model, train_digits_model
+from fastadv.digits_models import standard_digits_model, train_standard
 from fastadv.evaluation import evaluate
 from fastadv.recipes import Recipe
 from fastadv.train import fit
@@ -67,7 +67,7 @@ def distilled(cache: str) -> torch.nn.Module:
 def member(cache: str, seed: int) -> torch.nn.Module:
     def train():
         torch.manual_seed(seed)
-        return train_digits_model(models.small_cnn(), Recipe("standard"), epochs=15, seed=seed)
+        return train_standard(models.small_cnn(), *digits("train"), epochs=15, seed=seed)
 
     return cached(os.path.join(cache, f"member-{seed}.pt"), train)
 

@@ -1,14 +1,17 @@
 """The digits models that `fastadv eval`, the benchmarks and the tests attack by default: small_cnn
-trained on the embedded digits' training split by `fastadv.train.fit`, with one set of settings
-(the digits recipe, DIGITS_TRAINING: Adam at 2e-3, batches of 64, no weight decay, fit's cyclic
-schedule, seeded) and a training recipe of fastadv.recipes:
+trained on the embedded digits' training split with one set of settings (DIGITS_TRAINING: Adam at
+2e-3, batches of 64, no weight decay, seeded):
 
-- `standard_digits_model()`: the undefended one (recipe "standard", 15 epochs), cached in the file
-  `fastadv eval` uses;
-- `fgsm_rs_digits_model()`: the robust one (recipe "fgsm-rs" at eps 0.1, 10 epochs).
+- `standard_digits_model()`: the undefended one (15 epochs of plain cross-entropy,
+  `train_standard`), cached in the file `fastadv eval` uses;
+- `fgsm_rs_digits_model()`: the robust one (`fastadv.train.fit` with the recipe "fgsm-rs" at
+  eps 0.1, 10 epochs, fit's cyclic schedule).
 
-They train through `fit`, so this module sits above fastadv.train (docs/DESIGN.md's layers);
-the architectures and model files are fastadv.models'.
+`train_standard` keeps its own short loop rather than fit's "standard" recipe: fit shuffles with
+a generator seeded per epoch, which would change the standard model's weights, and tests rely on
+which test images that model classifies correctly. The FGSM-RS model trains through `fit`, so this
+module sits above fastadv.train (docs/DESIGN.md's layers); the architectures and model files are
+fastadv.models'.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import os
 import warnings
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .checkpoint import CheckpointError
@@ -33,9 +37,36 @@ _DEFAULT = "default"
 
 
 def train_digits_model(model: nn.Module, recipe: Recipe, *, epochs: int, seed: int = 0) -> nn.Module:
-    """Trains `model` in place on the digits' training split with `recipe` and DIGITS_TRAINING
-    (fit's batches and attacks seeded by `seed`); returns it in eval mode."""
+    """Trains `model` in place on the digits' training split with `fastadv.train.fit`, `recipe`
+    and DIGITS_TRAINING (fit's batches and attacks seeded by `seed`); returns it in eval mode."""
     fit(model, digits("train"), recipe=recipe, epochs=epochs, seed=seed, progress=False, **DIGITS_TRAINING)
+    return model.eval()
+
+
+def train_standard(
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    epochs: int = 10,
+    batch_size: int = 64,
+    lr: float = 2e-3,
+    seed: int = 0,
+) -> nn.Module:
+    """Trains `model` in place with Adam on cross-entropy, shuffling with a generator seeded by
+    `seed`; leaves it in eval mode and returns it. images [N, ...], labels [N] int64."""
+    if images.shape[0] != labels.shape[0]:
+        raise ValueError(f"images and labels must have as many samples, got {images.shape[0]} and {labels.shape[0]}")
+    generator = torch.Generator().manual_seed(seed)
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    model.train()
+    for _ in range(epochs):
+        order = torch.randperm(images.shape[0], generator=generator).to(images.device)
+        for start in range(0, images.shape[0], batch_size):
+            batch = order[start : start + batch_size]
+            optimizer.zero_grad(set_to_none=True)
+            F.cross_entropy(model(images[batch]), labels[batch]).backward()
+            optimizer.step()
     return model.eval()
 
 
@@ -50,8 +81,8 @@ def digits_model_cache() -> str:
 
 def standard_digits_model(cache: str | os.PathLike | None = _DEFAULT) -> nn.Module:
     """The undefended digits classifier that `fastadv eval`, the tests and the benchmarks attack:
-    small_cnn (torch seeded with 0) trained with the recipe "standard" for 15 epochs (about 99%
-    test accuracy). In eval mode, on the CPU.
+    small_cnn trained with train_standard for 15 epochs, torch and shuffling seeded with 0
+    (about 99% test accuracy). In eval mode, on the CPU.
 
     cache: a fastadv model file shared with `fastadv eval` (default: :func:`digits_model_cache`).
     The model is read from it when it holds a readable model (no training: milliseconds);
@@ -65,7 +96,7 @@ def standard_digits_model(cache: str | os.PathLike | None = _DEFAULT) -> nn.Modu
         except CheckpointError:
             pass  # missing or damaged: train it again
     torch.manual_seed(0)
-    model = train_digits_model(small_cnn(), Recipe("standard"), epochs=15)
+    model = train_standard(small_cnn(), *digits("train"), epochs=15, seed=0)
     if path is not None:
         try:
             os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)

@@ -8,7 +8,7 @@ import argparse
 import datetime
 import os
 
-from .. import models
+from .. import digits_models, models
 from ..evaluation.ood import SCORES, detect_ood, format_ood_report
 from . import args as arg
 from . import class_options, model_options
@@ -43,7 +43,7 @@ def add_parser(sub) -> None:
     p.add_argument("--results", default=None, help="output folder (default: fastadv-results/ood-<time>)")
     p.add_argument("--overwrite", action="store_true", help="replace the run in --results")
     p.add_argument("--no-plots", action="store_true")
-    p.add_argument("--cache", default=models.digits_model_cache(), help="where the default digits model is kept")
+    p.add_argument("--cache", default=digits_models.digits_model_cache(), help="where the default digits model is kept")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(run=run)
 

@@ -2,7 +2,7 @@
 model files (files.py: save, load), the other formats `load` reads (formats.py: TorchScript,
 torch.export programs, `module:callable` factories with their weights) and what every format
 shares (interface.py: the normalization wrapper, the logits check). The digits models fastadv
-attacks by default are trained by fastadv.train.fit, so they live above it: fastadv.digits_models."""
+attacks by default live above fastadv.train (the FGSM-RS one trains with fit): fastadv.digits_models."""
 
 from .architectures import ARCHITECTURES, ResNet18, resnet18, small_cnn
 from .files import load, save

@@ -15,7 +15,7 @@ import fastadv
 from fastadv import models
 from fastadv.data import digits
 from fastadv.defenses import JPEG, BitDepth, Defended, Ensemble, RandomResizePad
-from fastadv.digits_models import train_digits_model
+from fastadv.digits_models import train_standard
 from fastadv.evaluation import evaluate
 from fastadv.recipes import Recipe
 from fastadv.train import fit
@@ -76,7 +76,7 @@ def _student():
 def _member(seed):
     def train():
         torch.manual_seed(seed)
-        return train_digits_model(models.small_cnn(), Recipe("standard"), epochs=15, seed=seed)
+        return train_standard(models.small_cnn(), *digits("train"), epochs=15, seed=seed)
 
     return train
 

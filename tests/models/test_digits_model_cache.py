@@ -12,15 +12,15 @@ from fastadv.cli import eval_cmd
 
 @pytest.fixture
 def fast_training(monkeypatch):
-    """train_digits_model replaced by a recorder (the real one takes 30 s): the weights are those
-    of the seeded small_cnn."""
+    """train_standard replaced by a recorder (the real one takes 30 s): the weights are those of
+    the seeded small_cnn."""
     calls = []
 
     def record(model, *args, **kwargs):
         calls.append(1)
         return model.eval()
 
-    monkeypatch.setattr(digits_models, "train_digits_model", record)
+    monkeypatch.setattr(digits_models, "train_standard", record)
     return calls
 
 

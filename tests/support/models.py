@@ -45,7 +45,7 @@ def _cached_state(cache: Path, train) -> dict:
     return state
 
 
-# what the digits models' weights depend on (fastadv.digits_models trains both with fit)
+# what the digits models' weights depend on (fastadv.digits_models; the FGSM-RS one trains with fit)
 _DIGITS_SOURCES = ("models/architectures.py", "data/opening.py", "digits_models.py", "recipes.py", "train.py")
 
 

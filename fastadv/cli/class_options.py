@@ -37,7 +37,10 @@ def check(model, data: Selection, args: argparse.Namespace, *, option: str = "--
     class_map = getattr(args, "class_map", None)  # (fastadv demo reads its data without one)
     unnamed = not data.source.classes and class_map is None  # labels are outputs: the check as before
     labels = torch.from_numpy(data.labels) if unnamed else torch.zeros(0, dtype=torch.long)
-    arg.check_fit(model, images, labels, option=option)
+    try:
+        arg.check_fit(model, images, labels)
+    except ValueError as error:
+        raise CliError(f"{option}: {error}") from None
     device = next(iter(model.parameters()), images).device
     with torch.no_grad():
         outputs = int(model(images[:1].to(device)).shape[1])

@@ -8,7 +8,10 @@ import argparse
 import datetime
 import os
 
-from .. import digits_models, models
+import torch
+
+from .. import digits_models
+from ..evaluation import write_json
 from ..evaluation.ood import SCORES, detect_ood, format_ood_report
 from . import args as arg
 from . import class_options, model_options
@@ -39,7 +42,7 @@ def add_parser(sub) -> None:
     p.add_argument("--steps", type=arg.positive_int, default=DEFAULTS["steps"], help="PGD steps of the attack")
     p.add_argument("--batch-size", type=arg.positive_int, default=DEFAULTS["batch_size"])
     class_options.add(p)  # --class-map, --all-classes: the in-distribution data's classes
-    p.add_argument("--device", type=arg.device, default=arg.device("auto"), help="cpu, cuda or auto")
+    p.add_argument("--device", type=arg.device, default="auto", help=arg.DEVICE_HELP + " (default: %(default)s)")
     p.add_argument("--results", default=None, help="output folder (default: fastadv-results/ood-<time>)")
     p.add_argument("--overwrite", action="store_true", help="replace the run in --results")
     p.add_argument("--no-plots", action="store_true")
@@ -56,14 +59,16 @@ def run(args: argparse.Namespace) -> int:
         raise CliError(f"--results: {results} exists and is not a folder")
     if os.path.exists(os.path.join(results, "report.json")) and not args.overwrite:
         raise CliError(f"--results: {results} holds a run (report.json); --overwrite replaces it")
-    model = (models.standard_digits_model(args.cache) if args.model is None
+    model = (digits_models.standard_digits_model(args.cache) if args.model is None
              else model_options.load(args, args.device)).to(args.device).eval()  # fmt: skip
     in_data = arg.open_selection(args, args.in_data, "test", option="--in", crop_size=args.image_size)
     out_data = arg.open_selection(args, args.out_data, "test", option="--out", crop_size=args.image_size)
     model_options.check_output(model, arg.first_sample(in_data, option="--in", count=2), args)
     class_options.check(model, in_data, args, option="--in")
-    arg.check_fit(model, arg.first_sample(out_data, option="--out"), arg.first_sample(in_data)[:0, 0, 0, 0].long(),
-                  option="--out")  # fmt: skip
+    try:  # the OOD images' labels mean nothing: only whether the model takes them
+        arg.check_fit(model, arg.first_sample(out_data, option="--out"), torch.zeros(0, dtype=torch.long))
+    except ValueError as error:
+        raise CliError(f"--out: {error}") from None
     os.makedirs(results, exist_ok=True)
     try:
         report = detect_ood(model, in_data, out_data, scores=args.scores, eps=args.eps, steps=args.steps,
@@ -72,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
     except (ValueError, RuntimeError) as error:
         raise CliError(str(error).splitlines()[0]) from None
     report.update(model=args.model or "digits small_cnn", in_data=args.in_data, out_data=args.out_data)
-    arg.write_json(os.path.join(results, "report.json"), report)
+    write_json(os.path.join(results, "report.json"), report)
     print(format_ood_report(report))
     if not args.no_plots:
         from ..evaluation.plots import plot_ood

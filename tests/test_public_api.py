@@ -36,9 +36,9 @@ def test_an_unknown_attribute_is_an_attribute_error():
 
 
 def test_evaluate_is_the_function_and_evaluation_the_package(digits_model):
-    """fastadv.evaluate(model, ...) runs the evaluation (issue 25: it was the module, "not
+    """fastadv.evaluate(model, ...) runs the evaluation (it was the module, "not
     callable"); it is the function of the package fastadv.evaluation (`from fastadv.evaluation
-    import evaluate`), whatever was imported first (issue 27: no module is also callable)."""
+    import evaluate`), whatever was imported first (no module is also callable)."""
     import inspect
 
     from fastadv.evaluation import evaluate, robust_accuracy

@@ -247,7 +247,7 @@ class Attack:
 
     def _finite_only(self, result: AttackResult, x: torch.Tensor, y: torch.Tensor, call: Call) -> AttackResult:
         """`result` with every non-finite candidate replaced by the clean image, which then does
-        not fool the model (issue: a NaN image is "fooled" into some class). Samples for which
+        not fool the model (a NaN image would be "fooled" into some class). Samples for which
         no candidate was kept (predicted -1) get the model's class of the clean image and a NaN
         loss. Only the images are checked when nothing else is tracked (no host sync)."""
         finite = finite_rows(result.adv)

@@ -31,7 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench_cmd.add_parser(sub)
     demo_cmd.add_parser(sub)
     eval_cmd.add_parser(sub)
-    ood_cmd.add_parser(sub)  # issue 28
+    ood_cmd.add_parser(sub)
     train_cmd.add_parser(sub)
     for command in sub.choices.values():
         _show_defaults(command)

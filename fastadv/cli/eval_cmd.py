@@ -163,7 +163,7 @@ def run(args: argparse.Namespace) -> int:
                 plot_defenses(report["comparison"], os.path.join(output.work, "defenses.png"))
 
             plot_robustness(report, os.path.join(output.work, "robustness.png"))
-            if "calibration" in report:  # the reliability diagram (issue 28)
+            if "calibration" in report:  # the reliability diagram
                 from ..evaluation.plots import plot_reliability
 
                 plot_reliability(report, os.path.join(output.work, "reliability.png"))

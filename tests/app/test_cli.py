@@ -320,7 +320,7 @@ CLI_ERRORS = [
     (["train", "--data", "{huge_labels.npz}"], "a new model has at most 100000 classes"),
     (["eval", "--data", "{uint64_labels.npz}"], "y must fit in int64"),
     (["eval", "--data", "{bomb}"], "{bomb}/a/big.png: too many pixels to read safely (a decompression bomb?)"),
-    # streamed data: bad folders and data options (issue 16)
+    # streamed data: bad folders and data options
     (["eval", "--data", "{empty_class}"], "--data: {empty_class}/b: class folder 'b' holds no images"),
     (["train", "--data", "{empty_class}"], "--data: {empty_class}/b: class folder 'b' holds no images"),
     (["eval", "--data", "{mixed}"], "images of different sizes: {mixed}/a/0.png is 20x10, {mixed}/a/1.png is 10x10"),
@@ -646,7 +646,7 @@ def _help(command, dest):
 
 @pytest.mark.parametrize("command", ["eval", "train", "bench"])
 def test_help_shows_every_default(command):
-    """Issue 15: --help shows every option's default (those that have one)."""
+    """--help shows every option's default (those that have one)."""
     sub = next(a for a in build_parser()._actions if a.dest == "command")
     for action in sub.choices[command]._actions:
         if action.default is not None and action.default is not False and action.dest != "help":
@@ -655,7 +655,7 @@ def test_help_shows_every_default(command):
 
 
 def test_eps_are_sorted_and_repeats_dropped_attacks_keep_their_order():
-    """Issue 15: duplicate or unsorted --eps / --attacks. Attacks run in the order given (the
+    """duplicate or unsorted --eps / --attacks. Attacks run in the order given (the
     cascade's order is meaningful; --help says so), a repeat dropped."""
     args = build_parser().parse_args(["eval", "--eps", "0.1,0.05,0.1,0,0.05", "--attacks", "pgd,fgsm,pgd"])
     assert args.eps == [0.0, 0.05, 0.1] and args.attacks == ["pgd", "fgsm"]
@@ -663,7 +663,7 @@ def test_eps_are_sorted_and_repeats_dropped_attacks_keep_their_order():
 
 
 def test_model_files_get_the_umask_and_stale_temporaries_are_removed(digits, tmp_path, monkeypatch):
-    """Issue 15: model and checkpoint files were 0600 where the JSON is 0666 less the umask; a
+    """model and checkpoint files were 0600 where the JSON is 0666 less the umask; a
     save killed midway left .tmp-*.pt behind: the next command removes those of dead processes."""
     import socket
 

@@ -445,7 +445,7 @@ def test_slider_events_do_not_queue_up(explorer):
     assert set(slots.values()) == {("explore", 1)} and {"show", "upload", "pick", "change_attack"} <= set(slots)
 
 
-# ---- issue 25: 16-bit uploads, the seed field, the server's paths ----
+# ---- 16-bit uploads, the seed field, the server's paths ----
 
 
 def test_a_16_bit_grayscale_upload_is_scaled_to_0_1_not_clipped(tmp_path):

@@ -173,7 +173,7 @@ IGNORING = [
 )
 @pytest.mark.parametrize("kind", ["module", "callable"])
 def test_a_model_that_ignores_its_input_is_an_error(digits, make, kind):
-    """Issue 15, item 4: a plain function that detaches its input (its network's parameters still
+    """a plain function that detaches its input (its network's parameters still
     require grad, so the output has a graph) fails like an nn.Module doing it."""
     model, x, y = digits
 
@@ -202,7 +202,7 @@ NON_FINITE = [
 
 @pytest.mark.parametrize("make", NON_FINITE, ids=["PGDL2", "PGDL2-early-stop", "APGD-L2", "DeepFool"])
 def test_a_non_finite_candidate_never_fools(digits, make):
-    """Issue 15, item 3: a model with infinite input gradients made the L2 attacks return NaN
+    """a model with infinite input gradients made the L2 attacks return NaN
     images that counted as fooled (class 0). Returned images are finite, success is the model's
     verdict on them, and non_finite marks the samples whose candidate was discarded."""
     model, x, y = digits
@@ -221,7 +221,7 @@ def test_a_non_finite_candidate_never_fools(digits, make):
 
 @pytest.mark.parametrize("bad", ["empty", "labels"])
 def test_autoattack_lite_checks_its_batch_as_the_attacks_do(digits, bad):
-    """Issue 15: an empty batch or labels out of range reported 0% robust."""
+    """an empty batch or labels out of range reported 0% robust."""
     model, x, y = digits
     images, labels, text = (x[:0], y[:0], "empty batch") if bad == "empty" else (x[:4], y[:4] + 10, "labels must lie")
     with pytest.raises(ValueError, match=text):
@@ -239,7 +239,7 @@ PER_SAMPLE = [
 
 @pytest.mark.parametrize("make", PER_SAMPLE, ids=["PGD", "PGDL2", "FGSM", "MIFGSM", "APGD"])
 def test_eps_of_shape_b_1_is_per_sample(digits, make):
-    """Issue 15: eps of shape [B, 1] (fewer dims than the images) failed with a broadcasting
+    """eps of shape [B, 1] (fewer dims than the images) failed with a broadcasting
     error; it is one eps per sample, as [B]. Other shapes get the ops' message."""
     model, x, y = digits
     eps = torch.linspace(0.02, 0.1, 8)

@@ -1,4 +1,4 @@
-"""Two errors that named the wrong thing (issue 25): float16/bfloat16 images given to a float32
+"""Two errors that named the wrong thing: float16/bfloat16 images given to a float32
 model raised torch's "Input type (c10::Half) and bias type (float) should be the same"; they are
 refused naming the images and the fix (fastadv never casts the caller's images; amp= runs a
 float32 model in half precision). `AutoAttack(model, foo=1)` said "APGD does not take this

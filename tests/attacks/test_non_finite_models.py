@@ -1,6 +1,6 @@
 """A model whose outputs on clean images are NaN or infinite has nothing to attack or score:
 every attack, evaluate() and `fastadv eval` refuse it with one line ("the model's outputs are
-not finite") instead of reporting numbers computed from argmax over NaN (issue 25). Outputs
+not finite") instead of reporting numbers computed from argmax over NaN. Outputs
 that turn non-finite only at some perturbed point stay the attacks' own business (their
 `non_finite` flag, tests/attacks/test_apgd_non_finite.py)."""
 

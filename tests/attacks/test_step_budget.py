@@ -1,5 +1,5 @@
 """steps * alpha < eps: the iterate never reaches the edge of the eps-ball. The gradient
-attacks that take alpha warn once, when built (issue 25: README's PGD at eps 0.1 kept
+attacks that take alpha warn once, when built (README's PGD at eps 0.1 kept
 torchattacks' alpha 2/255 and 10 steps); sensible budgets and APGD (its own step sizes) do not."""
 
 import warnings

@@ -1,4 +1,4 @@
-"""Class spaces (issue 28): a data set's labels are matched to the model's outputs, never
+"""Class spaces: a data set's labels are matched to the model's outputs, never
 compared across class spaces. ImageNet-1k's class list as shipped; WordNet-ID folders (a few of
 ImageNet-A's classes) against a 1000-output model scored over the logits of the classes present
 (a hand computation), eagerly and as TorchScript; --all-classes; class maps from files and dicts;

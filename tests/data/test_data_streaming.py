@@ -1,4 +1,4 @@
-"""Streamed data (fastadv.data, issue 16): CIFAR's python format, image folders read by worker
+"""Streamed data (fastadv.data): CIFAR's python format, image folders read by worker
 processes, memory-mapped .npz, images kept uint8 until the device, --limit / --subset /
 --shuffle-seed, resume and torchrun sharding on streamed data, bad images. The CLI's one-line
 errors for bad folders are rows of app/test_cli.py's CLI_ERRORS."""

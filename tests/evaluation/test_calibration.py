@@ -1,4 +1,4 @@
-"""Calibration error in every evaluation report (issue 28): ECE and RMS calibration error over 15
+"""Calibration error in every evaluation report: ECE and RMS calibration error over 15
 equal-width bins of the maximum softmax probability equal a direct computation on random cases
 (ties on bin edges included), batches add up (the sums stream and resume), and the report holds
 them clean and per attack."""

@@ -203,7 +203,7 @@ def test_distributed_helpers_without_a_process_group(monkeypatch):
 
 
 def test_non_finite_adversarial_images_count_as_robust(digits):
-    """Issue 15, item 3: NaN adversarial images (infinite input gradients at black pixels) were
+    """NaN adversarial images (infinite input gradients at black pixels) were
     "fooled" and gave robust 6% and mean_l2 NaN; they count as not fooled and are reported."""
     model, x, y = digits
 
@@ -218,7 +218,7 @@ def test_non_finite_adversarial_images_count_as_robust(digits):
 
 
 def test_evaluate_gives_back_each_modules_own_mode(digits):
-    """Issue 15, item 7: a BatchNorm set to eval inside a train-mode model stays in eval (it was
+    """a BatchNorm set to eval inside a train-mode model stays in eval (it was
     put back in train mode with the rest), and parameters keep requires_grad."""
     model, x, y = digits
     mixed = torch.nn.Sequential(torch.nn.BatchNorm2d(1), copy.deepcopy(model)).train()
@@ -231,9 +231,9 @@ def test_evaluate_gives_back_each_modules_own_mode(digits):
 
 
 def test_examples_of_a_minimal_norm_attack_use_the_reports_rule(digits):
-    """Issue 15, item 8: examples.png showed DeepFool's samples fooled beyond the budget as
+    """examples.png showed DeepFool's samples fooled beyond the budget as
     fooled (8 of 8 where the report said 89% robust); it shows what the report counts (the
-    samples the evaluation itself kept, issue 25)."""
+    samples the evaluation itself kept)."""
     model, x, y = digits
     x, y = x[:8], y[:8]
     report = evaluate(model, (x, y), ["deepfool"], [0.3], steps=20, progress=False, examples=8)

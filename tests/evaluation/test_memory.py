@@ -1,4 +1,4 @@
-"""Evaluation memory is flat in the number of images (issue 25): nothing of a batch outlives it,
+"""Evaluation memory is flat in the number of images: nothing of a batch outlives it,
 the evaluation keeps no per-sample or per-batch state, and an image folder's index holds no
 Python object per file. Counted (weak references, live tensors, traced bytes), never timed or
 compared with a process's RSS; benchmarks/bench_data.py measures the RSS and PSS."""

@@ -1,4 +1,4 @@
-"""Out-of-distribution detection (issue 28): AUROC and AUPR equal scikit-learn's on random scores
+"""Out-of-distribution detection: AUROC and AUPR equal scikit-learn's on random scores
 with ties, FPR95 equals a direct computation, the adversarial OOD attack lowers AUROC of the
 digits model against noise images, the model is given back as it was, and `fastadv ood` writes
 its report and plot, with one-line errors (exit 2) for its options."""

@@ -1,4 +1,4 @@
-"""What evaluate's report and `fastadv eval`'s output say (issue 25): the class -> label map,
+"""What evaluate's report and `fastadv eval`'s output say: the class -> label map,
 every setting of every attack, norms averaged over the samples an attack fooled with the count
 beside them, rows that say which numbers are cumulative and which are the attack's own, example
 images kept from the run (never a second attack), and defended runs' plots and numbers."""

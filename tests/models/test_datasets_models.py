@@ -159,7 +159,7 @@ def test_image_folder(tmp_path):
 
 @pytest.mark.parametrize("pixels", [144, 250], ids=["warning", "error"])
 def test_image_folder_refuses_a_decompression_bomb(tmp_path, monkeypatch, pixels):
-    """Issue 15: Pillow's DecompressionBombError (over twice its limit) was a traceback and its
+    """Pillow's DecompressionBombError (over twice its limit) was a traceback and its
     DecompressionBombWarning (over the limit) went by; both are a DataError naming the file."""
     from PIL import Image
 

@@ -1,4 +1,4 @@
-"""`fastadv.digits_models.standard_digits_model()` reuses the model `fastadv eval` caches (issue 25: it
+"""`fastadv.digits_models.standard_digits_model()` reuses the model `fastadv eval` caches (it
 retrained, 30 s, every call), trains and caches it when the file is missing or damaged, and
 `cache=None` trains without touching any file. The digits' docstrings say the size they are."""
 

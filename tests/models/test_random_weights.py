@@ -1,7 +1,7 @@
 """A `module:callable` factory without weights builds a model with random weights: refused
 unless allowed (CLI `--allow-random-weights`, Python `allow_random_weights=True`), then a
-warning, and the initialisation is seeded (`--seed`, `seed=`), so two runs agree (issue 25:
-random weights were evaluated silently and two `--seed 0` runs differed). A weights-only file
+warning, and the initialisation is seeded (`--seed`, `seed=`), so two runs agree
+(random weights were evaluated silently and two `--seed 0` runs differed). A weights-only file
 given as the model gets the fix in each front end's own terms."""
 
 import json

@@ -1,7 +1,7 @@
 """TorchScript models (scripted and traced) and torch.export programs with buffers (BatchNorm's
 running statistics and num_batches_tracked) go through every attack the package exports and
 through `fastadv eval`, and come back as they were: training flags, requires_grad, buffers
-(issue 25: a ScriptModule's `_buffers` has no `.get`, and every attack failed on it)."""
+(a ScriptModule's `_buffers` has no `.get`, and every attack failed on it)."""
 
 import inspect
 import warnings

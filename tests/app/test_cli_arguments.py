@@ -11,17 +11,11 @@ import sys
 import numpy as np
 import pytest
 import torch
-from support.cli import run_cli
+from support.cli import one_error_line
 
 from fastadv.cli import main
 
 MAX_IMAGE_SIDE = 4096  # the documented limit (fastadv.cli.args.MAX_IMAGE_SIDE, named in --help)
-
-
-def _one_line(argv, capsys):
-    code, err = run_cli(argv, capsys)
-    assert code == 2 and len(err) == 1 and "Traceback" not in err[0], err
-    return err[0]
 
 
 @pytest.fixture()
@@ -39,28 +33,28 @@ def images(tmp_path):
     + [(command, "--image-size", "100000") for command in ("eval", "demo")],  # (train has no --image-size)
 )
 def test_an_image_size_beyond_the_limit_is_refused_up_front(command, option, value, images, tmp_path, capsys):
-    line = _one_line([command, "--data", str(images), option, value, "--out", str(tmp_path / "o")], capsys)
+    line = one_error_line([command, "--data", str(images), option, value, "--out", str(tmp_path / "o")], capsys)
     assert option in line and f"at most {MAX_IMAGE_SIDE}" in line, line
     assert not (tmp_path / "o").exists()
 
 
 def test_a_folder_given_as_a_model_is_named_as_a_folder(tmp_path, capsys):
     (tmp_path / "run").mkdir()
-    line = _one_line(["eval", "--model", str(tmp_path / "run"), "--out", str(tmp_path / "o"), "--quiet"], capsys)
+    line = one_error_line(["eval", "--model", str(tmp_path / "run"), "--out", str(tmp_path / "o"), "--quiet"], capsys)
     assert f"--model: {tmp_path / 'run'}: a folder, not a model file" in line, line
-    line = _one_line(["train", "--init", str(tmp_path / "run"), "--out", str(tmp_path / "o"), "--quiet"], capsys)
+    line = one_error_line(["train", "--init", str(tmp_path / "run"), "--out", str(tmp_path / "o"), "--quiet"], capsys)
     assert f"--init: {tmp_path / 'run'}: a folder, not a model file" in line, line
 
 
 @pytest.mark.parametrize("host", ["999.1.1.1", "192.0.2.1"])  # not an address; not this machine's (TEST-NET-1)
 def test_demo_refuses_a_host_it_cannot_serve_on_before_loading(host, capsys):
     pytest.importorskip("gradio")
-    line = _one_line(["demo", "--host", host, "--model", "/nonexistent.pt", "--quiet"], capsys)
+    line = one_error_line(["demo", "--host", host, "--model", "/nonexistent.pt", "--quiet"], capsys)
     assert line.startswith(f"fastadv demo: error: --host: cannot serve on '{host}'"), line
 
 
 def test_eot_samples_without_adaptive_is_an_error(tmp_path, capsys):
-    line = _one_line(["eval", "--eot-samples", "8", "--out", str(tmp_path / "o"), "--quiet"], capsys)
+    line = one_error_line(["eval", "--eot-samples", "8", "--out", str(tmp_path / "o"), "--quiet"], capsys)
     assert "--eot-samples" in line and "--adaptive" in line and not (tmp_path / "o").exists()
 
 
@@ -77,14 +71,14 @@ def test_bench_refuses_a_csv_that_is_not_a_benchmark_csv_before_running(tmp_path
     monkeypatch.setattr(step, "run", never)
     np.savez(tmp_path / "d.npz", x=np.zeros(3))
     before = (tmp_path / "d.npz").read_bytes()
-    assert "is not a fastadv benchmark CSV" in _one_line([*BENCH, "--csv", str(tmp_path / "d.npz")], capsys)
+    assert "is not a fastadv benchmark CSV" in one_error_line([*BENCH, "--csv", str(tmp_path / "d.npz")], capsys)
     assert (tmp_path / "d.npz").read_bytes() == before
     (tmp_path / "other.csv").write_text("a,b\n1,2\n")
-    assert "is not a fastadv benchmark CSV" in _one_line([*BENCH, "--csv", str(tmp_path / "other.csv")], capsys)
-    assert "is a folder" in _one_line([*BENCH, "--csv", str(tmp_path)], capsys)
+    assert "is not a fastadv benchmark CSV" in one_error_line([*BENCH, "--csv", str(tmp_path / "other.csv")], capsys)
+    assert "is a folder" in one_error_line([*BENCH, "--csv", str(tmp_path)], capsys)
     (tmp_path / "file").write_text("")
-    assert "cannot create" in _one_line([*BENCH, "--csv", str(tmp_path / "file" / "b.csv")], capsys)
-    assert "cannot create" in _one_line(["bench", "--attack", "--csv", "/sys/fastadv-bench/b.csv"], capsys)
+    assert "cannot create" in one_error_line([*BENCH, "--csv", str(tmp_path / "file" / "b.csv")], capsys)
+    assert "cannot create" in one_error_line(["bench", "--attack", "--csv", "/sys/fastadv-bench/b.csv"], capsys)
 
 
 def test_bench_appends_to_its_own_csv_and_explains_its_columns(tmp_path, capsys):
@@ -128,9 +122,9 @@ def test_device_auto_is_the_gpu_when_torch_sees_one(command, gpu, monkeypatch):
     assert action.default == "auto" and "(default: auto)" in action.help and "else the CPU" in action.help
 
 
-def test_an_explicit_cuda_device_without_a_gpu_is_one_line(monkeypatch, capsys):
+def test_an_explicit_cuda_device_without_a_gpu_isone_error_line(monkeypatch, capsys):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    line = _one_line(["eval", "--device", "cuda"], capsys)
+    line = one_error_line(["eval", "--device", "cuda"], capsys)
     assert line == "fastadv eval: error: argument --device: cuda was asked for but no CUDA GPU is available " \
                    "(see fastadv eval --help)", line  # fmt: skip
 

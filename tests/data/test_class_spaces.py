@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from support.cli import one_error_line
 from torch import nn
 
 import fastadv
@@ -159,17 +160,6 @@ def test_class_map_files(tmp_path):
         read_class_map(3)
 
 
-def _one_line(argv, capsys):
-    capsys.readouterr()
-    try:
-        code = main(argv)
-    except SystemExit as exit_:
-        code = exit_.code
-    err = capsys.readouterr().err.strip().splitlines()
-    assert code == 2 and len(err) == 1 and "Traceback" not in err[0], err
-    return err[0]
-
-
 @pytest.fixture()
 def model_file(tmp_path):
     path = tmp_path / "m1000.pt"
@@ -187,7 +177,7 @@ def model_file(tmp_path):
         (["--class-map", "far.txt"], "--class-map: index 1000 lies outside the model's 1000 outputs"),
     ],
 )
-def test_class_map_errors_are_one_line(extra, expected, tmp_path, model_file, capsys):
+def test_class_map_errors_areone_error_line(extra, expected, tmp_path, model_file, capsys):
     pets = _folder(tmp_path / "pets", ["cat", "dog", "fox", "owl"])
     (tmp_path / "bad.txt").write_text("cat 6 7\n")
     (tmp_path / "short.txt").write_text("cat 6\n")
@@ -195,7 +185,7 @@ def test_class_map_errors_are_one_line(extra, expected, tmp_path, model_file, ca
     extra = [str(tmp_path / e) if e.endswith(".txt") else e for e in extra]
     argv = ["eval", "--model", str(model_file), "--data", str(pets), "--input-size", "16", "--out",
             str(tmp_path / "o"), "--quiet", *extra]  # fmt: skip
-    line = _one_line(argv, capsys)
+    line = one_error_line(argv, capsys)
     assert expected.format(bad=tmp_path / "bad.txt") in line, line
     assert not (tmp_path / "o").exists()
 

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from sklearn.metrics import average_precision_score, roc_auc_score
+from support.cli import one_error_line
 
 from fastadv.cli import main
 from fastadv.evaluation import ood
@@ -93,17 +94,6 @@ def test_cli_ood_writes_its_report_and_plot(noise_npz, tmp_path, capsys):
     assert (results / "ood.png").stat().st_size > 1000
 
 
-def _one_line(argv, capsys):
-    capsys.readouterr()
-    try:
-        code = main(argv)
-    except SystemExit as exit_:
-        code = exit_.code
-    err = capsys.readouterr().err.strip().splitlines()
-    assert code == 2 and len(err) == 1 and "Traceback" not in err[0], err
-    return err[0]
-
-
 @pytest.mark.parametrize(
     "extra, expected",
     [
@@ -119,12 +109,12 @@ def _one_line(argv, capsys):
         (["--results", "taken"], "--results: "),
     ],
 )
-def test_cli_ood_errors_are_one_line(extra, expected, noise_npz, tmp_path, capsys):
+def test_cli_ood_errors_areone_error_line(extra, expected, noise_npz, tmp_path, capsys):
     (tmp_path / "taken").mkdir()
     (tmp_path / "taken" / "report.json").write_text("{}")
     extra = [str(tmp_path / e) if e.startswith(("missing", "taken")) else e for e in extra]
     argv = ["ood", "--out", str(noise_npz), "--limit", "20", "--results", str(tmp_path / "r"), *extra]
-    line = _one_line(argv, capsys)
+    line = one_error_line(argv, capsys)
     assert expected in line, line
     if "--results" not in extra:
         assert not (tmp_path / "r").exists()

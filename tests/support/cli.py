@@ -14,3 +14,11 @@ def run_cli(argv: list[str], capsys) -> tuple[int, list[str]]:
     except SystemExit as exit_:
         code = exit_.code
     return code, capsys.readouterr().err.strip().splitlines()
+
+
+def one_error_line(argv: list[str], capsys) -> str:
+    """The one line a refused command line writes (exit status 2, no traceback): every CLI error
+    test's contract."""
+    code, err = run_cli(argv, capsys)
+    assert code == 2 and len(err) == 1 and "Traceback" not in err[0], (code, err)
+    return err[0]

@@ -1,8 +1,10 @@
-"""`fastadv eval` on image folders of N small JPEGs: the process tree's peak RSS and PSS against N
-(flat in N: nothing of a batch outlives it). A tiny TorchScript CNN (no download), FGSM at eps
-0.1, every image attacked.
+"""`fastadv eval` (and `fastadv ood`) on image folders of N small JPEGs: the process tree's peak
+RSS and PSS against N (flat in N: nothing of a batch outlives it). A tiny TorchScript CNN (no
+download); eval: FGSM at eps 0.1, every image attacked; ood: the folder as both the
+in-distribution and the OOD data, each OOD image attacked by a one-step PGD at eps 0.1.
 
     python benchmarks/bench_eval_memory.py [--sizes 2000,20000] [--image-size 32] [--workers 0,2]
+                                           [--commands eval,ood]
                                            [--json benchmarks/results/bench_eval_memory_cpu.json]
 
 Each N gets a temporary class folder tree (10 classes; 16 distinct noise images cycled: the
@@ -52,10 +54,15 @@ def write_model(path: str) -> None:
     torch.jit.trace(model, torch.rand(1, 3, 32, 32)).save(path)
 
 
-def run(model: str, folder: str, workers: int, batch_size: int, out: str) -> dict:
-    command = [sys.executable, "-m", "fastadv", "eval", "--model", model, "--data", folder, "--attacks", "fgsm",
-               "--eps", "0.1", "--workers", str(workers), "--batch-size", str(batch_size), "--quiet", "--no-plots",
-               "--out", out]  # fmt: skip
+def run(model: str, folder: str, workers: int, batch_size: int, out: str, kind: str = "eval") -> dict:
+    if kind == "eval":
+        command = [sys.executable, "-m", "fastadv", "eval", "--model", model, "--data", folder, "--attacks", "fgsm",
+                   "--eps", "0.1", "--workers", str(workers), "--batch-size", str(batch_size), "--quiet",
+                   "--no-plots", "--out", out]  # fmt: skip
+    else:  # (fastadv ood reads its batches in this process: workers do not apply)
+        command = [sys.executable, "-m", "fastadv", "ood", "--model", model, "--in", folder, "--out", folder,
+                   "--eps", "0.1", "--steps", "1", "--batch-size", str(batch_size), "--quiet", "--no-plots",
+                   "--results", out]  # fmt: skip
     # run outside the repository: `python -m` puts the working folder first on sys.path, which
     # would import this checkout's fastadv whatever PYTHONPATH says
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -73,10 +80,10 @@ def run(model: str, folder: str, workers: int, batch_size: int, out: str) -> dic
     output, _ = process.communicate()
     sampler.join()
     if process.returncode:
-        raise SystemExit(f"fastadv eval failed (exit {process.returncode}):\n{output[-2000:]}")
+        raise SystemExit(f"fastadv {kind} failed (exit {process.returncode}):\n{output[-2000:]}")
     with open(os.path.join(out, "report.json")) as f:
         samples = json.load(f)["samples"]
-    return {"workers": workers, "samples": samples, "seconds": time.perf_counter() - start,
+    return {"command": kind, "workers": workers, "samples": samples, "seconds": time.perf_counter() - start,
             "peak_rss_bytes": peak[0], "peak_pss_bytes": peak[1]}  # fmt: skip
 
 
@@ -85,7 +92,8 @@ def main() -> None:
     parser.add_argument("--sizes", default="2000,20000")
     parser.add_argument("--image-size", type=int, default=32)
     parser.add_argument("--batch-size", type=int, default=256)
-    parser.add_argument("--workers", default="0,2")
+    parser.add_argument("--workers", default="0,2", help="eval's --workers (ood runs once, with none)")
+    parser.add_argument("--commands", default="eval", help="eval, ood or both (comma-separated)")
     parser.add_argument("--label", default="", help="what is measured (a git sha, 'before', ...)")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
@@ -104,10 +112,13 @@ def main() -> None:
         for n in sorted(int(s) for s in args.sizes.split(",")):
             folder = os.path.join(parent, f"images{n}")
             write_folder(folder, n, args.image_size)
-            for w in sorted(int(w) for w in args.workers.split(",")):
-                result = {"n": n, **run(model, folder, w, args.batch_size, os.path.join(parent, f"out{n}-{w}"))}
+            runs = [(kind, w) for kind in args.commands.split(",")
+                    for w in (sorted(int(w) for w in args.workers.split(",")) if kind == "eval" else [0])]  # fmt: skip
+            for kind, w in runs:
+                out = os.path.join(parent, f"out-{kind}{n}-{w}")
+                result = {"n": n, **run(model, folder, w, args.batch_size, out, kind)}
                 results["runs"].append(result)
-                print(f"N={n} workers={w}: peak RSS {result['peak_rss_bytes'] / 2**20:.0f} MiB, "
+                print(f"{kind} N={n} workers={w}: peak RSS {result['peak_rss_bytes'] / 2**20:.0f} MiB, "
                       f"PSS {result['peak_pss_bytes'] / 2**20:.0f} MiB, {result['seconds']:.0f} s",
                       flush=True)  # fmt: skip
             shutil.rmtree(folder, ignore_errors=True)

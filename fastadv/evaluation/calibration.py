@@ -37,16 +37,17 @@ def confidence_of(logits: torch.Tensor, predicted: torch.Tensor | None = None) -
 
 
 def errors(sums: torch.Tensor) -> dict:
-    """{"ece", "rms"} from `bin_sums` (None where there is no sample): the bins' |accuracy -
-    confidence| averaged with weights n_b / N, and the square root of the weighted mean square."""
+    """{"ece", "rms_calibration_error"} from `bin_sums` (None where there is no sample): the bins'
+    |accuracy - confidence| averaged with weights n_b / N, and the square root of the weighted
+    mean square."""
     count, confidence, correct = sums.double()
     n = float(count.sum())
     if n == 0:
-        return {"ece": None, "rms": None}
+        return {"ece": None, "rms_calibration_error": None}
     gap = (correct - confidence).abs()  # n_b * |accuracy_b - confidence_b|
     ece = float(gap.sum()) / n
     rms = math.sqrt(float((gap**2 / count.clamp_min(1)).sum()) / n)
-    return {"ece": ece, "rms": rms}
+    return {"ece": ece, "rms_calibration_error": rms}
 
 
 def reliability(sums: torch.Tensor) -> dict:
@@ -70,8 +71,7 @@ def add_to_report(report: dict, clean: torch.Tensor, attacked: torch.Tensor) -> 
                              "clean": {**errors(clean), "reliability": reliability(clean)}}  # fmt: skip
     flat = attacked.reshape(-1, *attacked.shape[-2:])
     for row, sums in zip(report["attacks"], flat, strict=True):
-        found = errors(sums)
-        row["ece"], row["rms_calibration_error"] = found["ece"], found["rms"]
+        row.update(errors(sums))
         row["reliability"] = reliability(sums)
 
 
@@ -84,7 +84,7 @@ def format_line(report: dict) -> str | None:
     def pair(ece, rms) -> str:
         return "—" if ece is None else f"{100 * ece:.2f}%/{100 * rms:.2f}%"
 
-    parts = [f"clean {pair(calibration['clean']['ece'], calibration['clean']['rms'])}"]
+    parts = [f"clean {pair(calibration['clean']['ece'], calibration['clean']['rms_calibration_error'])}"]
     parts += [f"{r['attack']} at eps {r['eps']:.4g} {pair(r.get('ece'), r.get('rms_calibration_error'))}"
               for r in report["attacks"] if "ece" in r]  # fmt: skip
     return f"calibration error, ECE/RMS ({calibration['bins']} bins of max softmax): " + ", ".join(parts)

@@ -118,7 +118,7 @@ def format_report(report: dict) -> str:
             f"{r['eps']:>8.4g} {r['attack']:>10} {100 * r['robust_accuracy']:>7.2f}% {100 * r['success_rate']:>7.2f}% "
             f"{r['f1']:>6.3f} {r['samples_attacked']:>8} {r.get('samples_fooled', 0):>7} "
             f"{_number(r['mean_linf'], '.4f', 10)} {_number(r['mean_l2'], '.4f', 8)} "
-            f"{_number(r['images_per_s'], '.1f', 9)}"
+            f"{_number(r['images_per_s'], '.1f' if (r['images_per_s'] or 0) >= 1 else '.2g', 9)}"
         )
     lines.append(
         ("robust, success, F1: after this attack and the ones above it at the same eps (cascade); "

@@ -129,6 +129,17 @@ def test_cascade_rows_say_what_is_cumulative_and_what_is_the_attacks_own(digits)
     assert not alone["attacks"][1]["cumulative"] and "this attack alone (no cascade)" in format_report(alone)
 
 
+def test_a_slow_attacks_throughput_is_printed_with_its_digits(digits):
+    """A ViT attacked on a busy CPU runs at a few hundredths of an image a second: the table shows
+    0.013, not 0.0 (which reads as "attacked nothing" or "stalled")."""
+    model, x, y = digits
+    report = evaluate(model, (x[:16], y[:16]), ["fgsm"], [0.05], progress=False)
+    for rate, shown in ((0.01337, "0.013"), (0.5, "0.5"), (12.345, "12.3"), (3456.78, "3456.8")):
+        report["attacks"][0]["images_per_s"] = rate
+        line = next(s for s in format_report(report).splitlines() if s.split()[1:2] == ["fgsm"])
+        assert line.split()[-1] == shown
+
+
 def test_examples_come_from_the_run_and_plotting_attacks_nothing(digits, tmp_path, monkeypatch):
     model, x, y = digits
     report = evaluate(model, (x, y), ["fgsm", "deepfool"], [0.05, 0.3], steps=10, batch_size=16, examples=6,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import warnings
 
 import torch
 
@@ -49,7 +50,21 @@ def add_parser(sub) -> None:
              "digits)",
     )  # fmt: skip
     arg.add_data_options(p, shuffle=False)
-    p.add_argument("--model", choices=sorted(models.ARCHITECTURES), default="small_cnn")
+    p.add_argument(
+        "--model", type=model_choice, default="small_cnn",
+        help=f"a new {' or '.join(sorted(models.ARCHITECTURES))}, or a module:callable factory (e.g. "
+        "torchvision.models:resnet50, timm:vit_tiny_patch16_224) built with --num-classes and seeded by --seed, "
+        "started from --weights when given",
+    )  # fmt: skip
+    p.add_argument(
+        "--weights", default=None,
+        help="the state_dict a --model module:callable factory starts from (.pt/.pth or .safetensors; its shapes must "
+        "fit the model, the head's included)",
+    )  # fmt: skip
+    p.add_argument(
+        "--num-classes", type=arg.positive_int, default=None,
+        help="the outputs of a --model module:callable factory (default: the classes in --data)",
+    )  # fmt: skip
     p.add_argument("--init", default=None, help="start from this model file (fine-tune it) instead of new weights")
     p.add_argument(
         "--width", type=arg.positive_int, default=None,
@@ -82,7 +97,7 @@ def add_parser(sub) -> None:
     p.add_argument("--epochs", type=arg.positive_int, default=DIGITS["epochs"])
     p.add_argument("--batch-size", type=arg.positive_int, default=DIGITS["batch_size"])
     p.add_argument("--optimizer", choices=OPTIMIZERS, default=DIGITS["optimizer"])
-    p.add_argument("--lr", type=arg.nonnegative, default=DIGITS["lr"])
+    p.add_argument("--lr", type=arg.positive, default=DIGITS["lr"])
     p.add_argument("--weight-decay", type=arg.nonnegative, default=DIGITS["weight_decay"])
     p.add_argument("--schedule", choices=SCHEDULES, default=FIT["schedule"])
     p.add_argument("--amp", choices=list(AMP_NAMES), default=None)
@@ -116,14 +131,15 @@ def run(args: argparse.Namespace) -> int:
                         teacher=teacher)  # fmt: skip
     except ValueError as error:
         raise CliError(str(error)) from None
-    inputs = {"--data": args.data, "--val-data": args.val_data, "--init": args.init, "--teacher": args.teacher}
+    inputs = {"--data": args.data, "--val-data": args.val_data, "--init": args.init, "--weights": args.weights,
+              "--teacher": args.teacher}  # fmt: skip
     output = OutputFolder(args.out, "train", resume=args.resume, overwrite=args.overwrite, state="latest.pt",
                           keep=("latest.pt",), inputs=inputs)  # fmt: skip
     with output:
         model, train, val = _inputs(args)
         # where the weights started: --init's weights, or a new model drawn from --seed (in the
         # settings already); a resume with another --init, or without it, is another run
-        start = fingerprint(model.state_dict().items()) if args.init is not None else "a new model"
+        start = fingerprint(model.state_dict().items()) if args.init or args.weights else "a new model"
         if teacher is not None:
             arg.check_selection_fits(teacher, train, option="--teacher")
         output.start()  # every input checked: the run's files go into output.work from now on
@@ -149,6 +165,15 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def model_choice(value: str) -> str:
+    """--model: an architecture of fastadv's or a module:callable factory."""
+    if value in models.ARCHITECTURES or models.is_factory(value):
+        return value
+    raise argparse.ArgumentTypeError(
+        f"expected {', '.join(sorted(models.ARCHITECTURES))} or a module:callable factory, got {value!r}"
+    )
+
+
 def _inputs(args: argparse.Namespace) -> tuple[torch.nn.Module, Selection, Selection | None]:
     """The model on args.device (new, or --init), the training data and the held-out data
     (None without), streamed, all checked before the first epoch."""
@@ -160,6 +185,11 @@ def _inputs(args: argparse.Namespace) -> tuple[torch.nn.Module, Selection, Selec
     if args.width is not None and (args.init is not None or args.model != "small_cnn"):
         raise CliError(f"--width: {'--init' if args.init is not None else f'--model {args.model}'} has no width "
                        "(only a new small_cnn has)")  # fmt: skip
+    factory = models.is_factory(args.model)
+    for option, value in (("--weights", args.weights), ("--num-classes", args.num_classes)):
+        if value is not None and (args.init is not None or not factory):
+            raise CliError(f"{option}: goes with a --model module:callable factory, not "
+                           f"{'--init' if args.init is not None else f'--model {args.model}'}")  # fmt: skip
     torch.manual_seed(args.seed)
     if args.init is not None:
         try:
@@ -174,12 +204,34 @@ def _inputs(args: argparse.Namespace) -> tuple[torch.nn.Module, Selection, Selec
         classes = train.source.class_count()
         if classes > MAX_CLASSES:
             raise CliError(f"--data: labels go up to {classes - 1}; a new model has at most {MAX_CLASSES} classes")
+        if factory:
+            return _factory_model(args, train, val, args.num_classes or classes)
         kwargs = {"width": args.width or SMALL_CNN["width"]} if args.model == "small_cnn" else {}
         try:
             channels = arg.first_sample(train).shape[1]
             model = models.ARCHITECTURES[args.model](in_channels=channels, num_classes=classes, **kwargs)
         except ValueError as error:
             raise CliError(str(error)) from None
+    return _checked(args, model, train, val)
+
+
+def _factory_model(args, train: Selection, val: Selection | None, classes: int):
+    """--model module:callable: its model with `classes` outputs, drawn from --seed, or with --weights."""
+    try:
+        with warnings.catch_warnings():  # random weights are where training starts, not a warning
+            warnings.simplefilter("ignore", models.RandomWeightsWarning)
+            model = models.load(args.model, args.weights, num_classes=classes, allow_random_weights=True,
+                                seed=args.seed)  # fmt: skip
+    except CheckpointError as error:  # ModelError: the factory, the weights, a download refused
+        raise CliError(f"--{'weights' if args.weights and str(error).startswith(args.weights) else 'model'}: "
+                       f"{error}") from None  # fmt: skip
+    if getattr(model, "fastadv_spec", None) is None:
+        raise CliError(f"--model: {args.model} builds a module fastadv cannot save (it takes no attributes)")
+    return _checked(args, model, train, val)
+
+
+def _checked(args, model: torch.nn.Module, train: Selection, val: Selection | None):
+    """The model on args.device, checked against the training and held-out data."""
     model = model.to(args.device)
     arg.check_selection_fits(model, train)
     if val is not None:

@@ -4,9 +4,11 @@ torch.export programs and `module:callable` factories with their weights."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
+import warnings
 
 import torch
 from torch import nn
@@ -16,23 +18,31 @@ from ..checkpoint import load as _load_checkpoint
 from .architectures import ARCHITECTURES
 from .formats import (
     KIND_NAMES,
+    REBUILT_FACTORIES,
+    ModelError,
+    RandomWeightsWarning,
     WeightsWithoutModel,
     file_kind,
     is_factory,
     load_exported,
     load_factory,
     load_torchscript,
+    rebuilt_from_file,
 )
 from .interface import Normalized
 
 
 def save(model: nn.Module, path: str, **metadata) -> None:
-    """Writes a model built by architectures.py (its architecture, arguments and weights, plus any
+    """Writes a model built by architectures.py or by a torchvision/timm factory through `load`
+    (its architecture, arguments and weights, plus any
     JSON-like `metadata`) to `path`, atomically, with a SHA-256 checksum of the architecture and
     weights that `load` verifies."""
     spec = getattr(model, "fastadv_spec", None)
     if spec is None:
-        raise ValueError("model: save() takes models built by fastadv.models (small_cnn, resnet18)")
+        raise ValueError(
+            "model: save() takes models built by fastadv.models (small_cnn, resnet18, or a "
+            "module:callable factory through load)"
+        )
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     save_atomic({"kind": "model", "spec": spec, "state_dict": state, "metadata": metadata,
                  "sha256": _checksum(spec, state)}, path)  # fmt: skip
@@ -104,6 +114,13 @@ def load(
     return model.eval().to(device)
 
 
+def _rebuild_factory(spec: str, num_classes: int | None = None) -> nn.Module:
+    """The factory's model with its initial weights (the file's are loaded next: no warning)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RandomWeightsWarning)
+        return load_factory(spec, num_classes=num_classes, allow_random_weights=True)
+
+
 def _load_model_file(path: str) -> nn.Module:
     """The model :func:`save` wrote to `path` (on the CPU)."""
     saved = _load_checkpoint(path, "model")
@@ -119,11 +136,19 @@ def _load_model_file(path: str) -> nn.Module:
         if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
             raise CheckpointError(f"{path}: {name} holds non-finite values (NaN or infinity)")
     factory = ARCHITECTURES.get(spec["arch"])
+    if factory is None and rebuilt_from_file(spec["arch"]):  # trained from torchvision's or timm's builder
+        factory = functools.partial(_rebuild_factory, spec["arch"])
+    elif factory is None and is_factory(spec["arch"]):
+        raise CheckpointError(f"{path}: a model built by {spec['arch']}, which a model file may not import (only "
+                              f"{' and '.join(REBUILT_FACTORIES)}' builders): load {spec['arch']} with this file as "
+                              "its weights")  # fmt: skip
     if factory is None:
         raise CheckpointError(f"{path}: unknown architecture {spec['arch']!r}")
     try:
         model = factory(**spec.get("kwargs", {}))
         model.load_state_dict(state)
+    except ModelError as error:  # the factory named in the file cannot be imported or called here
+        raise CheckpointError(f"{path}: {error}") from None
     except (TypeError, KeyError, RuntimeError, ValueError) as error:
         message = " ".join(str(error).split())  # the whole message, on one line
         raise CheckpointError(f"{path}: the weights do not fit {spec['arch']} ({message})") from None

@@ -258,12 +258,30 @@ def load_factory(spec: str, weights: str | None = None, *, num_classes: int | No
         raise ModelError(f"{spec}: calling it ({shown}) failed: {_one_line(error)}") from None
     if not isinstance(model, nn.Module):
         raise ModelError(f"{spec}: returned a {type(model).__name__}, expected a torch.nn.Module")
+    try:  # how to rebuild it: fastadv's model files of a trained factory model (files.py) name it
+        model.fastadv_spec = {"arch": spec, "kwargs": {} if num_classes is None else {"num_classes": num_classes}}
+    except (AttributeError, RuntimeError):  # a module that takes no new attributes (TorchScript): not saved
+        pass
     if state is not None:
         load_weights(model, state, weights, spec)
     else:
         warnings.warn(f"{spec}: random weights (no weights given; initialised with seed {seed})", RandomWeightsWarning,
                       stacklevel=3)  # fmt: skip
     return model
+
+
+# The factories a fastadv model file may name to be rebuilt: importing a module runs its code, and
+# a model file is data (it may come from anyone), so only these libraries' model builders qualify.
+# A model trained from another factory loads as that factory with the file as its weights.
+REBUILT_FACTORIES = ("torchvision.models", "timm")
+
+
+def rebuilt_from_file(spec: str) -> bool:
+    """A model file naming the factory `spec` may rebuild the model through it (REBUILT_FACTORIES)."""
+    module_name = spec.partition(":")[0]
+    return bool(_FACTORY.fullmatch(spec)) and any(
+        module_name == m or module_name.startswith(m + ".") for m in REBUILT_FACTORIES
+    )
 
 
 def _import(spec: str, module_name: str):

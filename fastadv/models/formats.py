@@ -259,7 +259,7 @@ def load_factory(spec: str, weights: str | None = None, *, num_classes: int | No
     if not isinstance(model, nn.Module):
         raise ModelError(f"{spec}: returned a {type(model).__name__}, expected a torch.nn.Module")
     try:  # how to rebuild it: fastadv's model files of a trained factory model (files.py) name it
-        model.fastadv_spec = {"arch": spec, "kwargs": {} if num_classes is None else {"num_classes": num_classes}}
+        model.fastadv_spec = {"arch": spec, "kwargs": {k: v for k, v in kwargs.items() if k == "num_classes"}}
     except (AttributeError, RuntimeError):  # a module that takes no new attributes (TorchScript): not saved
         pass
     if state is not None:

@@ -9,7 +9,7 @@ import os
 import tempfile
 from collections.abc import Callable
 
-from .args import DEVICE_HELP, CliError, csv_list, device, positive_int
+from ..options.arguments import DEVICE_HELP, CliError, csv_list, device, positive_int
 
 DESCRIPTION = """Time the fused L-inf and L2 steps (every available backend) against the PyTorch eager formulation,
 torch.compile of it, and a same-size copy, in one run; or, with --attack, PGD, APGD, CW or AutoAttack

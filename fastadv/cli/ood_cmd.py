@@ -12,10 +12,11 @@ import torch
 
 from .. import digits_models
 from ..evaluation import write_json
+from ..evaluation.inputs import check_fit
 from ..evaluation.ood import SCORES, detect_ood, format_ood_report
-from . import args as arg
-from . import class_options, model_options
-from .args import CliError
+from ..options import arguments as arg
+from ..options import class_options, data_options, model_options
+from ..options.arguments import CliError
 
 DEFAULTS = arg.defaults(detect_ood)
 DESCRIPTION = """Out-of-distribution detection: scores every image of --in (in-distribution) and --out (OOD)
@@ -34,7 +35,7 @@ def add_parser(sub) -> None:
                    help="out-of-distribution data (as fastadv eval's --data)")  # fmt: skip
     p.add_argument("--image-size", type=arg.image_side, default=None,
                    help="resize folder images' shorter side to this size and crop the centre square")  # fmt: skip
-    arg.add_data_options(p, shuffle=False)  # --input-size, --workers, --limit, --subset: for both data sets
+    data_options.add_data_options(p, shuffle=False)  # --input-size, --workers, --limit, --subset: for both data sets
     p.add_argument("--scores", type=arg.csv_list(SCORES, unique=True), default=list(SCORES),
                    help=f"among {', '.join(SCORES)} (higher: more in-distribution)")  # fmt: skip
     p.add_argument("--eps", type=arg.nonnegative, default=DEFAULTS["eps"],
@@ -61,12 +62,12 @@ def run(args: argparse.Namespace) -> int:
         raise CliError(f"--results: {results} holds a run (report.json); --overwrite replaces it")
     model = (digits_models.standard_digits_model(args.cache) if args.model is None
              else model_options.load(args, args.device)).to(args.device).eval()  # fmt: skip
-    in_data = arg.open_selection(args, args.in_data, "test", option="--in", crop_size=args.image_size)
-    out_data = arg.open_selection(args, args.out_data, "test", option="--out", crop_size=args.image_size)
-    model_options.check_output(model, arg.first_sample(in_data, option="--in", count=2), args)
+    in_data = data_options.open_selection(args, args.in_data, "test", option="--in", crop_size=args.image_size)
+    out_data = data_options.open_selection(args, args.out_data, "test", option="--out", crop_size=args.image_size)
+    model_options.check_output(model, data_options.first_sample(in_data, option="--in", count=2), args)
     class_options.check(model, in_data, args, option="--in")
     try:  # the OOD images' labels mean nothing: only whether the model takes them
-        arg.check_fit(model, arg.first_sample(out_data, option="--out"), torch.zeros(0, dtype=torch.long))
+        check_fit(model, data_options.first_sample(out_data, option="--out"), torch.zeros(0, dtype=torch.long))
     except ValueError as error:
         raise CliError(f"--out: {error}") from None
     os.makedirs(results, exist_ok=True)

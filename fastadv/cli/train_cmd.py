@@ -14,10 +14,11 @@ from ..checks import AMP_NAMES
 from ..data import DataError, Selection, TensorSource, digits
 from ..digits_models import DIGITS_TRAINING
 from ..evaluation import write_json
+from ..options import arguments as arg
+from ..options import data_options
+from ..options.arguments import CliError
 from ..recipes import RECIPES, Recipe
 from ..train import OPTIMIZERS, SCHEDULES, fit
-from . import args as arg
-from .args import CliError
 from .output import OPTIONS_HELP, OutputFolder
 
 # Shared with the functions the command runs: --schedule and --seed (fit), --alpha, --steps,
@@ -48,7 +49,7 @@ def add_parser(sub) -> None:
         help="held-out set, read like --data (a CIFAR folder: its test split; default: the digits test split for "
              "digits)",
     )  # fmt: skip
-    arg.add_data_options(p, shuffle=False)
+    data_options.add_data_options(p, shuffle=False)
     p.add_argument("--model", choices=sorted(models.ARCHITECTURES), default="small_cnn")
     p.add_argument("--init", default=None, help="start from this model file (fine-tune it) instead of new weights")
     p.add_argument(
@@ -125,7 +126,7 @@ def run(args: argparse.Namespace) -> int:
         # settings already); a resume with another --init, or without it, is another run
         start = fingerprint(model.state_dict().items()) if args.init is not None else "a new model"
         if teacher is not None:
-            arg.check_selection_fits(teacher, train, option="--teacher")
+            data_options.check_selection_fits(teacher, train, option="--teacher")
         output.start()  # every input checked: the run's files go into output.work from now on
         try:
             history = fit(model, train, recipe=recipe, epochs=args.epochs, batch_size=args.batch_size,
@@ -152,9 +153,9 @@ def run(args: argparse.Namespace) -> int:
 def _inputs(args: argparse.Namespace) -> tuple[torch.nn.Module, Selection, Selection | None]:
     """The model on args.device (new, or --init), the training data and the held-out data
     (None without), streamed, all checked before the first epoch."""
-    train = arg.open_selection(args, args.data, "train")
+    train = data_options.open_selection(args, args.data, "train")
     if args.val_data:
-        val = arg.open_selection(args, args.val_data, "test", option="--val-data")
+        val = data_options.open_selection(args, args.val_data, "test", option="--val-data")
     else:
         val = Selection(TensorSource(*digits("test"), name="digits")) if args.data == "digits" else None
     if args.width is not None and (args.init is not None or args.model != "small_cnn"):
@@ -176,12 +177,12 @@ def _inputs(args: argparse.Namespace) -> tuple[torch.nn.Module, Selection, Selec
             raise CliError(f"--data: labels go up to {classes - 1}; a new model has at most {MAX_CLASSES} classes")
         kwargs = {"width": args.width or SMALL_CNN["width"]} if args.model == "small_cnn" else {}
         try:
-            channels = arg.first_sample(train).shape[1]
+            channels = data_options.first_sample(train).shape[1]
             model = models.ARCHITECTURES[args.model](in_channels=channels, num_classes=classes, **kwargs)
         except ValueError as error:
             raise CliError(str(error)) from None
     model = model.to(args.device)
-    arg.check_selection_fits(model, train)
+    data_options.check_selection_fits(model, train)
     if val is not None:
-        arg.check_selection_fits(model, val, option="--val-data")
+        data_options.check_selection_fits(model, val, option="--val-data")
     return model, train, val

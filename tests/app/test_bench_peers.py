@@ -15,7 +15,7 @@ import torch
 
 import fastadv
 from fastadv.bench import attack, peers
-from fastadv.cli import main
+from fastadv.__main__ import main
 
 PEERS = ["torchattacks", *peers.PEERS]
 EXPECT_PEERS = os.environ.get("FASTADV_EXPECT_PEERS") == "1"

@@ -1,5 +1,7 @@
 """`fastadv bench`: the fused steps against PyTorch eager, torch.compile and a copy; with
---attack, whole attacks' images/s; with --train, adversarial-training epochs."""
+--attack, whole attacks' images/s; with --train, adversarial-training epochs. The options and the
+printed table only: what is measured is the library fastadv.bench (fastadv/bench/); the scripts
+and committed results are the repository's benchmarks/ folder (benchmarks/README.md)."""
 
 from __future__ import annotations
 

@@ -31,9 +31,10 @@ CASES = (("FGSM", 1, NO_DEFENSE, False), ("PGD", 20, NO_DEFENSE, False), ("MI-FG
 
 def _cached_digits_model() -> torch.nn.Module:
     """The model `fastadv demo` serves by default (trained once and cached, as `fastadv eval`)."""
-    from fastadv.cli.eval_cmd import _default_cache, _default_model
+    from fastadv.digits_models import digits_model_cache
+    from fastadv.options.inputs import default_model
 
-    return _default_model(_default_cache(), quiet=False)
+    return default_model(digits_model_cache(), quiet=False)
 
 
 def main() -> None:

@@ -8,11 +8,11 @@
 set -euo pipefail
 tag="${1:?usage: run_gpu.sh TAG (for example h100 or h200)}"
 out=benchmarks/results
-python -m fastadv.cli bench --device cuda --quiet --csv "$out/bench_step_$tag.csv"
-python -m fastadv.cli bench --attack --device cuda --quiet --models resnet18-cifar,resnet18-imagenet,digits-cnn \
+python -m fastadv bench --device cuda --quiet --csv "$out/bench_step_$tag.csv"
+python -m fastadv bench --attack --device cuda --quiet --models resnet18-cifar,resnet18-imagenet,digits-cnn \
     --csv "$out/bench_attack_$tag.csv"
-python -m fastadv.cli bench --attack --attacks apgd,cw --device cuda --quiet --models resnet18-cifar \
+python -m fastadv bench --attack --attacks apgd,cw --device cuda --quiet --models resnet18-cifar \
     --csv "$out/bench_attack_$tag.csv"
-python -m fastadv.cli bench --train --device cuda --quiet --models resnet18-cifar --batches 8 \
+python -m fastadv bench --train --device cuda --quiet --models resnet18-cifar --batches 8 \
     --csv "$out/bench_train_$tag.csv"
 python -m pytest -q -m cuda tests

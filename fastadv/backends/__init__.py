@@ -1,6 +1,6 @@
 """Backend registry and choice. A backend is anything that fulfils `Backend` (below); each
 built-in one lives in the module named after it: `torch` (torch_backend.py, the reference),
-`triton` (triton_backend.py), `cpu` (cpu_backend.py) and `cuda` (cuda_backend.py), the last two
+`triton` (triton_backend/), `cpu` (cpu_backend.py) and `cuda` (cuda_backend.py), the last two
 over the C++ extension (extension.py). The tests register emulated CUDA backends. The public ops
 (fastadv/ops.py) check the arguments, pick a backend here (`resolve_backend`) and call it."""
 

@@ -5,7 +5,7 @@ Bytes: `bandwidth` counts the least any implementation must move: x_adv, grad an
 out written once (16 bytes per float32 element). `design_bandwidth` counts what each fused design
 moves by construction: the same for L-inf; for L2, the one-launch GPU kernels (a sample that
 fits in one block/program) move the minimum and the split reduction for larger samples reads
-grad three times and x_adv, x twice (32 bytes per float32 element; see backends/triton_backend.py and
+grad three times and x_adv, x twice (32 bytes per float32 element; see backends/triton_backend/l2.py and
 csrc/cuda/step_cuda.cu). The CPU L2 loop reads each sample three times while it is in cache, so
 its memory traffic is the minimum. `fraction_of_copy_bandwidth` uses the design bytes.
 """

@@ -1,5 +1,7 @@
 """`fastadv bench`: the fused steps against PyTorch eager, torch.compile and a copy; with
---attack, whole attacks' images/s; with --train, adversarial-training epochs."""
+--attack, whole attacks' images/s; with --train, adversarial-training epochs. The options and the
+printed table only: what is measured is the library fastadv.bench (fastadv/bench/); the scripts
+and committed results are the repository's benchmarks/ folder (benchmarks/README.md)."""
 
 from __future__ import annotations
 
@@ -9,7 +11,7 @@ import os
 import tempfile
 from collections.abc import Callable
 
-from .args import DEVICE_HELP, CliError, csv_list, device, positive_int
+from ..options.arguments import DEVICE_HELP, CliError, csv_list, device, positive_int
 
 DESCRIPTION = """Time the fused L-inf and L2 steps (every available backend) against the PyTorch eager formulation,
 torch.compile of it, and a same-size copy, in one run; or, with --attack, PGD, APGD, CW or AutoAttack

@@ -6,20 +6,17 @@ from __future__ import annotations
 import argparse
 import functools
 import os
-import warnings
 
-import torch
-
-from .. import _distributed, digits_models, models
+from .. import _distributed, digits_models
 from ..attacks.catalog import ATTACKS, describe_attacks
-from ..checkpoint import CheckpointError
 from ..checks import AMP_NAMES
-from ..data import DataError, Selection
+from ..data import DataError
 from ..defenses import format_comparison
 from ..evaluation import evaluate, evaluate_defenses, format_report, write_json
-from . import args as arg
-from . import class_options, model_options
-from .args import CliError
+from ..options import arguments as arg
+from ..options import class_options, data_options, model_options
+from ..options.arguments import CliError
+from ..options.inputs import open_inputs
 from .output import OPTIONS_HELP, OutputFolder
 
 EVALUATE = arg.defaults(evaluate)  # --attacks, --eps, --steps, --batch-size, --seed, --backend
@@ -30,10 +27,6 @@ robustness.png and examples.png into --out. With no --model, trains (or reuses f
 small CNN on scikit-learn's digits."""  # argparse re-wraps it
 STATE = "eval-state.pt"  # in --out: what --resume continues
 EXAMPLES = 8  # samples of the first batch kept for examples.png
-
-
-def _default_cache() -> str:
-    return digits_models.digits_model_cache()  # (shared with digits_models.standard_digits_model())
 
 
 def add_parser(sub) -> None:
@@ -52,7 +45,7 @@ def add_parser(sub) -> None:
         help=f"resize folder images' shorter side to this size (at most {arg.MAX_IMAGE_SIDE}) and crop the centre "
         "square",
     )  # fmt: skip
-    arg.add_data_options(p)
+    data_options.add_data_options(p)
     p.add_argument(
         "--attacks", type=arg.csv_list(ATTACKS, unique=True), default=list(EVALUATE["attacks"]),
         help=f"among {', '.join(ATTACKS)}, run in the order given (a repeat is dropped): with the cascade each "
@@ -97,24 +90,9 @@ def add_parser(sub) -> None:
     again.add_argument("--resume", action="store_true", help=f"continue the evaluation whose {STATE} is in --out")
     again.add_argument("--overwrite", action="store_true", help="replace the run in --out")
     p.add_argument("--no-plots", action="store_true")
-    p.add_argument("--cache", default=_default_cache(), help="where the default digits model is kept")
+    p.add_argument("--cache", default=digits_models.digits_model_cache(), help="where the default digits model is kept")
     p.add_argument("--quiet", action="store_true", help="no progress bars, no AutoAttack log")
     p.set_defaults(run=run)
-
-
-def _default_model(cache: str, quiet: bool) -> torch.nn.Module:
-    try:
-        return models.load(cache)
-    except CheckpointError:
-        pass  # missing or damaged: train it again (seconds)
-    if not quiet:
-        print(f"training the digits model (cached in {cache}) ...")
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        model = digits_models.standard_digits_model(cache)
-    for warning in caught:  # (not cached: said in a line, as before)
-        print(f"note: {warning.message}")
-    return model
 
 
 def run(args: argparse.Namespace) -> int:
@@ -126,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
               "--cache": args.cache if args.model is None else None}  # fmt: skip
     output = OutputFolder(args.out, "eval", resume=args.resume, overwrite=args.overwrite, state=STATE, inputs=inputs)
     with output:
-        model, data = _inputs(args, rank)
+        model, data = open_inputs(args, rank)
         output.start()  # every input checked: the run's files go into output.work from now on
         _distributed.barrier()
         run_evaluation = functools.partial(evaluate, attacks=args.attacks, eps=args.eps, steps=args.steps,
@@ -171,23 +149,3 @@ def run(args: argparse.Namespace) -> int:
                 plot_examples(examples, os.path.join(output.work, "examples.png"))
     print(f"report {'in' if args.no_plots else 'and plots in'} {output.path}")
     return 0
-
-
-def _inputs(args: argparse.Namespace, rank: int) -> tuple[torch.nn.Module, Selection]:
-    """The model (in eval mode, on args.device) and the data (streamed), checked to fit each other."""
-    if args.model is None:
-        if rank == 0:
-            model = _default_model(args.cache, args.quiet)
-        _distributed.barrier()  # the other ranks read the model rank 0 cached
-        if rank != 0:
-            model = _default_model(args.cache, quiet=True)
-    else:
-        model = model_options.load(args, args.device)
-    model = model.to(args.device).eval()
-    if args.image_size is not None and args.input_size is not None:
-        raise CliError("--image-size: give --image-size (shorter side, then crop) or --input-size (H,W), not both")
-    data = arg.open_selection(args, args.data, "test", crop_size=args.image_size)
-    # two images: a model that drops the batch dim of a batch of one is told apart
-    model_options.check_output(model, arg.first_sample(data, count=2), args)
-    class_options.check(model, data, args)  # the images fit, the classes match the outputs
-    return model, data

@@ -31,7 +31,7 @@ import tempfile
 
 from .. import _distributed
 from ..checkpoint import remove_stale_temporaries
-from .args import CliError
+from ..options.arguments import CliError
 
 try:
     import fcntl

@@ -15,10 +15,11 @@ from ..checks import AMP_NAMES
 from ..data import DataError, Selection, TensorSource, digits
 from ..digits_models import DIGITS_TRAINING
 from ..evaluation import write_json
+from ..options import arguments as arg
+from ..options import data_options
+from ..options.arguments import CliError
 from ..recipes import RECIPES, Recipe
 from ..train import OPTIMIZERS, SCHEDULES, fit
-from . import args as arg
-from .args import CliError
 from .output import OPTIONS_HELP, OutputFolder
 
 # Shared with the functions the command runs: --schedule and --seed (fit), --alpha, --steps,
@@ -49,7 +50,7 @@ def add_parser(sub) -> None:
         help="held-out set, read like --data (a CIFAR folder: its test split; default: the digits test split for "
              "digits)",
     )  # fmt: skip
-    arg.add_data_options(p, shuffle=False)
+    data_options.add_data_options(p, shuffle=False)
     p.add_argument(
         "--model", type=model_choice, default="small_cnn",
         help=f"a new {' or '.join(sorted(models.ARCHITECTURES))}, or a module:callable factory (e.g. "
@@ -141,7 +142,7 @@ def run(args: argparse.Namespace) -> int:
         # settings already); a resume with another --init, or without it, is another run
         start = fingerprint(model.state_dict().items()) if args.init or args.weights else "a new model"
         if teacher is not None:
-            arg.check_selection_fits(teacher, train, option="--teacher")
+            data_options.check_selection_fits(teacher, train, option="--teacher")
         output.start()  # every input checked: the run's files go into output.work from now on
         try:
             history = fit(model, train, recipe=recipe, epochs=args.epochs, batch_size=args.batch_size,
@@ -177,9 +178,9 @@ def model_choice(value: str) -> str:
 def _inputs(args: argparse.Namespace) -> tuple[torch.nn.Module, Selection, Selection | None]:
     """The model on args.device (new, or --init), the training data and the held-out data
     (None without), streamed, all checked before the first epoch."""
-    train = arg.open_selection(args, args.data, "train")
+    train = data_options.open_selection(args, args.data, "train")
     if args.val_data:
-        val = arg.open_selection(args, args.val_data, "test", option="--val-data")
+        val = data_options.open_selection(args, args.val_data, "test", option="--val-data")
     else:
         val = Selection(TensorSource(*digits("test"), name="digits")) if args.data == "digits" else None
     if args.width is not None and (args.init is not None or args.model != "small_cnn"):
@@ -208,7 +209,7 @@ def _inputs(args: argparse.Namespace) -> tuple[torch.nn.Module, Selection, Selec
             return _factory_model(args, train, val, args.num_classes or classes)
         kwargs = {"width": args.width or SMALL_CNN["width"]} if args.model == "small_cnn" else {}
         try:
-            channels = arg.first_sample(train).shape[1]
+            channels = data_options.first_sample(train).shape[1]
             model = models.ARCHITECTURES[args.model](in_channels=channels, num_classes=classes, **kwargs)
         except ValueError as error:
             raise CliError(str(error)) from None
@@ -233,7 +234,7 @@ def _factory_model(args, train: Selection, val: Selection | None, classes: int):
 def _checked(args, model: torch.nn.Module, train: Selection, val: Selection | None):
     """The model on args.device, checked against the training and held-out data."""
     model = model.to(args.device)
-    arg.check_selection_fits(model, train)
+    data_options.check_selection_fits(model, train)
     if val is not None:
-        arg.check_selection_fits(model, val, option="--val-data")
+        data_options.check_selection_fits(model, val, option="--val-data")
     return model, train, val

@@ -6,12 +6,12 @@ offered (specs of `fastadv eval --defense`) and the picker's labels, `explorer.p
 one image, bare or behind a defence (exactly fastadv's API, seeded), `uploads.py` an uploaded
 picture as the model's input, `view.py` what the page shows of a result, `curve.py` the
 robustness-curve job (fastadv.evaluation, cached), `app.py` the page (the only module that
-imports gradio). docs/demo.md describes it.
+imports gradio), `command.py` the `fastadv demo` sub-command (its options, read through
+fastadv.options as `fastadv eval` reads them, and `run`). docs/demo.md describes it.
 
-A front end: it imports the library (fastadv.evaluation, the attacks, the defences) and nothing
-of fastadv.cli. `fastadv demo` (fastadv.cli.demo_cmd) parses the command line, loads the model and
-the data as `fastadv eval` does, and starts the page through this package's names only: `serve`,
-`Explorer`, `DEFENSES` and `NO_DEFENSE`.
+A front end: it imports the library (fastadv.evaluation, the attacks, the defences, the shared
+option parsing of fastadv.options) and nothing of fastadv.cli, which imports nothing of it; the
+`fastadv` command (fastadv/__main__.py) dispatches to both.
 """
 
 from __future__ import annotations

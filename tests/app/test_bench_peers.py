@@ -14,8 +14,8 @@ import pytest
 import torch
 
 import fastadv
+from fastadv.__main__ import main
 from fastadv.bench import attack, peers
-from fastadv.cli import main
 
 PEERS = ["torchattacks", *peers.PEERS]
 EXPECT_PEERS = os.environ.get("FASTADV_EXPECT_PEERS") == "1"

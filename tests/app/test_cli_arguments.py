@@ -13,9 +13,9 @@ import pytest
 import torch
 from support.cli import one_error_line
 
-from fastadv.cli import main
+from fastadv.__main__ import main
 
-MAX_IMAGE_SIDE = 4096  # the documented limit (fastadv.cli.args.MAX_IMAGE_SIDE, named in --help)
+MAX_IMAGE_SIDE = 4096  # the documented limit (fastadv.options.arguments.MAX_IMAGE_SIDE, named in --help)
 
 
 @pytest.fixture()
@@ -111,7 +111,7 @@ def test_device_auto_is_the_gpu_when_torch_sees_one(command, gpu, monkeypatch):
     """--device defaults to auto for every command that takes it, resolved when the command line
     is parsed (on the machine that runs it): cuda when torch.cuda.is_available(), else cpu; --help
     says auto, not the device of the machine that built the parser."""
-    from fastadv.cli import build_parser
+    from fastadv.__main__ import build_parser
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: gpu)
     parser = build_parser()

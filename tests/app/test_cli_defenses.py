@@ -9,7 +9,7 @@ import torch
 from support.cli import run_cli
 
 from fastadv import models
-from fastadv.cli import main
+from fastadv.__main__ import main
 from fastadv.data import digits
 
 

@@ -16,7 +16,7 @@ from support.model_state import assert_unchanged, snapshot
 from support.reports import without_timings
 
 import fastadv
-from fastadv.cli import main
+from fastadv.__main__ import main
 from fastadv.data import as_selection
 from fastadv.defenses import Defended, parse_defense
 from fastadv.demo import ATTACKS, Explorer, view

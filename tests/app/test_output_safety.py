@@ -16,7 +16,7 @@ import torch
 
 import fastadv.evaluation.engine
 from fastadv import models
-from fastadv.cli import main
+from fastadv.__main__ import main
 
 EVAL = ["--attacks", "fgsm", "--eps", "0.1", "--batch-size", "8", "--workers", "0", "--no-plots", "--quiet"]
 
@@ -218,8 +218,8 @@ def test_a_rank_other_than_0_never_touches_the_folder(tmp_path, monkeypatch):
     """What rank 1 of torchrun does (rank 0's outcome shared with it): it makes, locks and
     removes nothing, so a folder rank 0 removed after a failure is no error on rank 1."""
     from fastadv import _distributed
-    from fastadv.cli.args import CliError
     from fastadv.cli.output import OutputFolder
+    from fastadv.options.arguments import CliError
 
     monkeypatch.setattr(_distributed, "rank_and_world", lambda: (1, 2))
     out = tmp_path / "out"

@@ -286,7 +286,7 @@ def test_evaluate_and_the_cli_run_autoattack(digits, tmp_path, capsys):
     import json
 
     from fastadv import models
-    from fastadv.cli import main
+    from fastadv.__main__ import main
 
     model, x, y = digits
     report = evaluate(model, (x[:24], y[:24]), ["autoattack"], [0.1], batch_size=12, progress=False)

@@ -15,8 +15,8 @@ import fastadv
 import fastadv.attacks.catalog as catalog
 import fastadv.evaluation.resume as resume_state
 from fastadv import models
+from fastadv.__main__ import main
 from fastadv.attacks.autoattack import AutoAttack, AutoAttackState
-from fastadv.cli import main
 from fastadv.evaluation import evaluate
 
 STAGES = ["apgd-ce", "apgd-t", "fab-t", "square"]

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 import fastadv
-from fastadv.cli import main
+from fastadv.__main__ import main
 from fastadv.evaluation import evaluate
 
 MESSAGE = "the model's outputs are not finite"

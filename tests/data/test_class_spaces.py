@@ -16,7 +16,7 @@ from support.cli import one_error_line
 from torch import nn
 
 import fastadv
-from fastadv.cli import main
+from fastadv.__main__ import main
 from fastadv.data import open_data
 from fastadv.data.class_space import RestrictedLogits, read_class_map, resolve
 from fastadv.data.imagenet import imagenet_classes, imagenet_index

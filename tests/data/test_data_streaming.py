@@ -16,7 +16,7 @@ import torch
 from support.reports import assert_same_report, interrupt_at_batch
 
 from fastadv import models
-from fastadv.cli import main
+from fastadv.__main__ import main
 from fastadv.data import (
     BatchStream,
     CifarSource,

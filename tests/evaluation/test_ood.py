@@ -11,7 +11,7 @@ import torch
 from sklearn.metrics import average_precision_score, roc_auc_score
 from support.cli import one_error_line
 
-from fastadv.cli import main
+from fastadv.__main__ import main
 from fastadv.evaluation import ood
 
 

@@ -13,8 +13,8 @@ from PIL import Image
 
 import fastadv.evaluation.plots
 from fastadv import attacks
+from fastadv.__main__ import main
 from fastadv.attacks.catalog import ATTACKS
-from fastadv.cli import main
 from fastadv.data import ImageFolderSource, open_data
 from fastadv.evaluation import evaluate, evaluate_defenses, format_report, within_budget
 

@@ -7,7 +7,7 @@ import torch
 
 import fastadv.data
 from fastadv import digits_models, models
-from fastadv.cli import eval_cmd
+from fastadv.__main__ import build_parser
 
 
 @pytest.fixture
@@ -40,7 +40,8 @@ def test_trains_once_then_reads_the_cache(tmp_path, fast_training):
 def test_default_cache_is_the_clis(tmp_path, monkeypatch, fast_training):
     monkeypatch.setenv("FASTADV_CACHE", str(tmp_path))
     assert (
-        eval_cmd._default_cache()
+        build_parser().parse_args(["eval"]).cache
+        == build_parser().parse_args(["demo"]).cache
         == digits_models.digits_model_cache()
         == str(tmp_path / "digits-small_cnn-standard.pt")
     )

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from fastadv import FGSM, models
-from fastadv.cli import main
+from fastadv.__main__ import main
 from fastadv.models import ExportedModel, ModelError, Normalized
 
 EVAL = ["--attacks", "fgsm", "--eps", "0.1", "--batch-size", "20", "--no-plots", "--quiet"]

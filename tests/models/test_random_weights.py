@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from fastadv import models
-from fastadv.cli import main
+from fastadv.__main__ import main
 
 SPEC = "fastadv.models:small_cnn"
 

@@ -13,7 +13,7 @@ from support.model_state import assert_unchanged, snapshot
 from torch import nn
 
 import fastadv
-from fastadv.cli import main
+from fastadv.__main__ import main
 
 EPS = 0.1
 

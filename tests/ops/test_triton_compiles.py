@@ -23,7 +23,7 @@ SCRIPT = textwrap.dedent(
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
-    from fastadv.backends import triton_backend as backend
+    from fastadv.backends.triton_backend import l2, linf
 
     def signature(fn, xt, gt, it):
         types = {}
@@ -61,10 +61,10 @@ SCRIPT = textwrap.dedent(
     for (xt, gt, it, tables, has_grad, targeted), arch in itertools.product(variants, (80, 90)):
         flags = {"EPS_TABLE": tables, "ALPHA_TABLE": False, "LOWER_TABLE": tables, "UPPER_TABLE": False,
                  "HAS_GRAD": has_grad, "TARGETED": targeted}
-        compile_for(backend._linf_kernel.fn, xt, gt, it, {**flags, "BLOCK_SIZE": 1024}, arch)
-        compile_for(backend._l2_sample_kernel, xt, gt, it, {**flags, "BLOCK_SIZE": 4096}, arch)
+        compile_for(linf._linf_kernel.fn, xt, gt, it, {**flags, "BLOCK_SIZE": 1024}, arch)
+        compile_for(l2._l2_sample_kernel, xt, gt, it, {**flags, "BLOCK_SIZE": 4096}, arch)
         for stage in (0, 1, 2):
-            compile_for(backend._l2_chunk_kernel, xt, gt, it,
+            compile_for(l2._l2_chunk_kernel, xt, gt, it,
                         {**flags, "STAGE": stage, "CHUNK": 4096, "CHUNKS_POW2": 64}, arch)
     """
 )

@@ -19,6 +19,7 @@ from support.compare import assert_exact
 import fastadv
 
 triton_backend = pytest.importorskip("fastadv.backends.triton_backend")  # needs Triton
+from fastadv.backends.triton_backend import l2  # noqa: E402 (after the skip: it needs Triton)
 
 pytestmark = [pytest.mark.slow, pytest.mark.triton]  # the Triton interpreter
 
@@ -40,11 +41,12 @@ def require_interpreter():
 
 
 def _tl_loads():
-    """(line, keyword names, number of positional arguments) of every tl.load in the backend."""
-    tree = ast.parse(pathlib.Path(triton_backend.__file__).read_text())
+    """(file, line, keyword names, number of positional arguments) of every tl.load in the
+    backend's modules."""
     return [
-        (node.lineno, {k.arg for k in node.keywords}, len(node.args))
-        for node in ast.walk(tree)
+        (path.name, node.lineno, {k.arg for k in node.keywords}, len(node.args))
+        for path in sorted(pathlib.Path(triton_backend.__file__).parent.glob("*.py"))
+        for node in ast.walk(ast.parse(path.read_text()))
         if isinstance(node, ast.Call)
         and isinstance(node.func, ast.Attribute)
         and node.func.attr == "load"
@@ -58,10 +60,10 @@ def test_every_masked_load_says_what_masked_off_lanes_read():
     block (the L2 norms) would add whatever is there."""
     loads = _tl_loads()
     assert len(loads) >= 5, loads  # the walk sees the kernels' loads
-    masked = [(line, kw, n) for line, kw, n in loads if "mask" in kw or n >= 2]
+    masked = [(name, line, kw, n) for name, line, kw, n in loads if "mask" in kw or n >= 2]
     assert masked
-    bad = [line for line, kw, n in masked if "other" not in kw and n < 3]
-    assert not bad, f"masked tl.load without other= at lines {bad} of {triton_backend.__file__}"
+    bad = [f"{name} line {line}" for name, line, kw, n in masked if "other" not in kw and n < 3]
+    assert not bad, f"masked tl.load without other= at {bad} in {pathlib.Path(triton_backend.__file__).parent}"
 
 
 POISON = 1024.0  # finite (a NaN would pass: NaN gradient entries count as 0) and exact in every dtype
@@ -119,9 +121,9 @@ SAMPLE_SIZES = [1, 2, 175, 8192, 8193, 3 * 224 * 224]
 def _check_plan(plan, batch, sample_size, cap):
     assert 1 <= plan.programs <= min(cap, plan.n_work)
     assert plan.programs <= 2**31 - 1  # CUDA's limit on a grid's first axis
-    assert plan.split == (sample_size > triton_backend._L2_ONE_PROGRAM)
+    assert plan.split == (sample_size > l2._L2_ONE_PROGRAM)
     if plan.split:
-        assert plan.block == triton_backend._L2_CHUNK
+        assert plan.block == l2._L2_CHUNK
         assert (plan.n_chunks - 1) * plan.block < sample_size <= plan.n_chunks * plan.block
     else:
         assert plan.n_chunks == 1 and plan.block >= sample_size and plan.block & (plan.block - 1) == 0
@@ -138,24 +140,24 @@ def _check_plan(plan, batch, sample_size, cap):
 @pytest.mark.parametrize("sample_size", SAMPLE_SIZES)
 def test_l2_grid_is_capped_for_huge_batches(batch, sample_size):
     """The grid for more than 2^31 samples (or chunks): computed, not allocated."""
-    plan = triton_backend._l2_launch(batch, sample_size)
-    _check_plan(plan, batch, sample_size, triton_backend._L2_MAX_PROGRAMS)
-    assert plan.programs == triton_backend._L2_MAX_PROGRAMS
+    plan = l2._l2_launch(batch, sample_size)
+    _check_plan(plan, batch, sample_size, l2._L2_MAX_PROGRAMS)
+    assert plan.programs == l2._L2_MAX_PROGRAMS
 
 
 @pytest.mark.parametrize("batch", [1, 3, 1000, *BIG_BATCHES])
 @pytest.mark.parametrize("sample_size", SAMPLE_SIZES)
 def test_l2_grid_with_a_lowered_cap(monkeypatch, batch, sample_size):
-    monkeypatch.setattr(triton_backend, "_L2_MAX_PROGRAMS", 7)
-    plan = triton_backend._l2_launch(batch, sample_size)
+    monkeypatch.setattr(l2, "_L2_MAX_PROGRAMS", 7)
+    plan = l2._l2_launch(batch, sample_size)
     _check_plan(plan, batch, sample_size, 7)
     assert plan.programs == min(7, plan.n_work)
 
 
 def test_l2_grid_below_the_cap_is_one_program_per_item():
-    assert triton_backend._L2_MAX_PROGRAMS < 2**31
-    assert triton_backend._l2_launch(512, 3072).programs == 512  # CIFAR: one program per sample
-    assert triton_backend._l2_launch(64, 3 * 224 * 224).programs == 64 * 37  # ImageNet: one per chunk
+    assert l2._L2_MAX_PROGRAMS < 2**31
+    assert l2._l2_launch(512, 3072).programs == 512  # CIFAR: one program per sample
+    assert l2._l2_launch(64, 3 * 224 * 224).programs == 64 * 37  # ImageNet: one per chunk
 
 
 @pytest.mark.parametrize(
@@ -183,7 +185,7 @@ def test_l2_capped_grid_matches_reference_on_every_sample(monkeypatch, shape):
     ]
 
     grids = []
-    real_wrap = triton_backend._wrap
+    real_wrap = l2._wrap
 
     class Recorder:
         def __init__(self, kernel):
@@ -193,8 +195,8 @@ def test_l2_capped_grid_matches_reference_on_every_sample(monkeypatch, shape):
             grids.append(grid)
             return self.launcher[grid]
 
-    monkeypatch.setattr(triton_backend, "_L2_MAX_PROGRAMS", 3)
-    monkeypatch.setattr(triton_backend, "_wrap", Recorder)
+    monkeypatch.setattr(l2, "_L2_MAX_PROGRAMS", 3)
+    monkeypatch.setattr(l2, "_wrap", Recorder)
     capped = [
         fastadv.l2_step(*step_args, backend="triton"),
         fastadv.l2_step(*step_args, targeted=True, backend="triton"),

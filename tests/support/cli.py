@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fastadv.cli import main
+from fastadv.__main__ import main
 
 
 def run_cli(argv: list[str], capsys) -> tuple[int, list[str]]:

@@ -1,10 +1,11 @@
-"""`fastadv demo`: the epsilon explorer (fastadv.demo) on a model and data, served by gradio
-(an optional extra: `pip install 'fastadv[demo]'`). The model and data are read as `fastadv
-eval` reads them (eval_cmd._inputs); errors become CliError (one line, exit status 2).
+"""`fastadv demo`: the epsilon explorer on a model and data, served by gradio (an optional extra:
+`pip install 'fastadv[demo]'`): the sub-command's options (`add_parser`) and what it runs
+(`run`). The model and data are read as `fastadv eval` reads them (fastadv.options.inputs);
+errors become CliError (one line, exit status 2).
 
-The `fastadv` command starts the page as it starts any other job: through the demo package's
-public names (fastadv.demo: serve, Explorer, DEFENSES, NO_DEFENSE) and nothing inside it; the
-demo imports nothing of fastadv.cli (tests/test_layers.py holds both sides to it)."""
+The page's front end lives with the page: it imports nothing of fastadv.cli, and fastadv.cli
+nothing of it; the `fastadv` command (fastadv/__main__.py) adds this sub-command beside
+fastadv.cli's (tests/test_layers.py holds both sides to it)."""
 
 from __future__ import annotations
 
@@ -16,10 +17,13 @@ import torch
 
 from ..data import DataError
 from ..data.loader import first_images
-from ..demo import DEFENSES, NO_DEFENSE, Explorer, serve
-from . import args as arg
-from . import eval_cmd, model_options
-from .args import CliError
+from ..digits_models import digits_model_cache
+from ..evaluation import evaluate
+from ..options import arguments as arg
+from ..options import data_options, model_options
+from ..options.arguments import CliError
+from ..options.inputs import open_inputs
+from . import DEFENSES, NO_DEFENSE, Explorer, serve  # (serve imports gradio when it is called)
 
 DESCRIPTION = """Serve the epsilon explorer: pick a test image, an attack and eps, and watch the prediction flip as
 the slider moves, bare or behind a defence, attacked adaptively or not; a second tab draws robustness
@@ -27,7 +31,7 @@ curves (fastadv eval's report). With no --model,
 the cached digits model and the digits test split, as fastadv eval uses. Nothing is fetched from
 the internet: no share link, no analytics."""
 DEMO_SAMPLES = 2048  # the digits test split (360) whole; a large folder's first images
-port = arg._argument(int, "an integer", lambda name, value: _in_port_range(value))
+port = arg.argument(int, "an integer", lambda name, value: _in_port_range(value))
 
 
 def _in_port_range(value: int) -> int:
@@ -49,7 +53,7 @@ def add_parser(sub) -> None:
         help=f"resize folder images' shorter side to this size (at most {arg.MAX_IMAGE_SIDE}) and crop the centre "
         "square",
     )  # fmt: skip
-    arg.add_data_options(p)
+    data_options.add_data_options(p)
     p.add_argument(
         "--defense", type=arg.defense, default=None, metavar="SPEC",
         help=f"the defence the page starts with (it offers none, {', '.join(DEFENSES)}; another spec is added to "
@@ -57,7 +61,7 @@ def add_parser(sub) -> None:
     )  # fmt: skip
     p.add_argument("--adaptive", action="store_true", help="start with the adaptive attack ticked")
     p.add_argument(
-        "--eot-samples", type=arg.positive_int, default=eval_cmd.EVALUATE["eot_samples"],
+        "--eot-samples", type=arg.positive_int, default=arg.defaults(evaluate)["eot_samples"],
         help="the EOT draws the page starts with (adaptive attacks on a random defence; default: %(default)s)",
     )  # fmt: skip
     p.add_argument("--host", default="127.0.0.1", help="the address to serve on (0.0.0.0: every interface)")
@@ -65,7 +69,7 @@ def add_parser(sub) -> None:
     p.add_argument("--share", choices=["no"], default="no",
                    help="gradio's public share links need the internet and are not offered")  # fmt: skip
     p.add_argument("--device", type=arg.device, default="auto", help=arg.DEVICE_HELP)
-    p.add_argument("--cache", default=eval_cmd._default_cache(), help="where the default digits model is kept")
+    p.add_argument("--cache", default=digits_model_cache(), help="where the default digits model is kept")
     p.add_argument(
         "--threads", type=arg.positive_int, default=None,
         help="torch's CPU threads (one image at a time: 1 is fastest on a busy CPU; default: torch's)",
@@ -97,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
     _check_host(args.host)
     if args.threads:
         torch.set_num_threads(args.threads)
-    model, data = eval_cmd._inputs(args, rank=0)
+    model, data = open_inputs(args)
     try:  # the page attacks one image at a time and draws curves over a batch: a bounded sample is held
         images, labels = first_images(data, DEMO_SAMPLES)
     except DataError as error:

@@ -1,5 +1,6 @@
-"""`fastadv eval`'s model options: --model in every format fastadv.models.load reads, and
---weights, --num-classes, --mean, --std. Errors become CliError (one line, exit status 2)."""
+"""The model options of fastadv eval, ood and demo: --model in every format fastadv.models.load
+reads, and --weights, --num-classes, --mean, --std. Errors become CliError (one line, exit
+status 2)."""
 
 from __future__ import annotations
 
@@ -9,12 +10,12 @@ import warnings
 
 import torch
 
-from .. import models
+from .. import checks, models
 from ..checkpoint import CheckpointError
-from . import args as arg
-from .args import CliError
+from . import arguments as arg
+from .arguments import CliError
 
-number = arg._argument(float, "a number", arg.check.number)
+number = arg.argument(float, "a number", checks.number)
 
 MODEL_HELP = (
     "a fastadv model file (fastadv train's model.pt), a TorchScript archive (torch.jit.save), a torch.export "
@@ -108,7 +109,7 @@ def check_output(model: torch.nn.Module, images: torch.Tensor, args: argparse.Na
     except CheckpointError as error:
         raise CliError(f"--model: {error}") from None
     except (RuntimeError, AssertionError):  # (a torch.export program's guards raise AssertionError)
-        return  # the images do not fit the model: arg.check_selection_fits says so, naming --data
+        return  # the images do not fit the model: data_options.check_selection_fits says so, naming --data
     if args.num_classes is not None and classes != args.num_classes:
         raise CliError(f"--num-classes: {name} returns {classes} classes, not {args.num_classes}")
     if getattr(args, "random_weights_warning", None):  # (after the checks: an error stays the only line)

@@ -10,8 +10,9 @@ import torch
 
 from ..data import class_space
 from ..data.selection import Selection
-from . import args as arg
-from .args import CliError
+from ..evaluation.inputs import check_fit
+from . import data_options
+from .arguments import CliError
 
 
 def add(p: argparse.ArgumentParser, *, restrict: bool = True) -> None:
@@ -33,12 +34,12 @@ def add(p: argparse.ArgumentParser, *, restrict: bool = True) -> None:
 def check(model, data: Selection, args: argparse.Namespace, *, option: str = "--data") -> class_space.ClassSpace:
     """The model takes the data's images and the data's classes match its outputs (the class
     space evaluate will use), or CliError naming `option` or --class-map."""
-    images = arg.first_sample(data, option=option)
+    images = data_options.first_sample(data, option=option)
     class_map = getattr(args, "class_map", None)  # (fastadv demo reads its data without one)
     unnamed = not data.source.classes and class_map is None  # labels are outputs: the check as before
     labels = torch.from_numpy(data.labels) if unnamed else torch.zeros(0, dtype=torch.long)
     try:
-        arg.check_fit(model, images, labels)
+        check_fit(model, images, labels)
     except ValueError as error:
         raise CliError(f"{option}: {error}") from None
     device = next(iter(model.parameters()), images).device

@@ -1,5 +1,6 @@
-"""What the `fastadv` commands share: the error they report with, argument types, the --data and
---model files, and the output folder."""
+"""The argument types of the `fastadv` commands (argparse `type=` functions whose errors argparse
+prints as one line, exit status 2), the error a command reports a bad input with (CliError), and
+the defaults an option shares with the function it runs."""
 
 from __future__ import annotations
 
@@ -13,10 +14,6 @@ from typing import Any
 import torch
 
 from .. import checks as check
-from .. import data
-from ..data import DataError, Selection, default_workers
-from ..data.loader import first_images
-from ..evaluation.inputs import check_fit
 
 
 class CliError(Exception):
@@ -44,7 +41,7 @@ def _checked(check_value: Callable, value: Any, *more: Any) -> Any:
         raise argparse.ArgumentTypeError(re.sub(r"^value:? ", "", str(error))) from None
 
 
-def _argument(parse: Callable[[str], Any], expected: str, check_value: Callable) -> Callable:
+def argument(parse: Callable[[str], Any], expected: str, check_value: Callable) -> Callable:
     """An argparse type: `parse(text)` ("expected <expected>" when it raises ValueError), then
     `check_value` (see _checked)."""
 
@@ -58,7 +55,7 @@ def _argument(parse: Callable[[str], Any], expected: str, check_value: Callable)
     return convert
 
 
-positive_int = _argument(int, "an integer", check.positive_int)
+positive_int = argument(int, "an integer", check.positive_int)
 
 
 def _at_least_zero(name: str, value: int) -> int:
@@ -67,10 +64,10 @@ def _at_least_zero(name: str, value: int) -> int:
     return value
 
 
-nonnegative_int = _argument(int, "an integer", _at_least_zero)
-nonnegative = _argument(float, "a number", functools.partial(check.number, at_least=0))
-positive = _argument(float, "a number", functools.partial(check.number, above=0))
-probability = _argument(float, "a number", check.probability)
+nonnegative_int = argument(int, "an integer", _at_least_zero)
+nonnegative = argument(float, "a number", functools.partial(check.number, at_least=0))
+positive = argument(float, "a number", functools.partial(check.number, above=0))
+probability = argument(float, "a number", check.probability)
 
 
 def csv_list(choices: Collection[str] | None = None, item: Callable[[str], Any] | None = None, *,
@@ -175,57 +172,3 @@ def input_size(text: str) -> tuple[int, int]:
         raise argparse.ArgumentTypeError(f"expected H,W or N, got {text!r}")
     sizes = [image_side(p) for p in parts]
     return (sizes[0], sizes[-1])
-
-
-def add_data_options(p: argparse.ArgumentParser, *, shuffle: bool = True) -> None:
-    """The options of how --data is read, shared by eval and train."""
-    p.add_argument("--input-size", type=input_size, default=None,
-                   help="resize image-folder images to H,W (or N for N x N; at most "
-                   f"{MAX_IMAGE_SIDE} a side) as they are decoded")  # fmt: skip
-    p.add_argument(
-        "--workers", type=nonnegative_int, default=None,
-        help=f"processes that read and decode the data (default: one per CPU, at most 8: {default_workers()} "
-             "here; 0: in this process)",
-    )  # fmt: skip
-    p.add_argument(
-        "--skip-bad-images", action="store_true",
-        help="leave out images that cannot be read and list them in the report (default: such an image is an error)",
-    )  # fmt: skip
-    p.add_argument("--limit", type=positive_int, default=None, help="read the first N samples only")
-    p.add_argument("--subset", type=positive_int, default=None,
-                   help="N samples, as many from each class as possible, drawn with --shuffle-seed (or 0)")  # fmt: skip
-    if shuffle:
-        p.add_argument("--shuffle-seed", type=seed, default=None,
-                       help="read the samples in a random order drawn from this seed (before --limit)")  # fmt: skip
-
-
-def open_selection(args: argparse.Namespace, spec: str, split: str, *, option: str = "--data",
-                   crop_size: int | None = None) -> Selection:  # fmt: skip
-    """The samples of `spec` (see fastadv.data.open_selection) that the options in `args`
-    (add_data_options) select; CliError naming `option` when they cannot be read."""
-    try:
-        return data.open_selection(spec, split, input_size=args.input_size, crop_size=crop_size,
-                                   skip_bad=args.skip_bad_images, limit=args.limit, subset=args.subset,
-                                   shuffle_seed=getattr(args, "shuffle_seed", None))  # fmt: skip
-    except DataError as error:
-        raise CliError(f"{option}: {error}") from None
-    except ValueError as error:  # --subset larger than the data
-        raise CliError(f"--{str(error).replace('_', '-')}") from None
-
-
-def first_sample(data: Selection, *, option: str = "--data", count: int = 1) -> torch.Tensor:
-    """The data's first `count` readable images as a batch (fewer if it has fewer), or CliError
-    naming `option`."""
-    try:
-        return first_images(data, count)[0]
-    except DataError as error:
-        raise CliError(f"{option}: {error}") from None
-
-
-def check_selection_fits(model, data: Selection, *, option: str = "--data") -> None:
-    """The model takes the data's images and has a class for every label
-    (fastadv.evaluation.inputs.check_fit on its first sample), or CliError naming `option`."""
-    try:
-        check_fit(model, first_sample(data, option=option), torch.from_numpy(data.labels))
-    except ValueError as error:
-        raise CliError(f"{option}: {error}") from None

@@ -139,10 +139,12 @@ class _Positions:
 
 def stack(images: list[torch.Tensor]) -> torch.Tensor:
     """`images` stacked; in a worker process straight into shared memory, as torch's default_collate
-    does. Stacked into ordinary memory, a worker's batch is copied into shared memory when it is sent
-    and its heap block freed, and glibc did not reuse that block for the next batch: the free space
-    in each worker's heap grew by one batch per batch (47 MiB a worker over 24,000 32x32 images
-    while the memory in use stayed flat), so the memory a run held grew with the images it read."""
+    does. Stacked into ordinary memory, a worker's batch is copied into shared memory when the
+    queue's feeder thread sends it, and its heap block freed there while the worker decodes the
+    next batch into the same heap: glibc often left the freed blocks unreused (in one worker or
+    both, depending on timing, the free heap grew by one batch per batch, 47 MiB a worker over
+    24,000 32x32 images, while the memory in use stayed flat), so the memory a run held grew with
+    the number of images it read. Straight into shared memory there is no such block, and no copy."""
     if torch.utils.data.get_worker_info() is None:
         return torch.stack(images)
     first = images[0]

@@ -9,7 +9,8 @@ in-distribution and the OOD data, each OOD image attacked by a one-step PGD at e
 
 Each N gets a temporary class folder tree (10 classes; 16 distinct noise images cycled: the
 files' number, not their pixels, is what the memory may depend on); each (N, workers) runs the
-CLI in a fresh process whose tree benchmarks/bench_data.py samples every 100 ms from /proc.
+CLI in a fresh process whose tree benchmarks/bench_data.py samples every 100 ms from /proc; the
+DataLoader workers' own peak (their RSS and PSS summed) is kept beside the tree's.
 Set PYTHONPATH to measure another checkout (the one first on it is imported).
 """
 
@@ -27,7 +28,20 @@ import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_data import _memory  # noqa: E402
+from bench_data import _memory, _tree  # noqa: E402
+
+
+def _rollup(pid: int) -> tuple[int, int]:
+    """(RSS, PSS) in bytes of the process `pid` alone (0, 0 once it is gone)."""
+    values = {"Rss:": 0, "Pss:": 0}
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                if line[:4] in values:
+                    values[line[:4]] = int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return values["Rss:"], values["Pss:"]
 
 
 def write_folder(folder: str, count: int, size: int) -> None:
@@ -67,12 +81,14 @@ def run(model: str, folder: str, workers: int, batch_size: int, out: str, kind: 
     # would import this checkout's fastadv whatever PYTHONPATH says
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                cwd=os.path.dirname(out))  # fmt: skip
-    peak, start = [0, 0], time.perf_counter()
+    peak, start = [0, 0, 0, 0], time.perf_counter()  # the tree's RSS and PSS, then the workers' alone
 
     def sample():
         while process.poll() is None:
             rss, pss = _memory(process.pid)
+            workers = [_rollup(p) for p in _tree(process.pid) if p != process.pid]
             peak[0], peak[1] = max(peak[0], rss), max(peak[1], pss)
+            peak[2], peak[3] = max(peak[2], sum(r for r, _ in workers)), max(peak[3], sum(p for _, p in workers))
             time.sleep(0.1)
 
     sampler = threading.Thread(target=sample, daemon=True)
@@ -84,7 +100,8 @@ def run(model: str, folder: str, workers: int, batch_size: int, out: str, kind: 
     with open(os.path.join(out, "report.json")) as f:
         samples = json.load(f)["samples"]
     return {"command": kind, "workers": workers, "samples": samples, "seconds": time.perf_counter() - start,
-            "peak_rss_bytes": peak[0], "peak_pss_bytes": peak[1]}  # fmt: skip
+            "peak_rss_bytes": peak[0], "peak_pss_bytes": peak[1], "peak_workers_rss_bytes": peak[2],
+            "peak_workers_pss_bytes": peak[3]}  # fmt: skip
 
 
 def main() -> None:
@@ -118,8 +135,10 @@ def main() -> None:
                 out = os.path.join(parent, f"out-{kind}{n}-{w}")
                 result = {"n": n, **run(model, folder, w, args.batch_size, out, kind)}
                 results["runs"].append(result)
-                print(f"{kind} N={n} workers={w}: peak RSS {result['peak_rss_bytes'] / 2**20:.0f} MiB, "
-                      f"PSS {result['peak_pss_bytes'] / 2**20:.0f} MiB, {result['seconds']:.0f} s",
+                mib = {k: v / 2**20 for k, v in result.items() if k.endswith("_bytes")}
+                print(f"{kind} N={n} workers={w}: peak RSS {mib['peak_rss_bytes']:.0f} MiB, "
+                      f"PSS {mib['peak_pss_bytes']:.0f} MiB (workers: RSS {mib['peak_workers_rss_bytes']:.0f}, "
+                      f"PSS {mib['peak_workers_pss_bytes']:.0f} MiB), {result['seconds']:.0f} s",
                       flush=True)  # fmt: skip
             shutil.rmtree(folder, ignore_errors=True)
     finally:

@@ -1,11 +1,14 @@
 """Where `evaluate`'s memory goes, batch by batch (how its growth with N was found): the process's RSS
-and its peak (VmHWM) after every batch, with glibc's heap in use, free and mmapped (mallinfo2).
+after every batch, its peak during that batch (VmHWM, reset before each batch through
+/proc/self/clear_refs), how many samples the batch attacked, and glibc's heap in use, free and
+mmapped (mallinfo2).
 
     python benchmarks/eval_memory_trace.py FOLDER LIMIT BATCH_SIZE [TORCHSCRIPT_MODEL]
 
 LIMIT 0 attacks every image of the image folder FOLDER (FGSM, eps 0.1, no workers). The RSS
-after each batch stays flat when nothing is retained; a step in the peak marks a batch whose
-working set (the samples attacked) was larger.
+after each batch stays flat when nothing is retained; a batch's own peak is its working set,
+which grows with the samples it attacks (those the model classifies correctly): batches that
+attack as many samples peak alike, whatever came before them, when nothing of one batch outlives it.
 """
 
 import ctypes
@@ -31,18 +34,27 @@ def _rss_and_peak() -> tuple[int, int]:
     return values["VmRSS"], values["VmHWM"]
 
 
+def _reset_peak() -> None:
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # VmHWM back to the RSS now
+
+
 def main() -> None:
     folder, limit, batch_size = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
     libc = ctypes.CDLL("libc.so.6")
     libc.mallinfo2.restype = _Mallinfo2
     original = E._evaluate_batch
 
-    def traced(job, x, y, index, sums):
-        original(job, x, y, index, sums)
+    def traced(job, x, y, index, sums, *rest):
+        attacked = float(sums.t["attacked"].sum())
+        _reset_peak()
+        original(job, x, y, index, sums, *rest)
+        attacked = int(float(sums.t["attacked"].sum()) - attacked)
         m = libc.mallinfo2()
         rss, peak = _rss_and_peak()
-        print(f"batch {index}: RSS {rss} MiB, peak {peak} MiB; heap {m.arena >> 20} MiB, in use {m.uordblks >> 20}, "
-              f"free {m.fordblks >> 20}, mmapped {m.hblkhd >> 20} MiB in {m.hblks} blocks", flush=True)  # fmt: skip
+        print(f"batch {index}: attacked {attacked}/{len(y)}; RSS {rss} MiB, peak in the batch {peak} MiB; heap "
+              f"{m.arena >> 20} MiB, in use {m.uordblks >> 20}, free {m.fordblks >> 20}, mmapped {m.hblkhd >> 20} MiB "
+              f"in {m.hblks} blocks", flush=True)  # fmt: skip
 
     E._evaluate_batch = traced
     if len(sys.argv) > 4:

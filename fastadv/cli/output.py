@@ -6,16 +6,26 @@ A command never overwrites a run silently, nor any of its inputs. Before any wor
 - one command at a time writes into a folder: a lock file next to it (`.<name>.fastadv-lock`,
   or inside it when its parent cannot be written) names the process (pid and host) holding it.
   The lock is an flock the kernel drops when its process dies, so the file of a killed run (a
-  stale lock: its pid is gone) never blocks the next one, which takes it over;
+  stale lock: its pid is gone) never blocks the next one, which takes it over. Without fcntl
+  (Windows) the lock file itself is the lock, created only where none exists (O_EXCL) and kept
+  open; one whose pid is gone on this host is stale and taken over the same way;
 - the folder is checked and created: a folder (or a path where one can be made) that can be
   written to. If it holds a run (any of RUN_FILES), the command refuses to start unless --resume
   (continue it: its state file must be there) or --overwrite is given.
 
---overwrite writes the new run into PENDING inside the folder and moves its files over the old
-run's only when it succeeds: a failed run leaves the old one intact. An interrupted (Ctrl-C,
-killed) --overwrite run keeps its state there, and --resume continues it (and then replaces the
-old run). When a command fails, what it created is removed again (the folder itself, if it made
-it), except a training's last good checkpoint (`keep`), which --resume continues.
+--overwrite writes the new run into PENDING inside the folder and replaces the old run with it
+only when it succeeds: a failed run leaves the old one intact. An interrupted (Ctrl-C, killed)
+--overwrite run keeps its state there, and --resume continues it (and then replaces the old
+run). The replacement is a sequence that is carried forward from wherever it stopped (swap): the
+new run is marked whole (COMPLETE in PENDING, its files synced); the old run's files (and any
+file of the folder a new one would replace) are moved into REPLACING, renamed REPLACED once all
+are there; the new run's files are moved in; REPLACED is deleted last. A crash at any point
+leaves the old run in the folder, or the whole new run in PENDING and the folder, with the old
+run's files in REPLACING / REPLACED until the new ones are all in: the next command into the
+folder finishes the replacement before anything else. Files of the folder that are neither the
+old run's nor the new run's are never moved. When a command fails, what it created is removed
+again (the folder itself, if it made it), except a training's last good checkpoint (`keep`),
+which --resume continues.
 
 Under torchrun only rank 0 creates, locks, cleans and swaps the folder; it shares the outcome
 (an error too) with the other ranks, which only write their own state files into it."""
@@ -25,8 +35,10 @@ from __future__ import annotations
 import datetime
 import glob
 import os
+import re
 import shutil
 import socket
+import sys
 import tempfile
 
 from .. import _distributed
@@ -35,13 +47,16 @@ from ..options.arguments import CliError
 
 try:
     import fcntl
-except ImportError:  # not POSIX: no lock (the other checks still hold)
+except ImportError:  # not POSIX (Windows): the lock is an exclusively created file (FolderLock)
     fcntl = None
 
 # the files a run of eval or train leaves in its folder (eval's state per rank under torchrun)
 RUN_FILES = ("report.json", "eval-state.pt", "eval-state.pt.*", "latest.pt", "model.pt", "history.json",
-             "robustness.png", "examples.png", "defenses.png")  # fmt: skip
-PENDING = ".fastadv-overwrite"  # in --out: the --overwrite run until it succeeds
+             "robustness.png", "examples.png", "defenses.png", "reliability.png")  # fmt: skip
+PENDING = ".fastadv-overwrite"  # in --out: the --overwrite run until it has replaced the old one
+COMPLETE = ".fastadv-complete"  # in PENDING: the new run succeeded, the replacement goes forward
+REPLACING = ".fastadv-replacing"  # in --out: the old run's files, being moved aside
+REPLACED = ".fastadv-replaced"  # in --out: all of the old run's files, deleted once the new run is in
 OPTIONS_HELP = ("a folder holding a run (report.json, eval-state.pt, latest.pt, model.pt, history.json) is refused "
                 "unless --resume or --overwrite is given (the old run is replaced when the new one succeeds); "
                 "a folder that is, holds or lies inside an input is refused, and so is one another run writes "
@@ -77,49 +92,150 @@ def check_inputs(out: str, inputs: dict[str, str | None]) -> None:
 
 
 class FolderLock:
-    """An exclusive lock on the file `path` (flock: the kernel drops it when the process dies),
-    which holds "pid N on HOST" while held. CliError naming the holder when another process holds
-    it; `release` removes the file."""
+    """An exclusive lock on the file `path`, which holds "pid N on HOST" while held: an flock
+    (the kernel drops it when the process dies); without fcntl (Windows) the file itself, created
+    only where none exists and kept open, a leftover one taken over when its pid is gone on this
+    host. CliError naming the holder when another process holds it; `release` removes the file."""
 
     def __init__(self, path: str, folder: str) -> None:
-        self.path, self.fd = path, None
-        if fcntl is None:
-            return
+        self.path, self.folder, self.fd, self.flock = path, folder, None, fcntl is not None
+        self.fd = self._flocked() if self.flock else self._created()
+
+    def _flocked(self) -> int:
         while True:
-            try:
-                fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
-            except OSError as error:  # (a folder not made yet: its parent cannot be written to)
-                what = "the lock file " + path if os.path.isdir(folder) else folder
-                raise CliError(f"--out: cannot create {what} ({error.strerror})") from None
+            fd = self._open(os.O_RDWR | os.O_CREAT)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError:
                 holder = os.read(fd, 200).decode(errors="replace").strip() or "another process"
                 os.close(fd)
-                raise CliError(f"--out: another fastadv run ({holder}) writes into {folder}; wait for it to finish or "
-                               "choose another folder") from None  # fmt: skip
+                raise self._refused(holder) from None
             # the holder may have released (and removed) the file between our open and flock:
             # only a lock on the file that is at `path` now counts
             try:
-                current = os.path.samestat(os.fstat(fd), os.stat(path))
+                current = os.path.samestat(os.fstat(fd), os.stat(self.path))
             except FileNotFoundError:
                 current = False
             if current:
                 break
             os.close(fd)
         os.ftruncate(fd, 0)
-        os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode())
-        self.fd = fd
+        os.write(fd, _holder().encode())
+        return fd
+
+    def _created(self) -> int:
+        for _ in range(1000):  # (each round another process took, released or broke the lock meanwhile)
+            try:
+                fd = self._open(os.O_RDWR | os.O_CREAT | os.O_EXCL)
+            except FileExistsError:
+                holder = _read_holder(self.path)
+                if holder is None:  # released meanwhile
+                    continue
+                if not _stale(holder):  # (an empty file: its holder is writing it)
+                    raise self._refused(holder.strip() or "another process",
+                                        f"; if it no longer runs, remove {self.path}") from None  # fmt: skip
+                _take_over(self.path, holder)
+                continue
+            os.write(fd, _holder().encode())
+            return fd
+        raise self._refused("another process", f"; if it no longer runs, remove {self.path}")
+
+    def _open(self, flags: int) -> int:
+        try:
+            return os.open(self.path, flags, 0o666)
+        except FileExistsError:
+            raise
+        except OSError as error:  # (a folder not made yet: its parent cannot be written to)
+            what = "the lock file " + self.path if os.path.isdir(self.folder) else self.folder
+            raise CliError(f"--out: cannot create {what} ({error.strerror})") from None
+
+    def _refused(self, holder: str, hint: str = "") -> CliError:
+        return CliError(f"--out: another fastadv run ({holder}) writes into {self.folder}; wait for it to finish or "
+                        f"choose another folder{hint}")  # fmt: skip
 
     def release(self) -> None:
         if self.fd is None:
             return
+        if self.flock:
+            self._unlink()  # (before unlocking: a waiting process then locks a new file)
+            os.close(self.fd)
+        else:
+            os.close(self.fd)  # (Windows removes no file that is open)
+            self._unlink()
+        self.fd = None
+
+    def _unlink(self) -> None:
         try:
-            os.unlink(self.path)  # (before unlocking: a waiting process then locks a new file)
+            os.unlink(self.path)
         except OSError:
             pass
-        os.close(self.fd)
-        self.fd = None
+
+
+def _holder() -> str:
+    return f"pid {os.getpid()} on {socket.gethostname()}\n"
+
+
+def _read_holder(path: str) -> str | None:
+    """The lock file's text; None when there is no file at `path`."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(300).decode(errors="replace")
+    except FileNotFoundError:
+        return None
+    except OSError:  # (being replaced: as if held)
+        return ""
+
+
+def _stale(holder: str) -> bool:
+    """Whether the lock file's text names a process of this host that is gone (a lock of another
+    host, or one not readable, is never judged stale)."""
+    match = re.fullmatch(r"pid (\d+) on (.+)\n", holder)
+    if match is None or match[2] != socket.gethostname() or int(match[1]) == 0:
+        return False
+    return not _pid_alive(int(match[1]))
+
+
+def _pid_alive(pid: int) -> bool:
+    if os.name == "nt":  # (os.kill would end the process there, whatever the signal)
+        import ctypes
+
+        kernel32 = ctypes.WinDLL("kernel32", use_last_error=True)
+        handle = kernel32.OpenProcess(0x1000, False, pid)  # PROCESS_QUERY_LIMITED_INFORMATION
+        if not handle:
+            return ctypes.get_last_error() == 5  # ERROR_ACCESS_DENIED: it exists
+        try:
+            code = ctypes.c_ulong()
+            return not kernel32.GetExitCodeProcess(handle, ctypes.byref(code)) or code.value == 259  # STILL_ACTIVE
+        finally:
+            kernel32.CloseHandle(handle)
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # (another user's process: it exists)
+        return True
+    return True
+
+
+def _take_over(path: str, holder: str) -> None:
+    """Removes the stale lock file at `path` whose text is `holder`, unless another process took
+    it over first: the file is renamed aside (atomic; on Windows refused while its holder has it
+    open), and given back when it turns out to be a newer holder's."""
+    aside = f"{path}.stale-{os.getpid()}"
+    try:
+        os.replace(path, aside)
+    except FileNotFoundError:  # taken over by another process
+        return
+    except OSError:  # (open by a live holder)
+        raise CliError(f"--out: another fastadv run ({holder.strip()}) holds {path}") from None
+    if _read_holder(aside) == holder:
+        os.unlink(aside)
+        return
+    try:  # a newer holder's file: back where it was (never over a file another process made)
+        os.link(aside, path)
+    except OSError:
+        pass
+    os.unlink(aside)
 
 
 def _lock_path(path: str) -> str:
@@ -130,6 +246,58 @@ def _lock_path(path: str) -> str:
     if os.path.isdir(path) and not os.access(parent, os.W_OK):
         return os.path.join(path, ".fastadv.lock")
     return os.path.join(parent, f".{os.path.basename(path)}.fastadv-lock")
+
+
+def _sync(path: str) -> None:
+    """Flushes the file or folder `path` to the disk, where the system lets a folder be opened."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # (a folder, on Windows)
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _mark_complete(pending: str) -> None:
+    """The run in `pending` succeeded: its files are flushed, then COMPLETE says so (from then on
+    its replacement of the old run only goes forward)."""
+    for name in os.listdir(pending):
+        if os.path.isfile(os.path.join(pending, name)):
+            _sync(os.path.join(pending, name))
+    with open(os.path.join(pending, COMPLETE), "wb") as f:
+        os.fsync(f.fileno())
+    _sync(pending)
+
+
+def _swap(folder: str) -> None:
+    """Replaces the run in `folder` with the succeeded one in its PENDING (marked COMPLETE), from
+    wherever an earlier call stopped: the old run's files (and any file a new one would replace)
+    into REPLACING, renamed REPLACED once all are there; the new run's files moved in, PENDING
+    removed; REPLACED deleted. Raises OSError (and can be called again) where a step fails."""
+    pending, replacing, replaced = (os.path.join(folder, name) for name in (PENDING, REPLACING, REPLACED))
+    if not os.path.isdir(replaced):  # the old run, or some of it, is still in the folder
+        os.makedirs(replacing, exist_ok=True)
+        new = [os.path.join(folder, name) for name in sorted(os.listdir(pending)) if name != COMPLETE]
+        for path in [*_run_files(folder), *new]:
+            if os.path.lexists(path):
+                os.replace(path, os.path.join(replacing, os.path.basename(path)))
+        _sync(replacing)
+        os.replace(replacing, replaced)
+        _sync(folder)
+    if os.path.isdir(pending):  # the new run's files, or the rest of them
+        for name in sorted(os.listdir(pending)):
+            if name != COMPLETE:
+                os.replace(os.path.join(pending, name), os.path.join(folder, name))
+        _sync(folder)
+        if os.path.exists(os.path.join(pending, COMPLETE)):
+            os.unlink(os.path.join(pending, COMPLETE))
+        os.rmdir(pending)
+        _sync(folder)
+    shutil.rmtree(replaced)
 
 
 class OutputFolder:
@@ -169,6 +337,7 @@ class OutputFolder:
         # (when the lock is refused, parents made here stay: the run holding it may be using them)
         self.lock = FolderLock(_lock_path(self.path), self.path)
         try:
+            self._finish_a_replacement()
             made = self._create(self.path)
             self.created = top or made
             self._probe_writable()
@@ -190,6 +359,20 @@ class OutputFolder:
             self._remove_created()
             self.lock.release()
             raise
+
+    def _finish_a_replacement(self) -> None:
+        """An --overwrite that succeeded but stopped while replacing the old run (killed, a full
+        disk): its replacement is finished first."""
+        if not (os.path.isdir(os.path.join(self.path, REPLACED))
+                or os.path.exists(os.path.join(self.path, PENDING, COMPLETE))):  # fmt: skip
+            return
+        try:
+            _swap(self.path)
+        except OSError as error:
+            raise CliError(f"--out: {self.path} holds a run that replaced another but was stopped before all its "
+                           f"files were in, and they cannot be moved now ({error.strerror})") from None  # fmt: skip
+        print(f"--out: finished replacing the run in {self.path} (an --overwrite was stopped while moving its "
+              "files in)", file=sys.stderr)  # fmt: skip
 
     @staticmethod
     def _create(path: str, shown: str | None = None) -> str | None:
@@ -240,14 +423,11 @@ class OutputFolder:
         if self.work == self.path:
             return
         try:
-            for path in _run_files(self.path):
-                os.unlink(path)
-            for name in os.listdir(self.work):
-                os.replace(os.path.join(self.work, name), os.path.join(self.path, name))
-            os.rmdir(self.work)
+            _mark_complete(self.work)
+            _swap(self.path)
         except OSError as error:
-            raise CliError(f"--out: cannot move the new run from {self.work} into {self.path} "
-                           f"({error.strerror})") from None  # fmt: skip
+            raise CliError(f"--out: cannot move the new run from {self.work} into {self.path} ({error.strerror}); "
+                           f"the next fastadv command into {self.path} finishes it") from None  # fmt: skip
 
     def _remove_created(self) -> None:
         if self.created is not None:

@@ -229,3 +229,136 @@ def test_a_rank_other_than_0_never_touches_the_folder(tmp_path, monkeypatch):
         with folder:
             folder.start()
             raise CliError("the model cannot be read")  # on every rank; rank 0 removes the folder
+
+
+@pytest.fixture()
+def no_fcntl(monkeypatch):
+    """The lock as on a system without fcntl (Windows): an exclusively created lock file."""
+    from fastadv.cli import output
+
+    monkeypatch.setattr(output, "fcntl", None)
+    return output
+
+
+def test_without_fcntl_a_second_holder_is_refused_and_the_lock_released(no_fcntl, tmp_path):
+    from fastadv.cli.args import CliError
+
+    out = str(tmp_path / "r")
+    first = no_fcntl.FolderLock(no_fcntl._lock_path(out), out)
+    lock = tmp_path / ".r.fastadv-lock"
+    assert lock.read_text() == f"pid {os.getpid()} on {os.uname().nodename}\n"
+    # a second holder, in this process (alive) or in another one, is refused naming the first
+    with pytest.raises(CliError, match=f"another fastadv run \\(pid {os.getpid()} on .*\\) writes into {out}"):
+        no_fcntl.FolderLock(no_fcntl._lock_path(out), out)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([os.getcwd(), os.environ.get("PYTHONPATH", "")])}
+    other = subprocess.run([sys.executable, "-c", "import sys; import fastadv.cli.output as o; o.fcntl = None\n"
+                            "try:\n o.FolderLock(o._lock_path(sys.argv[1]), sys.argv[1])\n"
+                            "except o.CliError as e:\n print(e)", out], capture_output=True, text=True, env=env,
+                           timeout=120)  # fmt: skip
+    assert f"another fastadv run (pid {os.getpid()} on" in other.stdout, other
+    assert lock.exists()
+    first.release()
+    assert not lock.exists()
+    second = no_fcntl.FolderLock(no_fcntl._lock_path(out), out)
+    second.release()
+    assert os.listdir(tmp_path) == []
+
+
+def test_without_fcntl_a_stale_lock_is_taken_over_and_others_are_not(no_fcntl, files, capsys):
+    from fastadv.cli.args import CliError
+
+    out = files / "r"
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    lock = files / ".r.fastadv-lock"
+    lock.write_text(f"pid {dead.pid} on {os.uname().nodename}\n")
+    argv = ["eval", "--model", str(files / "model.pt"), "--data", str(files / "d.npz"), "--out", str(out), *EVAL]
+    assert main(argv) == 0 and (out / "report.json").exists() and not lock.exists()
+    assert not [name for name in os.listdir(files) if "fastadv-lock" in name]
+    # a live process, another host's (cannot be checked) and a file being written are never stale
+    for text in [f"pid {os.getpid()} on {os.uname().nodename}\n", f"pid {dead.pid} on another-host\n", ""]:
+        lock.write_text(text)
+        with pytest.raises(CliError, match=f"another fastadv run .* remove {lock}"):
+            no_fcntl.FolderLock(str(lock), str(out))
+        assert lock.read_text() == text
+    # the takeover never removes a lock that a newer holder took meanwhile
+    stale = f"pid {dead.pid} on {os.uname().nodename}\n"
+    lock.write_text(f"pid {os.getpid()} on {os.uname().nodename}\n")
+    no_fcntl._take_over(str(lock), stale)
+    assert lock.read_text() == f"pid {os.getpid()} on {os.uname().nodename}\n"
+    assert sorted(os.listdir(files)) == sorted(["model.pt", "d.npz", "r", ".r.fastadv-lock"])
+
+
+class _Crash(BaseException):
+    """A kill at one step of the replacement (not an Exception: nothing cleans up after it)."""
+
+
+def _crash_at(patch, step: int) -> list[int]:
+    """Every file operation of the replacement counted; the `step`-th one crashes."""
+    import shutil
+
+    from fastadv.cli import output
+
+    done = [0]
+
+    def counted(real):
+        def operation(*args, **kwargs):
+            done[0] += 1
+            if done[0] == step:
+                raise _Crash
+            return real(*args, **kwargs)
+
+        return operation
+
+    for name in ("replace", "rename", "unlink", "rmdir", "mkdir", "makedirs", "link"):
+        patch.setattr(output.os, name, counted(getattr(os, name)))
+    patch.setattr(output.shutil, "rmtree", counted(shutil.rmtree))
+    return done
+
+
+def test_a_crash_at_any_step_of_an_overwrite_leaves_the_old_or_the_whole_new_run(tmp_path, monkeypatch):
+    from fastadv.cli.output import OutputFolder
+
+    out = tmp_path / "run"
+    old = {"report.json": b"old report", "examples.png": b"old plot", "eval-state.pt.rank1": b"old state"}
+    mine = {"notes.txt": b"the user's", "sub/kept.txt": b"the user's too"}
+    new = {"report.json": b"new report", "robustness.png": b"new plot"}
+    step, finished = 0, False
+    while not finished:
+        step += 1
+        if out.exists():
+            import shutil
+
+            shutil.rmtree(out)
+        for name, data in {**old, **mine}.items():
+            (out / name).parent.mkdir(parents=True, exist_ok=True)
+            (out / name).write_bytes(data)
+        folder = OutputFolder(str(out), "eval", resume=False, overwrite=True, state="eval-state.pt")
+        folder.start()
+        for name, data in new.items():
+            with open(os.path.join(folder.work, name), "wb") as f:
+                f.write(data)
+        with monkeypatch.context() as patch:
+            done = _crash_at(patch, step)
+            try:
+                folder.__exit__(None, None, None)
+                finished = True
+            except _Crash:
+                pass
+        if folder.lock.fd is not None:  # (a killed process's lock is gone with it)
+            folder.lock.release()
+        assert done[0] >= step or finished
+        tree = _tree(out)
+        assert {k: tree.get(k) for k in mine} == mine, f"a file of the user's lost at step {step}"
+        # the old run where it was, or the whole new run in the folder and its PENDING folder
+        in_place = {k: v for k, v in tree.items() if "/" not in k and k not in mine}
+        pending = {k.split("/", 1)[1]: v for k, v in tree.items() if k.startswith(".fastadv-overwrite/")}
+        new_whole = {**pending, **{k: v for k, v in in_place.items() if v.startswith(b"new")}}
+        new_whole.pop(".fastadv-complete", None)
+        assert in_place == old or new_whole == new, (step, tree)
+        # the next command into the folder finishes the replacement (or finds the old run)
+        OutputFolder(str(out), "eval", resume=False, overwrite=True, state="eval-state.pt").lock.release()
+        tree = _tree(out)
+        assert tree == {**mine, **new} or (tree == {**mine, **old} and in_place == old), (step, tree)
+        assert sorted(os.listdir(out)) == sorted({*tree, "sub"} - {"sub/kept.txt"}), (step, os.listdir(out))
+    assert step > 10  # every step of the replacement was crashed at once

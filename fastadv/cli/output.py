@@ -1,4 +1,4 @@
-"""The output folder of `fastadv eval` and `fastadv train` (--out, --resume, --overwrite).
+"""The output folder of `fastadv eval`, `fastadv train` and `fastadv ood` (--out, --resume, --overwrite;
 
 A command never overwrites a run silently, nor any of its inputs. Before any work starts:
 - --out must not be, hold or lie inside an input (--model, --weights, --data, --init, ...): a run
@@ -52,7 +52,7 @@ except ImportError:  # not POSIX (Windows): the lock is an exclusively created f
 
 # the files a run of eval or train leaves in its folder (eval's state per rank under torchrun)
 RUN_FILES = ("report.json", "eval-state.pt", "eval-state.pt.*", "latest.pt", "model.pt", "history.json",
-             "robustness.png", "examples.png", "defenses.png", "reliability.png")  # fmt: skip
+             "robustness.png", "examples.png", "defenses.png", "reliability.png", "ood.png")  # fmt: skip
 PENDING = ".fastadv-overwrite"  # in --out: the --overwrite run until it has replaced the old one
 COMPLETE = ".fastadv-complete"  # in PENDING: the new run succeeded, the replacement goes forward
 REPLACING = ".fastadv-replacing"  # in --out: the old run's files, being moved aside

@@ -84,8 +84,11 @@ def test_a_failed_overwrite_keeps_the_old_report(files, capsys, monkeypatch):
     assert json.loads((results / "report.json").read_text())["samples"]["in"] == 16
     assert sorted(os.listdir(results)) == ["ood.png", "report.json"]
     assert one_error_line(argv, capsys) == (
-        f"fastadv ood: error: --results: {results} holds a run (report.json); --overwrite replaces it"
+        f"fastadv ood: error: --results: {results} holds a run (ood.png, report.json); --overwrite replaces it"
     )
+    # a run without plots replaces the whole old run: no old ood.png beside the new report
+    assert main([*argv, "--limit", "8", "--overwrite", "--no-plots"]) == 0
+    assert sorted(os.listdir(results)) == ["report.json"]
 
 
 # A run of `fastadv ood` that stops once its inputs are checked, until the test closes its stdin.

@@ -241,7 +241,7 @@ def no_fcntl(monkeypatch):
 
 
 def test_without_fcntl_a_second_holder_is_refused_and_the_lock_released(no_fcntl, tmp_path):
-    from fastadv.cli.args import CliError
+    from fastadv.options.arguments import CliError
 
     out = str(tmp_path / "r")
     first = no_fcntl.FolderLock(no_fcntl._lock_path(out), out)
@@ -265,7 +265,7 @@ def test_without_fcntl_a_second_holder_is_refused_and_the_lock_released(no_fcntl
 
 
 def test_without_fcntl_a_stale_lock_is_taken_over_and_others_are_not(no_fcntl, files, capsys):
-    from fastadv.cli.args import CliError
+    from fastadv.options.arguments import CliError
 
     out = files / "r"
     dead = subprocess.Popen([sys.executable, "-c", "pass"])

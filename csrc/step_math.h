@@ -96,9 +96,15 @@ FASTADV_HOST_DEVICE float l2_delta_scale(float sum_sq, float eps) {
   return sum_sq < kL2UnderflowLimit && eps < kL2UnderflowEps ? kL2UnderflowScale : 1.f;
 }
 
-// A gradient entry as it enters the norm and the direction: NaN counts as 0.
+// A gradient entry as it enters the norm and the direction: NaN counts as 0. The same expression
+// on one element (F float) or on a whole SIMD vector (F a GCC vector of floats: the CPU loops' sums,
+// where the comparison gives a lane mask and `?:` a blend).
+template <typename F>
+FASTADV_ROUNDING_INLINE F l2_grad_entry_lanes(F g) {
+  return g == g ? g : F{};
+}
 FASTADV_HOST_DEVICE float l2_grad_entry(float g) {
-  return g == g ? g : 0.f;
+  return l2_grad_entry_lanes(g);
 }
 
 FASTADV_HOST_DEVICE bool is_infinite(float g) {
@@ -152,11 +158,17 @@ FASTADV_HOST_DEVICE float l2_direction_entry(float g, float inverse_norm) {
 
 // The unscaled perturbation of one element after the gradient step (Dir: L2Direction, or the
 // inverse norm of a sample with a finite sum of squares).
+// l2_step_delta_lanes: the same on one element or a SIMD vector (F as in l2_grad_entry_lanes), given
+// the direction entry d and the signed step.
+template <typename F>
+FASTADV_ROUNDING_INLINE F l2_step_delta_lanes(F x_adv, F d, F x, float step) {
+  return (x_adv + step * d) - x;
+}
 template <typename Dir>
 FASTADV_HOST_DEVICE float l2_step_delta(float x_adv, float g, float x, Dir dir, float alpha, bool targeted) {
   const float d = l2_direction_entry(g, dir);
   const float step = targeted ? -alpha : alpha;  // exact, and loop-invariant (see linf_step_value)
-  return (x_adv + step * d) - x;
+  return l2_step_delta_lanes(x_adv, d, x, step);
 }
 
 // The factor eps / ||delta|| that brings delta back into the eps ball (1 inside it), from

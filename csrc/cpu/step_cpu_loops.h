@@ -11,6 +11,10 @@
 // that other translation units share (torch's, the standard library's) is compiled for a wider ISA,
 // where the linker could pick that copy for the baseline build.
 #include <ATen/Parallel.h>
+#include <c10/util/ParallelGuard.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 #include <algorithm>
 #include <functional>
@@ -320,39 +324,67 @@ void linf_cpu(const scalar_t* x_adv, const grad_t* grad, const scalar_t* x, scal
   });
 }
 
-// ---- L2: per sample, pass 1 sums grad^2, pass 2 sums delta^2, pass 3 writes. Samples are spread
-// over the threads, so each sample's passes run on one core while it sits in that core's cache
-// (a 3x224x224 float32 sample is 1.8 MB over its three inputs). A batch smaller than the thread
-// count splits each pass over the threads instead (nested parallel_for runs inline). ----
+// ---- L2: per sample, pass 1 sums grad^2, pass 2 sums delta^2, pass 3 writes, while the sample (or
+// this thread's part of it, L2Team below) sits in the core's cache. ----
 
-template <typename grad_t>
-FASTADV_CPU_TARGET inline float sum_sq_grad_run(const grad_t* grad, int64_t n) {
-  float acc = 0.f;
-#pragma omp simd reduction(+ : acc)
-  for (int64_t i = 0; i < n; ++i) {
-    const float v = l2_grad_entry(load_float(grad[i]));
-    acc += v * v;
+// ---- The sums of squares, on whole vectors ----
+// kLanes elements of an input as float32 (16-bit types through load_widened, step_simd.h).
+template <typename T>
+FASTADV_CPU_TARGET inline FloatLanes load_float_lanes(const T* p) {
+  if constexpr (std::is_same_v<T, float>) {
+    return load_lanes(p);
+  } else {
+    return load_widened(p);
   }
-  return acc;
 }
 
-// The sums run over chunks (kChunkOf), each with its own vector accumulators, added at the end: one
-// running sum per vector lane over a whole sample (33K elements) lost the norm's sixth digit with 8
-// lanes, more than the contract's float32 tolerance allows.
+// The sum of the squares of n terms: kSumAccumulators vector accumulators (with one, every add
+// waits for the previous one), added lane by lane at the end, then the tail one element at a time.
+// Terms gives the terms kLanes at a time (lanes) and one at a time (one), from step_math.h's
+// expressions. (The scalar loops under `omp simd` did not vectorize: gcc kept the NaN test of
+// l2_grad_entry as a branch, and the gradient's sum ran at one element per add latency, 60% of
+// the float32 step's time on an ImageNet batch.)
+constexpr int kSumAccumulators = 4;
+
+template <typename Terms>
+FASTADV_CPU_TARGET inline float sum_squares(const Terms& terms, int64_t n) {
+  FloatLanes acc[kSumAccumulators] = {};
+  int64_t i = 0;
+  for (; i + kSumAccumulators * kLanes <= n; i += kSumAccumulators * kLanes) {
+    for (int k = 0; k < kSumAccumulators; ++k) {
+      const FloatLanes v = terms.lanes(i + k * kLanes);
+      acc[k] += v * v;
+    }
+  }
+  for (; i + kLanes <= n; i += kLanes) {
+    const FloatLanes v = terms.lanes(i);
+    acc[0] += v * v;
+  }
+  const FloatLanes lanes = (acc[0] + acc[1]) + (acc[2] + acc[3]);
+  float total = 0.f;
+  for (int k = 0; k < kLanes; ++k) total += lanes[k];
+  for (; i < n; ++i) {
+    const float v = terms.one(i);
+    total += v * v;
+  }
+  return total;
+}
+
+template <typename grad_t>
+struct GradTerms {
+  const grad_t* grad;
+  FASTADV_CPU_TARGET FloatLanes lanes(int64_t i) const { return l2_grad_entry_lanes(load_float_lanes(grad + i)); }
+  FASTADV_CPU_TARGET float one(int64_t i) const { return l2_grad_entry(load_float(grad[i])); }
+};
+
+// The sums run over chunks of kSumChunk elements, each with its own accumulators, added at the
+// end: one running sum per vector lane over a whole sample (33K elements) lost the norm's sixth
+// digit with 8 lanes, more than the contract's float32 tolerance allows.
 template <typename grad_t>
 FASTADV_CPU_TARGET float sum_sq_grad(const grad_t* grad, int64_t begin, int64_t end) {
   float acc = 0.f;
-  for (int64_t i = begin; i < end; i += kChunkOf<grad_t>) {
-    const int64_t n = std::min(kChunkOf<grad_t>, end - i);
-#if FASTADV_CPU_HALF_LANES
-    if constexpr (kAnyHalf<grad_t>) {
-      alignas(64) float buffer[kHalfChunk];
-      widen_half(grad + i, buffer, n);
-      acc += sum_sq_grad_run(static_cast<const float*>(buffer), n);
-      continue;
-    }
-#endif
-    acc += sum_sq_grad_run(grad + i, n);
+  for (int64_t i = begin; i < end; i += kSumChunk) {
+    acc += sum_squares(GradTerms<grad_t>{grad + i}, std::min(kSumChunk, end - i));
   }
   return acc;
 }
@@ -389,9 +421,39 @@ FASTADV_CPU_TARGET inline float sum_sq_delta_run(const scalar_t* x_adv, const gr
   return acc;
 }
 
+// The perturbation's terms for a sample with a finite sum of squares (Dir float: the inverse norm).
+template <bool kStep, typename scalar_t, typename grad_t>
+struct DeltaTerms {
+  const scalar_t* x_adv;
+  const grad_t* grad;
+  const scalar_t* x;
+  float inverse_norm, alpha;
+  bool targeted;
+  FASTADV_CPU_TARGET FloatLanes lanes(int64_t i) const {
+    const FloatLanes xa = load_float_lanes(x_adv + i), xi = load_float_lanes(x + i);
+    if constexpr (kStep) {
+      const FloatLanes d = l2_grad_entry_lanes(load_float_lanes(grad + i)) * inverse_norm;
+      return l2_step_delta_lanes(xa, d, xi, targeted ? -alpha : alpha);
+    } else {
+      return xa - xi;
+    }
+  }
+  FASTADV_CPU_TARGET float one(int64_t i) const {
+    return l2_delta_at<kStep>(x_adv, grad, x, i, inverse_norm, alpha, targeted);
+  }
+};
+
 template <bool kStep, typename scalar_t, typename grad_t, typename Dir>
 FASTADV_CPU_TARGET float sum_sq_delta(const scalar_t* x_adv, const grad_t* grad, const scalar_t* x, int64_t begin,
                                       int64_t end, Dir dir, float alpha, bool targeted) {
+  if constexpr (std::is_same_v<Dir, float>) {
+    float acc = 0.f;
+    for (int64_t i = begin; i < end; i += kSumChunk) {
+      const DeltaTerms<kStep, scalar_t, grad_t> terms{x_adv + i, kStep ? grad + i : grad, x + i, dir, alpha, targeted};
+      acc += sum_squares(terms, std::min(kSumChunk, end - i));
+    }
+    return acc;
+  }
   float acc = 0.f;
   for (int64_t i = begin; i < end; i += kChunkOf<scalar_t, grad_t>) {
     const int64_t n = std::min(kChunkOf<scalar_t, grad_t>, end - i);
@@ -471,33 +533,68 @@ FASTADV_CPU_TARGET void widen(const T* in, float* out, int64_t begin, int64_t en
   for (int64_t i = begin; i < end; ++i) out[i] = load_float(in[i]);
 }
 
-template <typename F>
-float parallel_sum(int64_t begin, int64_t end, F&& partial) {
-  return at::parallel_reduce(
-      begin, end, kGrain, 0.f, [&](int64_t b, int64_t e, float acc) { return acc + partial(b, e); },
-      std::plus<float>());
+// A sample's norms are sums of per-block partial sums, kL2Block elements a block, added in block
+// order: the result does not depend on how many threads share the sample or in which order they
+// walk its blocks.
+constexpr int64_t kL2Block = 2048;
+
+// How a sample's passes are shared. One thread per sample (a team of one: samples are spread over
+// the threads, each sample's passes run on one core while it sits in that core's cache), or, for a
+// batch smaller than the thread count, every thread of the region takes a contiguous part of each
+// sample, with a barrier after each sum. (Nested at::parallel_for calls, which this replaces, run
+// inline: a batch of one ran on one thread.) `sums` holds a partial sum per block of the sample,
+// shared by the team; two of them, alternating from one sum to the next, so a thread that is ahead
+// never overwrites a partial sum that another thread is still adding.
+struct L2Team {
+  int64_t first_block, last_block, blocks;  // this thread's blocks of the sample, and the count
+  bool shared;                              // several threads share the sample: barriers
+  float* sums[2];
+  int64_t sum_count;
+};
+
+inline void team_barrier(const L2Team& team) {
+  if (team.shared) {
+#pragma omp barrier
+  }
 }
 
-// One sample: pointers start at the sample, `base` is its offset in the tensor (for the
-// per-channel bounds); out_t may be narrower than the inputs (widened samples, below).
+// Calls f(block, begin, end) on this thread's blocks of an n-element sample, in order.
+template <typename F>
+void for_team_blocks(const L2Team& team, int64_t n, F&& f) {
+  for (int64_t k = team.first_block; k < team.last_block; ++k) f(k, k * kL2Block, std::min(n, (k + 1) * kL2Block));
+}
+
+// The sample's sum of partial(begin, end) over its blocks (see kL2Block).
+template <typename F>
+float team_sum(L2Team& team, int64_t n, F&& partial) {
+  float* sums = team.sums[team.sum_count++ & 1];
+  for_team_blocks(team, n, [&](int64_t k, int64_t begin, int64_t end) { sums[k] = partial(begin, end); });
+  team_barrier(team);
+  float acc = 0.f;
+  for (int64_t k = 0; k < team.blocks; ++k) acc += sums[k];
+  return acc;
+}
+
+// One sample, or the team's part of it: pointers start at the sample, `base` is its offset in the
+// tensor (for the per-channel bounds); out_t may be narrower than the inputs (widened samples, below).
 template <bool kStep, typename scalar_t, typename grad_t, typename out_t>
 void l2_sample(const scalar_t* x_adv, const grad_t* grad, const scalar_t* x, out_t* out, int64_t base, int64_t b,
-               const StepLaunch& launch, bool targeted) {
+               const StepLaunch& launch, bool targeted, L2Team& team) {
   const StepParams& p = launch.params;
   const int64_t n = launch.geometry.sample_size;
   const float alpha = p.alpha.at(b, 0);
   L2Direction dir{1.f, 0.f, 0.f};
   if constexpr (kStep) {
-    const float sum_sq = parallel_sum(0, n, [&](int64_t i0, int64_t i1) { return sum_sq_grad(grad, i0, i1); });
+    const float sum_sq = team_sum(team, n, [&](int64_t i0, int64_t i1) { return sum_sq_grad(grad, i0, i1); });
     float infinite_count = 0.f, scaled_sum_sq = 0.f;
     const float scale = l2_grad_scale(sum_sq);
     if (scale != 1.f) {  // rare: a second pass over this sample only
       if (scale == kL2OverflowScale) {
-        infinite_count = parallel_sum(0, n, [&](int64_t i0, int64_t i1) {
+        infinite_count = team_sum(team, n, [&](int64_t i0, int64_t i1) {
           return sum_grad_of(grad, i0, i1, [](float g) { return l2_infinite_count(g); });
         });
       }
-      scaled_sum_sq = parallel_sum(0, n, [&](int64_t i0, int64_t i1) {
+      scaled_sum_sq = team_sum(team, n, [&](int64_t i0, int64_t i1) {
         return sum_grad_of(grad, i0, i1, [scale](float g) { return l2_scaled_square(g, scale); });
       });
     }
@@ -507,17 +604,17 @@ void l2_sample(const scalar_t* x_adv, const grad_t* grad, const scalar_t* x, out
   // short of infinite gradient entries) takes the plain g * (1 / ||g||).
   auto delta_and_write = [&](auto direction) {
     const float eps = p.eps.at(b, 0);
-    float delta_sum_sq = parallel_sum(0, n, [&](int64_t i0, int64_t i1) {
+    float delta_sum_sq = team_sum(team, n, [&](int64_t i0, int64_t i1) {
       return sum_sq_delta<kStep>(x_adv, grad, x, i0, i1, direction, alpha, targeted);
     });
     const float delta_scale = l2_delta_scale(delta_sum_sq, eps);
     if (delta_scale != 1.f) {  // rare: a second pass over this sample only
-      delta_sum_sq = parallel_sum(0, n, [&](int64_t i0, int64_t i1) {
+      delta_sum_sq = team_sum(team, n, [&](int64_t i0, int64_t i1) {
         return sum_scaled_sq_delta<kStep>(x_adv, grad, x, i0, i1, direction, alpha, targeted, delta_scale);
       });
     }
     const float factor = l2_rescale_factor(std::sqrt(delta_sum_sq), delta_scale, eps);
-    at::parallel_for(0, n, kGrain, [&](int64_t begin, int64_t end) {
+    for_team_blocks(team, n, [&](int64_t, int64_t begin, int64_t end) {
       for_each_run(base + begin, base + end, launch.geometry, launch.numel,
                    [&](int64_t i0, int64_t i1, int64_t rb, int64_t rc) {
                      write_l2<kStep>(x_adv, grad, x, out, i0 - base, i1 - base, direction, alpha, targeted, factor,
@@ -540,6 +637,9 @@ template <bool kStep, typename scalar_t, typename grad_t>
 void l2_cpu(const scalar_t* x_adv, const grad_t* grad, const scalar_t* x, scalar_t* out, const StepLaunch& launch,
             bool targeted) {
   const int64_t n = launch.geometry.sample_size;
+  const int64_t batch = launch.numel / n;
+  const int64_t blocks = (n + kL2Block - 1) / kL2Block;
+  const int threads = at::in_parallel_region() ? 1 : at::get_num_threads();
   // float16 in portable code (whose conversion costs about ten vector instructions; bfloat16's is a
   // shift): widen a sample once into this thread's float32 scratch when the scratch stays in a
   // core's cache (CIFAR-size samples ran 1.7x faster), so the three passes convert each input once
@@ -548,26 +648,60 @@ void l2_cpu(const scalar_t* x_adv, const grad_t* grad, const scalar_t* x, scalar
   constexpr bool kHardwareHalf = FASTADV_CPU_HALF_LANES > 0;
   constexpr bool kHasFloat16 = std::is_same_v<scalar_t, c10::Half> || std::is_same_v<grad_t, c10::Half>;
   const bool widen_first = kHasFloat16 && !kHardwareHalf && 3 * n * static_cast<int64_t>(sizeof(float)) <= kWidenScratchBytes;
-  at::parallel_for(0, launch.numel / n, 1, [&](int64_t first, int64_t last) {
+  // A batch smaller than the thread count shares each sample between the threads (L2Team).
+  const bool shared = threads > 1 && batch < threads;
+  std::vector<float> shared_sums(shared ? 2 * blocks : 0);
+  auto body = [&](int tid, int team_size) {
+    L2Team team{0, blocks, blocks, false, {nullptr, nullptr}, 0};
+    std::vector<float> own_sums;
+    int64_t first = 0, last = batch;
+    if (shared) {
+      team.first_block = blocks * tid / team_size;
+      team.last_block = blocks * (tid + 1) / team_size;
+      team.shared = team_size > 1;
+      team.sums[0] = shared_sums.data();
+      team.sums[1] = shared_sums.data() + blocks;
+    } else {
+      own_sums.resize(2 * blocks);
+      team.sums[0] = own_sums.data();
+      team.sums[1] = own_sums.data() + blocks;
+      first = batch * tid / team_size;
+      last = batch * (tid + 1) / team_size;
+    }
     for (int64_t b = first; b < last; ++b) {
       const int64_t base = b * n;
-      if (!widen_first) {
-        l2_sample<kStep>(x_adv + base, kStep ? grad + base : grad, x + base, out + base, base, b, launch, targeted);
+      if (!widen_first || shared) {
+        l2_sample<kStep>(x_adv + base, kStep ? grad + base : grad, x + base, out + base, base, b, launch, targeted,
+                         team);
       } else {
         static thread_local std::vector<float> scratch;  // reused across calls
         scratch.resize(static_cast<size_t>(3 * n));
         float* xa_f = scratch.data();
         float* x_f = xa_f + n;
         float* g_f = x_f + n;
-        at::parallel_for(0, n, kGrain, [&](int64_t i0, int64_t i1) {
-          widen(x_adv + base, xa_f, i0, i1);
-          widen(x + base, x_f, i0, i1);
-          if constexpr (kStep) widen(grad + base, g_f, i0, i1);
-        });
-        l2_sample<kStep>(xa_f, static_cast<const float*>(g_f), x_f, out + base, base, b, launch, targeted);
+        widen(x_adv + base, xa_f, 0, n);
+        widen(x + base, x_f, 0, n);
+        if constexpr (kStep) widen(grad + base, g_f, 0, n);
+        l2_sample<kStep>(xa_f, static_cast<const float*>(g_f), x_f, out + base, base, b, launch, targeted, team);
       }
     }
-  });
+  };
+  if (threads == 1) {
+    body(0, 1);
+    return;
+  }
+  // One parallel region for the whole batch (a shared sample's barriers need every thread of the
+  // team in it), marked as torch's so that nested at::parallel_for calls run inline.
+#ifdef _OPENMP
+#pragma omp parallel num_threads(threads)
+  {
+    at::internal::ThreadIdGuard tid_guard(omp_get_thread_num());
+    c10::ParallelGuard guard(true);
+    body(omp_get_thread_num(), omp_get_num_threads());
+  }
+#else
+  body(0, 1);
+#endif
 }
 
 // The entry points of this build: dtype dispatch, then the loop (arguments already checked).

@@ -104,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
               "--cache": args.cache if args.model is None else None}  # fmt: skip
     output = OutputFolder(args.out, "eval", resume=args.resume, overwrite=args.overwrite, state=STATE, inputs=inputs)
     with output:
-        model, data = open_inputs(args, rank)
+        model, data, _ = open_inputs(args, rank)  # (evaluate resolves the class space again, --class-map given)
         output.start()  # every input checked: the run's files go into output.work from now on
         _distributed.barrier()
         run_evaluation = functools.partial(evaluate, attacks=args.attacks, eps=args.eps, steps=args.steps,

@@ -84,6 +84,14 @@ class ClassSpace:
         the scored outputs (`model` is not changed)."""
         return model if self.scored is None else RestrictedLogits(model, self.scored)
 
+    def scored_names(self) -> list[str]:
+        """Each scored output's name, by position: the data's class mapped to it, else the
+        output's index (a model output no class of the data maps to)."""
+        names = [str(output) for output in (range(self.outputs) if self.scored is None else self.scored)]
+        for name, position in zip(self.names, self.positions(), strict=True):
+            names[int(position)] = name
+        return names
+
     def describe(self) -> dict:
         """The report's record: how labels were matched, the outputs scored, each class's output."""
         return {

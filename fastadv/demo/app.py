@@ -57,7 +57,8 @@ class Page:
 
     def __init__(self, explorer: Explorer) -> None:
         self.explorer = explorer
-        self.names = [str(k) for k in range(explorer.classes)]
+        named = explorer.class_names is not None and len(explorer.class_names) == explorer.classes
+        self.names = list(explorer.class_names) if named else [str(k) for k in range(explorer.classes)]
         self.jobs = CurveJobs(explorer)
 
     def slider_for(self, attack: str, value: float = 0.0, old_max: float | None = None) -> dict:

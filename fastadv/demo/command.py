@@ -101,14 +101,17 @@ def run(args: argparse.Namespace) -> int:
     _check_host(args.host)
     if args.threads:
         torch.set_num_threads(args.threads)
-    model, data = open_inputs(args)
+    model, data, space = open_inputs(args)
     try:  # the page attacks one image at a time and draws curves over a batch: a bounded sample is held
         images, labels = first_images(data, DEMO_SAMPLES)
     except DataError as error:
         raise CliError(f"--data: {error}") from None
     model_name = args.model or f"digits small_cnn (cached at {args.cache})"
-    explorer = Explorer(model, images, labels, model_name=model_name, data_name=args.data,
-                        class_names=data.source.classes)  # fmt: skip
+    # the page shows, attacks and scores the outputs of the data's class space (ImageNet-A's 200
+    # of a 1000-output model, as fastadv eval does) with the labels as positions among them
+    names = data.source.classes if space.how == "identity" else space.scored_names()
+    explorer = Explorer(space.wrap(model), images, space.relabel(labels), model_name=model_name,
+                        data_name=args.data, class_names=names)  # fmt: skip
     if not args.quiet:
         print(f"serving the epsilon explorer on http://{args.host}:{args.port} (Ctrl+C stops it)", flush=True)
     try:

@@ -12,6 +12,7 @@ import torch
 from .. import _distributed, digits_models, models
 from ..checkpoint import CheckpointError
 from ..data import Selection
+from ..data.class_space import ClassSpace
 from . import class_options, data_options, model_options
 from .arguments import CliError
 
@@ -33,8 +34,9 @@ def default_model(cache: str, quiet: bool) -> torch.nn.Module:
     return model
 
 
-def open_inputs(args: argparse.Namespace, rank: int = 0) -> tuple[torch.nn.Module, Selection]:
-    """The model (in eval mode, on args.device) and the data (streamed), checked to fit each other.
+def open_inputs(args: argparse.Namespace, rank: int = 0) -> tuple[torch.nn.Module, Selection, ClassSpace]:
+    """The model (in eval mode, on args.device) and the data (streamed), checked to fit each other,
+    and the class space in which the model's outputs score the data's labels.
 
     args: the options of model_options.add, data_options.add_data_options and class_options.add,
     and --data, --image-size, --device, --cache, --quiet. Under torchrun (`rank` > 0) the other
@@ -53,5 +55,5 @@ def open_inputs(args: argparse.Namespace, rank: int = 0) -> tuple[torch.nn.Modul
     data = data_options.open_selection(args, args.data, "test", crop_size=args.image_size)
     # two images: a model that drops the batch dim of a batch of one is told apart
     model_options.check_output(model, data_options.first_sample(data, count=2), args)
-    class_options.check(model, data, args)  # the images fit, the classes match the outputs
-    return model, data
+    space = class_options.check(model, data, args)  # the images fit, the classes match the outputs
+    return model, data, space

@@ -198,3 +198,29 @@ def test_cli_scores_imagenet_a_folders_and_all_classes(imagenet_a, tmp_path, mod
     assert report["clean_accuracy"] == pytest.approx(RESTRICTED_ACCURACY) and report["class_space"]["restricted"]
     assert main([*common, "--all-classes", "--out", str(tmp_path / "b")]) == 0
     assert json.loads((tmp_path / "b" / "report.json").read_text())["clean_accuracy"] == 0.0
+
+
+def test_the_demo_shows_and_attacks_the_data_class_space(imagenet_a, tmp_path, model_file, monkeypatch):
+    """fastadv demo on ImageNet-A-style folders and a 1000-output model: the page's predictions,
+    attacks and curves are over the 4 classes present (as fastadv eval scores them), the labels are
+    positions among them and the classes are shown by name; class 500, which wins every image over
+    all 1000 outputs, is not on the page."""
+    pytest.importorskip("gradio")
+    from fastadv.demo.app import Page
+
+    served = []
+    monkeypatch.setattr("fastadv.demo.command.serve", lambda explorer, *a, **k: served.append(explorer))
+    argv = ["demo", "--model", str(model_file), "--data", str(imagenet_a), "--input-size", "16", "--quiet",
+            "--device", "cpu", "--workers", "0"]  # fmt: skip
+    assert main(argv) == 0
+    (explorer,) = served
+    assert explorer.classes == 4 and explorer.class_names == list(WNIDS)
+    assert explorer.labels.tolist() == [0, 0, 1, 1, 1, 2, 3, 3]  # folder order, positions among the 4
+    with torch.no_grad():
+        predicted = explorer.model(explorer.images).argmax(1)
+    assert (predicted == explorer.labels).float().mean().item() == pytest.approx(RESTRICTED_ACCURACY)
+    assert Page(explorer).names == list(WNIDS)
+    # the curve tab evaluates what the page holds: the same number fastadv eval gives the folder
+    report = fastadv.evaluate(explorer.model, (explorer.images, explorer.labels), attacks=["fgsm"], eps=[0.001],
+                              progress=False)  # fmt: skip
+    assert report["clean_accuracy"] == pytest.approx(RESTRICTED_ACCURACY)

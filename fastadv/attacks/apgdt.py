@@ -162,7 +162,8 @@ class APGDT(APGD):
         key = torch.where(found.success, torch.inf, found.objective.nan_to_num(nan=-torch.inf))
         chosen = key.view(-1, n).argmax(0) * n + torch.arange(n, device=x.device)
         best.add(samples, found.adv.index_select(0, chosen), found.predicted.index_select(0, chosen),
-                 found.success.index_select(0, chosen), found.loss.index_select(0, chosen), final=True)  # fmt: skip
+                 found.success.index_select(0, chosen), found.loss.index_select(0, chosen), final=True,
+                 confidence=found.confidence.index_select(0, chosen))  # fmt: skip
         best.steps.index_add_(0, owner, found.steps)
         best.non_finite.index_add_(0, owner, found.non_finite)  # (bool: a sum that saturates, an any)
 

@@ -33,7 +33,7 @@ from ..op_checks import to_step_param
 from ._losses import is_success, per_sample_loss
 from .model_mode import MODEL_MODES, attack_mode, callable_model
 from .params import AttackParams, per_sample
-from .result import AttackResult, Best, finite_rows
+from .result import AttackResult, Best, confidence_of, finite_rows
 
 # The options every attack takes unless it says otherwise (keyword-only; see `Attack`), and
 # those of the gradient attacks (see `GradientAttack`); the defaults are in the signatures.
@@ -257,15 +257,20 @@ class Attack:
         non_finite = ~finite if result.non_finite is None else result.non_finite | ~finite
         redo = ~finite | (result.predicted < 0) if result.predicted is not None else ~finite
         success, predicted, loss = result.success & finite, result.predicted, result.loss
+        confidence = result.confidence
         if bool(redo.any()):  # one host sync; rare: the clean class of the replaced samples
             with torch.no_grad():
-                clean = self._logits(x[redo], call).argmax(1)
+                logits = self._logits(x[redo], call)
+            clean = logits.argmax(1)
             predicted = torch.full_like(y, -1) if predicted is None else predicted.clone()
             predicted[redo] = clean
+            if confidence is not None:
+                confidence = confidence.clone()
+                confidence[redo] = confidence_of(logits, clean)
             loss = loss.masked_fill(redo, float("nan"))
             success = success & ~redo
         return dataclasses.replace(result, adv=adv, success=success, loss=loss, predicted=predicted,
-                                   non_finite=non_finite)  # fmt: skip
+                                   non_finite=non_finite, confidence=confidence)  # fmt: skip
 
     def _run(self, x: torch.Tensor, y: torch.Tensor, call: Call, track: bool) -> AttackResult:
         """The attack on prepared inputs (detached, dense, checked), the model in attack mode.

@@ -13,7 +13,7 @@ from .. import checks as check
 from .base import MODEL_IGNORES_IMAGES, Attack, Call, options_without
 from .boundary_projection import project_onto_hyperplane
 from .params import per_sample
-from .result import AttackResult, finite_rows
+from .result import AttackResult, confidence_of, finite_rows
 
 
 class FAB(Attack):
@@ -170,7 +170,8 @@ class FAB(Attack):
             logits = self._logits(adv, call).float()
         predicted = logits.argmax(1)
         success = within & self._success(predicted, y)
-        return AttackResult(adv, success, self._margin(logits, y), steps_used, predicted, non_finite, norm=best_norm)
+        return AttackResult(adv, success, self._margin(logits, y), steps_used, predicted, non_finite, norm=best_norm,
+                            confidence=confidence_of(logits, predicted))  # fmt: skip
 
     def _single_run(self, x: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None,
                     box: tuple[torch.Tensor, torch.Tensor], start_eps: torch.Tensor | None, generator: torch.Generator,

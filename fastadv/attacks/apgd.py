@@ -202,10 +202,11 @@ class APGD(GradientAttack):
         eta = torch.full((b,), 2.0, device=device) * _per_sample_eps(run.params, b)
         return _Run(
             run.idx, run.params, run.x, run.y, targets=targets, x_adv=x_adv, x_old=x_adv.clone(), grad=grad,
-            predicted=predicted, confidence=confidence, loss=loss, eta=eta, x_best=x_adv.clone(), grad_best=grad.clone(),
-            obj_best=obj.clone(), predicted_best=predicted.clone(), confidence_best=confidence.clone(),
-            loss_best=loss.clone(), obj_prev=obj, rises=torch.zeros(b, device=device),
-            obj_last_check=obj.clone(), reduced_last_check=torch.zeros(b, dtype=torch.bool, device=device),
+            predicted=predicted, confidence=confidence, loss=loss, eta=eta, x_best=x_adv.clone(),
+            grad_best=grad.clone(), obj_best=obj.clone(), predicted_best=predicted.clone(),
+            confidence_best=confidence.clone(), loss_best=loss.clone(), obj_prev=obj,
+            rises=torch.zeros(b, device=device), obj_last_check=obj.clone(),
+            reduced_last_check=torch.zeros(b, dtype=torch.bool, device=device),
         )  # fmt: skip
 
     @staticmethod

@@ -77,8 +77,8 @@ class Best:
         self.non_finite = torch.zeros(b, dtype=torch.bool, device=x.device)
         self.sign = -1.0 if targeted else 1.0
 
-    def record_step(self, idx: torch.Tensor | None, x_adv: torch.Tensor, predicted: torch.Tensor,
-                    success: torch.Tensor, loss: torch.Tensor, *, confidence: torch.Tensor) -> torch.Tensor:  # fmt: skip
+    def record_step(self, idx: torch.Tensor | None, x_adv: torch.Tensor, predicted: torch.Tensor, success: torch.Tensor,
+                    loss: torch.Tensor, *, confidence: torch.Tensor) -> torch.Tensor:  # fmt: skip
         """One step's iterate (see `add`), counted in `steps_used`. Returns `add`'s success."""
         success = self.add(idx, x_adv, predicted, success, loss, final=False, confidence=confidence)
         if idx is None:

@@ -244,8 +244,8 @@ class Square(Attack):
 
     def _score(self, x_adv: torch.Tensor, y: torch.Tensor, call: Call, check_finite: bool = True):
         """One query: (the model's classes, success, the attack's loss, the objective the search
-        minimizes, the softmax probability of the classes). A non-finite candidate never succeeds (check_finite=False: the caller knows
-        x_adv is finite)."""
+        minimizes, the softmax probability of the classes). A non-finite candidate never succeeds
+        (check_finite=False: the caller knows x_adv is finite)."""
         logits = self._logits(x_adv, call)
         loss = self._loss(logits, y)
         predicted = logits.argmax(1)

@@ -178,6 +178,7 @@ class APGD(GradientAttack):
             if i in marks:
                 self._checkpoint(s, span=i - last_mark)
                 last_mark = i
+            self._ticker.step(i)
             if self.early_stop and i < self.steps:
                 # (what `best` counts as fooling: a non-finite iterate does not, so it keeps attacking)
                 s = drop_fooled(s, self._done(s, fooled), call)

@@ -3,6 +3,7 @@ robust, with the original's per-stage log and sanity checks; AutoAttackLite, its
 
 from __future__ import annotations
 
+import functools
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -273,17 +274,22 @@ class AutoAttack:
         on_progress: Callable[[str, int, int], Any] | None = None,
         on_stage_end: Callable[[AutoAttackState], Any] | None = None,
         resume: AutoAttackState | None = None,
+        on_stage_progress: Callable[[str, int, int, str], Any] | None = None,
     ) -> AutoAttackResult:
         """Runs the stages on images [N, ...] with labels [N] in batches of `batch_size`.
 
         on_progress(stage, done, total): when a stage starts attacking (done = 0) and after each
         of its batches: `done` of the `total` samples it attacks (a stage with none left to
-        attack is not reported). on_stage_end(state): after each stage, an
-        :class:`AutoAttackState` (tensors of its own, on the images' device); an exception it
-        raises stops the run. resume: a state that on_stage_end gave for these images and labels
-        and an AutoAttack with the same settings and seed: the finished stages are not run
-        again, and the result is the one the whole run gives (the sanity checks, made on the
-        first run, are not made again).
+        attack is not reported). on_stage_progress(stage, done, total, unit): from inside a
+        stage's batch, how far its loop is: `done` of `total` gradient steps over its runs
+        (APGD's restarts, APGD-T's and FAB-T's target classes) or Square's queries (`unit`:
+        "steps" or "queries"); at most every `fastadv.attacks.progress.INTERVAL` seconds (a
+        clock read per step, no device sync) and when the batch's work is done.
+        on_stage_end(state): after each stage, an :class:`AutoAttackState` (tensors of its own,
+        on the images' device); an exception it raises stops the run. resume: a state that
+        on_stage_end gave for these images and labels and an AutoAttack with the same settings
+        and seed: the finished stages are not run again, and the result is the one the whole run
+        gives (the sanity checks, made on the first run, are not made again).
         """
         batch_size = check.positive_int("batch_size", batch_size)
         first = self.stages[0][1]
@@ -359,7 +365,13 @@ class AutoAttack:
                                              tuple(stages), seconds, rng_state(),
                                              None if confidence is None else confidence.clone()))  # fmt: skip
 
-        run_cascade(names[done:], robust, attack, batch_size=batch_size, on_chunk=chunk_done, on_stage=stage_done)
+        for name, stage in self.stages:  # (the hooks are the run's: removed when it returns or raises)
+            stage.progress_hook = None if on_stage_progress is None else functools.partial(on_stage_progress, name)
+        try:
+            run_cascade(names[done:], robust, attack, batch_size=batch_size, on_chunk=chunk_done, on_stage=stage_done)
+        finally:
+            for _, stage in self.stages:
+                stage.progress_hook = None
         _check_square(stages, n)
         delta = (adv.float() - images.float()).flatten(1)
         size = delta.abs().amax(1) if self.norm == "Linf" else delta.norm(dim=1)

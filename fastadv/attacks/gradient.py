@@ -23,6 +23,7 @@ from ._cuda_graph import GraphedSteps, graph_key
 from ._losses import LOSSES
 from .base import GRADIENT_OPTIONS, Attack, Call, _own_arguments
 from .params import AttackParams, per_sample
+from .progress import Ticker
 from .result import AttackResult, Best, confidence_of
 
 # Graphs kept per attack (one per input shape): each holds a private memory pool.
@@ -178,7 +179,9 @@ class GradientAttack(Attack):
             self.graph_status = "uncaptured: run(), early stopping and restarts track every step"
         best = Best(x, self.targeted)
         run = RunState(None, call.params, x, y)
+        self._ticker = Ticker(self.progress_hook, self.restarts * self.steps, "steps")
         for index in range(self.restarts):
+            self._ticker.run(index * self.steps)
             self._one_run(run, best, call, index)
             self._after_run(index, best)
             keep = (~best.success).nonzero().squeeze(1)  # restarts attack the survivors only
@@ -212,6 +215,7 @@ class GradientAttack(Attack):
                         return
                 direction = self._direction(steps.grad, steps.state)
             steps.x_adv = self._step(steps.x_adv, direction, steps.x, steps.params)
+            self._ticker.step(step + 1)
         with torch.no_grad():
             logits = self._logits(steps.x_adv, call)
             loss = self._loss(logits, steps.y)

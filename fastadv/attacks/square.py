@@ -18,6 +18,7 @@ from .. import ops
 from .base import Attack, Call, options_without
 from .gradient import RunState
 from .params import AttackParams, per_sample
+from .progress import Ticker
 from .result import AttackResult, Best, confidence_of, finite_rows
 
 SQUARE_LOSSES = ("margin", "ce")
@@ -181,6 +182,7 @@ class Square(Attack):
         best = Best(x, self.targeted)
         queries = torch.zeros(b, dtype=torch.int64, device=device)
         iterations = torch.zeros(b, dtype=torch.int64, device=device)
+        self._ticker = Ticker(self.progress_hook, self.n_restarts * self.n_queries, "queries")
         with torch.no_grad():  # scores only: no graph, whatever the caller's mode
             predicted, success, loss, _, confidence = self._score(x, y, call)
             best.add(None, x, predicted, success, loss, final=False, confidence=confidence)  # already wrong: done
@@ -190,6 +192,7 @@ class Square(Attack):
                 if keep.numel() == 0:
                     break
                 run = RunState(None, call.params, x, y).select(keep, call)
+                self._ticker.run(index * self.n_queries)
                 self._one_run(run, best, queries, iterations, call)
                 if self.verbose:
                     fooled = best.success
@@ -224,6 +227,7 @@ class Square(Attack):
             for field, new in (("objective", objective), ("loss", loss), ("predicted", predicted),
                                ("success", success), ("confidence", confidence)):  # fmt: skip
                 torch.where(accept, new, getattr(s, field), out=getattr(s, field))
+            self._ticker.step(iteration + 1)
         _count(s.idx, self.n_queries, counters)
         best.add(s.idx, s.x_best, s.predicted, s.success, s.loss, final=True, confidence=s.confidence)
 

@@ -153,11 +153,15 @@ def test_evaluate_spends_no_pass_of_its_own_on_the_confidence(attack, passes):
     """One evaluation of `attack` (steps 4) at one eps on two batches: one pass to read the number
     of classes, one clean pass per batch, and the attack's own passes (FGSM: the step and the
     final iterate; PGD: 4 steps and the final iterate). Before, evaluate added one more per batch
-    to read the confidence of the adversarial predictions."""
-    model = CountingModel(_model())
-    images, labels = _inputs(model.inner)  # every sample correctly classified: both batches are attacked
-    report = fastadv.evaluate(model, (images, labels), attacks=[attack], eps=[EPS], steps=4, batch_size=12,
-                              progress=False, workers=0)  # fmt: skip
-    assert report["attacks"][0]["samples_attacked"] == 24
-    assert model.calls == 1 + 2 * (1 + passes)
-    assert report["attacks"][0]["ece"] is not None
+    to read the confidence of the adversarial predictions; it still does under amp, whose attack
+    passes run in half precision while the report's confidences are float32 (as the clean pass's)."""
+    images, labels = _inputs(_model())  # every sample correctly classified: both batches are attacked
+    calls = {}
+    for amp in (None, "bf16"):
+        model = CountingModel(_model())
+        report = fastadv.evaluate(model, (images, labels), attacks=[attack], eps=[EPS], steps=4, batch_size=12,
+                                  progress=False, workers=0, amp=amp)  # fmt: skip
+        assert report["attacks"][0]["samples_attacked"] == 24
+        assert report["attacks"][0]["ece"] is not None
+        calls[amp] = model.calls
+    assert calls == {None: 1 + 2 * (1 + passes), "bf16": 1 + 2 * (1 + passes + 1)}

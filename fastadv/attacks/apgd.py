@@ -14,7 +14,7 @@ from .. import ops
 from .base import OPTIONS, Call
 from .gradient import GradientAttack, RunState, drop_fooled
 from .params import AttackParams, per_sample
-from .result import Best
+from .result import Best, confidence_of
 
 _SCHEDULE = "APGD's step-size schedule needs every step's loss"
 
@@ -38,6 +38,7 @@ class _Run(RunState):
     x_old: torch.Tensor
     grad: torch.Tensor  # at x_adv: the objective's gradient, the model's class, the attack's loss
     predicted: torch.Tensor
+    confidence: torch.Tensor  # the softmax probability of `predicted`
     loss: torch.Tensor
     eta: torch.Tensor  # the step size [b]
     # the point of highest objective so far, with what was computed there (no forward at the end)
@@ -45,6 +46,7 @@ class _Run(RunState):
     grad_best: torch.Tensor
     obj_best: torch.Tensor
     predicted_best: torch.Tensor
+    confidence_best: torch.Tensor
     loss_best: torch.Tensor
     obj_prev: torch.Tensor  # the objective at the previous iterate
     rises: torch.Tensor  # steps since the last checkpoint at which the objective rose
@@ -170,11 +172,13 @@ class APGD(GradientAttack):
                 z.add_(s.x_adv, alpha=0.25).sub_(s.x_old, alpha=0.25)
                 z = self._project(z, s.x, s.params)
             s.x_old, s.x_adv = s.x_adv, z
-            obj, s.grad, s.predicted, s.loss, fooled = self._evaluate(z, s.y, s.targets, s.idx, best, call)
+            obj, s.grad, s.predicted, s.confidence, s.loss, fooled = self._evaluate(z, s.y, s.targets, s.idx, best,
+                                                                                     call)  # fmt: skip
             self._keep_best(s, obj)
             if i in marks:
                 self._checkpoint(s, span=i - last_mark)
                 last_mark = i
+            self._ticker.step(i)
             if self.early_stop and i < self.steps:
                 # (what `best` counts as fooling: a non-finite iterate does not, so it keeps attacking)
                 s = drop_fooled(s, self._done(s, fooled), call)
@@ -182,7 +186,8 @@ class APGD(GradientAttack):
                     return
         # unfooled samples: the point of highest objective, with its class and loss as computed there
         success_best = self._success(s.predicted_best, s.y)
-        best.add(s.idx, s.x_best, s.predicted_best, success_best, s.loss_best, final=True)
+        best.add(s.idx, s.x_best, s.predicted_best, success_best, s.loss_best, final=True,
+                 confidence=s.confidence_best)  # fmt: skip
 
     def _done(self, s: _Run, fooled: torch.Tensor) -> torch.Tensor:
         """bool [b]: the rows early stopping drops (those that fooled the model; APGDT's target
@@ -193,14 +198,16 @@ class APGD(GradientAttack):
         """The state at the random start, evaluated (and recorded in `best`)."""
         targets = self._run_targets(run.x, run.y, call, index)
         x_adv = self._start(run.x, run.params, call)
-        obj, grad, predicted, loss, _ = self._evaluate(x_adv, run.y, targets, run.idx, best, call)
+        obj, grad, predicted, confidence, loss, _ = self._evaluate(x_adv, run.y, targets, run.idx, best, call)
         b, device = run.x.shape[0], run.x.device
         eta = torch.full((b,), 2.0, device=device) * _per_sample_eps(run.params, b)
         return _Run(
             run.idx, run.params, run.x, run.y, targets=targets, x_adv=x_adv, x_old=x_adv.clone(), grad=grad,
-            predicted=predicted, loss=loss, eta=eta, x_best=x_adv.clone(), grad_best=grad.clone(), obj_best=obj.clone(),
-            predicted_best=predicted.clone(), loss_best=loss.clone(), obj_prev=obj, rises=torch.zeros(b, device=device),
-            obj_last_check=obj.clone(), reduced_last_check=torch.zeros(b, dtype=torch.bool, device=device),
+            predicted=predicted, confidence=confidence, loss=loss, eta=eta, x_best=x_adv.clone(),
+            grad_best=grad.clone(), obj_best=obj.clone(), predicted_best=predicted.clone(),
+            confidence_best=confidence.clone(), loss_best=loss.clone(), obj_prev=obj,
+            rises=torch.zeros(b, device=device), obj_last_check=obj.clone(),
+            reduced_last_check=torch.zeros(b, dtype=torch.bool, device=device),
         )  # fmt: skip
 
     @staticmethod
@@ -214,6 +221,7 @@ class APGD(GradientAttack):
         torch.where(rows, s.grad, s.grad_best, out=s.grad_best)
         torch.where(better, obj, s.obj_best, out=s.obj_best)
         torch.where(better, s.predicted, s.predicted_best, out=s.predicted_best)
+        torch.where(better, s.confidence, s.confidence_best, out=s.confidence_best)
         torch.where(better, s.loss, s.loss_best, out=s.loss_best)
 
     def _checkpoint(self, s: _Run, span: int) -> None:
@@ -229,7 +237,8 @@ class APGD(GradientAttack):
 
     def _evaluate(self, x_adv, y, targets, idx, best: Best, call: Call):
         """Forward and backward at x_adv; records the iterate in `best`. Returns the objective,
-        its input gradient, the model's classes, the attack's loss of y and whether it fooled the
+        its input gradient, the model's classes and their softmax probabilities, the attack's loss
+        of y and whether it fooled the
         model as `best` counts it (a non-finite iterate never does)."""
 
         def objective(logits):
@@ -242,8 +251,9 @@ class APGD(GradientAttack):
             grad /= self.eot_iter
         predicted = logits.argmax(1)
         loss = self._recorded_loss(logits, y, obj)
-        fooled = best.record_step(idx, x_adv, predicted, self._success(predicted, y), loss)
-        return obj, grad, predicted, loss, fooled
+        confidence = confidence_of(logits, predicted)
+        fooled = best.record_step(idx, x_adv, predicted, self._success(predicted, y), loss, confidence=confidence)
+        return obj, grad, predicted, confidence, loss, fooled
 
     def _fused_step(self, x_adv, grad, x, eta, params: AttackParams) -> torch.Tensor:
         step = ops.linf_step if self.norm == "linf" else ops.l2_step

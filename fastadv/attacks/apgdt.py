@@ -12,6 +12,7 @@ from ._losses import targeted_dlr
 from .apgd import APGD
 from .base import Call, options_without
 from .gradient import RunState
+from .progress import Ticker
 from .result import AttackResult, Best
 
 _AUTOATTACK_TARGETS = 9
@@ -127,16 +128,19 @@ class APGDT(APGD):
             return super()._run(x, y, call, track)
         ranked = self._ranked_targets(x, y, call)
         best = Best(x, self.targeted)
+        self._ticker = Ticker(self.progress_hook, self.n_target_classes * self.n_restarts * self.steps, "steps")
         rank, index = 0, 0
         while rank < self.n_target_classes:
             todo = (~best.success).nonzero().squeeze(1)
             if todo.numel() == 0:
                 break
             group = max(1, min(self.n_target_classes - rank, self.target_batch // todo.numel()))
-            for _ in range(self.n_restarts):
+            for restart in range(self.n_restarts):
                 todo = (~best.success).nonzero().squeeze(1)  # restarts attack the survivors only
                 if todo.numel() == 0:
                     break
+                # (a run of `group` target classes: each of its steps is `group` steps' work)
+                self._ticker.run((rank * self.n_restarts + restart * group) * self.steps, group)
                 owner = todo.repeat(group)  # pair p: sample owner[p], target rank rank + p // len(todo)
                 column = torch.arange(rank, rank + group, device=x.device).repeat_interleave(todo.numel())
                 self._pairs_run(x, y, todo, owner, ranked[owner, column], best, call, index)
@@ -162,7 +166,8 @@ class APGDT(APGD):
         key = torch.where(found.success, torch.inf, found.objective.nan_to_num(nan=-torch.inf))
         chosen = key.view(-1, n).argmax(0) * n + torch.arange(n, device=x.device)
         best.add(samples, found.adv.index_select(0, chosen), found.predicted.index_select(0, chosen),
-                 found.success.index_select(0, chosen), found.loss.index_select(0, chosen), final=True)  # fmt: skip
+                 found.success.index_select(0, chosen), found.loss.index_select(0, chosen), final=True,
+                 confidence=found.confidence.index_select(0, chosen))  # fmt: skip
         best.steps.index_add_(0, owner, found.steps)
         best.non_finite.index_add_(0, owner, found.non_finite)  # (bool: a sum that saturates, an any)
 

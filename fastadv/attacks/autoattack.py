@@ -3,6 +3,7 @@ robust, with the original's per-stage log and sanity checks; AutoAttackLite, its
 
 from __future__ import annotations
 
+import functools
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -16,6 +17,7 @@ from .._cascade import StageRun, run_cascade
 from ..checkpoint import rng_state, set_rng_state
 from .apgdt import APGDT
 from .base import GRADIENT_OPTIONS, Attack, UnsupportedOption
+from .result import confidence_of
 
 # The attacks of each version, in the order they run (the original's `attacks_to_run`).
 VERSIONS = {
@@ -60,7 +62,9 @@ class AutoAttackResult:
     """adv: the adversarial images (a robust sample keeps its clean image); robust: bool [N],
     correctly classified and not fooled by any stage; clean_accuracy; stages in order;
     predicted: int64 [N], the model's class for adv; non_finite: bool [N], some stage produced
-    a non-finite candidate for the sample (never counted as fooling)."""
+    a non-finite candidate for the sample (never counted as fooling); confidence: float32 [N],
+    the softmax probability of `predicted`, from the forward pass that gave it (the clean pass,
+    or the stage's pass on adv)."""
 
     adv: torch.Tensor
     robust: torch.Tensor
@@ -68,6 +72,7 @@ class AutoAttackResult:
     stages: list[Stage] = field(default_factory=list)
     predicted: torch.Tensor | None = None
     non_finite: torch.Tensor | None = None
+    confidence: torch.Tensor | None = None
 
     @property
     def robust_accuracy(self) -> float:
@@ -90,7 +95,8 @@ class AutoAttackState:
     bool [N], fooled by a finished stage (the samples whose adv is not the clean image);
     clean_accuracy; stages: the finished stages' rows; seconds: the run's time so far; rng: the
     random-number states (fastadv.checkpoint.rng_state) at the stage's end, which a run with
-    seed=None draws its next stages from.
+    seed=None draws its next stages from; confidence: as in :class:`AutoAttackResult` (None in a
+    state saved before it was kept: a resumed run then reports none).
     """
 
     names: tuple[str, ...]
@@ -104,6 +110,7 @@ class AutoAttackState:
     stages: tuple[Stage, ...]
     seconds: float
     rng: dict
+    confidence: torch.Tensor | None = None
 
     @property
     def stage(self) -> str:
@@ -116,7 +123,8 @@ class AutoAttackState:
         return {"names": list(self.names), "next_stage": self.next_stage, "robust": self.robust.cpu(),
                 "fooled": self.fooled.cpu(), "adv": self.adv[self.fooled].cpu(), "predicted": self.predicted.cpu(),
                 "non_finite": self.non_finite.cpu(), "clean_accuracy": self.clean_accuracy,
-                "stages": [vars(stage) for stage in self.stages], "seconds": self.seconds, "rng": self.rng}  # fmt: skip
+                "stages": [vars(stage) for stage in self.stages], "seconds": self.seconds, "rng": self.rng,
+                "confidence": None if self.confidence is None else self.confidence.cpu()}  # fmt: skip
 
     @classmethod
     def from_dict(cls, saved: dict, images: torch.Tensor) -> AutoAttackState:
@@ -131,7 +139,8 @@ class AutoAttackState:
         return cls(tuple(saved["names"]), int(saved["next_stage"]), saved["robust"].to(device), adv,
                    saved["predicted"].to(device), saved["non_finite"].to(device), fooled,
                    float(saved["clean_accuracy"]), tuple(Stage(**row) for row in saved["stages"]),
-                   float(saved["seconds"]), saved["rng"])  # fmt: skip
+                   float(saved["seconds"]), saved["rng"],
+                   None if saved.get("confidence") is None else saved["confidence"].to(device))  # fmt: skip
 
 
 class AutoAttack:
@@ -265,17 +274,22 @@ class AutoAttack:
         on_progress: Callable[[str, int, int], Any] | None = None,
         on_stage_end: Callable[[AutoAttackState], Any] | None = None,
         resume: AutoAttackState | None = None,
+        on_stage_progress: Callable[[str, int, int, str], Any] | None = None,
     ) -> AutoAttackResult:
         """Runs the stages on images [N, ...] with labels [N] in batches of `batch_size`.
 
         on_progress(stage, done, total): when a stage starts attacking (done = 0) and after each
         of its batches: `done` of the `total` samples it attacks (a stage with none left to
-        attack is not reported). on_stage_end(state): after each stage, an
-        :class:`AutoAttackState` (tensors of its own, on the images' device); an exception it
-        raises stops the run. resume: a state that on_stage_end gave for these images and labels
-        and an AutoAttack with the same settings and seed: the finished stages are not run
-        again, and the result is the one the whole run gives (the sanity checks, made on the
-        first run, are not made again).
+        attack is not reported). on_stage_progress(stage, done, total, unit): from inside a
+        stage's batch, how far its loop is: `done` of `total` gradient steps over its runs
+        (APGD's restarts, APGD-T's and FAB-T's target classes) or Square's queries (`unit`:
+        "steps" or "queries"); at most every `fastadv.attacks.progress.INTERVAL` seconds (a
+        clock read per step, no device sync) and when the batch's work is done.
+        on_stage_end(state): after each stage, an :class:`AutoAttackState` (tensors of its own,
+        on the images' device); an exception it raises stops the run. resume: a state that
+        on_stage_end gave for these images and labels and an AutoAttack with the same settings
+        and seed: the finished stages are not run again, and the result is the one the whole run
+        gives (the sanity checks, made on the first run, are not made again).
         """
         batch_size = check.positive_int("batch_size", batch_size)
         first = self.stages[0][1]
@@ -291,8 +305,11 @@ class AutoAttack:
         if resume is None:
             start = time.perf_counter()
             chunks = range(0, n, batch_size)  # (labels checked against the model's classes, as the attacks do)
-            predicted = torch.cat([first.predict(images[i : i + batch_size], labels[i : i + batch_size])
-                                   for i in chunks])  # fmt: skip
+            # (the clean logits once: the classes and their softmax probabilities)
+            logits = [first.logits(images[i : i + batch_size], labels[i : i + batch_size]) for i in chunks]
+            predicted = torch.cat([z.argmax(1) for z in logits])
+            confidence = torch.cat([confidence_of(z, z.argmax(1)) for z in logits])
+            del logits
             self._sanity_checks(first, images[:batch_size], labels[:batch_size])
             robust = predicted == labels
             clean_accuracy = float(robust.float().mean())
@@ -304,6 +321,7 @@ class AutoAttack:
             self._check_resume(resume, names, n)
             start = time.perf_counter() - resume.seconds  # ("total time" counts the time before the stop)
             robust, adv, predicted = resume.robust.clone(), resume.adv.clone(), resume.predicted.clone()
+            confidence = None if resume.confidence is None else resume.confidence.clone()
             non_finite, fooled_any = resume.non_finite.clone(), resume.fooled.clone()
             clean_accuracy, stages, done = resume.clean_accuracy, list(resume.stages), resume.next_stage
             set_rng_state(resume.rng)  # what a stage seeded by the global generator draws next
@@ -323,6 +341,8 @@ class AutoAttack:
             fooled_any[index[fooled]] = True
             classes = result.predicted if result.predicted is not None else first.predict(result.adv)
             predicted[index[fooled]] = classes[fooled]
+            if confidence is not None:
+                confidence[index[fooled]] = result.confidence[fooled]
             if result.non_finite is not None:
                 non_finite[index] |= result.non_finite
             return fooled
@@ -342,15 +362,22 @@ class AutoAttack:
             if on_stage_end is not None:
                 on_stage_end(AutoAttackState(tuple(names), names.index(name) + 1, robust.clone(), adv.clone(),
                                              predicted.clone(), non_finite.clone(), fooled_any.clone(), clean_accuracy,
-                                             tuple(stages), seconds, rng_state()))  # fmt: skip
+                                             tuple(stages), seconds, rng_state(),
+                                             None if confidence is None else confidence.clone()))  # fmt: skip
 
-        run_cascade(names[done:], robust, attack, batch_size=batch_size, on_chunk=chunk_done, on_stage=stage_done)
+        for name, stage in self.stages:  # (the hooks are the run's: removed when it returns or raises)
+            stage.progress_hook = None if on_stage_progress is None else functools.partial(on_stage_progress, name)
+        try:
+            run_cascade(names[done:], robust, attack, batch_size=batch_size, on_chunk=chunk_done, on_stage=stage_done)
+        finally:
+            for _, stage in self.stages:
+                stage.progress_hook = None
         _check_square(stages, n)
         delta = (adv.float() - images.float()).flatten(1)
         size = delta.abs().amax(1) if self.norm == "Linf" else delta.norm(dim=1)
         self._say(f"max {self.norm} perturbation: {float(size.max()):.5f}, nan in tensor: {int(adv.isnan().sum())}, "
                   f"max: {float(adv.max()):.5f}, min: {float(adv.min()):.5f}")  # fmt: skip
-        result = AutoAttackResult(adv, robust, clean_accuracy, stages, predicted, non_finite)
+        result = AutoAttackResult(adv, robust, clean_accuracy, stages, predicted, non_finite, confidence)
         self._say(f"robust accuracy: {result.robust_accuracy:.2%}")
         return result
 

@@ -33,7 +33,8 @@ from ..op_checks import to_step_param
 from ._losses import is_success, per_sample_loss
 from .model_mode import MODEL_MODES, attack_mode, callable_model
 from .params import AttackParams, per_sample
-from .result import AttackResult, Best, finite_rows
+from .progress import NO_TICKER, ProgressHook, Ticker
+from .result import AttackResult, Best, confidence_of, finite_rows
 
 # The options every attack takes unless it says otherwise (keyword-only; see `Attack`), and
 # those of the gradient attacks (see `GradientAttack`); the defaults are in the signatures.
@@ -98,6 +99,11 @@ class Attack:
     upper, mean, std, amp, channels_last, backend, generator, model_mode, adaptive (the model
     runs inside `fastadv.defenses.adaptive_gradients`: defences build BPDA's backward pass).
 
+    progress_hook: None, or a callable that `run` calls with (done, total, unit) from inside the
+    attack's loop (gradient steps over every run, Square's queries), at most every
+    `fastadv.attacks.progress.INTERVAL` seconds and when the work is done; set it on the attack
+    (AutoAttack sets it on its stages for its `on_stage_progress`).
+
     Supported options: a subclass lists the keyword options it takes in `supported_options` (in
     the spirit of torchattacks' ``supported_mode``) and may say in `unsupported_because` why it
     leaves one out. Any other keyword that is not one of its constructor's own arguments raises
@@ -112,6 +118,8 @@ class Attack:
     supported_options: tuple[str, ...] = OPTIONS
     unsupported_because: dict[str, str] = {}
     _shown: tuple[str, ...] = ("targeted", "amp")
+    progress_hook: ProgressHook | None = None
+    _ticker: Ticker = NO_TICKER  # the running call's progress (see progress.py)
 
     def __new__(cls, *args: Any, **kwargs: Any) -> Attack:
         # Checked here, before any constructor of the chain runs: a subclass may pass its parent
@@ -257,15 +265,20 @@ class Attack:
         non_finite = ~finite if result.non_finite is None else result.non_finite | ~finite
         redo = ~finite | (result.predicted < 0) if result.predicted is not None else ~finite
         success, predicted, loss = result.success & finite, result.predicted, result.loss
+        confidence = result.confidence
         if bool(redo.any()):  # one host sync; rare: the clean class of the replaced samples
             with torch.no_grad():
-                clean = self._logits(x[redo], call).argmax(1)
+                logits = self._logits(x[redo], call)
+            clean = logits.argmax(1)
             predicted = torch.full_like(y, -1) if predicted is None else predicted.clone()
             predicted[redo] = clean
+            if confidence is not None:
+                confidence = confidence.clone()
+                confidence[redo] = confidence_of(logits, clean)
             loss = loss.masked_fill(redo, float("nan"))
             success = success & ~redo
         return dataclasses.replace(result, adv=adv, success=success, loss=loss, predicted=predicted,
-                                   non_finite=non_finite)  # fmt: skip
+                                   non_finite=non_finite, confidence=confidence)  # fmt: skip
 
     def _run(self, x: torch.Tensor, y: torch.Tensor, call: Call, track: bool) -> AttackResult:
         """The attack on prepared inputs (detached, dense, checked), the model in attack mode.

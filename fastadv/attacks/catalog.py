@@ -383,7 +383,7 @@ class WholeBatch:
     attack: AutoAttack
 
     def run(self, images: torch.Tensor, labels: torch.Tensor, **hooks) -> AutoAttackResult:
-        """hooks: on_progress, on_stage_end and resume, as AutoAttack.run takes them."""
+        """hooks: on_progress, on_stage_progress, on_stage_end and resume, as AutoAttack.run takes them."""
         return self.attack.run(images, labels, batch_size=max(1, images.shape[0]), **hooks)
 
     def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

@@ -10,7 +10,7 @@ import torch
 from .. import checks as check
 from .base import MODEL_IGNORES_IMAGES, Attack, Call, options_without, require_grad
 from .params import per_sample
-from .result import AttackResult
+from .result import AttackResult, confidence_of
 
 # A pixel exactly at a bound would sit at atanh(+-1) = +-inf in tanh space and never move.
 _TANH_EDGE = 1 - 1e-6
@@ -90,6 +90,7 @@ class CW(Attack):
         best_adv = x.clone()
         best_margin = torch.full((b,), math.nan, device=x.device)
         best_predicted = torch.full((b,), -1, dtype=torch.int64, device=x.device)
+        best_confidence = torch.full((b,), math.nan, device=x.device)
         steps_used = torch.zeros(b, dtype=torch.int64, device=x.device)
 
         for search in range(self.binary_search_steps):
@@ -118,7 +119,9 @@ class CW(Attack):
                     best_l2 = torch.where(better, l2, best_l2)
                     best_adv = torch.where(per_sample(better, x), adv_image, best_adv)
                     best_margin = torch.where(better, margin, best_margin)
-                    best_predicted = torch.where(better, logits.argmax(1), best_predicted)
+                    predicted = logits.argmax(1)
+                    best_predicted = torch.where(better, predicted, best_predicted)
+                    best_confidence = torch.where(better, confidence_of(logits, predicted), best_confidence)
                     found |= fooled
                 if self.abort_early and step % check_every == check_every - 1:
                     total = float(cost.detach().sum())
@@ -135,8 +138,10 @@ class CW(Attack):
             with torch.no_grad():
                 logits = self._logits(x, call)
             best_margin = torch.where(success, best_margin, self._margin(logits, y))
-            best_predicted = torch.where(success, best_predicted, logits.argmax(1))
-        return AttackResult(best_adv, success, best_margin, steps_used, best_predicted)
+            clean = logits.argmax(1)
+            best_predicted = torch.where(success, best_predicted, clean)
+            best_confidence = torch.where(success, best_confidence, confidence_of(logits, clean))
+        return AttackResult(best_adv, success, best_margin, steps_used, best_predicted, confidence=best_confidence)
 
     def _cost_grad(self, cost: torch.Tensor, w: torch.Tensor, image: torch.Tensor | None) -> torch.Tensor:
         """d cost.sum() / d w. With `image` (the model's input, at the first step): the model

@@ -9,7 +9,7 @@ import torch
 from .. import checks as check
 from .base import MODEL_IGNORES_IMAGES, Attack, Call, options_without
 from .params import per_sample
-from .result import AttackResult
+from .result import AttackResult, confidence_of
 
 
 class DeepFool(Attack):
@@ -66,6 +66,7 @@ class DeepFool(Attack):
         success = torch.zeros(b, dtype=torch.bool, device=x.device)
         margin = torch.full((b,), float("nan"), device=x.device)
         predicted = torch.full((b,), -1, dtype=torch.int64, device=x.device)
+        confidence = torch.full((b,), float("nan"), device=x.device)
         steps_used = torch.zeros(b, dtype=torch.int64, device=x.device)
         active = torch.arange(b, device=x.device)  # the samples not fooled yet
         classes = None  # [b, candidates]: the label first, then the clean top-ranked others
@@ -77,6 +78,7 @@ class DeepFool(Attack):
             with torch.no_grad():
                 f = logits.float() - logits.float().gather(1, y_active.unsqueeze(1))
                 predicted.index_copy_(0, active, logits.argmax(1))
+                confidence.index_copy_(0, active, confidence_of(logits, logits.argmax(1)))
                 margin.index_copy_(0, active, -f.scatter(1, y_active.unsqueeze(1), float("-inf")).amax(1))
                 success.index_copy_(0, active, fooled)
             keep = ~fooled
@@ -105,7 +107,7 @@ class DeepFool(Attack):
                 stepped = torch.minimum(torch.maximum(stepped, _at(low, moving)), _at(high, moving))
                 adv.index_copy_(0, moving, stepped.to(x.dtype))
                 active = moving
-        return AttackResult(adv, success, margin, steps_used, predicted)
+        return AttackResult(adv, success, margin, steps_used, predicted, confidence=confidence)
 
     def _candidate_grads(self, z: torch.Tensor, point: torch.Tensor) -> torch.Tensor:
         """[b, k, ...]: the gradient of each candidate logit (one backward pass each). A constant

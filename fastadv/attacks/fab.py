@@ -13,7 +13,8 @@ from .. import checks as check
 from .base import MODEL_IGNORES_IMAGES, Attack, Call, options_without
 from .boundary_projection import project_onto_hyperplane
 from .params import per_sample
-from .result import AttackResult, finite_rows
+from .progress import Ticker
+from .result import AttackResult, confidence_of, finite_rows
 
 
 class FAB(Attack):
@@ -144,11 +145,13 @@ class FAB(Attack):
         else:
             rounds = [None]
         start = time.time()
+        self._ticker = Ticker(self.progress_hook, len(rounds) * self.n_restarts * self.steps, "steps")
         for round_index, target in enumerate(rounds):
             for restart in range(self.n_restarts):
                 todo = (best_norm > eps).nonzero().squeeze(1)  # one host sync per run
                 if todo.numel() == 0:
                     break
+                self._ticker.run((round_index * self.n_restarts + restart) * self.steps)
                 norm, adv, finite = self._single_run(
                     x.index_select(0, todo), y.index_select(0, todo),
                     None if target is None else target.index_select(0, todo),
@@ -170,7 +173,8 @@ class FAB(Attack):
             logits = self._logits(adv, call).float()
         predicted = logits.argmax(1)
         success = within & self._success(predicted, y)
-        return AttackResult(adv, success, self._margin(logits, y), steps_used, predicted, non_finite, norm=best_norm)
+        return AttackResult(adv, success, self._margin(logits, y), steps_used, predicted, non_finite, norm=best_norm,
+                            confidence=confidence_of(logits, predicted))  # fmt: skip
 
     def _single_run(self, x: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None,
                     box: tuple[torch.Tensor, torch.Tensor], start_eps: torch.Tensor | None, generator: torch.Generator,
@@ -197,7 +201,7 @@ class FAB(Attack):
         box = (torch.cat([lo.reshape(flat)] * 2), torch.cat([hi.reshape(flat)] * 2))
         # finite images and bounds keep every iterate finite (a non-finite move is never taken)
         finite_box = bool(torch.isfinite(box[0]).all() & torch.isfinite(box[1]).all() & torch.isfinite(x0).all())
-        for _ in range(self.steps):
+        for step in range(self.steps):
             f, grad = self._boundary(x1, y, target, call)
             x1f = x1.float().reshape(flat)
             w = grad.reshape(flat)
@@ -221,6 +225,7 @@ class FAB(Attack):
             best_adv = torch.where(per_sample(better, x), x1, best_adv)
             pulled = (x0 + self.beta * (x1f - x0)).to(x.dtype)
             x1 = torch.where(per_sample(fooled, x1), pulled, x1)
+            self._ticker.step(step + 1)
         return best_norm, best_adv, finite
 
     def _boundary(self, x1: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None,

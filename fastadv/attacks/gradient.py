@@ -23,7 +23,8 @@ from ._cuda_graph import GraphedSteps, graph_key
 from ._losses import LOSSES
 from .base import GRADIENT_OPTIONS, Attack, Call, _own_arguments
 from .params import AttackParams, per_sample
-from .result import AttackResult, Best
+from .progress import Ticker
+from .result import AttackResult, Best, confidence_of
 
 # Graphs kept per attack (one per input shape): each holds a private memory pool.
 _MAX_GRAPHS = 4
@@ -178,7 +179,9 @@ class GradientAttack(Attack):
             self.graph_status = "uncaptured: run(), early stopping and restarts track every step"
         best = Best(x, self.targeted)
         run = RunState(None, call.params, x, y)
+        self._ticker = Ticker(self.progress_hook, self.restarts * self.steps, "steps")
         for index in range(self.restarts):
+            self._ticker.run(index * self.steps)
             self._one_run(run, best, call, index)
             self._after_run(index, best)
             keep = (~best.success).nonzero().squeeze(1)  # restarts attack the survivors only
@@ -200,7 +203,8 @@ class GradientAttack(Attack):
             logits, loss, steps.grad = self._loss_and_grad(steps.x_adv, steps.y, call)
             predicted = logits.argmax(1)
             # (a non-finite iterate does not count as fooling: early stopping keeps attacking it)
-            success = best.record_step(steps.idx, steps.x_adv, predicted, self._success(predicted, steps.y), loss)
+            success = best.record_step(steps.idx, steps.x_adv, predicted, self._success(predicted, steps.y), loss,
+                                       confidence=confidence_of(logits, predicted))  # fmt: skip
             if self.early_stop and (step + 1) % self.early_stop_every:
                 # between compactions fooled samples stay where they are, without a host sync
                 direction = self._direction(steps.grad, steps.state).masked_fill(per_sample(success, steps.grad), 0)
@@ -211,11 +215,13 @@ class GradientAttack(Attack):
                         return
                 direction = self._direction(steps.grad, steps.state)
             steps.x_adv = self._step(steps.x_adv, direction, steps.x, steps.params)
+            self._ticker.step(step + 1)
         with torch.no_grad():
             logits = self._logits(steps.x_adv, call)
             loss = self._loss(logits, steps.y)
         predicted = logits.argmax(1)
-        best.add(steps.idx, steps.x_adv, predicted, self._success(predicted, steps.y), loss, final=True)
+        best.add(steps.idx, steps.x_adv, predicted, self._success(predicted, steps.y), loss, final=True,
+                 confidence=confidence_of(logits, predicted))  # fmt: skip
 
     def _steps_only(self, x: torch.Tensor, y: torch.Tensor, call: Call) -> AttackResult:
         x_adv = self._start(x, call.params, call)

@@ -9,7 +9,7 @@ import torch
 from .. import checks as check
 from .base import Attack, Call, options_without
 from .params import per_sample
-from .result import AttackResult
+from .result import AttackResult, confidence_of
 
 # Pair scores held at once: [samples, n, n] float32 is cut into chunks of about this many entries.
 _PAIR_CHUNK = 1 << 24
@@ -71,6 +71,7 @@ class JSMA(Attack):
         success = torch.zeros(b, dtype=torch.bool, device=x.device)
         margin = torch.full((b,), float("nan"), device=x.device)
         predicted = torch.full((b,), -1, dtype=torch.int64, device=x.device)
+        confidence = torch.full((b,), float("nan"), device=x.device)
         steps_used = torch.zeros(b, dtype=torch.int64, device=x.device)
         targets = y if self.targeted else None
         active = torch.arange(b, device=x.device)
@@ -88,6 +89,7 @@ class JSMA(Attack):
                 others = z.scatter(1, t_active.unsqueeze(1), float("-inf")).amax(1)
                 margin.index_copy_(0, active, z.gather(1, t_active.unsqueeze(1)).squeeze(1) - others)
                 predicted.index_copy_(0, active, z.argmax(1))
+                confidence.index_copy_(0, active, confidence_of(z, z.argmax(1)))
                 success.index_copy_(0, active, done)
             if step == max_pairs or bool(done.all()):  # one sync per step: the batch shrinks
                 break
@@ -110,7 +112,7 @@ class JSMA(Attack):
                 active = moving
             if active.numel() == 0:
                 break
-        return AttackResult(adv.view_as(x).to(x.dtype), success, margin, steps_used, predicted)
+        return AttackResult(adv.view_as(x).to(x.dtype), success, margin, steps_used, predicted, confidence=confidence)
 
 
 def _best_pairs(alpha: torch.Tensor, beta: torch.Tensor, domain: torch.Tensor, increase: bool):

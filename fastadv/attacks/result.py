@@ -26,6 +26,10 @@ class AttackResult:
     minimal-norm attacks that report it (FAB): the norm of the smallest adversarial
     perturbation found, whatever its size (inf where none was found). queries: int64 [B], the
     model evaluations spent on the sample, for the attacks that count them (Square); None otherwise.
+    confidence: float32 [B] or None, the softmax probability of `predicted` in the forward pass
+    that gave `predicted` (on `adv` itself, as the attack ran the model: its mean/std, amp,
+    layout and model mode), so that a caller reading the model's confidence (the calibration
+    error of an evaluation) needs no forward pass of its own; None where nothing was tracked.
     """
 
     adv: torch.Tensor
@@ -36,10 +40,16 @@ class AttackResult:
     non_finite: torch.Tensor | None = None
     norm: torch.Tensor | None = None
     queries: torch.Tensor | None = None
+    confidence: torch.Tensor | None = None
 
     @property
     def success_rate(self) -> float:
         return float(self.success.float().mean()) if self.success.numel() else 0.0
+
+
+def confidence_of(logits: torch.Tensor, predicted: torch.Tensor) -> torch.Tensor:
+    """float32 [b]: the softmax probability (over logits [b, K], in float32) of class `predicted` [b]."""
+    return torch.softmax(logits.detach().float(), dim=1).gather(1, predicted.view(-1, 1)).squeeze(1)
 
 
 def finite_rows(t: torch.Tensor) -> torch.Tensor:
@@ -63,13 +73,14 @@ class Best:
         self.objective = torch.full((b,), float("-inf"), device=x.device)
         self.steps = torch.zeros(b, dtype=torch.int64, device=x.device)
         self.predicted = torch.full((b,), -1, dtype=torch.int64, device=x.device)
+        self.confidence = torch.full((b,), float("nan"), device=x.device)
         self.non_finite = torch.zeros(b, dtype=torch.bool, device=x.device)
         self.sign = -1.0 if targeted else 1.0
 
-    def record_step(self, idx: torch.Tensor | None, x_adv: torch.Tensor, predicted: torch.Tensor,
-                    success: torch.Tensor, loss: torch.Tensor) -> torch.Tensor:  # fmt: skip
+    def record_step(self, idx: torch.Tensor | None, x_adv: torch.Tensor, predicted: torch.Tensor, success: torch.Tensor,
+                    loss: torch.Tensor, *, confidence: torch.Tensor) -> torch.Tensor:  # fmt: skip
         """One step's iterate (see `add`), counted in `steps_used`. Returns `add`'s success."""
-        success = self.add(idx, x_adv, predicted, success, loss, final=False)
+        success = self.add(idx, x_adv, predicted, success, loss, final=False, confidence=confidence)
         if idx is None:
             self.steps += 1
         else:
@@ -77,8 +88,9 @@ class Best:
         return success
 
     def add(self, idx: torch.Tensor | None, x_adv: torch.Tensor, predicted: torch.Tensor, success: torch.Tensor,
-            loss: torch.Tensor, final: bool) -> torch.Tensor:  # fmt: skip
-        """Takes x_adv (and the model's class for it, `predicted`) where it fools the model, or
+            loss: torch.Tensor, final: bool, *, confidence: torch.Tensor) -> torch.Tensor:  # fmt: skip
+        """Takes x_adv (and the model's class for it, `predicted`, with its softmax probability
+        `confidence`, both from the forward pass on this very x_adv) where it fools the model, or
         (final iterates only) where it is the best failure so far; a non-finite x_adv neither.
         Returns the success that counts (`success` and finite). No host synchronisation."""
         finite = finite_rows(x_adv)
@@ -94,6 +106,7 @@ class Best:
             (self.adv, x_adv, per_sample(take, x_adv)),
             (self.loss, loss, take),
             (self.predicted, predicted, take),
+            (self.confidence, confidence, take),
             (self.objective, objective, take),
             (self.success, success, success),
             (self.non_finite, ~finite, ~finite),
@@ -106,4 +119,5 @@ class Best:
         return success
 
     def result(self) -> AttackResult:
-        return AttackResult(self.adv, self.success, self.loss, self.steps, self.predicted, self.non_finite)
+        return AttackResult(self.adv, self.success, self.loss, self.steps, self.predicted, self.non_finite,
+                            confidence=self.confidence)  # fmt: skip

@@ -18,7 +18,8 @@ from .. import ops
 from .base import Attack, Call, options_without
 from .gradient import RunState
 from .params import AttackParams, per_sample
-from .result import AttackResult, Best, finite_rows
+from .progress import Ticker
+from .result import AttackResult, Best, confidence_of, finite_rows
 
 SQUARE_LOSSES = ("margin", "ce")
 # The paper's schedule, in iterations of a 10000-query budget: after each mark the share of the
@@ -70,13 +71,15 @@ def l2_square_pattern(side: int, device: torch.device) -> torch.Tensor:
 @dataclass
 class _Search(RunState):
     """One run's samples still searched: the point each has accepted, with the objective
-    (minimized), the attack's loss and the model's class there, and whether it fools."""
+    (minimized), the attack's loss and the model's class there (with its softmax probability),
+    and whether it fools."""
 
     x_best: torch.Tensor
     objective: torch.Tensor
     loss: torch.Tensor
     predicted: torch.Tensor
     success: torch.Tensor
+    confidence: torch.Tensor
 
 
 class Square(Attack):
@@ -179,15 +182,17 @@ class Square(Attack):
         best = Best(x, self.targeted)
         queries = torch.zeros(b, dtype=torch.int64, device=device)
         iterations = torch.zeros(b, dtype=torch.int64, device=device)
+        self._ticker = Ticker(self.progress_hook, self.n_restarts * self.n_queries, "queries")
         with torch.no_grad():  # scores only: no graph, whatever the caller's mode
-            predicted, success, loss, _ = self._score(x, y, call)
-            best.add(None, x, predicted, success, loss, final=False)  # already wrong: done
+            predicted, success, loss, _, confidence = self._score(x, y, call)
+            best.add(None, x, predicted, success, loss, final=False, confidence=confidence)  # already wrong: done
             queries += 1
             for index in range(self.n_restarts):
                 keep = (~best.success).nonzero().squeeze(1)
                 if keep.numel() == 0:
                     break
                 run = RunState(None, call.params, x, y).select(keep, call)
+                self._ticker.run(index * self.n_queries)
                 self._one_run(run, best, queries, iterations, call)
                 if self.verbose:
                     fooled = best.success
@@ -202,8 +207,8 @@ class Square(Attack):
                  call: Call) -> None:  # fmt: skip
         """One run from a new random start on `run`'s samples, recorded in `best`."""
         start = self._start(run.x, run.params, call)
-        predicted, success, loss, objective = self._score(start, run.y, call)
-        s = _Search(run.idx, run.params, run.x, run.y, start, objective, loss, predicted, success)
+        predicted, success, loss, objective, confidence = self._score(start, run.y, call)
+        s = _Search(run.idx, run.params, run.x, run.y, start, objective, loss, predicted, success, confidence)
         queries.index_add_(0, s.idx, torch.ones_like(s.idx))
         counters = (queries, iterations)  # (counted as a sample leaves: not one op per query)
         # a candidate is projected into the ball around x and the bounds: finite when they are
@@ -214,16 +219,17 @@ class Square(Attack):
             if s is None:
                 return
             candidate = self._candidate(s, iteration, call)
-            predicted, success, loss, objective = self._score(candidate, s.y, call, check_finite)
+            predicted, success, loss, objective, confidence = self._score(candidate, s.y, call, check_finite)
             # keep the candidate where it lowers the objective or fools the model (a non-finite
             # one does neither: NaN compares false and `success` excludes it)
             accept = success | (objective < s.objective)
             torch.where(per_sample(accept, s.x), candidate, s.x_best, out=s.x_best)
             for field, new in (("objective", objective), ("loss", loss), ("predicted", predicted),
-                               ("success", success)):  # fmt: skip
+                               ("success", success), ("confidence", confidence)):  # fmt: skip
                 torch.where(accept, new, getattr(s, field), out=getattr(s, field))
+            self._ticker.step(iteration + 1)
         _count(s.idx, self.n_queries, counters)
-        best.add(s.idx, s.x_best, s.predicted, s.success, s.loss, final=True)
+        best.add(s.idx, s.x_best, s.predicted, s.success, s.loss, final=True, confidence=s.confidence)
 
     def _leave_if_fooled(self, s: _Search, best: Best, call: Call, done: int,
                          counters: tuple[torch.Tensor, torch.Tensor]) -> _Search | None:  # fmt: skip
@@ -236,20 +242,21 @@ class Square(Attack):
         fooled = s.success.nonzero().squeeze(1)
         _count(s.idx.index_select(0, fooled), done, counters)
         best.add(s.idx.index_select(0, fooled), s.x_best.index_select(0, fooled), s.predicted.index_select(0, fooled),
-                 s.success.index_select(0, fooled), s.loss.index_select(0, fooled), final=False)  # fmt: skip
+                 s.success.index_select(0, fooled), s.loss.index_select(0, fooled), final=False,
+                 confidence=s.confidence.index_select(0, fooled))  # fmt: skip
         return None if keep.numel() == 0 else s.select(keep, call)
 
     def _score(self, x_adv: torch.Tensor, y: torch.Tensor, call: Call, check_finite: bool = True):
         """One query: (the model's classes, success, the attack's loss, the objective the search
-        minimizes). A non-finite candidate never succeeds (check_finite=False: the caller knows
-        x_adv is finite)."""
+        minimizes, the softmax probability of the classes). A non-finite candidate never succeeds
+        (check_finite=False: the caller knows x_adv is finite)."""
         logits = self._logits(x_adv, call)
         loss = self._loss(logits, y)
         predicted = logits.argmax(1)
         success = self._success(predicted, y)
         if check_finite:
             success &= finite_rows(x_adv)
-        return predicted, success, loss, (loss if self.targeted else -loss)
+        return predicted, success, loss, (loss if self.targeted else -loss), confidence_of(logits, predicted)
 
     # --- the proposals ----------------------------------------------------------------------
 

@@ -12,6 +12,8 @@ import math
 
 import torch
 
+from ..attacks.result import confidence_of as attack_confidence
+
 BINS = 15
 
 
@@ -29,11 +31,11 @@ def bin_sums(confidence: torch.Tensor, correct: torch.Tensor, bins: int = BINS) 
 
 
 def confidence_of(logits: torch.Tensor, predicted: torch.Tensor | None = None) -> torch.Tensor:
-    """float32 [N]: the softmax probability of `predicted` (default: the top class)."""
-    probabilities = torch.softmax(logits.detach().float(), dim=1)
+    """float32 [N]: the softmax probability of `predicted` (default: the top class), computed as
+    the attacks compute `AttackResult.confidence`."""
     if predicted is None:
-        return probabilities.max(1).values
-    return probabilities.gather(1, predicted.view(-1, 1).to(logits.device)).squeeze(1)
+        return torch.softmax(logits.detach().float(), dim=1).max(1).values
+    return attack_confidence(logits, predicted.to(logits.device))
 
 
 def errors(sums: torch.Tensor) -> dict:

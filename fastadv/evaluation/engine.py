@@ -151,11 +151,14 @@ def _run_attack(job: _Job, batch: Batch, targets: torch.Tensor, attack_index: in
     seconds = time.perf_counter() - start
     adv = result.adv
     delta = (adv.float() - x_t.float()).flatten(1)
-    success, predicted = result.success, result.predicted  # recorded by the attack: no second forward
+    # recorded by the attack, with the softmax probability of its class (the calibration error): no second forward
+    success, predicted, confidence = result.success, result.predicted, result.confidence
     if ATTACKS[attack_name].minimal_norm:  # beyond the budget the sample keeps its clean (correct) class
         within = within_budget(adv, x_t, eps)
         success, predicted = success & within, torch.where(within, predicted, y_t)
         adv = torch.where(within.view(-1, *([1] * (adv.dim() - 1))), adv, x_t)
+        if confidence is not None:  # (the attacked samples are classified correctly: y_t is their clean class)
+            confidence = torch.where(within, confidence, batch.clean_confidence[targets].to(confidence.device))
     # over the samples fooled only: a failure's image (the clean one for AutoAttack, the ball's
     # edge for PGD) says nothing of the perturbation that fools
     delta = delta[success]
@@ -163,8 +166,12 @@ def _run_attack(job: _Job, batch: Batch, targets: torch.Tensor, attack_index: in
              float(torch.linalg.vector_norm(delta, dim=1).sum()))  # fmt: skip
     # the attacks never return a non-finite image (they keep the clean one: not fooled)
     non_finite = 0 if result.non_finite is None else int(result.non_finite.sum())
-    with torch.no_grad():  # the confidence of the prediction that counts, for the calibration error
-        confidence = calibration.confidence_of(job.model(adv), predicted) if adv.shape[0] else None
+    if not adv.shape[0]:
+        confidence = None
+    elif confidence is None or job.options.get("amp") is not None:
+        # the attack ran the model under autocast: the report's confidences are float32 ones, as the clean pass's
+        with torch.no_grad():
+            confidence = calibration.confidence_of(job.model(adv), predicted)
     return Outcome(success, predicted, norms, seconds, non_finite, adv if job.keeper is not None else None,
                    confidence)  # fmt: skip
 

@@ -82,6 +82,7 @@ class BatchStages:
         if self.show:
             self.write(title)
             hooks["on_progress"] = self._progress
+            hooks["on_stage_progress"] = self._inside
         try:
             yield hooks
         finally:
@@ -97,6 +98,12 @@ class BatchStages:
             self._bar.update(done - self._bar.n)
         if done >= total:
             self._close_bar()
+
+    def _inside(self, stage: str, done: int, total: int, unit: str) -> None:
+        """How far the stage's loop is inside the batch (AutoAttack reports it a few times a
+        second at most): shown after the stage's bar, which moves only when a batch ends."""
+        if self._bar is not None:
+            self._bar.set_postfix_str(f"{unit} {done}/{total}")
 
     def _close_bar(self) -> None:
         if self._bar is not None:

@@ -10,9 +10,9 @@ import torch
 
 import fastadv.attacks.progress as progress
 from fastadv import models
+from fastadv.__main__ import main
 from fastadv.attacks.autoattack import AutoAttack
 from fastadv.attacks.progress import Ticker
-from fastadv.cli import main
 
 STAGES = ["apgd-ce", "apgd-t", "fab-t", "square"]
 

@@ -115,6 +115,7 @@ def test_confidence_is_a_forward_pass_on_the_returned_images(name):
 
 def test_confidence_behind_a_defence_with_bpda():
     """adaptive=True (BPDA through JPEG): the forward pass is the defended model's own."""
+    pytest.importorskip("torchvision")  # JPEG's codec (the GPU machines' test stack has no torchvision)
     model = Defended(_model(), [JPEG(75)])
     images, labels = _inputs(model)
     result = fastadv.PGD(model, eps=EPS, alpha=0.03, steps=3, adaptive=True).run(images, labels)

@@ -31,7 +31,7 @@ from .. import ops
 from ..defenses.context import adaptive_gradients
 from ..op_checks import to_step_param
 from ._losses import is_success, per_sample_loss
-from .model_mode import MODEL_MODES, attack_mode, callable_model
+from .model_mode import MODEL_MODES, attack_mode, callable_model, conv_weights
 from .params import AttackParams, per_sample
 from .progress import NO_TICKER, ProgressHook, Ticker
 from .result import AttackResult, Best, confidence_of, finite_rows
@@ -83,6 +83,7 @@ class Call:
     memory_format: torch.memory_format
     generator: torch.Generator | None
     label_range: tuple[int, int]
+    channels_last: bool = False  # the model's convolution weights in channels_last too (attack_mode)
     classes_checked: bool = False
     capturing: bool = False  # inside CUDA-graph capture: autocast must not cache casts
 
@@ -141,7 +142,7 @@ class Attack:
         mean: Any = None,
         std: Any = None,
         amp: Any = None,
-        channels_last: bool = False,
+        channels_last: bool | str = False,
         backend: str = "auto",
         generator: torch.Generator | None = None,
         model_mode: str = "eval",
@@ -159,7 +160,7 @@ class Attack:
             raise ValueError(f"lower must be <= upper, got lower={self.lower} and upper={self.upper}")
         self.mean, self.std = check.normalization(mean, std)
         self.amp = check.amp_dtype(amp)
-        self.channels_last = check.flag("channels_last", channels_last)
+        self.channels_last = _channels_last_option(channels_last)
         self.backend = ops.check_backend_name(backend)
         self.generator = check.generator(generator)
         self.model_mode = check.choice("model_mode", model_mode, MODEL_MODES)
@@ -210,7 +211,7 @@ class Attack:
             x, _, call = self._prepare(images, labels)
             if x.shape[0] == 0:
                 return labels
-            with attack_mode(self.model, self.model_mode):
+            with attack_mode(self.model, self.model_mode, call.channels_last):
                 return self._logits(x, call).argmax(1)
 
     def logits(self, images: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
@@ -240,7 +241,7 @@ class Attack:
         check.images_and_labels(images, labels)
         with torch.inference_mode(False), torch.enable_grad():
             x, y, call = self._prepare(images, labels)
-            with attack_mode(self.model, self.model_mode):
+            with attack_mode(self.model, self.model_mode, call.channels_last):
                 yield x, y, call
 
     def _attack(self, images: torch.Tensor, labels: torch.Tensor, track: bool) -> AttackResult:
@@ -250,7 +251,7 @@ class Attack:
             x, y, call = self._prepare(images, labels)
             if x.shape[0] == 0:
                 return Best(x, self.targeted).result()
-            with attack_mode(self.model, self.model_mode):
+            with attack_mode(self.model, self.model_mode, call.channels_last):
                 return self._finite_only(self._run(x, y, call, track), x, y, call)
 
     def _finite_only(self, result: AttackResult, x: torch.Tensor, y: torch.Tensor, call: Call) -> AttackResult:
@@ -338,12 +339,17 @@ class Attack:
         device = images.device
         if self.generator is not None and self.generator.device.type != device.type:
             raise ValueError(f"generator must be on images' device type {device.type}, got {self.generator.device}")
-        if self.channels_last and images.dim() != 4:
+        if self.channels_last is True and images.dim() != 4:
             raise ValueError(f"channels_last needs 4-d images [B, C, H, W], got shape {tuple(images.shape)}")
         x = images.detach()
         if x.is_inference():
             x = x.clone()
-        if self.channels_last:
+        # "auto" (AutoAttack's default): as True on a CPU when the model has convolutions
+        channels_last = self.channels_last is True or (
+            self.channels_last == "auto" and images.dim() == 4 and device.type == "cpu"
+            and bool(conv_weights(self.model))
+        )  # fmt: skip
+        if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         elif not _dense(x):
             x = x.contiguous()
@@ -375,7 +381,15 @@ class Attack:
         if y.is_inference():
             y = y.clone()
         label_range = tuple(int(v) for v in torch.aminmax(y)) if y.numel() else (0, 0)
-        return x, y, Call(params, mean, std, fmt, self.generator, label_range)
+        return x, y, Call(params, mean, std, fmt, self.generator, label_range, channels_last)
+
+
+def _channels_last_option(value: object) -> bool | str:
+    if isinstance(value, str) and value == "auto":
+        return value
+    if not isinstance(value, bool):
+        raise TypeError(f"channels_last must be True, False or 'auto', got {value!r}")
+    return value
 
 
 def _explain_dtype_mismatch(model: Any, inputs: torch.Tensor, amp: torch.dtype | None, error: RuntimeError) -> None:

@@ -47,8 +47,12 @@ class PGD(GradientAttack):
         mean, std (sequence or tensor, None): the model expects (x - mean) / std; the attack
             works in pixel space, so eps is in pixel units.
         amp (None | torch.float16 | torch.bfloat16): run the model under autocast.
-        channels_last (bool, False): attack 4-d images in channels_last layout (and return them
-            in it); convolutions then run channels_last.
+        channels_last (bool | "auto", False): True: attack 4-d images in channels_last layout
+            (and return them in it), the model's nn.Conv2d weights held in channels_last for the
+            attack (given back as they were), so that convolutions run in that layout. "auto"
+            (AutoAttack's default): True when the images are 4-d on a CPU and the model has
+            convolutions, else False. Logits then differ from the contiguous run's in
+            the last bits (another summation order).
         backend ("auto" | "torch" | "triton" | "cpu" | "cuda"): which fused ops to run.
         generator (torch.Generator, None): for reproducible random starts.
         model_mode ("eval" | "train" | "unchanged", "eval"): the mode the model runs in.

@@ -40,11 +40,7 @@ def add_parser(sub) -> None:
         help="'digits' (its test split), an .npz file with x, y (memory-mapped), a CIFAR-10/100 python-format "
              "folder (its test split), or a folder with one sub-folder of images per class",
     )  # fmt: skip
-    p.add_argument(
-        "--image-size", type=arg.image_side, default=None,
-        help=f"resize folder images' shorter side to this size (at most {arg.MAX_IMAGE_SIDE}) and crop the centre "
-        "square",
-    )  # fmt: skip
+    data_options.add_image_size(p)
     data_options.add_data_options(p)
     p.add_argument(
         "--attacks", type=arg.csv_list(ATTACKS, unique=True), default=list(EVALUATE["attacks"]),
@@ -81,7 +77,9 @@ def add_parser(sub) -> None:
     )  # fmt: skip
     p.add_argument("--seed", type=arg.seed, default=EVALUATE["seed"], help="random starts (default: %(default)s)")
     p.add_argument("--amp", choices=list(AMP_NAMES), default=None, help="autocast the model")
-    p.add_argument("--channels-last", action="store_true")
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
+                   help="attack in channels_last, the model's convolutions too (default: AutoAttack does on a "
+                        "CPU, the other attacks do not)")  # fmt: skip
     p.add_argument("--backend", type=arg.backend, default=EVALUATE["backend"],
                    help="fused-op backend: auto, torch, triton, cpu, cuda (default: %(default)s)")  # fmt: skip
     p.add_argument("--device", type=arg.device, default="auto", help=f"{arg.DEVICE_HELP}; report.json records it")

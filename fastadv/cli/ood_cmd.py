@@ -37,8 +37,7 @@ def add_parser(sub) -> None:
                    help="in-distribution data (as fastadv eval's --data)")  # fmt: skip
     p.add_argument("--out", dest="out_data", required=True, metavar="OOD_DATA",
                    help="out-of-distribution data (as fastadv eval's --data)")  # fmt: skip
-    p.add_argument("--image-size", type=arg.image_side, default=None,
-                   help="resize folder images' shorter side to this size and crop the centre square")  # fmt: skip
+    data_options.add_image_size(p)
     data_options.add_data_options(p, shuffle=False)  # --input-size, --workers, --limit, --subset: for both data sets
     p.add_argument("--scores", type=arg.csv_list(SCORES, unique=True), default=list(SCORES),
                    help=f"among {', '.join(SCORES)} (higher: more in-distribution)")  # fmt: skip
@@ -89,13 +88,12 @@ def _naming_results():
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.image_size is not None and args.input_size is not None:
-        raise CliError("--image-size: give --image-size (shorter side, then crop) or --input-size (H,W), not both")
+    crop = data_options.crop_size(args)
     with _ResultsFolder(args) as output:
         model = (digits_models.standard_digits_model(args.cache) if args.model is None
                  else model_options.load(args, args.device)).to(args.device).eval()  # fmt: skip
-        in_data = data_options.open_selection(args, args.in_data, "test", option="--in", crop_size=args.image_size)
-        out_data = data_options.open_selection(args, args.out_data, "test", option="--out", crop_size=args.image_size)
+        in_data = data_options.open_selection(args, args.in_data, "test", option="--in", crop_size=crop)
+        out_data = data_options.open_selection(args, args.out_data, "test", option="--out", crop_size=crop)
         model_options.check_output(model, data_options.first_sample(in_data, option="--in", count=2), args)
         class_options.check(model, in_data, args, option="--in")
         try:  # the OOD images' labels mean nothing: only whether the model takes them

@@ -48,11 +48,7 @@ def add_parser(sub) -> None:
                    help="'digits' (its test split), an .npz file with x, y, a CIFAR-10/100 python-format folder, or "
                    f"a folder with one sub-folder of images per class; the page holds its first {DEMO_SAMPLES} "
                    "samples (after --subset / --shuffle-seed)")  # fmt: skip
-    p.add_argument(
-        "--image-size", type=arg.image_side, default=None,
-        help=f"resize folder images' shorter side to this size (at most {arg.MAX_IMAGE_SIDE}) and crop the centre "
-        "square",
-    )  # fmt: skip
+    data_options.add_image_size(p)
     data_options.add_data_options(p)
     p.add_argument(
         "--defense", type=arg.defense, default=None, metavar="SPEC",

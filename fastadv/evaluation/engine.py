@@ -187,7 +187,7 @@ def evaluate(
     cascade: bool = True,
     seed: int = 0,
     amp: torch.dtype | str | None = None,
-    channels_last: bool = False,
+    channels_last: bool | None = None,
     backend: str = "auto",
     adaptive: bool = False,
     eot_samples: int = 1,
@@ -240,7 +240,9 @@ def evaluate(
     check.positive_int("steps", steps)
     check.flag("adaptive", adaptive)
     check.positive_int("eot_samples", eot_samples)
-    options = {"amp": check.amp_dtype(amp), "channels_last": channels_last, "backend": backend}
+    options = {"amp": check.amp_dtype(amp), "backend": backend}
+    if channels_last is not None:  # (None: each attack's default; AutoAttack's is "auto")
+        options["channels_last"] = check.flag("channels_last", channels_last)
     check_state_path(state_path)
     selection = as_selection("data", data)
     workers = workers_for(selection, workers)

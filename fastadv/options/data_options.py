@@ -1,5 +1,5 @@
-"""The options of how a command reads its data (--input-size, --workers, --skip-bad-images,
---limit, --subset, --shuffle-seed) and the opening of a data set they select: every error a
+"""The options of how a command reads its data (--image-size, --input-size, --workers,
+--skip-bad-images, --limit, --subset, --shuffle-seed) and the opening of a data set they select: every error a
 CliError naming the option (--data, or the option given), one line, exit status 2."""
 
 from __future__ import annotations
@@ -12,7 +12,21 @@ from .. import data
 from ..data import DataError, Selection, default_workers
 from ..data.loader import first_images
 from ..evaluation.inputs import check_fit
-from .arguments import MAX_IMAGE_SIDE, CliError, input_size, nonnegative_int, positive_int, seed
+from .arguments import MAX_IMAGE_SIDE, CliError, image_side, input_size, nonnegative_int, positive_int, seed
+
+
+def add_image_size(p: argparse.ArgumentParser) -> None:
+    """--image-size, for the commands that evaluate on their data (eval, ood, demo)."""
+    p.add_argument("--image-size", type=image_side, default=None,
+                   help=f"resize folder images' shorter side to this size (at most {MAX_IMAGE_SIDE}) and crop the "
+                   "centre square")  # fmt: skip
+
+
+def crop_size(args: argparse.Namespace) -> int | None:
+    """--image-size, refused beside --input-size (each resizes: one or the other)."""
+    if args.image_size is not None and args.input_size is not None:
+        raise CliError("--image-size: give --image-size (shorter side, then crop) or --input-size (H,W), not both")
+    return args.image_size
 
 
 def add_data_options(p: argparse.ArgumentParser, *, shuffle: bool = True) -> None:

@@ -14,7 +14,6 @@ from ..checkpoint import CheckpointError
 from ..data import Selection
 from ..data.class_space import ClassSpace
 from . import class_options, data_options, model_options
-from .arguments import CliError
 
 
 def default_model(cache: str, quiet: bool) -> torch.nn.Module:
@@ -50,9 +49,7 @@ def open_inputs(args: argparse.Namespace, rank: int = 0) -> tuple[torch.nn.Modul
     else:
         model = model_options.load(args, args.device)
     model = model.to(args.device).eval()
-    if args.image_size is not None and args.input_size is not None:
-        raise CliError("--image-size: give --image-size (shorter side, then crop) or --input-size (H,W), not both")
-    data = data_options.open_selection(args, args.data, "test", crop_size=args.image_size)
+    data = data_options.open_selection(args, args.data, "test", crop_size=data_options.crop_size(args))
     # two images: a model that drops the batch dim of a batch of one is told apart
     model_options.check_output(model, data_options.first_sample(data, count=2), args)
     space = class_options.check(model, data, args)  # the images fit, the classes match the outputs

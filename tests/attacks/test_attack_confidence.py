@@ -8,6 +8,7 @@ import inspect
 
 import pytest
 import torch
+from support.models import BatchNormCNN
 from torch import nn
 
 import fastadv
@@ -49,19 +50,6 @@ ATTACKS = {
 def _target_batch(attack):
     attack.target_batch = 64
     return attack
-
-
-class BatchNormCNN(nn.Module):
-    def __init__(self, classes: int = 10):
-        super().__init__()
-        self.features = nn.Sequential(
-            nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
-            nn.Conv2d(8, 8, 3, padding=1, stride=2), nn.BatchNorm2d(8), nn.ReLU(),
-        )  # fmt: skip
-        self.head = nn.Linear(8 * 4 * 4, classes)
-
-    def forward(self, x):
-        return self.head(self.features(x).flatten(1))
 
 
 def _model() -> nn.Module:

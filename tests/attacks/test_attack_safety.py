@@ -40,10 +40,12 @@ class BatchNormNet(nn.Module):
         self.raise_on_call = None
         self.calls = 0
         self.seen_requires_grad = set()
+        self.seen_conv_strides = set()
 
     def forward(self, x):
         self.calls += 1
         self.seen_requires_grad.update(p.requires_grad for p in self.parameters())
+        self.seen_conv_strides.add(self.conv.weight.stride())
         if self.calls == self.raise_on_call:
             raise RuntimeError("model failed mid-attack")
         return self.head(self.drop(torch.relu(self.bn(self.conv(x)))).flatten(1))
@@ -59,6 +61,7 @@ def _prepared_model(raise_on_call=None):
     model.calls = 0
     model.raise_on_call = raise_on_call
     model.seen_requires_grad.clear()
+    model.seen_conv_strides.clear()
     return model
 
 
@@ -92,26 +95,34 @@ def test_every_attack_is_covered():
     assert covered == classes - roots
 
 
+# the convolution's weight [8, 1, 3, 3] as the model holds it, and in channels_last
+CONTIGUOUS_STRIDES, CHANNELS_LAST_STRIDES = (9, 9, 3, 1), (9, 1, 3, 1)
+
+
 @pytest.mark.parametrize("name", list(ATTACKS))
 @pytest.mark.parametrize("mode", ["eval", "train"])
-def test_model_and_inputs_unchanged(name, mode):
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_model_and_inputs_unchanged(name, mode, channels_last):
     model = _prepared_model()
     images, labels, kept = _caller_inputs()
     before = snapshot(model)
-    adv = ATTACKS[name][0](model, model_mode=mode)(images, labels)
+    adv = ATTACKS[name][0](model, model_mode=mode, channels_last=channels_last)(images, labels)
     _assert_left_alone(model, before, images, labels, kept)
     assert model.seen_requires_grad == {False}
+    # channels_last: the attack ran the convolution's weight in that layout, and gave it back
+    assert model.seen_conv_strides == {CHANNELS_LAST_STRIDES if channels_last else CONTIGUOUS_STRIDES}
     assert not adv.requires_grad and adv.shape == images.shape and adv.dtype == images.dtype
 
 
 @pytest.mark.parametrize("name", list(ATTACKS))
-def test_model_restored_when_the_attack_raises(name):
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_model_restored_when_the_attack_raises(name, channels_last):
     make, raise_on_call = ATTACKS[name]
     model = _prepared_model(raise_on_call=raise_on_call)
     images, labels, kept = _caller_inputs()
     before = snapshot(model)
     with pytest.raises(RuntimeError, match="model failed mid-attack"):
-        make(model, model_mode="train")(images, labels)
+        make(model, model_mode="train", channels_last=channels_last)(images, labels)
     _assert_left_alone(model, before, images, labels, kept)
 
 

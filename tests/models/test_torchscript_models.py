@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 from support.model_state import assert_unchanged, snapshot
+from support.models import BatchNormCNN
 from torch import nn
 
 import fastadv
@@ -33,19 +34,6 @@ ATTACKS = {
     "AutoAttack": lambda m: fastadv.AutoAttack(m, eps=EPS, version="standard", steps=2, n_queries=3, log=None),
     "AutoAttackLite": lambda m: fastadv.AutoAttackLite(m, eps=EPS, steps=2, n_target_classes=2, log=None),
 }
-
-
-class BatchNormCNN(nn.Module):
-    def __init__(self, classes: int = 10):
-        super().__init__()
-        self.features = nn.Sequential(
-            nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
-            nn.Conv2d(8, 8, 3, padding=1, stride=2), nn.BatchNorm2d(8), nn.ReLU(),
-        )  # fmt: skip
-        self.head = nn.Linear(8 * 4 * 4, classes)
-
-    def forward(self, x):
-        return self.head(self.features(x).flatten(1))
 
 
 def _trained_cnn() -> nn.Module:

@@ -1,6 +1,6 @@
 """The models the tests attack: the seeded digits CNN and the FGSM-RS-trained one (trained once,
 cached between runs), their accuracy, and wrappers that make a model's gradients infinite or
-count its forward calls."""
+count its forward calls, and a small CNN with BatchNorm (the buffers every real CNN has)."""
 
 from __future__ import annotations
 
@@ -105,3 +105,18 @@ class CountingModel(nn.Module):
         self.calls += 1
         self.samples += x.shape[0]
         return self.inner(x)
+
+
+class BatchNormCNN(nn.Module):
+    """Two convolutions with BatchNorm on [B, 3, 8, 8] images, a linear head."""
+
+    def __init__(self, classes: int = 10):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+            nn.Conv2d(8, 8, 3, padding=1, stride=2), nn.BatchNorm2d(8), nn.ReLU(),
+        )  # fmt: skip
+        self.head = nn.Linear(8 * 4 * 4, classes)
+
+    def forward(self, x):
+        return self.head(self.features(x).flatten(1))

@@ -89,14 +89,14 @@ FASTADV_ROUNDING_INLINE F lanes_abs(F v) {
 
 // alpha * sign_or_zero(g) with bit operations: the step with its sign flipped by g's sign where g
 // is nonzero and not NaN (|g| > 0, one compare), else the step's +0 product, a zero with the step's
-// sign. step: alpha, negated when targeted (loop-invariant, as in linf_step_value).
+// sign (loop-invariant). step: alpha, negated when targeted (loop-invariant, as in linf_step_value).
 template <typename F>
 FASTADV_ROUNDING_INLINE F signed_step_lanes(F g, F step) {
   using Mask = decltype(g < g);
   const Mask sign_bit = Mask{} + (-0x7FFFFFFF - 1);
-  const Mask moves = lanes_abs(g) > F{};
-  const Mask flip = reinterpret_cast<Mask>(g) & sign_bit & moves;
-  return reinterpret_cast<F>((reinterpret_cast<Mask>(step) ^ flip) & (moves | sign_bit));
+  const F flipped = reinterpret_cast<F>(reinterpret_cast<Mask>(step) ^ (reinterpret_cast<Mask>(g) & sign_bit));
+  const F zero_step = reinterpret_cast<F>(reinterpret_cast<Mask>(step) & sign_bit);
+  return lanes_abs(g) > F{} ? flipped : zero_step;
 }
 
 // linf_project_value: `b > y ? b : y` is max_propagate_nan(y, b) wherever the bound b is not NaN

@@ -269,6 +269,7 @@ FASTADV_CPU_TARGET inline void linf_run_lanes(const scalar_t* x_adv, const grad_
   const FloatLanes eps = FloatLanes{} + s.eps, lower = FloatLanes{} + s.lower, upper = FloatLanes{} + s.upper;
   const FloatLanes step = FloatLanes{} + (targeted ? -s.alpha : s.alpha);
   int64_t i = 0;
+#pragma GCC unroll 2
   for (; i + kLanes <= n; i += kLanes) {
     const FloatLanes xv = load_widened(x + i);
     const FloatLanes av = load_widened(x_adv + i);

@@ -257,7 +257,7 @@ FASTADV_HOST_DEVICE float l2_output(float x, float delta, float factor, float lo
 
 // The rule on one element (F float, U uint32_t holding the 16-bit pattern) or on a whole SIMD
 // vector of elements at once (F, U: GCC vectors of float and uint32_t, csrc/cpu/step_simd.h): the
-// same expression serves both (tests/ops/test_cpu_builds.py checks the vector forms against it). Comparisons give a bool or a lane mask, `?:` selects per lane, F{}
+// same expression serves both. Comparisons give a bool or a lane mask, `?:` selects per lane, F{}
 // and U{} are zeros, and constants broadcast; no branch, so the CPU loops run it on whole vectors
 // (AVX-512 masks, AVX2 blends, SSE2 and/andnot) and the CUDA kernel as predicated selects.
 // away > limit and away > |y - x| decide whether nearest(y) left the budget (NaN compares false:

@@ -266,8 +266,8 @@ FASTADV_CPU_TARGET inline void linf_run(const scalar_t* x_adv, const grad_t* gra
 template <bool kStep, typename scalar_t, typename grad_t>
 FASTADV_CPU_TARGET inline void linf_run_lanes(const scalar_t* x_adv, const grad_t* grad, const scalar_t* x,
                                               scalar_t* out, int64_t n, Scalars s, bool targeted) {
-  const FloatLanes eps = FloatLanes{} + s.eps, lower = FloatLanes{} + s.lower, upper = FloatLanes{} + s.upper;
-  const FloatLanes step = FloatLanes{} + (targeted ? -s.alpha : s.alpha);
+  const FloatLanes eps = splat_lanes(s.eps), lower = splat_lanes(s.lower), upper = splat_lanes(s.upper);
+  const FloatLanes step = splat_lanes(targeted ? -s.alpha : s.alpha);
   int64_t i = 0;
 #pragma GCC unroll 2
   for (; i + kLanes <= n; i += kLanes) {

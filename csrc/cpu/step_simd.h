@@ -33,6 +33,13 @@ FASTADV_CPU_TARGET inline void store_lanes(float* p, FloatLanes v) {
   std::memcpy(p, &v, sizeof(v));
 }
 
+// v in every lane, its sign of zero included (FloatLanes{} + v would make -0.0 +0.0).
+FASTADV_CPU_TARGET inline FloatLanes splat_lanes(float v) {
+  FloatLanes r;
+  for (int k = 0; k < kLanes; ++k) r[k] = v;
+  return r;
+}
+
 // kLanes 16-bit patterns, zero-extended to 32-bit lanes, and back (the upper halves are zero, so
 // the narrowing is an unsigned saturating pack). Intrinsics where the build has them: gcc made
 // __builtin_convertvector two 128-bit vpmovzxwd and an insert per load, and a mask, a pack and a

@@ -1,5 +1,5 @@
 // Whole-vector conversions between float32 and the 16-bit output dtypes for the CPU loops, and the
-// rounding rule (step_math.h's bits_within_budget_lanes) on whole vectors. Included by
+// rounding rule (step_math.h's bits_within_budget_vector) on whole vectors. Included by
 // step_cpu_loops.h inside its anonymous namespace, once per ISA build: kLanes float32 lanes per
 // vector, 16 on AVX-512, 8 on AVX2, 4 (SSE2, or whatever the compiler makes of 16-byte vectors)
 // in the baseline build. The vectors are GCC vector extensions, so the rule is step_math.h's own
@@ -33,18 +33,42 @@ FASTADV_CPU_TARGET inline void store_lanes(float* p, FloatLanes v) {
   std::memcpy(p, &v, sizeof(v));
 }
 
-// kLanes 16-bit patterns, zero-extended to 32-bit lanes, and back (the upper halves are zero).
+// v in every lane, its sign of zero included (FloatLanes{} + v would make -0.0 +0.0).
+FASTADV_CPU_TARGET inline FloatLanes splat_lanes(float v) {
+  FloatLanes r;
+  for (int k = 0; k < kLanes; ++k) r[k] = v;
+  return r;
+}
+
+// kLanes 16-bit patterns, zero-extended to 32-bit lanes, and back (the upper halves are zero, so
+// the narrowing is an unsigned saturating pack). Intrinsics where the build has them: gcc made
+// __builtin_convertvector two 128-bit vpmovzxwd and an insert per load, and a mask, a pack and a
+// permute per store (a third of the instructions of the bfloat16 L-inf loop).
 template <typename T>
 FASTADV_CPU_TARGET inline BitsLanes load_bits(const T* p) {
+#if FASTADV_CPU_HALF_LANES >= 16
+  return reinterpret_cast<BitsLanes>(_mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))));
+#elif FASTADV_CPU_HALF_LANES >= 8
+  return reinterpret_cast<BitsLanes>(_mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
+#else
   Bits16Lanes v;
   std::memcpy(&v, p, sizeof(v));
   return __builtin_convertvector(v, BitsLanes);
+#endif
 }
 
 template <typename T>
 FASTADV_CPU_TARGET inline void store_bits(T* p, BitsLanes bits) {
+#if FASTADV_CPU_HALF_LANES >= 16
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), _mm512_cvtepi32_epi16(reinterpret_cast<__m512i>(bits)));
+#elif FASTADV_CPU_HALF_LANES >= 8
+  const __m256i b = reinterpret_cast<__m256i>(bits);
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(p),
+                   _mm_packus_epi32(_mm256_castsi256_si128(b), _mm256_extracti128_si256(b, 1)));
+#else
   const Bits16Lanes v = __builtin_convertvector(bits, Bits16Lanes);
   std::memcpy(p, &v, sizeof(v));
+#endif
 }
 
 // The float32 values of 16-bit patterns (load_float on every lane).
@@ -71,19 +95,21 @@ FASTADV_CPU_TARGET inline FloatLanes widen_bits(BitsLanes bits) {
   }
 }
 
-// kLanes elements of a 16-bit input as float32.
+// kLanes elements of an input as float32 (float32 is read as it is).
 template <typename T>
 FASTADV_CPU_TARGET inline FloatLanes load_widened(const T* p) {
+  if constexpr (std::is_same_v<T, float>) {
+    return load_lanes(p);
 #if FASTADV_CPU_HALF_LANES >= 16
-  if constexpr (std::is_same_v<T, c10::Half>) {
+  } else if constexpr (std::is_same_v<T, c10::Half>) {
     return reinterpret_cast<FloatLanes>(_mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))));
-  }
 #elif FASTADV_CPU_HALF_LANES >= 8
-  if constexpr (std::is_same_v<T, c10::Half>) {
+  } else if constexpr (std::is_same_v<T, c10::Half>) {
     return reinterpret_cast<FloatLanes>(_mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
-  }
 #endif
-  return widen_bits<T>(load_bits(p));
+  } else {
+    return widen_bits<T>(load_bits(p));
+  }
 }
 
 // nearest(y) in T: its bits (zero-extended) and its float32 value (store_float, then load_float).
@@ -125,16 +151,26 @@ FASTADV_CPU_TARGET inline RoundedLanes round_lanes(FloatLanes y) {
   }
 }
 
-// n float32 results y stored as T within the budget (step_math.h's rule; x: the inputs' x in
-// float32; limit: eps for L-inf, 0 for L2): whole vectors, then the scalar form on the tail.
+// kLanes float32 results y stored as T: float32 as they are, a 16-bit dtype rounded within the budget
+// (step_math.h's rule; x: the inputs' x in float32; limit: eps for L-inf, 0 for L2).
+template <typename T>
+FASTADV_CPU_TARGET inline void store_output_lanes(T* out, FloatLanes y, FloatLanes x, FloatLanes limit) {
+  if constexpr (std::is_same_v<T, float>) {
+    store_lanes(out, y);
+  } else {
+    const RoundedLanes r = round_lanes<T>(y);
+    store_bits(out, bits_within_budget_vector(r.bits, r.value, y, x, limit));
+  }
+}
+
+// n float32 results y stored as T within the budget (store_output_lanes): whole vectors, then the
+// scalar form on the tail.
 template <typename T>
 FASTADV_CPU_TARGET inline void store_rounded(const float* y, T* out, int64_t n, const float* x, float limit) {
   const FloatLanes limits = FloatLanes{} + limit;
   int64_t i = 0;
   for (; i + kLanes <= n; i += kLanes) {
-    const FloatLanes yv = load_lanes(y + i);
-    const RoundedLanes r = round_lanes<T>(yv);
-    store_bits(out + i, bits_within_budget_lanes(r.bits, r.value, yv, load_lanes(x + i), limits));
+    store_output_lanes(out + i, load_lanes(y + i), load_lanes(x + i), limits);
   }
   for (; i < n; ++i) out[i] = stored<T>(y[i], x[i], limit);
 }

@@ -127,6 +127,32 @@ def test_rounding_rule_on_every_build(isa, dtype):
         assert_close(fastadv.l2_step(*args, backend="cpu"), expected, f"{isa} l2 alpha={alpha}")
 
 
+@pytest.mark.parametrize("dtype", (torch.float16, torch.bfloat16), ids=str)
+def test_linf_step_vector_edges(isa, dtype):
+    """The 16-bit L-inf loop's vector forms (step_math.h's signed_step_lanes, linf_project_lanes):
+    gradients +-0, NaN, +-inf and tiny, a NaN in x (the clamps end at x + eps) or in x_adv, a zero
+    step (alpha 0: the sign of the zero product), targeted or not, bounds at +-0 and inside the ball,
+    every element in every lane position and in the tail, bit for bit against the reference."""
+    gen = torch.Generator().manual_seed(zlib.crc32(f"vector edges{isa}{dtype}".encode()))
+    n = 1031
+    specials = torch.tensor([0.0, -0.0, float("nan"), float("inf"), -float("inf"), 1e-30, -1e-30, 1.0, -2.0])
+    grad = specials[torch.randint(0, len(specials), (n,), generator=gen)].to(dtype)
+    x = torch.rand(n, generator=gen) * 2 - 1
+    x[::17] = float("nan")
+    x[3::19] = torch.where(torch.rand(x[3::19].shape, generator=gen) < 0.5, 0.0, -0.0)
+    x_adv = x + 0.2 * (torch.rand(n, generator=gen) - 0.5)
+    x_adv[5::23] = float("nan")
+    x_adv[7::29] = -0.0
+    x, x_adv = x.to(dtype), x_adv.to(dtype)
+    for alpha in (0.05, 0.0):
+        for targeted in (False, True):
+            for lower, upper in ((-float("inf"), float("inf")), (0.0, 1.0), (-1.0, -0.0), (-0.02, 0.03)):
+                args = (x_adv, grad, x, 0.1, alpha, lower, upper)
+                expected = fastadv.linf_step(*args, targeted=targeted, backend="torch")
+                actual = fastadv.linf_step(*args, targeted=targeted, backend="cpu")
+                assert_exact(actual, expected, f"{isa} alpha={alpha} targeted={targeted} [{lower}, {upper}]")
+
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_subnormals_are_not_flushed(isa, dtype):
     """No flush-to-zero (a subnormal result stays) and no denormals-are-zero (a subnormal input

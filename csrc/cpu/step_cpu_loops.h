@@ -498,6 +498,45 @@ FASTADV_CPU_TARGET inline void write_l2_from_delta(const float* x, float* out, i
   for (int64_t i = begin; i < end; ++i) out[i] = l2_output(x[i], out[i], factor, lower, upper);
 }
 
+// A float32 sample's write, left for later (L2Pending below): out holds delta (StoredDeltaTerms).
+struct L2PendingWrite {
+  const float* x;
+  float* out;
+  float factor, lower, upper;
+  bool valid;
+};
+
+// The gradient's terms (GradTerms) of one sample, each vector also writing the same positions of the
+// previous sample (write_l2_from_delta on whole vectors): one pass over memory instead of two.
+template <typename grad_t>
+struct GradTermsWriting {
+  const grad_t* grad;
+  const float* x;
+  float* out;
+  float factor, lower, upper;
+  FASTADV_CPU_TARGET FloatLanes lanes(int64_t i) const {
+    store_lanes(out + i, l2_output_lanes(load_lanes(x + i), load_lanes(out + i), factor, FloatLanes{} + lower,
+                                         FloatLanes{} + upper));
+    return l2_grad_entry_lanes(load_float_lanes(grad + i));
+  }
+  FASTADV_CPU_TARGET float one(int64_t i) const {
+    out[i] = l2_output(x[i], out[i], factor, lower, upper);
+    return l2_grad_entry(load_float(grad[i]));
+  }
+};
+
+// sum_sq_grad (the same chunks and sums, so the same bits) while writing `pending`'s sample.
+template <typename grad_t>
+FASTADV_CPU_TARGET float sum_sq_grad_writing(const grad_t* grad, int64_t begin, int64_t end,
+                                             const L2PendingWrite& w) {
+  float acc = 0.f;
+  for (int64_t i = begin; i < end; i += kSumChunk) {
+    const GradTermsWriting<grad_t> terms{grad + i, w.x + i, w.out + i, w.factor, w.lower, w.upper};
+    acc += sum_squares(terms, std::min(kSumChunk, end - i));
+  }
+  return acc;
+}
+
 template <bool kStep, typename scalar_t, typename grad_t, typename Dir>
 FASTADV_CPU_TARGET float sum_sq_delta(const scalar_t* x_adv, const grad_t* grad, const scalar_t* x, int64_t begin,
                                       int64_t end, Dir dir, float alpha, bool targeted) {
@@ -634,13 +673,23 @@ float team_sum(L2Team& team, int64_t n, F&& partial) {
 // tensor (for the per-channel bounds); out_t may be narrower than the inputs (widened samples, below).
 template <bool kStep, typename scalar_t, typename grad_t, typename out_t>
 void l2_sample(const scalar_t* x_adv, const grad_t* grad, const scalar_t* x, out_t* out, int64_t base, int64_t b,
-               const StepLaunch& launch, bool targeted, L2Team& team) {
+               const StepLaunch& launch, bool targeted, L2Team& team, L2PendingWrite* pending = nullptr,
+               bool defer_write = false) {
   const StepParams& p = launch.params;
   const int64_t n = launch.geometry.sample_size;
   const float alpha = p.alpha.at(b, 0);
   L2Direction dir{1.f, 0.f, 0.f};
   if constexpr (kStep) {
-    const float sum_sq = team_sum(team, n, [&](int64_t i0, int64_t i1) { return sum_sq_grad(grad, i0, i1); });
+    float sum_sq = 0.f;
+    bool written = false;
+    if constexpr (std::is_same_v<grad_t, float>) {
+      if (pending != nullptr && pending->valid) {  // the previous sample's write rides on this pass
+        sum_sq = team_sum(team, n, [&](int64_t i0, int64_t i1) { return sum_sq_grad_writing(grad, i0, i1, *pending); });
+        pending->valid = false;
+        written = true;
+      }
+    }
+    if (!written) sum_sq = team_sum(team, n, [&](int64_t i0, int64_t i1) { return sum_sq_grad(grad, i0, i1); });
     float infinite_count = 0.f, scaled_sum_sq = 0.f;
     const float scale = l2_grad_scale(sum_sq);
     if (scale != 1.f) {  // rare: a second pass over this sample only
@@ -673,6 +722,12 @@ void l2_sample(const scalar_t* x_adv, const grad_t* grad, const scalar_t* x, out
         });
       }
       const float factor = l2_rescale_factor(std::sqrt(delta_sum_sq), delta_scale, eps);
+      const bool uniform_bounds = (!p.lower.varies() || p.lower.stride_c == 0) &&
+                                  (!p.upper.varies() || p.upper.stride_c == 0);
+      if (defer_write && uniform_bounds) {  // written by the next sample's gradient pass
+        *pending = {x, out, factor, p.lower.at(b, 0), p.upper.at(b, 0), true};
+        return;
+      }
       for_team_blocks(team, n, [&](int64_t, int64_t begin, int64_t end) {
         for_each_run(base + begin, base + end, launch.geometry, launch.numel,
                      [&](int64_t i0, int64_t i1, int64_t rb, int64_t rc) {
@@ -746,11 +801,15 @@ void l2_cpu(const scalar_t* x_adv, const grad_t* grad, const scalar_t* x, scalar
       first = batch * tid / team_size;
       last = batch * (tid + 1) / team_size;
     }
+    // float32 steps, one thread per sample: a sample's write waits for the next sample's gradient
+    // pass (L2PendingWrite), so the two run as one pass over memory; the last one is written here.
+    constexpr bool kPipelined = kStep && std::is_same_v<scalar_t, float> && std::is_same_v<grad_t, float>;
+    L2PendingWrite pending{nullptr, nullptr, 0.f, 0.f, 0.f, false};
     for (int64_t b = first; b < last; ++b) {
       const int64_t base = b * n;
       if (!widen_first || shared) {
         l2_sample<kStep>(x_adv + base, kStep ? grad + base : grad, x + base, out + base, base, b, launch, targeted,
-                         team);
+                         team, kPipelined && !shared ? &pending : nullptr, kPipelined && !shared && b + 1 < last);
       } else {
         static thread_local std::vector<float> scratch;  // reused across calls
         scratch.resize(static_cast<size_t>(3 * n));
@@ -762,6 +821,10 @@ void l2_cpu(const scalar_t* x_adv, const grad_t* grad, const scalar_t* x, scalar
         if constexpr (kStep) widen(grad + base, g_f, 0, n);
         l2_sample<kStep>(xa_f, static_cast<const float*>(g_f), x_f, out + base, base, b, launch, targeted, team);
       }
+    }
+    if (pending.valid) {
+      if constexpr (kPipelined) write_l2_from_delta(pending.x, pending.out, 0, n, pending.factor, pending.lower,
+                                                    pending.upper);
     }
   };
   if (threads == 1) {

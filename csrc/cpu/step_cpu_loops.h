@@ -448,8 +448,8 @@ struct DeltaTerms {
 // recomputing the direction and the step from x_adv, grad and x. The stored terms are the delta
 // pass's own, the values the write pass recomputed (the output keeps its bits); the write reads
 // two inputs instead of three and does a third of the arithmetic, and the output's cache lines are
-// fetched in the delta pass, whose loads from memory they overlap. (One thread, AVX2 EPYC: the
-// step 12-15% faster on the CIFAR batch, see benchmarks/results/step_copy_ratio_cpu_amd_epyc_avx2_l2_f32.md.)
+// fetched in the delta pass, whose loads from memory they overlap (one thread, AVX2 EPYC, with the
+// pipelined write below: benchmarks/results/step_copy_ratio_cpu_amd_epyc_avx2_l2_f32.md).
 // `out` may be x_adv itself (an in-place step): every pass after the delta pass reads delta from
 // out, never x_adv, and each thread of a team reads back only the blocks it wrote.
 template <bool kStep, typename scalar_t, typename grad_t>

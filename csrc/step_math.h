@@ -247,6 +247,22 @@ FASTADV_HOST_DEVICE float l2_output(float x, float delta, float factor, float lo
   return min_propagate_nan(max_propagate_nan(x + delta * factor, lower), upper);
 }
 
+// l2_output on a whole SIMD vector (F a GCC vector of floats, as in l2_grad_entry_lanes; the CPU
+// loop that writes one sample while it sums the next one's gradient): the same clamps, NaN in
+// either operand propagating and a tie keeping the clamped value, as lane masks and blends.
+template <typename F>
+FASTADV_ROUNDING_INLINE F max_propagate_nan_lanes(F a, F b) {
+  return ((b > a) | (b != b)) ? b : a;
+}
+template <typename F>
+FASTADV_ROUNDING_INLINE F min_propagate_nan_lanes(F a, F b) {
+  return ((b < a) | (b != b)) ? b : a;
+}
+template <typename F>
+FASTADV_ROUNDING_INLINE F l2_output_lanes(F x, F delta, float factor, F lower, F upper) {
+  return min_propagate_nan_lanes(max_propagate_nan_lanes(x + delta * factor, lower), upper);
+}
+
 // ---- Rounding to a 16-bit output dtype (float16, bfloat16) within the budget ----
 // Nearest rounding of the float32 result y can carry it past the ball's edge (eps 0.1 became
 // 0.1016 in float16). So: out = nearest(y); when out is farther from x than both y and `limit`

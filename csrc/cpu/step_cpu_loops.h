@@ -515,46 +515,11 @@ FASTADV_CPU_TARGET inline void write_l2_run(const scalar_t* x_adv, const grad_t*
   }
 }
 
-// The L2 write of the 16-bit dtypes (kChunked) for a sample with a finite sum of squares (inverse
-// norm: the fast path): one pass over whole vectors, from the loads (widened to float32 once)
-// through step_math.h's l2_step_delta_lanes and l2_output_lanes to the store rounded within the
-// budget (limit 0), all in registers; the tail through the scalar loop. It replaced chunks of
-// kHalfChunk elements widened into float32 buffers, run through the float32 loop into a buffer and
-// rounded in a third loop (as linf_run_lanes replaced for L-inf).
-template <bool kStep, typename scalar_t, typename grad_t, typename out_t>
-FASTADV_CPU_TARGET inline void write_l2_run_lanes(const scalar_t* x_adv, const grad_t* grad, const scalar_t* x,
-                                                  out_t* out, int64_t n, float inverse_norm, float alpha,
-                                                  bool targeted, float factor, float lower, float upper) {
-  const FloatLanes lower_v = splat_lanes(lower), upper_v = splat_lanes(upper), factor_v = splat_lanes(factor);
-  const FloatLanes inverse_norm_v = splat_lanes(inverse_norm);
-  const float step = targeted ? -alpha : alpha;
-  const FloatLanes zero{};
-  int64_t i = 0;
-#pragma GCC unroll 2
-  for (; i + kLanes <= n; i += kLanes) {
-    const FloatLanes xv = load_float_lanes(x + i);
-    const FloatLanes av = load_float_lanes(x_adv + i);
-    FloatLanes d;
-    if constexpr (kStep) {
-      d = l2_step_delta_lanes(av, l2_grad_entry_lanes(load_float_lanes(grad + i)) * inverse_norm_v, xv, step);
-    } else {
-      d = av - xv;
-    }
-    store_output_lanes(out + i, l2_output_lanes(xv, d, factor_v, lower_v, upper_v), xv, zero);
-  }
-  write_l2_run<kStep>(x_adv + i, kStep ? grad + i : grad, x + i, out + i, n - i, inverse_norm, alpha, targeted,
-                      factor, lower, upper);
-}
-
 template <bool kStep, typename scalar_t, typename grad_t, typename out_t, typename Dir>
 FASTADV_CPU_TARGET void write_l2(const scalar_t* x_adv, const grad_t* grad, const scalar_t* x, out_t* out,
                                  int64_t begin, int64_t end, Dir dir, float alpha, bool targeted,
                                  float factor, float lower, float upper) {
-  if constexpr (kChunked<out_t, scalar_t, grad_t> && std::is_same_v<Dir, float>) {
-    write_l2_run_lanes<kStep>(x_adv + begin, kStep ? grad + begin : grad, x + begin, out + begin, end - begin, dir,
-                              alpha, targeted, factor, lower, upper);
-    return;
-  } else if constexpr (kChunked<out_t, scalar_t, grad_t>) {
+  if constexpr (kChunked<out_t, scalar_t, grad_t>) {
     alignas(64) float buffers[4][kHalfChunk];
     for (int64_t i = begin; i < end; i += kHalfChunk) {
       const int64_t n = std::min(kHalfChunk, end - i);

@@ -247,6 +247,17 @@ FASTADV_HOST_DEVICE float l2_output(float x, float delta, float factor, float lo
   return min_propagate_nan(max_propagate_nan(x + delta * factor, lower), upper);
 }
 
+// l2_output on whole SIMD vectors (F as in l2_grad_entry_lanes): lane for lane its result, bit for
+// bit. lower and upper are never NaN (the ops refuse them), so `b > y ? b : y` is
+// max_propagate_nan(y, b) (a NaN y stays: b > NaN is false), one vmaxps without the NaN test of b
+// (as in linf_project_lanes).
+template <typename F>
+FASTADV_ROUNDING_INLINE F l2_output_lanes(F x, F delta, F factor, F lower, F upper) {
+  F y = x + delta * factor;
+  y = lower > y ? lower : y;
+  return upper < y ? upper : y;
+}
+
 // ---- Rounding to a 16-bit output dtype (float16, bfloat16) within the budget ----
 // Nearest rounding of the float32 result y can carry it past the ball's edge (eps 0.1 became
 // 0.1016 in float16). So: out = nearest(y); when out is farther from x than both y and `limit`

@@ -247,20 +247,17 @@ FASTADV_HOST_DEVICE float l2_output(float x, float delta, float factor, float lo
   return min_propagate_nan(max_propagate_nan(x + delta * factor, lower), upper);
 }
 
-// l2_output on a whole SIMD vector (F a GCC vector of floats, as in l2_grad_entry_lanes; the CPU
-// loop that writes one sample while it sums the next one's gradient): the same clamps, NaN in
-// either operand propagating and a tie keeping the clamped value, as lane masks and blends.
-template <typename F>
-FASTADV_ROUNDING_INLINE F max_propagate_nan_lanes(F a, F b) {
-  return ((b > a) | (b != b)) ? b : a;
-}
-template <typename F>
-FASTADV_ROUNDING_INLINE F min_propagate_nan_lanes(F a, F b) {
-  return ((b < a) | (b != b)) ? b : a;
-}
-template <typename F>
-FASTADV_ROUNDING_INLINE F l2_output_lanes(F x, F delta, float factor, F lower, F upper) {
-  return min_propagate_nan_lanes(max_propagate_nan_lanes(x + delta * factor, lower), upper);
+// l2_output on whole SIMD vectors (F a GCC vector of floats, as in l2_grad_entry_lanes; factor a
+// float or such a vector): lane for lane its result, bit for bit. lower and upper are never NaN
+// (the ops refuse them), so `b > y ? b : y` is max_propagate_nan(y, b) (a NaN y stays: b > NaN is
+// false; a tie keeps y), one vmaxps without the NaN test of b (as in linf_project_lanes). Used by
+// the float32 loop that writes one sample while it sums the next one's gradient, and by the
+// 16-bit write from registers.
+template <typename F, typename S>
+FASTADV_ROUNDING_INLINE F l2_output_lanes(F x, F delta, S factor, F lower, F upper) {
+  F y = x + delta * factor;
+  y = lower > y ? lower : y;
+  return upper < y ? upper : y;
 }
 
 // ---- Rounding to a 16-bit output dtype (float16, bfloat16) within the budget ----

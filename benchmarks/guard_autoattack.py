@@ -7,8 +7,9 @@ The case: the digits CNN (`fastadv.bench.attack.make_case("digits-cnn")`, the fi
 eps 0.1, APGD-CE, APGD-T, FAB-T at `steps` iterations and Square at 50 x steps queries on both
 sides (`torchattacks_autoattack`), the two providers taking turns round by round so a busy host
 slows both alike; the medians are compared. Prints one line and exits 1 when fastadv is slower
-(ratio < floor, default 1.0: a generous floor, since on this case fastadv measured 1.43x on a host at load 15;
-the committed tables under benchmarks/results/ keep the real numbers), 0 otherwise, and 0 with a
+(ratio < floor, default 1.2: about half of the 2.37x it measured on the AVX2 EPYC once AutoAttack ran the
+model's convolutions in channels_last, 1.40-1.43x before; the committed tables under benchmarks/results/
+keep the real numbers), 0 otherwise, and 0 with a
 note when torchattacks is not installed. `autoattack_ratio` is the function a combined guard
 (benchmarks/guard.py) can call.
 """
@@ -68,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--samples", type=int, default=32)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--floor", type=float, default=1.0, help="the smallest original/fastadv ratio that passes")
+    parser.add_argument("--floor", type=float, default=1.2, help="the smallest original/fastadv ratio that passes")
     args = parser.parse_args(argv)
     result = autoattack_ratio(args.samples, args.steps, args.rounds)
     if result is None:

@@ -8,22 +8,12 @@ import warnings
 import pytest
 import torch
 from support.model_state import assert_unchanged, snapshot
-from support.models import BatchNormCNN
+from support.models import trained_batchnorm_cnn
 from torch import nn
 
 import fastadv
 from fastadv.attacks import attack_mode
 from fastadv.attacks.model_mode import conv_weights
-
-
-def _cnn() -> nn.Module:
-    torch.manual_seed(0)
-    model = BatchNormCNN()
-    model.train()
-    with torch.no_grad():
-        for _ in range(3):
-            model(torch.rand(16, 3, 8, 8))  # moved BatchNorm statistics
-    return model.eval()
 
 
 def _inputs():
@@ -50,7 +40,7 @@ def _is_channels_last(w: torch.Tensor) -> bool:
 @pytest.mark.parametrize("form", ["module", "scripted", "traced", "exported"])
 def test_every_form_runs_its_convolutions_channels_last_and_gets_them_back(form):
     x, y = _inputs()
-    model = _as(form, _cnn(), x)
+    model = _as(form, trained_batchnorm_cnn(), x)
     weights = conv_weights(model)
     assert len(weights) == 2 and all(w.shape[1:] in ((3, 3, 3), (8, 3, 3)) for w in weights)
     before, identities = snapshot(model), [id(w) for w in weights]
@@ -83,7 +73,7 @@ def test_subclasses_and_other_layers_are_left_alone():
 def test_auto_on_a_cpu_with_convolutions_only():
     x, y = _inputs()
     seen = []
-    model = _cnn()
+    model = trained_batchnorm_cnn()
     model.features[3].register_forward_pre_hook(lambda m, args: seen.append(_is_channels_last(m.weight)))
     fastadv.PGD(model, eps=0.05, alpha=0.03, steps=2, channels_last="auto").run(x, y)
     assert seen and all(seen)
@@ -99,7 +89,7 @@ def test_auto_on_a_cpu_with_convolutions_only():
 
 def test_autoattack_runs_convolutions_channels_last_by_default():
     x, y = _inputs()
-    model = _cnn()
+    model = trained_batchnorm_cnn()
     seen = []
     model.features[3].register_forward_pre_hook(lambda m, args: seen.append(_is_channels_last(m.weight)))
     before = snapshot(model)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 from support.model_state import assert_unchanged, snapshot
-from support.models import BatchNormCNN
+from support.models import trained_batchnorm_cnn
 from torch import nn
 
 import fastadv
@@ -34,17 +34,6 @@ ATTACKS = {
     "AutoAttack": lambda m: fastadv.AutoAttack(m, eps=EPS, version="standard", steps=2, n_queries=3, log=None),
     "AutoAttackLite": lambda m: fastadv.AutoAttackLite(m, eps=EPS, steps=2, n_target_classes=2, log=None),
 }
-
-
-def _trained_cnn() -> nn.Module:
-    """Moved running statistics (not the initial 0/1) and num_batches_tracked > 0."""
-    torch.manual_seed(0)
-    model = BatchNormCNN()
-    model.train()
-    with torch.no_grad():
-        for _ in range(3):
-            model(torch.rand(16, 3, 8, 8))
-    return model.eval()
 
 
 def _as(form: str, model: nn.Module, example: torch.Tensor):
@@ -80,7 +69,7 @@ def _check_result(name, adv, images):
 @pytest.mark.parametrize("form", ["scripted", "traced"])
 @pytest.mark.parametrize("name", list(ATTACKS))
 def test_torchscript_model_state_guarded(form, name):
-    model = _as(form, _trained_cnn(), torch.rand(2, 3, 8, 8))
+    model = _as(form, trained_batchnorm_cnn(), torch.rand(2, 3, 8, 8))
     model.train()  # a caller's model in train mode, with one module in eval: both must come back
     getattr(model.features, "1").eval()
     model.head.weight.requires_grad_(False)
@@ -95,7 +84,7 @@ def test_torchscript_model_state_guarded(form, name):
 def test_torchscript_train_mode_statistics_restored(form):
     """model_mode='train': BatchNorm's statistics move during the attack (scripted) and are
     written back; the module objects' buffers are the same tensors afterwards."""
-    model = _as(form, _trained_cnn(), torch.rand(2, 3, 8, 8))
+    model = _as(form, trained_batchnorm_cnn(), torch.rand(2, 3, 8, 8))
     images, labels = _inputs()
     before = snapshot(model)
     result = fastadv.PGD(model, eps=EPS, alpha=0.04, steps=3, model_mode="train").run(images, labels)
@@ -108,12 +97,12 @@ def test_torchscript_train_mode_statistics_restored(form):
 def test_exported_program_attacked(form, name):
     """An ExportedProgram (not callable itself) and its module() (whose eval() raises) are
     attacked as exported; their buffers stay as they were."""
-    exported = _as(form, _trained_cnn(), torch.rand(2, 3, 8, 8))
+    exported = _as(form, trained_batchnorm_cnn(), torch.rand(2, 3, 8, 8))
     module = exported.module() if form == "exported-program" else exported
     images, labels = _inputs()
     before = snapshot(module)
     with torch.no_grad():
-        clean = _trained_cnn()(images).argmax(1)
+        clean = trained_batchnorm_cnn()(images).argmax(1)
     attack = ATTACKS[name](exported if form == "exported-program" else module)
     adv = attack(images, labels)
     _check_result(name, adv, images)
@@ -123,7 +112,7 @@ def test_exported_program_attacked(form, name):
 
 
 def test_exported_module_refuses_train_mode():
-    module = _as("exported-module", _trained_cnn(), torch.rand(2, 3, 8, 8))
+    module = _as("exported-module", trained_batchnorm_cnn(), torch.rand(2, 3, 8, 8))
     images, labels = _inputs()
     with pytest.raises(ValueError, match="model_mode='train': the model is a torch.export program"):
         fastadv.PGD(module, eps=EPS, alpha=0.04, steps=2, model_mode="train")(images, labels)
@@ -147,7 +136,7 @@ def test_torchvision_resnet18_scripted_and_traced():
 
 @pytest.mark.parametrize("form", ["scripted", "traced"])
 def test_cli_eval_torchscript_batchnorm(form, tmp_path, capsys):
-    model = _trained_cnn()
+    model = trained_batchnorm_cnn()
     images, labels = torch.rand(12, 3, 8, 8), torch.randint(0, 10, (12,))
     path = tmp_path / "model.pt"
     with warnings.catch_warnings():

@@ -120,3 +120,15 @@ class BatchNormCNN(nn.Module):
 
     def forward(self, x):
         return self.head(self.features(x).flatten(1))
+
+
+def trained_batchnorm_cnn() -> nn.Module:
+    """A seeded BatchNormCNN in eval mode with moved running statistics (not the initial 0/1) and
+    num_batches_tracked > 0: three forward passes in train mode on random images."""
+    torch.manual_seed(0)
+    model = BatchNormCNN()
+    model.train()
+    with torch.no_grad():
+        for _ in range(3):
+            model(torch.rand(16, 3, 8, 8))
+    return model.eval()

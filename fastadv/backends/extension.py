@@ -9,6 +9,8 @@ torch.compile(fullgraph=True).
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from .step_ops import StepOps, register_fake_kernels
@@ -34,6 +36,7 @@ def load_error() -> str | None:
     return _LOAD_ERROR
 
 
+@functools.cache  # (asked at every op call; the kernels are registered as _C loads, above, and never change)
 def _has_kernel(device_type: str) -> bool:
     return torch._C._dispatch_has_kernel_for_dispatch_key("fastadv::linf_step_out", device_type)
 

@@ -18,8 +18,8 @@ EPS = 0.02  # (most samples fooled, some not)
 
 # Every attack class, in the settings that reach each place a result is taken from: a step,
 # the final iterate, the best point of a run (APGD), restarts on survivors, early stopping's
-# compaction, targets side by side (APGD-T's target_batch, as AutoAttack sets it), FAB-T's
-# rounds, Square's accepted queries, the minimal-norm attacks' best images, EOT, BPDA.
+# compaction, targets side by side (APGD-T's and FAB-T's target_batch, as AutoAttack sets it),
+# FAB-T's rounds, Square's accepted queries, the minimal-norm attacks' best images, EOT, BPDA.
 ATTACKS = {
     "FGSM": lambda m: fastadv.FGSM(m, eps=EPS),
     "FGSM-random-restarts": lambda m: fastadv.FGSM(m, eps=EPS, random_start=True, restarts=3),
@@ -38,6 +38,7 @@ ATTACKS = {
     "JSMA": lambda m: fastadv.JSMA(m, gamma=0.05),
     "FAB": lambda m: fastadv.FAB(m, eps=EPS, steps=3),
     "FAB-T": lambda m: fastadv.FAB(m, eps=EPS, steps=3, multi_targeted=True, n_classes=4),
+    "FAB-T-target-batch": lambda m: _target_batch(fastadv.FAB(m, eps=EPS, steps=3, multi_targeted=True, n_classes=4)),
     "Square": lambda m: fastadv.Square(m, eps=EPS, n_queries=40),
     "Square-l2": lambda m: fastadv.Square(m, norm="L2", eps=0.3, n_queries=40),
     "AutoAttack": lambda m: fastadv.AutoAttack(

@@ -80,9 +80,7 @@ def main() -> None:
     model = ClockedModel(plain, now).eval()
     eps = attack.EPS[args.model]
     ours = AutoAttack(model, eps=eps, log=None)
-    for _, stage in ours.stages:
-        if isinstance(stage, APGDT):
-            stage.target_batch = 250  # what AutoAttack.run(batch_size=250) sets
+    ours.batch_targets(250, x.device)  # what AutoAttack.run(batch_size=250) sets
     names = [name for name, _ in ours.stages]
     theirs = dict(zip(names, attack.torchattacks_autoattack(model, eps, 100).attacks, strict=True))
     with torch.no_grad():

@@ -282,6 +282,17 @@ class AutoAttack:
         """AutoAttack's entry point: the adversarial images, attacked `bs` samples at a time."""
         return self.run(images, labels, batch_size=bs).adv
 
+    def batch_targets(self, batch_size: int, device: torch.device) -> None:
+        """Sets the targeted stages' (sample, target class) pairs per batch for batches of
+        `batch_size` samples on `device`, as :meth:`run` does: APGD-T's ``target_batch`` to
+        batch_size, FAB-T's to batch_size on a GPU and at most FAB_T_CPU_PAIRS on a CPU."""
+        for _, stage in self.stages:
+            if isinstance(stage, APGDT):
+                stage.target_batch = batch_size
+            elif isinstance(stage, FAB) and stage.multi_targeted:
+                on_cpu = torch.device(device).type == "cpu"
+                stage.target_batch = min(batch_size, FAB_T_CPU_PAIRS) if on_cpu else batch_size
+
     def run(
         self,
         images: torch.Tensor,
@@ -315,12 +326,7 @@ class AutoAttack:
         if n == 0:  # (a robust accuracy over no sample would read as 0%)
             raise ValueError(f"images: an empty batch; {type(self).__name__} needs at least one sample")
         names = [name for name, _ in self.stages]
-        for _, stage in self.stages:
-            if isinstance(stage, APGDT):
-                stage.target_batch = batch_size
-            elif isinstance(stage, FAB) and stage.multi_targeted:
-                on_cpu = images.device.type == "cpu"
-                stage.target_batch = min(batch_size, FAB_T_CPU_PAIRS) if on_cpu else batch_size
+        self.batch_targets(batch_size, images.device)
         self._say(f"using {self.version} version including {', '.join(names)}.")
         if resume is None:
             start = time.perf_counter()

@@ -71,15 +71,14 @@ def l2_square_pattern(side: int, device: torch.device) -> torch.Tensor:
 @dataclass
 class _Search(RunState):
     """One run's samples still searched: the point each has accepted, with the objective
-    (minimized), the attack's loss and the model's class there (with its softmax probability),
-    and whether it fools."""
+    (minimized: the attack's loss, negated when untargeted), the model's logits there and
+    whether it fools. (The class, its probability and the loss are read from these when a
+    sample leaves: four tensors follow each accepted query, not six and a softmax.)"""
 
     x_best: torch.Tensor
     objective: torch.Tensor
-    loss: torch.Tensor
-    predicted: torch.Tensor
+    logits: torch.Tensor
     success: torch.Tensor
-    confidence: torch.Tensor
 
 
 class Square(Attack):
@@ -184,8 +183,8 @@ class Square(Attack):
         iterations = torch.zeros(b, dtype=torch.int64, device=device)
         self._ticker = Ticker(self.progress_hook, self.n_restarts * self.n_queries, "queries")
         with torch.no_grad():  # scores only: no graph, whatever the caller's mode
-            predicted, success, loss, _, confidence = self._score(x, y, call)
-            best.add(None, x, predicted, success, loss, final=False, confidence=confidence)  # already wrong: done
+            logits, success, objective = self._score(x, y, call)
+            self._record(best, None, x, logits, success, objective, final=False)  # already wrong: done
             queries += 1
             for index in range(self.n_restarts):
                 keep = (~best.success).nonzero().squeeze(1)
@@ -207,8 +206,8 @@ class Square(Attack):
                  call: Call) -> None:  # fmt: skip
         """One run from a new random start on `run`'s samples, recorded in `best`."""
         start = self._start(run.x, run.params, call)
-        predicted, success, loss, objective, confidence = self._score(start, run.y, call)
-        s = _Search(run.idx, run.params, run.x, run.y, start, objective, loss, predicted, success, confidence)
+        logits, success, objective = self._score(start, run.y, call)
+        s = _Search(run.idx, run.params, run.x, run.y, start, objective, logits, success)
         queries.index_add_(0, s.idx, torch.ones_like(s.idx))
         counters = (queries, iterations)  # (counted as a sample leaves: not one op per query)
         # a candidate is projected into the ball around x and the bounds: finite when they are
@@ -219,44 +218,50 @@ class Square(Attack):
             if s is None:
                 return
             candidate = self._candidate(s, iteration, call)
-            predicted, success, loss, objective, confidence = self._score(candidate, s.y, call, check_finite)
+            logits, success, objective = self._score(candidate, s.y, call, check_finite)
             # keep the candidate where it lowers the objective or fools the model (a non-finite
             # one does neither: NaN compares false and `success` excludes it)
             accept = success | (objective < s.objective)
             torch.where(per_sample(accept, s.x), candidate, s.x_best, out=s.x_best)
-            for field, new in (("objective", objective), ("loss", loss), ("predicted", predicted),
-                               ("success", success), ("confidence", confidence)):  # fmt: skip
-                torch.where(accept, new, getattr(s, field), out=getattr(s, field))
+            torch.where(accept.unsqueeze(1), logits, s.logits, out=s.logits)
+            torch.where(accept, objective, s.objective, out=s.objective)
+            torch.where(accept, success, s.success, out=s.success)
             self._ticker.step(iteration + 1)
         _count(s.idx, self.n_queries, counters)
-        best.add(s.idx, s.x_best, s.predicted, s.success, s.loss, final=True, confidence=s.confidence)
+        self._record(best, s.idx, s.x_best, s.logits, s.success, s.objective, final=True)
 
     def _leave_if_fooled(self, s: _Search, best: Best, call: Call, done: int,
                          counters: tuple[torch.Tensor, torch.Tensor]) -> _Search | None:  # fmt: skip
         """Records the fooled samples in `best`, and the `done` iterations (each one query) they
         spent in `counters`, and returns the search without them (None when none is left). One
         host sync, two when some sample was fooled."""
-        keep = (~s.success).nonzero().squeeze(1)
-        if keep.numel() == s.success.shape[0]:
+        if not bool(s.success.any()):
             return s
         fooled = s.success.nonzero().squeeze(1)
         _count(s.idx.index_select(0, fooled), done, counters)
-        best.add(s.idx.index_select(0, fooled), s.x_best.index_select(0, fooled), s.predicted.index_select(0, fooled),
-                 s.success.index_select(0, fooled), s.loss.index_select(0, fooled), final=False,
-                 confidence=s.confidence.index_select(0, fooled))  # fmt: skip
+        self._record(best, s.idx.index_select(0, fooled), s.x_best.index_select(0, fooled),
+                     s.logits.index_select(0, fooled), s.success.index_select(0, fooled),
+                     s.objective.index_select(0, fooled), final=False)  # fmt: skip
+        keep = (~s.success).nonzero().squeeze(1)
         return None if keep.numel() == 0 else s.select(keep, call)
 
     def _score(self, x_adv: torch.Tensor, y: torch.Tensor, call: Call, check_finite: bool = True):
-        """One query: (the model's classes, success, the attack's loss, the objective the search
-        minimizes, the softmax probability of the classes). A non-finite candidate never succeeds
-        (check_finite=False: the caller knows x_adv is finite)."""
+        """One query: (the model's logits, success, the objective the search minimizes). A
+        non-finite candidate never succeeds (check_finite=False: the caller knows x_adv is
+        finite)."""
         logits = self._logits(x_adv, call)
         loss = self._loss(logits, y)
-        predicted = logits.argmax(1)
-        success = self._success(predicted, y)
+        success = self._success(logits.argmax(1), y)
         if check_finite:
             success &= finite_rows(x_adv)
-        return predicted, success, loss, (loss if self.targeted else -loss), confidence_of(logits, predicted)
+        return logits, success, (loss if self.targeted else -loss)
+
+    def _record(self, best: Best, idx: torch.Tensor | None, x_adv: torch.Tensor, logits: torch.Tensor,
+                success: torch.Tensor, objective: torch.Tensor, final: bool) -> None:  # fmt: skip
+        """Offers the points x_adv of the samples `idx` to `best`, with what their query gave."""
+        predicted = logits.argmax(1)
+        loss = objective if self.targeted else -objective
+        best.add(idx, x_adv, predicted, success, loss, final, confidence=confidence_of(logits, predicted))
 
     # --- the proposals ----------------------------------------------------------------------
 

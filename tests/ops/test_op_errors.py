@@ -49,7 +49,16 @@ STEP_CASES = [
     ("eps-inf-per-sample", _with(eps=torch.tensor([0.1, float("inf")])), ValueError, "eps must be finite"),
     ("alpha-inf-per-sample", _with(alpha=torch.tensor([float("inf"), 0.1])), ValueError, "alpha must be finite"),
     ("alpha-nan-per-sample", _with(alpha=torch.tensor([float("nan"), 0.1])), ValueError, "alpha"),
-    ("eps-negative-tensor", _with(eps=torch.tensor([0.1, -0.1])), ValueError, "eps"),
+    ("eps-negative-tensor", _with(eps=torch.tensor([0.1, -0.1])), ValueError, "eps must be >= 0"),
+    ("eps-nan-beside-negative", _with(eps=torch.tensor([-0.1, float("nan")])), ValueError, "eps contains NaN"),
+    ("eps-nan-beside-inf", _with(eps=torch.tensor([float("inf"), float("nan")])), ValueError, "eps contains NaN"),
+    ("eps-minus-inf", _with(eps=torch.tensor([0.1, -float("inf")])), ValueError, "eps must be finite"),
+    (
+        "lower-nan-per-channel",
+        _with(lower=torch.tensor([0.0, float("nan"), 0.0]).view(1, 3, 1, 1)),
+        ValueError,
+        "lower contains NaN",
+    ),  # fmt: skip
     ("alpha-negative-0d", _with(alpha=torch.tensor(-0.5)), ValueError, "alpha"),
     ("eps-string", _with(eps="0.1"), TypeError, "eps"),
     ("eps-bool", _with(eps=True), TypeError, "eps"),

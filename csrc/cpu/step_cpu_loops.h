@@ -285,14 +285,16 @@ FASTADV_CPU_TARGET inline void linf_run_lanes(const scalar_t* x_adv, const grad_
   // Two vectors per iteration: their chains run side by side, and they are stored together
   // (store_output_pair).
   for (; i + 2 * kLanes <= n; i += 2 * kLanes) {
-    const FloatLanes x0 = load_widened(x + i), x1 = load_widened(x + i + kLanes);
-    store_output_pair(out + i, linf_lanes<kStep>(x_adv + i, kStep ? grad + i : grad, x0, eps, step, lower, upper),
-                      linf_lanes<kStep>(x_adv + i + kLanes, kStep ? grad + i + kLanes : grad, x1, eps, step, lower, upper), x0, x1,
-                      eps);
+    const int64_t j = i + kLanes;
+    const FloatLanes x0 = load_widened(x + i), x1 = load_widened(x + j);
+    const FloatLanes y0 = linf_lanes<kStep>(x_adv + i, kStep ? grad + i : grad, x0, eps, step, lower, upper);
+    const FloatLanes y1 = linf_lanes<kStep>(x_adv + j, kStep ? grad + j : grad, x1, eps, step, lower, upper);
+    store_output_pair(out + i, y0, y1, x0, x1, eps);
   }
   for (; i + kLanes <= n; i += kLanes) {
     const FloatLanes xv = load_widened(x + i);
-    store_output_lanes(out + i, linf_lanes<kStep>(x_adv + i, kStep ? grad + i : grad, xv, eps, step, lower, upper), xv, eps);
+    const FloatLanes y = linf_lanes<kStep>(x_adv + i, kStep ? grad + i : grad, xv, eps, step, lower, upper);
+    store_output_lanes(out + i, y, xv, eps);
   }
   linf_run<kStep>(x_adv + i, kStep ? grad + i : grad, x + i, out + i, n - i, s, targeted);
 }

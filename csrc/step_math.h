@@ -87,16 +87,17 @@ FASTADV_ROUNDING_INLINE F lanes_abs(F v) {
   }
 }
 
-// alpha * sign_or_zero(g) with bit operations: the step with its sign flipped by g's sign where g
-// is nonzero and not NaN (|g| > 0, one compare), else the step's +0 product, a zero with the step's
-// sign (loop-invariant). step: alpha, negated when targeted (loop-invariant, as in linf_step_value).
+// alpha * sign_or_zero(g) with two blends: the step negated where g's sign bit is set (one blend on
+// that bit, -step flips only the sign bit), kept where g is nonzero and not NaN (g < 0 | g > 0, one
+// ordered not-equal compare), else the step's +0 product, a zero with the step's sign
+// (loop-invariant, as are -step and the zero). step: alpha, negated when targeted (loop-invariant,
+// as in linf_step_value).
 template <typename F>
 FASTADV_ROUNDING_INLINE F signed_step_lanes(F g, F step) {
   using Mask = decltype(g < g);
-  const Mask sign_bit = Mask{} + (-0x7FFFFFFF - 1);
-  const F flipped = reinterpret_cast<F>(reinterpret_cast<Mask>(step) ^ (reinterpret_cast<Mask>(g) & sign_bit));
-  const F zero_step = reinterpret_cast<F>(reinterpret_cast<Mask>(step) & sign_bit);
-  return lanes_abs(g) > F{} ? flipped : zero_step;
+  const F zero_step = reinterpret_cast<F>(reinterpret_cast<Mask>(step) & (Mask{} + (-0x7FFFFFFF - 1)));
+  const F flipped = reinterpret_cast<Mask>(g) < Mask{} ? -step : step;
+  return (g < F{}) | (g > F{}) ? flipped : zero_step;
 }
 
 // linf_project_value: `b > y ? b : y` is max_propagate_nan(y, b) wherever the bound b is not NaN
@@ -288,23 +289,33 @@ FASTADV_ROUNDING_INLINE U bits_within_budget_lanes(U bits, F rounded, F y, F x, 
 }
 
 // The same rule on whole vectors with integer operations (the CPU loops; F, U: GCC vectors of float
-// and uint32_t), lane for lane equal to bits_within_budget_lanes, in a third of its instructions
-// and without a blend:
-// - leaves: away > max(limit, |y - x|) (limit is never NaN; a NaN |y - x| or away compares false);
-// - the step toward x is -1 (toward zero) where rounded - x and rounded have the same sign, else +1:
-//   where the rule moves, rounded != x, so rounded - x is nonzero and its sign says whether
-//   rounded > x. A rounded zero needs no case of its own: y lies strictly between x and rounded
-//   there, so rounded (which keeps y's sign) has x's sign, and +1 from 0x0000 or 0x8000 is the
-//   smallest subnormal on x's side;
-// - bits - (leaves & (+1 or -1)): bits where the rule does not move.
+// and uint32_t), lane for lane equal to bits_within_budget_lanes, without a per-case blend:
+// bits_within_budget_vector = bits + budget_move_vector, where the move is
+// - 0 where the rule does not move: leaves is away > max(limit, |y - x|) (limit is never NaN; a NaN
+//   |y - x| or away compares false);
+// - -1 (toward zero) where rounded - x and rounded have the same sign, else +1 (one blend on the sign
+//   bit of their XOR): where the rule moves, rounded != x, so rounded - x is nonzero and its sign
+//   says whether rounded > x. A rounded zero needs no case of its own: y lies strictly between x and
+//   rounded there, so rounded (which keeps y's sign) has x's sign, and +1 from 0x0000 or 0x8000 is
+//   the smallest subnormal on x's side.
+// The move is -1, 0 or +1 in every 32-bit lane, so a loop may also add it to the 16-bit patterns
+// after narrowing it (the float16 L-inf loop packs two vectors of moves with a signed saturating
+// pack, exact on these values): the sum never wraps, since the rule never moves a NaN (0x7C01 to
+// 0x7FFF, 0xFC01 to 0xFFFF) nor +0 toward zero.
 template <typename F, typename U>
-FASTADV_ROUNDING_INLINE U bits_within_budget_vector(U bits, F rounded, F y, F x, F limit) {
+FASTADV_ROUNDING_INLINE U budget_move_vector(F rounded, F y, F x, F limit) {
   using Mask = decltype(y < y);
   const F from_x = rounded - x;
   const F dist = lanes_abs(y - x);
   const Mask leaves = lanes_abs(from_x) > (limit > dist ? limit : dist);
-  const Mask away_from_zero = (reinterpret_cast<Mask>(from_x) ^ reinterpret_cast<Mask>(rounded)) >> 31;
-  return bits - reinterpret_cast<U>(leaves & (away_from_zero | 1));
+  const Mask away_from_zero = reinterpret_cast<Mask>(from_x) ^ reinterpret_cast<Mask>(rounded);
+  const U move = away_from_zero < Mask{} ? U{} + 1u : U{} - 1u;
+  return reinterpret_cast<U>(leaves) & move;
+}
+
+template <typename F, typename U>
+FASTADV_ROUNDING_INLINE U bits_within_budget_vector(U bits, F rounded, F y, F x, F limit) {
+  return bits + budget_move_vector<F, U>(rounded, y, x, limit);
 }
 
 // The stored bits of a 16-bit output element: `bits` is nearest(y), `rounded` its value.

@@ -257,6 +257,19 @@ FASTADV_CPU_TARGET inline void linf_run(const scalar_t* x_adv, const grad_t* gra
   }
 }
 
+// The L-inf result y of kLanes elements in float32 (x_adv and grad read from their pointers; grad is
+// not read by the projection).
+template <bool kStep, typename scalar_t, typename grad_t>
+FASTADV_CPU_TARGET inline FloatLanes linf_lanes(const scalar_t* x_adv, const grad_t* grad, FloatLanes x, FloatLanes eps,
+                                                FloatLanes step, FloatLanes lower, FloatLanes upper) {
+  const FloatLanes av = load_widened(x_adv);
+  if constexpr (kStep) {
+    return linf_step_lanes(av, load_widened(grad), x, eps, step, lower, upper);
+  } else {
+    return linf_project_lanes(av, x, eps, lower, upper);
+  }
+}
+
 // The L-inf loop of the 16-bit dtypes (kChunked): one pass over whole vectors, from the loads
 // (widened to float32 once) through step_math.h's linf_step_lanes to the store rounded within the
 // budget, all in registers; the tail through the scalar loop. It replaced chunks of kHalfChunk
@@ -269,16 +282,18 @@ FASTADV_CPU_TARGET inline void linf_run_lanes(const scalar_t* x_adv, const grad_
   const FloatLanes eps = splat_lanes(s.eps), lower = splat_lanes(s.lower), upper = splat_lanes(s.upper);
   const FloatLanes step = splat_lanes(targeted ? -s.alpha : s.alpha);
   int64_t i = 0;
-#pragma GCC unroll 2
+  // Two vectors per iteration: their chains run side by side, and they are stored together
+  // (store_output_pair).
+  for (; i + 2 * kLanes <= n; i += 2 * kLanes) {
+    const int64_t j = i + kLanes;
+    const FloatLanes x0 = load_widened(x + i), x1 = load_widened(x + j);
+    const FloatLanes y0 = linf_lanes<kStep>(x_adv + i, kStep ? grad + i : grad, x0, eps, step, lower, upper);
+    const FloatLanes y1 = linf_lanes<kStep>(x_adv + j, kStep ? grad + j : grad, x1, eps, step, lower, upper);
+    store_output_pair(out + i, y0, y1, x0, x1, eps);
+  }
   for (; i + kLanes <= n; i += kLanes) {
     const FloatLanes xv = load_widened(x + i);
-    const FloatLanes av = load_widened(x_adv + i);
-    FloatLanes y;
-    if constexpr (kStep) {
-      y = linf_step_lanes(av, load_widened(grad + i), xv, eps, step, lower, upper);
-    } else {
-      y = linf_project_lanes(av, xv, eps, lower, upper);
-    }
+    const FloatLanes y = linf_lanes<kStep>(x_adv + i, kStep ? grad + i : grad, xv, eps, step, lower, upper);
     store_output_lanes(out + i, y, xv, eps);
   }
   linf_run<kStep>(x_adv + i, kStep ? grad + i : grad, x + i, out + i, n - i, s, targeted);

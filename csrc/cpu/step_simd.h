@@ -163,6 +163,41 @@ FASTADV_CPU_TARGET inline void store_output_lanes(T* out, FloatLanes y, FloatLan
   }
 }
 
+// Two vectors of results (2 * kLanes elements from out) stored as T, each as store_output_lanes
+// stores it. The AVX2 build narrows the pair at once: one pack and one permute for 16 elements instead
+// of an extract and a pack per 8; float16 adds the rule's moves (step_math.h's budget_move_vector,
+// -1, 0 or +1 per lane, narrowed by a signed saturating pack, which keeps them) to vcvtps2ph's
+// 16-bit patterns, without widening those to 32-bit lanes.
+template <typename T>
+FASTADV_CPU_TARGET inline void store_output_pair(T* out, FloatLanes y0, FloatLanes y1, FloatLanes x0, FloatLanes x1,
+                                                 FloatLanes limit) {
+#if FASTADV_CPU_HALF_LANES == 8
+  if constexpr (std::is_same_v<T, c10::Half>) {
+    const __m128i p0 = _mm256_cvtps_ph(reinterpret_cast<__m256>(y0), _MM_FROUND_TO_NEAREST_INT);
+    const __m128i p1 = _mm256_cvtps_ph(reinterpret_cast<__m256>(y1), _MM_FROUND_TO_NEAREST_INT);
+    const BitsLanes m0 = budget_move_vector<FloatLanes, BitsLanes>(reinterpret_cast<FloatLanes>(_mm256_cvtph_ps(p0)),
+                                                                   y0, x0, limit);
+    const BitsLanes m1 = budget_move_vector<FloatLanes, BitsLanes>(reinterpret_cast<FloatLanes>(_mm256_cvtph_ps(p1)),
+                                                                   y1, x1, limit);
+    // packs interleaves the 128-bit halves: 64-bit blocks m0lo m1lo m0hi m1hi, put back in order.
+    const __m256i moves = _mm256_permute4x64_epi64(
+        _mm256_packs_epi32(reinterpret_cast<__m256i>(m0), reinterpret_cast<__m256i>(m1)), 0xD8);
+    const __m256i bits = _mm256_inserti128_si256(_mm256_castsi128_si256(p0), p1, 1);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out), _mm256_add_epi16(bits, moves));
+    return;
+  } else if constexpr (kIs16Bit<T>) {
+    const RoundedLanes r0 = round_lanes<T>(y0), r1 = round_lanes<T>(y1);
+    const BitsLanes b0 = bits_within_budget_vector(r0.bits, r0.value, y0, x0, limit);
+    const BitsLanes b1 = bits_within_budget_vector(r1.bits, r1.value, y1, x1, limit);
+    const __m256i packed = _mm256_packus_epi32(reinterpret_cast<__m256i>(b0), reinterpret_cast<__m256i>(b1));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out), _mm256_permute4x64_epi64(packed, 0xD8));
+    return;
+  }
+#endif
+  store_output_lanes(out, y0, x0, limit);
+  store_output_lanes(out + kLanes, y1, x1, limit);
+}
+
 // n float32 results y stored as T within the budget (store_output_lanes): whole vectors, then the
 // scalar form on the tail.
 template <typename T>

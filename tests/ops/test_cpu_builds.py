@@ -153,6 +153,40 @@ def test_linf_step_vector_edges(isa, dtype):
                 assert_exact(actual, expected, f"{isa} alpha={alpha} targeted={targeted} [{lower}, {upper}]")
 
 
+@pytest.mark.parametrize("dtype", (torch.float16, torch.bfloat16), ids=str)
+def test_linf_step_every_16_bit_x(isa, dtype):
+    """Every 16-bit pattern as x (zeros, subnormals, the largest finite values, infinities, NaN), with
+    x_adv inside, on and beyond the ball's edge on either side and gradients of every sign class, over a
+    grid of eps, alpha, bounds and targeted: the vector loop (two vectors per iteration, the float16 pair
+    narrowed in 16-bit lanes) and the rounding rule's vector form (step_math.h's budget_move_vector)
+    equal the reference bit for bit."""
+    gen = torch.Generator().manual_seed(zlib.crc32(f"every x{isa}{dtype}".encode()))
+    every = torch.arange(-(2**15), 2**15, dtype=torch.int32).to(torch.int16).view(dtype)
+    n = every.numel()
+    specials = torch.tensor([0.0, -0.0, float("nan"), float("inf"), -float("inf"), 1e-30, -1e-30, 1.0, -2.0])
+    inf = float("inf")
+    cases = (  # alpha as a fraction of eps, bounds, targeted
+        (0.25, -inf, inf, False),
+        (1.0, 0.0, 1.0, True),
+        (0.0, -0.0, 0.5, False),
+        (0.25, -0.0, 0.5, True),
+    )
+    for eps in (8 / 255, 0.1, 1e-3, 3e-6, 300.0):
+        x = every.repeat(4)
+        scale = torch.tensor([0.5, 1.0, 1.5, 3.0]).repeat_interleave(n) * eps
+        sign = torch.where(torch.rand(4 * n, generator=gen) < 0.5, -1.0, 1.0)
+        x_adv = (x.float() + sign * scale).to(dtype)
+        grad = torch.randn(4 * n, generator=gen)
+        some = torch.rand(4 * n, generator=gen) < 0.1
+        grad = torch.where(some, specials[torch.randint(0, len(specials), (4 * n,), generator=gen)], grad).to(dtype)
+        for fraction, lower, upper, targeted in cases:
+            alpha = fraction * eps
+            args = (x_adv, grad, x, eps, alpha, lower, upper)
+            expected = fastadv.linf_step(*args, targeted=targeted, backend="torch")
+            actual = fastadv.linf_step(*args, targeted=targeted, backend="cpu")
+            assert_exact(actual, expected, f"{isa} eps={eps} alpha={alpha} [{lower}, {upper}] {targeted}")
+
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_subnormals_are_not_flushed(isa, dtype):
     """No flush-to-zero (a subnormal result stays) and no denormals-are-zero (a subnormal input

@@ -847,6 +847,178 @@ void l2_sample(const scalar_t* x_adv, const grad_t* grad, const scalar_t* x, out
   }
 }
 
+// ---- float32 steps, one thread per sample: one pass over memory per sample ----
+// Two sums of squares over the same n positions in one loop, each term for term, accumulator for
+// accumulator and in the order sum_squares adds them (so each has sum_squares' bits).
+template <typename TermsA, typename TermsB>
+FASTADV_CPU_TARGET inline void sum_squares_pair(const TermsA& a, const TermsB& b, int64_t n, float& total_a,
+                                                float& total_b) {
+  FloatLanes acc_a[kSumAccumulators] = {}, acc_b[kSumAccumulators] = {};
+  int64_t i = 0;
+  for (; i + kSumAccumulators * kLanes <= n; i += kSumAccumulators * kLanes) {
+    for (int k = 0; k < kSumAccumulators; ++k) {
+      const FloatLanes va = a.lanes(i + k * kLanes);
+      acc_a[k] += va * va;
+      const FloatLanes vb = b.lanes(i + k * kLanes);
+      acc_b[k] += vb * vb;
+    }
+  }
+  for (; i + kLanes <= n; i += kLanes) {
+    const FloatLanes va = a.lanes(i);
+    acc_a[0] += va * va;
+    const FloatLanes vb = b.lanes(i);
+    acc_b[0] += vb * vb;
+  }
+  const FloatLanes lanes_a = (acc_a[0] + acc_a[1]) + (acc_a[2] + acc_a[3]);
+  const FloatLanes lanes_b = (acc_b[0] + acc_b[1]) + (acc_b[2] + acc_b[3]);
+  float sa = 0.f, sb = 0.f;
+  for (int k = 0; k < kLanes; ++k) sa += lanes_a[k];
+  for (int k = 0; k < kLanes; ++k) sb += lanes_b[k];
+  for (; i < n; ++i) {
+    const float va = a.one(i);
+    sa += va * va;
+    const float vb = b.one(i);
+    sb += vb * vb;
+  }
+  total_a = sa;
+  total_b = sb;
+}
+
+// One pass over a sample's positions doing three samples' work: the gradient's sum of squares of
+// the next sample (`next`: GradTerms, GradTermsWriting, WriteTerms), which may also write the
+// previous sample's output from its stored perturbation, and the perturbation of this one
+// (StoredDeltaTerms: stored into out, its sum of squares). Each sum in sum_sq_grad's and
+// sum_sq_delta_stored's chunks, kL2Block blocks added in block order as team_sum adds them (a team
+// of one): the same bits.
+template <typename Next>
+FASTADV_CPU_TARGET void l2_fused_pass(const Next& next, const float* x_adv, const float* grad, const float* x,
+                                      float* out, int64_t n, float inverse_norm, float alpha, bool targeted,
+                                      float& next_sum, float& delta_sum) {
+  float next_total = 0.f, delta_total = 0.f;
+  for (int64_t begin = 0; begin < n; begin += kL2Block) {
+    const int64_t end = std::min(n, begin + kL2Block);
+    float next_block = 0.f, delta_block = 0.f;
+    for (int64_t i = begin; i < end; i += kSumChunk) {
+      Next next_i = next;
+      next_i.advance(i);
+      const StoredDeltaTerms<true, float, float> delta{{x_adv + i, grad + i, x + i, inverse_norm, alpha, targeted},
+                                                       out + i};
+      float a = 0.f, b = 0.f;
+      sum_squares_pair(next_i, delta, std::min(kSumChunk, end - i), a, b);
+      next_block += a;
+      delta_block += b;
+    }
+    next_total += next_block;
+    delta_total += delta_block;
+  }
+  next_sum = next_total;
+  delta_sum = delta_total;
+}
+
+// The `next` of l2_fused_pass: the next sample's gradient (if any) and the previous sample's write
+// (if any), by kind.
+template <bool kGrad, bool kWrite>
+struct NextTerms {
+  const float* grad;
+  const float* x;
+  float* out;
+  float factor, lower, upper;
+  void advance(int64_t i) {
+    if (kGrad) grad += i;
+    if (kWrite) {
+      x += i;
+      out += i;
+    }
+  }
+  FASTADV_CPU_TARGET FloatLanes lanes(int64_t i) const {
+    if constexpr (kWrite) {
+      store_lanes(out + i, l2_output_lanes(load_lanes(x + i), load_lanes(out + i), factor, splat_lanes(lower),
+                                           splat_lanes(upper)));  // (a bound's sign of zero kept)
+    }
+    if constexpr (kGrad) {
+      return l2_grad_entry_lanes(load_lanes(grad + i));
+    } else {
+      return FloatLanes{};
+    }
+  }
+  FASTADV_CPU_TARGET float one(int64_t i) const {
+    if constexpr (kWrite) out[i] = l2_output(x[i], out[i], factor, lower, upper);
+    if constexpr (kGrad) {
+      return l2_grad_entry(grad[i]);
+    } else {
+      return 0.f;
+    }
+  }
+};
+
+// The float32 step over samples [first, last) of one thread, bounds constant within each sample:
+// software-pipelined across samples, so that each pass over memory carries three samples' work
+// (l2_fused_pass): sample b's perturbation, b + 1's gradient sum, b - 1's write. Per sample one pass
+// reads the four streams from memory (as the L-inf step does) instead of two passes that read one
+// and three, and the other three streams (b's gradient, b - 1's x and perturbation) come from the
+// cache. A sample whose gradient's sum of squares leaves float32's range (rare) goes through
+// l2_sample.
+template <typename scalar_t, typename grad_t>
+void l2_float_samples(const scalar_t* x_adv_t, const grad_t* grad_t_, const scalar_t* x_t, scalar_t* out_t,
+                      int64_t first, int64_t last, const StepLaunch& launch, bool targeted, L2Team& team) {
+  if constexpr (std::is_same_v<scalar_t, float> && std::is_same_v<grad_t, float>) {
+    const StepParams& p = launch.params;
+    const int64_t n = launch.geometry.sample_size;
+    const float* x_adv = x_adv_t;
+    const float* grad = grad_t_;
+    const float* x = x_t;
+    float* out = out_t;
+    L2PendingWrite pending{nullptr, nullptr, 0.f, 0.f, 0.f, false};
+    auto flush = [&]() {
+      if (pending.valid) write_l2_from_delta(pending.x, pending.out, 0, n, pending.factor, pending.lower, pending.upper);
+      pending.valid = false;
+    };
+    bool have_sum = false;
+    float sum_sq = 0.f;
+    for (int64_t b = first; b < last; ++b) {
+      const int64_t base = b * n;
+      if (!have_sum) sum_sq = team_sum(team, n, [&](int64_t i0, int64_t i1) { return sum_sq_grad(grad + base, i0, i1); });
+      if (l2_grad_scale(sum_sq) != 1.f) {  // rare: the general passes, the whole sample
+        flush();
+        l2_sample<true>(x_adv + base, grad + base, x + base, out + base, base, b, launch, targeted, team);
+        have_sum = false;
+        continue;
+      }
+      const float inverse_norm = l2_direction(sum_sq, 0.f, 0.f).inverse_norm;
+      const float alpha = p.alpha.at(b, 0), eps = p.eps.at(b, 0);
+      const bool has_next = b + 1 < last;
+      const float* grad_next = has_next ? grad + base + n : nullptr;
+      float next_sum = 0.f, delta_sum_sq = 0.f;
+      auto pass = [&](auto next) {
+        l2_fused_pass(next, x_adv + base, grad + base, x + base, out + base, n, inverse_norm, alpha, targeted,
+                      next_sum, delta_sum_sq);
+      };
+      const L2PendingWrite& w = pending;
+      if (has_next && w.valid) {
+        pass(NextTerms<true, true>{grad_next, w.x, w.out, w.factor, w.lower, w.upper});
+      } else if (has_next) {
+        pass(NextTerms<true, false>{grad_next, nullptr, nullptr, 0.f, 0.f, 0.f});
+      } else if (w.valid) {
+        pass(NextTerms<false, true>{nullptr, w.x, w.out, w.factor, w.lower, w.upper});
+      } else {
+        pass(NextTerms<false, false>{nullptr, nullptr, nullptr, 0.f, 0.f, 0.f});
+      }
+      pending.valid = false;
+      sum_sq = next_sum;
+      have_sum = has_next;
+      const float delta_scale = l2_delta_scale(delta_sum_sq, eps);
+      if (delta_scale != 1.f) {  // rare: a second pass over this sample only
+        delta_sum_sq = team_sum(team, n, [&](int64_t i0, int64_t i1) {
+          return sum_scaled_sq_stored(out + base, i0, i1, delta_scale);
+        });
+      }
+      const float factor = l2_rescale_factor(std::sqrt(delta_sum_sq), delta_scale, eps);
+      pending = {x + base, out + base, factor, p.lower.at(b, 0), p.upper.at(b, 0), true};
+    }
+    flush();
+  }
+}
+
 template <bool kStep, typename scalar_t, typename grad_t>
 void l2_cpu(const scalar_t* x_adv, const grad_t* grad, const scalar_t* x, scalar_t* out, const StepLaunch& launch,
             bool targeted) {
@@ -885,6 +1057,15 @@ void l2_cpu(const scalar_t* x_adv, const grad_t* grad, const scalar_t* x, scalar
     // float32 steps, one thread per sample: a sample's write waits for the next sample's gradient
     // pass (L2PendingWrite), so the two run as one pass over memory; the last one is written here.
     constexpr bool kPipelined = kStep && std::is_same_v<scalar_t, float> && std::is_same_v<grad_t, float>;
+    if constexpr (kPipelined) {
+      const StepParams& p = launch.params;
+      const bool uniform_bounds = (!p.lower.varies() || p.lower.stride_c == 0) &&
+                                  (!p.upper.varies() || p.upper.stride_c == 0);
+      if (!shared && uniform_bounds) {
+        l2_float_samples(x_adv, grad, x, out, first, last, launch, targeted, team);
+        return;
+      }
+    }
     L2PendingWrite pending{nullptr, nullptr, 0.f, 0.f, 0.f, false};
     for (int64_t b = first; b < last; ++b) {
       const int64_t base = b * n;

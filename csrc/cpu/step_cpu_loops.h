@@ -790,7 +790,8 @@ void l2_sample(const scalar_t* x_adv, const grad_t* grad, const scalar_t* x, out
 // perturbation) and three from the cache (b's gradient, b - 1's x and perturbation). It replaced two
 // passes per sample (b's perturbation, then b + 1's gradient with b's write), one reading three
 // streams from memory and the other one: the L2 step took 1.6x the L-inf step's time on the CIFAR
-// batch, now 1.2x (one thread, AVX2 EPYC; benchmarks/results/step_copy_ratio_cpu_amd_epyc_avx2_l2_f32.md).
+// batch, now 1.15-1.2x (one thread, AVX2 EPYC;
+// benchmarks/results/step_copy_ratio_cpu_amd_epyc_avx2_l2_f32_fused.md).
 // Alternating the two loops chunk by chunk (1024 elements) instead of element by element gained
 // nothing.
 

@@ -530,54 +530,13 @@ FASTADV_CPU_TARGET inline void write_l2_from_delta(const float* x, float* out, i
   for (int64_t i = begin; i < end; ++i) out[i] = l2_output(x[i], out[i], factor, lower, upper);
 }
 
-// Samples whose three float32 inputs take at most this many bytes prefetch x during the gradient
-// pass (sum_sq_grad_writing): a fraction of the 512 KB L2 of the AMD host it was measured on.
-constexpr int64_t kL2PrefetchBytes = 128 * 1024;
-
-// A float32 sample's write, left for later (L2PendingWrite): out holds delta (StoredDeltaTerms).
+// A float32 sample's write, left for the next pass (l2_float_samples): out holds delta (StoredDeltaTerms).
 struct L2PendingWrite {
   const float* x;
   float* out;
   float factor, lower, upper;
   bool valid;
 };
-
-// The gradient's terms (GradTerms) of one sample, each vector also writing the same positions of the
-// previous sample (write_l2_from_delta on whole vectors): one pass over memory instead of two;
-// `ahead` (or nullptr): a stream of the same sample to prefetch, ahead_stride bytes per element.
-template <typename grad_t>
-struct GradTermsWriting {
-  const grad_t* grad;
-  const float* x;
-  float* out;
-  float factor, lower, upper;
-  const char* ahead;
-  int64_t ahead_stride;
-  FASTADV_CPU_TARGET FloatLanes lanes(int64_t i) const {
-    if (ahead) __builtin_prefetch(ahead + i * ahead_stride, 0, 3);
-    store_lanes(out + i, l2_output_lanes(load_lanes(x + i), load_lanes(out + i), factor, splat_lanes(lower),
-                                         splat_lanes(upper)));  // (a bound's sign of zero kept)
-    return l2_grad_entry_lanes(load_float_lanes(grad + i));
-  }
-  FASTADV_CPU_TARGET float one(int64_t i) const {
-    out[i] = l2_output(x[i], out[i], factor, lower, upper);
-    return l2_grad_entry(load_float(grad[i]));
-  }
-};
-
-// sum_sq_grad (the same chunks and sums, so the same bits) while writing `pending`'s sample.
-template <typename grad_t>
-FASTADV_CPU_TARGET float sum_sq_grad_writing(const grad_t* grad, int64_t begin, int64_t end,
-                                             const L2PendingWrite& w, const char* ahead = nullptr,
-                                             int64_t ahead_stride = 0) {
-  float acc = 0.f;
-  for (int64_t i = begin; i < end; i += kSumChunk) {
-    const GradTermsWriting<grad_t> terms{grad + i, w.x + i, w.out + i, w.factor, w.lower, w.upper,
-                                         ahead ? ahead + i * ahead_stride : nullptr, ahead_stride};
-    acc += sum_squares(terms, std::min(kSumChunk, end - i));
-  }
-  return acc;
-}
 
 template <bool kStep, typename scalar_t, typename grad_t, typename Dir>
 FASTADV_CPU_TARGET float sum_sq_delta(const scalar_t* x_adv, const grad_t* grad, const scalar_t* x, int64_t begin,
@@ -761,31 +720,13 @@ float team_sum(L2Team& team, int64_t n, F&& partial) {
 // tensor (for the per-channel bounds); out_t may be narrower than the inputs (widened samples, below).
 template <bool kStep, typename scalar_t, typename grad_t, typename out_t>
 void l2_sample(const scalar_t* x_adv, const grad_t* grad, const scalar_t* x, out_t* out, int64_t base, int64_t b,
-               const StepLaunch& launch, bool targeted, L2Team& team, L2PendingWrite* pending = nullptr,
-               bool defer_write = false) {
+               const StepLaunch& launch, bool targeted, L2Team& team) {
   const StepParams& p = launch.params;
   const int64_t n = launch.geometry.sample_size;
   const float alpha = p.alpha.at(b, 0);
   L2Direction dir{1.f, 0.f, 0.f};
   if constexpr (kStep) {
-    float sum_sq = 0.f;
-    bool written = false;
-    if constexpr (std::is_same_v<grad_t, float>) {
-      if (pending != nullptr && pending->valid) {  // the previous sample's write rides on this pass
-        // A small sample's x is prefetched in this pass for the delta pass that follows (which
-        // reads x_adv and x from memory and fetches out's lines): 5-10% off the CIFAR step, in
-        // alternating runs; prefetching x_adv instead gained nothing. A large sample's x would
-        // push its own gradient out of L2 before the delta pass reads it again.
-        const bool small = 3 * n * static_cast<int64_t>(sizeof(float)) <= kL2PrefetchBytes;
-        const char* ahead = small ? reinterpret_cast<const char*>(x) : nullptr;
-        sum_sq = team_sum(team, n, [&](int64_t i0, int64_t i1) {
-          return sum_sq_grad_writing(grad, i0, i1, *pending, ahead, static_cast<int64_t>(sizeof(scalar_t)));
-        });
-        pending->valid = false;
-        written = true;
-      }
-    }
-    if (!written) sum_sq = team_sum(team, n, [&](int64_t i0, int64_t i1) { return sum_sq_grad(grad, i0, i1); });
+    const float sum_sq = team_sum(team, n, [&](int64_t i0, int64_t i1) { return sum_sq_grad(grad, i0, i1); });
     float infinite_count = 0.f, scaled_sum_sq = 0.f;
     const float scale = l2_grad_scale(sum_sq);
     if (scale != 1.f) {  // rare: a second pass over this sample only
@@ -818,12 +759,6 @@ void l2_sample(const scalar_t* x_adv, const grad_t* grad, const scalar_t* x, out
         });
       }
       const float factor = l2_rescale_factor(std::sqrt(delta_sum_sq), delta_scale, eps);
-      const bool uniform_bounds = (!p.lower.varies() || p.lower.stride_c == 0) &&
-                                  (!p.upper.varies() || p.upper.stride_c == 0);
-      if (defer_write && uniform_bounds) {  // written by the next sample's gradient pass
-        *pending = {x, out, factor, p.lower.at(b, 0), p.upper.at(b, 0), true};
-        return;
-      }
       for_team_blocks(team, n, [&](int64_t, int64_t begin, int64_t end) {
         for_each_run(base + begin, base + end, launch.geometry, launch.numel,
                      [&](int64_t i0, int64_t i1, int64_t rb, int64_t rc) {
@@ -862,6 +797,216 @@ void l2_sample(const scalar_t* x_adv, const grad_t* grad, const scalar_t* x, out
   }
 }
 
+// ---- float32 steps, one thread per sample: one pass over memory per sample ----
+// A sample's three passes (gradient sum, perturbation, write) run software-pipelined across the
+// samples of a thread: one loop over a sample's positions does sample b's perturbation, b + 1's
+// gradient sum and b - 1's write (l2_fused_pass). Each pass then reads the four streams from memory
+// that the L-inf step reads (b + 1's gradient, b's x_adv and x, b's out, fetched for the stored
+// perturbation) and three from the cache (b's gradient, b - 1's x and perturbation). It replaced two
+// passes per sample (b's perturbation, then b + 1's gradient with b's write), one reading three
+// streams from memory and the other one: the L2 step took 1.6x the L-inf step's time on the CIFAR
+// batch, now 1.15-1.2x (one thread, AVX2 EPYC;
+// benchmarks/results/step_copy_ratio_cpu_amd_epyc_avx2_l2_f32_fused.md).
+// Alternating the two loops chunk by chunk (1024 elements) instead of element by element gained
+// nothing.
+
+// Elements ahead that l2_fused_pass prefetches its four memory streams (out with prefetchw): 1 KB.
+// The loop carries about three times the L-inf step's instructions per cache line, so the
+// out-of-order window alone keeps fewer lines in flight; 5-10% off the CIFAR and ImageNet batches
+// (256 and 512 elements alike; 128 less, 1024 slower).
+constexpr int64_t kL2FusedPrefetch = 256;
+
+// Two sums of squares over the same n positions in one loop, each term for term, accumulator for
+// accumulator and in the order sum_squares adds them (so each has sum_squares' bits); every
+// kSumAccumulators vectors, each prefetches `ahead` elements on.
+template <typename TermsA, typename TermsB>
+FASTADV_CPU_TARGET inline void sum_squares_pair(const TermsA& a, const TermsB& b, int64_t n, float& total_a,
+                                                float& total_b, int64_t ahead) {
+  FloatLanes acc_a[kSumAccumulators] = {}, acc_b[kSumAccumulators] = {};
+  int64_t i = 0;
+  for (; i + kSumAccumulators * kLanes <= n; i += kSumAccumulators * kLanes) {
+    a.prefetch(i + ahead);
+    b.prefetch(i + ahead);
+    for (int k = 0; k < kSumAccumulators; ++k) {
+      const FloatLanes va = a.lanes(i + k * kLanes);
+      acc_a[k] += va * va;
+      const FloatLanes vb = b.lanes(i + k * kLanes);
+      acc_b[k] += vb * vb;
+    }
+  }
+  for (; i + kLanes <= n; i += kLanes) {
+    const FloatLanes va = a.lanes(i);
+    acc_a[0] += va * va;
+    const FloatLanes vb = b.lanes(i);
+    acc_b[0] += vb * vb;
+  }
+  const FloatLanes lanes_a = (acc_a[0] + acc_a[1]) + (acc_a[2] + acc_a[3]);
+  const FloatLanes lanes_b = (acc_b[0] + acc_b[1]) + (acc_b[2] + acc_b[3]);
+  float sa = 0.f, sb = 0.f;
+  for (int k = 0; k < kLanes; ++k) sa += lanes_a[k];
+  for (int k = 0; k < kLanes; ++k) sb += lanes_b[k];
+  for (; i < n; ++i) {
+    const float va = a.one(i);
+    sa += va * va;
+    const float vb = b.one(i);
+    sb += vb * vb;
+  }
+  total_a = sa;
+  total_b = sb;
+}
+
+// The cache lines of kSumAccumulators vectors from p + i on (sum_squares_pair's step), for reading
+// (kWrite false) or for ownership (prefetchw: the lines will be written).
+constexpr int64_t kFloatsPerLine = 16;
+template <bool kWrite = false>
+FASTADV_CPU_TARGET inline void prefetch_lines(const float* p, int64_t i) {
+  for (int64_t j = 0; j < kSumAccumulators * kLanes; j += kFloatsPerLine) __builtin_prefetch(p + i + j, kWrite, 3);
+}
+
+// The perturbation's terms of sample b (StoredDeltaTerms, float32), prefetching its streams.
+struct FusedDeltaTerms : StoredDeltaTerms<true, float, float> {
+  FASTADV_CPU_TARGET void prefetch(int64_t i) const {
+    prefetch_lines(terms.x_adv, i);
+    prefetch_lines(terms.x, i);
+    prefetch_lines<true>(delta, i);
+  }
+};
+
+// The other half of l2_fused_pass: the gradient terms of the next sample (when kGrad; else zeros,
+// discarded) and, when kWrite, the write of the previous one from its stored perturbation
+// (write_l2_from_delta on whole vectors). Pointers start at the sample; at(i) moves them to a chunk.
+template <bool kGrad, bool kWrite>
+struct NextTerms {
+  const float* grad;
+  const float* x;
+  float* out;
+  float factor, lower, upper;
+  NextTerms at(int64_t i) const {
+    NextTerms r = *this;
+    if constexpr (kGrad) r.grad += i;
+    if constexpr (kWrite) {
+      r.x += i;
+      r.out += i;
+    }
+    return r;
+  }
+  FASTADV_CPU_TARGET void prefetch(int64_t i) const {
+    if constexpr (kGrad) prefetch_lines(grad, i);
+  }
+  FASTADV_CPU_TARGET FloatLanes lanes(int64_t i) const {
+    if constexpr (kWrite) {
+      store_lanes(out + i, l2_output_lanes(load_lanes(x + i), load_lanes(out + i), factor, splat_lanes(lower),
+                                           splat_lanes(upper)));  // (a bound's sign of zero kept)
+    }
+    if constexpr (kGrad) {
+      return l2_grad_entry_lanes(load_lanes(grad + i));
+    } else {
+      return FloatLanes{};
+    }
+  }
+  FASTADV_CPU_TARGET float one(int64_t i) const {
+    if constexpr (kWrite) out[i] = l2_output(x[i], out[i], factor, lower, upper);
+    if constexpr (kGrad) {
+      return l2_grad_entry(grad[i]);
+    } else {
+      return 0.f;
+    }
+  }
+};
+
+// One pass over the positions of sample b: its perturbation stored into out (FusedDeltaTerms) and
+// its sum of squares, with `next`'s work (NextTerms) on the same positions. Each sum in
+// sum_sq_grad's and sum_sq_delta_stored's chunks, the kL2Block blocks added in block order as
+// team_sum adds them for a team of one: the bits of the passes it replaces.
+template <typename Next>
+FASTADV_CPU_TARGET void l2_fused_pass(const Next& next, const float* x_adv, const float* grad, const float* x,
+                                      float* out, int64_t n, float inverse_norm, float alpha, bool targeted,
+                                      float& next_sum, float& delta_sum) {
+  float next_total = 0.f, delta_total = 0.f;
+  for (int64_t begin = 0; begin < n; begin += kL2Block) {
+    const int64_t end = std::min(n, begin + kL2Block);
+    float next_block = 0.f, delta_block = 0.f;
+    for (int64_t i = begin; i < end; i += kSumChunk) {
+      const FusedDeltaTerms delta{{{x_adv + i, grad + i, x + i, inverse_norm, alpha, targeted}, out + i}};
+      float a = 0.f, b = 0.f;
+      sum_squares_pair(next.at(i), delta, std::min(kSumChunk, end - i), a, b, kL2FusedPrefetch);
+      next_block += a;
+      delta_block += b;
+    }
+    next_total += next_block;
+    delta_total += delta_block;
+  }
+  next_sum = next_total;
+  delta_sum = delta_total;
+}
+
+// The float32 step over samples [first, last) of one thread (one thread per sample), bounds
+// constant within each sample: l2_fused_pass per sample, the first sample's gradient summed alone
+// and the last sample written alone. `out` may be x_adv (an in-place step): b's pass reads b's
+// x_adv before it stores b's perturbation there, and b - 1's x_adv is no longer read. A sample whose
+// gradient's sum of squares leaves float32's range (rare) goes through l2_sample (which sums its
+// gradient again), its neighbours' passes then run without it.
+template <typename scalar_t, typename grad_t>
+void l2_float_samples(const scalar_t* x_adv_in, const grad_t* grad_in, const scalar_t* x_in, scalar_t* out_in,
+                      int64_t first, int64_t last, const StepLaunch& launch, bool targeted, L2Team& team) {
+  if constexpr (std::is_same_v<scalar_t, float> && std::is_same_v<grad_t, float>) {
+    const StepParams& p = launch.params;
+    const int64_t n = launch.geometry.sample_size;
+    const float* x_adv = x_adv_in;
+    const float* grad = grad_in;
+    const float* x = x_in;
+    float* out = out_in;
+    L2PendingWrite pending{nullptr, nullptr, 0.f, 0.f, 0.f, false};
+    auto flush = [&]() {
+      if (pending.valid) write_l2_from_delta(pending.x, pending.out, 0, n, pending.factor, pending.lower, pending.upper);
+      pending.valid = false;
+    };
+    bool have_sum = false;
+    float sum_sq = 0.f;
+    for (int64_t b = first; b < last; ++b) {
+      const int64_t base = b * n;
+      if (!have_sum) sum_sq = team_sum(team, n, [&](int64_t i0, int64_t i1) { return sum_sq_grad(grad + base, i0, i1); });
+      if (l2_grad_scale(sum_sq) != 1.f) {  // rare: the general passes, the whole sample
+        flush();
+        l2_sample<true>(x_adv + base, grad + base, x + base, out + base, base, b, launch, targeted, team);
+        have_sum = false;
+        continue;
+      }
+      const float inverse_norm = l2_direction(sum_sq, 0.f, 0.f).inverse_norm;
+      const float alpha = p.alpha.at(b, 0), eps = p.eps.at(b, 0);
+      const bool has_next = b + 1 < last;
+      const float* grad_next = has_next ? grad + base + n : nullptr;
+      float next_sum = 0.f, delta_sum_sq = 0.f;
+      auto pass = [&](auto next) {
+        l2_fused_pass(next, x_adv + base, grad + base, x + base, out + base, n, inverse_norm, alpha, targeted,
+                      next_sum, delta_sum_sq);
+      };
+      const L2PendingWrite& w = pending;
+      if (has_next && w.valid) {
+        pass(NextTerms<true, true>{grad_next, w.x, w.out, w.factor, w.lower, w.upper});
+      } else if (has_next) {
+        pass(NextTerms<true, false>{grad_next, nullptr, nullptr, 0.f, 0.f, 0.f});
+      } else if (w.valid) {
+        pass(NextTerms<false, true>{nullptr, w.x, w.out, w.factor, w.lower, w.upper});
+      } else {
+        pass(NextTerms<false, false>{nullptr, nullptr, nullptr, 0.f, 0.f, 0.f});
+      }
+      pending.valid = false;
+      sum_sq = next_sum;
+      have_sum = has_next;
+      const float delta_scale = l2_delta_scale(delta_sum_sq, eps);
+      if (delta_scale != 1.f) {  // rare: a second pass over this sample only
+        delta_sum_sq = team_sum(team, n, [&](int64_t i0, int64_t i1) {
+          return sum_scaled_sq_stored(out + base, i0, i1, delta_scale);
+        });
+      }
+      const float factor = l2_rescale_factor(std::sqrt(delta_sum_sq), delta_scale, eps);
+      pending = {x + base, out + base, factor, p.lower.at(b, 0), p.upper.at(b, 0), true};
+    }
+    flush();
+  }
+}
+
 template <bool kStep, typename scalar_t, typename grad_t>
 void l2_cpu(const scalar_t* x_adv, const grad_t* grad, const scalar_t* x, scalar_t* out, const StepLaunch& launch,
             bool targeted) {
@@ -897,15 +1042,22 @@ void l2_cpu(const scalar_t* x_adv, const grad_t* grad, const scalar_t* x, scalar
       first = batch * tid / team_size;
       last = batch * (tid + 1) / team_size;
     }
-    // float32 steps, one thread per sample: a sample's write waits for the next sample's gradient
-    // pass (L2PendingWrite), so the two run as one pass over memory; the last one is written here.
-    constexpr bool kPipelined = kStep && std::is_same_v<scalar_t, float> && std::is_same_v<grad_t, float>;
-    L2PendingWrite pending{nullptr, nullptr, 0.f, 0.f, 0.f, false};
+    // float32 steps, one thread per sample, bounds constant within a sample: the passes pipelined
+    // across samples (l2_float_samples).
+    if constexpr (kStep && std::is_same_v<scalar_t, float> && std::is_same_v<grad_t, float>) {
+      const StepParams& p = launch.params;
+      const bool uniform_bounds = (!p.lower.varies() || p.lower.stride_c == 0) &&
+                                  (!p.upper.varies() || p.upper.stride_c == 0);
+      if (!shared && uniform_bounds) {
+        l2_float_samples(x_adv, grad, x, out, first, last, launch, targeted, team);
+        return;
+      }
+    }
     for (int64_t b = first; b < last; ++b) {
       const int64_t base = b * n;
       if (!widen_first || shared) {
         l2_sample<kStep>(x_adv + base, kStep ? grad + base : grad, x + base, out + base, base, b, launch, targeted,
-                         team, kPipelined && !shared ? &pending : nullptr, kPipelined && !shared && b + 1 < last);
+                         team);
       } else {
         static thread_local std::vector<float> scratch;  // reused across calls
         scratch.resize(static_cast<size_t>(3 * n));
@@ -917,10 +1069,6 @@ void l2_cpu(const scalar_t* x_adv, const grad_t* grad, const scalar_t* x, scalar
         if constexpr (kStep) widen(grad + base, g_f, 0, n);
         l2_sample<kStep>(xa_f, static_cast<const float*>(g_f), x_f, out + base, base, b, launch, targeted, team);
       }
-    }
-    if (pending.valid) {
-      if constexpr (kPipelined) write_l2_from_delta(pending.x, pending.out, 0, n, pending.factor, pending.lower,
-                                                    pending.upper);
     }
   };
   if (threads == 1) {

@@ -661,6 +661,55 @@ FASTADV_CPU_TARGET inline void write_l2_run_lanes(const scalar_t* x_adv, const g
                       factor, lower, upper);
 }
 
+// kLanes float32 results y of an L2 write stored as the 16-bit T, rounded within the budget with
+// limit 0 (store_output_lanes with a zero limit, bit for bit): nearest(y), moved one unit toward x
+// where it lies farther from x than y (step_math.h's l2_budget_move_vector). float16 through F16C /
+// AVX-512F corrects the packed result of vcvtps2ph by the move packed to 16 bits (two fewer
+// instructions than widening the bits to 32-bit lanes and packing them again; the 16-bit
+// subtraction wraps where the 32-bit one saturates in store_bits, which only a move down from
+// 0x0000 or up from 0xFFFF, a NaN, could reach: the rule moves neither).
+template <typename T>
+FASTADV_CPU_TARGET inline void store_l2_output_lanes(T* out, FloatLanes y, FloatLanes x) {
+#if FASTADV_CPU_HALF_LANES >= 16
+  if constexpr (std::is_same_v<T, c10::Half>) {
+    const __m256i packed = _mm512_cvtps_ph(reinterpret_cast<__m512>(y), _MM_FROUND_TO_NEAREST_INT);
+    const FloatLanes rounded = reinterpret_cast<FloatLanes>(_mm512_cvtph_ps(packed));
+    const __m256i move = _mm512_cvtepi32_epi16(reinterpret_cast<__m512i>(l2_budget_move_vector(rounded, y, x)));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out), _mm256_sub_epi16(packed, move));
+    return;
+  }
+#elif FASTADV_CPU_HALF_LANES >= 8
+  if constexpr (std::is_same_v<T, c10::Half>) {
+    const __m128i packed = _mm256_cvtps_ph(reinterpret_cast<__m256>(y), _MM_FROUND_TO_NEAREST_INT);
+    const FloatLanes rounded = reinterpret_cast<FloatLanes>(_mm256_cvtph_ps(packed));
+    const __m256i move = reinterpret_cast<__m256i>(l2_budget_move_vector(rounded, y, x));
+    const __m128i move16 = _mm_packs_epi32(_mm256_castsi256_si128(move), _mm256_extracti128_si256(move, 1));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(out), _mm_sub_epi16(packed, move16));
+    return;
+  }
+#endif
+  const RoundedLanes r = round_lanes<T>(y);
+  store_bits(out, r.bits - reinterpret_cast<BitsLanes>(l2_budget_move_vector(r.value, y, x)));
+}
+
+// The 16-bit L2 write from the perturbation the delta pass stored (l2_delta_and_write_16bit): out =
+// the L2 output of x + delta * factor, rounded toward x. n elements from the positions of x, delta
+// and out; the tail as write_l2_run computes it.
+template <typename scalar_t, typename out_t>
+FASTADV_CPU_TARGET inline void write_l2_from_delta_16bit(const scalar_t* x, const float* delta, out_t* out, int64_t n,
+                                                         float factor, float lower, float upper) {
+  const FloatLanes lower_v = splat_lanes(lower), upper_v = splat_lanes(upper), factor_v = splat_lanes(factor);
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes) {
+    const FloatLanes xv = load_float_lanes(x + i);
+    store_l2_output_lanes(out + i, l2_output_lanes(xv, load_lanes(delta + i), factor_v, lower_v, upper_v), xv);
+  }
+  for (; i < n; ++i) {
+    const float xi = load_float(x[i]);
+    out[i] = stored<out_t>(l2_output(xi, delta[i], factor, lower, upper), xi, 0.f);
+  }
+}
+
 template <bool kStep, typename scalar_t, typename grad_t, typename out_t, typename Dir>
 FASTADV_CPU_TARGET void write_l2(const scalar_t* x_adv, const grad_t* grad, const scalar_t* x, out_t* out,
                                  int64_t begin, int64_t end, Dir dir, float alpha, bool targeted,
@@ -742,6 +791,18 @@ float team_sum(L2Team& team, int64_t n, F&& partial) {
   return acc;
 }
 
+// The 16-bit outputs' perturbation, from the delta pass to the write (l2_sample): this thread's
+// float32 scratch, reused across calls, at the sample's positions (a team's thread uses its own
+// blocks of it). Samples up to kL2DeltaScratchMax elements (16 MB of scratch); larger ones
+// recompute the perturbation in the write (write_l2).
+constexpr int64_t kL2DeltaScratchMax = int64_t{1} << 22;
+
+inline float* l2_delta_scratch(int64_t n) {
+  static thread_local std::vector<float> scratch;
+  if (static_cast<int64_t>(scratch.size()) < n) scratch.resize(static_cast<size_t>(n));
+  return scratch.data();
+}
+
 // One sample, or the team's part of it: pointers start at the sample, `base` is its offset in the
 // tensor (for the per-channel bounds); out_t may be narrower than the inputs (widened samples, below).
 template <bool kStep, typename scalar_t, typename grad_t, typename out_t>
@@ -817,6 +878,30 @@ void l2_sample(const scalar_t* x_adv, const grad_t* grad, const scalar_t* x, out
                      });
       });
       return;
+    }
+    // 16-bit outputs, the fast direction: the terms stored in a float32 scratch for the write.
+    if constexpr (kIs16Bit<out_t> && std::is_same_v<decltype(direction), float>) {
+      if (n <= kL2DeltaScratchMax) {
+        float* delta = l2_delta_scratch(n);
+        float delta_sum_sq = team_sum(team, n, [&](int64_t i0, int64_t i1) {
+          return sum_sq_delta_stored<kStep>(x_adv, grad, x, delta, i0, i1, direction, alpha, targeted);
+        });
+        const float delta_scale = l2_delta_scale(delta_sum_sq, eps);
+        if (delta_scale != 1.f) {  // rare: a second pass over this sample only
+          delta_sum_sq = team_sum(team, n, [&](int64_t i0, int64_t i1) {
+            return sum_scaled_sq_stored(delta, i0, i1, delta_scale);
+          });
+        }
+        const float factor = l2_rescale_factor(std::sqrt(delta_sum_sq), delta_scale, eps);
+        for_team_blocks(team, n, [&](int64_t, int64_t begin, int64_t end) {
+          for_each_run(base + begin, base + end, launch.geometry, launch.numel,
+                       [&](int64_t i0, int64_t i1, int64_t rb, int64_t rc) {
+                         write_l2_from_delta_16bit(x + (i0 - base), delta + (i0 - base), out + (i0 - base), i1 - i0,
+                                                   factor, p.lower.at(rb, rc), p.upper.at(rb, rc));
+                       });
+        });
+        return;
+      }
     }
     float delta_sum_sq = team_sum(team, n, [&](int64_t i0, int64_t i1) {
       return sum_sq_delta<kStep>(x_adv, grad, x, i0, i1, direction, alpha, targeted);

@@ -619,48 +619,6 @@ FASTADV_CPU_TARGET inline void write_l2_run(const scalar_t* x_adv, const grad_t*
   }
 }
 
-// The L2 write of the 16-bit dtypes (kChunked) for a sample with a finite sum of squares (inverse
-// norm: the fast path), per chunk of kHalfChunk elements in two loops: the float32 results from the
-// 16-bit inputs widened in registers (step_math.h's l2_step_delta_lanes, l2_output_lanes) into one
-// float32 buffer, then those results rounded within the budget (limit 0) and stored, x widened
-// again. It replaced three loops per chunk (inputs widened into three float32 buffers, the float32
-// loop, the rounding loop): 7-10% faster on the CIFAR and ImageNet batches. One loop from the
-// loads to the store was 5-10% slower than the three: its chain per vector (about 17 dependent
-// instructions, up to the pack and the store) left too few vectors in flight.
-template <bool kStep, typename scalar_t, typename grad_t, typename out_t>
-FASTADV_CPU_TARGET inline void write_l2_run_lanes(const scalar_t* x_adv, const grad_t* grad, const scalar_t* x,
-                                                  out_t* out, int64_t n, float inverse_norm, float alpha,
-                                                  bool targeted, float factor, float lower, float upper) {
-  const FloatLanes lower_v = splat_lanes(lower), upper_v = splat_lanes(upper), factor_v = splat_lanes(factor);
-  const FloatLanes inverse_norm_v = splat_lanes(inverse_norm);
-  const float step = targeted ? -alpha : alpha;
-  const FloatLanes zero{};
-  auto value = [&](int64_t j, FloatLanes xv) {
-    const FloatLanes av = load_float_lanes(x_adv + j);
-    FloatLanes d;
-    if constexpr (kStep) {
-      d = l2_step_delta_lanes(av, l2_grad_entry_lanes(load_float_lanes(grad + j)) * inverse_norm_v, xv, step);
-    } else {
-      d = av - xv;
-    }
-    return l2_output_lanes(xv, d, factor_v, lower_v, upper_v);
-  };
-  int64_t i = 0;
-  alignas(64) float ys[kHalfChunk];
-  for (; i + kHalfChunk <= n; i += kHalfChunk) {
-    for (int64_t j = 0; j < kHalfChunk; j += kLanes) store_lanes(ys + j, value(i + j, load_float_lanes(x + i + j)));
-    for (int64_t j = 0; j < kHalfChunk; j += kLanes) {
-      store_output_lanes(out + i + j, load_lanes(ys + j), load_float_lanes(x + i + j), zero);
-    }
-  }
-  for (; i + kLanes <= n; i += kLanes) {
-    const FloatLanes xv = load_float_lanes(x + i);
-    store_output_lanes(out + i, value(i, xv), xv, zero);
-  }
-  write_l2_run<kStep>(x_adv + i, kStep ? grad + i : grad, x + i, out + i, n - i, inverse_norm, alpha, targeted,
-                      factor, lower, upper);
-}
-
 // kLanes float32 results y of an L2 write stored as the 16-bit T, rounded within the budget with
 // limit 0 (store_output_lanes with a zero limit, bit for bit): nearest(y), moved one unit toward x
 // where it lies farther from x than y (step_math.h's l2_budget_move_vector). float16 through F16C /
@@ -690,6 +648,47 @@ FASTADV_CPU_TARGET inline void store_l2_output_lanes(T* out, FloatLanes y, Float
 #endif
   const RoundedLanes r = round_lanes<T>(y);
   store_bits(out, r.bits - reinterpret_cast<BitsLanes>(l2_budget_move_vector(r.value, y, x)));
+}
+
+// The L2 write of the 16-bit dtypes (kChunked) for a sample with a finite sum of squares (inverse
+// norm: the fast path), per chunk of kHalfChunk elements in two loops: the float32 results from the
+// 16-bit inputs widened in registers (step_math.h's l2_step_delta_lanes, l2_output_lanes) into one
+// float32 buffer, then those results rounded within the budget (limit 0) and stored, x widened
+// again. It replaced three loops per chunk (inputs widened into three float32 buffers, the float32
+// loop, the rounding loop): 7-10% faster on the CIFAR and ImageNet batches. One loop from the
+// loads to the store was 5-10% slower than the three: its chain per vector (about 17 dependent
+// instructions, up to the pack and the store) left too few vectors in flight.
+template <bool kStep, typename scalar_t, typename grad_t, typename out_t>
+FASTADV_CPU_TARGET inline void write_l2_run_lanes(const scalar_t* x_adv, const grad_t* grad, const scalar_t* x,
+                                                  out_t* out, int64_t n, float inverse_norm, float alpha,
+                                                  bool targeted, float factor, float lower, float upper) {
+  const FloatLanes lower_v = splat_lanes(lower), upper_v = splat_lanes(upper), factor_v = splat_lanes(factor);
+  const FloatLanes inverse_norm_v = splat_lanes(inverse_norm);
+  const float step = targeted ? -alpha : alpha;
+  auto value = [&](int64_t j, FloatLanes xv) {
+    const FloatLanes av = load_float_lanes(x_adv + j);
+    FloatLanes d;
+    if constexpr (kStep) {
+      d = l2_step_delta_lanes(av, l2_grad_entry_lanes(load_float_lanes(grad + j)) * inverse_norm_v, xv, step);
+    } else {
+      d = av - xv;
+    }
+    return l2_output_lanes(xv, d, factor_v, lower_v, upper_v);
+  };
+  int64_t i = 0;
+  alignas(64) float ys[kHalfChunk];
+  for (; i + kHalfChunk <= n; i += kHalfChunk) {
+    for (int64_t j = 0; j < kHalfChunk; j += kLanes) store_lanes(ys + j, value(i + j, load_float_lanes(x + i + j)));
+    for (int64_t j = 0; j < kHalfChunk; j += kLanes) {
+      store_l2_output_lanes(out + i + j, load_lanes(ys + j), load_float_lanes(x + i + j));
+    }
+  }
+  for (; i + kLanes <= n; i += kLanes) {
+    const FloatLanes xv = load_float_lanes(x + i);
+    store_l2_output_lanes(out + i, value(i, xv), xv);
+  }
+  write_l2_run<kStep>(x_adv + i, kStep ? grad + i : grad, x + i, out + i, n - i, inverse_norm, alpha, targeted,
+                      factor, lower, upper);
 }
 
 // The 16-bit L2 write from the perturbation the delta pass stored (l2_delta_and_write_16bit): out =
@@ -791,16 +790,109 @@ float team_sum(L2Team& team, int64_t n, F&& partial) {
   return acc;
 }
 
-// The 16-bit outputs' perturbation, from the delta pass to the write (l2_sample): this thread's
-// float32 scratch, reused across calls, at the sample's positions (a team's thread uses its own
-// blocks of it). Samples up to kL2DeltaScratchMax elements (16 MB of scratch); larger ones
-// recompute the perturbation in the write (write_l2).
+// ---- The 16-bit L2 step through float32 scratch ----
+// A 16-bit sample's passes hand each other float32 values in this thread's scratch (reused across
+// calls, at the sample's positions; a team's thread uses its own blocks of it): the delta pass
+// stores the perturbation, which the write reads with x instead of recomputing it from x_adv, the
+// gradient and x. A sample whose three scratch arrays fit in kL2Scratch16SmallBytes (CIFAR's 3072
+// elements take 36 KB) also keeps the gradient's entries from the gradient pass for the delta pass,
+// and x widened from the delta pass for the write: each 16-bit input is widened once per step (a
+// vcvtph2ps is two of Zen 3's vector operations, the move from scratch a load). Larger samples
+// keep the perturbation only (ImageNet's 150528 elements: 600 KB). The stored values are those the
+// passes computed before, so the output keeps its bits. Samples beyond kL2DeltaScratchMax elements
+// (16 MB of scratch) recompute the perturbation in the write (write_l2).
 constexpr int64_t kL2DeltaScratchMax = int64_t{1} << 22;
+constexpr int64_t kL2Scratch16SmallBytes = 256 * 1024;
 
-inline float* l2_delta_scratch(int64_t n) {
+struct L2Scratch16 {
+  float* delta;  // the perturbation (nullptr: recomputed in the write)
+  float* grad;   // the gradient's entries, l2_grad_entry (nullptr: widened again in the delta pass)
+  float* x;      // x as float32 (nullptr: widened again in the write)
+};
+
+inline L2Scratch16 l2_scratch_16bit(int64_t n, bool keep_grad, bool keep_x) {
+  if (n > kL2DeltaScratchMax) return {nullptr, nullptr, nullptr};
+  const bool small = 3 * n * static_cast<int64_t>(sizeof(float)) <= kL2Scratch16SmallBytes;
+  keep_grad = keep_grad && small;
+  keep_x = keep_x && small;
   static thread_local std::vector<float> scratch;
-  if (static_cast<int64_t>(scratch.size()) < n) scratch.resize(static_cast<size_t>(n));
-  return scratch.data();
+  const int64_t size = n * (1 + keep_grad + keep_x);
+  if (static_cast<int64_t>(scratch.size()) < size) scratch.resize(static_cast<size_t>(size));
+  float* base = scratch.data();
+  return {base, keep_grad ? base + n : nullptr, keep_x ? base + n * (1 + keep_grad) : nullptr};
+}
+
+// sum_sq_grad (the same chunks and sums, so the same bits), storing each entry.
+template <typename grad_t>
+struct GradTermsStored {
+  const grad_t* grad;
+  float* entry;
+  FASTADV_CPU_TARGET FloatLanes lanes(int64_t i) const {
+    const FloatLanes e = l2_grad_entry_lanes(load_float_lanes(grad + i));
+    store_lanes(entry + i, e);
+    return e;
+  }
+  FASTADV_CPU_TARGET float one(int64_t i) const { return entry[i] = l2_grad_entry(load_float(grad[i])); }
+};
+
+template <typename grad_t>
+FASTADV_CPU_TARGET float sum_sq_grad_stored(const grad_t* grad, float* entry, int64_t begin, int64_t end) {
+  float acc = 0.f;
+  for (int64_t i = begin; i < end; i += kSumChunk) {
+    acc += sum_squares(GradTermsStored<grad_t>{grad + i, entry + i}, std::min(kSumChunk, end - i));
+  }
+  return acc;
+}
+
+// DeltaTerms storing each term in delta (as StoredDeltaTerms), reading the gradient's entries
+// from scratch (kGradStored) and storing x widened (kStoreX); the same values (the tail as
+// DeltaTerms computes it).
+template <bool kStep, bool kGradStored, bool kStoreX, typename scalar_t, typename grad_t>
+struct DeltaTerms16 {
+  const scalar_t* x_adv;
+  const grad_t* grad;
+  const scalar_t* x;
+  const float* grad_entry;
+  float* delta;
+  float* xs;
+  float inverse_norm, alpha;
+  bool targeted;
+  FASTADV_CPU_TARGET FloatLanes lanes(int64_t i) const {
+    const FloatLanes xa = load_float_lanes(x_adv + i), xi = load_float_lanes(x + i);
+    if constexpr (kStoreX) store_lanes(xs + i, xi);
+    FloatLanes v;
+    if constexpr (kStep) {
+      FloatLanes e;
+      if constexpr (kGradStored) {
+        e = load_lanes(grad_entry + i);
+      } else {
+        e = l2_grad_entry_lanes(load_float_lanes(grad + i));
+      }
+      v = l2_step_delta_lanes(xa, e * inverse_norm, xi, targeted ? -alpha : alpha);
+    } else {
+      v = xa - xi;
+    }
+    store_lanes(delta + i, v);
+    return v;
+  }
+  FASTADV_CPU_TARGET float one(int64_t i) const {
+    if constexpr (kStoreX) xs[i] = load_float(x[i]);
+    return delta[i] = l2_delta_at<kStep>(x_adv, grad, x, i, inverse_norm, alpha, targeted);
+  }
+};
+
+template <bool kStep, bool kGradStored, bool kStoreX, typename scalar_t, typename grad_t>
+FASTADV_CPU_TARGET float sum_sq_delta_16bit(const scalar_t* x_adv, const grad_t* grad, const scalar_t* x,
+                                            const L2Scratch16& s, int64_t begin, int64_t end, float inverse_norm,
+                                            float alpha, bool targeted) {
+  float acc = 0.f;
+  for (int64_t i = begin; i < end; i += kSumChunk) {
+    const DeltaTerms16<kStep, kGradStored, kStoreX, scalar_t, grad_t> terms{
+        x_adv + i,         kStep ? grad + i : grad, x + i,        kGradStored ? s.grad + i : nullptr,
+        s.delta + i,       kStoreX ? s.x + i : nullptr,           inverse_norm, alpha, targeted};
+    acc += sum_squares(terms, std::min(kSumChunk, end - i));
+  }
+  return acc;
 }
 
 // One sample, or the team's part of it: pointers start at the sample, `base` is its offset in the
@@ -813,6 +905,8 @@ void l2_sample(const scalar_t* x_adv, const grad_t* grad, const scalar_t* x, out
   const int64_t n = launch.geometry.sample_size;
   const float alpha = p.alpha.at(b, 0);
   L2Direction dir{1.f, 0.f, 0.f};
+  L2Scratch16 scratch{nullptr, nullptr, nullptr};  // 16-bit outputs: float32 scratch between the passes
+  if constexpr (kIs16Bit<out_t>) scratch = l2_scratch_16bit(n, kStep && kIs16Bit<grad_t>, kIs16Bit<scalar_t>);
   if constexpr (kStep) {
     float sum_sq = 0.f;
     bool written = false;
@@ -831,7 +925,11 @@ void l2_sample(const scalar_t* x_adv, const grad_t* grad, const scalar_t* x, out
         written = true;
       }
     }
-    if (!written) sum_sq = team_sum(team, n, [&](int64_t i0, int64_t i1) { return sum_sq_grad(grad, i0, i1); });
+    if (!written) {
+      sum_sq = team_sum(team, n, [&](int64_t i0, int64_t i1) {
+        return scratch.grad ? sum_sq_grad_stored(grad, scratch.grad, i0, i1) : sum_sq_grad(grad, i0, i1);
+      });
+    }
     float infinite_count = 0.f, scaled_sum_sq = 0.f;
     const float scale = l2_grad_scale(sum_sq);
     if (scale != 1.f) {  // rare: a second pass over this sample only
@@ -879,27 +977,46 @@ void l2_sample(const scalar_t* x_adv, const grad_t* grad, const scalar_t* x, out
       });
       return;
     }
-    // 16-bit outputs, the fast direction: the terms stored in a float32 scratch for the write.
+    // 16-bit outputs, the fast direction: the passes through float32 scratch (L2Scratch16).
     if constexpr (kIs16Bit<out_t> && std::is_same_v<decltype(direction), float>) {
-      if (n <= kL2DeltaScratchMax) {
-        float* delta = l2_delta_scratch(n);
+      auto passes = [&](auto grad_stored, auto x_stored) {
+        constexpr bool kGradStored = decltype(grad_stored)::value, kXStored = decltype(x_stored)::value;
         float delta_sum_sq = team_sum(team, n, [&](int64_t i0, int64_t i1) {
-          return sum_sq_delta_stored<kStep>(x_adv, grad, x, delta, i0, i1, direction, alpha, targeted);
+          return sum_sq_delta_16bit<kStep, kGradStored, kXStored>(x_adv, grad, x, scratch, i0, i1, direction, alpha,
+                                                                 targeted);
         });
         const float delta_scale = l2_delta_scale(delta_sum_sq, eps);
         if (delta_scale != 1.f) {  // rare: a second pass over this sample only
           delta_sum_sq = team_sum(team, n, [&](int64_t i0, int64_t i1) {
-            return sum_scaled_sq_stored(delta, i0, i1, delta_scale);
+            return sum_scaled_sq_stored(scratch.delta, i0, i1, delta_scale);
           });
         }
         const float factor = l2_rescale_factor(std::sqrt(delta_sum_sq), delta_scale, eps);
         for_team_blocks(team, n, [&](int64_t, int64_t begin, int64_t end) {
           for_each_run(base + begin, base + end, launch.geometry, launch.numel,
                        [&](int64_t i0, int64_t i1, int64_t rb, int64_t rc) {
-                         write_l2_from_delta_16bit(x + (i0 - base), delta + (i0 - base), out + (i0 - base), i1 - i0,
-                                                   factor, p.lower.at(rb, rc), p.upper.at(rb, rc));
+                         const int64_t o = i0 - base;
+                         const float lower = p.lower.at(rb, rc), upper = p.upper.at(rb, rc);
+                         if constexpr (kXStored) {
+                           write_l2_from_delta_16bit(scratch.x + o, scratch.delta + o, out + o, i1 - i0, factor,
+                                                     lower, upper);
+                         } else {
+                           write_l2_from_delta_16bit(x + o, scratch.delta + o, out + o, i1 - i0, factor, lower,
+                                                     upper);
+                         }
                        });
         });
+      };
+      if (scratch.grad != nullptr) {
+        passes(std::true_type{}, std::true_type{});
+        return;
+      }
+      if (scratch.x != nullptr) {
+        passes(std::false_type{}, std::true_type{});
+        return;
+      }
+      if (scratch.delta != nullptr) {
+        passes(std::false_type{}, std::false_type{});
         return;
       }
     }

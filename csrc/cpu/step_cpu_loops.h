@@ -628,6 +628,10 @@ FASTADV_CPU_TARGET inline void write_l2_run(const scalar_t* x_adv, const grad_t*
 // 0x0000 or up from 0xFFFF, a NaN, could reach: the rule moves neither).
 template <typename T>
 FASTADV_CPU_TARGET inline void store_l2_output_lanes(T* out, FloatLanes y, FloatLanes x) {
+  if constexpr (std::is_same_v<T, float>) {  // float32 outputs are stored as they are
+    store_lanes(out, y);
+    return;
+  }
 #if FASTADV_CPU_HALF_LANES >= 16
   if constexpr (std::is_same_v<T, c10::Half>) {
     const __m256i packed = _mm512_cvtps_ph(reinterpret_cast<__m512>(y), _MM_FROUND_TO_NEAREST_INT);

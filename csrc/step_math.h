@@ -318,6 +318,20 @@ FASTADV_ROUNDING_INLINE U bits_within_budget_vector(U bits, F rounded, F y, F x,
   return bits + budget_move_vector<F, U>(rounded, y, x, limit);
 }
 
+// The L2 form (limit 0) as the move to subtract from the bits, in their 32-bit lanes: 0 where
+// nearest(y) stays, 1 where it moves toward zero, -1 (all ones) where it moves away from it;
+// bits - l2_budget_move_vector(rounded, y, x) is bits_within_budget_vector(bits, rounded, y, x, 0)
+// lane for lane. With limit 0, max(limit, |y - x|) is |y - x| itself (NaN included: 0 > NaN is
+// false), so the L2 writes skip it; the 16-bit float16 store subtracts the move packed to 16 bits.
+template <typename F>
+FASTADV_ROUNDING_INLINE auto l2_budget_move_vector(F rounded, F y, F x) {
+  using Mask = decltype(y < y);
+  const F from_x = rounded - x;
+  const Mask leaves = lanes_abs(from_x) > lanes_abs(y - x);
+  const Mask away_from_zero = (reinterpret_cast<Mask>(from_x) ^ reinterpret_cast<Mask>(rounded)) >> 31;
+  return leaves & (away_from_zero | 1);
+}
+
 // The stored bits of a 16-bit output element: `bits` is nearest(y), `rounded` its value.
 FASTADV_HOST_DEVICE uint16_t bits_within_budget(uint16_t bits, float rounded, float y, float x, float limit) {
   return static_cast<uint16_t>(bits_within_budget_lanes<float, uint32_t>(bits, rounded, y, x, limit));

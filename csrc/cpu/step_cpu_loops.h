@@ -593,6 +593,41 @@ FASTADV_CPU_TARGET inline void write_l2_run(const scalar_t* x_adv, const grad_t*
   }
 }
 
+// kLanes float32 results y of an L2 write stored as the 16-bit T, rounded within the budget with
+// limit 0 (store_output_lanes with a zero limit, bit for bit): nearest(y), moved one unit toward x
+// where it lies farther from x than y (step_math.h's l2_budget_move_vector). float16 through F16C /
+// AVX-512F corrects the packed result of vcvtps2ph by the move packed to 16 bits (two fewer
+// instructions than widening the bits to 32-bit lanes and packing them again; the 16-bit
+// subtraction wraps where the 32-bit one saturates in store_bits, which only a move down from
+// 0x0000 or up from 0xFFFF, a NaN, could reach: the rule moves neither).
+template <typename T>
+FASTADV_CPU_TARGET inline void store_l2_output_lanes(T* out, FloatLanes y, FloatLanes x) {
+  if constexpr (std::is_same_v<T, float>) {  // float32 outputs are stored as they are
+    store_lanes(out, y);
+    return;
+  }
+#if FASTADV_CPU_HALF_LANES >= 16
+  if constexpr (std::is_same_v<T, c10::Half>) {
+    const __m256i packed = _mm512_cvtps_ph(reinterpret_cast<__m512>(y), _MM_FROUND_TO_NEAREST_INT);
+    const FloatLanes rounded = reinterpret_cast<FloatLanes>(_mm512_cvtph_ps(packed));
+    const __m256i move = _mm512_cvtepi32_epi16(reinterpret_cast<__m512i>(l2_budget_move_vector(rounded, y, x)));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out), _mm256_sub_epi16(packed, move));
+    return;
+  }
+#elif FASTADV_CPU_HALF_LANES >= 8
+  if constexpr (std::is_same_v<T, c10::Half>) {
+    const __m128i packed = _mm256_cvtps_ph(reinterpret_cast<__m256>(y), _MM_FROUND_TO_NEAREST_INT);
+    const FloatLanes rounded = reinterpret_cast<FloatLanes>(_mm256_cvtph_ps(packed));
+    const __m256i move = reinterpret_cast<__m256i>(l2_budget_move_vector(rounded, y, x));
+    const __m128i move16 = _mm_packs_epi32(_mm256_castsi256_si128(move), _mm256_extracti128_si256(move, 1));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(out), _mm_sub_epi16(packed, move16));
+    return;
+  }
+#endif
+  const RoundedLanes r = round_lanes<T>(y);
+  store_bits(out, r.bits - reinterpret_cast<BitsLanes>(l2_budget_move_vector(r.value, y, x)));
+}
+
 // The L2 write of the 16-bit dtypes (kChunked) for a sample with a finite sum of squares (inverse
 // norm: the fast path), per chunk of kHalfChunk elements in two loops: the float32 results from the
 // 16-bit inputs widened in registers (step_math.h's l2_step_delta_lanes, l2_output_lanes) into one
@@ -608,7 +643,6 @@ FASTADV_CPU_TARGET inline void write_l2_run_lanes(const scalar_t* x_adv, const g
   const FloatLanes lower_v = splat_lanes(lower), upper_v = splat_lanes(upper), factor_v = splat_lanes(factor);
   const FloatLanes inverse_norm_v = splat_lanes(inverse_norm);
   const float step = targeted ? -alpha : alpha;
-  const FloatLanes zero{};
   auto value = [&](int64_t j, FloatLanes xv) {
     const FloatLanes av = load_float_lanes(x_adv + j);
     FloatLanes d;
@@ -624,15 +658,65 @@ FASTADV_CPU_TARGET inline void write_l2_run_lanes(const scalar_t* x_adv, const g
   for (; i + kHalfChunk <= n; i += kHalfChunk) {
     for (int64_t j = 0; j < kHalfChunk; j += kLanes) store_lanes(ys + j, value(i + j, load_float_lanes(x + i + j)));
     for (int64_t j = 0; j < kHalfChunk; j += kLanes) {
-      store_output_lanes(out + i + j, load_lanes(ys + j), load_float_lanes(x + i + j), zero);
+      store_l2_output_lanes(out + i + j, load_lanes(ys + j), load_float_lanes(x + i + j));
     }
   }
   for (; i + kLanes <= n; i += kLanes) {
     const FloatLanes xv = load_float_lanes(x + i);
-    store_output_lanes(out + i, value(i, xv), xv, zero);
+    store_l2_output_lanes(out + i, value(i, xv), xv);
   }
   write_l2_run<kStep>(x_adv + i, kStep ? grad + i : grad, x + i, out + i, n - i, inverse_norm, alpha, targeted,
                       factor, lower, upper);
+}
+
+// Two vectors of results (2 * kLanes elements from out), each as store_l2_output_lanes stores it. The
+// AVX2 build's float16 narrows the pair's moves at once (one pack and one permute for 16 elements
+// instead of an extract and a pack per 8) and stores 16 elements.
+template <typename T>
+FASTADV_CPU_TARGET inline void store_l2_output_pair(T* out, FloatLanes y0, FloatLanes y1, FloatLanes x0,
+                                                    FloatLanes x1) {
+#if FASTADV_CPU_HALF_LANES == 8
+  if constexpr (std::is_same_v<T, c10::Half>) {
+    const __m128i p0 = _mm256_cvtps_ph(reinterpret_cast<__m256>(y0), _MM_FROUND_TO_NEAREST_INT);
+    const __m128i p1 = _mm256_cvtps_ph(reinterpret_cast<__m256>(y1), _MM_FROUND_TO_NEAREST_INT);
+    const __m256i m0 = reinterpret_cast<__m256i>(
+        l2_budget_move_vector(reinterpret_cast<FloatLanes>(_mm256_cvtph_ps(p0)), y0, x0));
+    const __m256i m1 = reinterpret_cast<__m256i>(
+        l2_budget_move_vector(reinterpret_cast<FloatLanes>(_mm256_cvtph_ps(p1)), y1, x1));
+    // packs interleaves the 128-bit halves: 64-bit blocks m0lo m1lo m0hi m1hi, put back in order.
+    const __m256i moves = _mm256_permute4x64_epi64(_mm256_packs_epi32(m0, m1), 0xD8);
+    const __m256i bits = _mm256_inserti128_si256(_mm256_castsi128_si256(p0), p1, 1);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out), _mm256_sub_epi16(bits, moves));
+    return;
+  }
+#endif
+  store_l2_output_lanes(out, y0, x0);
+  store_l2_output_lanes(out + kLanes, y1, x1);
+}
+
+// The 16-bit L2 write from the perturbation the delta pass stored (l2_delta_and_write_16bit): out =
+// the L2 output of x + delta * factor, rounded toward x. n elements from the positions of x, delta
+// and out; the tail as write_l2_run computes it.
+template <typename scalar_t, typename out_t>
+FASTADV_CPU_TARGET inline void write_l2_from_delta_16bit(const scalar_t* x, const float* delta, out_t* out, int64_t n,
+                                                         float factor, float lower, float upper) {
+  const FloatLanes lower_v = splat_lanes(lower), upper_v = splat_lanes(upper), factor_v = splat_lanes(factor);
+  int64_t i = 0;
+  for (; i + 2 * kLanes <= n; i += 2 * kLanes) {
+    const int64_t j = i + kLanes;
+    const FloatLanes x0 = load_float_lanes(x + i), x1 = load_float_lanes(x + j);
+    const FloatLanes y0 = l2_output_lanes(x0, load_lanes(delta + i), factor_v, lower_v, upper_v);
+    const FloatLanes y1 = l2_output_lanes(x1, load_lanes(delta + j), factor_v, lower_v, upper_v);
+    store_l2_output_pair(out + i, y0, y1, x0, x1);
+  }
+  for (; i + kLanes <= n; i += kLanes) {
+    const FloatLanes xv = load_float_lanes(x + i);
+    store_l2_output_lanes(out + i, l2_output_lanes(xv, load_lanes(delta + i), factor_v, lower_v, upper_v), xv);
+  }
+  for (; i < n; ++i) {
+    const float xi = load_float(x[i]);
+    out[i] = stored<out_t>(l2_output(xi, delta[i], factor, lower, upper), xi, 0.f);
+  }
 }
 
 template <bool kStep, typename scalar_t, typename grad_t, typename out_t, typename Dir>
@@ -716,6 +800,111 @@ float team_sum(L2Team& team, int64_t n, F&& partial) {
   return acc;
 }
 
+// ---- The 16-bit L2 step through float32 scratch ----
+// A 16-bit sample's passes hand each other float32 values in this thread's scratch (reused across
+// calls, at the sample's positions; a team's thread uses its own blocks of it): the delta pass
+// stores the perturbation, which the write reads with x instead of recomputing it from x_adv, the
+// gradient and x. A sample whose three scratch arrays fit in kL2Scratch16SmallBytes (CIFAR's 3072
+// elements take 36 KB) also keeps the gradient's entries from the gradient pass for the delta pass,
+// and x widened from the delta pass for the write: each 16-bit input is widened once per step (a
+// vcvtph2ps is two of Zen 3's vector operations, the move from scratch a load). Larger samples
+// keep the perturbation only (ImageNet's 150528 elements: 600 KB). The stored values are those the
+// passes computed before, so the output keeps its bits. Samples beyond kL2DeltaScratchMax elements
+// (16 MB of scratch) recompute the perturbation in the write (write_l2).
+constexpr int64_t kL2DeltaScratchMax = int64_t{1} << 22;
+constexpr int64_t kL2Scratch16SmallBytes = 256 * 1024;
+
+struct L2Scratch16 {
+  float* delta;  // the perturbation (nullptr: recomputed in the write)
+  float* grad;   // the gradient's entries, l2_grad_entry (nullptr: widened again in the delta pass)
+  float* x;      // x as float32 (nullptr: widened again in the write)
+};
+
+inline L2Scratch16 l2_scratch_16bit(int64_t n, bool keep_grad, bool keep_x) {
+  if (n > kL2DeltaScratchMax) return {nullptr, nullptr, nullptr};
+  const bool small = 3 * n * static_cast<int64_t>(sizeof(float)) <= kL2Scratch16SmallBytes;
+  keep_grad = keep_grad && small;
+  keep_x = keep_x && small;
+  static thread_local std::vector<float> scratch;
+  const int64_t size = n * (1 + keep_grad + keep_x);
+  if (static_cast<int64_t>(scratch.size()) < size) scratch.resize(static_cast<size_t>(size));
+  float* base = scratch.data();
+  return {base, keep_grad ? base + n : nullptr, keep_x ? base + n * (1 + keep_grad) : nullptr};
+}
+
+// sum_sq_grad (the same chunks and sums, so the same bits), storing each entry.
+template <typename grad_t>
+struct GradTermsStored {
+  const grad_t* grad;
+  float* entry;
+  FASTADV_CPU_TARGET FloatLanes lanes(int64_t i) const {
+    const FloatLanes e = l2_grad_entry_lanes(load_float_lanes(grad + i));
+    store_lanes(entry + i, e);
+    return e;
+  }
+  FASTADV_CPU_TARGET float one(int64_t i) const { return entry[i] = l2_grad_entry(load_float(grad[i])); }
+};
+
+template <typename grad_t>
+FASTADV_CPU_TARGET float sum_sq_grad_stored(const grad_t* grad, float* entry, int64_t begin, int64_t end) {
+  float acc = 0.f;
+  for (int64_t i = begin; i < end; i += kSumChunk) {
+    acc += sum_squares(GradTermsStored<grad_t>{grad + i, entry + i}, std::min(kSumChunk, end - i));
+  }
+  return acc;
+}
+
+// DeltaTerms storing each term in delta (as StoredDeltaTerms), reading the gradient's entries
+// from scratch (kGradStored) and storing x widened (kStoreX); the same values (the tail as
+// DeltaTerms computes it).
+template <bool kStep, bool kGradStored, bool kStoreX, typename scalar_t, typename grad_t>
+struct DeltaTerms16 {
+  const scalar_t* x_adv;
+  const grad_t* grad;
+  const scalar_t* x;
+  const float* grad_entry;
+  float* delta;
+  float* xs;
+  float inverse_norm, alpha;
+  bool targeted;
+  FASTADV_CPU_TARGET FloatLanes lanes(int64_t i) const {
+    const FloatLanes xa = load_float_lanes(x_adv + i), xi = load_float_lanes(x + i);
+    if constexpr (kStoreX) store_lanes(xs + i, xi);
+    FloatLanes v;
+    if constexpr (kStep) {
+      FloatLanes e;
+      if constexpr (kGradStored) {
+        e = load_lanes(grad_entry + i);
+      } else {
+        e = l2_grad_entry_lanes(load_float_lanes(grad + i));
+      }
+      v = l2_step_delta_lanes(xa, e * inverse_norm, xi, targeted ? -alpha : alpha);
+    } else {
+      v = xa - xi;
+    }
+    store_lanes(delta + i, v);
+    return v;
+  }
+  FASTADV_CPU_TARGET float one(int64_t i) const {
+    if constexpr (kStoreX) xs[i] = load_float(x[i]);
+    return delta[i] = l2_delta_at<kStep>(x_adv, grad, x, i, inverse_norm, alpha, targeted);
+  }
+};
+
+template <bool kStep, bool kGradStored, bool kStoreX, typename scalar_t, typename grad_t>
+FASTADV_CPU_TARGET float sum_sq_delta_16bit(const scalar_t* x_adv, const grad_t* grad, const scalar_t* x,
+                                            const L2Scratch16& s, int64_t begin, int64_t end, float inverse_norm,
+                                            float alpha, bool targeted) {
+  float acc = 0.f;
+  for (int64_t i = begin; i < end; i += kSumChunk) {
+    const DeltaTerms16<kStep, kGradStored, kStoreX, scalar_t, grad_t> terms{
+        x_adv + i,         kStep ? grad + i : grad, x + i,        kGradStored ? s.grad + i : nullptr,
+        s.delta + i,       kStoreX ? s.x + i : nullptr,           inverse_norm, alpha, targeted};
+    acc += sum_squares(terms, std::min(kSumChunk, end - i));
+  }
+  return acc;
+}
+
 // One sample, or the team's part of it: pointers start at the sample, `base` is its offset in the
 // tensor (for the per-channel bounds); out_t may be narrower than the inputs (widened samples, below).
 template <bool kStep, typename scalar_t, typename grad_t, typename out_t>
@@ -725,8 +914,12 @@ void l2_sample(const scalar_t* x_adv, const grad_t* grad, const scalar_t* x, out
   const int64_t n = launch.geometry.sample_size;
   const float alpha = p.alpha.at(b, 0);
   L2Direction dir{1.f, 0.f, 0.f};
+  L2Scratch16 scratch{nullptr, nullptr, nullptr};  // 16-bit outputs: float32 scratch between the passes
+  if constexpr (kIs16Bit<out_t>) scratch = l2_scratch_16bit(n, kStep && kIs16Bit<grad_t>, kIs16Bit<scalar_t>);
   if constexpr (kStep) {
-    const float sum_sq = team_sum(team, n, [&](int64_t i0, int64_t i1) { return sum_sq_grad(grad, i0, i1); });
+    const float sum_sq = team_sum(team, n, [&](int64_t i0, int64_t i1) {
+      return scratch.grad ? sum_sq_grad_stored(grad, scratch.grad, i0, i1) : sum_sq_grad(grad, i0, i1);
+    });
     float infinite_count = 0.f, scaled_sum_sq = 0.f;
     const float scale = l2_grad_scale(sum_sq);
     if (scale != 1.f) {  // rare: a second pass over this sample only
@@ -767,6 +960,49 @@ void l2_sample(const scalar_t* x_adv, const grad_t* grad, const scalar_t* x, out
                      });
       });
       return;
+    }
+    // 16-bit outputs, the fast direction: the passes through float32 scratch (L2Scratch16).
+    if constexpr (kIs16Bit<out_t> && std::is_same_v<decltype(direction), float>) {
+      auto passes = [&](auto grad_stored, auto x_stored) {
+        constexpr bool kGradStored = decltype(grad_stored)::value, kXStored = decltype(x_stored)::value;
+        float delta_sum_sq = team_sum(team, n, [&](int64_t i0, int64_t i1) {
+          return sum_sq_delta_16bit<kStep, kGradStored, kXStored>(x_adv, grad, x, scratch, i0, i1, direction, alpha,
+                                                                 targeted);
+        });
+        const float delta_scale = l2_delta_scale(delta_sum_sq, eps);
+        if (delta_scale != 1.f) {  // rare: a second pass over this sample only
+          delta_sum_sq = team_sum(team, n, [&](int64_t i0, int64_t i1) {
+            return sum_scaled_sq_stored(scratch.delta, i0, i1, delta_scale);
+          });
+        }
+        const float factor = l2_rescale_factor(std::sqrt(delta_sum_sq), delta_scale, eps);
+        for_team_blocks(team, n, [&](int64_t, int64_t begin, int64_t end) {
+          for_each_run(base + begin, base + end, launch.geometry, launch.numel,
+                       [&](int64_t i0, int64_t i1, int64_t rb, int64_t rc) {
+                         const int64_t o = i0 - base;
+                         const float lower = p.lower.at(rb, rc), upper = p.upper.at(rb, rc);
+                         if constexpr (kXStored) {
+                           write_l2_from_delta_16bit(scratch.x + o, scratch.delta + o, out + o, i1 - i0, factor,
+                                                     lower, upper);
+                         } else {
+                           write_l2_from_delta_16bit(x + o, scratch.delta + o, out + o, i1 - i0, factor, lower,
+                                                     upper);
+                         }
+                       });
+        });
+      };
+      if (scratch.grad != nullptr) {
+        passes(std::true_type{}, std::true_type{});
+        return;
+      }
+      if (scratch.x != nullptr) {
+        passes(std::false_type{}, std::true_type{});
+        return;
+      }
+      if (scratch.delta != nullptr) {
+        passes(std::false_type{}, std::false_type{});
+        return;
+      }
     }
     float delta_sum_sq = team_sum(team, n, [&](int64_t i0, int64_t i1) {
       return sum_sq_delta<kStep>(x_adv, grad, x, i0, i1, direction, alpha, targeted);

@@ -81,3 +81,26 @@ def test_l2_cpu_same_bits_with_one_or_two_threads(dtype, layout, shape):
     one, two = _with_threads(1, project), _with_threads(2, project)
     assert torch.equal(_bits(one), _bits(two)), f"l2_project {dtype} {layout}"
     assert_close(two, fastadv.l2_project(x_adv, x, eps, lower, upper, backend="torch"), f"l2_project {dtype}")
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_l2_cpu_16bit_sample_beyond_the_scratch(dtype, layout):
+    """The 16-bit passes hand the perturbation to the write through float32 scratch up to 4M elements
+    a sample (kL2DeltaScratchMax); a larger sample recomputes it in the write: the same bits with one
+    thread or two, and the reference's values."""
+    require_backend("cpu", "cpu")
+    shape = (1, 3, 1184, 1184)  # 4205568 elements, just over 2^22
+    gen = torch.Generator().manual_seed(len(str(dtype)) + len(layout))
+    x_adv, grad, x, eps = _inputs(shape, dtype, layout, gen)
+    for targeted in (False, True):
+
+        def step(targeted=targeted):
+            return fastadv.l2_step(x_adv, grad, x, eps, 0.3, 0.0, 1.0, targeted=targeted, backend="cpu")
+
+        one, two = _with_threads(1, step), _with_threads(2, step)
+        context = f"l2_step {dtype} {layout} targeted={targeted}"
+        assert torch.equal(_bits(one), _bits(two)), context
+        assert_close(
+            two, fastadv.l2_step(x_adv, grad, x, eps, 0.3, 0.0, 1.0, targeted=targeted, backend="torch"), context
+        )

@@ -27,14 +27,11 @@ VERSIONS = {
     "rand": ("apgd-ce", "apgd-dlr"),
     "lite": ("apgd-ce", "apgd-t"),
 }
-# The targeted stages' (sample, target class) pairs per batch on a CPU, where the model's passes
-# cost least per row at a few dozen to a hundred rows (past that the activations leave the cache).
-# FGSM-RS digits CNN, APGD-T on its 47 samples, 100 steps, CPU time, min of 3: 250 pairs (235 rows)
-# 7.17 s, 128 (94 rows) 5.72 s, 96 (94 rows) 5.71 s. FAB-T (a forward and a backward, then a
-# forward, per step), 30 steps: 6 samples one target at a time 1.15 s, 9 side by side (54 rows)
-# 0.47 s; 10 samples 1.09 s, 40-60 rows 0.62-0.73 s, 90 rows 0.94 s; 45 samples: no gain at
-# 90-225 rows, 1.6x slower at 405.
-APGD_T_CPU_PAIRS = 128
+# FAB-T's (sample, target class) pairs side by side on a CPU: its model passes (a forward and a
+# backward, then a forward, per step) cost least per row at a few dozen rows. Digits CNN, 30 steps,
+# CPU time: 6 samples one target at a time 1.15 s, 9 targets side by side (54 rows) 0.47 s;
+# 10 samples 1.09 s, 40-60 rows 0.70-0.73 s, 90 rows 0.94 s; 45 samples: no gain at 90-225 rows,
+# 1.6x slower at 405 (the activations leave the cache).
 FAB_T_CPU_PAIRS = 64
 STAGES = ("apgd-ce", "apgd-dlr", "apgd-t", "fab", "fab-t", "square")  # what version="custom" may run
 # Each stage's class and settings (the original's, per version) are the attack catalogue's
@@ -200,8 +197,7 @@ class AutoAttack:
             model as given.
 
     APGD-T attacks its samples' target classes side by side, up to ``batch_size`` (sample,
-    target class) pairs in one batch (APGDT's ``target_batch``; on a CPU 128 at most, where the
-    model's passes cost least per row at about a hundred rows), instead of one class after
+    target class) pairs in one batch (APGDT's ``target_batch``), instead of one class after
     another: each pair gets the original's budget, and the samples still robust after APGD-CE,
     which withstand most targets, take fewer and larger batches (the memory of a batch of
     ``batch_size`` samples at most). FAB-T does the same (FAB's ``target_batch``) up to
@@ -288,14 +284,13 @@ class AutoAttack:
 
     def batch_targets(self, batch_size: int, device: torch.device) -> None:
         """Sets the targeted stages' (sample, target class) pairs per batch for batches of
-        `batch_size` samples on `device`, as :meth:`run` does: APGD-T's and FAB-T's
-        ``target_batch`` to batch_size on a GPU, and on a CPU to at most APGD_T_CPU_PAIRS and
-        FAB_T_CPU_PAIRS."""
-        on_cpu = torch.device(device).type == "cpu"
+        `batch_size` samples on `device`, as :meth:`run` does: APGD-T's ``target_batch`` to
+        batch_size, FAB-T's to batch_size on a GPU and at most FAB_T_CPU_PAIRS on a CPU."""
         for _, stage in self.stages:
             if isinstance(stage, APGDT):
-                stage.target_batch = min(batch_size, APGD_T_CPU_PAIRS) if on_cpu else batch_size
+                stage.target_batch = batch_size
             elif isinstance(stage, FAB) and stage.multi_targeted:
+                on_cpu = torch.device(device).type == "cpu"
                 stage.target_batch = min(batch_size, FAB_T_CPU_PAIRS) if on_cpu else batch_size
 
     def run(

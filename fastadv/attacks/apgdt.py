@@ -14,6 +14,7 @@ from .base import Call, options_without
 from .gradient import RunState
 from .progress import Ticker
 from .result import AttackResult, Best
+from .target_runs import target_runs
 
 _AUTOATTACK_TARGETS = 9
 
@@ -129,24 +130,15 @@ class APGDT(APGD):
         ranked = self._ranked_targets(x, y, call)
         best = Best(x, self.targeted)
         self._ticker = Ticker(self.progress_hook, self.n_target_classes * self.n_restarts * self.steps, "steps")
-        rank, index = 0, 0
-        while rank < self.n_target_classes:
-            todo = (~best.success).nonzero().squeeze(1)
-            if todo.numel() == 0:
-                break
-            group = max(1, min(self.n_target_classes - rank, self.target_batch // todo.numel()))
-            for restart in range(self.n_restarts):
-                todo = (~best.success).nonzero().squeeze(1)  # restarts attack the survivors only
-                if todo.numel() == 0:
-                    break
-                # (a run of `group` target classes: each of its steps is `group` steps' work)
-                self._ticker.run((rank * self.n_restarts + restart * group) * self.steps, group)
-                owner = todo.repeat(group)  # pair p: sample owner[p], target rank rank + p // len(todo)
-                column = torch.arange(rank, rank + group, device=x.device).repeat_interleave(todo.numel())
-                self._pairs_run(x, y, todo, owner, ranked[owner, column], best, call, index)
-                self._after_run(index, best)
-                index += 1
-            rank += group
+
+        def survivors() -> torch.Tensor:
+            return (~best.success).nonzero().squeeze(1)
+
+        for index, run in enumerate(target_runs(self.n_target_classes, self.n_restarts, self.target_batch, survivors)):
+            # (a run of `group` target classes: each of its steps is `group` steps' work)
+            self._ticker.run(run.runs_before(self.n_restarts) * self.steps, run.group)
+            self._pairs_run(x, y, run.todo, run.owner, ranked[run.owner, run.column], best, call, index)
+            self._after_run(index, best)
         return best.result()
 
     def _pairs_run(self, x: torch.Tensor, y: torch.Tensor, samples: torch.Tensor, owner: torch.Tensor,

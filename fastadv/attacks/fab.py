@@ -15,6 +15,7 @@ from .boundary_projection import project_onto_hyperplane
 from .params import per_sample
 from .progress import Ticker
 from .result import AttackResult, confidence_of, finite_rows
+from .target_runs import target_runs
 
 
 class FAB(Attack):
@@ -160,38 +161,29 @@ class FAB(Attack):
         start = time.time()
         self._ticker = Ticker(self.progress_hook, rounds * self.n_restarts * self.steps, "steps")
         state = (best_norm, best_adv, steps_used, non_finite, eps)
-        rank = 0  # the rounds (FAB-T: target classes by rank) done
-        while rank < rounds:
-            todo = (best_norm > eps).nonzero().squeeze(1)  # one host sync per run
-            if todo.numel() == 0:
-                break
-            group = 1  # rounds side by side (FAB-T with target_batch)
-            if self.multi_targeted and self.target_batch is not None:
-                group = max(1, min(rounds - rank, self.target_batch // todo.numel()))
-            for restart in range(self.n_restarts):
-                todo = (best_norm > eps).nonzero().squeeze(1)
-                if todo.numel() == 0:
-                    break
-                # (a run of `group` rounds: each of its steps is `group` steps' work)
-                self._ticker.run((rank * self.n_restarts + restart * group) * self.steps, group)
-                owner = todo.repeat(group)  # row p: sample owner[p], the round rank + p // len(todo)
-                target = None
+
+        def survivors() -> torch.Tensor:
+            return (best_norm > eps).nonzero().squeeze(1)
+
+        pairs = self.target_batch if self.multi_targeted else None  # FAB-T's target classes side by side
+        for run in target_runs(rounds, self.n_restarts, pairs, survivors):
+            # (a run of `group` rounds: each of its steps is `group` steps' work)
+            self._ticker.run(run.runs_before(self.n_restarts) * self.steps, run.group)
+            owner = run.owner
+            target = targets[owner, run.column] if self.multi_targeted else None
+            norm, adv, finite = self._single_run(
+                x.index_select(0, owner), y.index_select(0, owner), target,
+                (lo.index_select(0, owner), hi.index_select(0, owner)),
+                eps.index_select(0, owner) if run.restart > 0 else None, generator, call)  # fmt: skip
+            _take_in_order(run.todo, run.group, norm, adv, finite, self.steps, state)
+            if self.verbose:
+                robust = float((best_norm > eps).float().mean())
+                which = ""
                 if self.multi_targeted:
-                    column = torch.arange(rank, rank + group, device=dev).repeat_interleave(todo.numel())
-                    target = targets[owner, column]
-                norm, adv, finite = self._single_run(
-                    x.index_select(0, owner), y.index_select(0, owner), target,
-                    (lo.index_select(0, owner), hi.index_select(0, owner)),
-                    eps.index_select(0, owner) if restart > 0 else None, generator, call)  # fmt: skip
-                _take_in_order(todo, group, norm, adv, finite, self.steps, state)
-                if self.verbose:
-                    robust = float((best_norm > eps).float().mean())
-                    which = ""
-                    if self.multi_targeted:
-                        which = f" - target_class {rank + 2}" + (f" to {rank + group + 1}" if group > 1 else "")
-                    print(f"restart {restart}{which} - robust accuracy: {robust:.2%} at eps = {_short_eps(self.eps)}"
-                          f" - cum. time: {time.time() - start:.1f} s")  # fmt: skip
-            rank += group
+                    last = f" to {run.rank + run.group + 1}" if run.group > 1 else ""
+                    which = f" - target_class {run.rank + 2}{last}"
+                print(f"restart {run.restart}{which} - robust accuracy: {robust:.2%} at eps = {_short_eps(self.eps)}"
+                      f" - cum. time: {time.time() - start:.1f} s")  # fmt: skip
         within = best_norm <= eps
         adv = torch.where(per_sample(within, x), best_adv, x)
         with torch.no_grad():

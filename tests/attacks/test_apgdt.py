@@ -46,12 +46,8 @@ def test_pairs_side_by_side_give_a_valid_result(digits, target_batch):
     assert bool((result.steps_used[result.success] <= 9 * 6).all())
 
 
-def test_target_batch_is_checked_and_autoattack_sets_it(digits):
+def test_autoattack_sets_target_batch(digits):
     model, x, y = digits
-    with pytest.raises(ValueError, match="target_batch"):
-        _apgdt(model, target_batch=0)
-    with pytest.raises(TypeError, match="target_batch"):
-        _apgdt(model, target_batch=2.5)
     attack = AutoAttack(model, eps=0.06, version="custom", attacks_to_run=["apgd-t"], steps=2, log=None)
     attack.run(x[:8], y[:8], batch_size=24)
     assert dict(attack.stages)["apgd-t"].target_batch == 24

@@ -80,12 +80,8 @@ def test_verbose_names_the_targets_of_a_run(digits, capsys):
     assert lines[0].startswith("restart 0 - target_class 2 to 5 - robust accuracy: "), lines
 
 
-def test_target_batch_is_checked_and_autoattack_sets_it(digits):
+def test_autoattack_sets_target_batch(digits):
     model, x, y = digits
-    with pytest.raises(ValueError, match="target_batch"):
-        _fab_t(model, target_batch=0)
-    with pytest.raises(TypeError, match="target_batch"):
-        _fab_t(model, target_batch=2.5)
     attack = AutoAttack(model, eps=0.08, version="custom", attacks_to_run=["fab", "fab-t"], steps=2, log=None)
     attack.run(x[:8], y[:8], batch_size=24)
     stages = dict(attack.stages)

@@ -270,6 +270,12 @@ FASTADV_CPU_TARGET inline FloatLanes linf_lanes(const scalar_t* x_adv, const gra
   }
 }
 
+// Whether linf_run_lanes reads and writes bfloat16 pairs (step_simd.h's load_bf16_pair): every tensor
+// it reads is bfloat16 (the projection reads no gradient).
+template <bool kStep, typename scalar_t, typename grad_t>
+constexpr bool kBf16Pairs =
+    std::is_same_v<scalar_t, c10::BFloat16> && (!kStep || std::is_same_v<grad_t, c10::BFloat16>);
+
 // The L-inf loop of the 16-bit dtypes (kChunked): one pass over whole vectors, from the loads
 // (widened to float32 once) through step_math.h's linf_step_lanes to the store rounded within the
 // budget, all in registers; the tail through the scalar loop. It replaced chunks of kHalfChunk
@@ -282,6 +288,23 @@ FASTADV_CPU_TARGET inline void linf_run_lanes(const scalar_t* x_adv, const grad_
   const FloatLanes eps = splat_lanes(s.eps), lower = splat_lanes(s.lower), upper = splat_lanes(s.upper);
   const FloatLanes step = splat_lanes(targeted ? -s.alpha : s.alpha);
   int64_t i = 0;
+  if constexpr (kBf16Pairs<kStep, scalar_t, grad_t>) {
+    // bfloat16 throughout: the pairs of step_simd.h's load_bf16_pair, the clamps without the NaN x
+    // select (store_bf16_pair tests x for NaN as it rounds).
+    for (; i + 2 * kLanes <= n; i += 2 * kLanes) {
+      const Bf16Pair xv = load_bf16_pair(x + i), av = load_bf16_pair(x_adv + i);
+      FloatLanes y_even, y_odd;
+      if constexpr (kStep) {
+        const Bf16Pair g = load_bf16_pair(grad + i);
+        y_even = linf_step_lanes<false>(av.even, g.even, xv.even, eps, step, lower, upper);
+        y_odd = linf_step_lanes<false>(av.odd, g.odd, xv.odd, eps, step, lower, upper);
+      } else {
+        y_even = linf_project_lanes<false>(av.even, xv.even, eps, lower, upper);
+        y_odd = linf_project_lanes<false>(av.odd, xv.odd, eps, lower, upper);
+      }
+      store_bf16_pair(out + i, y_even, y_odd, xv.even, xv.odd, eps);
+    }
+  }
   // Two vectors per iteration: their chains run side by side, and they are stored together
   // (store_output_pair).
   for (; i + 2 * kLanes <= n; i += 2 * kLanes) {

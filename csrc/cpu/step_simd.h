@@ -221,7 +221,8 @@ FASTADV_CPU_TARGET inline Bf16Pair load_bf16_pair(const c10::BFloat16* p) {
 // makes the generic form two compares, an OR, and sometimes a NOT).
 FASTADV_CPU_TARGET inline BitsLanes unordered_select(FloatLanes y, FloatLanes x, BitsLanes nan, BitsLanes v) {
 #if FASTADV_CPU_HALF_LANES >= 16
-  const __mmask16 unordered = _mm512_cmp_ps_mask(reinterpret_cast<__m512>(y), reinterpret_cast<__m512>(x), _CMP_UNORD_Q);
+  const __mmask16 unordered =
+      _mm512_cmp_ps_mask(reinterpret_cast<__m512>(y), reinterpret_cast<__m512>(x), _CMP_UNORD_Q);
   return reinterpret_cast<BitsLanes>(
       _mm512_mask_blend_epi32(unordered, reinterpret_cast<__m512i>(v), reinterpret_cast<__m512i>(nan)));
 #elif FASTADV_CPU_HALF_LANES >= 8

@@ -105,19 +105,27 @@ FASTADV_ROUNDING_INLINE F signed_step_lanes(F g, F step) {
 // compare, an OR and a blend per clamp. eps, lower and upper are never NaN (the ops refuse them);
 // x - eps and x + eps are NaN exactly where x is, and there the scalar chain ends at x + eps (its
 // second clamp keeps the NaN bound, the clamps to [lower, upper] keep a NaN).
-template <typename F>
+// kNanX false leaves out that last select (a compare and a blend per vector): where x is NaN the
+// result is then y clamped to [lower, upper] instead of the NaN x + eps, and elsewhere it is the same.
+// Only for a store that tests x for NaN itself: the bfloat16 loops store every NaN as 0x7FC0, so
+// they test y and x together at the rounding (one unordered compare instead of y's own).
+template <bool kNanX = true, typename F>
 FASTADV_ROUNDING_INLINE F linf_project_lanes(F y, F x, F eps, F lower, F upper) {
   const F below = x - eps, above = x + eps;
   y = below > y ? below : y;
   y = above < y ? above : y;
   y = lower > y ? lower : y;
   y = upper < y ? upper : y;
-  return x != x ? above : y;
+  if constexpr (kNanX) {
+    return x != x ? above : y;
+  } else {
+    return y;
+  }
 }
 
-template <typename F>
+template <bool kNanX = true, typename F>
 FASTADV_ROUNDING_INLINE F linf_step_lanes(F x_adv, F grad, F x, F eps, F step, F lower, F upper) {
-  return linf_project_lanes(x_adv + signed_step_lanes(grad, step), x, eps, lower, upper);
+  return linf_project_lanes<kNanX>(x_adv + signed_step_lanes(grad, step), x, eps, lower, upper);
 }
 
 // ---- L2 (per sample b; norms over all non-batch elements, accumulated in float32) ----
@@ -302,15 +310,23 @@ FASTADV_ROUNDING_INLINE U bits_within_budget_lanes(U bits, F rounded, F y, F x, 
 // after narrowing it (the float16 L-inf loop packs two vectors of moves with a signed saturating
 // pack, exact on these values): the sum never wraps, since the rule never moves a NaN (0x7C01 to
 // 0x7FFF, 0xFC01 to 0xFFFF) nor +0 toward zero.
+// `unit` is the move's size: 1 for 16-bit patterns in the low halves of the lanes, 0x10000 for
+// bfloat16 patterns kept in the upper halves, where they are the float32 value (the bfloat16 L-inf
+// loop's pairs, csrc/cpu/step_simd.h).
 template <typename F, typename U>
-FASTADV_ROUNDING_INLINE U budget_move_vector(F rounded, F y, F x, F limit) {
+FASTADV_ROUNDING_INLINE U budget_move_vector(F rounded, F y, F x, F limit, uint32_t unit) {
   using Mask = decltype(y < y);
   const F from_x = rounded - x;
   const F dist = lanes_abs(y - x);
   const Mask leaves = lanes_abs(from_x) > (limit > dist ? limit : dist);
   const Mask away_from_zero = reinterpret_cast<Mask>(from_x) ^ reinterpret_cast<Mask>(rounded);
-  const U move = away_from_zero < Mask{} ? U{} + 1u : U{} - 1u;
+  const U move = away_from_zero < Mask{} ? U{} + unit : U{} - unit;
   return reinterpret_cast<U>(leaves) & move;
+}
+
+template <typename F, typename U>
+FASTADV_ROUNDING_INLINE U budget_move_vector(F rounded, F y, F x, F limit) {
+  return budget_move_vector<F, U>(rounded, y, x, limit, 1u);
 }
 
 template <typename F, typename U>

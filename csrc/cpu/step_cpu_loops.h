@@ -270,6 +270,50 @@ FASTADV_CPU_TARGET inline FloatLanes linf_lanes(const scalar_t* x_adv, const gra
   }
 }
 
+// Whether linf_run_lanes reads and writes bfloat16 pairs (step_simd.h's load_bf16_pair): every tensor
+// it reads is bfloat16 (the projection reads no gradient).
+template <bool kStep, typename scalar_t, typename grad_t>
+constexpr bool kBf16Pairs =
+    std::is_same_v<scalar_t, c10::BFloat16> && (!kStep || std::is_same_v<grad_t, c10::BFloat16>);
+
+// How far ahead, in elements, the bfloat16 L-inf loop prefetches its inputs: 1 KB of each, 16 cache
+// lines. The loop streams three inputs from memory and is bound by their latency more than by its
+// instructions: on the AMD EPYC (AVX2) host, one thread, 16M elements, the hardware prefetchers alone
+// gave 11.2-11.6 ms and this 8.9-9.3 ms (256 to 768 elements ahead measured alike, interleaved in one
+// process, outputs equal), 66% -> 84% of copy bandwidth. Non-temporal stores, with or without the
+// prefetch, were no faster (with it, 0.4-0.6 ms slower).
+constexpr int64_t kPrefetchAhead = 512;
+
+// The bfloat16 L-inf loop from element i while a whole pair fits before n: step_simd.h's
+// load_bf16_pair on every input, step_math.h's clamps without the NaN x select (store_bf16_pair tests
+// x for NaN as it rounds), the pair stored rounded within the budget. kPrefetch: the inputs'
+// elements kPrefetchAhead on are prefetched each iteration (n must leave that many elements readable
+// after it). Returns where it stopped.
+template <bool kStep, bool kPrefetch>
+FASTADV_CPU_TARGET inline int64_t linf_bf16_pairs(const c10::BFloat16* x_adv, const c10::BFloat16* grad,
+                                                  const c10::BFloat16* x, c10::BFloat16* out, int64_t i, int64_t n,
+                                                  FloatLanes eps, FloatLanes step, FloatLanes lower, FloatLanes upper) {
+  for (; i + 2 * kLanes <= n; i += 2 * kLanes) {
+    if constexpr (kPrefetch) {
+      __builtin_prefetch(x + i + kPrefetchAhead);
+      __builtin_prefetch(x_adv + i + kPrefetchAhead);
+      if constexpr (kStep) __builtin_prefetch(grad + i + kPrefetchAhead);
+    }
+    const Bf16Pair xv = load_bf16_pair(x + i), av = load_bf16_pair(x_adv + i);
+    FloatLanes y_even, y_odd;
+    if constexpr (kStep) {
+      const Bf16Pair g = load_bf16_pair(grad + i);
+      y_even = linf_step_lanes<false>(av.even, g.even, xv.even, eps, step, lower, upper);
+      y_odd = linf_step_lanes<false>(av.odd, g.odd, xv.odd, eps, step, lower, upper);
+    } else {
+      y_even = linf_project_lanes<false>(av.even, xv.even, eps, lower, upper);
+      y_odd = linf_project_lanes<false>(av.odd, xv.odd, eps, lower, upper);
+    }
+    store_bf16_pair(out + i, y_even, y_odd, xv.even, xv.odd, eps);
+  }
+  return i;
+}
+
 // The L-inf loop of the 16-bit dtypes (kChunked): one pass over whole vectors, from the loads
 // (widened to float32 once) through step_math.h's linf_step_lanes to the store rounded within the
 // budget, all in registers; the tail through the scalar loop. It replaced chunks of kHalfChunk
@@ -282,6 +326,12 @@ FASTADV_CPU_TARGET inline void linf_run_lanes(const scalar_t* x_adv, const grad_
   const FloatLanes eps = splat_lanes(s.eps), lower = splat_lanes(s.lower), upper = splat_lanes(s.upper);
   const FloatLanes step = splat_lanes(targeted ? -s.alpha : s.alpha);
   int64_t i = 0;
+  if constexpr (kBf16Pairs<kStep, scalar_t, grad_t>) {
+    // bfloat16 throughout (linf_bf16_pairs): with the inputs prefetched while kPrefetchAhead elements
+    // remain beyond the iteration, then without.
+    i = linf_bf16_pairs<kStep, true>(x_adv, grad, x, out, i, n - kPrefetchAhead, eps, step, lower, upper);
+    i = linf_bf16_pairs<kStep, false>(x_adv, grad, x, out, i, n, eps, step, lower, upper);
+  }
   // Two vectors per iteration: their chains run side by side, and they are stored together
   // (store_output_pair).
   for (; i + 2 * kLanes <= n; i += 2 * kLanes) {

@@ -198,6 +198,63 @@ FASTADV_CPU_TARGET inline void store_output_pair(T* out, FloatLanes y0, FloatLan
   store_output_lanes(out + kLanes, y1, x1, limit);
 }
 
+// ---- bfloat16 in pairs of vectors, each element widened where it lies ----
+// 2 * kLanes bfloat16 elements read as kLanes 32-bit lanes: a lane's upper half (an odd element) is
+// that element's float32 value once the lower half is cleared, and the lower half (an even element)
+// shifted up is the other's. One load and one operation per vector, where load_widened zero-extends
+// 16-bit lanes and shifts them (vpmovzxwd and vpslld in the AVX2 build). The results go back the same
+// way: nearest(y) computed in the upper halves (its float32 value, so no shift back before the rule),
+// the even vector's shifted down and OR-ed with the odd one's, and stored as they came: no pack and no
+// lane-crossing permute. Elements stay in the order even/odd within a lane, so every input of a loop
+// that uses these must be read with load_bf16_pair.
+struct Bf16Pair {
+  FloatLanes even, odd;
+};
+
+FASTADV_CPU_TARGET inline Bf16Pair load_bf16_pair(const c10::BFloat16* p) {
+  BitsLanes w;
+  std::memcpy(&w, p, sizeof(w));
+  return {reinterpret_cast<FloatLanes>(w << 16), reinterpret_cast<FloatLanes>(w & 0xFFFF0000u)};
+}
+
+// `nan` where y or x is NaN, else `v`: one unordered compare and a blend where the build has them (gcc
+// makes the generic form two compares, an OR, and sometimes a NOT).
+FASTADV_CPU_TARGET inline BitsLanes unordered_select(FloatLanes y, FloatLanes x, BitsLanes nan, BitsLanes v) {
+#if FASTADV_CPU_HALF_LANES >= 16
+  const __mmask16 unordered =
+      _mm512_cmp_ps_mask(reinterpret_cast<__m512>(y), reinterpret_cast<__m512>(x), _CMP_UNORD_Q);
+  return reinterpret_cast<BitsLanes>(
+      _mm512_mask_blend_epi32(unordered, reinterpret_cast<__m512i>(v), reinterpret_cast<__m512i>(nan)));
+#elif FASTADV_CPU_HALF_LANES >= 8
+  const __m256 unordered = _mm256_cmp_ps(reinterpret_cast<__m256>(y), reinterpret_cast<__m256>(x), _CMP_UNORD_Q);
+  return reinterpret_cast<BitsLanes>(_mm256_blendv_epi8(reinterpret_cast<__m256i>(v), reinterpret_cast<__m256i>(nan),
+                                                        _mm256_castps_si256(unordered)));
+#else
+  return (y != y) | (x != x) ? nan : v;
+#endif
+}
+
+// stored<c10::BFloat16>(y, x, limit) on every lane, as its float32 pattern: the bfloat16 bits in the
+// upper half, zeros below. Nearest even as round_lanes; every NaN becomes 0x7FC0 as c10 rounds it, and
+// so does a lane whose x is NaN (one unordered compare of y and x): the L-inf loop's projection then
+// need not carry the NaN x + eps into y (step_math.h's linf_project_lanes<false>). The rule moves by
+// one bfloat16 unit, 0x10000 in these lanes (step_math.h's budget_move_vector); it never moves a NaN.
+FASTADV_CPU_TARGET inline BitsLanes bf16_within_budget_upper(FloatLanes y, FloatLanes x, FloatLanes limit) {
+  const BitsLanes w = reinterpret_cast<BitsLanes>(y);
+  const BitsLanes nearest = (w + 0x7FFFu + ((w >> 16) & 1u)) & 0xFFFF0000u;
+  const BitsLanes rounded = unordered_select(y, x, BitsLanes{} + 0x7FC00000u, nearest);
+  return rounded + budget_move_vector<FloatLanes, BitsLanes>(reinterpret_cast<FloatLanes>(rounded), y, x, limit,
+                                                             0x10000u);
+}
+
+// Two vectors of results in load_bf16_pair's order stored as bfloat16 within the budget.
+FASTADV_CPU_TARGET inline void store_bf16_pair(c10::BFloat16* out, FloatLanes y_even, FloatLanes y_odd,
+                                               FloatLanes x_even, FloatLanes x_odd, FloatLanes limit) {
+  const BitsLanes w =
+      (bf16_within_budget_upper(y_even, x_even, limit) >> 16) | bf16_within_budget_upper(y_odd, x_odd, limit);
+  std::memcpy(out, &w, sizeof(w));
+}
+
 // n float32 results y stored as T within the budget (store_output_lanes): whole vectors, then the
 // scalar form on the tail.
 template <typename T>

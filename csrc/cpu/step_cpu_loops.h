@@ -1041,8 +1041,11 @@ void l2_sample(const scalar_t* x_adv, const grad_t* grad, const scalar_t* x, out
 // perturbation) and three from the cache (b's gradient, b - 1's x and perturbation). It replaced two
 // passes per sample (b's perturbation, then b + 1's gradient with b's write), one reading three
 // streams from memory and the other one: the L2 step took 1.6x the L-inf step's time on the CIFAR
-// batch, now 1.15-1.2x (one thread, AVX2 EPYC;
-// benchmarks/results/step_copy_ratio_cpu_amd_epyc_avx2_l2_f32_fused.md).
+// batch, then 1.15-1.2x (one thread, AVX2 EPYC;
+// benchmarks/results/step_copy_ratio_cpu_amd_epyc_avx2_l2_f32_fused.md), and 1.10-1.13x with all
+// four memory streams prefetched and the bounds splat per chunk (FusedDeltaTerms, NextTerms;
+// benchmarks/results/step_copy_ratio_cpu_amd_epyc_avx2_l2_f32_prefetch.md, which also lists the
+// variants that were slower: reversed chunks, streaming stores, more prefetches).
 // Alternating the two loops chunk by chunk (1024 elements) instead of element by element gained
 // nothing.
 
@@ -1059,9 +1062,10 @@ constexpr int64_t kL2FusedPrefetch = 256;
 // that both sides read before either stores (lanes, then store): with b - 1's output stored first,
 // the loads of the same position that followed it (b's x_adv, x and gradients, at the same offset
 // within a 4 KB page when the tensors are page-aligned: samples are 12 KB apart on CIFAR) came
-// after a store they could be taken to alias. The order changes no value: a position's stores
-// go to b - 1's and b's out, which no later load of that position reads (out may be x_adv: b's
-// x_adv is loaded before b's store).
+// after a store they could be taken to alias (its own share of the gain is within the noise of
+// this host; measured together with FusedDeltaTerms' prefetches). The order changes no value: a
+// position's stores go to b - 1's and b's out, which no later load of that position reads (out
+// may be x_adv: b's x_adv is loaded before b's store).
 template <typename TermsA, typename TermsB>
 FASTADV_CPU_TARGET inline void sum_squares_pair(const TermsA& a, const TermsB& b, int64_t n, float& total_a,
                                                 float& total_b, int64_t ahead) {

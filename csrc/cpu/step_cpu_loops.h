@@ -1091,20 +1091,31 @@ void l2_sample(const scalar_t* x_adv, const grad_t* grad, const scalar_t* x, out
 // perturbation) and three from the cache (b's gradient, b - 1's x and perturbation). It replaced two
 // passes per sample (b's perturbation, then b + 1's gradient with b's write), one reading three
 // streams from memory and the other one: the L2 step took 1.6x the L-inf step's time on the CIFAR
-// batch, now 1.15-1.2x (one thread, AVX2 EPYC;
-// benchmarks/results/step_copy_ratio_cpu_amd_epyc_avx2_l2_f32_fused.md).
+// batch, then 1.15-1.2x (one thread, AVX2 EPYC;
+// benchmarks/results/step_copy_ratio_cpu_amd_epyc_avx2_l2_f32_fused.md), and 1.10-1.13x with all
+// four memory streams prefetched and the bounds splat per chunk (FusedDeltaTerms, NextTerms;
+// benchmarks/results/step_copy_ratio_cpu_amd_epyc_avx2_l2_f32_prefetch.md, which also lists the
+// variants that were slower: reversed chunks, streaming stores, more prefetches).
 // Alternating the two loops chunk by chunk (1024 elements) instead of element by element gained
 // nothing.
 
-// Elements ahead that l2_fused_pass prefetches its four memory streams (out with prefetchw): 1 KB.
-// The loop carries about three times the L-inf step's instructions per cache line, so the
-// out-of-order window alone keeps fewer lines in flight; 5-10% off the CIFAR and ImageNet batches
-// (256 and 512 elements alike; 128 less, 1024 slower).
+// Elements ahead that l2_fused_pass prefetches its four memory streams: 1 KB. The loop carries
+// about three times the L-inf step's instructions per cache line, so the out-of-order window alone
+// keeps fewer lines in flight; 5-10% off the CIFAR and ImageNet batches (256 and 512 elements
+// alike; 128 less, 1024 slower). (Those measurements prefetched the next gradient only: see
+// FusedDeltaTerms. With all four streams prefetched, 512 was no better than 256 on CIFAR.)
 constexpr int64_t kL2FusedPrefetch = 256;
 
 // Two sums of squares over the same n positions in one loop, each term for term, accumulator for
 // accumulator and in the order sum_squares adds them (so each has sum_squares' bits); every
-// kSumAccumulators vectors, each prefetches `ahead` elements on.
+// kSumAccumulators vectors, each prefetches `ahead` elements on. Each vector position loads all
+// that both sides read before either stores (lanes, then store): with b - 1's output stored first,
+// the loads of the same position that followed it (b's x_adv, x and gradients, at the same offset
+// within a 4 KB page when the tensors are page-aligned: samples are 12 KB apart on CIFAR) came
+// after a store they could be taken to alias (its own share of the gain is within the noise of
+// this host; measured together with FusedDeltaTerms' prefetches). The order changes no value: a
+// position's stores go to b - 1's and b's out, which no later load of that position reads (out
+// may be x_adv: b's x_adv is loaded before b's store).
 template <typename TermsA, typename TermsB>
 FASTADV_CPU_TARGET inline void sum_squares_pair(const TermsA& a, const TermsB& b, int64_t n, float& total_a,
                                                 float& total_b, int64_t ahead) {
@@ -1114,16 +1125,23 @@ FASTADV_CPU_TARGET inline void sum_squares_pair(const TermsA& a, const TermsB& b
     a.prefetch(i + ahead);
     b.prefetch(i + ahead);
     for (int k = 0; k < kSumAccumulators; ++k) {
-      const FloatLanes va = a.lanes(i + k * kLanes);
+      const int64_t j = i + k * kLanes;
+      const auto la = a.lanes(j);
+      const FloatLanes vb = b.lanes(j);
+      a.store(j, la);
+      b.store(j, vb);
+      const FloatLanes va = a.term(la);
       acc_a[k] += va * va;
-      const FloatLanes vb = b.lanes(i + k * kLanes);
       acc_b[k] += vb * vb;
     }
   }
   for (; i + kLanes <= n; i += kLanes) {
-    const FloatLanes va = a.lanes(i);
-    acc_a[0] += va * va;
+    const auto la = a.lanes(i);
     const FloatLanes vb = b.lanes(i);
+    a.store(i, la);
+    b.store(i, vb);
+    const FloatLanes va = a.term(la);
+    acc_a[0] += va * va;
     acc_b[0] += vb * vb;
   }
   const FloatLanes lanes_a = (acc_a[0] + acc_a[1]) + (acc_a[2] + acc_a[3]);
@@ -1149,26 +1167,43 @@ FASTADV_CPU_TARGET inline void prefetch_lines(const float* p, int64_t i) {
   for (int64_t j = 0; j < kSumAccumulators * kLanes; j += kFloatsPerLine) __builtin_prefetch(p + i + j, kWrite, 3);
 }
 
-// The perturbation's terms of sample b (StoredDeltaTerms, float32), prefetching its streams.
+// The perturbation's terms of sample b (StoredDeltaTerms, float32), prefetching its streams; lanes
+// computes a vector of terms, store keeps it (sum_squares_pair's order). The prefetches are written
+// out here: through prefetch_lines, gcc 12 emitted none of these three streams' (objdump -d of the
+// avx2 build: the next gradient's two prefetcht0 per step only). The avx2 and avx512 targets have no
+// PRFCHW, so gcc makes the write prefetch of out a prefetcht0.
 struct FusedDeltaTerms : StoredDeltaTerms<true, float, float> {
   FASTADV_CPU_TARGET void prefetch(int64_t i) const {
-    prefetch_lines(terms.x_adv, i);
-    prefetch_lines(terms.x, i);
-    prefetch_lines<true>(delta, i);
+    for (int64_t j = 0; j < kSumAccumulators * kLanes; j += kFloatsPerLine) {
+      __builtin_prefetch(terms.x_adv + i + j, 0, 3);
+      __builtin_prefetch(terms.x + i + j, 0, 3);
+      __builtin_prefetch(delta + i + j, 1, 3);
+    }
   }
+  FASTADV_CPU_TARGET FloatLanes lanes(int64_t i) const { return terms.lanes(i); }
+  FASTADV_CPU_TARGET void store(int64_t i, FloatLanes v) const { store_lanes(delta + i, v); }
 };
 
 // The other half of l2_fused_pass: the gradient terms of the next sample (when kGrad; else zeros,
 // discarded) and, when kWrite, the write of the previous one from its stored perturbation
 // (write_l2_from_delta on whole vectors). Pointers start at the sample; at(i) moves them to a chunk.
+// lanes loads a vector position (the gradient's terms, the output computed), store writes the
+// output, term gives the gradient's terms (sum_squares_pair's order).
 template <bool kGrad, bool kWrite>
 struct NextTerms {
   const float* grad;
   const float* x;
   float* out;
   float factor, lower, upper;
-  NextTerms at(int64_t i) const {
+  // lower and upper in every lane, set by at() (a target function, so splat_lanes inlines), once
+  // per chunk: splat_lanes in the loop became eight vinsertps per bound per vector step and pushed
+  // an accumulator to the stack; splatting in l2_float_samples (no target attribute: out-of-line
+  // 256-bit calls from SSE code) made the CIFAR step slower (1.38x the L-inf step's time, 1.20 before).
+  FloatLanes lower_lanes, upper_lanes;
+  FASTADV_CPU_TARGET NextTerms at(int64_t i) const {
     NextTerms r = *this;
+    r.lower_lanes = splat_lanes(lower);
+    r.upper_lanes = splat_lanes(upper);
     if constexpr (kGrad) r.grad += i;
     if constexpr (kWrite) {
       r.x += i;
@@ -1179,17 +1214,21 @@ struct NextTerms {
   FASTADV_CPU_TARGET void prefetch(int64_t i) const {
     if constexpr (kGrad) prefetch_lines(grad, i);
   }
-  FASTADV_CPU_TARGET FloatLanes lanes(int64_t i) const {
+  struct Lanes {
+    FloatLanes grad, output;
+  };
+  FASTADV_CPU_TARGET Lanes lanes(int64_t i) const {
+    Lanes r{};
     if constexpr (kWrite) {
-      store_lanes(out + i, l2_output_lanes(load_lanes(x + i), load_lanes(out + i), factor, splat_lanes(lower),
-                                           splat_lanes(upper)));  // (a bound's sign of zero kept)
+      r.output = l2_output_lanes(load_lanes(x + i), load_lanes(out + i), factor, lower_lanes, upper_lanes);
     }
-    if constexpr (kGrad) {
-      return l2_grad_entry_lanes(load_lanes(grad + i));
-    } else {
-      return FloatLanes{};
-    }
+    if constexpr (kGrad) r.grad = l2_grad_entry_lanes(load_lanes(grad + i));
+    return r;
   }
+  FASTADV_CPU_TARGET void store(int64_t i, const Lanes& v) const {
+    if constexpr (kWrite) store_lanes(out + i, v.output);
+  }
+  FASTADV_CPU_TARGET FloatLanes term(const Lanes& v) const { return v.grad; }
   FASTADV_CPU_TARGET float one(int64_t i) const {
     if constexpr (kWrite) out[i] = l2_output(x[i], out[i], factor, lower, upper);
     if constexpr (kGrad) {
@@ -1269,13 +1308,13 @@ void l2_float_samples(const scalar_t* x_adv_in, const grad_t* grad_in, const sca
       };
       const L2PendingWrite& w = pending;
       if (has_next && w.valid) {
-        pass(NextTerms<true, true>{grad_next, w.x, w.out, w.factor, w.lower, w.upper});
+        pass(NextTerms<true, true>{grad_next, w.x, w.out, w.factor, w.lower, w.upper, {}, {}});
       } else if (has_next) {
-        pass(NextTerms<true, false>{grad_next, nullptr, nullptr, 0.f, 0.f, 0.f});
+        pass(NextTerms<true, false>{grad_next, nullptr, nullptr, 0.f, 0.f, 0.f, {}, {}});
       } else if (w.valid) {
-        pass(NextTerms<false, true>{nullptr, w.x, w.out, w.factor, w.lower, w.upper});
+        pass(NextTerms<false, true>{nullptr, w.x, w.out, w.factor, w.lower, w.upper, {}, {}});
       } else {
-        pass(NextTerms<false, false>{nullptr, nullptr, nullptr, 0.f, 0.f, 0.f});
+        pass(NextTerms<false, false>{nullptr, nullptr, nullptr, 0.f, 0.f, 0.f, {}, {}});
       }
       pending.valid = false;
       sum_sq = next_sum;

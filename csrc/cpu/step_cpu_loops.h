@@ -854,35 +854,24 @@ FASTADV_CPU_TARGET float sum_sq_grad_stored(const grad_t* grad, float* entry, in
   return acc;
 }
 
-// The gradient's sum of squares on a 16-bit step's first pass, without l2_grad_entry's NaN test
-// (storing each entry when kStore): with no NaN entry the terms, and so the sum, are
-// sum_sq_grad's (l2_grad_entry(g) is g); a NaN entry makes the sum NaN (every other term is a
-// square, >= 0 or +inf, so no NaN arises from them), and l2_sample then runs sum_sq_grad (or
-// sum_sq_grad_stored) again. Gradients without NaN, all but a broken step's, skip the test's two
-// vector instructions per vector here and in the delta pass that reads the gradient again
-// (DeltaTerms16 with kGradClean).
-template <bool kStore, typename grad_t>
+// The gradient's sum of squares on a 16-bit step's first pass, without l2_grad_entry's NaN test:
+// with no NaN entry the terms, and so the sum, are sum_sq_grad's (l2_grad_entry(g) is g); a NaN
+// entry makes the sum NaN (every other term is a square, >= 0 or +inf, so no NaN arises from
+// them), and l2_sample then runs sum_sq_grad again. Gradients without NaN, all but a broken
+// step's, skip the test's two vector instructions per vector here and in the delta pass that reads
+// the gradient again (DeltaTerms16 with kGradClean).
+template <typename grad_t>
 struct GradTermsUnfiltered {
   const grad_t* grad;
-  float* entry;
-  FASTADV_CPU_TARGET FloatLanes lanes(int64_t i) const {
-    const FloatLanes e = load_float_lanes(grad + i);
-    if constexpr (kStore) store_lanes(entry + i, e);
-    return e;
-  }
-  FASTADV_CPU_TARGET float one(int64_t i) const {
-    const float e = load_float(grad[i]);
-    if constexpr (kStore) entry[i] = e;
-    return e;
-  }
+  FASTADV_CPU_TARGET FloatLanes lanes(int64_t i) const { return load_float_lanes(grad + i); }
+  FASTADV_CPU_TARGET float one(int64_t i) const { return load_float(grad[i]); }
 };
 
-template <bool kStore, typename grad_t>
-FASTADV_CPU_TARGET float sum_sq_grad_unfiltered(const grad_t* grad, float* entry, int64_t begin, int64_t end) {
+template <typename grad_t>
+FASTADV_CPU_TARGET float sum_sq_grad_unfiltered(const grad_t* grad, int64_t begin, int64_t end) {
   float acc = 0.f;
   for (int64_t i = begin; i < end; i += kSumChunk) {
-    acc += sum_squares(GradTermsUnfiltered<kStore, grad_t>{grad + i, kStore ? entry + i : nullptr},
-                       std::min(kSumChunk, end - i));
+    acc += sum_squares(GradTermsUnfiltered<grad_t>{grad + i}, std::min(kSumChunk, end - i));
   }
   return acc;
 }
@@ -952,17 +941,20 @@ void l2_sample(const scalar_t* x_adv, const grad_t* grad, const scalar_t* x, out
   L2Direction dir{1.f, 0.f, 0.f};
   L2Scratch16 scratch{nullptr, nullptr, nullptr};  // 16-bit outputs: float32 scratch between the passes
   if constexpr (kIs16Bit<out_t>) scratch = l2_scratch_16bit(n, kStep && kIs16Bit<grad_t>, kIs16Bit<scalar_t>);
-  bool grad_clean = false;  // 16-bit outputs: no NaN in the gradient (sum_sq_grad_unfiltered)
+  // 16-bit outputs whose delta pass reads the gradient again from the tensor (samples over
+  // kL2Scratch16SmallBytes, or a float32 gradient): no NaN in it (sum_sq_grad_unfiltered). Smaller
+  // samples keep the filtered entries in scratch: the unfiltered sum measured no faster there
+  // (CIFAR, 5-14% slower in alternating runs on a loaded host).
+  bool grad_clean = false;
   if constexpr (kStep) {
     float sum_sq = 0.f;
-    if constexpr (kIs16Bit<out_t>) {
+    if (kIs16Bit<out_t> && scratch.delta != nullptr && scratch.grad == nullptr) {
       sum_sq = team_sum(team, n, [&](int64_t i0, int64_t i1) {
-        return scratch.grad ? sum_sq_grad_unfiltered<true>(grad, scratch.grad, i0, i1)
-                            : sum_sq_grad_unfiltered<false>(grad, static_cast<float*>(nullptr), i0, i1);
+        return sum_sq_grad_unfiltered(grad, i0, i1);
       });
       grad_clean = !std::isnan(sum_sq);
     }
-    if (!grad_clean) {  // float32 outputs, or a NaN entry: the entries through l2_grad_entry
+    if (!grad_clean) {  // the entries through l2_grad_entry (float32 outputs, small samples, a NaN entry)
       sum_sq = team_sum(team, n, [&](int64_t i0, int64_t i1) {
         return scratch.grad ? sum_sq_grad_stored(grad, scratch.grad, i0, i1) : sum_sq_grad(grad, i0, i1);
       });

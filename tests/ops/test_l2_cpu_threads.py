@@ -104,3 +104,30 @@ def test_l2_cpu_16bit_sample_beyond_the_scratch(dtype, layout):
         assert_close(
             two, fastadv.l2_step(x_adv, grad, x, eps, 0.3, 0.0, 1.0, targeted=targeted, backend="torch"), context
         )
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("shape", [(4, 3, 32, 32), (2, 3, 224, 224)], ids=["cifar", "imagenet"])
+def test_l2_cpu_16bit_nan_gradient_entry_counts_as_zero(dtype, layout, shape):
+    """The 16-bit steps sum the gradient's squares without the NaN test and run the filtered sum
+    again only when that sum is NaN: a sample with NaN entries steps as with zeros there, bit for
+    bit, and the samples without one as before; small samples (scratch kept) and large ones, one
+    thread or two (a batch of one shared by a team)."""
+    require_backend("cpu", "cpu")
+    gen = torch.Generator().manual_seed(11)
+    x = torch.rand(shape, generator=gen).mul(0.8).add(0.1)
+    x_adv = x + 0.02 * torch.randn(shape, generator=gen)
+    grad = torch.randn(shape, generator=gen)
+    grad[0].view(-1)[[3, 1000, 2500]] = float("nan")
+    zeroed = torch.nan_to_num(grad, nan=0.0)
+    x_adv, grad, zeroed, x = (to_layout(t.to(dtype), layout) for t in (x_adv, grad, zeroed, x))
+    for batch in (slice(0, 1), slice(0, shape[0])):
+        for threads in (1, 2):
+
+            def step(g, batch=batch):
+                return fastadv.l2_step(x_adv[batch], g[batch], x[batch], 0.5, 0.3, 0.0, 1.0, backend="cpu")
+
+            with_nan = _with_threads(threads, lambda: step(grad))
+            with_zero = _with_threads(threads, lambda: step(zeroed))
+            assert torch.equal(_bits(with_nan), _bits(with_zero)), f"{dtype} {layout} {batch} threads={threads}"

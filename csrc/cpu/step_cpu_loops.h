@@ -452,21 +452,38 @@ FASTADV_CPU_TARGET inline float sum_squares(const Terms& terms, int64_t n) {
   return total;
 }
 
-template <typename grad_t>
+// kFiltered false: the entries as they are, without l2_grad_entry's NaN test (see
+// sum_sq_grad<false>).
+template <typename grad_t, bool kFiltered = true>
 struct GradTerms {
   const grad_t* grad;
-  FASTADV_CPU_TARGET FloatLanes lanes(int64_t i) const { return l2_grad_entry_lanes(load_float_lanes(grad + i)); }
-  FASTADV_CPU_TARGET float one(int64_t i) const { return l2_grad_entry(load_float(grad[i])); }
+  FASTADV_CPU_TARGET FloatLanes lanes(int64_t i) const {
+    if constexpr (kFiltered) {
+      return l2_grad_entry_lanes(load_float_lanes(grad + i));
+    } else {
+      return load_float_lanes(grad + i);
+    }
+  }
+  FASTADV_CPU_TARGET float one(int64_t i) const {
+    return kFiltered ? l2_grad_entry(load_float(grad[i])) : load_float(grad[i]);
+  }
 };
 
 // The sums run over chunks of kSumChunk elements, each with its own accumulators, added at the
 // end: one running sum per vector lane over a whole sample (33K elements) lost the norm's sixth
 // digit with 8 lanes, more than the contract's float32 tolerance allows.
-template <typename grad_t>
+//
+// kFiltered false, on a 16-bit step's first pass: with no NaN entry the terms, and so the sum, are
+// the filtered ones (l2_grad_entry(g) is g); a NaN entry makes the sum NaN (every other term is a
+// square, >= 0 or +inf, so no NaN arises from them), and l2_sample then runs the filtered sum
+// again. Gradients without NaN, all but a broken step's, skip the test's two vector instructions
+// per vector here and in the delta pass that reads the gradient again (DeltaTerms16 with
+// kGradClean).
+template <bool kFiltered = true, typename grad_t>
 FASTADV_CPU_TARGET float sum_sq_grad(const grad_t* grad, int64_t begin, int64_t end) {
   float acc = 0.f;
   for (int64_t i = begin; i < end; i += kSumChunk) {
-    acc += sum_squares(GradTerms<grad_t>{grad + i}, std::min(kSumChunk, end - i));
+    acc += sum_squares(GradTerms<grad_t, kFiltered>{grad + i}, std::min(kSumChunk, end - i));
   }
   return acc;
 }
@@ -904,31 +921,9 @@ FASTADV_CPU_TARGET float sum_sq_grad_stored(const grad_t* grad, float* entry, in
   return acc;
 }
 
-// The gradient's sum of squares on a 16-bit step's first pass, without l2_grad_entry's NaN test:
-// with no NaN entry the terms, and so the sum, are sum_sq_grad's (l2_grad_entry(g) is g); a NaN
-// entry makes the sum NaN (every other term is a square, >= 0 or +inf, so no NaN arises from
-// them), and l2_sample then runs sum_sq_grad again. Gradients without NaN, all but a broken
-// step's, skip the test's two vector instructions per vector here and in the delta pass that reads
-// the gradient again (DeltaTerms16 with kGradClean).
-template <typename grad_t>
-struct GradTermsUnfiltered {
-  const grad_t* grad;
-  FASTADV_CPU_TARGET FloatLanes lanes(int64_t i) const { return load_float_lanes(grad + i); }
-  FASTADV_CPU_TARGET float one(int64_t i) const { return load_float(grad[i]); }
-};
-
-template <typename grad_t>
-FASTADV_CPU_TARGET float sum_sq_grad_unfiltered(const grad_t* grad, int64_t begin, int64_t end) {
-  float acc = 0.f;
-  for (int64_t i = begin; i < end; i += kSumChunk) {
-    acc += sum_squares(GradTermsUnfiltered<grad_t>{grad + i}, std::min(kSumChunk, end - i));
-  }
-  return acc;
-}
-
 // DeltaTerms storing each term in delta (as StoredDeltaTerms), reading the gradient's entries
 // from scratch (kGradStored) and storing x widened (kStoreX); the same values (the tail as
-// DeltaTerms computes it). kGradClean: the gradient has no NaN entry (sum_sq_grad_unfiltered), so
+// DeltaTerms computes it). kGradClean: the gradient has no NaN entry (sum_sq_grad<false>), so
 // its entries are read without l2_grad_entry's test.
 template <bool kStep, bool kGradStored, bool kStoreX, bool kGradClean, typename scalar_t, typename grad_t>
 struct DeltaTerms16 {
@@ -992,7 +987,7 @@ void l2_sample(const scalar_t* x_adv, const grad_t* grad, const scalar_t* x, out
   L2Scratch16 scratch{nullptr, nullptr, nullptr};  // 16-bit outputs: float32 scratch between the passes
   if constexpr (kIs16Bit<out_t>) scratch = l2_scratch_16bit(n, kStep && kIs16Bit<grad_t>, kIs16Bit<scalar_t>);
   // 16-bit outputs whose delta pass reads the gradient again from the tensor (samples over
-  // kL2Scratch16SmallBytes, or a float32 gradient): no NaN in it (sum_sq_grad_unfiltered). Smaller
+  // kL2Scratch16SmallBytes, or a float32 gradient): no NaN in it (sum_sq_grad<false>). Smaller
   // samples keep the filtered entries in scratch: the unfiltered sum measured no faster there
   // (CIFAR, 5-14% slower in alternating runs on a loaded host).
   bool grad_clean = false;
@@ -1000,7 +995,7 @@ void l2_sample(const scalar_t* x_adv, const grad_t* grad, const scalar_t* x, out
     float sum_sq = 0.f;
     if (kIs16Bit<out_t> && scratch.delta != nullptr && scratch.grad == nullptr) {
       sum_sq = team_sum(team, n, [&](int64_t i0, int64_t i1) {
-        return sum_sq_grad_unfiltered(grad, i0, i1);
+        return sum_sq_grad<false>(grad, i0, i1);
       });
       grad_clean = !std::isnan(sum_sq);
     }

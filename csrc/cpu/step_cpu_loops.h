@@ -314,6 +314,27 @@ FASTADV_CPU_TARGET inline int64_t linf_bf16_pairs(const c10::BFloat16* x_adv, co
   return i;
 }
 
+// The 16-bit L-inf loop from element i while two vectors fit before n: their chains run side by
+// side, and they are stored together (store_output_pair). kPrefetch as linf_bf16_pairs.
+template <bool kStep, bool kPrefetch, typename scalar_t, typename grad_t>
+FASTADV_CPU_TARGET inline int64_t linf_vector_pairs(const scalar_t* x_adv, const grad_t* grad, const scalar_t* x,
+                                                    scalar_t* out, int64_t i, int64_t n, FloatLanes eps,
+                                                    FloatLanes step, FloatLanes lower, FloatLanes upper) {
+  for (; i + 2 * kLanes <= n; i += 2 * kLanes) {
+    if constexpr (kPrefetch) {
+      __builtin_prefetch(x + i + kPrefetchAhead);
+      __builtin_prefetch(x_adv + i + kPrefetchAhead);
+      if constexpr (kStep) __builtin_prefetch(grad + i + kPrefetchAhead);
+    }
+    const int64_t j = i + kLanes;
+    const FloatLanes x0 = load_widened(x + i), x1 = load_widened(x + j);
+    const FloatLanes y0 = linf_lanes<kStep>(x_adv + i, kStep ? grad + i : grad, x0, eps, step, lower, upper);
+    const FloatLanes y1 = linf_lanes<kStep>(x_adv + j, kStep ? grad + j : grad, x1, eps, step, lower, upper);
+    store_output_pair(out + i, y0, y1, x0, x1, eps);
+  }
+  return i;
+}
+
 // The L-inf loop of the 16-bit dtypes (kChunked): one pass over whole vectors, from the loads
 // (widened to float32 once) through step_math.h's linf_step_lanes to the store rounded within the
 // budget, all in registers; the tail through the scalar loop. It replaced chunks of kHalfChunk
@@ -332,15 +353,8 @@ FASTADV_CPU_TARGET inline void linf_run_lanes(const scalar_t* x_adv, const grad_
     i = linf_bf16_pairs<kStep, true>(x_adv, grad, x, out, i, n - kPrefetchAhead, eps, step, lower, upper);
     i = linf_bf16_pairs<kStep, false>(x_adv, grad, x, out, i, n, eps, step, lower, upper);
   }
-  // Two vectors per iteration: their chains run side by side, and they are stored together
-  // (store_output_pair).
-  for (; i + 2 * kLanes <= n; i += 2 * kLanes) {
-    const int64_t j = i + kLanes;
-    const FloatLanes x0 = load_widened(x + i), x1 = load_widened(x + j);
-    const FloatLanes y0 = linf_lanes<kStep>(x_adv + i, kStep ? grad + i : grad, x0, eps, step, lower, upper);
-    const FloatLanes y1 = linf_lanes<kStep>(x_adv + j, kStep ? grad + j : grad, x1, eps, step, lower, upper);
-    store_output_pair(out + i, y0, y1, x0, x1, eps);
-  }
+  i = linf_vector_pairs<kStep, true>(x_adv, grad, x, out, i, n - kPrefetchAhead, eps, step, lower, upper);
+  i = linf_vector_pairs<kStep, false>(x_adv, grad, x, out, i, n, eps, step, lower, upper);
   for (; i + kLanes <= n; i += kLanes) {
     const FloatLanes xv = load_widened(x + i);
     const FloatLanes y = linf_lanes<kStep>(x_adv + i, kStep ? grad + i : grad, xv, eps, step, lower, upper);

@@ -9,6 +9,7 @@ Python numbers and CPU tensors are checked.
 
 from __future__ import annotations
 
+import functools
 import math
 import struct
 
@@ -95,6 +96,13 @@ def to_step_param(
 
 
 def _number_param(name: str, v: float, nonnegative: bool, finite: bool) -> StepParam:
+    # an attack passes the same few numbers at every step: checked once (the sign keeps -0.0, a
+    # bound whose sign reaches the output, apart from 0.0, which compares equal to it)
+    return _checked_number(name, v, math.copysign(1.0, v), nonnegative, finite)
+
+
+@functools.lru_cache(maxsize=256)
+def _checked_number(name: str, v: float, sign: float, nonnegative: bool, finite: bool) -> StepParam:
     if math.isnan(v):
         raise ValueError(f"{name} must not be NaN")
     if nonnegative and v < 0:

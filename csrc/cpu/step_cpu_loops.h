@@ -1156,6 +1156,15 @@ void l2_sample(const scalar_t* x_adv, const grad_t* grad, const scalar_t* x, out
 // variants that were slower: reversed chunks, streaming stores, more prefetches).
 // Alternating the two loops chunk by chunk (1024 elements) instead of element by element gained
 // nothing.
+// What keeps it at 1.05-1.15x the L-inf step's time on the CIFAR batch is the three streams each
+// pass reads back from L2: seven cache lines come into L1 per line of output, against the L-inf
+// step's four. A re-read comes a whole sample after the first read (a sample's norm needs all of
+// it), and a CIFAR pass touches 7 x 12 KB against a 32 KB L1, so no order of the positions keeps
+// those lines in L1. A diagnostic build that read b + 1's gradient and b's x in place of b's
+// gradient and b - 1's x (the same work on lines already in L1, wrong values) ran at the L-inf
+// step's time. No faster (benchmarks/results/step_copy_ratio_cpu_amd_epyc_avx2_l2_f32_fills.md):
+// the re-read streams prefetched 64 or 128 elements ahead, b - 1's write run backwards from the end
+// (its first lines the last that b - 1's pass touched), prefetchnta for x_adv, prefetchw for out.
 
 // Elements ahead that l2_fused_pass prefetches its four memory streams: 1 KB. The loop carries
 // about three times the L-inf step's instructions per cache line, so the out-of-order window alone

@@ -1156,6 +1156,15 @@ void l2_sample(const scalar_t* x_adv, const grad_t* grad, const scalar_t* x, out
 // variants that were slower: reversed chunks, streaming stores, more prefetches).
 // Alternating the two loops chunk by chunk (1024 elements) instead of element by element gained
 // nothing.
+// What keeps it at 1.05-1.15x the L-inf step's time on the CIFAR batch is the three streams each
+// pass reads back from L2: seven cache lines come into L1 per line of output, against the L-inf
+// step's four. A re-read comes a whole sample after the first read (a sample's norm needs all of
+// it), and a CIFAR pass touches 7 x 12 KB against a 32 KB L1, so no order of the positions keeps
+// those lines in L1. A diagnostic build that read b + 1's gradient and b's x in place of b's
+// gradient and b - 1's x (the same work on lines already in L1, wrong values) ran at the L-inf
+// step's time. No faster (benchmarks/results/step_copy_ratio_cpu_amd_epyc_avx2_l2_f32_fills.md):
+// the re-read streams prefetched 64 or 128 elements ahead, b - 1's write run backwards from the end
+// (its first lines the last that b - 1's pass touched), prefetchnta for x_adv, prefetchw for out.
 
 // Elements ahead that l2_fused_pass prefetches its four memory streams: 1 KB. The loop carries
 // about three times the L-inf step's instructions per cache line, so the out-of-order window alone
@@ -1218,25 +1227,29 @@ FASTADV_CPU_TARGET inline void sum_squares_pair(const TermsA& a, const TermsB& b
 }
 
 // The cache lines of kSumAccumulators vectors from p + i on (sum_squares_pair's step), for reading
-// (kWrite false) or for ownership (prefetchw: the lines will be written).
+// (kWrite false) or for ownership (the lines will be written; the avx2 and avx512 targets have no
+// PRFCHW, so gcc makes that a prefetcht0 too).
+//
+// This and the terms' prefetch members are always inlined. A function whose body is only
+// __builtin_prefetch calls has no side effects in gcc's eyes (gcc 12: local-pure-const marks it
+// const), so a call of it that the early inliner leaves alone is deleted as dead code (cddce1). It
+// happened to FusedDeltaTerms::prefetch, whose three prefetch_lines loops made it too big to inline
+// early: the fused pass lost the prefetches of x_adv, x and out (objdump -d of the avx2 build: 2
+// prefetcht0 per loop step, the next gradient's, instead of 8), and NextTerms' single loop was
+// inlined and kept its two. Inlined before that analysis, each call is the prefetches themselves.
 constexpr int64_t kFloatsPerLine = 16;
 template <bool kWrite = false>
-FASTADV_CPU_TARGET inline void prefetch_lines(const float* p, int64_t i) {
+FASTADV_CPU_TARGET inline __attribute__((always_inline)) void prefetch_lines(const float* p, int64_t i) {
   for (int64_t j = 0; j < kSumAccumulators * kLanes; j += kFloatsPerLine) __builtin_prefetch(p + i + j, kWrite, 3);
 }
 
 // The perturbation's terms of sample b (StoredDeltaTerms, float32), prefetching its streams; lanes
-// computes a vector of terms, store keeps it (sum_squares_pair's order). The prefetches are written
-// out here: through prefetch_lines, gcc 12 emitted none of these three streams' (objdump -d of the
-// avx2 build: the next gradient's two prefetcht0 per step only). The avx2 and avx512 targets have no
-// PRFCHW, so gcc makes the write prefetch of out a prefetcht0.
+// computes a vector of terms, store keeps it (sum_squares_pair's order).
 struct FusedDeltaTerms : StoredDeltaTerms<true, float, float> {
-  FASTADV_CPU_TARGET void prefetch(int64_t i) const {
-    for (int64_t j = 0; j < kSumAccumulators * kLanes; j += kFloatsPerLine) {
-      __builtin_prefetch(terms.x_adv + i + j, 0, 3);
-      __builtin_prefetch(terms.x + i + j, 0, 3);
-      __builtin_prefetch(delta + i + j, 1, 3);
-    }
+  FASTADV_CPU_TARGET inline __attribute__((always_inline)) void prefetch(int64_t i) const {
+    prefetch_lines(terms.x_adv, i);
+    prefetch_lines(terms.x, i);
+    prefetch_lines<true>(delta, i);
   }
   FASTADV_CPU_TARGET FloatLanes lanes(int64_t i) const { return terms.lanes(i); }
   FASTADV_CPU_TARGET void store(int64_t i, FloatLanes v) const { store_lanes(delta + i, v); }
@@ -1269,7 +1282,7 @@ struct NextTerms {
     }
     return r;
   }
-  FASTADV_CPU_TARGET void prefetch(int64_t i) const {
+  FASTADV_CPU_TARGET inline __attribute__((always_inline)) void prefetch(int64_t i) const {  // see prefetch_lines
     if constexpr (kGrad) prefetch_lines(grad, i);
   }
   struct Lanes {

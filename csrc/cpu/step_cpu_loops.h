@@ -494,13 +494,19 @@ struct GradTerms {
 // again. Gradients without NaN, all but a broken step's, skip the test's two vector instructions
 // per vector here and in the delta pass that reads the gradient again (DeltaTerms16 with
 // kGradClean).
+//
+// sum_in_chunks is that chunk loop: terms_at(i) gives the terms of the chunk from element i (a
+// Terms for sum_squares), the chunks' sums are added in order.
+template <typename TermsAt>
+FASTADV_CPU_TARGET inline float sum_in_chunks(TermsAt terms_at, int64_t begin, int64_t end) {
+  float acc = 0.f;
+  for (int64_t i = begin; i < end; i += kSumChunk) acc += sum_squares(terms_at(i), std::min(kSumChunk, end - i));
+  return acc;
+}
+
 template <bool kFiltered = true, typename grad_t>
 FASTADV_CPU_TARGET float sum_sq_grad(const grad_t* grad, int64_t begin, int64_t end) {
-  float acc = 0.f;
-  for (int64_t i = begin; i < end; i += kSumChunk) {
-    acc += sum_squares(GradTerms<grad_t, kFiltered>{grad + i}, std::min(kSumChunk, end - i));
-  }
-  return acc;
+  return sum_in_chunks([grad](int64_t i) { return GradTerms<grad_t, kFiltered>{grad + i}; }, begin, end);
 }
 
 // The sum of f(grad entry) in plain order: the second reduction of a sample whose sum of squares
@@ -929,11 +935,7 @@ struct GradTermsStored {
 
 template <typename grad_t>
 FASTADV_CPU_TARGET float sum_sq_grad_stored(const grad_t* grad, float* entry, int64_t begin, int64_t end) {
-  float acc = 0.f;
-  for (int64_t i = begin; i < end; i += kSumChunk) {
-    acc += sum_squares(GradTermsStored<grad_t>{grad + i, entry + i}, std::min(kSumChunk, end - i));
-  }
-  return acc;
+  return sum_in_chunks([grad, entry](int64_t i) { return GradTermsStored<grad_t>{grad + i, entry + i}; }, begin, end);
 }
 
 // DeltaTerms storing each term in delta (as StoredDeltaTerms), reading the gradient's entries
@@ -980,14 +982,13 @@ template <bool kStep, bool kGradStored, bool kStoreX, bool kGradClean, typename 
 FASTADV_CPU_TARGET float sum_sq_delta_16bit(const scalar_t* x_adv, const grad_t* grad, const scalar_t* x,
                                             const L2Scratch16& s, int64_t begin, int64_t end, float inverse_norm,
                                             float alpha, bool targeted) {
-  float acc = 0.f;
-  for (int64_t i = begin; i < end; i += kSumChunk) {
-    const DeltaTerms16<kStep, kGradStored, kStoreX, kGradClean, scalar_t, grad_t> terms{
-        x_adv + i,         kStep ? grad + i : grad, x + i,        kGradStored ? s.grad + i : nullptr,
-        s.delta + i,       kStoreX ? s.x + i : nullptr,           inverse_norm, alpha, targeted};
-    acc += sum_squares(terms, std::min(kSumChunk, end - i));
-  }
-  return acc;
+  return sum_in_chunks(
+      [&](int64_t i) {
+        return DeltaTerms16<kStep, kGradStored, kStoreX, kGradClean, scalar_t, grad_t>{
+            x_adv + i,   kStep ? grad + i : grad,     x + i,        kGradStored ? s.grad + i : nullptr,
+            s.delta + i, kStoreX ? s.x + i : nullptr, inverse_norm, alpha, targeted};
+      },
+      begin, end);
 }
 
 // One sample, or the team's part of it: pointers start at the sample, `base` is its offset in the
@@ -1390,6 +1391,269 @@ void l2_float_samples(const scalar_t* x_adv_in, const grad_t* grad_in, const sca
   }
 }
 
+// ---- 16-bit steps, one thread per sample: the passes pipelined across samples ----
+// l2_float_samples' pipelining for float16 and bfloat16 samples small enough for l2_sample's
+// scratch to keep the gradient's entries and x (L2Scratch16: CIFAR's 3072 elements). One loop over
+// a sample's positions does sample b's perturbation pass (its x_adv and x widened, x and the
+// perturbation stored to scratch, its gradient's entries read from scratch), b + 1's gradient
+// pass (its entries filtered, stored to scratch and summed) and b - 1's write (x + delta * factor
+// from scratch, rounded within the budget and stored). l2_sample runs the three as three loops, one
+// after the other: each loop's chain per vector (the write's about 17 dependent instructions, up to
+// vcvtps2ph, vcvtph2ps, the move and the store) left the pipes idle, and the sample's three
+// streams from memory came in three bursts. Here three independent chains share each iteration and
+// the four memory streams (b's x_adv and x, b + 1's gradient, b - 1's out) run side by side.
+// Scratch: two slots of each array (entries, x, perturbation), the sample's and its neighbour's, in
+// a thread_local buffer of 6 n floats.
+
+// How far ahead, in elements, l2_half_pass prefetches its four memory streams: 1 KB of each.
+constexpr int64_t kL2HalfPrefetch = 512;
+
+// One chunk (n <= kSumChunk elements) of l2_half_pass: the sums of b's perturbation and b + 1's
+// gradient entries in sum_squares' order (accumulator for accumulator, then the lanes, then the
+// tail element by element), so each has the bits of sum_sq_delta_16bit and sum_sq_grad_stored.
+// Pointers start at the chunk. Every vector position loads what it reads before it stores (as
+// sum_squares_pair: b - 1's out may share a page offset with b's inputs); no store of a position
+// goes where a later load of it reads (out may be x_adv: b's x_adv is read before b - 1's out, which
+// is another sample, is written).
+template <bool kGrad, bool kWrite, typename T>
+struct L2HalfChunk {
+  // sample b: the perturbation
+  const T* x_adv;
+  const T* grad;  // b's gradient (the tail recomputes its entries, as DeltaTerms16::one)
+  const T* x;
+  const float* entry;  // b's gradient entries (scratch)
+  float* xs;           // b's x, stored
+  float* delta;        // b's perturbation, stored
+  float inverse_norm, alpha;
+  bool targeted;
+  // sample b + 1: the gradient
+  const T* grad_next;
+  float* entry_next;
+  // sample b - 1: the write
+  const float* xs_prev;
+  const float* delta_prev;
+  T* out_prev;
+  float factor, lower, upper;
+
+  FASTADV_CPU_TARGET void run(int64_t n, float& delta_sum, float& grad_sum) const {
+    const float step = targeted ? -alpha : alpha;
+    const FloatLanes factor_v = splat_lanes(factor), lower_v = splat_lanes(lower), upper_v = splat_lanes(upper);
+    FloatLanes acc_d[kSumAccumulators] = {}, acc_g[kSumAccumulators] = {};
+    int64_t i = 0;
+    for (; i + kSumAccumulators * kLanes <= n; i += kSumAccumulators * kLanes) {
+      __builtin_prefetch(x_adv + i + kL2HalfPrefetch, 0, 3);
+      __builtin_prefetch(x + i + kL2HalfPrefetch, 0, 3);
+      if constexpr (kGrad) __builtin_prefetch(grad_next + i + kL2HalfPrefetch, 0, 3);
+      if constexpr (kWrite) __builtin_prefetch(out_prev + i + kL2HalfPrefetch, 1, 3);
+      FloatLanes xv[kSumAccumulators], dv[kSumAccumulators], gv[kSumAccumulators], xp[kSumAccumulators],
+          yv[kSumAccumulators];
+      for (int k = 0; k < kSumAccumulators; ++k) {
+        const int64_t j = i + k * kLanes;
+        xv[k] = load_float_lanes(x + j);
+        dv[k] = l2_step_delta_lanes(load_float_lanes(x_adv + j), load_lanes(entry + j) * inverse_norm, xv[k], step);
+        if constexpr (kGrad) gv[k] = l2_grad_entry_lanes(load_float_lanes(grad_next + j));
+        if constexpr (kWrite) {
+          xp[k] = load_lanes(xs_prev + j);
+          yv[k] = l2_output_lanes(xp[k], load_lanes(delta_prev + j), factor_v, lower_v, upper_v);
+        }
+      }
+      for (int k = 0; k < kSumAccumulators; ++k) {
+        const int64_t j = i + k * kLanes;
+        store_lanes(xs + j, xv[k]);
+        store_lanes(delta + j, dv[k]);
+        if constexpr (kGrad) store_lanes(entry_next + j, gv[k]);
+      }
+      if constexpr (kWrite) {
+        for (int k = 0; k < kSumAccumulators; k += 2) {
+          store_l2_output_pair(out_prev + i + k * kLanes, yv[k], yv[k + 1], xp[k], xp[k + 1]);
+        }
+      }
+      for (int k = 0; k < kSumAccumulators; ++k) {
+        acc_d[k] += dv[k] * dv[k];
+        if constexpr (kGrad) acc_g[k] += gv[k] * gv[k];
+      }
+    }
+    for (; i + kLanes <= n; i += kLanes) {
+      const FloatLanes xv = load_float_lanes(x + i);
+      const FloatLanes dv =
+          l2_step_delta_lanes(load_float_lanes(x_adv + i), load_lanes(entry + i) * inverse_norm, xv, step);
+      FloatLanes gv{};
+      if constexpr (kGrad) gv = l2_grad_entry_lanes(load_float_lanes(grad_next + i));
+      if constexpr (kWrite) {
+        const FloatLanes xp = load_lanes(xs_prev + i);
+        store_l2_output_lanes(out_prev + i, l2_output_lanes(xp, load_lanes(delta_prev + i), factor_v, lower_v, upper_v),
+                              xp);
+      }
+      store_lanes(xs + i, xv);
+      store_lanes(delta + i, dv);
+      if constexpr (kGrad) store_lanes(entry_next + i, gv);
+      acc_d[0] += dv * dv;
+      if constexpr (kGrad) acc_g[0] += gv * gv;
+    }
+    const FloatLanes lanes_d = (acc_d[0] + acc_d[1]) + (acc_d[2] + acc_d[3]);
+    const FloatLanes lanes_g = (acc_g[0] + acc_g[1]) + (acc_g[2] + acc_g[3]);
+    float sd = 0.f, sg = 0.f;
+    for (int k = 0; k < kLanes; ++k) sd += lanes_d[k];
+    for (int k = 0; k < kLanes; ++k) sg += lanes_g[k];
+    for (; i < n; ++i) {
+      xs[i] = load_float(x[i]);
+      const float d = delta[i] = l2_delta_at<true>(x_adv, grad, x, i, inverse_norm, alpha, targeted);
+      sd += d * d;
+      if constexpr (kGrad) {
+        const float g = entry_next[i] = l2_grad_entry(load_float(grad_next[i]));
+        sg += g * g;
+      }
+      if constexpr (kWrite) {
+        const float xi = xs_prev[i];
+        out_prev[i] = stored<T>(l2_output(xi, delta_prev[i], factor, lower, upper), xi, 0.f);
+      }
+    }
+    delta_sum = sd;
+    grad_sum = sg;
+  }
+  // The same work from element i on (the next chunk).
+  L2HalfChunk at(int64_t i) const {
+    L2HalfChunk r = *this;
+    r.x_adv += i;
+    r.grad += i;
+    r.x += i;
+    r.entry += i;
+    r.xs += i;
+    r.delta += i;
+    if constexpr (kGrad) {
+      r.grad_next += i;
+      r.entry_next += i;
+    }
+    if constexpr (kWrite) {
+      r.xs_prev += i;
+      r.delta_prev += i;
+      r.out_prev += i;
+    }
+    return r;
+  }
+};
+
+// One pass over the positions of an n-element sample (L2HalfChunk from the sample's start): each
+// sum over sum_sq_grad's chunks, the kL2Block blocks added in block order as team_sum adds them for
+// a team of one (l2_fused_pass' order): the bits of the passes it replaces.
+template <typename Chunk>
+FASTADV_CPU_TARGET void l2_half_pass(const Chunk& chunk, int64_t n, float& delta_sum, float& grad_sum) {
+  float delta_total = 0.f, grad_total = 0.f;
+  for (int64_t begin = 0; begin < n; begin += kL2Block) {
+    const int64_t end = std::min(n, begin + kL2Block);
+    float delta_block = 0.f, grad_block = 0.f;
+    for (int64_t i = begin; i < end; i += kSumChunk) {
+      float d = 0.f, g = 0.f;
+      chunk.at(i).run(std::min(kSumChunk, end - i), d, g);
+      delta_block += d;
+      grad_block += g;
+    }
+    delta_total += delta_block;
+    grad_total += grad_block;
+  }
+  delta_sum = delta_total;
+  grad_sum = grad_total;
+}
+
+// Whether l2_half_samples takes an n-element sample: its scratch keeps entries and x (L2Scratch16).
+inline bool l2_half_pipelined(int64_t n) {
+  return 3 * n * static_cast<int64_t>(sizeof(float)) <= kL2Scratch16SmallBytes;
+}
+
+// The 16-bit step (x_adv, gradient and out of one 16-bit dtype T) over samples [first, last) of one
+// thread, bounds constant within each sample, samples that l2_half_pipelined takes: l2_half_pass
+// per sample, the first sample's gradient summed alone (sum_sq_grad_stored) and the last sample
+// written alone (write_l2_from_delta_16bit). A sample whose gradient's sum of squares leaves
+// float32's range (rare) goes through l2_sample, as in l2_float_samples.
+template <typename T>
+void l2_half_samples(const T* x_adv, const T* grad, const T* x, T* out, int64_t first, int64_t last,
+                     const StepLaunch& launch, bool targeted, L2Team& team) {
+  const StepParams& p = launch.params;
+  const int64_t n = launch.geometry.sample_size;
+  static thread_local std::vector<float> scratch;
+  if (static_cast<int64_t>(scratch.size()) < 6 * n) scratch.resize(static_cast<size_t>(6 * n));
+  float* const entries[2] = {scratch.data(), scratch.data() + n};
+  float* const xs[2] = {scratch.data() + 2 * n, scratch.data() + 3 * n};
+  float* const deltas[2] = {scratch.data() + 4 * n, scratch.data() + 5 * n};
+  struct Pending {
+    const float* x;
+    const float* delta;
+    T* out;
+    float factor, lower, upper;
+    bool valid;
+  } pending{nullptr, nullptr, nullptr, 0.f, 0.f, 0.f, false};
+  auto flush = [&]() {
+    if (pending.valid) {
+      write_l2_from_delta_16bit(pending.x, pending.delta, pending.out, n, pending.factor, pending.lower, pending.upper);
+    }
+    pending.valid = false;
+  };
+  bool have_sum = false;
+  float sum_sq = 0.f;
+  for (int64_t b = first; b < last; ++b) {
+    const int64_t base = b * n;
+    const int slot = static_cast<int>(b & 1);
+    if (!have_sum) {
+      sum_sq = team_sum(team, n, [&](int64_t i0, int64_t i1) {
+        return sum_sq_grad_stored(grad + base, entries[slot], i0, i1);
+      });
+    }
+    if (l2_grad_scale(sum_sq) != 1.f) {  // rare: the general passes, the whole sample
+      flush();
+      l2_sample<true>(x_adv + base, grad + base, x + base, out + base, base, b, launch, targeted, team);
+      have_sum = false;
+      continue;
+    }
+    const float inverse_norm = l2_direction(sum_sq, 0.f, 0.f).inverse_norm;
+    const float alpha = p.alpha.at(b, 0), eps = p.eps.at(b, 0);
+    const bool has_next = b + 1 < last;
+    float delta_sum_sq = 0.f, next_sum = 0.f;
+    const Pending& w = pending;
+    auto pass = [&](auto grad_tag, auto write_tag) {
+      constexpr bool kGrad = decltype(grad_tag)::value, kWrite = decltype(write_tag)::value;
+      const L2HalfChunk<kGrad, kWrite, T> chunk{x_adv + base,
+                                                grad + base,
+                                                x + base,
+                                                entries[slot],
+                                                xs[slot],
+                                                deltas[slot],
+                                                inverse_norm,
+                                                alpha,
+                                                targeted,
+                                                kGrad ? grad + base + n : nullptr,
+                                                kGrad ? entries[slot ^ 1] : nullptr,
+                                                w.x,
+                                                w.delta,
+                                                w.out,
+                                                w.factor,
+                                                w.lower,
+                                                w.upper};
+      l2_half_pass(chunk, n, delta_sum_sq, next_sum);
+    };
+    if (has_next && w.valid) {
+      pass(std::true_type{}, std::true_type{});
+    } else if (has_next) {
+      pass(std::true_type{}, std::false_type{});
+    } else if (w.valid) {
+      pass(std::false_type{}, std::true_type{});
+    } else {
+      pass(std::false_type{}, std::false_type{});
+    }
+    pending.valid = false;
+    sum_sq = next_sum;
+    have_sum = has_next;
+    const float delta_scale = l2_delta_scale(delta_sum_sq, eps);
+    if (delta_scale != 1.f) {  // rare: a second pass over this sample only
+      delta_sum_sq = team_sum(team, n, [&](int64_t i0, int64_t i1) {
+        return sum_scaled_sq_stored(deltas[slot], i0, i1, delta_scale);
+      });
+    }
+    const float factor = l2_rescale_factor(std::sqrt(delta_sum_sq), delta_scale, eps);
+    pending = {xs[slot], deltas[slot], out + base, factor, p.lower.at(b, 0), p.upper.at(b, 0), true};
+  }
+  flush();
+}
+
 template <bool kStep, typename scalar_t, typename grad_t>
 void l2_cpu(const scalar_t* x_adv, const grad_t* grad, const scalar_t* x, scalar_t* out, const StepLaunch& launch,
             bool targeted) {
@@ -1426,14 +1690,23 @@ void l2_cpu(const scalar_t* x_adv, const grad_t* grad, const scalar_t* x, scalar
       last = batch * (tid + 1) / team_size;
     }
     // float32 steps, one thread per sample, bounds constant within a sample: the passes pipelined
-    // across samples (l2_float_samples).
-    if constexpr (kStep && std::is_same_v<scalar_t, float> && std::is_same_v<grad_t, float>) {
+    // across samples (l2_float_samples); the same for 16-bit steps on samples whose scratch stays
+    // small (l2_half_samples).
+    if constexpr (kStep && std::is_same_v<scalar_t, grad_t> &&
+                  (std::is_same_v<scalar_t, float> || kIs16Bit<scalar_t>)) {
       const StepParams& p = launch.params;
       const bool uniform_bounds = (!p.lower.varies() || p.lower.stride_c == 0) &&
                                   (!p.upper.varies() || p.upper.stride_c == 0);
       if (!shared && uniform_bounds) {
-        l2_float_samples(x_adv, grad, x, out, first, last, launch, targeted, team);
-        return;
+        if constexpr (std::is_same_v<scalar_t, float>) {
+          l2_float_samples(x_adv, grad, x, out, first, last, launch, targeted, team);
+          return;
+        } else {
+          if (!widen_first && l2_half_pipelined(n)) {
+            l2_half_samples(x_adv, grad, x, out, first, last, launch, targeted, team);
+            return;
+          }
+        }
       }
     }
     for (int64_t b = first; b < last; ++b) {

@@ -1405,18 +1405,24 @@ void l2_float_samples(const scalar_t* x_adv_in, const grad_t* grad_in, const sca
 // Scratch: two slots of each array (entries, x, perturbation), the sample's and its neighbour's, in
 // a thread_local buffer of 6 n floats.
 
-// How far ahead, in elements, l2_half_pass prefetches its four memory streams: 1 KB of each.
-constexpr int64_t kL2HalfPrefetch = 512;
-
+// No software prefetch: unlike l2_fused_pass (float32, 12 KB samples), prefetching the four streams
+// 256, 512 or 1024 elements ahead made this loop 3-5% slower on the CIFAR batch (one thread, AVX2
+// EPYC, interleaved in one process), float16 and bfloat16 alike.
+//
 // One chunk (n <= kSumChunk elements) of l2_half_pass: the sums of b's perturbation and b + 1's
 // gradient entries in sum_squares' order (accumulator for accumulator, then the lanes, then the
 // tail element by element), so each has the bits of sum_sq_delta_16bit and sum_sq_grad_stored.
-// Pointers start at the chunk. Every vector position loads what it reads before it stores (as
-// sum_squares_pair: b - 1's out may share a page offset with b's inputs); no store of a position
-// goes where a later load of it reads (out may be x_adv: b's x_adv is read before b - 1's out, which
-// is another sample, is written).
+// Pointers start at the chunk. Each group of kGroup vectors loads what it reads before it stores;
+// no store of a position goes where a later load of it reads (out may be x_adv: b's x_adv is read
+// before b - 1's out, another sample, is written). The group: eight accumulators and the loop's
+// constants leave AVX2's 16 registers few temporaries, and gcc spills the values a group keeps for
+// its stores. float16 in pairs of vectors (store_l2_output_pair's unit) ran 1-4% faster than four
+// at a time; bfloat16 (whose write is integer arithmetic) 8-10% slower, so it keeps four.
 template <bool kGrad, bool kWrite, typename T>
 struct L2HalfChunk {
+  // Vectors computed before their stores (a multiple of 2, dividing kSumAccumulators): float16 in
+  // pairs, bfloat16 four at a time (see above).
+  static constexpr int kGroup = std::is_same_v<T, c10::Half> ? 2 : kSumAccumulators;
   // sample b: the perturbation
   const T* x_adv;
   const T* grad;  // b's gradient (the tail recomputes its entries, as DeltaTerms16::one)
@@ -1441,36 +1447,33 @@ struct L2HalfChunk {
     FloatLanes acc_d[kSumAccumulators] = {}, acc_g[kSumAccumulators] = {};
     int64_t i = 0;
     for (; i + kSumAccumulators * kLanes <= n; i += kSumAccumulators * kLanes) {
-      __builtin_prefetch(x_adv + i + kL2HalfPrefetch, 0, 3);
-      __builtin_prefetch(x + i + kL2HalfPrefetch, 0, 3);
-      if constexpr (kGrad) __builtin_prefetch(grad_next + i + kL2HalfPrefetch, 0, 3);
-      if constexpr (kWrite) __builtin_prefetch(out_prev + i + kL2HalfPrefetch, 1, 3);
-      FloatLanes xv[kSumAccumulators], dv[kSumAccumulators], gv[kSumAccumulators], xp[kSumAccumulators],
-          yv[kSumAccumulators];
-      for (int k = 0; k < kSumAccumulators; ++k) {
-        const int64_t j = i + k * kLanes;
-        xv[k] = load_float_lanes(x + j);
-        dv[k] = l2_step_delta_lanes(load_float_lanes(x_adv + j), load_lanes(entry + j) * inverse_norm, xv[k], step);
-        if constexpr (kGrad) gv[k] = l2_grad_entry_lanes(load_float_lanes(grad_next + j));
+      for (int k = 0; k < kSumAccumulators; k += kGroup) {
+        FloatLanes xv[kGroup], dv[kGroup], gv[kGroup], xp[kGroup], yv[kGroup];
+        for (int h = 0; h < kGroup; ++h) {
+          const int64_t j = i + (k + h) * kLanes;
+          xv[h] = load_float_lanes(x + j);
+          dv[h] = l2_step_delta_lanes(load_float_lanes(x_adv + j), load_lanes(entry + j) * inverse_norm, xv[h], step);
+          if constexpr (kGrad) gv[h] = l2_grad_entry_lanes(load_float_lanes(grad_next + j));
+          if constexpr (kWrite) {
+            xp[h] = load_lanes(xs_prev + j);
+            yv[h] = l2_output_lanes(xp[h], load_lanes(delta_prev + j), factor_v, lower_v, upper_v);
+          }
+        }
+        for (int h = 0; h < kGroup; ++h) {
+          const int64_t j = i + (k + h) * kLanes;
+          store_lanes(xs + j, xv[h]);
+          store_lanes(delta + j, dv[h]);
+          if constexpr (kGrad) store_lanes(entry_next + j, gv[h]);
+        }
         if constexpr (kWrite) {
-          xp[k] = load_lanes(xs_prev + j);
-          yv[k] = l2_output_lanes(xp[k], load_lanes(delta_prev + j), factor_v, lower_v, upper_v);
+          for (int h = 0; h < kGroup; h += 2) {
+            store_l2_output_pair(out_prev + i + (k + h) * kLanes, yv[h], yv[h + 1], xp[h], xp[h + 1]);
+          }
         }
-      }
-      for (int k = 0; k < kSumAccumulators; ++k) {
-        const int64_t j = i + k * kLanes;
-        store_lanes(xs + j, xv[k]);
-        store_lanes(delta + j, dv[k]);
-        if constexpr (kGrad) store_lanes(entry_next + j, gv[k]);
-      }
-      if constexpr (kWrite) {
-        for (int k = 0; k < kSumAccumulators; k += 2) {
-          store_l2_output_pair(out_prev + i + k * kLanes, yv[k], yv[k + 1], xp[k], xp[k + 1]);
+        for (int h = 0; h < kGroup; ++h) {
+          acc_d[k + h] += dv[h] * dv[h];
+          if constexpr (kGrad) acc_g[k + h] += gv[h] * gv[h];
         }
-      }
-      for (int k = 0; k < kSumAccumulators; ++k) {
-        acc_d[k] += dv[k] * dv[k];
-        if constexpr (kGrad) acc_g[k] += gv[k] * gv[k];
       }
     }
     for (; i + kLanes <= n; i += kLanes) {

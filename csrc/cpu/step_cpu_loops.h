@@ -494,13 +494,19 @@ struct GradTerms {
 // again. Gradients without NaN, all but a broken step's, skip the test's two vector instructions
 // per vector here and in the delta pass that reads the gradient again (DeltaTerms16 with
 // kGradClean).
+//
+// sum_in_chunks is that chunk loop: terms_at(i) gives the terms of the chunk from element i (a
+// Terms for sum_squares), the chunks' sums are added in order.
+template <typename TermsAt>
+FASTADV_CPU_TARGET inline float sum_in_chunks(TermsAt terms_at, int64_t begin, int64_t end) {
+  float acc = 0.f;
+  for (int64_t i = begin; i < end; i += kSumChunk) acc += sum_squares(terms_at(i), std::min(kSumChunk, end - i));
+  return acc;
+}
+
 template <bool kFiltered = true, typename grad_t>
 FASTADV_CPU_TARGET float sum_sq_grad(const grad_t* grad, int64_t begin, int64_t end) {
-  float acc = 0.f;
-  for (int64_t i = begin; i < end; i += kSumChunk) {
-    acc += sum_squares(GradTerms<grad_t, kFiltered>{grad + i}, std::min(kSumChunk, end - i));
-  }
-  return acc;
+  return sum_in_chunks([grad](int64_t i) { return GradTerms<grad_t, kFiltered>{grad + i}; }, begin, end);
 }
 
 // The sum of f(grad entry) in plain order: the second reduction of a sample whose sum of squares
@@ -929,11 +935,7 @@ struct GradTermsStored {
 
 template <typename grad_t>
 FASTADV_CPU_TARGET float sum_sq_grad_stored(const grad_t* grad, float* entry, int64_t begin, int64_t end) {
-  float acc = 0.f;
-  for (int64_t i = begin; i < end; i += kSumChunk) {
-    acc += sum_squares(GradTermsStored<grad_t>{grad + i, entry + i}, std::min(kSumChunk, end - i));
-  }
-  return acc;
+  return sum_in_chunks([grad, entry](int64_t i) { return GradTermsStored<grad_t>{grad + i, entry + i}; }, begin, end);
 }
 
 // DeltaTerms storing each term in delta (as StoredDeltaTerms), reading the gradient's entries
@@ -980,14 +982,13 @@ template <bool kStep, bool kGradStored, bool kStoreX, bool kGradClean, typename 
 FASTADV_CPU_TARGET float sum_sq_delta_16bit(const scalar_t* x_adv, const grad_t* grad, const scalar_t* x,
                                             const L2Scratch16& s, int64_t begin, int64_t end, float inverse_norm,
                                             float alpha, bool targeted) {
-  float acc = 0.f;
-  for (int64_t i = begin; i < end; i += kSumChunk) {
-    const DeltaTerms16<kStep, kGradStored, kStoreX, kGradClean, scalar_t, grad_t> terms{
-        x_adv + i,         kStep ? grad + i : grad, x + i,        kGradStored ? s.grad + i : nullptr,
-        s.delta + i,       kStoreX ? s.x + i : nullptr,           inverse_norm, alpha, targeted};
-    acc += sum_squares(terms, std::min(kSumChunk, end - i));
-  }
-  return acc;
+  return sum_in_chunks(
+      [&](int64_t i) {
+        return DeltaTerms16<kStep, kGradStored, kStoreX, kGradClean, scalar_t, grad_t>{
+            x_adv + i,   kStep ? grad + i : grad,     x + i,        kGradStored ? s.grad + i : nullptr,
+            s.delta + i, kStoreX ? s.x + i : nullptr, inverse_norm, alpha, targeted};
+      },
+      begin, end);
 }
 
 // One sample, or the team's part of it: pointers start at the sample, `base` is its offset in the

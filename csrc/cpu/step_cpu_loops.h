@@ -593,13 +593,12 @@ template <bool kStep, typename scalar_t, typename grad_t>
 FASTADV_CPU_TARGET float sum_sq_delta_stored(const scalar_t* x_adv, const grad_t* grad, const scalar_t* x,
                                              float* delta, int64_t begin, int64_t end, float inverse_norm,
                                              float alpha, bool targeted) {
-  float acc = 0.f;
-  for (int64_t i = begin; i < end; i += kSumChunk) {
-    const StoredDeltaTerms<kStep, scalar_t, grad_t> terms{
-        {x_adv + i, kStep ? grad + i : grad, x + i, inverse_norm, alpha, targeted}, delta + i};
-    acc += sum_squares(terms, std::min(kSumChunk, end - i));
-  }
-  return acc;
+  return sum_in_chunks(
+      [&](int64_t i) {
+        return StoredDeltaTerms<kStep, scalar_t, grad_t>{
+            {x_adv + i, kStep ? grad + i : grad, x + i, inverse_norm, alpha, targeted}, delta + i};
+      },
+      begin, end);
 }
 
 // sum_scaled_sq_delta on stored terms (the same values, in the same plain order).
@@ -630,12 +629,11 @@ template <bool kStep, typename scalar_t, typename grad_t, typename Dir>
 FASTADV_CPU_TARGET float sum_sq_delta(const scalar_t* x_adv, const grad_t* grad, const scalar_t* x, int64_t begin,
                                       int64_t end, Dir dir, float alpha, bool targeted) {
   if constexpr (std::is_same_v<Dir, float>) {
-    float acc = 0.f;
-    for (int64_t i = begin; i < end; i += kSumChunk) {
-      const DeltaTerms<kStep, scalar_t, grad_t> terms{x_adv + i, kStep ? grad + i : grad, x + i, dir, alpha, targeted};
-      acc += sum_squares(terms, std::min(kSumChunk, end - i));
-    }
-    return acc;
+    return sum_in_chunks(
+        [&](int64_t i) {
+          return DeltaTerms<kStep, scalar_t, grad_t>{x_adv + i, kStep ? grad + i : grad, x + i, dir, alpha, targeted};
+        },
+        begin, end);
   }
   float acc = 0.f;
   for (int64_t i = begin; i < end; i += kChunkOf<scalar_t, grad_t>) {

@@ -25,13 +25,13 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import time
 
 import torch
 
 import fastadv
 from fastadv.backends.cpu_backend import cpu_isa
-from fastadv.bench.step import L2_ALPHA, L2_EPS, LINF_ALPHA, LINF_EPS, eager_chain, eager_l2
+from fastadv.bench.step import L2_ALPHA, L2_EPS, LINF_ALPHA, LINF_EPS, eager_chain, eager_l2, make_inputs
+from fastadv.bench.timing import interleaved
 
 SHAPE = (16, 3, 96, 96)  # 442K elements: 27K per sample, past the L1 and L2 caches of a core
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -50,17 +50,6 @@ FLOORS = {
 }
 
 
-def make_inputs(dtype: torch.dtype, layout: str) -> dict[str, torch.Tensor]:
-    gen = torch.Generator().manual_seed(0)
-    x = torch.rand(SHAPE, generator=gen)
-    x_adv = (x + LINF_EPS * (2 * torch.rand(SHAPE, generator=gen) - 1)).clamp(0, 1)
-    grad = torch.randn(SHAPE, generator=gen)
-    fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
-    t = {name: v.to(dtype).contiguous(memory_format=fmt) for name, v in (("x_adv", x_adv), ("grad", grad), ("x", x))}
-    t["out"] = torch.empty_like(t["x"])
-    return t
-
-
 def providers(step: str, t: dict[str, torch.Tensor]) -> dict[str, object]:
     if step == "linf":
         eps, alpha, fused, eager = LINF_EPS, LINF_ALPHA, fastadv.linf_step, eager_chain
@@ -76,19 +65,10 @@ def providers(step: str, t: dict[str, torch.Tensor]) -> dict[str, object]:
 def ratios(step: str, dtype: torch.dtype, layout: str, rounds: int) -> tuple[float, float]:
     """(fused vs eager, fraction of copy bandwidth: a step moves 4 elements per element, a copy 2),
     each the median over rounds of the ratio within a round, the three called in turn."""
-    fns = providers(step, make_inputs(dtype, layout))
-    for fn in fns.values():
-        fn()
-        fn()
-    vs_eager, of_copy = [], []
-    for _ in range(rounds):
-        seconds = {}
-        for name, fn in fns.items():
-            start = time.perf_counter()
-            fn()
-            seconds[name] = time.perf_counter() - start
-        vs_eager.append(seconds["eager"] / seconds["fused"])
-        of_copy.append(2 * seconds["copy"] / seconds["fused"])
+    fns = providers(step, make_inputs(SHAPE, dtype, torch.device("cpu"), layout=layout))
+    seconds = interleaved(fns, rounds, warmup=2)
+    vs_eager = [e / f for e, f in zip(seconds["eager"], seconds["fused"], strict=True)]
+    of_copy = [2 * c / f for c, f in zip(seconds["copy"], seconds["fused"], strict=True)]
     return statistics.median(vs_eager), statistics.median(of_copy)
 
 

@@ -16,26 +16,14 @@ from __future__ import annotations
 import argparse
 import statistics
 import subprocess
-import time
 
 import torch
 
 from fastadv.backends.cpu_backend import cpu_isa
 from fastadv.bench.step import DTYPES, L2_BATCHES, make_inputs, provider_fn
+from fastadv.bench.timing import interleaved
 
 PROVIDERS = ("compile", "fused-cpu")
-
-
-def measure(fns: dict[str, object], rounds: int, warmup: int = 3) -> dict[str, list[float]]:
-    times: dict[str, list[float]] = {name: [] for name in fns}
-    for r in range(warmup + rounds):
-        for name, fn in fns.items():
-            start = time.perf_counter()
-            fn()
-            elapsed = time.perf_counter() - start
-            if r >= warmup:
-                times[name].append(elapsed)
-    return times
 
 
 def main() -> None:
@@ -55,10 +43,8 @@ def main() -> None:
     for case in args.cases.split(","):
         for dtype in args.dtypes.split(","):
             for layout in args.layouts.split(","):
-                t = make_inputs(L2_BATCHES[case], DTYPES[dtype], torch.device("cpu"))
-                fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
-                t = {k: v.contiguous(memory_format=fmt) for k, v in t.items()}
-                times = measure({name: provider_fn("l2_step", name, t) for name in PROVIDERS}, args.rounds)
+                t = make_inputs(L2_BATCHES[case], DTYPES[dtype], torch.device("cpu"), layout=layout)
+                times = interleaved({name: provider_fn("l2_step", name, t) for name in PROVIDERS}, args.rounds)
                 lo = {k: 1e3 * min(v) for k, v in times.items()}
                 med = {k: 1e3 * statistics.median(v) for k, v in times.items()}
                 c, f = "compile", "fused-cpu"

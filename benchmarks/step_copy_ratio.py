@@ -21,32 +21,19 @@ import argparse
 import csv
 import platform
 import subprocess
-import time
 
 import torch
 
 import fastadv
 from fastadv.backends.cpu_backend import cpu_isa
-from fastadv.bench.step import L2_ALPHA, L2_BATCHES, L2_EPS, LINF_ALPHA, LINF_EPS, SIZES
-
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+from fastadv.bench.step import DTYPES, L2_ALPHA, L2_BATCHES, L2_EPS, LINF_ALPHA, LINF_EPS, SIZES, make_inputs
+from fastadv.bench.timing import interleaved
 
 
 def shape_of(case: str) -> tuple[str, tuple]:
     if case in L2_BATCHES:
         return "l2", L2_BATCHES[case]
     return "linf", (SIZES[case] // 1024, 1024)
-
-
-def make_inputs(shape: tuple, dtype: torch.dtype, layout: str) -> dict[str, torch.Tensor]:
-    gen = torch.Generator().manual_seed(0)
-    x = torch.rand(shape, generator=gen)
-    x_adv = (x + LINF_EPS * (2 * torch.rand(shape, generator=gen) - 1)).clamp(0, 1)
-    grad = torch.randn(shape, generator=gen)
-    fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
-    t = {name: v.to(dtype).contiguous(memory_format=fmt) for name, v in (("x_adv", x_adv), ("grad", grad), ("x", x))}
-    t["out"] = torch.empty_like(t["x"])
-    return t
 
 
 def calls(step: str, t: dict[str, torch.Tensor]) -> dict[str, object]:
@@ -62,16 +49,10 @@ def calls(step: str, t: dict[str, torch.Tensor]) -> dict[str, object]:
     return {"copy": copy, "l2": l2, "linf": linf} if step == "l2" else {"copy": copy, "linf": linf}
 
 
-def measure(fns: dict[str, object], rounds: int, warmup: int = 3) -> dict[str, float]:
-    best = dict.fromkeys(fns, float("inf"))
-    for r in range(warmup + rounds):
-        for name, fn in fns.items():
-            start = time.perf_counter()
-            fn()
-            elapsed = time.perf_counter() - start
-            if r >= warmup:
-                best[name] = min(best[name], elapsed)
-    return best
+def measure(fns: dict[str, object], rounds: int) -> dict[str, float]:
+    """Each provider's fastest call over `rounds` interleaved rounds (on a shared host the minimum
+    is the call least disturbed by other jobs)."""
+    return {name: min(samples) for name, samples in interleaved(fns, rounds).items()}
 
 
 def main() -> None:
@@ -103,7 +84,7 @@ def main() -> None:
             for layout in args.layouts.split(","):
                 if step == "linf" and layout == "channels_last":
                     continue  # a 2-d tensor has no channels_last
-                t = make_inputs(shape, DTYPES[dtype], layout)
+                t = make_inputs(shape, DTYPES[dtype], torch.device("cpu"), layout=layout)
                 best = measure(calls(step, t), args.rounds)
                 el = t["x"].element_size()
                 step_bytes, copy_bytes = 4 * t["x"].numel() * el, 2 * t["x"].numel() * el

@@ -24,6 +24,7 @@ from .timing import measure, quantiles
 SIZES = {"1M": 2**20, "16M": 2**24, "64M": 2**26}
 L2_BATCHES = {"cifar": (512, 3, 32, 32), "imagenet": (64, 3, 224, 224)}
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+LAYOUTS = {"contiguous": torch.contiguous_format, "channels_last": torch.channels_last}
 KERNELS = ("linf_step", "l2_step")
 LINF_EPS, LINF_ALPHA = 8 / 255, 2 / 255
 L2_EPS, L2_ALPHA = 0.5, 0.1
@@ -73,12 +74,18 @@ def cases(kernels: Iterable[str], sizes: Iterable[str], l2_batches: Iterable[str
     return out
 
 
-def make_inputs(shape: tuple, dtype: torch.dtype, device: torch.device, seed: int = 0) -> dict[str, torch.Tensor]:
+def make_inputs(
+    shape: tuple, dtype: torch.dtype, device: torch.device, seed: int = 0, layout: str = "contiguous"
+) -> dict[str, torch.Tensor]:
+    """x_adv, grad, x and out (empty) of `shape` in `dtype`, in a layout of LAYOUTS."""
     gen = torch.Generator(device=device).manual_seed(seed)
     x = torch.rand(shape, generator=gen, device=device, dtype=torch.float32)
     x_adv = (x + LINF_EPS * (2 * torch.rand(shape, generator=gen, device=device) - 1)).clamp(0, 1)
     grad = torch.randn(shape, generator=gen, device=device)
-    return {"x_adv": x_adv.to(dtype), "grad": grad.to(dtype), "x": x.to(dtype), "out": torch.empty_like(x, dtype=dtype)}
+    fmt = LAYOUTS[layout]
+    t = {name: v.to(dtype).contiguous(memory_format=fmt) for name, v in (("x_adv", x_adv), ("grad", grad), ("x", x))}
+    t["out"] = torch.empty_like(t["x"])
+    return t
 
 
 def providers(device: torch.device, with_compile: bool = True) -> list[str]:

@@ -32,6 +32,21 @@ def measure(fn: Callable[[], object], device: torch.device, warmup: int, repeat:
     return samples
 
 
+def interleaved(fns: dict[str, Callable[[], object]], rounds: int, warmup: int = 3) -> dict[str, list[float]]:
+    """Seconds per call of each CPU provider, `rounds` samples each after `warmup` rounds: the
+    providers are called in turn, round after round, so on a shared host every one meets the same
+    spells of load and a ratio taken within a round (sample r of each) compares like with like."""
+    samples: dict[str, list[float]] = {name: [] for name in fns}
+    for r in range(warmup + rounds):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            elapsed = time.perf_counter() - start
+            if r >= warmup:
+                samples[name].append(elapsed)
+    return samples
+
+
 def quantiles(samples: list[float]) -> tuple[float, float, float]:
     """(median, p20, p80)."""
     if len(samples) == 1:

@@ -487,14 +487,6 @@ struct GradTerms {
 // The sums run over chunks of kSumChunk elements, each with its own accumulators, added at the
 // end: one running sum per vector lane over a whole sample (33K elements) lost the norm's sixth
 // digit with 8 lanes, more than the contract's float32 tolerance allows.
-//
-// kFiltered false, on a 16-bit step's first pass: with no NaN entry the terms, and so the sum, are
-// the filtered ones (l2_grad_entry(g) is g); a NaN entry makes the sum NaN (every other term is a
-// square, >= 0 or +inf, so no NaN arises from them), and l2_sample then runs the filtered sum
-// again. Gradients without NaN, all but a broken step's, skip the test's two vector instructions
-// per vector here and in the delta pass that reads the gradient again (DeltaTerms16 with
-// kGradClean).
-//
 // sum_in_chunks is that chunk loop: terms_at(i) gives the terms of the chunk from element i (a
 // Terms for sum_squares), the chunks' sums are added in order.
 template <typename TermsAt>
@@ -504,6 +496,12 @@ FASTADV_CPU_TARGET inline float sum_in_chunks(TermsAt terms_at, int64_t begin, i
   return acc;
 }
 
+// The gradient's sum of squares. kFiltered false, on a 16-bit step's first pass: with no NaN entry
+// the terms, and so the sum, are the filtered ones (l2_grad_entry(g) is g); a NaN entry makes the
+// sum NaN (every other term is a square, >= 0 or +inf, so no NaN arises from them), and l2_sample
+// then runs the filtered sum again. Gradients without NaN, all but a broken step's, skip the test's
+// two vector instructions per vector here and in the delta pass that reads the gradient again
+// (DeltaTerms16 with kGradClean).
 template <bool kFiltered = true, typename grad_t>
 FASTADV_CPU_TARGET float sum_sq_grad(const grad_t* grad, int64_t begin, int64_t end) {
   return sum_in_chunks([grad](int64_t i) { return GradTerms<grad_t, kFiltered>{grad + i}; }, begin, end);

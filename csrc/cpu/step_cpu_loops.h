@@ -366,8 +366,9 @@ FASTADV_CPU_TARGET inline void linf_run_lanes(const scalar_t* x_adv, const grad_
 
 // A float16 gradient also takes the whole-vector loop in the baseline build (where kChunked leaves
 // float32 outputs with 16-bit inputs to the scalar loop): there gcc did not vectorize the scalar
-// loop's load_float<c10::Half>, and a float32 step with a float16 gradient ran at 10.7 ns per element,
-// 18x the float32 step's time (AMD EPYC, FASTADV_CPU_ISA=baseline, 196K elements in cache).
+// loop's load_float<c10::Half>, and a float32 step with a float16 gradient ran at 10.2-10.7 ns per
+// element, 18x the float32 step's time (AMD EPYC, FASTADV_CPU_ISA=baseline, 196K elements in cache;
+// benchmarks/cpu_builds_scan.py).
 template <bool kStep, typename scalar_t, typename grad_t>
 constexpr bool kLinfLanes = kChunked<scalar_t, grad_t> || (kStep && std::is_same_v<grad_t, c10::Half>);
 

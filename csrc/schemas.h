@@ -29,11 +29,13 @@ inline void define_step_ops(torch::Library& m) {
 
 // The CPU loop's builds per x86-64 ISA (csrc/cpu/step_cpu.h): the one in use ("baseline", "avx2"
 // or "avx512"), those this CPU runs, and a switch (the environment variable FASTADV_CPU_ISA
-// chooses at the first call otherwise).
+// chooses at the first call otherwise). cpu_l2_pipelined: whether the build in use runs float32
+// L2 steps pipelined across samples (FASTADV_CPU_L2_PIPELINE, else measured at the first call).
 inline void define_cpu_isa_ops(torch::Library& m) {
   m.def("cpu_isa() -> str");
   m.def("cpu_isas() -> str[]");
   m.def("set_cpu_isa(str name) -> ()");
+  m.def("cpu_l2_pipelined() -> bool");
 }
 
 }  // namespace fastadv

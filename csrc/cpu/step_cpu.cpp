@@ -1,7 +1,8 @@
 // The CPU ops: argument checks, then the loop of the build in use. The loops are compiled for
 // several x86-64 ISA levels (step_cpu.h); the build is chosen once, at the first call, from the
 // environment variable FASTADV_CPU_ISA (baseline, avx2, avx512; unset or auto: the best this CPU
-// runs), and the ops fastadv::cpu_isa, cpu_isas and set_cpu_isa name and switch it.
+// runs), and the ops fastadv::cpu_isa, cpu_isas and set_cpu_isa name and switch it;
+// fastadv::cpu_l2_pipelined says how the build in use runs float32 L2 steps (FASTADV_CPU_L2_PIPELINE).
 #include <torch/library.h>
 
 #include <atomic>
@@ -127,7 +128,20 @@ void set_cpu_isa(std::string_view name) {
   chosen_isa.store(isa_from_name(name, "fastadv::set_cpu_isa: name"), std::memory_order_relaxed);
 }
 
+bool cpu_l2_pipelined() {
+  return loops().l2_pipelined();
+}
+
 }  // namespace
+
+int cpu_l2_pipeline_setting() {
+  const char* env = std::getenv("FASTADV_CPU_L2_PIPELINE");
+  const std::string_view value = env ? env : "";
+  if (value.empty() || value == "auto") return -1;
+  if (value == "on") return 1;
+  if (value == "off") return 0;
+  TORCH_CHECK(false, "FASTADV_CPU_L2_PIPELINE must be on, off or auto, got '", value, "'");
+}
 
 TORCH_LIBRARY_IMPL(fastadv, CPU, m) {
   m.impl("linf_step_out", &step_out_cpu<false>);
@@ -141,6 +155,7 @@ TORCH_LIBRARY_IMPL(fastadv, CompositeExplicitAutograd, m) {
   m.impl("cpu_isa", &cpu_isa);
   m.impl("cpu_isas", &cpu_isas);
   m.impl("set_cpu_isa", &set_cpu_isa);
+  m.impl("cpu_l2_pipelined", &cpu_l2_pipelined);
 }
 
 }  // namespace fastadv

@@ -24,7 +24,13 @@ struct CpuLoops {
                const StepLaunch& launch, bool targeted);
   void (*project)(bool l2, const at::Tensor& x_adv, const at::Tensor& x, const at::Tensor& out,
                   const StepLaunch& launch);
+  bool (*l2_pipelined)();  // whether float32 L2 steps pipeline their passes across samples
 };
+
+// FASTADV_CPU_L2_PIPELINE: on (1) or off (0) forces how the float32 L2 step runs its passes (pipelined
+// across samples, or sample by sample: step_cpu_loops.h's l2_pipelined); unset or auto (-1): each
+// build measures both once. Any other value raises, naming the variable.
+int cpu_l2_pipeline_setting();
 
 const CpuLoops& cpu_loops_baseline();
 #if FASTADV_CPU_X86_BUILDS

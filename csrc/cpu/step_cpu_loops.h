@@ -17,6 +17,7 @@
 #endif
 
 #include <algorithm>
+#include <chrono>
 #include <functional>
 #include <type_traits>
 #include <vector>
@@ -1408,6 +1409,71 @@ void l2_float_samples(const scalar_t* x_adv_in, const grad_t* grad_in, const sca
   }
 }
 
+// ---- float32 steps: pipelined across samples, or sample by sample ----
+// l2_float_samples and l2_sample give the same bits (the same sums, added in the same order), but
+// which one is faster depends on the core. On the AMD EPYC Zen 3 host (AVX2 build) the pipelined
+// passes took the CIFAR batch from 62% to 78% of copy (benchmarks/README.md). On the Zen 5 host,
+// in both the AVX-512 and the AVX2 build, sample by sample was 1.1-1.35x faster at every sample
+// size from 3x16x16 to 3x224x224. So the first float32 L2 step of a process (each build on its
+// own) times both on a batch of 64 CIFAR-size samples, one thread, called in turn for
+// kL2PathRounds rounds (the first call took 4 ms instead of 0.15 ms on the Zen 5 host), and keeps
+// the faster by the median of the per-round ratios. FASTADV_CPU_L2_PIPELINE=on or off chooses
+// instead (step_cpu.cpp, docs/backends.md).
+constexpr int kL2PathRounds = 9;
+
+bool l2_pipelined_measured_faster() {
+  constexpr int64_t kSamples = 64, kSize = 3 * 32 * 32, kNumel = kSamples * kSize;
+  std::vector<float> buffers(4 * kNumel);
+  float* x_adv = buffers.data();
+  float* grad = x_adv + kNumel;
+  float* x = grad + kNumel;
+  float* out = x + kNumel;
+  uint32_t state = 12345u;  // a fixed linear congruential sequence: values in [0, 1)
+  auto next = [&state]() {
+    state = state * 1664525u + 1013904223u;
+    return static_cast<float>(state >> 8) * 0x1p-24f;
+  };
+  for (int64_t i = 0; i < kNumel; ++i) {
+    x[i] = next();
+    x_adv[i] = std::min(1.f, x[i] + 0.01f * next());
+    grad[i] = next() - 0.5f;
+  }
+  StepLaunch launch{kNumel, Geometry{kSize, 32 * 32, 3, false, false}, StepParams{}};
+  launch.params.eps.value = 0.5f;
+  launch.params.alpha.value = 0.1f;
+  launch.params.lower.value = 0.f;
+  launch.params.upper.value = 1.f;
+  const int64_t blocks = (kSize + kL2Block - 1) / kL2Block;
+  std::vector<float> sums(2 * blocks);
+  L2Team team{0, blocks, blocks, false, {sums.data(), sums.data() + blocks}, 0};
+  auto seconds = [](auto&& run) {
+    const auto start = std::chrono::steady_clock::now();
+    run();
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  };
+  std::vector<double> ratios;  // pipelined time / sample-by-sample time, per round
+  for (int round = 0; round < kL2PathRounds + 1; ++round) {
+    const double pipelined = seconds([&] { l2_float_samples(x_adv, grad, x, out, 0, kSamples, launch, false, team); });
+    const double by_sample = seconds([&] {
+      for (int64_t b = 0; b < kSamples; ++b) {
+        l2_sample<true>(x_adv + b * kSize, static_cast<const float*>(grad + b * kSize), x + b * kSize,
+                        out + b * kSize, b * kSize, b, launch, false, team);
+      }
+    });
+    if (round > 0) ratios.push_back(pipelined / by_sample);  // round 0 warms the caches up
+  }
+  std::nth_element(ratios.begin(), ratios.begin() + ratios.size() / 2, ratios.end());
+  return ratios[ratios.size() / 2] < 1.0;
+}
+
+// Whether this build's float32 L2 step pipelines its passes across samples (l2_float_samples).
+bool l2_pipelined() {
+  const int setting = cpu_l2_pipeline_setting();
+  if (setting >= 0) return setting == 1;
+  static const bool pipelined = l2_pipelined_measured_faster();
+  return pipelined;
+}
+
 template <bool kStep, typename scalar_t, typename grad_t>
 void l2_cpu(const scalar_t* x_adv, const grad_t* grad, const scalar_t* x, scalar_t* out, const StepLaunch& launch,
             bool targeted) {
@@ -1425,6 +1491,10 @@ void l2_cpu(const scalar_t* x_adv, const grad_t* grad, const scalar_t* x, scalar
   const bool widen_first = kHasFloat16 && !kHardwareHalf && 3 * n * static_cast<int64_t>(sizeof(float)) <= kWidenScratchBytes;
   // A batch smaller than the thread count shares each sample between the threads (L2Team).
   const bool shared = threads > 1 && batch < threads;
+  bool pipelined = false;  // float32 steps: across samples, or sample by sample (l2_pipelined)
+  if constexpr (kStep && std::is_same_v<scalar_t, float> && std::is_same_v<grad_t, float>) {
+    if (!shared) pipelined = l2_pipelined();
+  }
   std::vector<float> shared_sums(shared ? 2 * blocks : 0);
   auto body = [&](int tid, int team_size) {
     L2Team team{0, blocks, blocks, false, {nullptr, nullptr}, 0};
@@ -1444,12 +1514,12 @@ void l2_cpu(const scalar_t* x_adv, const grad_t* grad, const scalar_t* x, scalar
       last = batch * (tid + 1) / team_size;
     }
     // float32 steps, one thread per sample, bounds constant within a sample: the passes pipelined
-    // across samples (l2_float_samples).
+    // across samples (l2_float_samples) where this host runs that faster (l2_pipelined).
     if constexpr (kStep && std::is_same_v<scalar_t, float> && std::is_same_v<grad_t, float>) {
       const StepParams& p = launch.params;
       const bool uniform_bounds = (!p.lower.varies() || p.lower.stride_c == 0) &&
                                   (!p.upper.varies() || p.upper.stride_c == 0);
-      if (!shared && uniform_bounds) {
+      if (pipelined && uniform_bounds) {
         l2_float_samples(x_adv, grad, x, out, first, last, launch, targeted, team);
         return;
       }
@@ -1517,7 +1587,7 @@ void project_loop(bool l2, const at::Tensor& x_adv, const at::Tensor& x, const a
 }  // namespace
 
 const CpuLoops& FASTADV_CPU_LOOPS() {
-  static const CpuLoops loops{&step_loop, &project_loop};
+  static const CpuLoops loops{&step_loop, &project_loop, &l2_pipelined};
   return loops;
 }
 

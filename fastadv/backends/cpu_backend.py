@@ -32,6 +32,17 @@ def cpu_isa() -> str:
     return torch.ops.fastadv.cpu_isa()
 
 
+def cpu_l2_pipelined() -> bool:
+    """Whether the build in use runs float32 L2 steps with their three passes pipelined across
+    samples (True) or sample by sample (False). Both give the same bits; which is faster depends on
+    the core, so each build times both once, at its first float32 L2 step (a few milliseconds),
+    unless the environment variable FASTADV_CPU_L2_PIPELINE says on or off (auto or unset:
+    measured). Raises RuntimeError when fastadv._C is not built or that variable has another
+    value."""
+    _require_extension()
+    return torch.ops.fastadv.cpu_l2_pipelined()
+
+
 def cpu_isas() -> list[str]:
     """The builds of the CPU loop this CPU can run, slowest first (always "baseline")."""
     _require_extension()

@@ -27,17 +27,6 @@ SHAPES = [(1,), (37,), (3, 3, 17, 19), (2, 3, 40, 41), (2, 3, 100, 111), (2, 1, 
 LAYOUTS = ("contiguous", "channels_last")
 
 
-@pytest.fixture(params=cpu_backend.CPU_ISAS)
-def isa(request):
-    """Runs the test under one build of the CPU loop (skipped where this CPU cannot run it)."""
-    require_backend("cpu", "cpu")
-    if request.param not in cpu_backend.cpu_isas():
-        pytest.skip(f"this CPU cannot run the {request.param} build")
-    with cpu_backend.use_cpu_isa(request.param):
-        assert cpu_backend.cpu_isa() == request.param
-        yield request.param
-
-
 def _cases():
     for shape in SHAPES:
         for layout in LAYOUTS if len(shape) == 4 else ("contiguous",):

@@ -23,15 +23,6 @@ ENV = "FASTADV_CPU_L2_PIPELINE"
 SHAPES = [(9, 3, 32, 32), (4, 3, 40, 41), (3, 3, 100, 111), (7, 1, 7, 5), (5, 70000)]
 
 
-@pytest.fixture(params=cpu_backend.CPU_ISAS)
-def isa(request):
-    require_backend("cpu", "cpu")
-    if request.param not in cpu_backend.cpu_isas():
-        pytest.skip(f"this CPU cannot run the {request.param} build")
-    with cpu_backend.use_cpu_isa(request.param):
-        yield request.param
-
-
 def _cases(gen):
     for shape in SHAPES:
         for layout in ("contiguous", "channels_last") if len(shape) == 4 else ("contiguous",):

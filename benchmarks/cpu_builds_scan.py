@@ -29,7 +29,7 @@ import torch
 
 import fastadv
 from fastadv.backends.cpu_backend import cpu_isas, use_cpu_isa
-from fastadv.bench.step import DTYPES, LAYOUTS
+from fastadv.bench.step import DTYPES, LAYOUTS, make_inputs
 from fastadv.bench.timing import interleaved
 
 SHAPE = (16, 3, 64, 64)  # 196K elements: in a core's L2 on the development hosts
@@ -56,18 +56,6 @@ def under_build(isa: str, fn) -> object:
     return run
 
 
-def inputs(dtype: torch.dtype, grad_dtype: torch.dtype, layout: str) -> dict[str, torch.Tensor]:
-    gen = torch.Generator().manual_seed(0)
-    x = torch.rand(SHAPE, generator=gen)
-    x_adv = (x + 0.03 * torch.randn(SHAPE, generator=gen)).clamp(0, 1)
-    grad = torch.randn(SHAPE, generator=gen)
-    fmt = LAYOUTS[layout]
-    t = {"x_adv": x_adv.to(dtype), "grad": grad.to(grad_dtype), "x": x.to(dtype)}
-    t = {name: v.contiguous(memory_format=fmt) for name, v in t.items()}
-    t["out"] = torch.empty_like(t["x"])
-    return t
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=9)
@@ -86,7 +74,7 @@ def main() -> None:
     ns = {}  # case -> {isa: ns per element}
     for case in cases:
         op, dtype, grad_dtype, layout, form = case
-        t = inputs(DTYPES[dtype], DTYPES[grad_dtype], layout)
+        t = make_inputs(SHAPE, DTYPES[dtype], torch.device("cpu"), layout=layout, grad_dtype=DTYPES[grad_dtype])
         eps = torch.full((SHAPE[0],), 0.03) if form == "tensor" else 0.03
         fn = step_call(op, t, eps)
         seconds = interleaved({isa: under_build(isa, fn) for isa in isas}, args.rounds, warmup=2)

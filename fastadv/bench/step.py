@@ -75,15 +75,23 @@ def cases(kernels: Iterable[str], sizes: Iterable[str], l2_batches: Iterable[str
 
 
 def make_inputs(
-    shape: tuple, dtype: torch.dtype, device: torch.device, seed: int = 0, layout: str = "contiguous"
+    shape: tuple,
+    dtype: torch.dtype,
+    device: torch.device,
+    seed: int = 0,
+    layout: str = "contiguous",
+    grad_dtype: torch.dtype | None = None,
 ) -> dict[str, torch.Tensor]:
-    """x_adv, grad, x and out (empty) of `shape` in `dtype`, in a layout of LAYOUTS."""
+    """x_adv, grad, x and out (empty) of `shape` in `dtype` (grad in `grad_dtype` when given), in a
+    layout of LAYOUTS."""
     gen = torch.Generator(device=device).manual_seed(seed)
     x = torch.rand(shape, generator=gen, device=device, dtype=torch.float32)
     x_adv = (x + LINF_EPS * (2 * torch.rand(shape, generator=gen, device=device) - 1)).clamp(0, 1)
     grad = torch.randn(shape, generator=gen, device=device)
     fmt = LAYOUTS[layout]
-    t = {name: v.to(dtype).contiguous(memory_format=fmt) for name, v in (("x_adv", x_adv), ("grad", grad), ("x", x))}
+    dtypes = {"x_adv": dtype, "grad": grad_dtype or dtype, "x": dtype}
+    values = {"x_adv": x_adv, "grad": grad, "x": x}
+    t = {name: v.to(dtypes[name]).contiguous(memory_format=fmt) for name, v in values.items()}
     t["out"] = torch.empty_like(t["x"])
     return t
 

@@ -897,62 +897,46 @@ float team_sum(L2Team& team, int64_t n, F&& partial) {
 // A 16-bit sample's passes hand each other float32 values in this thread's scratch (reused across
 // calls, at the sample's positions; a team's thread uses its own blocks of it): the delta pass
 // stores the perturbation, which the write reads with x instead of recomputing it from x_adv, the
-// gradient and x. A sample whose three scratch arrays fit in kL2Scratch16SmallBytes (CIFAR's 3072
-// elements take 36 KB) also keeps the gradient's entries from the gradient pass for the delta pass,
-// and x widened from the delta pass for the write: each 16-bit input is widened once per step (a
-// vcvtph2ps is two of Zen 3's vector operations, the move from scratch a load). Larger samples
-// keep the perturbation only (ImageNet's 150528 elements: 600 KB). The stored values are those the
-// passes computed before, so the output keeps its bits. Samples beyond kL2DeltaScratchMax elements
+// gradient and x. A sample whose two scratch arrays fit in kL2Scratch16SmallBytes (CIFAR's 3072
+// elements take 24 KB) also keeps x widened from the delta pass for the write. Larger samples keep
+// the perturbation only (ImageNet's 150528 elements: 600 KB). On the Zen 4 EPYC, float16 and
+// bfloat16 against torch.compile in one process: 3x80x80 samples (150 KB) 1.44-1.61x keeping x,
+// 1.21-1.41x with main's earlier choice (nothing kept at that size); 3x96x96 (216 KB) 1.37-1.41x
+// keeping x, 1.48-1.64x without. The stored values are those the passes
+// computed before, so the output keeps its bits. Samples beyond kL2DeltaScratchMax elements
 // (16 MB of scratch) recompute the perturbation in the write (write_l2).
+// The gradient is read twice from the tensor (its sum of squares, then the delta pass), not kept:
+// keeping its entries in a third scratch array for the delta pass made the CIFAR batch's float16
+// and bfloat16 steps 1.2-1.3x slower (contiguous; 1.34-1.5x channels_last) on the Zen 4 EPYC, in
+// both the AVX-512 and the AVX2 build (interleaved in one process, outputs equal): the array's
+// 12 KB store and reload cost more than a second widening, and with it a CIFAR sample's passes
+// touched 54 KB against a 32 KB L1.
 constexpr int64_t kL2DeltaScratchMax = int64_t{1} << 22;
-constexpr int64_t kL2Scratch16SmallBytes = 256 * 1024;
+constexpr int64_t kL2Scratch16SmallBytes = 160 * 1024;
 
 struct L2Scratch16 {
   float* delta;  // the perturbation (nullptr: recomputed in the write)
-  float* grad;   // the gradient's entries, l2_grad_entry (nullptr: widened again in the delta pass)
   float* x;      // x as float32 (nullptr: widened again in the write)
 };
 
-inline L2Scratch16 l2_scratch_16bit(int64_t n, bool keep_grad, bool keep_x) {
-  if (n > kL2DeltaScratchMax) return {nullptr, nullptr, nullptr};
-  const bool small = 3 * n * static_cast<int64_t>(sizeof(float)) <= kL2Scratch16SmallBytes;
-  keep_grad = keep_grad && small;
-  keep_x = keep_x && small;
+inline L2Scratch16 l2_scratch_16bit(int64_t n, bool keep_x) {
+  if (n > kL2DeltaScratchMax) return {nullptr, nullptr};
+  keep_x = keep_x && 2 * n * static_cast<int64_t>(sizeof(float)) <= kL2Scratch16SmallBytes;
   static thread_local std::vector<float> scratch;
-  const int64_t size = n * (1 + keep_grad + keep_x);
+  const int64_t size = n * (1 + keep_x);
   if (static_cast<int64_t>(scratch.size()) < size) scratch.resize(static_cast<size_t>(size));
   float* base = scratch.data();
-  return {base, keep_grad ? base + n : nullptr, keep_x ? base + n * (1 + keep_grad) : nullptr};
+  return {base, keep_x ? base + n : nullptr};
 }
 
-// sum_sq_grad (the same chunks and sums, so the same bits), storing each entry.
-template <typename grad_t>
-struct GradTermsStored {
-  const grad_t* grad;
-  float* entry;
-  FASTADV_CPU_TARGET FloatLanes lanes(int64_t i) const {
-    const FloatLanes e = l2_grad_entry_lanes(load_float_lanes(grad + i));
-    store_lanes(entry + i, e);
-    return e;
-  }
-  FASTADV_CPU_TARGET float one(int64_t i) const { return entry[i] = l2_grad_entry(load_float(grad[i])); }
-};
-
-template <typename grad_t>
-FASTADV_CPU_TARGET float sum_sq_grad_stored(const grad_t* grad, float* entry, int64_t begin, int64_t end) {
-  return sum_in_chunks([grad, entry](int64_t i) { return GradTermsStored<grad_t>{grad + i, entry + i}; }, begin, end);
-}
-
-// DeltaTerms storing each term in delta (as StoredDeltaTerms), reading the gradient's entries
-// from scratch (kGradStored) and storing x widened (kStoreX); the same values (the tail as
-// DeltaTerms computes it). kGradClean: the gradient has no NaN entry (sum_sq_grad<false>), so
-// its entries are read without l2_grad_entry's test.
-template <bool kStep, bool kGradStored, bool kStoreX, bool kGradClean, typename scalar_t, typename grad_t>
+// DeltaTerms storing each term in delta (as StoredDeltaTerms) and x widened (kStoreX); the same
+// values (the tail as DeltaTerms computes it). kGradClean: the gradient has no NaN entry
+// (sum_sq_grad<false>), so its entries are read without l2_grad_entry's test.
+template <bool kStep, bool kStoreX, bool kGradClean, typename scalar_t, typename grad_t>
 struct DeltaTerms16 {
   const scalar_t* x_adv;
   const grad_t* grad;
   const scalar_t* x;
-  const float* grad_entry;
   float* delta;
   float* xs;
   float inverse_norm, alpha;
@@ -963,9 +947,7 @@ struct DeltaTerms16 {
     FloatLanes v;
     if constexpr (kStep) {
       FloatLanes e;
-      if constexpr (kGradStored) {
-        e = load_lanes(grad_entry + i);
-      } else if constexpr (kGradClean) {
+      if constexpr (kGradClean) {
         e = load_float_lanes(grad + i);
       } else {
         e = l2_grad_entry_lanes(load_float_lanes(grad + i));
@@ -983,15 +965,15 @@ struct DeltaTerms16 {
   }
 };
 
-template <bool kStep, bool kGradStored, bool kStoreX, bool kGradClean, typename scalar_t, typename grad_t>
+template <bool kStep, bool kStoreX, bool kGradClean, typename scalar_t, typename grad_t>
 FASTADV_CPU_TARGET float sum_sq_delta_16bit(const scalar_t* x_adv, const grad_t* grad, const scalar_t* x,
                                             const L2Scratch16& s, int64_t begin, int64_t end, float inverse_norm,
                                             float alpha, bool targeted) {
   return sum_in_chunks(
       [&](int64_t i) {
-        return DeltaTerms16<kStep, kGradStored, kStoreX, kGradClean, scalar_t, grad_t>{
-            x_adv + i,   kStep ? grad + i : grad,     x + i,        kGradStored ? s.grad + i : nullptr,
-            s.delta + i, kStoreX ? s.x + i : nullptr, inverse_norm, alpha, targeted};
+        return DeltaTerms16<kStep, kStoreX, kGradClean, scalar_t, grad_t>{
+            x_adv + i, kStep ? grad + i : grad, x + i, s.delta + i, kStoreX ? s.x + i : nullptr, inverse_norm, alpha,
+            targeted};
       },
       begin, end);
 }
@@ -1005,25 +987,21 @@ void l2_sample(const scalar_t* x_adv, const grad_t* grad, const scalar_t* x, out
   const int64_t n = launch.geometry.sample_size;
   const float alpha = p.alpha.at(b, 0);
   L2Direction dir{1.f, 0.f, 0.f};
-  L2Scratch16 scratch{nullptr, nullptr, nullptr};  // 16-bit outputs: float32 scratch between the passes
-  if constexpr (kIs16Bit<out_t>) scratch = l2_scratch_16bit(n, kStep && kIs16Bit<grad_t>, kIs16Bit<scalar_t>);
-  // 16-bit outputs whose delta pass reads the gradient again from the tensor (samples over
-  // kL2Scratch16SmallBytes, or a float32 gradient): no NaN in it (sum_sq_grad<false>). Smaller
-  // samples keep the filtered entries in scratch: the unfiltered sum measured no faster there
-  // (CIFAR, 5-14% slower in alternating runs on a loaded host).
+  L2Scratch16 scratch{nullptr, nullptr};  // 16-bit outputs: float32 scratch between the passes
+  if constexpr (kIs16Bit<out_t>) scratch = l2_scratch_16bit(n, kIs16Bit<scalar_t>);
+  // 16-bit outputs, whose delta pass reads the gradient again from the tensor: no NaN in it
+  // (sum_sq_grad<false>).
   bool grad_clean = false;
   if constexpr (kStep) {
     float sum_sq = 0.f;
-    if (kIs16Bit<out_t> && scratch.delta != nullptr && scratch.grad == nullptr) {
+    if (kIs16Bit<out_t> && scratch.delta != nullptr) {
       sum_sq = team_sum(team, n, [&](int64_t i0, int64_t i1) {
         return sum_sq_grad<false>(grad, i0, i1);
       });
       grad_clean = !std::isnan(sum_sq);
     }
-    if (!grad_clean) {  // the entries through l2_grad_entry (float32 outputs, small samples, a NaN entry)
-      sum_sq = team_sum(team, n, [&](int64_t i0, int64_t i1) {
-        return scratch.grad ? sum_sq_grad_stored(grad, scratch.grad, i0, i1) : sum_sq_grad(grad, i0, i1);
-      });
+    if (!grad_clean) {  // the entries through l2_grad_entry (float32 outputs, a NaN entry)
+      sum_sq = team_sum(team, n, [&](int64_t i0, int64_t i1) { return sum_sq_grad(grad, i0, i1); });
     }
     float infinite_count = 0.f, scaled_sum_sq = 0.f;
     const float scale = l2_grad_scale(sum_sq);
@@ -1068,12 +1046,11 @@ void l2_sample(const scalar_t* x_adv, const grad_t* grad, const scalar_t* x, out
     }
     // 16-bit outputs, the fast direction: the passes through float32 scratch (L2Scratch16).
     if constexpr (kIs16Bit<out_t> && std::is_same_v<decltype(direction), float>) {
-      auto passes = [&](auto grad_stored, auto x_stored, auto clean) {
-        constexpr bool kGradStored = decltype(grad_stored)::value, kXStored = decltype(x_stored)::value;
-        constexpr bool kGradClean = decltype(clean)::value;
+      auto passes = [&](auto x_stored, auto clean) {
+        constexpr bool kXStored = decltype(x_stored)::value, kGradClean = decltype(clean)::value;
         float delta_sum_sq = team_sum(team, n, [&](int64_t i0, int64_t i1) {
-          return sum_sq_delta_16bit<kStep, kGradStored, kXStored, kGradClean>(x_adv, grad, x, scratch, i0, i1,
-                                                                             direction, alpha, targeted);
+          return sum_sq_delta_16bit<kStep, kXStored, kGradClean>(x_adv, grad, x, scratch, i0, i1, direction, alpha,
+                                                                 targeted);
         });
         const float delta_scale = l2_delta_scale(delta_sum_sq, eps);
         if (delta_scale != 1.f) {  // rare: a second pass over this sample only
@@ -1097,17 +1074,13 @@ void l2_sample(const scalar_t* x_adv, const grad_t* grad, const scalar_t* x, out
                        });
         });
       };
-      if (scratch.grad != nullptr) {
-        passes(std::true_type{}, std::true_type{}, std::false_type{});
-        return;
-      }
       if (scratch.delta != nullptr) {
         // the gradient read again from the tensor: without the NaN test where it has no NaN
         auto with_x = [&](auto clean) {
           if (scratch.x != nullptr) {
-            passes(std::false_type{}, std::true_type{}, clean);
+            passes(std::true_type{}, clean);
           } else {
-            passes(std::false_type{}, std::false_type{}, clean);
+            passes(std::false_type{}, clean);
           }
         };
         if (kStep && grad_clean) {

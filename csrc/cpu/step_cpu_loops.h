@@ -906,11 +906,11 @@ float team_sum(L2Team& team, int64_t n, F&& partial) {
 // computed before, so the output keeps its bits. Samples beyond kL2DeltaScratchMax elements
 // (16 MB of scratch) recompute the perturbation in the write (write_l2).
 // The gradient is read twice from the tensor (its sum of squares, then the delta pass), not kept:
-// keeping its entries in a third scratch array for the delta pass made the CIFAR batch's float16
-// and bfloat16 steps 1.2-1.3x slower (contiguous; 1.34-1.5x channels_last) on the Zen 4 EPYC, in
-// both the AVX-512 and the AVX2 build (interleaved in one process, outputs equal): the array's
-// 12 KB store and reload cost more than a second widening, and with it a CIFAR sample's passes
-// touched 54 KB against a 32 KB L1.
+// keeping its entries in a third scratch array for the delta pass made the float16 and bfloat16
+// steps slower on the Zen 4 EPYC (in one process, random order, outputs equal): 1.07-1.15x on the
+// CIFAR batch in both builds and layouts, 1.18-1.30x on 3x64x64 and 3x80x80 samples (AVX-512).
+// The array's store and reload cost more than a second widening, and with it a CIFAR sample's
+// passes touched 54 KB against a 32 KB L1.
 constexpr int64_t kL2DeltaScratchMax = int64_t{1} << 22;
 constexpr int64_t kL2Scratch16SmallBytes = 160 * 1024;
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import statistics
 import time
 from collections.abc import Callable
@@ -32,15 +33,24 @@ def measure(fn: Callable[[], object], device: torch.device, warmup: int, repeat:
     return samples
 
 
-def interleaved(fns: dict[str, Callable[[], object]], rounds: int, warmup: int = 3) -> dict[str, list[float]]:
+def interleaved(
+    fns: dict[str, Callable[[], object]], rounds: int, warmup: int = 3, seed: int = 0
+) -> dict[str, list[float]]:
     """Seconds per call of each CPU provider, `rounds` samples each after `warmup` rounds: the
     providers are called in turn, round after round, so on a shared host every one meets the same
-    spells of load and a ratio taken within a round (sample r of each) compares like with like."""
-    samples: dict[str, list[float]] = {name: [] for name in fns}
+    spells of load and a ratio taken within a round (sample r of each) compares like with like.
+    Each round calls them in a new order (a generator seeded with `seed`): in a fixed order one
+    provider always runs right after the same other one, and the one after torch.compile met caches
+    full of compile's intermediates (a CIFAR L2 step measured 1.03-1.35x slower there than the
+    same step called later in the round, 2026-12-06)."""
+    rng = random.Random(seed)
+    names = list(fns)
+    samples: dict[str, list[float]] = {name: [] for name in names}
     for r in range(warmup + rounds):
-        for name, fn in fns.items():
+        rng.shuffle(names)
+        for name in names:
             start = time.perf_counter()
-            fn()
+            fns[name]()
             elapsed = time.perf_counter() - start
             if r >= warmup:
                 samples[name].append(elapsed)

@@ -898,13 +898,14 @@ float team_sum(L2Team& team, int64_t n, F&& partial) {
 // calls, at the sample's positions; a team's thread uses its own blocks of it): the delta pass
 // stores the perturbation, which the write reads with x instead of recomputing it from x_adv, the
 // gradient and x. A sample whose two scratch arrays fit in kL2Scratch16SmallBytes (CIFAR's 3072
-// elements take 24 KB) also keeps x widened from the delta pass for the write. Larger samples keep
-// the perturbation only (ImageNet's 150528 elements: 600 KB). On the Zen 4 EPYC, float16 and
-// bfloat16 against torch.compile in one process: 3x80x80 samples (150 KB) 1.44-1.61x keeping x,
-// 1.21-1.41x with main's earlier choice (nothing kept at that size); 3x96x96 (216 KB) 1.37-1.41x
-// keeping x, 1.48-1.64x without. The stored values are those the passes
-// computed before, so the output keeps its bits. Samples beyond kL2DeltaScratchMax elements
+// elements take 24 KB) also keeps x widened from the delta pass for the write; larger samples keep
+// the perturbation only (ImageNet's 150528 elements: 600 KB). The stored values are those the
+// passes computed before, so the output keeps its bits. Samples beyond kL2DeltaScratchMax elements
 // (16 MB of scratch) recompute the perturbation in the write (write_l2).
+// The threshold, on the Zen 4 EPYC (float16 and bfloat16 against torch.compile, alternating
+// processes): 3x80x80 samples (150 KB) 1.44-1.61x keeping x, 1.21-1.41x keeping x and the
+// gradient as before; 3x96x96 (216 KB) 1.37-1.41x keeping x, 1.48-1.64x keeping the perturbation
+// only.
 // The gradient is read twice from the tensor (its sum of squares, then the delta pass), not kept:
 // keeping its entries in a third scratch array for the delta pass made the float16 and bfloat16
 // steps slower on the Zen 4 EPYC (in one process, random order, outputs equal): 1.07-1.15x on the

@@ -3,7 +3,7 @@
 For each op (linf_step, linf_project, l2_step, l2_project), x dtype and gradient dtype (float32,
 float16, bfloat16; the projections take none), layout (contiguous, channels_last) and eps form (a
 number, a per-sample tensor), on a 16x3x64x64 batch that stays in a core's cache, this times the
-step under each CPU build this CPU runs (`use_cpu_isa`), the builds called in turn round after round,
+step under each CPU build this CPU runs (`use_cpu_isa`), the builds called in a shuffled order each round,
 and prints nanoseconds per element (medians). It flags
 
 - a case where a wider build (avx512 over avx2, avx2 over baseline) takes more than 1.15x the

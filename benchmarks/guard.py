@@ -80,7 +80,7 @@ def providers(step: str, t: dict[str, torch.Tensor], narrow: bool) -> dict[str, 
 def ratios(step: str, dtype: torch.dtype, layout: str, rounds: int, narrow: bool) -> tuple[float, float, float]:
     """(fused vs eager, fraction of copy bandwidth: a step moves 4 elements per element, a copy 2,
     fused vs the AVX2 build: NaN unless `narrow`), each the median over rounds of the ratio within a
-    round, the providers called in turn."""
+    round, the providers called in a shuffled order each round (fastadv.bench.timing.interleaved)."""
     fns = providers(step, make_inputs(SHAPE, dtype, torch.device("cpu"), layout=layout), narrow)
     seconds = interleaved(fns, rounds, warmup=2)
     vs_eager = [e / f for e, f in zip(seconds["eager"], seconds["fused"], strict=True)]

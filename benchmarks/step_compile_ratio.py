@@ -1,11 +1,11 @@
 """The fused CPU L2 step against torch.compile, both layouts, in one process, interleaved.
 
 `fastadv bench` times contiguous tensors only. For each case (the CIFAR and ImageNet batches) x dtype
-x layout (contiguous, channels_last) this calls, in turn, `fastadv bench`'s torch.compile provider
+x layout (contiguous, channels_last) this calls `fastadv bench`'s torch.compile provider
 (torchattacks' L2 step compiled, on the same tensors in the same layout) and the fused step
-(backend="cpu"), round after round, and reports each one's minimum and median and the ratios
-compile / fused (above 1: the fused step is faster). Interleaving exposes both to the same spells
-of load on a shared host.
+(backend="cpu"), round after round, in an order shuffled each round, and reports each one's minimum
+and median and the ratios compile / fused (above 1: the fused step is faster). Interleaving exposes
+both to the same spells of load on a shared host.
 
     PYTHONPATH=$PWD python benchmarks/step_compile_ratio.py [--rounds 20] [--cases cifar,imagenet]
         [--dtypes float16,bfloat16] [--layouts contiguous,channels_last] [--threads N]

@@ -1,11 +1,11 @@
 """The CPU steps' fraction of copy bandwidth, in one process, interleaved, min of repeats.
 
 For each case (L2 on the CIFAR and ImageNet batches, L-inf on 16M elements) x dtype x layout
-(contiguous, channels_last) it calls, in turn, a copy of x_adv into out (`out.copy_(x_adv)`), the
-fused step (backend="cpu") and the fused L-inf step on the same tensors (for the L2 cases: a
-stream that reads the three inputs once and writes once, the least an L2 step moves), round
-after round, and keeps each one's fastest call: on a shared host the minimum is the run least
-disturbed by other jobs, and interleaving exposes every provider to the same spells of load.
+(contiguous, channels_last) it calls a copy of x_adv into out (`out.copy_(x_adv)`), the fused step
+(backend="cpu") and the fused L-inf step on the same tensors (for the L2 cases: a stream that reads
+the three inputs once and writes once, the least an L2 step moves), round after round, in an order
+shuffled each round, and keeps each one's fastest call: on a shared host the minimum is the run
+least disturbed by other jobs, and interleaving exposes every provider to the same spells of load.
 
 Fraction of copy bandwidth = (bytes the step must move / its time) / (copy's bytes / copy's
 time): x_adv, grad and x read once and out written once (16 bytes per float32 element) against

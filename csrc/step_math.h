@@ -97,14 +97,19 @@ FASTADV_ROUNDING_INLINE F lanes_abs(F v) {
 // (a vcomiss and a setcc per lane), and the AVX-512 build's 16-bit L-inf step ran 3x slower than the
 // AVX2 build's on the AMD EPYC (Zen 5) host. On 256-bit vectors gcc makes the OR one vcmpneq_oqps,
 // one instruction fewer than the AND and the compare.
+// The negation where g's sign bit is set is, on 512-bit vectors, step XOR (g AND the sign bit): one
+// vpternlogd, where the blend took a compare into a mask and the blend (AVX2's vblendvps reads the
+// sign bit itself, one instruction).
 template <typename F>
 FASTADV_ROUNDING_INLINE F signed_step_lanes(F g, F step) {
   using Mask = decltype(g < g);
-  const F zero_step = reinterpret_cast<F>(reinterpret_cast<Mask>(step) & (Mask{} + (-0x7FFFFFFF - 1)));
-  const F flipped = reinterpret_cast<Mask>(g) < Mask{} ? -step : step;
+  const Mask sign_bit = Mask{} + (-0x7FFFFFFF - 1);
+  const F zero_step = reinterpret_cast<F>(reinterpret_cast<Mask>(step) & sign_bit);
   if constexpr (sizeof(F) >= 64) {
+    const F flipped = reinterpret_cast<F>(reinterpret_cast<Mask>(step) ^ (reinterpret_cast<Mask>(g) & sign_bit));
     return lanes_abs(g) > F{} ? flipped : zero_step;
   } else {
+    const F flipped = reinterpret_cast<Mask>(g) < Mask{} ? -step : step;
     return (g < F{}) | (g > F{}) ? flipped : zero_step;
   }
 }
@@ -307,54 +312,76 @@ FASTADV_ROUNDING_INLINE U bits_within_budget_lanes(U bits, F rounded, F y, F x, 
 
 // The same rule on whole vectors with integer operations (the CPU loops; F, U: GCC vectors of float
 // and uint32_t), lane for lane equal to bits_within_budget_lanes, without a per-case blend:
-// bits_within_budget_vector = bits + budget_move_vector, where the move is
+// bits_within_budget_vector = bits - budget_move_vector, where the move (toward_x_move) is
 // - 0 where the rule does not move: leaves is away > max(limit, |y - x|) (limit is never NaN; a NaN
 //   |y - x| or away compares false);
-// - -1 (toward zero) where rounded - x and rounded have the same sign, else +1 (one blend on the sign
-//   bit of their XOR): where the rule moves, rounded != x, so rounded - x is nonzero and its sign
-//   says whether rounded > x. A rounded zero needs no case of its own: y lies strictly between x and
-//   rounded there, so rounded (which keeps y's sign) has x's sign, and +1 from 0x0000 or 0x8000 is
-//   the smallest subnormal on x's side.
-// The move is -1, 0 or +1 in every 32-bit lane, so a loop may also add it to the 16-bit patterns
-// after narrowing it (the float16 L-inf loop packs two vectors of moves with a signed saturating
-// pack, exact on these values): the sum never wraps, since the rule never moves a NaN (0x7C01 to
-// 0x7FFF, 0xFC01 to 0xFFFF) nor +0 toward zero.
+// - +unit (toward zero) where rounded - x and rounded have the same sign, else -unit: where the rule
+//   moves, rounded != x, so rounded - x is nonzero and its sign says whether rounded > x. A rounded
+//   zero needs no case of its own: y lies strictly between x and rounded there, so rounded (which
+//   keeps y's sign) has x's sign, and subtracting -1 from 0x0000 or 0x8000 gives the smallest
+//   subnormal on x's side.
+// With a unit of 1 the move is -1, 0 or +1 in every 32-bit lane, so a loop may also apply it to the
+// 16-bit patterns after narrowing it (vpmovdw's truncation, or the AVX2 float16 loop's signed
+// saturating pack, exact on these values): the result never wraps, since the rule never moves a NaN
+// (0x7C01 to 0x7FFF, 0xFC01 to 0xFFFF) nor +0 toward zero.
 // `unit` is the move's size: 1 for 16-bit patterns in the low halves of the lanes, 0x10000 for
 // bfloat16 patterns kept in the upper halves, where they are the float32 value (the bfloat16 L-inf
-// loop's pairs, csrc/cpu/step_simd.h).
+// loop's pairs, csrc/cpu/step_simd.h); its negation asks for the negated move.
+// On 512-bit vectors the move is an arithmetic shift of the signs' XOR (0 or all ones), an AND-OR
+// with the unit (a power of two there) and a select on `leaves` that gcc folds into the OR as a
+// zero-masking: three instructions after the XOR, where a compare into a mask, a blend of -unit and
+// +unit, the mask widened to a vector and an AND took four. Where the 16-bit L-inf step is bound by
+// its instructions (Zen 4, in cache) that made it 1.11x (float16) and 1.06x (bfloat16) faster, with
+// signed_step_lanes' XOR. On narrower
+// vectors the blend reads the XOR's sign bit itself (vblendvps) and the mask is already a vector, so
+// the blend form is the shorter one there (the shift form made the AVX2 build's L-inf step 0.88x and
+// 0.92x as fast).
+template <typename U, typename F, typename Mask>
+FASTADV_ROUNDING_INLINE U toward_x_move(F from_x, F rounded, Mask leaves, uint32_t unit) {
+  const Mask opposite_sides = reinterpret_cast<Mask>(from_x) ^ reinterpret_cast<Mask>(rounded);
+  if constexpr (sizeof(F) >= 64) {
+    const U move = (reinterpret_cast<U>(opposite_sides >> 31) & (U{} - unit)) | unit;
+    return leaves ? move : U{};
+  } else {
+    return reinterpret_cast<U>(leaves) & (opposite_sides < Mask{} ? U{} - unit : U{} + unit);
+  }
+}
+
 template <typename F, typename U>
 FASTADV_ROUNDING_INLINE U budget_move_vector(F rounded, F y, F x, F limit, uint32_t unit) {
-  using Mask = decltype(y < y);
   const F from_x = rounded - x;
   const F dist = lanes_abs(y - x);
-  const Mask leaves = lanes_abs(from_x) > (limit > dist ? limit : dist);
-  const Mask away_from_zero = reinterpret_cast<Mask>(from_x) ^ reinterpret_cast<Mask>(rounded);
-  const U move = away_from_zero < Mask{} ? U{} + unit : U{} - unit;
-  return reinterpret_cast<U>(leaves) & move;
+  return toward_x_move<U>(from_x, rounded, lanes_abs(from_x) > (limit > dist ? limit : dist), unit);
 }
 
+// bits moved by the rule. Narrower vectors add the negated move instead of subtracting the move: with
+// a unit of 1, gcc makes the select of +1 and -1 a compare and an OR, but the select of -1 and +1 one
+// vblendvps (the AVX2 build's bfloat16 L-inf step was also 0.97x as fast with the subtraction: it
+// spilled two more registers).
 template <typename F, typename U>
-FASTADV_ROUNDING_INLINE U budget_move_vector(F rounded, F y, F x, F limit) {
-  return budget_move_vector<F, U>(rounded, y, x, limit, 1u);
+FASTADV_ROUNDING_INLINE U bits_within_budget_vector(U bits, F rounded, F y, F x, F limit, uint32_t unit = 1u) {
+  if constexpr (sizeof(F) >= 64) {
+    return bits - budget_move_vector<F, U>(rounded, y, x, limit, unit);
+  } else {
+    return bits + budget_move_vector<F, U>(rounded, y, x, limit, 0u - unit);
+  }
 }
 
-template <typename F, typename U>
-FASTADV_ROUNDING_INLINE U bits_within_budget_vector(U bits, F rounded, F y, F x, F limit) {
-  return bits + budget_move_vector<F, U>(rounded, y, x, limit);
-}
-
-// The L2 form (limit 0) as the move to subtract from the bits, in their 32-bit lanes: 0 where
-// nearest(y) stays, 1 where it moves toward zero, -1 (all ones) where it moves away from it;
-// bits - l2_budget_move_vector(rounded, y, x) is bits_within_budget_vector(bits, rounded, y, x, 0)
-// lane for lane. With limit 0, max(limit, |y - x|) is |y - x| itself (NaN included: 0 > NaN is
-// false), so the L2 writes skip it; the 16-bit float16 store subtracts the move packed to 16 bits.
+// The L2 form (limit 0) of budget_move_vector, in the same 32-bit lanes: with limit 0,
+// max(limit, |y - x|) is |y - x| itself (NaN included: 0 > NaN is false), so the L2 writes skip it.
+// On narrower vectors the move is the shift form with an AND on the mask, as it was: the select of -1
+// and +1 (toward_x_move's) would compare against a zero vector, which the AVX2 16-bit writes had to
+// keep in a register of their own.
 template <typename F>
 FASTADV_ROUNDING_INLINE auto l2_budget_move_vector(F rounded, F y, F x) {
-  using Mask = decltype(y < y);
+  using U = decltype(y < y);
   const F from_x = rounded - x;
-  const Mask leaves = lanes_abs(from_x) > lanes_abs(y - x);
-  const Mask away_from_zero = (reinterpret_cast<Mask>(from_x) ^ reinterpret_cast<Mask>(rounded)) >> 31;
-  return leaves & (away_from_zero | 1);
+  const U leaves = lanes_abs(from_x) > lanes_abs(y - x);
+  if constexpr (sizeof(F) >= 64) {
+    return toward_x_move<U>(from_x, rounded, leaves, 1u);
+  } else {
+    return leaves & (((reinterpret_cast<U>(from_x) ^ reinterpret_cast<U>(rounded)) >> 31) | 1);
+  }
 }
 
 // The stored bits of a 16-bit output element: `bits` is nearest(y), `rounded` its value.

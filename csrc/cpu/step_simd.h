@@ -165,9 +165,10 @@ FASTADV_CPU_TARGET inline void store_output_lanes(T* out, FloatLanes y, FloatLan
 
 // Two vectors of results (2 * kLanes elements from out) stored as T, each as store_output_lanes
 // stores it. The AVX2 build narrows the pair at once: one pack and one permute for 16 elements instead
-// of an extract and a pack per 8; float16 adds the rule's moves (step_math.h's budget_move_vector,
+// of an extract and a pack per 8; float16 applies the rule's moves (step_math.h's budget_move_vector,
 // -1, 0 or +1 per lane, narrowed by a signed saturating pack, which keeps them) to vcvtps2ph's
-// 16-bit patterns, without widening those to 32-bit lanes.
+// 16-bit patterns, without widening those to 32-bit lanes: negated and added, as
+// bits_within_budget_vector applies them on these vectors.
 template <typename T>
 FASTADV_CPU_TARGET inline void store_output_pair(T* out, FloatLanes y0, FloatLanes y1, FloatLanes x0, FloatLanes x1,
                                                  FloatLanes limit) {
@@ -176,9 +177,9 @@ FASTADV_CPU_TARGET inline void store_output_pair(T* out, FloatLanes y0, FloatLan
     const __m128i p0 = _mm256_cvtps_ph(reinterpret_cast<__m256>(y0), _MM_FROUND_TO_NEAREST_INT);
     const __m128i p1 = _mm256_cvtps_ph(reinterpret_cast<__m256>(y1), _MM_FROUND_TO_NEAREST_INT);
     const BitsLanes m0 = budget_move_vector<FloatLanes, BitsLanes>(reinterpret_cast<FloatLanes>(_mm256_cvtph_ps(p0)),
-                                                                   y0, x0, limit);
+                                                                   y0, x0, limit, 0u - 1u);
     const BitsLanes m1 = budget_move_vector<FloatLanes, BitsLanes>(reinterpret_cast<FloatLanes>(_mm256_cvtph_ps(p1)),
-                                                                   y1, x1, limit);
+                                                                   y1, x1, limit, 0u - 1u);
     // packs interleaves the 128-bit halves: 64-bit blocks m0lo m1lo m0hi m1hi, put back in order.
     const __m256i moves = _mm256_permute4x64_epi64(
         _mm256_packs_epi32(reinterpret_cast<__m256i>(m0), reinterpret_cast<__m256i>(m1)), 0xD8);
@@ -243,8 +244,7 @@ FASTADV_CPU_TARGET inline BitsLanes bf16_within_budget_upper(FloatLanes y, Float
   const BitsLanes w = reinterpret_cast<BitsLanes>(y);
   const BitsLanes nearest = (w + 0x7FFFu + ((w >> 16) & 1u)) & 0xFFFF0000u;
   const BitsLanes rounded = unordered_select(y, x, BitsLanes{} + 0x7FC00000u, nearest);
-  return rounded + budget_move_vector<FloatLanes, BitsLanes>(reinterpret_cast<FloatLanes>(rounded), y, x, limit,
-                                                             0x10000u);
+  return bits_within_budget_vector(rounded, reinterpret_cast<FloatLanes>(rounded), y, x, limit, 0x10000u);
 }
 
 // Two vectors of results in load_bf16_pair's order stored as bfloat16 within the budget.

@@ -337,9 +337,10 @@ FASTADV_CPU_TARGET inline int64_t linf_vector_pairs(const scalar_t* x_adv, const
   return i;
 }
 
-// The L-inf loop of the 16-bit dtypes (kChunked): one pass over whole vectors, from the loads
-// (widened to float32 once) through step_math.h's linf_step_lanes to the store rounded within the
-// budget, all in registers; the tail through the scalar loop. It replaced chunks of kHalfChunk
+// The L-inf loop of the 16-bit dtypes (kChunked; float32 too on 512-bit vectors, kLinfLanes below):
+// one pass over whole vectors, from the loads (widened to float32 once) through step_math.h's
+// linf_step_lanes to the store rounded within the budget, all in registers; the tail through the
+// scalar loop. It replaced chunks of kHalfChunk
 // elements that were widened into float32 buffers, run through the float32 loop and rounded in a
 // third loop: three passes through L1 per chunk cost float16 and bfloat16 about twice the
 // instructions per element, and the step ran at a third of the copy's bandwidth.
@@ -355,7 +356,11 @@ FASTADV_CPU_TARGET inline void linf_run_lanes(const scalar_t* x_adv, const grad_
     i = linf_bf16_pairs<kStep, true>(x_adv, grad, x, out, i, n - kPrefetchAhead, eps, step, lower, upper);
     i = linf_bf16_pairs<kStep, false>(x_adv, grad, x, out, i, n, eps, step, lower, upper);
   }
-  i = linf_vector_pairs<kStep, true>(x_adv, grad, x, out, i, n - kPrefetchAhead, eps, step, lower, upper);
+  // float32 (kLinfLanes) streams twice the bytes per element, and the hardware prefetchers keep up:
+  // the prefetches made its step at 16M 0.73x as fast (its projection 0.79x).
+  if constexpr (!std::is_same_v<scalar_t, float>) {
+    i = linf_vector_pairs<kStep, true>(x_adv, grad, x, out, i, n - kPrefetchAhead, eps, step, lower, upper);
+  }
   i = linf_vector_pairs<kStep, false>(x_adv, grad, x, out, i, n, eps, step, lower, upper);
   for (; i + kLanes <= n; i += kLanes) {
     const FloatLanes xv = load_widened(x + i);
@@ -370,8 +375,16 @@ FASTADV_CPU_TARGET inline void linf_run_lanes(const scalar_t* x_adv, const grad_
 // loop's load_float<c10::Half>, and a float32 step with a float16 gradient ran at 10.2-10.7 ns per
 // element, 18x the float32 step's time (AMD EPYC, FASTADV_CPU_ISA=baseline, 196K elements in cache;
 // benchmarks/cpu_builds_scan.py).
+// The AVX-512 build runs float32 through it too. gcc vectorizes the scalar loop's clamps with their
+// NaN tests of the bounds (two compares, a mask OR and a masked move per clamp of the ball), where
+// the whole-vector loop needs one vmaxps or vminps per clamp and one select for a NaN x. On the AMD
+// EPYC Zen 4 host the scalar loop's float32 step ran 1.2-1.3x slower than the AVX2 build's in cache;
+// the whole-vector loop is 1.39-1.40x faster than it in cache and on CIFAR-size batches (the
+// projection 1.08-1.12x), the same bits, and the same speed from memory (16M). The AVX2 build keeps
+// gcc's loop: the whole-vector loop was 0.97x (step) and 0.93x (projection) as fast there.
 template <bool kStep, typename scalar_t, typename grad_t>
-constexpr bool kLinfLanes = kChunked<scalar_t, grad_t> || (kStep && std::is_same_v<grad_t, c10::Half>);
+constexpr bool kLinfLanes =
+    kChunked<scalar_t, grad_t> || (kStep && std::is_same_v<grad_t, c10::Half>) || FASTADV_CPU_HALF_LANES >= 16;
 
 template <bool kStep, typename scalar_t, typename grad_t>
 FASTADV_CPU_TARGET void run_uniform(const scalar_t* x_adv, const grad_t* grad, const scalar_t* x, scalar_t* out,

@@ -116,9 +116,10 @@ def test_rounding_rule_on_every_build(isa, dtype):
         assert_close(fastadv.l2_step(*args, backend="cpu"), expected, f"{isa} l2 alpha={alpha}")
 
 
-@pytest.mark.parametrize("dtype", (torch.float16, torch.bfloat16), ids=str)
+@pytest.mark.parametrize("dtype", (torch.float16, torch.bfloat16, torch.float32), ids=str)
 def test_linf_step_vector_edges(isa, dtype):
-    """The 16-bit L-inf loop's vector forms (step_math.h's signed_step_lanes, linf_project_lanes):
+    """The whole-vector L-inf loop's forms (step_math.h's signed_step_lanes, linf_project_lanes; the
+    16-bit dtypes on every build, float32 on the avx512 build, gcc's loop elsewhere):
     gradients +-0, NaN, +-inf and tiny, a NaN in x (the clamps end at x + eps) or in x_adv, a zero
     step (alpha 0: the sign of the zero product), targeted or not, bounds at +-0 and inside the ball,
     every element in every lane position and in the tail, bit for bit against the reference."""

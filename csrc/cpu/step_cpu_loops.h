@@ -340,10 +340,10 @@ FASTADV_CPU_TARGET inline int64_t linf_vector_pairs(const scalar_t* x_adv, const
 // The L-inf loop of the 16-bit dtypes (kChunked; float32 too on 512-bit vectors, kLinfLanes below):
 // one pass over whole vectors, from the loads (widened to float32 once) through step_math.h's
 // linf_step_lanes to the store rounded within the budget, all in registers; the tail through the
-// scalar loop. It replaced chunks of kHalfChunk
-// elements that were widened into float32 buffers, run through the float32 loop and rounded in a
-// third loop: three passes through L1 per chunk cost float16 and bfloat16 about twice the
-// instructions per element, and the step ran at a third of the copy's bandwidth.
+// scalar loop. It replaced chunks of kHalfChunk elements that were widened into float32 buffers, run
+// through the float32 loop and rounded in a third loop: three passes through L1 per chunk cost
+// float16 and bfloat16 about twice the instructions per element, and the step ran at a third of the
+// copy's bandwidth.
 template <bool kStep, typename scalar_t, typename grad_t>
 FASTADV_CPU_TARGET inline void linf_run_lanes(const scalar_t* x_adv, const grad_t* grad, const scalar_t* x,
                                               scalar_t* out, int64_t n, Scalars s, bool targeted) {

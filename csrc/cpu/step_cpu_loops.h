@@ -383,8 +383,7 @@ FASTADV_CPU_TARGET inline void linf_run_lanes(const scalar_t* x_adv, const grad_
 // projection 1.08-1.12x), the same bits, and the same speed from memory (16M). The AVX2 build keeps
 // gcc's loop: the whole-vector loop was 0.97x (step) and 0.93x (projection) as fast there.
 template <bool kStep, typename scalar_t, typename grad_t>
-constexpr bool kLinfLanes =
-    kChunked<scalar_t, grad_t> || (kStep && std::is_same_v<grad_t, c10::Half>) || FASTADV_CPU_HALF_LANES >= 16;
+constexpr bool kLinfLanes = kChunked<scalar_t, grad_t> || (kStep && std::is_same_v<grad_t, c10::Half>) || kLanes >= 16;
 
 template <bool kStep, typename scalar_t, typename grad_t>
 FASTADV_CPU_TARGET void run_uniform(const scalar_t* x_adv, const grad_t* grad, const scalar_t* x, scalar_t* out,

@@ -285,10 +285,13 @@ FASTADV_ROUNDING_INLINE F l2_output_lanes(F x, F delta, S factor, F lower, F upp
 
 // ---- Rounding to a 16-bit output dtype (float16, bfloat16) within the budget ----
 // Nearest rounding of the float32 result y can carry it past the ball's edge (eps 0.1 became
-// 0.1016 in float16). So: out = nearest(y); when out is farther from x than both y and `limit`
-// (eps for L-inf, 0 for L2, both in float32), out becomes its neighbour one unit in the last place
-// toward x. x is representable and y lies between x and out, so the neighbour lies between x and
-// y: |out - x| <= |y - x|, within the ball, and within [lower, upper] whenever the bounds are
+// 0.1016 in float16). So: out = nearest(y), and then
+// - L-inf (bits_within_budget): when out is farther from x than both y and eps (float32
+//   comparisons), out becomes its neighbour one unit in the last place toward x;
+// - L2 (bits_toward_x): when out lies beyond y as seen from x (y > x and out > y, or y < x and
+//   out < y: exact comparisons), the same neighbour. That is y rounded toward x, exactly.
+// x is representable and y lies between x and out, so the neighbour lies between x and y:
+// |out - x| <= |y - x|, within the ball, and within [lower, upper] whenever the bounds are
 // representable. float32 outputs are stored as they are (PGD then equals torchattacks bit for bit).
 
 // The rule on one element (F float, U uint32_t holding the 16-bit pattern) or on a whole SIMD
@@ -296,21 +299,44 @@ FASTADV_ROUNDING_INLINE F l2_output_lanes(F x, F delta, S factor, F lower, F upp
 // same expression serves both. Comparisons give a bool or a lane mask, `?:` selects per lane, F{}
 // and U{} are zeros, and constants broadcast; no branch, so the CPU loops run it on whole vectors
 // (AVX-512 masks, AVX2 blends, SSE2 and/andnot) and the CUDA kernel as predicated selects.
-// away > limit and away > |y - x| decide whether nearest(y) left the budget (NaN compares false:
-// a NaN stays as it is); the step toward x is bits - 1 (toward zero) when `rounded` lies on the
-// same side of x as of zero, else bits + 1; from a zero it goes to the smallest subnormal on x's
-// side (0x0001 or 0x8001). The CPU loops run bits_within_budget_vector below, its equal on vectors.
+// The step toward x is bits - 1 (toward zero) when `rounded` lies on the same side of x as of zero,
+// else bits + 1; from a zero it goes to the smallest subnormal on x's side (0x0001 or 0x8001).
+template <typename F, typename U>
+FASTADV_ROUNDING_INLINE U bits_one_toward_x(U bits, F rounded, F x) {
+  const U moved = ((rounded > x) == (rounded > F{})) ? bits - 1u : bits + 1u;
+  const U from_zero = x < F{} ? U{} + 0x8001u : U{} + 0x0001u;
+  return (bits & 0x7FFFu) == 0u ? from_zero : moved;
+}
+
+// L-inf's rule: away > limit and away > |y - x| decide whether nearest(y) left the budget (NaN
+// compares false: a NaN stays as it is). The CPU loops run bits_within_budget_vector below, its
+// equal on vectors.
 template <typename F, typename U>
 FASTADV_ROUNDING_INLINE U bits_within_budget_lanes(U bits, F rounded, F y, F x, F limit) {
   const F away = lanes_abs(rounded - x);
   const auto leaves = (away > limit) & (away > lanes_abs(y - x));
-  const U moved = ((rounded > x) == (rounded > F{})) ? bits - 1u : bits + 1u;
-  const U from_zero = x < F{} ? U{} + 0x8001u : U{} + 0x0001u;
-  const U toward = (bits & 0x7FFFu) == 0u ? from_zero : moved;
-  return leaves ? toward : bits;
+  return leaves ? bits_one_toward_x(bits, rounded, x) : bits;
 }
 
-// The same rule on whole vectors with integer operations (the CPU loops; F, U: GCC vectors of float
+// L2's rule (DESIGN.md, "Rounding to the output dtype"), in the same form: nearest(y) moved one unit
+// toward x where it lies beyond y as seen from x, that is where y lies strictly between x and
+// rounded (l2_beyond: a min, a max and two compares). The comparisons are exact (rounded and y are
+// float32 values), so the result is y rounded toward x even where the float32 differences
+// |rounded - x| and |y - x| of the L-inf rule round to one value (x 0.0035 and y 0.000337 in
+// float16: nearest(y) lay within 2^-33 beyond y, and float32 differences near 0.003 have a unit of
+// 2^-32). NaN compares false, so a NaN stays as it is; y == x is representable, so nearest(y) is y.
+template <typename F>
+FASTADV_ROUNDING_INLINE auto l2_beyond(F rounded, F y, F x) {
+  const F low = x < rounded ? x : rounded, high = x > rounded ? x : rounded;
+  return (low < y) & (y < high);
+}
+
+template <typename F, typename U>
+FASTADV_ROUNDING_INLINE U bits_toward_x_lanes(U bits, F rounded, F y, F x) {
+  return l2_beyond(rounded, y, x) ? bits_one_toward_x(bits, rounded, x) : bits;
+}
+
+// L-inf's rule on whole vectors with integer operations (the CPU loops; F, U: GCC vectors of float
 // and uint32_t), lane for lane equal to bits_within_budget_lanes, without a per-case blend:
 // bits_within_budget_vector = bits - budget_move_vector, where the move (toward_x_move) is
 // - 0 where the rule does not move: leaves is away > max(limit, |y - x|) (limit is never NaN; a NaN
@@ -367,16 +393,17 @@ FASTADV_ROUNDING_INLINE U bits_within_budget_vector(U bits, F rounded, F y, F x,
   }
 }
 
-// The L2 form (limit 0) of budget_move_vector, in the same 32-bit lanes: with limit 0,
-// max(limit, |y - x|) is |y - x| itself (NaN included: 0 > NaN is false), so the L2 writes skip it.
-// On narrower vectors the move is the shift form with an AND on the mask, as it was: the select of -1
-// and +1 (toward_x_move's) would compare against a zero vector, which the AVX2 16-bit writes had to
-// keep in a register of their own.
+// L2's rule (bits_toward_x_lanes) as a move in the same 32-bit lanes, for the loops that round to
+// nearest first (bfloat16 patterns kept in float32 lanes, float16 without F16C): -1, 0 or +1, lane
+// for lane bits_toward_x_lanes(bits, ...) == bits - move. Where the rule moves, rounded - x has the
+// sign of y - x (nonzero), which toward_x_move reads as for L-inf. On narrower vectors the move is
+// the shift form with an AND on the mask: the select of -1 and +1 (toward_x_move's) would compare
+// against a zero vector, which the AVX2 16-bit writes had to keep in a register of their own.
 template <typename F>
 FASTADV_ROUNDING_INLINE auto l2_budget_move_vector(F rounded, F y, F x) {
   using U = decltype(y < y);
   const F from_x = rounded - x;
-  const U leaves = lanes_abs(from_x) > lanes_abs(y - x);
+  const U leaves = l2_beyond(rounded, y, x);
   if constexpr (sizeof(F) >= 64) {
     return toward_x_move<U>(from_x, rounded, leaves, 1u);
   } else {
@@ -389,12 +416,27 @@ FASTADV_HOST_DEVICE uint16_t bits_within_budget(uint16_t bits, float rounded, fl
   return static_cast<uint16_t>(bits_within_budget_lanes<float, uint32_t>(bits, rounded, y, x, limit));
 }
 
+// L2's: y rounded toward x.
+FASTADV_HOST_DEVICE uint16_t bits_toward_x(uint16_t bits, float rounded, float y, float x) {
+  return static_cast<uint16_t>(bits_toward_x_lanes<float, uint32_t>(bits, rounded, y, x));
+}
+
 // The same for an element of type T (float: stored as it is; c10::Half or c10::BFloat16, whose
 // bits are the member x). `rounded` is nearest(y) in T.
 template <typename T>
 FASTADV_HOST_DEVICE T within_budget(T rounded, float rounded_value, float y, float x, float limit) {
   if constexpr (sizeof(T) == 2) {
     return T(bits_within_budget(rounded.x, rounded_value, y, x, limit), T::from_bits());
+  } else {
+    return rounded;
+  }
+}
+
+// L2's rule for an element of type T, as within_budget.
+template <typename T>
+FASTADV_HOST_DEVICE T toward_x(T rounded, float rounded_value, float y, float x) {
+  if constexpr (sizeof(T) == 2) {
+    return T(bits_toward_x(rounded.x, rounded_value, y, x), T::from_bits());
   } else {
     return rounded;
   }

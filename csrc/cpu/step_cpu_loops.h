@@ -130,6 +130,13 @@ inline T stored(float y, float x, float limit) {
   return within_budget(rounded, load_float(rounded), y, x, limit);
 }
 
+// y stored as T by L2's rule, rounded toward x (step_math.h's toward_x).
+template <typename T>
+inline T stored_l2(float y, float x) {
+  const T rounded = store_float<T>(y);
+  return toward_x(rounded, load_float(rounded), y, x);
+}
+
 #include "step_simd.h"
 
 struct Scalars {
@@ -694,17 +701,31 @@ FASTADV_CPU_TARGET inline void write_l2_run(const scalar_t* x_adv, const grad_t*
   for (int64_t i = 0; i < n; ++i) {
     const float d = l2_delta_at<kStep>(x_adv, grad, x, i, dir, alpha, targeted);
     const float xi = load_float(x[i]);
-    out[i] = stored<out_t>(l2_output(xi, d, factor, lower, upper), xi, 0.f);
+    out[i] = stored_l2<out_t>(l2_output(xi, d, factor, lower, upper), xi);
   }
 }
 
-// kLanes float32 results y of an L2 write stored as the 16-bit T, rounded within the budget with
-// limit 0 (store_output_lanes with a zero limit, bit for bit): nearest(y), moved one unit toward x
-// where it lies farther from x than y (step_math.h's l2_budget_move_vector). float16 through F16C /
-// AVX-512F corrects the packed result of vcvtps2ph by the move packed to 16 bits (two fewer
-// instructions than widening the bits to 32-bit lanes and packing them again; the 16-bit
-// subtraction wraps where the 32-bit one saturates in store_bits, which only a move down from
-// 0x0000 or up from 0xFFFF, a NaN, could reach: the rule moves neither).
+// The bfloat16 patterns (low halves of the lanes) of y rounded toward x, as store_l2_output_lanes
+// below describes.
+FASTADV_CPU_TARGET inline BitsLanes bf16_toward_x_bits(FloatLanes y, FloatLanes x) {
+  using Mask = decltype(y < y);
+  const BitsLanes w = reinterpret_cast<BitsLanes>(y);
+  const Mask away = (y < x) ^ (reinterpret_cast<Mask>(w) < Mask{});
+  const Mask inexact = reinterpret_cast<Mask>(w & 0xFFFFu) != Mask{};
+  const BitsLanes bits = (w >> 16) - reinterpret_cast<BitsLanes>(inexact & away);
+  return unordered_select(y, x, BitsLanes{} + 0x7FC0u, bits);
+}
+
+// kLanes float32 results y of an L2 write stored as T, rounded toward x (step_math.h's
+// bits_toward_x_lanes, lane for lane):
+// - float16 with F16C / AVX-512F: y converted twice by vcvtps2ph with directed rounding, toward -inf
+//   and toward +inf, and the one toward x kept (toward +inf where y < x). y rounded toward x is the
+//   rule's result (a NaN converts alike in both modes, to nearest's pattern; y == x is exact), in
+//   four instructions where nearest rounding and the rule's move took twelve.
+// - bfloat16: y's pattern truncated to its upper half (toward zero), plus one unit where y was not
+//   exact and x lies beyond y as seen from zero (y < x for a positive y, y > x for a negative one:
+//   rounding toward x moves away from zero there); every NaN becomes 0x7FC0, as c10 rounds it.
+// - float16 without F16C: nearest (round_lanes) and the rule's move (l2_budget_move_vector).
 template <typename T>
 FASTADV_CPU_TARGET inline void store_l2_output_lanes(T* out, FloatLanes y, FloatLanes x) {
   if constexpr (std::is_same_v<T, float>) {  // float32 outputs are stored as they are
@@ -713,30 +734,47 @@ FASTADV_CPU_TARGET inline void store_l2_output_lanes(T* out, FloatLanes y, Float
   }
 #if FASTADV_CPU_HALF_LANES >= 16
   if constexpr (std::is_same_v<T, c10::Half>) {
-    const __m256i packed = _mm512_cvtps_ph(reinterpret_cast<__m512>(y), _MM_FROUND_TO_NEAREST_INT);
-    const FloatLanes rounded = reinterpret_cast<FloatLanes>(_mm512_cvtph_ps(packed));
-    const __m256i move = _mm512_cvtepi32_epi16(reinterpret_cast<__m512i>(l2_budget_move_vector(rounded, y, x)));
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out), _mm256_sub_epi16(packed, move));
+    const __m512 yv = reinterpret_cast<__m512>(y);
+    const __mmask16 up = _mm512_cmp_ps_mask(yv, reinterpret_cast<__m512>(x), _CMP_LT_OQ);
+    const __m256i down_bits = _mm512_cvtps_ph(yv, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
+    const __m256i up_bits = _mm512_cvtps_ph(yv, _MM_FROUND_TO_POS_INF | _MM_FROUND_NO_EXC);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out), _mm256_mask_blend_epi16(up, down_bits, up_bits));
     return;
   }
 #elif FASTADV_CPU_HALF_LANES >= 8
   if constexpr (std::is_same_v<T, c10::Half>) {
-    const __m128i packed = _mm256_cvtps_ph(reinterpret_cast<__m256>(y), _MM_FROUND_TO_NEAREST_INT);
-    const FloatLanes rounded = reinterpret_cast<FloatLanes>(_mm256_cvtph_ps(packed));
-    const __m256i move = reinterpret_cast<__m256i>(l2_budget_move_vector(rounded, y, x));
-    const __m128i move16 = _mm_packs_epi32(_mm256_castsi256_si128(move), _mm256_extracti128_si256(move, 1));
-    _mm_storeu_si128(reinterpret_cast<__m128i*>(out), _mm_sub_epi16(packed, move16));
+    const __m256 yv = reinterpret_cast<__m256>(y);
+    const __m256i up = _mm256_castps_si256(_mm256_cmp_ps(yv, reinterpret_cast<__m256>(x), _CMP_LT_OQ));
+    const __m128i up16 = _mm_packs_epi32(_mm256_castsi256_si128(up), _mm256_extracti128_si256(up, 1));
+    const __m128i down_bits = _mm256_cvtps_ph(yv, _MM_FROUND_TO_NEG_INF);
+    const __m128i up_bits = _mm256_cvtps_ph(yv, _MM_FROUND_TO_POS_INF);
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(out), _mm_blendv_epi8(down_bits, up_bits, up16));
     return;
   }
 #endif
-  const RoundedLanes r = round_lanes<T>(y);
-  store_bits(out, r.bits - reinterpret_cast<BitsLanes>(l2_budget_move_vector(r.value, y, x)));
+  if constexpr (std::is_same_v<T, c10::BFloat16>) {
+    store_bits(out, bf16_toward_x_bits(y, x));
+  } else {
+    const RoundedLanes r = round_lanes<T>(y);
+    store_bits(out, r.bits - reinterpret_cast<BitsLanes>(l2_budget_move_vector(r.value, y, x)));
+  }
+}
+
+// n float32 results y of an L2 write stored as T (store_l2_output_lanes), then the scalar form on the
+// tail; x: the inputs' x in float32. float32 results are already in place (chunk_result).
+template <typename T>
+FASTADV_CPU_TARGET inline void store_l2_chunk(const float* y, T* out, int64_t n, const float* x) {
+  if constexpr (!std::is_same_v<T, float>) {
+    int64_t i = 0;
+    for (; i + kLanes <= n; i += kLanes) store_l2_output_lanes(out + i, load_lanes(y + i), load_lanes(x + i));
+    for (; i < n; ++i) out[i] = stored_l2<T>(y[i], x[i]);
+  }
 }
 
 // The L2 write of the 16-bit dtypes (kChunked) for a sample with a finite sum of squares (inverse
 // norm: the fast path), per chunk of kHalfChunk elements in two loops: the float32 results from the
 // 16-bit inputs widened in registers (step_math.h's l2_step_delta_lanes, l2_output_lanes) into one
-// float32 buffer, then those results rounded within the budget (limit 0) and stored, x widened
+// float32 buffer, then those results rounded toward x (store_l2_output_lanes) and stored, x widened
 // again. It replaced three loops per chunk (inputs widened into three float32 buffers, the float32
 // loop, the rounding loop): 7-10% faster on the CIFAR and ImageNet batches. One loop from the
 // loads to the store was 5-10% slower than the three: its chain per vector (about 17 dependent
@@ -775,23 +813,25 @@ FASTADV_CPU_TARGET inline void write_l2_run_lanes(const scalar_t* x_adv, const g
 }
 
 // Two vectors of results (2 * kLanes elements from out), each as store_l2_output_lanes stores it. The
-// AVX2 build's float16 narrows the pair's moves at once (one pack and one permute for 16 elements
+// AVX2 build's float16 narrows the pair's masks at once (one pack and one permute for 16 elements
 // instead of an extract and a pack per 8) and stores 16 elements.
 template <typename T>
 FASTADV_CPU_TARGET inline void store_l2_output_pair(T* out, FloatLanes y0, FloatLanes y1, FloatLanes x0,
                                                     FloatLanes x1) {
 #if FASTADV_CPU_HALF_LANES == 8
   if constexpr (std::is_same_v<T, c10::Half>) {
-    const __m128i p0 = _mm256_cvtps_ph(reinterpret_cast<__m256>(y0), _MM_FROUND_TO_NEAREST_INT);
-    const __m128i p1 = _mm256_cvtps_ph(reinterpret_cast<__m256>(y1), _MM_FROUND_TO_NEAREST_INT);
-    const __m256i m0 = reinterpret_cast<__m256i>(
-        l2_budget_move_vector(reinterpret_cast<FloatLanes>(_mm256_cvtph_ps(p0)), y0, x0));
-    const __m256i m1 = reinterpret_cast<__m256i>(
-        l2_budget_move_vector(reinterpret_cast<FloatLanes>(_mm256_cvtph_ps(p1)), y1, x1));
-    // packs interleaves the 128-bit halves: 64-bit blocks m0lo m1lo m0hi m1hi, put back in order.
-    const __m256i moves = _mm256_permute4x64_epi64(_mm256_packs_epi32(m0, m1), 0xD8);
-    const __m256i bits = _mm256_inserti128_si256(_mm256_castsi128_si256(p0), p1, 1);
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out), _mm256_sub_epi16(bits, moves));
+    const __m256 a0 = reinterpret_cast<__m256>(y0), a1 = reinterpret_cast<__m256>(y1);
+    const __m256i up0 = _mm256_castps_si256(_mm256_cmp_ps(a0, reinterpret_cast<__m256>(x0), _CMP_LT_OQ));
+    const __m256i up1 = _mm256_castps_si256(_mm256_cmp_ps(a1, reinterpret_cast<__m256>(x1), _CMP_LT_OQ));
+    // packs interleaves the 128-bit halves: 64-bit blocks up0lo up1lo up0hi up1hi, put back in order.
+    const __m256i up = _mm256_permute4x64_epi64(_mm256_packs_epi32(up0, up1), 0xD8);
+    const __m128i down0 = _mm256_cvtps_ph(a0, _MM_FROUND_TO_NEG_INF);
+    const __m128i down1 = _mm256_cvtps_ph(a1, _MM_FROUND_TO_NEG_INF);
+    const __m128i up_0 = _mm256_cvtps_ph(a0, _MM_FROUND_TO_POS_INF);
+    const __m128i up_1 = _mm256_cvtps_ph(a1, _MM_FROUND_TO_POS_INF);
+    const __m256i down_bits = _mm256_inserti128_si256(_mm256_castsi128_si256(down0), down1, 1);
+    const __m256i up_bits = _mm256_inserti128_si256(_mm256_castsi128_si256(up_0), up_1, 1);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out), _mm256_blendv_epi8(down_bits, up_bits, up));
     return;
   }
 #endif
@@ -820,7 +860,7 @@ FASTADV_CPU_TARGET inline void write_l2_from_delta_16bit(const scalar_t* x, cons
   }
   for (; i < n; ++i) {
     const float xi = load_float(x[i]);
-    out[i] = stored<out_t>(l2_output(xi, delta[i], factor, lower, upper), xi, 0.f);
+    out[i] = stored_l2<out_t>(l2_output(xi, delta[i], factor, lower, upper), xi);
   }
 }
 
@@ -844,7 +884,7 @@ FASTADV_CPU_TARGET void write_l2(const scalar_t* x_adv, const grad_t* grad, cons
       const float* xf = as_float(x + i, buffers[2]);
       write_l2_run<kStep>(as_float(x_adv + i, buffers[0]), g, xf, o, n, dir, alpha, targeted, factor,
                           lower, upper);
-      store_chunk(o, out + i, n, xf, 0.f);
+      store_l2_chunk(o, out + i, n, xf);
     }
     return;
   }

@@ -33,6 +33,13 @@ __device__ __forceinline__ scalar_t rounded_output(float y, float x, float limit
   return within_budget(r, static_cast<float>(r), y, x, limit);
 }
 
+// y rounded to the output dtype by L2's rule, toward x (step_math.h's toward_x).
+template <typename scalar_t>
+__device__ __forceinline__ scalar_t rounded_toward_x(float y, float x) {
+  const scalar_t r = static_cast<scalar_t>(y);
+  return toward_x(r, static_cast<float>(r), y, x);
+}
+
 template <bool kStep, typename scalar_t, typename grad_t, typename index_t>
 __device__ __forceinline__ scalar_t linf_element(float x_adv, grad_t grad, float x, index_t i, const StepParams& p,
                                                  const Geometry& g, bool targeted) {
@@ -122,7 +129,7 @@ __device__ __forceinline__ void store_l2(scalar_t* out, int64_t i, int64_t b, fl
   int64_t c = 0;
   if (g.needs_channel) c = (i / g.channel_div) % g.channels;
   if (!g.needs_sample) b = 0;
-  out[i] = rounded_output<scalar_t>(l2_output(x, delta, factor, p.lower.at(b, c), p.upper.at(b, c)), x, 0.f);
+  out[i] = rounded_toward_x<scalar_t>(l2_output(x, delta, factor, p.lower.at(b, c), p.upper.at(b, c)), x);
 }
 
 // One block per sample of n elements (n <= kThreads * kPerThread), looping over the samples

@@ -35,10 +35,10 @@ _SIXTEEN_BIT = (torch.float16, torch.bfloat16)
 
 
 def round_within_budget(y: torch.Tensor, x: torch.Tensor, limit, dtype: torch.dtype) -> torch.Tensor:
-    """The float32 result y stored as dtype. float32: as it is. float16 and bfloat16: rounded to
-    nearest, then, where that is farther from x than both y and `limit` (eps for L-inf, 0 for L2;
-    compared in float32), the neighbour one unit in the last place toward x. That neighbour lies
-    between x and y, so rounding never leaves the eps ball nor the representable bounds."""
+    """The float32 result y of an L-inf op stored as dtype. float32: as it is. float16 and bfloat16:
+    rounded to nearest, then, where that is farther from x than both y and `limit` (eps; compared
+    in float32), the neighbour one unit in the last place toward x. That neighbour lies between x
+    and y, so rounding never leaves the eps ball nor the representable bounds."""
     rounded = y.to(dtype)
     if dtype not in _SIXTEEN_BIT:
         return rounded
@@ -46,13 +46,33 @@ def round_within_budget(y: torch.Tensor, x: torch.Tensor, limit, dtype: torch.dt
     value = rounded.float()
     away = (value - xf).abs()
     leaves = (away > limit) & (away > (y - xf).abs())
+    return _moved_toward_x(rounded, value, xf, leaves)
+
+
+def round_toward_x(y: torch.Tensor, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """The float32 result y of an L2 op stored as dtype, rounded toward x: float32 as it is;
+    float16 and bfloat16 rounded to nearest, then, where that lies beyond y as seen from x (y > x
+    and it > y, or y < x and it < y; exact comparisons), the neighbour one unit in the last place
+    toward x. So no element ends farther from x than y, and the norm never exceeds the float32 one."""
+    rounded = y.to(dtype)
+    if dtype not in _SIXTEEN_BIT:
+        return rounded
+    xf = x.float()
+    value = rounded.float()
+    beyond = ((y > xf) & (value > y)) | ((y < xf) & (value < y))
+    return _moved_toward_x(rounded, value, xf, beyond)
+
+
+def _moved_toward_x(rounded: torch.Tensor, value: torch.Tensor, xf: torch.Tensor, move: torch.Tensor) -> torch.Tensor:
+    """rounded (16-bit; value: it in float32) with the elements where `move` holds moved one unit in
+    the last place toward x."""
     bits = rounded.view(torch.int16).to(torch.int32) & 0xFFFF
     # Both dtypes are sign-magnitude: toward zero is bits - 1, away from zero bits + 1; from a zero,
     # the smallest subnormal on x's side.
     toward = torch.where((value > xf) == (value > 0), bits - 1, bits + 1)
     toward = torch.where((bits & 0x7FFF) == 0, torch.where(xf < 0, 0x8001, 0x0001), toward)
-    bits = torch.where(leaves, toward, bits)
-    return torch.where(bits >= 0x8000, bits - 0x10000, bits).to(torch.int16).view(dtype)
+    bits = torch.where(move, toward, bits)
+    return torch.where(bits >= 0x8000, bits - 0x10000, bits).to(torch.int16).view(rounded.dtype)
 
 
 def clamp_below(y: torch.Tensor, bound: torch.Tensor) -> torch.Tensor:
@@ -144,7 +164,7 @@ def _l2_rescale_and_clamp(delta, x, eps: StepParam, lower: StepParam, upper: Ste
     factor = torch.where(scaled_norm > scaled_eps, factor, torch.ones_like(factor))
     y = x.float() + (delta * factor).reshape(x.shape)
     y = clamp(y, _broadcastable(lower, x), _broadcastable(upper, x))
-    return round_within_budget(y, x, 0.0, dtype)
+    return round_toward_x(y, x, dtype)
 
 
 def l2_direction(g: torch.Tensor) -> torch.Tensor:

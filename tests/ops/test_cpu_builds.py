@@ -17,6 +17,7 @@ import torch
 from support.backends import DTYPES, require_backend
 from support.compare import assert_close, assert_exact
 from support.op_inputs import PARAM_KINDS, make_inputs, make_params
+from support.toward_x import output_bits, toward_x_bits, toward_x_case
 
 import fastadv
 from fastadv.backends import cpu_backend
@@ -90,8 +91,8 @@ def test_rounding_rule_on_every_build(isa, dtype):
     """The rounding rule (DESIGN.md, "Rounding to the output dtype") runs on whole vectors in every
     build (csrc/cpu/step_simd.h) and in scalar form on the tails: results at the ball's edge that
     nearest rounding carries past it, results that round to zero on the far side of x (the step from
-    a zero) and past the largest finite value, NaN, in L-inf (limit eps) and L2 (limit 0), equal the
-    reference bit for bit."""
+    a zero) and past the largest finite value, NaN: L-inf equal to the reference bit for bit, L2 to the
+    contract's tolerance (its rounding bit for bit: test_l2_rounds_toward_x_on_every_build)."""
     gen = torch.Generator().manual_seed(zlib.crc32(f"rounding{isa}{dtype}".encode()))
     n = 4099  # every vector width and chunk many times over, and a tail
     info = torch.finfo(dtype)
@@ -109,11 +110,36 @@ def test_rounding_rule_on_every_build(isa, dtype):
             args = (x_adv, x, eps, -inf, inf)
             expected = fastadv.linf_project(*args, backend="torch")
             assert_exact(fastadv.linf_project(*args, backend="cpu"), expected, f"{isa} linf eps={eps}")
-    for alpha in (0.1, 3.0, 1e-4):  # L2: limit 0, every rounding that moves away from x is undone
+    for alpha in (0.1, 3.0, 1e-4):  # L2: every element rounded toward x
         x2, grad = x.view(1, n).nan_to_num(), torch.randn(1, n, generator=gen).to(dtype)
         args = (x2.roll(1, 1), grad, x2, 0.5, alpha, -inf, inf)
         expected = fastadv.l2_step(*args, backend="torch")
         assert_close(fastadv.l2_step(*args, backend="cpu"), expected, f"{isa} l2 alpha={alpha}")
+
+
+@pytest.mark.parametrize("dtype", (torch.float16, torch.bfloat16), ids=str)
+def test_l2_rounds_toward_x_on_every_build(isa, dtype):
+    """L2's rounding in each build's vector forms (float16 through directed conversions where the
+    build has F16C, bfloat16 by truncation; csrc/cpu/step_cpu_loops.h's store_l2_output_lanes) and on
+    the tails: bit for bit y rounded toward x (tests/support/toward_x.py's oracle), on small samples
+    and on samples the size of ImageNet's (the write from the stored perturbation), on a sample too
+    large for that scratch (the write from registers), and with an infinite gradient entry (the
+    direction's limit: the write through float32 chunks), both layouts."""
+    for shape in ((16, 12, 5, 7), (2, 3, 150, 151), (1, 3, 1183, 1183)):
+        seed = zlib.crc32(f"toward{isa}{dtype}{shape}".encode())
+        x_adv, x, eps, lower, upper, y = toward_x_case(dtype, seed, shape)
+        expected = toward_x_bits(y, x)
+        infinite = torch.zeros(shape, dtype=dtype)
+        infinite[:, 0, 0, 3] = float("inf")
+        for layout in LAYOUTS if shape[0] > 1 else ("contiguous",):
+            fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+            a, xx = x_adv.contiguous(memory_format=fmt), x.contiguous(memory_format=fmt)
+            for grad in (torch.zeros_like(a), infinite.contiguous(memory_format=fmt)):
+                out = fastadv.l2_step(a, grad, xx, eps, 0.5, lower, upper, backend="cpu")
+                context = f"{isa} l2_step {shape} {layout} infinite={bool(grad.isinf().any())}"
+                assert torch.equal(output_bits(out), expected), context
+            out = fastadv.l2_project(a, xx, eps, lower, upper, backend="cpu")
+            assert torch.equal(output_bits(out), expected), f"{isa} l2_project {shape} {layout}"
 
 
 @pytest.mark.parametrize("dtype", (torch.float16, torch.bfloat16, torch.float32), ids=str)
@@ -320,4 +346,4 @@ def test_rounding_rule_at_sixteen_lanes(tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
     for lanes in (16, 8):
         line = next(line for line in result.stdout.splitlines() if line.startswith(f"{lanes} lanes"))
-        assert "generic 0, vector 0, upper halves 0 of 6400000 differ; l2 0 of " in line, line
+        assert "generic 0, vector 0, upper halves 0 of 6400000 differ; l2 generic 0, l2 0 of " in line, line

@@ -7,8 +7,10 @@ import torch
 from support.backends import FAST_BACKENDS, require_backend
 from support.compare import assert_exact
 from support.op_inputs import to_layout
+from support.toward_x import output_bits, toward_x_bits, toward_x_case
 
 import fastadv
+from fastadv.backends.torch_backend import round_within_budget
 
 HALF_DTYPES = (torch.float16, torch.bfloat16)
 SHAPE = (8, 3, 5, 7)
@@ -109,6 +111,27 @@ def test_l2_output_stays_in_the_ball(backend, dtype):
             expected = op(*args, **kwargs, backend="torch")
             ulp = torch.finfo(dtype).eps * expected.float().abs().clamp_min(torch.finfo(dtype).tiny)
             assert ((out.float() - expected.float()).abs() <= ulp).all(), context
+
+
+@pytest.mark.parametrize("backend", ("torch",) + FAST_BACKENDS)
+@pytest.mark.parametrize("dtype", HALF_DTYPES, ids=str)
+@pytest.mark.parametrize("layout", ("contiguous", "channels_last"))
+def test_l2_rounds_toward_x(backend, dtype, layout):
+    """L2 rounds y toward x exactly, bit for bit the oracle's directed rounding (tests/support/
+    toward_x.py), also where x lies so far from y that the float32 differences of L-inf's rule
+    cannot tell nearest(y) from y (that rule with a zero limit left some of these elements beyond y)."""
+    require_backend(backend, "cpu")
+    x_adv, x, eps, lower, upper, y = toward_x_case(dtype, seed=11)
+    expected = toward_x_bits(y, x)
+    assert (output_bits(round_within_budget(y, x, 0.0, dtype)) != expected).any(), "tests nothing"
+    x_adv, x = to_layout(x_adv, layout), to_layout(x, layout)
+    for targeted in (False, True):
+        out = fastadv.l2_step(
+            x_adv, torch.zeros_like(x_adv), x, eps, 0.5, lower, upper, targeted=targeted, backend=backend
+        )
+        assert torch.equal(output_bits(out), expected), f"{backend} l2_step {layout} targeted={targeted}"
+    out = fastadv.l2_project(x_adv, x, eps, lower, upper, backend=backend)
+    assert torch.equal(output_bits(out), expected), f"{backend} l2_project {layout}"
 
 
 @pytest.mark.parametrize("backend", ("torch",) + FAST_BACKENDS)

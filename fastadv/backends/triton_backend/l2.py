@@ -9,7 +9,7 @@ import triton
 import triton.language as tl
 
 from .launch import _jit, _wrap
-from .step_math import _clamp, _geometry, _load_float32, _param, _table_strides, _within_budget
+from .step_math import _clamp, _geometry, _load_float32, _param, _table_strides, _toward_x
 
 # L2: a sample of at most _L2_ONE_PROGRAM elements is done by one program in one launch: x_adv,
 # grad and x are read once and out written once (16 bytes per float32 element). Larger samples use
@@ -147,7 +147,7 @@ def _l2_write(out_ptr, x, delta, factor, offs, mask, b, lower_ptr, upper_ptr, lo
     lower = _param(lower_ptr, lower_value, lower_sb, lower_sc, b, c, mask, LOWER_TABLE)
     upper = _param(upper_ptr, upper_value, upper_sb, upper_sc, b, c, mask, UPPER_TABLE)
     y = _clamp(x + delta * factor, lower, upper)
-    tl.store(out_ptr + offs, _within_budget(y, x, 0.0, out_ptr), mask=mask)
+    tl.store(out_ptr + offs, _toward_x(y, x, out_ptr), mask=mask)
 
 
 @_jit

@@ -44,9 +44,9 @@ def _to_output_dtype(y, out_ptr):
 
 @_jit
 def _within_budget(y, x, limit, out_ptr):
-    # y rounded to nearest in the output dtype; for float16 and bfloat16, where that is farther
-    # from x than both y and `limit` (eps for L-inf, 0 for L2), the neighbour one unit in the
-    # last place toward x instead (step_math.h's within_budget, the contract's rule).
+    # L-inf's rule: y rounded to nearest in the output dtype; for float16 and bfloat16, where that
+    # is farther from x than both y and `limit` (eps), the neighbour one unit in the last place
+    # toward x instead (step_math.h's within_budget).
     rounded = _to_output_dtype(y, out_ptr)
     if out_ptr.dtype.element_ty == tl.float32:
         return rounded
@@ -58,12 +58,35 @@ def _within_budget(y, x, limit, out_ptr):
             value = rounded.to(tl.float32)
         away = tl.abs(value - x)
         leaves = (away > limit) & (away > tl.abs(y - x))
-        # sign-magnitude: toward zero is bits - 1, away from zero bits + 1; from a zero, the
-        # smallest subnormal on x's side
-        toward = tl.where((value > x) == (value > 0.0), bits - 1, bits + 1)
-        toward = tl.where((bits & 0x7FFF) == 0, tl.where(x < 0.0, 0x8001, 0x0001), toward)
-        bits = tl.where(leaves, toward, bits)
-        return bits.to(tl.uint16).to(out_ptr.dtype.element_ty, bitcast=True)
+        return _moved_toward_x(bits, value, x, leaves, out_ptr)
+
+
+@_jit
+def _toward_x(y, x, out_ptr):
+    # L2's rule: y rounded to nearest in the output dtype; for float16 and bfloat16, where that lies
+    # beyond y as seen from x (exact comparisons), the neighbour one unit in the last place toward x
+    # instead: y rounded toward x (step_math.h's toward_x).
+    rounded = _to_output_dtype(y, out_ptr)
+    if out_ptr.dtype.element_ty == tl.float32:
+        return rounded
+    else:
+        bits = rounded.to(tl.uint16, bitcast=True).to(tl.int32)
+        if out_ptr.dtype.element_ty == tl.bfloat16:
+            value = (bits << 16).to(tl.float32, bitcast=True)
+        else:
+            value = rounded.to(tl.float32)
+        beyond = ((y > x) & (value > y)) | ((y < x) & (value < y))
+        return _moved_toward_x(bits, value, x, beyond, out_ptr)
+
+
+@_jit
+def _moved_toward_x(bits, value, x, move, out_ptr):
+    # sign-magnitude: toward zero is bits - 1, away from zero bits + 1; from a zero, the smallest
+    # subnormal on x's side
+    toward = tl.where((value > x) == (value > 0.0), bits - 1, bits + 1)
+    toward = tl.where((bits & 0x7FFF) == 0, tl.where(x < 0.0, 0x8001, 0x0001), toward)
+    bits = tl.where(move, toward, bits)
+    return bits.to(tl.uint16).to(out_ptr.dtype.element_ty, bitcast=True)
 
 
 @_jit

@@ -47,15 +47,10 @@ def _within_budget(y, x, limit, out_ptr):
     # L-inf's rule: y rounded to nearest in the output dtype; for float16 and bfloat16, where that
     # is farther from x than both y and `limit` (eps), the neighbour one unit in the last place
     # toward x instead (step_math.h's within_budget).
-    rounded = _to_output_dtype(y, out_ptr)
     if out_ptr.dtype.element_ty == tl.float32:
-        return rounded
+        return _to_output_dtype(y, out_ptr)
     else:
-        bits = rounded.to(tl.uint16, bitcast=True).to(tl.int32)
-        if out_ptr.dtype.element_ty == tl.bfloat16:
-            value = (bits << 16).to(tl.float32, bitcast=True)
-        else:
-            value = rounded.to(tl.float32)
+        bits, value = _nearest_bits(y, out_ptr)
         away = tl.abs(value - x)
         leaves = (away > limit) & (away > tl.abs(y - x))
         return _moved_toward_x(bits, value, x, leaves, out_ptr)
@@ -66,17 +61,24 @@ def _toward_x(y, x, out_ptr):
     # L2's rule: y rounded to nearest in the output dtype; for float16 and bfloat16, where that lies
     # beyond y as seen from x (exact comparisons), the neighbour one unit in the last place toward x
     # instead: y rounded toward x (step_math.h's toward_x).
-    rounded = _to_output_dtype(y, out_ptr)
     if out_ptr.dtype.element_ty == tl.float32:
-        return rounded
+        return _to_output_dtype(y, out_ptr)
     else:
-        bits = rounded.to(tl.uint16, bitcast=True).to(tl.int32)
-        if out_ptr.dtype.element_ty == tl.bfloat16:
-            value = (bits << 16).to(tl.float32, bitcast=True)
-        else:
-            value = rounded.to(tl.float32)
+        bits, value = _nearest_bits(y, out_ptr)
         beyond = ((y > x) & (value > y)) | ((y < x) & (value < y))
         return _moved_toward_x(bits, value, x, beyond, out_ptr)
+
+
+@_jit
+def _nearest_bits(y, out_ptr):
+    # y rounded to nearest in the 16-bit output dtype: its pattern (int32) and its float32 value
+    rounded = _to_output_dtype(y, out_ptr)
+    bits = rounded.to(tl.uint16, bitcast=True).to(tl.int32)
+    if out_ptr.dtype.element_ty == tl.bfloat16:
+        value = (bits << 16).to(tl.float32, bitcast=True)
+    else:
+        value = rounded.to(tl.float32)
+    return bits, value
 
 
 @_jit

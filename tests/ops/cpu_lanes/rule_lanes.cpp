@@ -2,9 +2,10 @@
 // bits_toward_x_lanes) and their vector forms (bits_within_budget_vector, as the CPU loops apply it
 // to 16-bit patterns and to bfloat16 patterns in the upper halves of the lanes; l2_budget_move_vector)
 // at 16 lanes, the AVX-512 build's width, and at 8, the AVX2 build's, against the scalar forms on
-// bfloat16 patterns near the ball's edge, zeros, subnormals and NaN. The vector forms differ by width (step_math.h's toward_x_move), so
-// both widths run. GCC lowers 64-byte vectors to the ISA it compiles for, so any x86-64 host runs it
-// (tests/ops/test_cpu_builds.py builds it with -mavx2 where the CPU has AVX2, else with SSE2).
+// bfloat16 patterns near the ball's edge, zeros, subnormals and NaN. The vector forms differ by
+// width (step_math.h's toward_x_move), so both widths run. GCC lowers 64-byte vectors to the ISA it
+// compiles for, so any x86-64 host runs it (tests/ops/test_cpu_builds.py builds it with -mavx2 where
+// the CPU has AVX2, else with SSE2).
 #include <cstdio>
 #include <cstring>
 #include <random>

@@ -233,7 +233,7 @@ FASTADV_CPU_TARGET inline const float* as_float(const T* in, const float* buffer
 }
 
 // Where a chunk's float32 results go: straight to `out` for float, else to `buffer` and then
-// through store_chunk.
+// through store_l2_chunk.
 template <typename T>
 FASTADV_CPU_TARGET inline float* chunk_result(T* out, float* buffer) {
   if constexpr (std::is_same_v<T, float>) {
@@ -241,13 +241,6 @@ FASTADV_CPU_TARGET inline float* chunk_result(T* out, float* buffer) {
   } else {
     return buffer;
   }
-}
-
-// A chunk's float32 results y stored as T: rounded to nearest, then kept within the budget
-// (step_simd.h's store_rounded); x is the chunk's x in float32.
-template <typename T>
-FASTADV_CPU_TARGET inline void store_chunk(const float* buffer, T* out, int64_t n, const float* x, float limit) {
-  if constexpr (!std::is_same_v<T, float>) store_rounded(buffer, out, n, x, limit);
 }
 
 template <bool kStep, typename scalar_t, typename grad_t>

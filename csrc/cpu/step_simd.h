@@ -254,15 +254,3 @@ FASTADV_CPU_TARGET inline void store_bf16_pair(c10::BFloat16* out, FloatLanes y_
       (bf16_within_budget_upper(y_even, x_even, limit) >> 16) | bf16_within_budget_upper(y_odd, x_odd, limit);
   std::memcpy(out, &w, sizeof(w));
 }
-
-// n float32 results y stored as T within the budget (store_output_lanes): whole vectors, then the
-// scalar form on the tail.
-template <typename T>
-FASTADV_CPU_TARGET inline void store_rounded(const float* y, T* out, int64_t n, const float* x, float limit) {
-  const FloatLanes limits = FloatLanes{} + limit;
-  int64_t i = 0;
-  for (; i + kLanes <= n; i += kLanes) {
-    store_output_lanes(out + i, load_lanes(y + i), load_lanes(x + i), limits);
-  }
-  for (; i < n; ++i) out[i] = stored<T>(y[i], x[i], limit);
-}
